@@ -1,0 +1,146 @@
+//! The control socket: a Unix stream socket that takes one JSON request per
+//! line and answers with one JSON line. `tapir show …` is its client.
+//!
+//! The JSON shapes here are the `--json` output of the CLI; they are a
+//! documented interface (docs/json.md): fields are added, never renamed or
+//! removed.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+pub const DEFAULT_SOCKET: &str = "/run/tapir/tapir.sock";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    ShowPeers,
+    ShowRoutes,
+}
+
+/// One session, as `tapir show peers` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub name: String,
+    pub address: String,
+    /// The configured remote AS: a number, `external` or `internal`.
+    pub remote_as: String,
+    /// The peer's ASN from its OPEN, once known.
+    pub asn: Option<u32>,
+    /// RFC 4271 state name: Idle, Connect, Active, OpenSent, OpenConfirm, Established.
+    pub state: String,
+    /// Seconds since the state last changed.
+    pub since_secs: u64,
+    pub local_address: Option<String>,
+    pub remote_id: Option<String>,
+    pub hold_time: Option<u16>,
+    pub keepalive: Option<u16>,
+    /// Negotiated families (`ipv4-unicast`, `ipv6-unicast`).
+    pub families: Vec<String>,
+    /// Capabilities the peer sent, unknown ones included.
+    pub peer_capabilities: Vec<String>,
+    pub routes_received: usize,
+    pub routes_exported: usize,
+    /// Times the session left Established.
+    pub flaps: u64,
+    pub last_error: Option<String>,
+}
+
+/// One route in an Adj-RIB-In, as `tapir show routes` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub prefix: String,
+    pub peer: String,
+    pub next_hop: String,
+    pub as_path: String,
+    pub origin: String,
+    pub med: Option<u32>,
+    pub local_pref: Option<u32>,
+    pub communities: Vec<String>,
+    pub large_communities: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Response {
+    Peers { peers: Vec<PeerStatus> },
+    Routes { routes: Vec<RouteEntry> },
+    Error { message: String },
+}
+
+/// Sends one request to a running daemon.
+pub async fn request(socket: &Path, req: &Request) -> Result<Response, String> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
+        format!(
+            "cannot reach tapir at {}: {e} (is `tapir run` running with this --socket?)",
+            socket.display()
+        )
+    })?;
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    line.push('\n');
+    w.write_all(line.as_bytes())
+        .await
+        .map_err(|e| format!("control socket: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(r)
+        .read_line(&mut answer)
+        .await
+        .map_err(|e| format!("control socket: {e}"))?;
+    serde_json::from_str(&answer).map_err(|e| format!("control socket: bad answer: {e}"))
+}
+
+/// Binds the control socket: its directory is created, a stale socket file
+/// is replaced, and the mode is 0660 so only root and the group may use it.
+pub fn bind(path: &Path) -> std::io::Result<(UnixListener, SocketGuard)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("another tapir is listening on {}", path.display()),
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok((l, SocketGuard(path.to_owned())))
+}
+
+/// Removes the socket file when the daemon stops.
+pub struct SocketGuard(PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Reads requests from one client and answers them with `handle`.
+pub async fn serve_client<F, Fut>(stream: UnixStream, handle: F)
+where
+    F: Fn(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r.take(1 << 20)).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => handle(req).await,
+            Err(e) => Response::Error {
+                message: format!("bad request: {e}"),
+            },
+        };
+        let mut out = serde_json::to_string(&resp).unwrap_or_default();
+        out.push('\n');
+        if w.write_all(out.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+}
+
+use tokio::io::AsyncReadExt as _;

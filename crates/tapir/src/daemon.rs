@@ -1,0 +1,145 @@
+//! `tapir run`: starts a task per neighbor, the BGP listener and the control
+//! socket, and stops them all cleanly on SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::control::{self, PeerStatus, Request, Response, RouteEntry};
+use crate::peer::{self, Local, PeerHandle, PeerMsg};
+
+pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
+    let (control_listener, _guard) = control::bind(socket)
+        .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        listeners.push(bind_bgp(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+    }
+    let local = Arc::new(Local {
+        router_id: config.router_id,
+        local_as: config.local_as,
+        announce: config.announce.clone(),
+    });
+    let peers: Arc<Vec<PeerHandle>> = Arc::new(
+        config
+            .neighbors
+            .iter()
+            .map(|n| peer::spawn(n.clone(), local.clone()))
+            .collect(),
+    );
+    info!(
+        router_id = %config.router_id,
+        local_as = config.local_as,
+        neighbors = peers.len(),
+        socket = %socket.display(),
+        "tapir started"
+    );
+    for l in listeners {
+        let peers = peers.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, from) = match l.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let ip = from.ip().to_canonical();
+                match peers.iter().find(|p| p.address == ip) {
+                    Some(p) => {
+                        let _ = p.tx.send(PeerMsg::Incoming(stream)).await;
+                    }
+                    None => info!(from = %ip, "connection from an address that is no neighbor refused"),
+                }
+            }
+        });
+    }
+    {
+        let peers = peers.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = control_listener.accept().await else {
+                    continue;
+                };
+                let peers = peers.clone();
+                tokio::spawn(control::serve_client(stream, move |req| {
+                    let peers = peers.clone();
+                    async move { answer(&peers, req).await }
+                }));
+            }
+        });
+    }
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    let mut waits = Vec::new();
+    for p in peers.iter() {
+        let (tx, rx) = oneshot::channel();
+        if p.tx.send(PeerMsg::Shutdown("tapir shutting down".into(), tx)).await.is_ok() {
+            waits.push(rx);
+        }
+    }
+    for w in waits {
+        let _ = w.await;
+    }
+    // Let the writer tasks put the Cease on the wire.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    Ok(())
+}
+
+/// Binds a BGP listener. An IPv6 wildcard also takes IPv4 (mapped
+/// addresses); on a host without IPv6 it falls back to IPv4.
+fn bind_bgp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let std_listener = match std::net::TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+            error!(error = %e, "IPv6 listener failed; listening on IPv4 only");
+            std::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], addr.port())))?
+        }
+        Err(e) => return Err(e),
+    };
+    std_listener.set_nonblocking(true)?;
+    TcpListener::from_std(std_listener)
+}
+
+async fn answer(peers: &[PeerHandle], req: Request) -> Response {
+    match req {
+        Request::ShowPeers => {
+            let mut out: Vec<PeerStatus> = Vec::new();
+            for p in peers {
+                let (tx, rx) = oneshot::channel();
+                if p.tx.send(PeerMsg::Status(tx)).await.is_ok() {
+                    if let Ok(s) = rx.await {
+                        out.push(s);
+                    }
+                }
+            }
+            Response::Peers { peers: out }
+        }
+        Request::ShowRoutes => {
+            let mut out: Vec<RouteEntry> = Vec::new();
+            for p in peers {
+                let (tx, rx) = oneshot::channel();
+                if p.tx.send(PeerMsg::Routes(tx)).await.is_ok() {
+                    if let Ok(r) = rx.await {
+                        out.extend(r);
+                    }
+                }
+            }
+            out.sort_by(|a, b| (&a.prefix, &a.peer).cmp(&(&b.prefix, &b.peer)));
+            Response::Routes { routes: out }
+        }
+    }
+}

@@ -1,0 +1,605 @@
+//! One task per configured neighbor. It owns the neighbor's sessions (one,
+//! or two while a connection collision is being resolved), its Adj-RIB-In
+//! and what it has exported, and drives the sans-IO [`bgp::session`] with
+//! sockets and timers.
+//!
+//! ```text
+//!   listener ──Incoming──▶ ┌────────────┐ ──bytes──▶ writer task ──▶ socket
+//!   reader task ──Bytes──▶ │ peer task  │
+//!   connect task ─Connected▶│ (Session,  │ ◀──Status/Routes── control socket
+//!                          │ Adj-RIB-In)│
+//!                          └────────────┘
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bgp::collision::{self, Loser};
+use bgp::notification::{cease, Notification};
+use bgp::session::{self, Event, Session, State};
+use bgp::update::{encode_announce, encode_end_of_rib};
+use bgp::{AfiSafi, AsPath, NextHop, Origin, PathAttributes, Prefix};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::config::{Neighbor, RemoteAsConfig};
+use crate::control::{PeerStatus, RouteEntry};
+
+/// What the rest of the daemon knows of every peer.
+#[derive(Clone, Debug)]
+pub struct Local {
+    pub router_id: std::net::Ipv4Addr,
+    pub local_as: u32,
+    pub announce: Vec<Prefix>,
+}
+
+pub enum PeerMsg {
+    /// A connection the listener accepted from this neighbor's address.
+    Incoming(TcpStream),
+    Status(oneshot::Sender<PeerStatus>),
+    Routes(oneshot::Sender<Vec<RouteEntry>>),
+    /// Stop with a Cease and end the task; answers when done.
+    Shutdown(String, oneshot::Sender<()>),
+    Connected {
+        conn: u64,
+        result: std::io::Result<TcpStream>,
+    },
+    Bytes {
+        conn: u64,
+        data: Vec<u8>,
+    },
+    Closed {
+        conn: u64,
+    },
+}
+
+#[derive(Clone)]
+pub struct PeerHandle {
+    pub address: IpAddr,
+    pub tx: mpsc::Sender<PeerMsg>,
+}
+
+/// A route learned from the neighbor.
+#[derive(Clone, Debug)]
+struct RouteIn {
+    next_hop: NextHop,
+    attrs: Arc<PathAttributes>,
+}
+
+/// One TCP connection and the session that runs on it.
+struct Conn {
+    id: u64,
+    session: Session,
+    writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+    local: Option<SocketAddr>,
+}
+
+impl Conn {
+    fn drop_socket(&mut self) {
+        // Dropping the writer's channel lets it send what is queued, then
+        // shut the socket down.
+        self.writer = None;
+        if let Some(r) = self.reader.take() {
+            r.abort();
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.drop_socket();
+    }
+}
+
+pub struct Peer {
+    cfg: Neighbor,
+    local: Arc<Local>,
+    tx: mpsc::Sender<PeerMsg>,
+    conns: Vec<Conn>,
+    next_id: u64,
+    connecting: Option<tokio::task::JoinHandle<()>>,
+    adj_rib_in: BTreeMap<Prefix, RouteIn>,
+    exported: usize,
+    state_since: Instant,
+    flaps: u64,
+}
+
+pub fn spawn(cfg: Neighbor, local: Arc<Local>) -> PeerHandle {
+    let (tx, rx) = mpsc::channel(256);
+    let handle = PeerHandle {
+        address: cfg.address,
+        tx: tx.clone(),
+    };
+    let peer = Peer {
+        cfg,
+        local,
+        tx,
+        conns: Vec::new(),
+        next_id: 1,
+        connecting: None,
+        adj_rib_in: BTreeMap::new(),
+        exported: 0,
+        state_since: Instant::now(),
+        flaps: 0,
+    };
+    tokio::spawn(peer.run(rx));
+    handle
+}
+
+fn session_config(cfg: &Neighbor, local: &Local) -> session::Config {
+    session::Config {
+        local_as: local.local_as,
+        remote_as: cfg.remote_as.to_session(),
+        router_id: local.router_id,
+        hold_time: cfg.hold_time,
+        connect_retry: cfg.connect_retry,
+        passive: cfg.passive,
+        families: cfg.families.iter().map(|a| AfiSafi::unicast(*a)).collect(),
+        extended_next_hop: false,
+        graceful_restart: None,
+    }
+}
+
+impl Peer {
+    async fn run(mut self, mut rx: mpsc::Receiver<PeerMsg>) {
+        let span = tracing::info_span!("peer", peer = %self.cfg.name, address = %self.cfg.address);
+        let _enter = span.enter();
+        let mut primary = self.new_conn();
+        primary.session.start(Instant::now());
+        self.conns.push(primary);
+        self.process();
+        loop {
+            let deadline = self
+                .conns
+                .iter()
+                .filter_map(|c| c.session.poll_timeout())
+                .min();
+            let msg = match deadline {
+                Some(d) => tokio::select! {
+                    m = rx.recv() => m,
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(d)) => {
+                        let now = Instant::now();
+                        for c in &mut self.conns {
+                            c.session.handle_timeout(now);
+                        }
+                        self.process();
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some(msg) = msg else { break };
+            if let PeerMsg::Shutdown(reason, done) = msg {
+                let now = Instant::now();
+                for c in &mut self.conns {
+                    c.session
+                        .stop(now, Notification::shutdown(cease::ADMINISTRATIVE_SHUTDOWN, &reason));
+                }
+                self.process();
+                self.conns.clear();
+                let _ = done.send(());
+                break;
+            }
+            self.handle(msg);
+            self.process();
+        }
+    }
+
+    fn new_conn(&mut self) -> Conn {
+        let id = self.next_id;
+        self.next_id += 1;
+        Conn {
+            id,
+            session: Session::new(session_config(&self.cfg, &self.local)),
+            writer: None,
+            reader: None,
+            local: None,
+        }
+    }
+
+    fn attach(&self, conn: &mut Conn, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        conn.local = stream.local_addr().ok();
+        let (mut r, mut w) = stream.into_split();
+        let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            while let Some(b) = wrx.recv().await {
+                if w.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+            let _ = w.shutdown().await;
+        });
+        let tx = self.tx.clone();
+        let id = conn.id;
+        conn.reader = Some(tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(PeerMsg::Closed { conn: id }).await;
+                        return;
+                    }
+                    Ok(n) => {
+                        if tx
+                            .send(PeerMsg::Bytes {
+                                conn: id,
+                                data: buf[..n].to_vec(),
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+        conn.writer = Some(wtx);
+    }
+
+    fn handle(&mut self, msg: PeerMsg) {
+        let now = Instant::now();
+        match msg {
+            PeerMsg::Incoming(stream) => self.incoming(now, stream),
+            PeerMsg::Connected { conn, result } => {
+                let Some(i) = self.conns.iter().position(|c| c.id == conn) else {
+                    return;
+                };
+                let state = self.conns[i].session.state();
+                match result {
+                    Ok(stream) if matches!(state, State::Connect | State::Active) => {
+                        let mut c = self.conns.remove(i);
+                        self.attach(&mut c, stream);
+                        c.session.connected(now);
+                        self.conns.insert(i, c);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        debug!(error = %e, "connect failed");
+                        self.conns[i].session.connect_failed(now);
+                    }
+                }
+            }
+            PeerMsg::Bytes { conn, data } => {
+                if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
+                    c.session.receive(now, &data);
+                }
+            }
+            PeerMsg::Closed { conn } => {
+                if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
+                    c.session.closed(now);
+                }
+            }
+            PeerMsg::Status(tx) => {
+                let _ = tx.send(self.status());
+            }
+            PeerMsg::Routes(tx) => {
+                let _ = tx.send(self.routes());
+            }
+            PeerMsg::Shutdown(..) => {}
+        }
+    }
+
+    fn incoming(&mut self, now: Instant, stream: TcpStream) {
+        let state = self.conns[0].session.state();
+        match state {
+            State::Idle | State::Connect | State::Active => {
+                // The peer was faster than our own attempt: use its
+                // connection and drop ours (§8.2.2, Connect state).
+                if let Some(c) = self.connecting.take() {
+                    c.abort();
+                }
+                let mut c = self.conns.remove(0);
+                c.drop_socket();
+                c.id = self.next_id;
+                self.next_id += 1;
+                self.attach(&mut c, stream);
+                c.session.accepted(now);
+                self.conns.insert(0, c);
+            }
+            State::OpenSent | State::OpenConfirm if self.conns.len() == 1 => {
+                // A collision in the making (§6.8): run both until the
+                // peer's identifier is known.
+                let mut c = self.new_conn();
+                self.attach(&mut c, stream);
+                c.session.accepted(now);
+                self.conns.push(c);
+            }
+            _ => {
+                info!("connection refused: a session with this neighbor is already up");
+                tokio::spawn(async move {
+                    let mut s = stream;
+                    let n = Notification::new(bgp::notification::code::CEASE, cease::CONNECTION_REJECTED);
+                    let bytes = bgp::Message::Notification(n).encode(&bgp::Context::default());
+                    let _ = s.write_all(&bytes).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        }
+    }
+
+    /// Moves bytes and events out of the sessions until there are none.
+    fn process(&mut self) {
+        loop {
+            let mut progressed = false;
+            for i in 0..self.conns.len() {
+                while let Some(b) = self.conns[i].session.poll_transmit() {
+                    if let Some(w) = &self.conns[i].writer {
+                        let _ = w.send(b);
+                    }
+                    progressed = true;
+                }
+                while let Some(ev) = self.conns[i].session.poll_event() {
+                    progressed = true;
+                    self.event(i, ev);
+                }
+            }
+            if self.conns.len() == 2 {
+                if let Some(loser) = collision::resolve(&self.conns[0].session, &self.conns[1].session) {
+                    let i = match loser {
+                        Loser::First => 0,
+                        Loser::Second => 1,
+                    };
+                    info!(
+                        inbound = self.conns[i].session.is_inbound(),
+                        "connection collision: closing one connection (RFC 4271 §6.8)"
+                    );
+                    self.conns[i].session.close_collision(Instant::now());
+                    progressed = true;
+                }
+            }
+            // A secondary connection that went Idle is done; a primary that
+            // went Idle (it lost a collision, or failed) hands over to the
+            // secondary, which is a live connection.
+            if self.conns.len() == 2 {
+                if self.conns[1].session.state() == State::Idle {
+                    self.flush_and_remove(1);
+                    progressed = true;
+                } else if self.conns[0].session.state() == State::Idle {
+                    self.flush_and_remove(0);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn flush_and_remove(&mut self, i: usize) {
+        let mut c = self.conns.remove(i);
+        while let Some(b) = c.session.poll_transmit() {
+            if let Some(w) = &c.writer {
+                let _ = w.send(b);
+            }
+        }
+        c.drop_socket();
+    }
+
+    fn event(&mut self, i: usize, ev: Event) {
+        let primary = i == 0;
+        match ev {
+            Event::Connect => {
+                let id = self.conns[i].id;
+                if let Some(c) = self.connecting.take() {
+                    c.abort();
+                }
+                let tx = self.tx.clone();
+                let addr = SocketAddr::new(self.cfg.address, self.cfg.port);
+                let local = self.cfg.local_address;
+                let timeout = self.cfg.connect_retry;
+                self.connecting = Some(tokio::spawn(async move {
+                    let result = match tokio::time::timeout(timeout, connect(addr, local)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+                    };
+                    let _ = tx.send(PeerMsg::Connected { conn: id, result }).await;
+                }));
+            }
+            Event::Disconnect => {
+                // Queued bytes (a NOTIFICATION) go out before the close.
+                while let Some(b) = self.conns[i].session.poll_transmit() {
+                    if let Some(w) = &self.conns[i].writer {
+                        let _ = w.send(b);
+                    }
+                }
+                self.conns[i].drop_socket();
+                // Fresh id so that late bytes from the old socket are ignored.
+                self.conns[i].id = self.next_id;
+                self.next_id += 1;
+            }
+            Event::StateChanged { from, to } => {
+                if primary {
+                    self.state_since = Instant::now();
+                }
+                if to == State::Established || from == State::Established || to == State::Idle {
+                    info!(from = %from, to = %to, "session state changed");
+                } else {
+                    debug!(from = %from, to = %to, "session state changed");
+                }
+            }
+            Event::Established(n) => {
+                info!(
+                    asn = n.remote_as,
+                    remote_id = %n.remote_id,
+                    hold_time = n.hold_time,
+                    "session established"
+                );
+                self.state_since = Instant::now();
+                self.announce(i);
+            }
+            Event::Down(reason) => {
+                warn!(reason = %reason, routes = self.adj_rib_in.len(), "session down, routes withdrawn");
+                self.flaps += 1;
+                self.adj_rib_in.clear();
+                self.exported = 0;
+            }
+            Event::Update(u) => self.apply_update(&u),
+            Event::RouteRefresh(family) => {
+                debug!(%family, "route refresh requested");
+                self.announce_family(i, family);
+            }
+        }
+    }
+
+    fn apply_update(&mut self, u: &bgp::Update) {
+        for p in &u.problems {
+            warn!(
+                attribute = p.type_code,
+                treat_as_withdraw = p.withdraw,
+                reason = p.reason,
+                "malformed attribute in UPDATE (RFC 7606)"
+            );
+        }
+        for p in u.withdrawn_all() {
+            self.adj_rib_in.remove(&p);
+        }
+        let announced = u.announced();
+        if announced.is_empty() {
+            return;
+        }
+        let attrs = Arc::new(u.attributes.clone());
+        for (p, nh) in announced {
+            self.adj_rib_in.insert(
+                p,
+                RouteIn {
+                    next_hop: nh,
+                    attrs: attrs.clone(),
+                },
+            );
+        }
+    }
+
+    /// Sends our static prefixes and End-of-RIB for every negotiated family.
+    fn announce(&mut self, i: usize) {
+        let families = self.conns[i].session.context().families.clone();
+        self.exported = 0;
+        for f in families {
+            self.announce_family(i, f);
+        }
+    }
+
+    fn announce_family(&mut self, i: usize, family: AfiSafi) {
+        let Some(afi) = family.unicast_afi() else {
+            return;
+        };
+        let prefixes: Vec<Prefix> = self
+            .local
+            .announce
+            .iter()
+            .chain(&self.cfg.announce)
+            .filter(|p| p.afi() == afi)
+            .copied()
+            .collect();
+        let conn = &mut self.conns[i];
+        let cxt = conn.session.context();
+        let next_hop = conn.local.and_then(|l| match (afi, l.ip().to_canonical()) {
+            (bgp::Afi::Ipv4, IpAddr::V4(a)) => Some(NextHop::V4(a)),
+            (bgp::Afi::Ipv6, IpAddr::V6(a)) if !is_link_local(a) => Some(NextHop::V6 {
+                global: a,
+                link_local: None,
+            }),
+            _ => None,
+        });
+        let now = Instant::now();
+        match next_hop {
+            Some(nh) if !prefixes.is_empty() => {
+                let ebgp = !matches!(self.cfg.remote_as, RemoteAsConfig::Internal);
+                let attrs = PathAttributes {
+                    origin: Some(Origin::Igp),
+                    as_path: Some(if ebgp {
+                        AsPath::from_sequence([self.local.local_as])
+                    } else {
+                        AsPath::default()
+                    }),
+                    local_pref: (!ebgp).then_some(100),
+                    ..Default::default()
+                };
+                for m in encode_announce(&attrs, nh, &prefixes, &cxt) {
+                    conn.session.send(now, m);
+                }
+                self.exported += prefixes.len();
+            }
+            None if !prefixes.is_empty() => {
+                warn!(%family, "no usable local address for the next hop; prefixes not announced");
+            }
+            _ => {}
+        }
+        conn.session.send(now, encode_end_of_rib(family));
+    }
+
+    fn status(&self) -> PeerStatus {
+        let s = &self.conns[0].session;
+        let n = s.negotiated();
+        PeerStatus {
+            name: self.cfg.name.clone(),
+            address: self.cfg.address.to_string(),
+            remote_as: self.cfg.remote_as.to_string(),
+            asn: n.map(|n| n.remote_as),
+            state: s.state().to_string(),
+            since_secs: self.state_since.elapsed().as_secs(),
+            local_address: self.conns[0].local.map(|l| l.ip().to_canonical().to_string()),
+            remote_id: n.map(|n| n.remote_id.to_string()),
+            hold_time: n.map(|n| n.hold_time),
+            keepalive: n.map(|n| n.keepalive),
+            families: n
+                .map(|n| n.context.families.iter().map(|f| f.to_string()).collect())
+                .unwrap_or_default(),
+            peer_capabilities: n
+                .map(|n| n.peer_capabilities.iter().map(|c| c.describe()).collect())
+                .unwrap_or_default(),
+            routes_received: self.adj_rib_in.len(),
+            routes_exported: if s.state() == State::Established { self.exported } else { 0 },
+            flaps: self.flaps,
+            last_error: s.last_error().map(|e| e.to_string()),
+        }
+    }
+
+    fn routes(&self) -> Vec<RouteEntry> {
+        self.adj_rib_in
+            .iter()
+            .map(|(p, r)| RouteEntry {
+                prefix: p.to_string(),
+                peer: self.cfg.name.clone(),
+                next_hop: r.next_hop.to_string(),
+                as_path: r.attrs.as_path.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+                origin: r.attrs.origin.map(|o| o.name().to_string()).unwrap_or_default(),
+                med: r.attrs.med,
+                local_pref: r.attrs.local_pref,
+                communities: r
+                    .attrs
+                    .communities
+                    .iter()
+                    .map(|c| format!("{}:{}", c >> 16, c & 0xffff))
+                    .collect(),
+                large_communities: r
+                    .attrs
+                    .large_communities
+                    .iter()
+                    .map(|c| format!("{}:{}:{}", c.global, c.local1, c.local2))
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+fn is_link_local(a: std::net::Ipv6Addr) -> bool {
+    (a.segments()[0] & 0xffc0) == 0xfe80
+}
+
+async fn connect(addr: SocketAddr, local: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let sock = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(l) = local {
+        sock.bind(SocketAddr::new(l, 0))?;
+    }
+    sock.connect(addr).await
+}
