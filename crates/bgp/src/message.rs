@@ -42,7 +42,7 @@ pub struct RouteRefresh {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     Open(Open),
-    Update(Update),
+    Update(Box<Update>),
     Notification(Notification),
     Keepalive,
     RouteRefresh(RouteRefresh),
@@ -146,7 +146,7 @@ impl Message {
         let body = &buf[HEADER_LEN..len];
         let msg = match kind {
             kind::OPEN => Message::Open(Open::decode_body(body)?),
-            kind::UPDATE => Message::Update(Update::decode_body(body, cxt)?),
+            kind::UPDATE => Message::Update(Box::new(Update::decode_body(body, cxt)?)),
             kind::NOTIFICATION => {
                 Message::Notification(Notification::decode_body(body).ok_or_else(bad_length)?)
             }

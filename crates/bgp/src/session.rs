@@ -293,7 +293,7 @@ impl Session {
             State::Idle => {}
             State::Connect | State::Active => {
                 self.events.push_back(Event::Disconnect);
-                self.to_idle(now);
+                self.enter_idle(now);
             }
         }
     }
@@ -341,7 +341,7 @@ impl Session {
                     self.events
                         .push_back(Event::Down(DownReason::ConnectionClosed));
                 }
-                self.to_idle(now);
+                self.enter_idle(now);
             }
             _ => {}
         }
@@ -433,7 +433,7 @@ impl Session {
                 self.events
                     .push_back(Event::Down(DownReason::NotificationReceived(n)));
             }
-            self.to_idle(now);
+            self.enter_idle(now);
             return;
         }
         let fsm_error =
@@ -455,7 +455,7 @@ impl Session {
             (State::Established, Message::Keepalive) => self.restart_hold(now),
             (State::Established, Message::Update(u)) => {
                 self.restart_hold(now);
-                self.events.push_back(Event::Update(Box::new(u)));
+                self.events.push_back(Event::Update(u));
             }
             (State::Established, Message::RouteRefresh(r)) => {
                 self.restart_hold(now);
@@ -560,10 +560,10 @@ impl Session {
             self.events.push_back(Event::Down(reason.clone()));
         }
         self.last_error = Some(reason);
-        self.to_idle(now);
+        self.enter_idle(now);
     }
 
-    fn to_idle(&mut self, now: Instant) {
+    fn enter_idle(&mut self, now: Instant) {
         self.hold_at = None;
         self.keepalive_at = None;
         self.negotiated = None;

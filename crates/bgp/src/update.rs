@@ -268,7 +268,7 @@ mod tests {
 
     fn decode(bytes: &[u8], cxt: &Context) -> Update {
         match Message::decode(bytes, cxt).unwrap().unwrap().0 {
-            Message::Update(u) => u,
+            Message::Update(u) => *u,
             m => panic!("not an update: {m:?}"),
         }
     }

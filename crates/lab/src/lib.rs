@@ -1,1 +1,289 @@
-//! lab
+//! Network-namespace labs with real BGP daemons, for tapir's integration
+//! tests, demo and benchmarks.
+//!
+//! A [`Lab`] owns everything it creates: namespaces (named
+//! `tapir-<pid>-<n>-<host>` so that labs of parallel tests never clash),
+//! veth pairs inside them, daemon processes and a scratch directory. Dropping
+//! the lab (also while a test panics) stops the daemons and deletes the
+//! namespaces; namespaces left by a lab whose process was killed are removed
+//! by the next lab that starts.
+//!
+//! - [`bird`], [`frr`], [`gobgp`]: start a daemon with a generated config
+//!   and read its state through its own CLI;
+//! - [`tapir`]: start the daemon under test and read it through its CLI;
+//! - [`reference`]: the topology of DESIGN §5 (tor, hv1/hv2, VMs on taps).
+
+#![forbid(unsafe_code)]
+
+pub mod bird;
+pub mod frr;
+pub mod gobgp;
+pub mod reference;
+pub mod tapir;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
+
+/// A lab: namespaces, links, processes and files, all removed on drop.
+pub struct Lab {
+    prefix: String,
+    hosts: Vec<String>,
+    children: Vec<(String, Child)>,
+    dir: PathBuf,
+}
+
+/// Runs a command and returns its output; panics with the command line and
+/// its stderr if it fails, since a lab that cannot be built is a test failure.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "`{program} {}` failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    out
+}
+
+/// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// True when running as root (needed for namespaces).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl Lab {
+    /// A new, empty lab. Panics unless run as root.
+    pub fn new() -> Lab {
+        assert!(
+            is_root(),
+            "the lab needs root (network namespaces); run the tests as root"
+        );
+        reap_stale_namespaces();
+        let n = NEXT_LAB.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("tapir-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("lab directory");
+        Lab {
+            prefix,
+            hosts: Vec::new(),
+            children: Vec::new(),
+            dir,
+        }
+    }
+
+    /// The scratch directory for configs, sockets and logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The namespace name of a host.
+    pub fn netns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    /// Creates a host (a namespace with `lo` up and forwarding on).
+    pub fn add_host(&mut self, host: &str) {
+        let ns = self.netns(host);
+        run("ip", &["netns", "add", &ns]);
+        self.hosts.push(ns.clone());
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        for key in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv6.conf.default.accept_dad=0",
+        ] {
+            self.exec(host, &["sysctl", "-qw", key]);
+        }
+    }
+
+    /// A veth pair between `a:a_if` and `b:b_if`, created inside the
+    /// namespaces so that names never clash between labs.
+    pub fn link(&mut self, a: &str, a_if: &str, b: &str, b_if: &str) {
+        let (na, nb) = (self.netns(a), self.netns(b));
+        run(
+            "ip",
+            &[
+                "-n", &na, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &nb,
+            ],
+        );
+    }
+
+    /// `ip -n HOST ARGS…`.
+    pub fn ip(&self, host: &str, args: &[&str]) -> Output {
+        let ns = self.netns(host);
+        let mut v = vec!["-n", ns.as_str()];
+        v.extend_from_slice(args);
+        run("ip", &v)
+    }
+
+    /// Adds an address (IPv6 without duplicate address detection, so it is
+    /// usable at once).
+    pub fn addr(&self, host: &str, dev: &str, cidr: &str) {
+        if cidr.contains(':') {
+            self.ip(host, &["addr", "add", cidr, "dev", dev, "nodad"]);
+        } else {
+            self.ip(host, &["addr", "add", cidr, "dev", dev]);
+        }
+    }
+
+    pub fn up(&self, host: &str, dev: &str) {
+        self.ip(host, &["link", "set", dev, "up"]);
+    }
+
+    /// Runs a command inside a host's namespace and waits for it.
+    pub fn exec(&self, host: &str, args: &[&str]) -> Output {
+        let ns = self.netns(host);
+        let mut v = vec!["netns", "exec", ns.as_str()];
+        v.extend_from_slice(args);
+        run("ip", &v)
+    }
+
+    /// Starts a long-running process inside a host; its output goes to
+    /// `<dir>/<log>`. `ip netns exec` execs the program, so the child's pid
+    /// is the daemon's and stopping it stops the daemon.
+    pub fn spawn(&mut self, host: &str, args: &[&str], log: &str) -> u32 {
+        let ns = self.netns(host);
+        let logfile = std::fs::File::create(self.dir.join(log)).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(logfile.try_clone().expect("log file"))
+            .stderr(logfile)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", args[0]));
+        let pid = child.id();
+        self.children.push((log.to_string(), child));
+        pid
+    }
+
+    /// Stops a process started with [`Lab::spawn`] (SIGTERM, then SIGKILL
+    /// after two seconds) and waits for it.
+    pub fn stop(&mut self, pid: u32) {
+        if let Some(i) = self.children.iter().position(|(_, c)| c.id() == pid) {
+            let (_, mut c) = self.children.remove(i);
+            terminate(&mut c);
+        }
+    }
+
+    /// The log of a spawned process (for failure messages).
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    /// Writes a file into the lab directory and returns its absolute path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).expect("lab directory");
+        }
+        std::fs::write(&p, contents).expect("lab file");
+        p
+    }
+
+    /// Logs of every process, for a failing test's message.
+    pub fn all_logs(&self) -> String {
+        let mut s = String::new();
+        for (log, _) in &self.children {
+            s.push_str(&format!("---- {log} ----\n{}\n", self.log(log)));
+        }
+        s
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Lab::new()
+    }
+}
+
+fn terminate(c: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            terminate(c);
+        }
+        for ns in &self.hosts {
+            // Anything still running inside (a daemon that forked) goes too.
+            if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            }
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        if std::env::var_os("TAPIR_LAB_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Deletes namespaces of labs whose process no longer exists.
+fn reap_stale_namespaces() {
+    let Ok(o) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix("tapir-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            if let Ok(o) = Command::new("ip").args(["netns", "pids", name]).output() {
+                for p in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", p]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}

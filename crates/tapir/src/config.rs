@@ -191,12 +191,8 @@ impl Config {
                 message,
             }
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            err(
-                e.span().unwrap_or(0..0),
-                e.message().trim_end().to_string(),
-            )
-        })?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| err(e.span().unwrap_or(0..0), e.message().trim_end().to_string()))?;
         let local_as = *raw.local_as.get_ref();
         if local_as == 0 || local_as == bgp::AS_TRANS as u32 {
             return Err(err(
@@ -212,23 +208,30 @@ impl Config {
             if let Some(prev) = neighbors.iter().find(|p| p.address == address) {
                 return Err(err(
                     n.address.span(),
-                    format!("neighbor address {address} is already used by neighbor `{}`", prev.name),
+                    format!(
+                        "neighbor address {address} is already used by neighbor `{}`",
+                        prev.name
+                    ),
                 ));
             }
-            let remote_as = match n.remote_as.get_ref() {
-                RawRemoteAs::Number(0) => {
-                    return Err(err(n.remote_as.span(), "remote-as: 0 is not an AS number".into()))
-                }
-                RawRemoteAs::Number(a) => RemoteAsConfig::Exact(*a),
-                RawRemoteAs::Word(w) if w == "external" => RemoteAsConfig::External,
-                RawRemoteAs::Word(w) if w == "internal" => RemoteAsConfig::Internal,
-                RawRemoteAs::Word(w) => {
-                    return Err(err(
+            let remote_as =
+                match n.remote_as.get_ref() {
+                    RawRemoteAs::Number(0) => {
+                        return Err(err(
+                            n.remote_as.span(),
+                            "remote-as: 0 is not an AS number".into(),
+                        ))
+                    }
+                    RawRemoteAs::Number(a) => RemoteAsConfig::Exact(*a),
+                    RawRemoteAs::Word(w) if w == "external" => RemoteAsConfig::External,
+                    RawRemoteAs::Word(w) if w == "internal" => RemoteAsConfig::Internal,
+                    RawRemoteAs::Word(w) => return Err(err(
                         n.remote_as.span(),
-                        format!("remote-as: `{w}` is neither an AS number nor `external` or `internal`"),
-                    ))
-                }
-            };
+                        format!(
+                            "remote-as: `{w}` is neither an AS number nor `external` or `internal`"
+                        ),
+                    )),
+                };
             let hold_time = *n.hold_time.get_ref();
             if hold_time == 1 || hold_time == 2 {
                 return Err(err(
@@ -238,7 +241,10 @@ impl Config {
             }
             let connect_retry = *n.connect_retry.get_ref();
             if connect_retry == 0 {
-                return Err(err(n.connect_retry.span(), "connect-retry: must be at least 1 second".into()));
+                return Err(err(
+                    n.connect_retry.span(),
+                    "connect-retry: must be at least 1 second".into(),
+                ));
             }
             let families = match &n.families {
                 None => vec![match address {
@@ -325,9 +331,13 @@ mod tests {
         let e = parse("router-id = \"10.0.0.1\"\nlocal-as = 64612\n[[neighbor]]\naddress = \"10.0.0.2\"\nremote-as = \"extrenal\"\n")
             .unwrap_err();
         assert_eq!((e.line, e.column), (5, 13), "{e}");
-        assert!(e.to_string().starts_with("t.toml:5:13: error: remote-as"), "{e}");
+        assert!(
+            e.to_string().starts_with("t.toml:5:13: error: remote-as"),
+            "{e}"
+        );
 
-        let e = parse("router-id = \"10.0.0.1\"\nlocal-as = 64612\nannounce = [\"10.3.0.1/24\"]\n").unwrap_err();
+        let e = parse("router-id = \"10.0.0.1\"\nlocal-as = 64612\nannounce = [\"10.3.0.1/24\"]\n")
+            .unwrap_err();
         assert_eq!(e.line, 3, "{e}");
         assert!(e.message.contains("host bits"), "{e}");
 

@@ -15,8 +15,8 @@ use crate::control::{self, PeerStatus, Request, Response, RouteEntry};
 use crate::peer::{self, Local, PeerHandle, PeerMsg};
 
 pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
-    let (control_listener, _guard) = control::bind(socket)
-        .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
+    let (control_listener, _guard) =
+        control::bind(socket).map_err(|e| format!("control socket {}: {e}", socket.display()))?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
         listeners.push(bind_bgp(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
@@ -57,7 +57,9 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
                     Some(p) => {
                         let _ = p.tx.send(PeerMsg::Incoming(stream)).await;
                     }
-                    None => info!(from = %ip, "connection from an address that is no neighbor refused"),
+                    None => {
+                        info!(from = %ip, "connection from an address that is no neighbor refused")
+                    }
                 }
             }
         });
@@ -87,7 +89,11 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
     let mut waits = Vec::new();
     for p in peers.iter() {
         let (tx, rx) = oneshot::channel();
-        if p.tx.send(PeerMsg::Shutdown("tapir shutting down".into(), tx)).await.is_ok() {
+        if p.tx
+            .send(PeerMsg::Shutdown("tapir shutting down".into(), tx))
+            .await
+            .is_ok()
+        {
             waits.push(rx);
         }
     }

@@ -177,8 +177,10 @@ impl Peer {
             if let PeerMsg::Shutdown(reason, done) = msg {
                 let now = Instant::now();
                 for c in &mut self.conns {
-                    c.session
-                        .stop(now, Notification::shutdown(cease::ADMINISTRATIVE_SHUTDOWN, &reason));
+                    c.session.stop(
+                        now,
+                        Notification::shutdown(cease::ADMINISTRATIVE_SHUTDOWN, &reason),
+                    );
                 }
                 self.process();
                 self.conns.clear();
@@ -315,7 +317,10 @@ impl Peer {
                 info!("connection refused: a session with this neighbor is already up");
                 tokio::spawn(async move {
                     let mut s = stream;
-                    let n = Notification::new(bgp::notification::code::CEASE, cease::CONNECTION_REJECTED);
+                    let n = Notification::new(
+                        bgp::notification::code::CEASE,
+                        cease::CONNECTION_REJECTED,
+                    );
                     let bytes = bgp::Message::Notification(n).encode(&bgp::Context::default());
                     let _ = s.write_all(&bytes).await;
                     let _ = s.shutdown().await;
@@ -341,7 +346,9 @@ impl Peer {
                 }
             }
             if self.conns.len() == 2 {
-                if let Some(loser) = collision::resolve(&self.conns[0].session, &self.conns[1].session) {
+                if let Some(loser) =
+                    collision::resolve(&self.conns[0].session, &self.conns[1].session)
+                {
                     let i = match loser {
                         Loser::First => 0,
                         Loser::Second => 1,
@@ -397,7 +404,10 @@ impl Peer {
                 self.connecting = Some(tokio::spawn(async move {
                     let result = match tokio::time::timeout(timeout, connect(addr, local)).await {
                         Ok(r) => r,
-                        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "connect timed out",
+                        )),
                     };
                     let _ = tx.send(PeerMsg::Connected { conn: id, result }).await;
                 }));
@@ -544,7 +554,9 @@ impl Peer {
             asn: n.map(|n| n.remote_as),
             state: s.state().to_string(),
             since_secs: self.state_since.elapsed().as_secs(),
-            local_address: self.conns[0].local.map(|l| l.ip().to_canonical().to_string()),
+            local_address: self.conns[0]
+                .local
+                .map(|l| l.ip().to_canonical().to_string()),
             remote_id: n.map(|n| n.remote_id.to_string()),
             hold_time: n.map(|n| n.hold_time),
             keepalive: n.map(|n| n.keepalive),
@@ -555,7 +567,11 @@ impl Peer {
                 .map(|n| n.peer_capabilities.iter().map(|c| c.describe()).collect())
                 .unwrap_or_default(),
             routes_received: self.adj_rib_in.len(),
-            routes_exported: if s.state() == State::Established { self.exported } else { 0 },
+            routes_exported: if s.state() == State::Established {
+                self.exported
+            } else {
+                0
+            },
             flaps: self.flaps,
             last_error: s.last_error().map(|e| e.to_string()),
         }
@@ -568,8 +584,17 @@ impl Peer {
                 prefix: p.to_string(),
                 peer: self.cfg.name.clone(),
                 next_hop: r.next_hop.to_string(),
-                as_path: r.attrs.as_path.as_ref().map(|p| p.to_string()).unwrap_or_default(),
-                origin: r.attrs.origin.map(|o| o.name().to_string()).unwrap_or_default(),
+                as_path: r
+                    .attrs
+                    .as_path
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                origin: r
+                    .attrs
+                    .origin
+                    .map(|o| o.name().to_string())
+                    .unwrap_or_default(),
                 med: r.attrs.med,
                 local_pref: r.attrs.local_pref,
                 communities: r

@@ -51,7 +51,15 @@ pub fn peers(peers: &[PeerStatus]) -> String {
         })
         .collect();
     table(
-        &["Name", "Address", "AS", "State", "Since", "Recv/Sent", "Last error"],
+        &[
+            "Name",
+            "Address",
+            "AS",
+            "State",
+            "Since",
+            "Recv/Sent",
+            "Last error",
+        ],
         &rows,
     )
 }
@@ -71,19 +79,36 @@ pub fn routes(routes: &[RouteEntry]) -> String {
                 extra.push(format!("communities {}", r.communities.join(" ")));
             }
             if !r.large_communities.is_empty() {
-                extra.push(format!("large-communities {}", r.large_communities.join(" ")));
+                extra.push(format!(
+                    "large-communities {}",
+                    r.large_communities.join(" ")
+                ));
             }
             vec![
                 r.prefix.clone(),
                 r.next_hop.clone(),
                 r.peer.clone(),
-                if r.as_path.is_empty() { "-".into() } else { r.as_path.clone() },
+                if r.as_path.is_empty() {
+                    "-".into()
+                } else {
+                    r.as_path.clone()
+                },
                 r.origin.clone(),
                 extra.join(", "),
             ]
         })
         .collect();
-    table(&["Prefix", "Next hop", "From", "AS path", "Origin", "Attributes"], &rows)
+    table(
+        &[
+            "Prefix",
+            "Next hop",
+            "From",
+            "AS path",
+            "Origin",
+            "Attributes",
+        ],
+        &rows,
+    )
 }
 
 #[cfg(test)]
@@ -94,7 +119,10 @@ mod tests {
     fn columns_align() {
         let t = table(
             &["Name", "State"],
-            &[vec!["tor-v4".into(), "Established".into()], vec!["x".into(), "Idle".into()]],
+            &[
+                vec!["tor-v4".into(), "Established".into()],
+                vec!["x".into(), "Idle".into()],
+            ],
         );
         assert_eq!(t, "Name    State\ntor-v4  Established\nx       Idle\n");
     }

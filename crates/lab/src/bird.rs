@@ -1,0 +1,84 @@
+//! BIRD 2 in a lab host: started in the foreground with its own config and
+//! control socket, read with `birdc`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{wait_for, Lab};
+
+pub struct Bird {
+    pub socket: PathBuf,
+    pub pid: u32,
+    pub log: String,
+}
+
+impl Lab {
+    /// Starts BIRD in `host` with `config`; waits until its socket answers.
+    pub fn bird(&mut self, host: &str, config: &str) -> Bird {
+        let conf = self.write(&format!("{host}/bird.conf"), config);
+        let socket = self.dir().join(host).join("bird.ctl");
+        let log = format!("{host}/bird.log");
+        let pid = self.spawn(
+            host,
+            &[
+                "bird",
+                "-f",
+                "-c",
+                &conf.to_string_lossy(),
+                "-s",
+                &socket.to_string_lossy(),
+            ],
+            &log,
+        );
+        let bird = Bird { socket, pid, log };
+        if wait_for(Duration::from_secs(10), || {
+            bird.try_cmd(&["show", "status"])
+        })
+        .is_none()
+        {
+            panic!("BIRD in {host} did not start:\n{}", self.log(&bird.log));
+        }
+        bird
+    }
+}
+
+impl Bird {
+    fn try_cmd(&self, args: &[&str]) -> Option<String> {
+        let o = Command::new("birdc")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Runs a `birdc` command and returns its output.
+    pub fn cmd(&self, args: &[&str]) -> String {
+        self.try_cmd(args)
+            .unwrap_or_else(|| panic!("birdc {} failed", args.join(" ")))
+    }
+
+    /// The `show protocols` line of a protocol, e.g.
+    /// `tapir4     BGP        ---        up     16:40:01.123  Established`.
+    pub fn protocol(&self, name: &str) -> Option<String> {
+        self.cmd(&["show", "protocols", name])
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(str::to_string)
+    }
+
+    pub fn is_established(&self, name: &str) -> bool {
+        self.protocol(name)
+            .is_some_and(|l| l.trim_end().ends_with("Established"))
+    }
+
+    /// `show route PREFIX all` if BIRD has a route for exactly that prefix.
+    pub fn route(&self, prefix: &str) -> Option<String> {
+        let out = self.cmd(&["show", "route", prefix, "all"]);
+        out.lines().any(|l| l.starts_with(prefix)).then_some(out)
+    }
+}

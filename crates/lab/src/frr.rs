@@ -1,0 +1,129 @@
+//! FRR (zebra and bgpd) in a lab host, without systemd or /etc/frr: both
+//! daemons run in the foreground with their own files, read with `vtysh`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{wait_for, Lab};
+
+pub struct Frr {
+    pub dir: PathBuf,
+    pub log: String,
+}
+
+impl Lab {
+    /// Starts zebra and bgpd in `host` with `bgpd_conf`.
+    pub fn frr(&mut self, host: &str, bgpd_conf: &str) -> Frr {
+        let dir = self.dir().join(host).join("frr");
+        std::fs::create_dir_all(&dir).expect("frr directory");
+        let d = dir.to_string_lossy().into_owned();
+        let zconf = self.write(
+            &format!("{host}/frr/zebra.conf"),
+            &format!("hostname {host}-zebra\n"),
+        );
+        let bconf = self.write(&format!("{host}/frr/bgpd.conf"), bgpd_conf);
+        let zserv = format!("{d}/zserv.api");
+        self.spawn(
+            host,
+            &[
+                "/usr/lib/frr/zebra",
+                "-u",
+                "root",
+                "-g",
+                "frrvty",
+                "-f",
+                &zconf.to_string_lossy(),
+                "-i",
+                &format!("{d}/zebra.pid"),
+                "-z",
+                &zserv,
+                "--vty_socket",
+                &d,
+                "-P",
+                "0",
+            ],
+            &format!("{host}/zebra.log"),
+        );
+        if wait_for(Duration::from_secs(10), || {
+            std::path::Path::new(&zserv).exists().then_some(())
+        })
+        .is_none()
+        {
+            panic!(
+                "zebra in {host} did not start:\n{}",
+                self.log(&format!("{host}/zebra.log"))
+            );
+        }
+        let log = format!("{host}/bgpd.log");
+        self.spawn(
+            host,
+            &[
+                "/usr/lib/frr/bgpd",
+                "-u",
+                "root",
+                "-g",
+                "frrvty",
+                "-f",
+                &bconf.to_string_lossy(),
+                "-i",
+                &format!("{d}/bgpd.pid"),
+                "-z",
+                &zserv,
+                "--vty_socket",
+                &d,
+                "-P",
+                "0",
+            ],
+            &log,
+        );
+        let frr = Frr { dir, log };
+        if wait_for(Duration::from_secs(10), || {
+            frr.try_vtysh("show bgp summary json")
+        })
+        .is_none()
+        {
+            panic!("bgpd in {host} did not start:\n{}", self.log(&frr.log));
+        }
+        frr
+    }
+}
+
+impl Frr {
+    fn try_vtysh(&self, cmd: &str) -> Option<String> {
+        let o = Command::new("vtysh")
+            .arg("--vty_socket")
+            .arg(&self.dir)
+            .args(["-c", cmd])
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    pub fn vtysh(&self, cmd: &str) -> String {
+        self.try_vtysh(cmd)
+            .unwrap_or_else(|| panic!("vtysh -c '{cmd}' failed"))
+    }
+
+    pub fn json(&self, cmd: &str) -> Value {
+        serde_json::from_str(&self.vtysh(cmd)).unwrap_or(Value::Null)
+    }
+
+    /// `bgpState` of a neighbor (`Established`, `Active`, …).
+    pub fn neighbor_state(&self, addr: &str) -> Option<String> {
+        self.json(&format!("show bgp neighbors {addr} json"))[addr]["bgpState"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// The paths FRR holds for a prefix (`show bgp ipv4|ipv6 unicast json`).
+    pub fn paths(&self, prefix: &str) -> Vec<Value> {
+        let afi = if prefix.contains(':') { "ipv6" } else { "ipv4" };
+        let v = self.json(&format!("show bgp {afi} unicast json"));
+        v["routes"][prefix].as_array().cloned().unwrap_or_default()
+    }
+}

@@ -1,0 +1,143 @@
+//! The reference lab of DESIGN §5.
+//!
+//! `tor` holds a bridge `br0` (10.192.21.1/24, 2001:db8:21::1/64) that every
+//! hypervisor's uplink `eno1` joins; hv1 is .6/::6, hv2 .7/::7. A VM `vmN`
+//! sits behind `tapN` on a hypervisor: the tap carries the gateway
+//! `10.192.24.1/32 scope link` and MAC 22:22:22:22:22:01 (so the link-local
+//! fe80::2022:22ff:fe22:2201), and the hypervisor routes the VM's /32 and
+//! /128 `proto static dev tapN` as the ifup hook does.
+
+use crate::Lab;
+
+pub const TOR_V4: &str = "10.192.21.1";
+pub const TOR_V6: &str = "2001:db8:21::1";
+pub const TOR_AS: u32 = 65020;
+pub const HV_AS: u32 = 64612;
+pub const GATEWAY_V4: &str = "10.192.24.1";
+pub const GATEWAY_LL: &str = "fe80::2022:22ff:fe22:2201";
+pub const TAP_MAC: &str = "22:22:22:22:22:01";
+
+/// Uplink addresses of a hypervisor (`hv1` → .6, `hv2` → .7).
+pub fn hv_addresses(hv: &str) -> (String, String) {
+    let n: u32 = hv.trim_start_matches("hv").parse().unwrap_or(1) + 5;
+    (format!("10.192.21.{n}"), format!("2001:db8:21::{n}"))
+}
+
+pub fn vm_v4(n: u32) -> String {
+    format!("10.192.24.{n}")
+}
+
+pub fn vm_v6(n: u32) -> String {
+    format!("2001:db8:140::{n}")
+}
+
+/// Creates `tor` and the given hypervisors joined to its bridge.
+pub fn build(lab: &mut Lab, hvs: &[&str]) {
+    lab.add_host("tor");
+    lab.ip("tor", &["link", "add", "br0", "type", "bridge"]);
+    lab.addr("tor", "br0", &format!("{TOR_V4}/24"));
+    lab.addr("tor", "br0", &format!("{TOR_V6}/64"));
+    lab.up("tor", "br0");
+    for hv in hvs {
+        lab.add_host(hv);
+        lab.link(hv, "eno1", "tor", hv);
+        lab.ip("tor", &["link", "set", hv, "master", "br0"]);
+        lab.up("tor", hv);
+        let (v4, v6) = hv_addresses(hv);
+        lab.addr(hv, "eno1", &format!("{v4}/24"));
+        lab.addr(hv, "eno1", &format!("{v6}/64"));
+        lab.up(hv, "eno1");
+    }
+}
+
+/// Adds `vmN` behind `tapN` on `hv`, as the ifup hook and the VM's own
+/// network config would set it up.
+pub fn add_vm(lab: &mut Lab, hv: &str, n: u32) {
+    let vm = format!("vm{n}");
+    let tap = format!("tap{n}");
+    lab.add_host(&vm);
+    lab.link(hv, &tap, &vm, "eth0");
+    // Hypervisor side: same gateway address and MAC on every tap.
+    lab.ip(hv, &["link", "set", &tap, "address", TAP_MAC]);
+    lab.up(hv, &tap);
+    lab.ip(
+        hv,
+        &[
+            "addr",
+            "add",
+            &format!("{GATEWAY_V4}/32"),
+            "dev",
+            &tap,
+            "scope",
+            "link",
+        ],
+    );
+    lab.ip(
+        hv,
+        &[
+            "route",
+            "replace",
+            &format!("{}/32", vm_v4(n)),
+            "proto",
+            "static",
+            "dev",
+            &tap,
+        ],
+    );
+    lab.ip(
+        hv,
+        &[
+            "-6",
+            "route",
+            "replace",
+            &format!("{}/128", vm_v6(n)),
+            "proto",
+            "static",
+            "dev",
+            &tap,
+        ],
+    );
+    // VM side: host addresses, the gateway on-link.
+    lab.addr(&vm, "eth0", &format!("{}/32", vm_v4(n)));
+    lab.addr(&vm, "eth0", &format!("{}/128", vm_v6(n)));
+    lab.up(&vm, "eth0");
+    lab.ip(
+        &vm,
+        &["route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"],
+    );
+    lab.ip(
+        &vm,
+        &[
+            "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0", "onlink",
+        ],
+    );
+    lab.ip(
+        &vm,
+        &[
+            "-6", "route", "add", "default", "via", GATEWAY_LL, "dev", "eth0",
+        ],
+    );
+}
+
+/// The reference VM's BIRD config (DESIGN §5), with the `protocol bgp`
+/// block verbatim and the VM's service prefixes as static routes exported
+/// to the hypervisor.
+pub fn vm_bird_config(n: u32, asn: u32, announce: &[&str]) -> String {
+    let addr = vm_v4(n);
+    let statics: String = announce
+        .iter()
+        .map(|p| format!("    route {p} unreachable;\n"))
+        .collect();
+    format!(
+        "log stderr all;\n\
+         router id {addr};\n\
+         protocol device {{ }}\n\
+         protocol static {{\n    ipv4;\n{statics}}}\n\
+         protocol bgp {{\n    \
+             ipv4 {{ import none; export where source = RTS_STATIC; }};\n    \
+             local {addr} as {asn};\n    \
+             neighbor {GATEWAY_V4} external;\n    \
+             multihop;\n\
+         }}\n"
+    )
+}
