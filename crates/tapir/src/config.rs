@@ -214,24 +214,25 @@ impl Config {
                     ),
                 ));
             }
-            let remote_as =
-                match n.remote_as.get_ref() {
-                    RawRemoteAs::Number(0) => {
-                        return Err(err(
-                            n.remote_as.span(),
-                            "remote-as: 0 is not an AS number".into(),
-                        ))
-                    }
-                    RawRemoteAs::Number(a) => RemoteAsConfig::Exact(*a),
-                    RawRemoteAs::Word(w) if w == "external" => RemoteAsConfig::External,
-                    RawRemoteAs::Word(w) if w == "internal" => RemoteAsConfig::Internal,
-                    RawRemoteAs::Word(w) => return Err(err(
+            let remote_as = match n.remote_as.get_ref() {
+                RawRemoteAs::Number(0) => {
+                    return Err(err(
+                        n.remote_as.span(),
+                        "remote-as: 0 is not an AS number".into(),
+                    ))
+                }
+                RawRemoteAs::Number(a) => RemoteAsConfig::Exact(*a),
+                RawRemoteAs::Word(w) if w == "external" => RemoteAsConfig::External,
+                RawRemoteAs::Word(w) if w == "internal" => RemoteAsConfig::Internal,
+                RawRemoteAs::Word(w) => {
+                    return Err(err(
                         n.remote_as.span(),
                         format!(
                             "remote-as: `{w}` is neither an AS number nor `external` or `internal`"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             let hold_time = *n.hold_time.get_ref();
             if hold_time == 1 || hold_time == 2 {
                 return Err(err(

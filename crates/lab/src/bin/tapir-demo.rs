@@ -46,7 +46,10 @@ fn main() -> ExitCode {
                ipv6 {{ import all; export where source = RTS_STATIC; }}; }}\n"
         ),
     );
-    let vm = lab.bird("vm11", &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]));
+    let vm = lab.bird(
+        "vm11",
+        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
+    );
     let t = lab.tapir("hv1", &tapir, &config);
 
     let up = wait_for(Duration::from_secs(30), || {
@@ -59,10 +62,19 @@ fn main() -> ExitCode {
     });
     println!("\n$ tapir show peers\n{}", t.show(&["peers"]));
     println!("$ tapir show routes\n{}", t.show(&["routes"]));
-    println!("$ birdc show protocols   # in tor\n{}", tor.cmd(&["show", "protocols"]));
-    println!("$ birdc show protocols   # in vm11 (the reference VM config)\n{}", vm.cmd(&["show", "protocols"]));
+    println!(
+        "$ birdc show protocols   # in tor\n{}",
+        tor.cmd(&["show", "protocols"])
+    );
+    println!(
+        "$ birdc show protocols   # in vm11 (the reference VM config)\n{}",
+        vm.cmd(&["show", "protocols"])
+    );
     if up.is_none() {
-        eprintln!("the demo did not converge in 30 s; logs:\n{}", lab.all_logs());
+        eprintln!(
+            "the demo did not converge in 30 s; logs:\n{}",
+            lab.all_logs()
+        );
         return ExitCode::FAILURE;
     }
     println!("== all sessions Established; tearing the lab down");
