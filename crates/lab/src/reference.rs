@@ -48,6 +48,28 @@ pub fn build(lab: &mut Lab, hvs: &[&str]) {
         lab.addr(hv, "eno1", &format!("{v6}/64"));
         lab.up(hv, "eno1");
     }
+    // For capturing wire vectors (scripts/capture-vectors): every BGP
+    // message crossing tor's bridge goes to <lab dir>/tor.pcap.
+    if std::env::var_os("TAPIR_LAB_CAPTURE").is_some() {
+        let pcap = lab.dir().join("tor.pcap");
+        lab.spawn(
+            "tor",
+            &[
+                "tcpdump",
+                "--immediate-mode",
+                "-i",
+                "br0",
+                "-U",
+                "-w",
+                &pcap.to_string_lossy(),
+                "tcp",
+                "port",
+                "179",
+            ],
+            "tcpdump.log",
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 /// Adds `vmN` behind `tapN` on `hv`, as the ifup hook and the VM's own
