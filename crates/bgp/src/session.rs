@@ -61,6 +61,8 @@ pub enum RemoteAs {
     External,
     /// Ours (iBGP).
     Internal,
+    /// Any ASN within one of these inclusive ranges.
+    Ranges(Vec<(u32, u32)>),
 }
 
 impl RemoteAs {
@@ -69,6 +71,7 @@ impl RemoteAs {
             RemoteAs::Exact(a) => a == asn,
             RemoteAs::External => asn != local_as,
             RemoteAs::Internal => asn == local_as,
+            RemoteAs::Ranges(ref r) => r.iter().any(|&(a, b)| (a..=b).contains(&asn)),
         }
     }
 }
@@ -295,6 +298,18 @@ impl Session {
                 self.events.push_back(Event::Disconnect);
                 self.enter_idle(now);
             }
+        }
+    }
+
+    /// Ends the session with `notification` because of something the peer
+    /// did (e.g. too many prefixes); it restarts by itself after the
+    /// ConnectRetryTime, like after any other error.
+    pub fn reset(&mut self, now: Instant, notification: Notification) {
+        if matches!(
+            self.state,
+            State::OpenSent | State::OpenConfirm | State::Established
+        ) {
+            self.fail(now, DownReason::NotificationSent(notification));
         }
     }
 

@@ -32,6 +32,8 @@ impl Lab {
                 &socket.to_string_lossy(),
                 "--log",
                 "debug",
+                "--state-dir",
+                &self.dir().join(host).join("state").to_string_lossy(),
             ],
             &log,
         );

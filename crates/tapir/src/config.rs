@@ -23,6 +23,9 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::inventory::{Source, VmEntry};
+use crate::prefix_set::{PrefixPattern, PrefixSet};
+
 /// A configuration error with its place in the file.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -59,6 +62,82 @@ pub struct Config {
     /// Prefixes announced to every neighbor whose session carries their family.
     pub announce: Vec<Prefix>,
     pub neighbors: Vec<Neighbor>,
+    /// Dynamic VM groups (`[[group]]`).
+    pub groups: Vec<Group>,
+    /// Inventory entries from the config (`[[vm]]` and the `inventory` file).
+    pub vms: Vec<VmEntry>,
+    /// Where run-time state (VM registrations) is kept.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What to do when a VM announces more prefixes than allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxPrefixAction {
+    /// Refuse the prefixes past the limit; the session stays.
+    Reject,
+    /// End the session with Cease / Maximum Number of Prefixes Reached.
+    Teardown,
+}
+
+/// A dynamic peer group: every VM on an interface matching `interfaces`
+/// with an address in `ranges` (DESIGN C2).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    pub name: String,
+    pub interfaces: Vec<String>,
+    pub ranges: Vec<Prefix>,
+    pub remote_as: RemoteAsConfig,
+    pub hold_time: u16,
+    pub connect_retry: Duration,
+    /// Group-level filter for VMs without an inventory entry.
+    pub import: Option<(String, PrefixSet)>,
+    pub max_prefixes: usize,
+    pub max_prefixes_action: MaxPrefixAction,
+    /// Kernel route protocols whose `/32`/`/128 dev TAP` routes make a VM known.
+    pub route_protocols: Vec<u8>,
+    /// Graceful restart time advertised (RFC 4724), 0 for none.
+    pub graceful_restart_time: u16,
+}
+
+impl Group {
+    pub fn matches_interface(&self, ifname: &str) -> bool {
+        self.interfaces.iter().any(|p| glob(p, ifname))
+    }
+
+    pub fn matches_address(&self, addr: &IpAddr) -> bool {
+        self.ranges.iter().any(|r| {
+            Prefix::new(*addr, if addr.is_ipv4() { 32 } else { 128 }).is_ok_and(|h| r.contains(&h))
+        })
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            let Some(tail) = name.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len()).any(|i| tail.is_char_boundary(i) && glob(rest, &tail[i..]))
+        }
+    }
+}
+
+/// Route protocol names as in iproute2's rt_protos.
+fn route_protocol(name: &str) -> Option<u8> {
+    Some(match name {
+        "redirect" => 1,
+        "kernel" => 2,
+        "boot" => 3,
+        "static" => 4,
+        "ra" => 9,
+        "dhcp" => 16,
+        "zebra" => 11,
+        "bird" => 12,
+        "bgp" => 186,
+        n => return n.parse().ok(),
+    })
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -81,6 +160,8 @@ pub enum RemoteAsConfig {
     Exact(u32),
     External,
     Internal,
+    /// A list of ASNs and ranges (`[64613, "64700-64799"]`).
+    Ranges(Vec<(u32, u32)>),
 }
 
 impl RemoteAsConfig {
@@ -89,6 +170,7 @@ impl RemoteAsConfig {
             RemoteAsConfig::Exact(a) => RemoteAs::Exact(*a),
             RemoteAsConfig::External => RemoteAs::External,
             RemoteAsConfig::Internal => RemoteAs::Internal,
+            RemoteAsConfig::Ranges(r) => RemoteAs::Ranges(r.clone()),
         }
     }
 }
@@ -99,6 +181,19 @@ impl std::fmt::Display for RemoteAsConfig {
             RemoteAsConfig::Exact(a) => write!(f, "{a}"),
             RemoteAsConfig::External => write!(f, "external"),
             RemoteAsConfig::Internal => write!(f, "internal"),
+            RemoteAsConfig::Ranges(r) => {
+                let parts: Vec<String> = r
+                    .iter()
+                    .map(|(a, b)| {
+                        if a == b {
+                            a.to_string()
+                        } else {
+                            format!("{a}-{b}")
+                        }
+                    })
+                    .collect();
+                write!(f, "{}", parts.join(","))
+            }
         }
     }
 }
@@ -116,6 +211,61 @@ struct RawConfig {
     announce: Vec<Prefix>,
     #[serde(default)]
     neighbor: Vec<Spanned<RawNeighbor>>,
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    prefix_sets: std::collections::BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    group: Vec<Spanned<RawGroup>>,
+    #[serde(default)]
+    vm: Vec<Spanned<RawVm>>,
+    inventory: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawGroup {
+    name: Spanned<String>,
+    interfaces: Spanned<Vec<Spanned<String>>>,
+    ranges: Spanned<Vec<Spanned<String>>>,
+    remote_as: Spanned<RawRemoteAs>,
+    #[serde(default = "default_hold_time")]
+    hold_time: Spanned<u16>,
+    #[serde(default = "default_connect_retry")]
+    connect_retry: Spanned<u64>,
+    import: Option<Spanned<String>>,
+    #[serde(default = "default_max_prefixes")]
+    max_prefixes: usize,
+    max_prefixes_action: Option<Spanned<String>>,
+    route_protocols: Option<Vec<Spanned<String>>>,
+    #[serde(default = "default_gr_time")]
+    graceful_restart_time: Spanned<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawVm {
+    name: Spanned<String>,
+    interface: Option<String>,
+    #[serde(default)]
+    addresses: Vec<IpAddr>,
+    asn: Option<u32>,
+    #[serde(default)]
+    prefixes: Vec<Spanned<String>>,
+}
+
+/// An inventory file: `[[vm]]` entries only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    #[serde(default)]
+    vm: Vec<Spanned<RawVm>>,
+}
+
+fn default_max_prefixes() -> usize {
+    100
+}
+fn default_gr_time() -> Spanned<u16> {
+    Spanned::new(0..0, 120)
 }
 
 #[derive(Deserialize)]
@@ -143,6 +293,54 @@ struct RawNeighbor {
 enum RawRemoteAs {
     Number(u32),
     Word(String),
+    List(Vec<RawAsItem>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawAsItem {
+    Number(u32),
+    Range(String),
+}
+
+/// Parses `remote-as`; the error says what is wrong with it.
+fn remote_as(raw: &RawRemoteAs) -> Result<RemoteAsConfig, String> {
+    let range = |s: &str| -> Result<(u32, u32), String> {
+        let (a, b) = s.split_once('-').ok_or_else(|| {
+            format!(
+                "remote-as: `{s}` is neither an AS number, a range A-B, `external` nor `internal`"
+            )
+        })?;
+        let a: u32 = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("remote-as: `{s}` has a bad AS number"))?;
+        let b: u32 = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("remote-as: `{s}` has a bad AS number"))?;
+        if a == 0 || a > b {
+            return Err(format!("remote-as: range `{s}` is empty or starts at 0"));
+        }
+        Ok((a, b))
+    };
+    match raw {
+        RawRemoteAs::Number(0) => Err("remote-as: 0 is not an AS number".into()),
+        RawRemoteAs::Number(a) => Ok(RemoteAsConfig::Exact(*a)),
+        RawRemoteAs::Word(w) if w == "external" => Ok(RemoteAsConfig::External),
+        RawRemoteAs::Word(w) if w == "internal" => Ok(RemoteAsConfig::Internal),
+        RawRemoteAs::Word(w) => Ok(RemoteAsConfig::Ranges(vec![range(w)?])),
+        RawRemoteAs::List(items) if items.is_empty() => Err("remote-as: the list is empty".into()),
+        RawRemoteAs::List(items) => items
+            .iter()
+            .map(|i| match i {
+                RawAsItem::Number(0) => Err("remote-as: 0 is not an AS number".into()),
+                RawAsItem::Number(a) => Ok((*a, *a)),
+                RawAsItem::Range(s) => range(s),
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map(RemoteAsConfig::Ranges),
+    }
 }
 
 fn default_port() -> u16 {
@@ -214,25 +412,8 @@ impl Config {
                     ),
                 ));
             }
-            let remote_as = match n.remote_as.get_ref() {
-                RawRemoteAs::Number(0) => {
-                    return Err(err(
-                        n.remote_as.span(),
-                        "remote-as: 0 is not an AS number".into(),
-                    ))
-                }
-                RawRemoteAs::Number(a) => RemoteAsConfig::Exact(*a),
-                RawRemoteAs::Word(w) if w == "external" => RemoteAsConfig::External,
-                RawRemoteAs::Word(w) if w == "internal" => RemoteAsConfig::Internal,
-                RawRemoteAs::Word(w) => {
-                    return Err(err(
-                        n.remote_as.span(),
-                        format!(
-                            "remote-as: `{w}` is neither an AS number nor `external` or `internal`"
-                        ),
-                    ))
-                }
-            };
+            let remote_as =
+                remote_as(n.remote_as.get_ref()).map_err(|m| err(n.remote_as.span(), m))?;
             let hold_time = *n.hold_time.get_ref();
             if hold_time == 1 || hold_time == 2 {
                 return Err(err(
@@ -295,6 +476,72 @@ impl Config {
                 announce: n.announce,
             });
         }
+        let mut prefix_sets = std::collections::BTreeMap::new();
+        for (name, list) in &raw.prefix_sets {
+            let mut set = PrefixSet::default();
+            for p in list.get_ref() {
+                set.patterns.push(
+                    p.get_ref()
+                        .parse::<PrefixPattern>()
+                        .map_err(|m| err(p.span(), format!("prefix-sets.{name}: {m}")))?,
+                );
+            }
+            prefix_sets.insert(name.clone(), set);
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        for g in &raw.group {
+            groups.push(parse_group(g, &prefix_sets, &err)?);
+        }
+        // Two groups that could both claim one VM make the choice arbitrary.
+        for (i, a) in groups.iter().enumerate() {
+            for b in &groups[..i] {
+                let iface = a
+                    .interfaces
+                    .iter()
+                    .any(|p| b.interfaces.iter().any(|q| patterns_overlap(p, q)));
+                let range = a
+                    .ranges
+                    .iter()
+                    .any(|r| b.ranges.iter().any(|s| r.contains(s) || s.contains(r)));
+                if iface && range {
+                    return Err(err(
+                        raw.group[i].span(),
+                        format!("group `{}` overlaps group `{}`: both match the same interfaces and addresses", a.name, b.name),
+                    ));
+                }
+            }
+        }
+        let mut vms: Vec<VmEntry> = Vec::new();
+        for v in &raw.vm {
+            vms.push(parse_vm(v, &err)?);
+        }
+        if let Some(inv) = &raw.inventory {
+            let file = path.parent().unwrap_or(Path::new(".")).join(inv.get_ref());
+            let itext = std::fs::read_to_string(&file)
+                .map_err(|e| err(inv.span(), format!("inventory {}: {e}", file.display())))?;
+            let ierr = |span: Range<usize>, message: String| {
+                let (line, column) = position(&itext, span.start);
+                ConfigError {
+                    file: file.clone(),
+                    line,
+                    column,
+                    message,
+                }
+            };
+            let rawinv: RawInventory = toml::from_str(&itext)
+                .map_err(|e| ierr(e.span().unwrap_or(0..0), e.message().trim_end().to_string()))?;
+            for v in &rawinv.vm {
+                vms.push(parse_vm(v, &ierr)?);
+            }
+        }
+        let check = crate::inventory::Inventory::new(Vec::new(), None);
+        let mut check = check;
+        for (i, v) in vms.iter().enumerate() {
+            if let Err(m) = check.register_config(v.clone()) {
+                let span = raw.vm.get(i).map(|s| s.span()).unwrap_or(0..0);
+                return Err(err(span, m));
+            }
+        }
         Ok(Config {
             router_id: raw.router_id,
             local_as,
@@ -303,8 +550,177 @@ impl Config {
                 .unwrap_or_else(|| vec![SocketAddr::from(([0u16; 8], 179))]),
             announce: raw.announce,
             neighbors,
+            groups,
+            vms,
+            state_dir: raw.state_dir,
         })
     }
+}
+
+type ErrFn<'a> = dyn Fn(Range<usize>, String) -> ConfigError + 'a;
+
+fn parse_group(
+    g: &Spanned<RawGroup>,
+    sets: &std::collections::BTreeMap<String, PrefixSet>,
+    err: &ErrFn,
+) -> Result<Group, ConfigError> {
+    let g = g.get_ref();
+    let name = g.name.get_ref().clone();
+    if g.interfaces.get_ref().is_empty() {
+        return Err(err(
+            g.interfaces.span(),
+            format!("group `{name}`: interfaces: at least one pattern is needed"),
+        ));
+    }
+    let mut interfaces = Vec::new();
+    for p in g.interfaces.get_ref() {
+        let s = p.get_ref();
+        let ok = !s.is_empty()
+            && s.len() <= 15
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "*._-".contains(c));
+        if !ok {
+            return Err(err(
+                p.span(),
+                format!("group `{name}`: interface pattern `{s}` can match no interface name (1-15 of A-Z a-z 0-9 . _ - and `*`)"),
+            ));
+        }
+        interfaces.push(s.clone());
+    }
+    if g.ranges.get_ref().is_empty() {
+        return Err(err(
+            g.ranges.span(),
+            format!("group `{name}`: ranges: at least one address range is needed"),
+        ));
+    }
+    let mut ranges = Vec::new();
+    for r in g.ranges.get_ref() {
+        ranges.push(
+            r.get_ref()
+                .parse::<Prefix>()
+                .map_err(|e| err(r.span(), format!("group `{name}`: ranges: {e}")))?,
+        );
+    }
+    let remote_as = remote_as(g.remote_as.get_ref()).map_err(|m| err(g.remote_as.span(), m))?;
+    let hold_time = *g.hold_time.get_ref();
+    if hold_time == 1 || hold_time == 2 {
+        return Err(err(
+            g.hold_time.span(),
+            "hold-time: must be 0 or at least 3 seconds (RFC 4271 §4.2)".into(),
+        ));
+    }
+    let connect_retry = *g.connect_retry.get_ref();
+    if connect_retry == 0 {
+        return Err(err(
+            g.connect_retry.span(),
+            "connect-retry: must be at least 1 second".into(),
+        ));
+    }
+    let import = match &g.import {
+        None => None,
+        Some(i) => {
+            let set = sets.get(i.get_ref()).ok_or_else(|| {
+                err(
+                    i.span(),
+                    format!(
+                        "group `{name}`: import: no prefix set `{}` in [prefix-sets]",
+                        i.get_ref()
+                    ),
+                )
+            })?;
+            Some((i.get_ref().clone(), set.clone()))
+        }
+    };
+    let max_prefixes_action = match g
+        .max_prefixes_action
+        .as_ref()
+        .map(|a| (a.get_ref().as_str(), a.span()))
+    {
+        None | Some(("reject", _)) => MaxPrefixAction::Reject,
+        Some(("teardown", _)) => MaxPrefixAction::Teardown,
+        Some((other, span)) => {
+            return Err(err(
+                span,
+                format!("max-prefixes-action: `{other}` is neither `reject` nor `teardown`"),
+            ))
+        }
+    };
+    let route_protocols = match &g.route_protocols {
+        None => vec![4],
+        Some(list) => list
+            .iter()
+            .map(|p| {
+                route_protocol(p.get_ref()).ok_or_else(|| {
+                    err(
+                        p.span(),
+                        format!("route-protocols: unknown protocol `{}`", p.get_ref()),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let gr = *g.graceful_restart_time.get_ref();
+    if gr > 4095 {
+        return Err(err(
+            g.graceful_restart_time.span(),
+            "graceful-restart-time: at most 4095 seconds (RFC 4724)".into(),
+        ));
+    }
+    Ok(Group {
+        name,
+        interfaces,
+        ranges,
+        remote_as,
+        hold_time,
+        connect_retry: Duration::from_secs(connect_retry),
+        import,
+        max_prefixes: g.max_prefixes,
+        max_prefixes_action,
+        route_protocols,
+        graceful_restart_time: gr,
+    })
+}
+
+fn parse_vm(v: &Spanned<RawVm>, err: &ErrFn) -> Result<VmEntry, ConfigError> {
+    let span = v.span();
+    let v = v.get_ref();
+    let name = v.name.get_ref().clone();
+    if v.addresses.is_empty() && v.interface.is_none() {
+        return Err(err(
+            span,
+            format!("vm `{name}`: needs addresses or an interface"),
+        ));
+    }
+    let mut prefixes = Vec::new();
+    for p in &v.prefixes {
+        prefixes.push(
+            p.get_ref()
+                .parse::<PrefixPattern>()
+                .map_err(|m| err(p.span(), format!("vm `{name}`: prefixes: {m}")))?,
+        );
+    }
+    Ok(VmEntry {
+        name,
+        interface: v.interface.clone(),
+        addresses: v.addresses.clone(),
+        asn: v.asn,
+        prefixes,
+        source: Source::Config,
+    })
+}
+
+/// Whether two interface patterns can match one name (conservative: two
+/// patterns with `*` overlap when their literal heads are compatible).
+fn patterns_overlap(a: &str, b: &str) -> bool {
+    if !a.contains('*') {
+        return glob(b, a);
+    }
+    if !b.contains('*') {
+        return glob(a, b);
+    }
+    let ha = a.split('*').next().unwrap_or("");
+    let hb = b.split('*').next().unwrap_or("");
+    ha.starts_with(hb) || hb.starts_with(ha)
 }
 
 #[cfg(test)]
@@ -323,7 +739,9 @@ mod tests {
         )))
         .unwrap();
         assert_eq!(c.local_as, 64612);
-        assert_eq!(c.neighbors.len(), 3);
+        assert_eq!(c.neighbors.len(), 2);
+        assert_eq!(c.groups[0].interfaces, vec!["tap*".to_string()]);
+        assert_eq!(c.vms[0].name, "recdns1001");
         assert_eq!(c.neighbors[1].families, vec![Afi::Ipv6]);
     }
 

@@ -19,6 +19,9 @@ pub const DEFAULT_SOCKET: &str = "/run/tapir/tapir.sock";
 pub enum Request {
     ShowPeers,
     ShowRoutes,
+    ShowVms,
+    VmAdd { vm: crate::inventory::Registration },
+    VmRemove { name: String },
 }
 
 /// One session, as `tapir show peers` prints it.
@@ -42,7 +45,14 @@ pub struct PeerStatus {
     pub families: Vec<String>,
     /// Capabilities the peer sent, unknown ones included.
     pub peer_capabilities: Vec<String>,
+    /// The tap a VM session lives on.
+    pub interface: Option<String>,
     pub routes_received: usize,
+    /// Received routes that passed authorisation.
+    pub routes_accepted: usize,
+    /// Refused announcements by reason (`next-hop`, `not-in-inventory`,
+    /// `owned-by-other-vm`, `group-filter`, `no-filter`, `max-prefixes`).
+    pub rejections: std::collections::BTreeMap<String, u64>,
     pub routes_exported: usize,
     /// Times the session left Established.
     pub flaps: u64,
@@ -61,6 +71,9 @@ pub struct RouteEntry {
     pub local_pref: Option<u32>,
     pub communities: Vec<String>,
     pub large_communities: Vec<String>,
+    /// False if authorisation refused the route.
+    pub accepted: bool,
+    pub rejected_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -68,6 +81,8 @@ pub struct RouteEntry {
 pub enum Response {
     Peers { peers: Vec<PeerStatus> },
     Routes { routes: Vec<RouteEntry> },
+    Vms { vms: Vec<crate::dynamic::VmStatus> },
+    Done { message: String },
     Error { message: String },
 }
 

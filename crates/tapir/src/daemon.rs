@@ -12,7 +12,10 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::control::{self, PeerStatus, Request, Response, RouteEntry};
+use crate::dynamic::{self, HvMsg};
+use crate::inventory::Inventory;
 use crate::peer::{self, Local, PeerHandle, PeerMsg};
+use tokio::sync::mpsc;
 
 pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
     let (control_listener, _guard) =
@@ -26,11 +29,35 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
         local_as: config.local_as,
         announce: config.announce.clone(),
     });
+    let mut inventory = Inventory::new(config.vms.clone(), config.state_dir.as_deref());
+    let registered = inventory.load_registrations()?;
+    let hv: Option<mpsc::Sender<HvMsg>> = if config.groups.is_empty() {
+        None
+    } else {
+        let hv = dynamic::spawn(config.groups.clone(), inventory, local.clone());
+        let (ktx, mut krx) = mpsc::channel(1024);
+        crate::kernel::watch(ktx)
+            .await
+            .map_err(|e| format!("netlink: {e} (tapir needs CAP_NET_ADMIN to follow taps)"))?;
+        let hv2 = hv.clone();
+        tokio::spawn(async move {
+            while let Some(e) = krx.recv().await {
+                if hv2.send(HvMsg::Kernel(e)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        info!(
+            groups = config.groups.len(),
+            registered, "hypervisor role: following taps"
+        );
+        Some(hv)
+    };
     let peers: Arc<Vec<PeerHandle>> = Arc::new(
         config
             .neighbors
             .iter()
-            .map(|n| peer::spawn(n.clone(), local.clone()))
+            .map(|n| peer::spawn(n.into(), local.clone()))
             .collect(),
     );
     info!(
@@ -42,6 +69,7 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
     );
     for l in listeners {
         let peers = peers.clone();
+        let hv = hv.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, from) = match l.accept().await {
@@ -53,11 +81,14 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
                     }
                 };
                 let ip = from.ip().to_canonical();
-                match peers.iter().find(|p| p.address == ip) {
-                    Some(p) => {
+                match (peers.iter().find(|p| p.address == ip), &hv) {
+                    (Some(p), _) => {
                         let _ = p.tx.send(PeerMsg::Incoming(stream)).await;
                     }
-                    None => {
+                    (None, Some(hv)) => {
+                        let _ = hv.send(HvMsg::Incoming(stream, from)).await;
+                    }
+                    (None, None) => {
                         info!(from = %ip, "connection from an address that is no neighbor refused")
                     }
                 }
@@ -66,15 +97,18 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
     }
     {
         let peers = peers.clone();
+        let hv = hv.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = control_listener.accept().await else {
                     continue;
                 };
                 let peers = peers.clone();
+                let hv = hv.clone();
                 tokio::spawn(control::serve_client(stream, move |req| {
                     let peers = peers.clone();
-                    async move { answer(&peers, req).await }
+                    let hv = hv.clone();
+                    async move { answer(&peers, hv.as_ref(), req).await }
                 }));
             }
         });
@@ -94,6 +128,12 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
             .await
             .is_ok()
         {
+            waits.push(rx);
+        }
+    }
+    if let Some(hv) = &hv {
+        let (tx, rx) = oneshot::channel();
+        if hv.send(HvMsg::Shutdown(tx)).await.is_ok() {
             waits.push(rx);
         }
     }
@@ -120,11 +160,26 @@ fn bind_bgp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(std_listener)
 }
 
-async fn answer(peers: &[PeerHandle], req: Request) -> Response {
+/// Static peers and the VM sessions of the moment.
+async fn all_peers(peers: &[PeerHandle], hv: Option<&mpsc::Sender<HvMsg>>) -> Vec<PeerHandle> {
+    let mut all = peers.to_vec();
+    if let Some(hv) = hv {
+        let (tx, rx) = oneshot::channel();
+        if hv.send(HvMsg::Peers(tx)).await.is_ok() {
+            all.extend(rx.await.unwrap_or_default());
+        }
+    }
+    all
+}
+
+async fn answer(peers: &[PeerHandle], hv: Option<&mpsc::Sender<HvMsg>>, req: Request) -> Response {
+    let no_hv = || Response::Error {
+        message: "no VM groups are configured ([[group]])".into(),
+    };
     match req {
         Request::ShowPeers => {
             let mut out: Vec<PeerStatus> = Vec::new();
-            for p in peers {
+            for p in all_peers(peers, hv).await {
                 let (tx, rx) = oneshot::channel();
                 if p.tx.send(PeerMsg::Status(tx)).await.is_ok() {
                     if let Ok(s) = rx.await {
@@ -136,7 +191,7 @@ async fn answer(peers: &[PeerHandle], req: Request) -> Response {
         }
         Request::ShowRoutes => {
             let mut out: Vec<RouteEntry> = Vec::new();
-            for p in peers {
+            for p in all_peers(peers, hv).await {
                 let (tx, rx) = oneshot::channel();
                 if p.tx.send(PeerMsg::Routes(tx)).await.is_ok() {
                     if let Ok(r) = rx.await {
@@ -146,6 +201,45 @@ async fn answer(peers: &[PeerHandle], req: Request) -> Response {
             }
             out.sort_by(|a, b| (&a.prefix, &a.peer).cmp(&(&b.prefix, &b.peer)));
             Response::Routes { routes: out }
+        }
+        Request::ShowVms => {
+            let Some(hv) = hv else { return no_hv() };
+            let (tx, rx) = oneshot::channel();
+            if hv.send(HvMsg::ShowVms(tx)).await.is_err() {
+                return no_hv();
+            }
+            Response::Vms {
+                vms: rx.await.unwrap_or_default(),
+            }
+        }
+        Request::VmAdd { vm } => {
+            let Some(hv) = hv else { return no_hv() };
+            let name = vm.name.clone();
+            let (tx, rx) = oneshot::channel();
+            if hv.send(HvMsg::VmAdd(vm, tx)).await.is_err() {
+                return no_hv();
+            }
+            match rx.await {
+                Ok(Ok(())) => Response::Done {
+                    message: format!("VM {name} registered"),
+                },
+                Ok(Err(message)) => Response::Error { message },
+                Err(_) => no_hv(),
+            }
+        }
+        Request::VmRemove { name } => {
+            let Some(hv) = hv else { return no_hv() };
+            let (tx, rx) = oneshot::channel();
+            if hv.send(HvMsg::VmRemove(name.clone(), tx)).await.is_err() {
+                return no_hv();
+            }
+            match rx.await {
+                Ok(Ok(())) => Response::Done {
+                    message: format!("VM {name} removed"),
+                },
+                Ok(Err(message)) => Response::Error { message },
+                Err(_) => no_hv(),
+            }
         }
     }
 }

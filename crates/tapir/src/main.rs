@@ -7,10 +7,16 @@
 
 #![forbid(unsafe_code)]
 
+mod authorisation;
 mod config;
 mod control;
 mod daemon;
+mod dynamic;
+mod inventory;
+mod kernel;
 mod peer;
+mod prefix_set;
+mod probe;
 mod show;
 
 use std::path::PathBuf;
@@ -37,6 +43,14 @@ enum Command {
         /// Log filter (tracing syntax), e.g. `info` or `tapir=debug`.
         #[arg(long, default_value = "info", env = "TAPIR_LOG")]
         log: String,
+        /// Use this router id instead of the config's (one file for every
+        /// hypervisor).
+        #[arg(long, value_name = "A.B.C.D")]
+        router_id: Option<std::net::Ipv4Addr>,
+        /// Keep run-time state (VM registrations) here instead of the
+        /// config's `state-dir`.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Check a configuration file and print its errors with line and column.
     Check {
@@ -48,6 +62,34 @@ enum Command {
         #[command(subcommand)]
         what: Show,
     },
+    /// Register or unregister VMs at run time (for hypervisor hooks).
+    Vm {
+        #[command(subcommand)]
+        what: Vm,
+    },
+}
+
+#[derive(Subcommand)]
+enum Vm {
+    /// Register a VM and the prefixes it may announce; kept across restarts.
+    Add {
+        name: String,
+        /// The tap the VM is on.
+        #[arg(long)]
+        interface: Option<String>,
+        /// An address of the VM (repeatable).
+        #[arg(long = "address", value_name = "ADDRESS")]
+        addresses: Vec<std::net::IpAddr>,
+        /// A prefix the VM may announce, with an optional length range like
+        /// `10.3.0.0/24{32,32}` (repeatable).
+        #[arg(long = "prefix", value_name = "PREFIX")]
+        prefixes: Vec<String>,
+        /// The ASN the VM must use.
+        #[arg(long)]
+        asn: Option<u32>,
+    },
+    /// Unregister a VM registered with `vm add`.
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -58,8 +100,14 @@ enum Show {
         #[arg(long)]
         json: bool,
     },
-    /// Routes received from neighbors (Adj-RIB-In).
+    /// Routes received from neighbors (Adj-RIB-In), accepted or refused.
     Routes {
+        /// Print JSON (schema in docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// VMs known on the taps, with their sessions and what they may announce.
+    Vms {
         /// Print JSON (schema in docs/json.md).
         #[arg(long)]
         json: bool,
@@ -82,11 +130,13 @@ fn main() -> ExitCode {
         Command::Check { config } => match config::Config::load(&config) {
             Ok(c) => {
                 println!(
-                    "{}: ok (router id {}, AS {}, {} neighbors)",
+                    "{}: ok (router id {}, AS {}, {} neighbors, {} VM groups, {} VMs in the inventory)",
                     config.display(),
                     c.router_id,
                     c.local_as,
-                    c.neighbors.len()
+                    c.neighbors.len(),
+                    c.groups.len(),
+                    c.vms.len()
                 );
                 ExitCode::SUCCESS
             }
@@ -95,7 +145,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, log } => {
+        Command::Run {
+            config,
+            log,
+            router_id,
+            state_dir,
+        } => {
             let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
                 Ok(f) => f,
                 Err(e) => {
@@ -108,7 +163,15 @@ fn main() -> ExitCode {
                 .with_writer(std::io::stderr)
                 .init();
             let cfg = match config::Config::load(&config) {
-                Ok(c) => c,
+                Ok(mut c) => {
+                    if let Some(id) = router_id {
+                        c.router_id = id;
+                    }
+                    if state_dir.is_some() {
+                        c.state_dir = state_dir;
+                    }
+                    c
+                }
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::FAILURE;
@@ -126,32 +189,69 @@ fn main() -> ExitCode {
             let (req, json) = match what {
                 Show::Peers { json } => (control::Request::ShowPeers, json),
                 Show::Routes { json } => (control::Request::ShowRoutes, json),
+                Show::Vms { json } => (control::Request::ShowVms, json),
             };
-            match rt.block_on(control::request(&cli.socket, &req)) {
-                Ok(control::Response::Error { message }) => {
-                    eprintln!("tapir: {message}");
-                    ExitCode::FAILURE
-                }
-                Ok(resp) => {
-                    let text = match (&resp, json) {
-                        (control::Response::Peers { peers }, true) => {
-                            serde_json::to_string_pretty(peers).unwrap_or_default() + "\n"
-                        }
-                        (control::Response::Routes { routes }, true) => {
-                            serde_json::to_string_pretty(routes).unwrap_or_default() + "\n"
-                        }
-                        (control::Response::Peers { peers }, false) => show::peers(peers),
-                        (control::Response::Routes { routes }, false) => show::routes(routes),
-                        (control::Response::Error { .. }, _) => String::new(),
+            client(&rt, &cli.socket, req, json)
+        }
+        Command::Vm { what } => {
+            let req = match what {
+                Vm::Add {
+                    name,
+                    interface,
+                    addresses,
+                    prefixes,
+                    asn,
+                } => {
+                    let vm = inventory::Registration {
+                        name,
+                        interface,
+                        addresses,
+                        asn,
+                        prefixes,
                     };
-                    print!("{text}");
-                    ExitCode::SUCCESS
+                    // Catch mistakes here, with the daemon's own rules.
+                    if let Err(e) = vm.to_entry() {
+                        eprintln!("tapir: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                    control::Request::VmAdd { vm }
                 }
-                Err(e) => {
-                    eprintln!("tapir: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+                Vm::Remove { name } => control::Request::VmRemove { name },
+            };
+            client(&rt, &cli.socket, req, false)
         }
     }
+}
+
+/// Sends one request to the daemon and prints the answer.
+fn client(
+    rt: &tokio::runtime::Runtime,
+    socket: &std::path::Path,
+    req: control::Request,
+    json: bool,
+) -> ExitCode {
+    use control::Response;
+    let resp = match rt.block_on(control::request(socket, &req)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tapir: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pretty = |v: serde_json::Result<String>| v.unwrap_or_default() + "\n";
+    let text = match (&resp, json) {
+        (Response::Error { message }, _) => {
+            eprintln!("tapir: {message}");
+            return ExitCode::FAILURE;
+        }
+        (Response::Done { message }, _) => format!("{message}\n"),
+        (Response::Peers { peers }, true) => pretty(serde_json::to_string_pretty(peers)),
+        (Response::Routes { routes }, true) => pretty(serde_json::to_string_pretty(routes)),
+        (Response::Vms { vms }, true) => pretty(serde_json::to_string_pretty(vms)),
+        (Response::Peers { peers }, false) => show::peers(peers),
+        (Response::Routes { routes }, false) => show::routes(routes),
+        (Response::Vms { vms }, false) => show::vms(vms),
+    };
+    print!("{text}");
+    ExitCode::SUCCESS
 }

@@ -26,8 +26,59 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::config::{Neighbor, RemoteAsConfig};
+use crate::authorisation::{Rejection, VmPolicy};
+use crate::config::{MaxPrefixAction, Neighbor, RemoteAsConfig};
 use crate::control::{PeerStatus, RouteEntry};
+
+/// An interface a session is bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+}
+
+/// Everything a peer task needs to know about its neighbor: a static
+/// neighbor from the config, or a VM found on a tap.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    /// The tap the session lives on (SO_BINDTODEVICE, and the scope of a
+    /// link-local address).
+    pub interface: Option<Interface>,
+    pub remote_as: RemoteAsConfig,
+    pub local_address: Option<IpAddr>,
+    pub hold_time: u16,
+    pub connect_retry: std::time::Duration,
+    pub passive: bool,
+    pub families: Vec<bgp::Afi>,
+    pub announce: Vec<Prefix>,
+    /// Graceful restart time to advertise (RFC 4724), if any.
+    pub graceful_restart: Option<u16>,
+    /// For a VM: what it may announce. Static neighbors accept everything.
+    pub policy: Option<Arc<VmPolicy>>,
+}
+
+impl From<&Neighbor> for PeerConfig {
+    fn from(n: &Neighbor) -> PeerConfig {
+        PeerConfig {
+            name: n.name.clone(),
+            address: n.address,
+            port: n.port,
+            interface: None,
+            remote_as: n.remote_as.clone(),
+            local_address: n.local_address,
+            hold_time: n.hold_time,
+            connect_retry: n.connect_retry,
+            passive: n.passive,
+            families: n.families.clone(),
+            announce: n.announce.clone(),
+            graceful_restart: None,
+            policy: None,
+        }
+    }
+}
 
 /// What the rest of the daemon knows of every peer.
 #[derive(Clone, Debug)]
@@ -41,6 +92,8 @@ pub enum PeerMsg {
     /// A connection the listener accepted from this neighbor's address.
     Incoming(TcpStream),
     Status(oneshot::Sender<PeerStatus>),
+    /// A new authorisation snapshot: every route is judged again.
+    Policy(Arc<VmPolicy>),
     Routes(oneshot::Sender<Vec<RouteEntry>>),
     /// Stop with a Cease and end the task; answers when done.
     Shutdown(String, oneshot::Sender<()>),
@@ -68,6 +121,8 @@ pub struct PeerHandle {
 struct RouteIn {
     next_hop: NextHop,
     attrs: Arc<PathAttributes>,
+    /// Why the route is refused, if it is.
+    rejected: Option<Rejection>,
 }
 
 /// One TCP connection and the session that runs on it.
@@ -97,7 +152,7 @@ impl Drop for Conn {
 }
 
 pub struct Peer {
-    cfg: Neighbor,
+    cfg: PeerConfig,
     local: Arc<Local>,
     tx: mpsc::Sender<PeerMsg>,
     conns: Vec<Conn>,
@@ -107,9 +162,11 @@ pub struct Peer {
     exported: usize,
     state_since: Instant,
     flaps: u64,
+    /// Refusals by kind, counted per refused announcement.
+    rejections: BTreeMap<&'static str, u64>,
 }
 
-pub fn spawn(cfg: Neighbor, local: Arc<Local>) -> PeerHandle {
+pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
     let (tx, rx) = mpsc::channel(256);
     let handle = PeerHandle {
         address: cfg.address,
@@ -126,12 +183,13 @@ pub fn spawn(cfg: Neighbor, local: Arc<Local>) -> PeerHandle {
         exported: 0,
         state_since: Instant::now(),
         flaps: 0,
+        rejections: BTreeMap::new(),
     };
     tokio::spawn(peer.run(rx));
     handle
 }
 
-fn session_config(cfg: &Neighbor, local: &Local) -> session::Config {
+fn session_config(cfg: &PeerConfig, local: &Local) -> session::Config {
     session::Config {
         local_as: local.local_as,
         remote_as: cfg.remote_as.to_session(),
@@ -141,7 +199,7 @@ fn session_config(cfg: &Neighbor, local: &Local) -> session::Config {
         passive: cfg.passive,
         families: cfg.families.iter().map(|a| AfiSafi::unicast(*a)).collect(),
         extended_next_hop: false,
-        graceful_restart: None,
+        graceful_restart: cfg.graceful_restart,
     }
 }
 
@@ -206,6 +264,13 @@ impl Peer {
 
     fn attach(&self, conn: &mut Conn, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
+        if let Some(i) = &self.cfg.interface {
+            // The session lives on its tap: replies never leave by another
+            // interface, even if routes change.
+            if let Err(e) = socket2::SockRef::from(&stream).bind_device(Some(i.name.as_bytes())) {
+                warn!(error = %e, interface = %i.name, "cannot bind the session to its interface");
+            }
+        }
         conn.local = stream.local_addr().ok();
         let (mut r, mut w) = stream.into_split();
         let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -283,6 +348,10 @@ impl Peer {
             }
             PeerMsg::Routes(tx) => {
                 let _ = tx.send(self.routes());
+            }
+            PeerMsg::Policy(p) => {
+                self.cfg.policy = Some(p);
+                self.judge_all();
             }
             PeerMsg::Shutdown(..) => {}
         }
@@ -398,17 +467,24 @@ impl Peer {
                     c.abort();
                 }
                 let tx = self.tx.clone();
-                let addr = SocketAddr::new(self.cfg.address, self.cfg.port);
+                let addr = match (self.cfg.address, &self.cfg.interface) {
+                    (IpAddr::V6(a), Some(i)) if crate::authorisation::is_link_local(a) => {
+                        SocketAddr::V6(std::net::SocketAddrV6::new(a, self.cfg.port, 0, i.index))
+                    }
+                    (a, _) => SocketAddr::new(a, self.cfg.port),
+                };
                 let local = self.cfg.local_address;
+                let device = self.cfg.interface.as_ref().map(|i| i.name.clone());
                 let timeout = self.cfg.connect_retry;
                 self.connecting = Some(tokio::spawn(async move {
-                    let result = match tokio::time::timeout(timeout, connect(addr, local)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "connect timed out",
-                        )),
-                    };
+                    let result =
+                        match tokio::time::timeout(timeout, connect(addr, local, device)).await {
+                            Ok(r) => r,
+                            Err(_) => Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "connect timed out",
+                            )),
+                        };
                     let _ = tx.send(PeerMsg::Connected { conn: id, result }).await;
                 }));
             }
@@ -446,6 +522,7 @@ impl Peer {
             }
             Event::Down(reason) => {
                 warn!(reason = %reason, routes = self.adj_rib_in.len(), "session down, routes withdrawn");
+                self.rejections.clear();
                 self.flaps += 1;
                 self.adj_rib_in.clear();
                 self.exported = 0;
@@ -476,13 +553,80 @@ impl Peer {
         }
         let attrs = Arc::new(u.attributes.clone());
         for (p, nh) in announced {
+            let old = self.adj_rib_in.remove(&p);
+            let rejected = self.judge(&p, &nh);
+            let changed = old.as_ref().map(|o| &o.rejected) != Some(&rejected);
+            if let Some(r) = &rejected {
+                *self.rejections.entry(r.kind).or_default() += 1;
+                if changed {
+                    info!(prefix = %p, reason = %r.reason, kind = r.kind, "route refused");
+                }
+                if r.kind == "max-prefixes" {
+                    if let Some(pol) = self.cfg.policy.clone() {
+                        if pol.max_prefixes_action == MaxPrefixAction::Teardown {
+                            self.teardown_max_prefixes(&p, pol.max_prefixes);
+                            return;
+                        }
+                    }
+                }
+            }
             self.adj_rib_in.insert(
                 p,
                 RouteIn {
                     next_hop: nh,
                     attrs: attrs.clone(),
+                    rejected,
                 },
             );
+        }
+    }
+
+    /// The verdict on one announcement, max-prefix count included.
+    fn judge(&self, p: &Prefix, nh: &NextHop) -> Option<Rejection> {
+        let policy = self.cfg.policy.as_ref()?;
+        if let Err(r) = policy.judge(p, nh) {
+            return Some(r);
+        }
+        let accepted = self
+            .adj_rib_in
+            .values()
+            .filter(|r| r.rejected.is_none())
+            .count();
+        (accepted >= policy.max_prefixes).then(|| Rejection {
+            kind: "max-prefixes",
+            reason: format!("more than {} prefixes (max-prefixes)", policy.max_prefixes),
+        })
+    }
+
+    /// Judges every route again (a new policy snapshot).
+    fn judge_all(&mut self) {
+        let routes = std::mem::take(&mut self.adj_rib_in);
+        for (p, mut r) in routes {
+            let before = r.rejected.take();
+            r.rejected = self.judge(&p, &r.next_hop);
+            if r.rejected != before {
+                match &r.rejected {
+                    Some(x) => {
+                        info!(prefix = %p, reason = %x.reason, kind = x.kind, "route refused")
+                    }
+                    None => info!(prefix = %p, "route now accepted"),
+                }
+            }
+            self.adj_rib_in.insert(p, r);
+        }
+    }
+
+    /// Cease / Maximum Number of Prefixes Reached (RFC 4486 §4: AFI,
+    /// SAFI and the limit as data).
+    fn teardown_max_prefixes(&mut self, p: &Prefix, limit: usize) {
+        warn!(limit, "max-prefixes exceeded: session torn down");
+        let mut data = bgp::AfiSafi::unicast(p.afi()).afi.to_be_bytes().to_vec();
+        data.push(1);
+        data.extend_from_slice(&(limit.min(u32::MAX as usize) as u32).to_be_bytes());
+        let n = Notification::with_data(bgp::notification::code::CEASE, cease::MAX_PREFIXES, data);
+        let now = Instant::now();
+        for c in &mut self.conns {
+            c.session.reset(now, n.clone());
         }
     }
 
@@ -511,10 +655,12 @@ impl Peer {
         let cxt = conn.session.context();
         let next_hop = conn.local.and_then(|l| match (afi, l.ip().to_canonical()) {
             (bgp::Afi::Ipv4, IpAddr::V4(a)) => Some(NextHop::V4(a)),
-            (bgp::Afi::Ipv6, IpAddr::V6(a)) if !is_link_local(a) => Some(NextHop::V6 {
-                global: a,
-                link_local: None,
-            }),
+            (bgp::Afi::Ipv6, IpAddr::V6(a)) if !crate::authorisation::is_link_local(a) => {
+                Some(NextHop::V6 {
+                    global: a,
+                    link_local: None,
+                })
+            }
             _ => None,
         });
         let now = Instant::now();
@@ -567,6 +713,17 @@ impl Peer {
                 .map(|n| n.peer_capabilities.iter().map(|c| c.describe()).collect())
                 .unwrap_or_default(),
             routes_received: self.adj_rib_in.len(),
+            routes_accepted: self
+                .adj_rib_in
+                .values()
+                .filter(|r| r.rejected.is_none())
+                .count(),
+            rejections: self
+                .rejections
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            interface: self.cfg.interface.as_ref().map(|i| i.name.clone()),
             routes_exported: if s.state() == State::Established {
                 self.exported
             } else {
@@ -609,20 +766,25 @@ impl Peer {
                     .iter()
                     .map(|c| format!("{}:{}:{}", c.global, c.local1, c.local2))
                     .collect(),
+                accepted: r.rejected.is_none(),
+                rejected_reason: r.rejected.as_ref().map(|x| x.reason.clone()),
             })
             .collect()
     }
 }
 
-fn is_link_local(a: std::net::Ipv6Addr) -> bool {
-    (a.segments()[0] & 0xffc0) == 0xfe80
-}
-
-async fn connect(addr: SocketAddr, local: Option<IpAddr>) -> std::io::Result<TcpStream> {
+async fn connect(
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+    device: Option<String>,
+) -> std::io::Result<TcpStream> {
     let sock = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
+    if let Some(d) = device {
+        sock.bind_device(Some(d.as_bytes()))?;
+    }
     if let Some(l) = local {
         sock.bind(SocketAddr::new(l, 0))?;
     }

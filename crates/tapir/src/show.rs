@@ -1,6 +1,7 @@
 //! Tables for `tapir show …`, aligned like `birdc show protocols`.
 
 use crate::control::{PeerStatus, RouteEntry};
+use crate::dynamic::VmStatus;
 
 /// Left-aligned columns, two spaces apart.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -41,11 +42,19 @@ pub fn peers(peers: &[PeerStatus]) -> String {
         .map(|p| {
             vec![
                 p.name.clone(),
-                p.address.clone(),
+                match &p.interface {
+                    Some(i) if !p.address.contains('%') && p.address.starts_with("fe80") => {
+                        format!("{}%{i}", p.address)
+                    }
+                    _ => p.address.clone(),
+                },
                 p.asn.map_or(p.remote_as.clone(), |a| a.to_string()),
                 p.state.clone(),
                 since(p.since_secs),
-                format!("{}/{}", p.routes_received, p.routes_exported),
+                format!(
+                    "{}/{}/{}",
+                    p.routes_received, p.routes_accepted, p.routes_exported
+                ),
                 p.last_error.clone().unwrap_or_default(),
             ]
         })
@@ -94,7 +103,10 @@ pub fn routes(routes: &[RouteEntry]) -> String {
                     r.as_path.clone()
                 },
                 r.origin.clone(),
-                extra.join(", "),
+                match &r.rejected_reason {
+                    Some(why) => format!("REFUSED: {why}"),
+                    None => extra.join(", "),
+                },
             ]
         })
         .collect();
@@ -106,6 +118,47 @@ pub fn routes(routes: &[RouteEntry]) -> String {
             "AS path",
             "Origin",
             "Attributes",
+        ],
+        &rows,
+    )
+}
+
+pub fn vms(vms: &[VmStatus]) -> String {
+    let rows: Vec<Vec<String>> = vms
+        .iter()
+        .map(|v| {
+            let sessions: Vec<String> = v
+                .sessions
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {} {}/{}",
+                        s.address, s.state, s.routes_accepted, s.routes_rejected
+                    )
+                })
+                .collect();
+            vec![
+                v.name.clone().unwrap_or_else(|| "-".into()),
+                v.interface.clone().unwrap_or_else(|| "-".into()),
+                v.group.clone().unwrap_or_else(|| "-".into()),
+                v.source.clone(),
+                v.allowed.join(" "),
+                if sessions.is_empty() {
+                    "absent".into()
+                } else {
+                    sessions.join(", ")
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "VM",
+            "Interface",
+            "Group",
+            "Source",
+            "May announce",
+            "Sessions (address state accepted/refused)",
         ],
         &rows,
     )

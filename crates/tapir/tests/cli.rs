@@ -32,7 +32,7 @@ fn check_accepts_the_example() {
     let (ok, out, err) = tapir(&["check", "--config", example]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("ok (router id 10.192.21.6, AS 64612, 3 neighbors)"),
+        out.contains("ok (router id 10.192.21.6, AS 64612, 2 neighbors, 1 VM groups, 1 VMs in the inventory)"),
         "{out}"
     );
 }

@@ -1,0 +1,208 @@
+//! Per-VM authorisation of announced routes (DESIGN C4, §7).
+//!
+//! A [`VmPolicy`] is a snapshot made by the hypervisor task for one VM
+//! session: what the inventory and the group allow, which addresses are the
+//! VM's own. The peer task judges every announced route with it, keeps the
+//! verdict beside the route, and judges them all again when a new snapshot
+//! arrives (a registration changed).
+
+use std::net::IpAddr;
+
+use bgp::{NextHop, Prefix};
+
+use crate::config::MaxPrefixAction;
+use crate::prefix_set::{PrefixPattern, PrefixSet};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmPolicy {
+    pub group: String,
+    /// The VM's inventory entry: its name and the prefixes it owns.
+    pub entry: Option<(String, Vec<PrefixPattern>)>,
+    /// The group filter for VMs without an entry (name, set).
+    pub group_filter: Option<(String, PrefixSet)>,
+    /// Prefixes owned by other VMs' entries, with the owner's name.
+    pub owned_elsewhere: Vec<(PrefixPattern, String)>,
+    /// The VM's own addresses: a next hop must be one of them.
+    pub own_addresses: Vec<IpAddr>,
+    pub max_prefixes: usize,
+    pub max_prefixes_action: MaxPrefixAction,
+}
+
+/// Why a route was refused; `kind` is the counter label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+impl VmPolicy {
+    /// Judges one announced route, before the max-prefix count.
+    pub fn judge(&self, prefix: &Prefix, next_hop: &NextHop) -> Result<(), Rejection> {
+        let own = |a: &IpAddr| self.own_addresses.contains(a);
+        let nh_ok = match next_hop {
+            NextHop::V4(a) => own(&IpAddr::V4(*a)),
+            // RFC 2545: the global address, optionally with a link-local
+            // one; a link-local-only speaker puts :: or its link-local
+            // address in the global field. Every address given must be the
+            // VM's.
+            NextHop::V6 { global, link_local } => {
+                let global_ok =
+                    own(&IpAddr::V6(*global)) || global.is_unspecified() && link_local.is_some();
+                global_ok && link_local.is_none_or(|l| own(&IpAddr::V6(l)))
+            }
+        };
+        if !nh_ok {
+            return Err(Rejection {
+                kind: "next-hop",
+                reason: format!("next hop {next_hop} is not the VM's own address"),
+            });
+        }
+        match &self.entry {
+            Some((name, owned)) => {
+                if !owned.iter().any(|p| p.matches(prefix)) {
+                    return Err(Rejection {
+                        kind: "not-in-inventory",
+                        reason: format!("{prefix} is not among the prefixes of VM {name}"),
+                    });
+                }
+            }
+            None => {
+                if let Some((_, owner)) =
+                    self.owned_elsewhere.iter().find(|(p, _)| p.matches(prefix))
+                {
+                    return Err(Rejection {
+                        kind: "owned-by-other-vm",
+                        reason: format!("{prefix} belongs to VM {owner}"),
+                    });
+                }
+                match &self.group_filter {
+                    Some((name, set)) if !set.matches(prefix) => {
+                        return Err(Rejection {
+                            kind: "group-filter",
+                            reason: format!(
+                                "{prefix} is not allowed by {name} (group {})",
+                                self.group
+                            ),
+                        })
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(Rejection {
+                            kind: "no-filter",
+                            reason: format!(
+                                "group {} has no import filter and the VM no inventory entry",
+                                self.group
+                            ),
+                        })
+                    }
+                }
+            }
+        }
+        // An inventory entry's prefixes are its own even if another entry
+        // overlaps (the inventory refuses overlaps, this is a second guard).
+        if let Some((_, owner)) = self.owned_elsewhere.iter().find(|(p, _)| p.matches(prefix)) {
+            return Err(Rejection {
+                kind: "owned-by-other-vm",
+                reason: format!("{prefix} belongs to VM {owner}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+pub fn is_link_local(a: std::net::Ipv6Addr) -> bool {
+    (a.segments()[0] & 0xffc0) == 0xfe80
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(entry: bool) -> VmPolicy {
+        VmPolicy {
+            group: "vms".into(),
+            entry: entry.then(|| {
+                (
+                    "recdns1001".to_string(),
+                    vec!["10.3.0.1/32".parse().unwrap()],
+                )
+            }),
+            group_filter: Some((
+                "BGP-FROM-VMS".into(),
+                PrefixSet {
+                    patterns: vec![
+                        "10.3.0.0/24{32,32}".parse().unwrap(),
+                        "2001:db8:3::/48{128,128}".parse().unwrap(),
+                    ],
+                },
+            )),
+            owned_elsewhere: if entry {
+                vec![]
+            } else {
+                vec![("10.3.0.1/32".parse().unwrap(), "recdns1001".into())]
+            },
+            own_addresses: vec![
+                "10.192.24.13".parse().unwrap(),
+                "2001:db8:140::13".parse().unwrap(),
+                "fe80::1".parse().unwrap(),
+            ],
+            max_prefixes: 10,
+            max_prefixes_action: MaxPrefixAction::Reject,
+        }
+    }
+
+    fn nh4() -> NextHop {
+        NextHop::V4("10.192.24.13".parse().unwrap())
+    }
+
+    #[test]
+    fn rogue_vm_cannot_take_owned_or_unfiltered_prefixes() {
+        let p = policy(false);
+        assert_eq!(
+            p.judge(&"10.3.0.1/32".parse().unwrap(), &nh4())
+                .unwrap_err()
+                .kind,
+            "owned-by-other-vm"
+        );
+        assert_eq!(
+            p.judge(&"10.99.0.0/24".parse().unwrap(), &nh4())
+                .unwrap_err()
+                .kind,
+            "group-filter"
+        );
+        assert!(p.judge(&"10.3.0.5/32".parse().unwrap(), &nh4()).is_ok());
+        let bad_nh = NextHop::V4("10.192.24.11".parse().unwrap());
+        assert_eq!(
+            p.judge(&"10.3.0.5/32".parse().unwrap(), &bad_nh)
+                .unwrap_err()
+                .kind,
+            "next-hop"
+        );
+        let ll_only = NextHop::V6 {
+            global: "::".parse().unwrap(),
+            link_local: Some("fe80::1".parse().unwrap()),
+        };
+        assert!(p
+            .judge(&"2001:db8:3::2/128".parse().unwrap(), &ll_only)
+            .is_ok());
+        let both = NextHop::V6 {
+            global: "2001:db8:140::13".parse().unwrap(),
+            link_local: Some("fe80::1".parse().unwrap()),
+        };
+        assert!(p
+            .judge(&"2001:db8:3::2/128".parse().unwrap(), &both)
+            .is_ok());
+    }
+
+    #[test]
+    fn vm_with_entry_announces_only_its_own() {
+        let p = policy(true);
+        assert!(p.judge(&"10.3.0.1/32".parse().unwrap(), &nh4()).is_ok());
+        assert_eq!(
+            p.judge(&"10.3.0.5/32".parse().unwrap(), &nh4())
+                .unwrap_err()
+                .kind,
+            "not-in-inventory"
+        );
+    }
+}

@@ -1,0 +1,521 @@
+//! The hypervisor role: VM sessions on taps, found from kernel state
+//! (DESIGN C2–C5).
+//!
+//! One task owns what is known of taps, VM routes, link-local neighbours,
+//! the inventory and the VM sessions. A VM is known when a `/32`/`/128`
+//! route of a configured protocol points out of a tap matching a group, when
+//! a link-local neighbour shows up on such a tap, or when an inventory entry
+//! names the tap. tapir then opens the session itself (and accepts the VM's
+//! own connection; collisions are resolved per RFC 4271 §6.8). A tap going
+//! down or away, or the VM's route going away, ends the session at once.
+//!
+//! Source binding: a connection is accepted only from an address the kernel
+//! routes out of a group tap (link-local: the tap it arrived on). The TCP
+//! handshake itself proves the peer sits behind that tap: the SYN-ACK goes
+//! out where the kernel routes the address, so a VM spoofing another VM's
+//! address never completes it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::info;
+
+use crate::authorisation::{is_link_local, VmPolicy};
+use crate::config::{Group, RemoteAsConfig};
+use crate::control::PeerStatus;
+use crate::inventory::{Inventory, Registration, Source};
+use crate::kernel::KernelEvent;
+use crate::peer::{self, Interface, Local, PeerConfig, PeerHandle, PeerMsg};
+
+pub enum HvMsg {
+    Kernel(KernelEvent),
+    Incoming(TcpStream, SocketAddr),
+    ShowVms(oneshot::Sender<Vec<VmStatus>>),
+    Peers(oneshot::Sender<Vec<PeerHandle>>),
+    VmAdd(Registration, oneshot::Sender<Result<(), String>>),
+    VmRemove(String, oneshot::Sender<Result<(), String>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// One VM, as `tapir show vms` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmStatus {
+    /// Inventory name, if the VM has an entry.
+    pub name: Option<String>,
+    /// `config`, `registered` or `discovered`.
+    pub source: String,
+    pub interface: Option<String>,
+    pub group: Option<String>,
+    pub addresses: Vec<String>,
+    /// Prefixes the VM may announce (its entry's, or the group filter's name).
+    pub allowed: Vec<String>,
+    pub sessions: Vec<VmSession>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmSession {
+    pub address: String,
+    pub state: String,
+    pub routes_accepted: usize,
+    pub routes_rejected: usize,
+}
+
+struct Link {
+    name: String,
+    up: bool,
+}
+
+struct DynPeer {
+    handle: PeerHandle,
+    group: usize,
+    policy: Arc<VmPolicy>,
+}
+
+pub struct Hypervisor {
+    groups: Vec<Group>,
+    inventory: Inventory,
+    local: Arc<Local>,
+    links: HashMap<u32, Link>,
+    /// Host routes: address -> (interface index, route protocol).
+    routes: HashMap<IpAddr, (u32, u8)>,
+    neighbours: HashMap<u32, BTreeSet<Ipv6Addr>>,
+    sessions: BTreeMap<(u32, IpAddr), DynPeer>,
+    probe: mpsc::UnboundedSender<(u32, String)>,
+}
+
+pub fn spawn(groups: Vec<Group>, inventory: Inventory, local: Arc<Local>) -> mpsc::Sender<HvMsg> {
+    let (tx, rx) = mpsc::channel(1024);
+    let probe = crate::probe::spawn();
+    let hv = Hypervisor {
+        groups,
+        inventory,
+        local,
+        links: HashMap::new(),
+        routes: HashMap::new(),
+        neighbours: HashMap::new(),
+        sessions: BTreeMap::new(),
+        probe,
+    };
+    tokio::spawn(hv.run(rx));
+    tx
+}
+
+impl Hypervisor {
+    async fn run(mut self, mut rx: mpsc::Receiver<HvMsg>) {
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                HvMsg::Kernel(e) => {
+                    self.kernel(e);
+                    self.reconcile().await;
+                }
+                HvMsg::Incoming(stream, from) => self.incoming(stream, from).await,
+                HvMsg::ShowVms(tx) => {
+                    let _ = tx.send(self.show_vms().await);
+                }
+                HvMsg::Peers(tx) => {
+                    let _ = tx.send(self.sessions.values().map(|d| d.handle.clone()).collect());
+                }
+                HvMsg::VmAdd(reg, tx) => {
+                    let r = reg.to_entry().and_then(|e| self.inventory.register(e));
+                    if r.is_ok() {
+                        info!(vm = %reg.name, "VM registered");
+                    }
+                    let _ = tx.send(r);
+                    self.reconcile().await;
+                }
+                HvMsg::VmRemove(name, tx) => {
+                    let r = self.inventory.unregister(&name).map(|_| ());
+                    if r.is_ok() {
+                        info!(vm = %name, "VM unregistered");
+                    }
+                    let _ = tx.send(r);
+                    self.reconcile().await;
+                }
+                HvMsg::Shutdown(done) => {
+                    for (_, d) in std::mem::take(&mut self.sessions) {
+                        stop(&d.handle, "tapir shutting down").await;
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn kernel(&mut self, e: KernelEvent) {
+        match e {
+            KernelEvent::Link { index, name, up } => {
+                let was_up = self.links.get(&index).is_some_and(|l| l.up);
+                if up && !was_up && self.group_of_interface(&name).is_some() {
+                    // Ask the VM to show its link-local address.
+                    let _ = self.probe.send((index, name.clone()));
+                }
+                if was_up != up {
+                    info!(interface = %name, up, "interface state");
+                }
+                self.links.insert(index, Link { name, up });
+            }
+            KernelEvent::LinkGone { index } => {
+                self.links.remove(&index);
+                self.neighbours.remove(&index);
+                self.routes.retain(|_, (i, _)| *i != index);
+            }
+            KernelEvent::HostRoute {
+                add: true,
+                addr,
+                index,
+                protocol,
+            } => {
+                self.routes.insert(addr, (index, protocol));
+            }
+            KernelEvent::HostRoute {
+                add: false,
+                addr,
+                index,
+                ..
+            } => {
+                if self.routes.get(&addr).is_some_and(|(i, _)| *i == index) {
+                    self.routes.remove(&addr);
+                }
+            }
+            KernelEvent::Neighbour {
+                add: true,
+                addr,
+                index,
+            } => {
+                self.neighbours.entry(index).or_default().insert(addr);
+            }
+            KernelEvent::Neighbour {
+                add: false,
+                addr,
+                index,
+            } => {
+                if let Some(s) = self.neighbours.get_mut(&index) {
+                    s.remove(&addr);
+                }
+            }
+        }
+    }
+
+    fn group_of_interface(&self, name: &str) -> Option<usize> {
+        self.groups.iter().position(|g| g.matches_interface(name))
+    }
+
+    /// The group a VM address on an interface belongs to.
+    fn group_for(&self, ifname: &str, addr: &IpAddr) -> Option<usize> {
+        self.groups
+            .iter()
+            .position(|g| g.matches_interface(ifname) && g.matches_address(addr))
+    }
+
+    /// Sessions that should exist: `true` if tapir opens them itself,
+    /// `false` if it only accepts them.
+    fn wanted(&self) -> BTreeMap<(u32, IpAddr), (usize, bool)> {
+        let mut want = BTreeMap::new();
+        for (&index, link) in &self.links {
+            if !link.up {
+                continue;
+            }
+            for (addr, &(i, proto)) in &self.routes {
+                if i != index {
+                    continue;
+                }
+                if let Some(g) = self.group_for(&link.name, addr) {
+                    let active = self.groups[g].route_protocols.contains(&proto);
+                    want.insert((index, *addr), (g, active));
+                }
+            }
+            for addr in self.neighbours.get(&index).into_iter().flatten() {
+                let a = IpAddr::V6(*addr);
+                if let Some(g) = self.group_for(&link.name, &a) {
+                    want.insert((index, a), (g, true));
+                }
+            }
+            for e in self.inventory.entries() {
+                if e.interface.as_deref() != Some(link.name.as_str()) {
+                    continue;
+                }
+                for a in &e.addresses {
+                    if let Some(g) = self.group_for(&link.name, a) {
+                        want.insert((index, *a), (g, true));
+                    }
+                }
+            }
+        }
+        want
+    }
+
+    fn policy(&self, index: u32, addr: &IpAddr, g: usize) -> VmPolicy {
+        let group = &self.groups[g];
+        let ifname = self
+            .links
+            .get(&index)
+            .map(|l| l.name.as_str())
+            .unwrap_or("");
+        let entry = self.entry_for(ifname, addr);
+        let mut own: Vec<IpAddr> = vec![*addr];
+        own.extend(
+            self.routes
+                .iter()
+                .filter(|(_, (i, _))| *i == index)
+                .map(|(a, _)| *a),
+        );
+        own.extend(
+            self.neighbours
+                .get(&index)
+                .into_iter()
+                .flatten()
+                .map(|a| IpAddr::V6(*a)),
+        );
+        if let Some(e) = entry {
+            own.extend(e.addresses.iter().copied());
+        }
+        own.sort();
+        own.dedup();
+        VmPolicy {
+            group: group.name.clone(),
+            entry: entry.map(|e| (e.name.clone(), e.prefixes.clone())),
+            group_filter: group.import.clone(),
+            owned_elsewhere: self
+                .inventory
+                .entries()
+                .iter()
+                .filter(|o| entry.is_none_or(|e| e.name != o.name))
+                .flat_map(|o| o.prefixes.iter().map(|p| (*p, o.name.clone())))
+                .collect(),
+            own_addresses: own,
+            max_prefixes: group.max_prefixes,
+            max_prefixes_action: group.max_prefixes_action,
+        }
+    }
+
+    /// The inventory entry of the VM at `addr` on `ifname`: by address, or
+    /// for a link-local address by the entry's interface.
+    fn entry_for(&self, ifname: &str, addr: &IpAddr) -> Option<&crate::inventory::VmEntry> {
+        self.inventory.find(ifname, addr).or_else(|| match addr {
+            IpAddr::V6(a) if is_link_local(*a) => self
+                .inventory
+                .entries()
+                .iter()
+                .find(|e| e.interface.as_deref() == Some(ifname)),
+            _ => None,
+        })
+    }
+
+    fn peer_config(&self, index: u32, addr: IpAddr, g: usize, policy: Arc<VmPolicy>) -> PeerConfig {
+        let group = &self.groups[g];
+        let ifname = self
+            .links
+            .get(&index)
+            .map(|l| l.name.clone())
+            .unwrap_or_default();
+        let entry = self.entry_for(&ifname, &addr);
+        PeerConfig {
+            name: entry
+                .map(|e| e.name.clone())
+                .unwrap_or_else(|| ifname.clone()),
+            address: addr,
+            port: 179,
+            interface: Some(Interface {
+                name: ifname,
+                index,
+            }),
+            remote_as: match entry.and_then(|e| e.asn) {
+                Some(a) => RemoteAsConfig::Exact(a),
+                None => group.remote_as.clone(),
+            },
+            local_address: None,
+            hold_time: group.hold_time,
+            connect_retry: group.connect_retry,
+            passive: false,
+            families: vec![if addr.is_ipv4() {
+                bgp::Afi::Ipv4
+            } else {
+                bgp::Afi::Ipv6
+            }],
+            announce: Vec::new(),
+            graceful_restart: (group.graceful_restart_time > 0)
+                .then_some(group.graceful_restart_time),
+            policy: Some(policy),
+        }
+    }
+
+    fn spawn_session(&mut self, index: u32, addr: IpAddr, g: usize) {
+        let policy = Arc::new(self.policy(index, &addr, g));
+        let cfg = self.peer_config(index, addr, g, policy.clone());
+        info!(vm = %cfg.name, address = %addr, interface = ?cfg.interface.as_ref().map(|i| &i.name), group = %self.groups[g].name, "VM session started");
+        let handle = peer::spawn(cfg, self.local.clone());
+        self.sessions.insert(
+            (index, addr),
+            DynPeer {
+                handle,
+                group: g,
+                policy,
+            },
+        );
+    }
+
+    /// Brings the sessions in line with what is known.
+    async fn reconcile(&mut self) {
+        let want = self.wanted();
+        let gone: Vec<(u32, IpAddr)> = self
+            .sessions
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            if let Some(d) = self.sessions.remove(&k) {
+                let why = match self.links.get(&k.0) {
+                    None => "interface removed",
+                    Some(l) if !l.up => "interface down",
+                    _ => "VM route or neighbour removed",
+                };
+                info!(address = %k.1, reason = why, "VM session ended, its routes withdrawn");
+                stop(&d.handle, why).await;
+            }
+        }
+        for (&(index, addr), &(g, active)) in &want {
+            match self.sessions.get(&(index, addr)) {
+                None if active => self.spawn_session(index, addr, g),
+                Some(d) if d.group == g => {
+                    let p = Arc::new(self.policy(index, &addr, g));
+                    if *p != *d.policy {
+                        let _ = d.handle.tx.send(PeerMsg::Policy(p.clone())).await;
+                        if let Some(d) = self.sessions.get_mut(&(index, addr)) {
+                            d.policy = p;
+                        }
+                    }
+                }
+                Some(_) => {
+                    // The VM moved to another group: start afresh.
+                    if let Some(d) = self.sessions.remove(&(index, addr)) {
+                        stop(&d.handle, "group changed").await;
+                    }
+                    self.spawn_session(index, addr, g);
+                }
+                None => {}
+            }
+        }
+    }
+
+    async fn incoming(&mut self, stream: TcpStream, from: SocketAddr) {
+        let addr = from.ip().to_canonical();
+        let index = match (addr, from) {
+            (IpAddr::V6(a), SocketAddr::V6(s)) if is_link_local(a) => Some(s.scope_id()),
+            _ => self.routes.get(&addr).map(|(i, _)| *i),
+        };
+        let Some((index, link)) = index.and_then(|i| self.links.get(&i).map(|l| (i, l))) else {
+            info!(from = %addr, "connection refused: no route to this address out of a known interface");
+            return;
+        };
+        if !link.up {
+            info!(from = %addr, interface = %link.name, "connection refused: interface down");
+            return;
+        }
+        let Some(g) = self.group_for(&link.name, &addr) else {
+            info!(from = %addr, interface = %link.name, "connection refused: no group for this interface and address");
+            return;
+        };
+        if !self.sessions.contains_key(&(index, addr)) {
+            self.spawn_session(index, addr, g);
+        }
+        if let Some(d) = self.sessions.get(&(index, addr)) {
+            let _ = d.handle.tx.send(PeerMsg::Incoming(stream)).await;
+        }
+    }
+
+    async fn show_vms(&self) -> Vec<VmStatus> {
+        let mut by_key: BTreeMap<(u32, Option<String>), VmStatus> = BTreeMap::new();
+        for (&(index, addr), d) in &self.sessions {
+            let ifname = self.links.get(&index).map(|l| l.name.clone());
+            let entry = ifname.as_deref().and_then(|n| self.entry_for(n, &addr));
+            let name = entry.map(|e| e.name.clone());
+            let v = by_key
+                .entry((index, name.clone()))
+                .or_insert_with(|| VmStatus {
+                    name: name.clone(),
+                    source: match entry.map(|e| e.source) {
+                        Some(Source::Config) => "config",
+                        Some(Source::Registered) => "registered",
+                        None => "discovered",
+                    }
+                    .into(),
+                    interface: ifname.clone(),
+                    group: Some(self.groups[d.group].name.clone()),
+                    addresses: Vec::new(),
+                    allowed: match &d.policy.entry {
+                        Some((_, p)) => p.iter().map(|p| p.to_string()).collect(),
+                        None => d
+                            .policy
+                            .group_filter
+                            .iter()
+                            .map(|(n, _)| n.clone())
+                            .collect(),
+                    },
+                    sessions: Vec::new(),
+                });
+            let (tx, rx) = oneshot::channel::<PeerStatus>();
+            let st = if d.handle.tx.send(PeerMsg::Status(tx)).await.is_ok() {
+                rx.await.ok()
+            } else {
+                None
+            };
+            let addr_s = display_addr(&addr, ifname.as_deref());
+            v.addresses.push(addr_s.clone());
+            v.sessions.push(VmSession {
+                address: addr_s,
+                state: st.as_ref().map_or("Idle".into(), |s| s.state.clone()),
+                routes_accepted: st.as_ref().map_or(0, |s| s.routes_accepted),
+                routes_rejected: st
+                    .as_ref()
+                    .map_or(0, |s| s.routes_received - s.routes_accepted),
+            });
+        }
+        let mut out: Vec<VmStatus> = by_key.into_values().collect();
+        // Inventory entries with no session: listed as absent.
+        for e in self.inventory.entries() {
+            if out
+                .iter()
+                .any(|v| v.name.as_deref() == Some(e.name.as_str()))
+            {
+                continue;
+            }
+            out.push(VmStatus {
+                name: Some(e.name.clone()),
+                source: match e.source {
+                    Source::Config => "config".into(),
+                    Source::Registered => "registered".into(),
+                },
+                interface: e.interface.clone(),
+                group: None,
+                addresses: e.addresses.iter().map(|a| a.to_string()).collect(),
+                allowed: e.prefixes.iter().map(|p| p.to_string()).collect(),
+                sessions: Vec::new(),
+            });
+        }
+        out
+    }
+}
+
+fn display_addr(addr: &IpAddr, ifname: Option<&str>) -> String {
+    match (addr, ifname) {
+        (IpAddr::V6(a), Some(i)) if is_link_local(*a) => format!("{a}%{i}"),
+        _ => addr.to_string(),
+    }
+}
+
+async fn stop(h: &PeerHandle, why: &str) {
+    let (tx, rx) = oneshot::channel();
+    if h.tx
+        .send(PeerMsg::Shutdown(why.to_string(), tx))
+        .await
+        .is_ok()
+    {
+        let _ = rx.await;
+    }
+}

@@ -1,0 +1,264 @@
+//! The inventory: which VM may announce which prefixes (DESIGN C4).
+//!
+//! Entries come from the config file (`[[vm]]`, or an `inventory` file
+//! beside it) and from registrations through the control socket
+//! (`tapir vm add`), which are kept in `<state-dir>/vms.json` so that they
+//! survive a restart. A prefix that an entry owns may be announced by that
+//! VM only; a VM with an entry may announce only its own prefixes.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::prefix_set::PrefixPattern;
+
+/// Where an entry came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    Config,
+    Registered,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmEntry {
+    pub name: String,
+    /// The tap the VM must be on, if the entry says.
+    pub interface: Option<String>,
+    pub addresses: Vec<IpAddr>,
+    pub asn: Option<u32>,
+    pub prefixes: Vec<PrefixPattern>,
+    pub source: Source,
+}
+
+/// A registration as stored in the state file and sent over the socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub name: String,
+    pub interface: Option<String>,
+    pub addresses: Vec<IpAddr>,
+    pub asn: Option<u32>,
+    pub prefixes: Vec<String>,
+}
+
+impl Registration {
+    /// Validates a registration into an entry.
+    pub fn to_entry(&self) -> Result<VmEntry, String> {
+        if self.name.is_empty()
+            || self
+                .name
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!("VM name `{}` is empty or has blanks", self.name));
+        }
+        if self.addresses.is_empty() && self.interface.is_none() {
+            return Err(format!(
+                "VM `{}` needs an address or an interface",
+                self.name
+            ));
+        }
+        let prefixes = self
+            .prefixes
+            .iter()
+            .map(|p| {
+                p.parse::<PrefixPattern>()
+                    .map_err(|e| format!("VM `{}`: prefix {e}", self.name))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(VmEntry {
+            name: self.name.clone(),
+            interface: self.interface.clone(),
+            addresses: self.addresses.clone(),
+            asn: self.asn,
+            prefixes,
+            source: Source::Registered,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    entries: Vec<VmEntry>,
+    state_file: Option<PathBuf>,
+}
+
+impl Inventory {
+    pub fn new(config_entries: Vec<VmEntry>, state_dir: Option<&Path>) -> Inventory {
+        Inventory {
+            entries: config_entries,
+            state_file: state_dir.map(|d| d.join("vms.json")),
+        }
+    }
+
+    pub fn entries(&self) -> &[VmEntry] {
+        &self.entries
+    }
+
+    /// Loads the registrations kept by an earlier run. A broken state file
+    /// is reported and left as it is, never overwritten silently.
+    pub fn load_registrations(&mut self) -> Result<usize, String> {
+        let Some(f) = &self.state_file else {
+            return Ok(0);
+        };
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(format!("{}: {e}", f.display())),
+        };
+        let regs: Vec<Registration> =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+        let mut n = 0;
+        for r in regs {
+            let e = r.to_entry().map_err(|e| format!("{}: {e}", f.display()))?;
+            self.check_new(&e)
+                .map_err(|e| format!("{}: {e}", f.display()))?;
+            self.entries.push(e);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn save(&self) -> Result<(), String> {
+        let Some(f) = &self.state_file else {
+            return Ok(());
+        };
+        let regs: Vec<Registration> = self
+            .entries
+            .iter()
+            .filter(|e| e.source == Source::Registered)
+            .map(|e| Registration {
+                name: e.name.clone(),
+                interface: e.interface.clone(),
+                addresses: e.addresses.clone(),
+                asn: e.asn,
+                prefixes: e.prefixes.iter().map(|p| p.to_string()).collect(),
+            })
+            .collect();
+        if let Some(d) = f.parent() {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        // Write then rename, so a crash never leaves half a file.
+        let tmp = f.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(&regs).map_err(|e| e.to_string())?;
+        std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, f).map_err(|e| format!("{}: {e}", f.display()))
+    }
+
+    /// Why `e` cannot join the inventory, if it cannot.
+    fn check_new(&self, e: &VmEntry) -> Result<(), String> {
+        for o in &self.entries {
+            if o.name == e.name {
+                return Err(format!("VM `{}` is already in the inventory", e.name));
+            }
+            if let Some(a) = e.addresses.iter().find(|a| o.addresses.contains(a)) {
+                return Err(format!("address {a} already belongs to VM `{}`", o.name));
+            }
+            for p in &e.prefixes {
+                if let Some(q) = o.prefixes.iter().find(|q| q.overlaps(p)) {
+                    return Err(format!("prefix {p} overlaps {q}, owned by VM `{}`", o.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds an entry from the config file (not persisted).
+    pub fn register_config(&mut self, e: VmEntry) -> Result<(), String> {
+        self.check_new(&e)?;
+        self.entries.push(e);
+        Ok(())
+    }
+
+    /// Registers a VM at run time and persists the registration.
+    pub fn register(&mut self, e: VmEntry) -> Result<(), String> {
+        self.check_new(&e)?;
+        self.entries.push(e);
+        if let Err(err) = self.save() {
+            self.entries.pop();
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Removes a registered VM. Entries from the config file stay.
+    pub fn unregister(&mut self, name: &str) -> Result<VmEntry, String> {
+        let i = self
+            .entries
+            .iter()
+            .position(|e| e.name == name)
+            .ok_or_else(|| format!("no VM `{name}` in the inventory"))?;
+        if self.entries[i].source == Source::Config {
+            return Err(format!(
+                "VM `{name}` comes from the config file; edit it there"
+            ));
+        }
+        let e = self.entries.remove(i);
+        if let Err(err) = self.save() {
+            self.entries.insert(i, e);
+            return Err(err);
+        }
+        Ok(e)
+    }
+
+    /// The entry for a VM at `addr` on `interface`.
+    pub fn find(&self, interface: &str, addr: &IpAddr) -> Option<&VmEntry> {
+        self.entries.iter().find(|e| {
+            e.addresses.contains(addr) && e.interface.as_deref().is_none_or(|i| i == interface)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(name: &str, addr: &str, prefix: &str) -> VmEntry {
+        Registration {
+            name: name.into(),
+            interface: None,
+            addresses: vec![addr.parse().unwrap()],
+            asn: None,
+            prefixes: vec![prefix.into()],
+        }
+        .to_entry()
+        .unwrap()
+    }
+
+    #[test]
+    fn registrations_persist_and_conflicts_are_refused() {
+        let dir = std::env::temp_dir().join(format!("tapir-inv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut inv = Inventory::new(vec![], Some(&dir));
+        inv.register(reg("a", "10.192.24.11", "10.3.0.1/32"))
+            .unwrap();
+        assert!(inv
+            .register(reg("a", "10.192.24.12", "10.3.0.2/32"))
+            .unwrap_err()
+            .contains("already"));
+        assert!(inv
+            .register(reg("b", "10.192.24.11", "10.3.0.2/32"))
+            .unwrap_err()
+            .contains("belongs"));
+        assert!(inv
+            .register(reg("b", "10.192.24.12", "10.3.0.0/24+"))
+            .unwrap_err()
+            .contains("overlaps"));
+        inv.register(reg("b", "10.192.24.12", "10.3.0.2/32"))
+            .unwrap();
+        let mut again = Inventory::new(vec![], Some(&dir));
+        assert_eq!(again.load_registrations().unwrap(), 2);
+        assert_eq!(
+            again
+                .find("tap12", &"10.192.24.12".parse().unwrap())
+                .unwrap()
+                .name,
+            "b"
+        );
+        again.unregister("a").unwrap();
+        let mut third = Inventory::new(vec![], Some(&dir));
+        assert_eq!(third.load_registrations().unwrap(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,194 @@
+//! What the kernel knows about taps, VM routes and neighbours, read and
+//! followed through netlink (DESIGN C3, C5).
+//!
+//! [`watch`] subscribes to link, route and neighbour notifications first,
+//! then dumps the current tables, so nothing that happens in between is
+//! missed (events are idempotent, a duplicate is harmless). Everything is
+//! reduced to [`KernelEvent`]s for the hypervisor task.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use futures_util::stream::{StreamExt, TryStreamExt};
+use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::{IpVersion, MulticastGroup, RouteMessageBuilder};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+/// The main routing table.
+const RT_TABLE_MAIN: u32 = 254;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelEvent {
+    /// A link exists (new or changed); `up` means administratively up with
+    /// carrier.
+    Link {
+        index: u32,
+        name: String,
+        up: bool,
+    },
+    LinkGone {
+        index: u32,
+    },
+    /// A `/32` or `/128` unicast route straight out of an interface (no
+    /// gateway) in the main table, as the ifup hook installs for a VM.
+    HostRoute {
+        add: bool,
+        addr: IpAddr,
+        index: u32,
+        protocol: u8,
+    },
+    /// A usable IPv6 link-local neighbour on an interface.
+    Neighbour {
+        add: bool,
+        addr: Ipv6Addr,
+        index: u32,
+    },
+}
+
+fn link_event(m: &LinkMessage, gone: bool) -> Option<KernelEvent> {
+    let index = m.header.index;
+    if gone {
+        return Some(KernelEvent::LinkGone { index });
+    }
+    let name = m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })?;
+    let f = m.header.flags;
+    let up = f.contains(LinkFlags::Up) && f.contains(LinkFlags::LowerUp);
+    Some(KernelEvent::Link { index, name, up })
+}
+
+fn route_event(m: &RouteMessage, add: bool) -> Option<KernelEvent> {
+    let h = &m.header;
+    if h.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut table = h.table as u32;
+    let mut dst = None;
+    let mut oif = None;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            // A route via a gateway is not a VM's own route.
+            RouteAttribute::Gateway(_) | RouteAttribute::MultiPath(_) => return None,
+            _ => {}
+        }
+    }
+    let addr = dst?;
+    let host_len = if addr.is_ipv4() { 32 } else { 128 };
+    if table != RT_TABLE_MAIN || h.destination_prefix_length != host_len {
+        return None;
+    }
+    Some(KernelEvent::HostRoute {
+        add,
+        addr,
+        index: oif?,
+        protocol: u8::from(h.protocol),
+    })
+}
+
+fn neighbour_event(m: &NeighbourMessage, add: bool) -> Option<KernelEvent> {
+    let addr = m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => Some(*a),
+        _ => None,
+    })?;
+    if addr.segments()[0] & 0xffc0 != 0xfe80 {
+        return None;
+    }
+    let usable = !matches!(
+        m.header.state,
+        NeighbourState::Failed | NeighbourState::Incomplete | NeighbourState::None
+    );
+    Some(KernelEvent::Neighbour {
+        add: add && usable,
+        addr,
+        index: m.header.ifindex,
+    })
+}
+
+fn translate(msg: RouteNetlinkMessage) -> Option<KernelEvent> {
+    match msg {
+        RouteNetlinkMessage::NewLink(m) => link_event(&m, false),
+        RouteNetlinkMessage::DelLink(m) => link_event(&m, true),
+        RouteNetlinkMessage::NewRoute(m) => route_event(&m, true),
+        RouteNetlinkMessage::DelRoute(m) => route_event(&m, false),
+        RouteNetlinkMessage::NewNeighbour(m) => neighbour_event(&m, true),
+        RouteNetlinkMessage::DelNeighbour(m) => neighbour_event(&m, false),
+        _ => None,
+    }
+}
+
+/// Follows the kernel until `tx` closes. Errors are startup errors (no
+/// netlink socket); later trouble is logged.
+pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
+    let (conn, handle, mut messages) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
+        MulticastGroup::Neigh,
+    ])?;
+    tokio::spawn(conn);
+    let tx2 = tx.clone();
+    tokio::spawn(async move {
+        let mut links = handle.link().get().execute();
+        while let Ok(Some(m)) = links.try_next().await {
+            if let Some(e) = link_event(&m, false) {
+                let _ = tx2.send(e).await;
+            }
+        }
+        for v in [IpVersion::V4, IpVersion::V6] {
+            let msg = match v {
+                IpVersion::V4 => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+                IpVersion::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+            };
+            let mut routes = handle.route().get(msg).execute();
+            loop {
+                match routes.try_next().await {
+                    Ok(Some(m)) => {
+                        if let Some(e) = route_event(&m, true) {
+                            let _ = tx2.send(e).await;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, "route dump failed");
+                        break;
+                    }
+                }
+            }
+        }
+        let mut neigh = handle
+            .neighbours()
+            .get()
+            .set_address_family(rtnetlink::packet_route::AddressFamily::Inet6)
+            .execute();
+        while let Ok(Some(m)) = neigh.try_next().await {
+            if let Some(e) = neighbour_event(&m, true) {
+                let _ = tx2.send(e).await;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some((m, _)) = messages.next().await {
+            if let NetlinkPayload::InnerMessage(inner) = m.payload {
+                if let Some(e) = translate(inner) {
+                    if tx.send(e).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        warn!("netlink notifications ended");
+    });
+    Ok(())
+}
