@@ -212,6 +212,15 @@ impl AsPath {
     /// otherwise the leading ASNs of AS_PATH that AS4_PATH lacks are kept in
     /// front of it.
     pub fn merge_as4(&self, as4: &AsPath) -> AsPath {
+        // RFC 6793 §6: confederation segments in AS4_PATH are discarded.
+        let as4 = &AsPath {
+            segments: as4
+                .segments
+                .iter()
+                .filter(|s| matches!(s, AsSegment::Sequence(_) | AsSegment::Set(_)))
+                .cloned()
+                .collect(),
+        };
         let count = |p: &AsPath| p.length();
         if count(self) < count(as4) {
             return self.clone();

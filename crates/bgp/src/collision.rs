@@ -18,9 +18,19 @@ pub enum Loser {
 }
 
 /// Whether the connection we opened survives, given both identifiers
-/// (§6.8: compare them as 4-octet unsigned integers).
-pub fn keep_locally_initiated(local_id: Ipv4Addr, remote_id: Ipv4Addr) -> bool {
-    u32::from(local_id) > u32::from(remote_id)
+/// (§6.8: compare them as 4-octet unsigned integers). Equal identifiers are
+/// legal between different ASes (RFC 6286 §2.1); then the connection opened
+/// by the speaker with the larger AS survives (RFC 6286 §2.3).
+pub fn keep_locally_initiated(
+    local_id: Ipv4Addr,
+    remote_id: Ipv4Addr,
+    local_as: u32,
+    remote_as: u32,
+) -> bool {
+    match u32::from(local_id).cmp(&u32::from(remote_id)) {
+        std::cmp::Ordering::Equal => local_as > remote_as,
+        o => o == std::cmp::Ordering::Greater,
+    }
 }
 
 /// Resolves a collision between two sessions to the same peer, if there is
@@ -39,9 +49,14 @@ pub fn resolve(first: &Session, second: &Session) -> Option<Loser> {
     if !has_open(first) || !has_open(second) {
         return None;
     }
-    let remote_id = first.remote_open()?.bgp_id;
-    let local_id = first.config().router_id;
-    let keep_local = keep_locally_initiated(local_id, remote_id);
+    // Both connections in the same direction: the peer gave up on the
+    // older one and opened a new one; the older is stale.
+    if first.is_inbound() == second.is_inbound() {
+        return Some(Loser::First);
+    }
+    let open = first.remote_open()?;
+    let cfg = first.config();
+    let keep_local = keep_locally_initiated(cfg.router_id, open.bgp_id, cfg.local_as, open.asn());
     // The loser is the session whose direction is the one not kept.
     let first_is_local = !first.is_inbound();
     Some(if first_is_local == keep_local {

@@ -152,8 +152,10 @@ impl Message {
             }
             kind::KEEPALIVE => Message::Keepalive,
             _ => {
-                // RFC 7313 §5: a ROUTE-REFRESH of the wrong length.
-                if body.len() != 4 {
+                // RFC 7313 §5: a ROUTE-REFRESH of subtype 0-2 with the
+                // wrong length is an error; other subtypes are ignored
+                // whatever their length (§4).
+                if body.len() != 4 && body[2] <= 2 {
                     return Err(Notification::with_data(
                         notification::code::ROUTE_REFRESH,
                         1,

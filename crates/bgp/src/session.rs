@@ -176,7 +176,8 @@ pub enum Event {
         to: State,
     },
     Established(Box<Negotiated>),
-    /// The session left Established; everything learned from it is gone.
+    /// The session left Established (never sent for sessions that did not
+    /// reach it); everything learned from it is gone.
     Down(DownReason),
     Update(Box<Update>),
     RouteRefresh(AfiSafi),
@@ -352,7 +353,9 @@ impl Session {
         match self.state {
             State::OpenSent | State::OpenConfirm | State::Established => {
                 self.last_error = Some(DownReason::ConnectionClosed);
-                if self.state == State::Established || self.state == State::OpenConfirm {
+                // Our half of the socket must go too (no CLOSE_WAIT).
+                self.events.push_back(Event::Disconnect);
+                if self.state == State::Established {
                     self.events
                         .push_back(Event::Down(DownReason::ConnectionClosed));
                 }
@@ -444,7 +447,7 @@ impl Session {
             // §6.4: a NOTIFICATION closes the connection; nothing is sent back.
             self.last_error = Some(DownReason::NotificationReceived(n.clone()));
             self.events.push_back(Event::Disconnect);
-            if matches!(self.state, State::OpenConfirm | State::Established) {
+            if self.state == State::Established {
                 self.events
                     .push_back(Event::Down(DownReason::NotificationReceived(n)));
             }
@@ -474,7 +477,9 @@ impl Session {
             }
             (State::Established, Message::RouteRefresh(r)) => {
                 self.restart_hold(now);
-                if self.context().has_family(r.family) {
+                // RFC 7313 §4: only subtype 0 asks for a refresh; BoRR/EoRR
+                // (1, 2) mark a refresh we asked for, others are ignored.
+                if r.subtype == 0 && self.context().has_family(r.family) {
                     self.events.push_back(Event::RouteRefresh(r.family));
                 }
             }
@@ -571,7 +576,7 @@ impl Session {
                 .push_back(Message::Notification(n.clone()).encode(&Context::default()));
         }
         self.events.push_back(Event::Disconnect);
-        if matches!(self.state, State::OpenConfirm | State::Established) {
+        if self.state == State::Established {
             self.events.push_back(Event::Down(reason.clone()));
         }
         self.last_error = Some(reason);

@@ -180,7 +180,13 @@ pub fn encode_announce(
     attrs.encode(cxt.four_octet_as, &mut encoded_attrs);
     // Room for NLRI: message size minus header, the two length fields and
     // the shared attributes.
-    let room = cxt.max_message_len - HEADER_LEN - 4 - encoded_attrs.len();
+    let Some(room) = cxt
+        .max_message_len
+        .checked_sub(HEADER_LEN + 4 + encoded_attrs.len())
+    else {
+        // Attributes alone larger than a message: nothing can be sent.
+        return out;
+    };
     let mut rest = prefixes;
     while !rest.is_empty() {
         let mut body = vec![0, 0];

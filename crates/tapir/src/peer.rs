@@ -30,6 +30,13 @@ use crate::authorisation::{Rejection, VmPolicy};
 use crate::config::{MaxPrefixAction, Neighbor, RemoteAsConfig};
 use crate::control::{PeerStatus, RouteEntry};
 
+/// How long a closed connection is drained before it is cut off.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Refused routes kept for display and re-judging, beyond which more are
+/// only counted (a VM must not grow our memory by announcing junk).
+const MAX_KEPT_REFUSED: usize = 1000;
+
 /// An interface a session is bound to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Interface {
@@ -136,11 +143,18 @@ struct Conn {
 
 impl Conn {
     fn drop_socket(&mut self) {
-        // Dropping the writer's channel lets it send what is queued, then
-        // shut the socket down.
+        // Dropping the writer's channel lets it send what is queued (a
+        // NOTIFICATION), then shut our side down. The reader keeps
+        // draining until the peer closes, so that unread input does not
+        // turn the close into a reset that discards the NOTIFICATION; its
+        // bytes now carry a stale connection id and are ignored. A peer
+        // that never closes is cut off after LINGER.
         self.writer = None;
         if let Some(r) = self.reader.take() {
-            r.abort();
+            tokio::spawn(async move {
+                tokio::time::sleep(LINGER).await;
+                r.abort();
+            });
         }
     }
 }
@@ -159,6 +173,8 @@ pub struct Peer {
     next_id: u64,
     connecting: Option<tokio::task::JoinHandle<()>>,
     adj_rib_in: BTreeMap<Prefix, RouteIn>,
+    /// Routes in the Adj-RIB-In that are accepted.
+    accepted: usize,
     exported: usize,
     state_since: Instant,
     flaps: u64,
@@ -180,6 +196,7 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         next_id: 1,
         connecting: None,
         adj_rib_in: BTreeMap::new(),
+        accepted: 0,
         exported: 0,
         state_since: Instant::now(),
         flaps: 0,
@@ -525,6 +542,7 @@ impl Peer {
                 self.rejections.clear();
                 self.flaps += 1;
                 self.adj_rib_in.clear();
+                self.accepted = 0;
                 self.exported = 0;
             }
             Event::Update(u) => self.apply_update(&u),
@@ -545,15 +563,25 @@ impl Peer {
             );
         }
         for p in u.withdrawn_all() {
-            self.adj_rib_in.remove(&p);
+            self.remove_route(&p);
         }
         let announced = u.announced();
         if announced.is_empty() {
             return;
         }
-        let attrs = Arc::new(u.attributes.clone());
+        let mut attrs = u.attributes.clone();
+        let ebgp = self
+            .conns
+            .iter()
+            .filter_map(|c| c.session.negotiated())
+            .any(|n| n.remote_as != self.local.local_as);
+        if ebgp {
+            // RFC 4271 §5.1.5: LOCAL_PREF from an external peer is ignored.
+            attrs.local_pref = None;
+        }
+        let attrs = Arc::new(attrs);
         for (p, nh) in announced {
-            let old = self.adj_rib_in.remove(&p);
+            let old = self.remove_route(&p);
             let rejected = self.judge(&p, &nh);
             let changed = old.as_ref().map(|o| &o.rejected) != Some(&rejected);
             if let Some(r) = &rejected {
@@ -569,8 +597,11 @@ impl Peer {
                         }
                     }
                 }
+                if self.adj_rib_in.len() - self.accepted >= MAX_KEPT_REFUSED {
+                    continue;
+                }
             }
-            self.adj_rib_in.insert(
+            self.insert_route(
                 p,
                 RouteIn {
                     next_hop: nh,
@@ -579,6 +610,25 @@ impl Peer {
                 },
             );
         }
+    }
+
+    fn insert_route(&mut self, p: Prefix, r: RouteIn) {
+        if r.rejected.is_none() {
+            self.accepted += 1;
+        }
+        if let Some(old) = self.adj_rib_in.insert(p, r) {
+            if old.rejected.is_none() {
+                self.accepted -= 1;
+            }
+        }
+    }
+
+    fn remove_route(&mut self, p: &Prefix) -> Option<RouteIn> {
+        let old = self.adj_rib_in.remove(p);
+        if old.as_ref().is_some_and(|o| o.rejected.is_none()) {
+            self.accepted -= 1;
+        }
+        old
     }
 
     /// The verdict on one announcement, max-prefix count included.
@@ -601,6 +651,7 @@ impl Peer {
     /// Judges every route again (a new policy snapshot).
     fn judge_all(&mut self) {
         let routes = std::mem::take(&mut self.adj_rib_in);
+        self.accepted = 0;
         for (p, mut r) in routes {
             let before = r.rejected.take();
             r.rejected = self.judge(&p, &r.next_hop);
@@ -612,7 +663,7 @@ impl Peer {
                     None => info!(prefix = %p, "route now accepted"),
                 }
             }
-            self.adj_rib_in.insert(p, r);
+            self.insert_route(p, r);
         }
     }
 

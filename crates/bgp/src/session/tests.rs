@@ -392,7 +392,9 @@ fn collision_keeps_connection_of_higher_identifier() {
     assert_eq!(collision::resolve(&b2, &b1), Some(Loser::Second));
     assert!(!collision::keep_locally_initiated(
         "10.0.0.1".parse().unwrap(),
-        "10.0.0.2".parse().unwrap()
+        "10.0.0.2".parse().unwrap(),
+        64612,
+        65020
     ));
 }
 
