@@ -75,76 +75,45 @@ pub fn build(lab: &mut Lab, hvs: &[&str]) {
 /// Adds `vmN` behind `tapN` on `hv`, as the ifup hook and the VM's own
 /// network config would set it up.
 pub fn add_vm(lab: &mut Lab, hv: &str, n: u32) {
-    let vm = format!("vm{n}");
-    let tap = format!("tap{n}");
-    lab.add_host(&vm);
-    lab.link(hv, &tap, &vm, "eth0");
+    lab.add_host(&format!("vm{n}"));
+    plug(lab, hv, &format!("tap{n}"), n, n);
+}
+
+/// Connects VM `vm_n` to `hv` through a new tap `tap` and runs the ifup
+/// steps for the VM's addresses. `claimed` is the host number the VM
+/// configures on its side (equal to `vm_n` unless the VM lies about its
+/// address).
+pub fn plug(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32, claimed: u32) {
+    let vm = format!("vm{vm_n}");
+    lab.link(hv, tap, &vm, "eth0");
     // Hypervisor side: same gateway address and MAC on every tap.
-    lab.ip(hv, &["link", "set", &tap, "address", TAP_MAC]);
-    lab.up(hv, &tap);
-    lab.ip(
-        hv,
-        &[
-            "addr",
-            "add",
-            &format!("{GATEWAY_V4}/32"),
-            "dev",
-            &tap,
-            "scope",
-            "link",
-        ],
-    );
-    lab.ip(
-        hv,
-        &[
-            "route",
-            "replace",
-            &format!("{}/32", vm_v4(n)),
-            "proto",
-            "static",
-            "dev",
-            &tap,
-        ],
-    );
-    lab.ip(
-        hv,
-        &[
-            "-6",
-            "route",
-            "replace",
-            &format!("{}/128", vm_v6(n)),
-            "proto",
-            "static",
-            "dev",
-            &tap,
-        ],
-    );
+    lab.ip(hv, &["link", "set", tap, "address", TAP_MAC]);
+    lab.up(hv, tap);
+    lab.ip(hv, &["addr", "add", &format!("{GATEWAY_V4}/32"), "dev", tap, "scope", "link"]);
+    lab.ip(hv, &["route", "replace", &format!("{}/32", vm_v4(vm_n)), "proto", "static", "dev", tap]);
+    lab.ip(hv, &["-6", "route", "replace", &format!("{}/128", vm_v6(vm_n)), "proto", "static", "dev", tap]);
     // VM side: host addresses, the gateway on-link.
-    lab.addr(&vm, "eth0", &format!("{}/32", vm_v4(n)));
-    lab.addr(&vm, "eth0", &format!("{}/128", vm_v6(n)));
+    lab.addr(&vm, "eth0", &format!("{}/32", vm_v4(claimed)));
+    lab.addr(&vm, "eth0", &format!("{}/128", vm_v6(claimed)));
     lab.up(&vm, "eth0");
-    lab.ip(
-        &vm,
-        &["route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"],
-    );
-    lab.ip(
-        &vm,
-        &[
-            "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0", "onlink",
-        ],
-    );
-    lab.ip(
-        &vm,
-        &[
-            "-6", "route", "add", "default", "via", GATEWAY_LL, "dev", "eth0",
-        ],
-    );
+    lab.ip(&vm, &["route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"]);
+    lab.ip(&vm, &["route", "add", "default", "via", GATEWAY_V4, "dev", "eth0", "onlink"]);
+    lab.ip(&vm, &["-6", "route", "add", "default", "via", GATEWAY_LL, "dev", "eth0"]);
+}
+
+/// Removes a tap from a hypervisor (the VM's side of the pair goes too).
+pub fn unplug(lab: &mut Lab, hv: &str, tap: &str) {
+    lab.ip(hv, &["link", "del", tap]);
 }
 
 /// The reference VM's BIRD config (DESIGN §5), with the `protocol bgp`
 /// block verbatim and the VM's service prefixes as static routes exported
-/// to the hypervisor.
+/// to the hypervisor. `extra` goes inside the `protocol bgp` block (timers).
 pub fn vm_bird_config(n: u32, asn: u32, announce: &[&str]) -> String {
+    vm_bird_config_with(n, asn, announce, "")
+}
+
+pub fn vm_bird_config_with(n: u32, asn: u32, announce: &[&str], extra: &str) -> String {
     let addr = vm_v4(n);
     let statics: String = announce
         .iter()
@@ -159,7 +128,30 @@ pub fn vm_bird_config(n: u32, asn: u32, announce: &[&str]) -> String {
              ipv4 {{ import none; export where source = RTS_STATIC; }};\n    \
              local {addr} as {asn};\n    \
              neighbor {GATEWAY_V4} external;\n    \
-             multihop;\n\
+             multihop;\n    \
+             {extra}\n\
          }}\n"
+    )
+}
+
+/// A VM that peers over IPv6 link-local only, BIRD's default single-hop
+/// (DESIGN §5 vm12: `neighbor fe80::2022:22ff:fe22:2201%eth0 external;`).
+pub fn vm_bird_link_local_config(n: u32, asn: u32, announce: &[&str], extra: &str) -> String {
+    let statics: String = announce
+        .iter()
+        .map(|p| format!("    route {p} unreachable;\n"))
+        .collect();
+    format!(
+        "log stderr all;\n\
+         router id {};\n\
+         protocol device {{ }}\n\
+         protocol static {{\n    ipv6;\n{statics}}}\n\
+         protocol bgp {{\n    \
+             ipv6 {{ import none; export where source = RTS_STATIC; }};\n    \
+             local as {asn};\n    \
+             neighbor {GATEWAY_LL}%eth0 external;\n    \
+             {extra}\n\
+         }}\n",
+        vm_v4(n)
     )
 }
