@@ -89,16 +89,63 @@ pub fn plug(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32, claimed: u32) {
     // Hypervisor side: same gateway address and MAC on every tap.
     lab.ip(hv, &["link", "set", tap, "address", TAP_MAC]);
     lab.up(hv, tap);
-    lab.ip(hv, &["addr", "add", &format!("{GATEWAY_V4}/32"), "dev", tap, "scope", "link"]);
-    lab.ip(hv, &["route", "replace", &format!("{}/32", vm_v4(vm_n)), "proto", "static", "dev", tap]);
-    lab.ip(hv, &["-6", "route", "replace", &format!("{}/128", vm_v6(vm_n)), "proto", "static", "dev", tap]);
+    lab.ip(
+        hv,
+        &[
+            "addr",
+            "add",
+            &format!("{GATEWAY_V4}/32"),
+            "dev",
+            tap,
+            "scope",
+            "link",
+        ],
+    );
+    lab.ip(
+        hv,
+        &[
+            "route",
+            "replace",
+            &format!("{}/32", vm_v4(vm_n)),
+            "proto",
+            "static",
+            "dev",
+            tap,
+        ],
+    );
+    lab.ip(
+        hv,
+        &[
+            "-6",
+            "route",
+            "replace",
+            &format!("{}/128", vm_v6(vm_n)),
+            "proto",
+            "static",
+            "dev",
+            tap,
+        ],
+    );
     // VM side: host addresses, the gateway on-link.
     lab.addr(&vm, "eth0", &format!("{}/32", vm_v4(claimed)));
     lab.addr(&vm, "eth0", &format!("{}/128", vm_v6(claimed)));
     lab.up(&vm, "eth0");
-    lab.ip(&vm, &["route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"]);
-    lab.ip(&vm, &["route", "add", "default", "via", GATEWAY_V4, "dev", "eth0", "onlink"]);
-    lab.ip(&vm, &["-6", "route", "add", "default", "via", GATEWAY_LL, "dev", "eth0"]);
+    lab.ip(
+        &vm,
+        &["route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"],
+    );
+    lab.ip(
+        &vm,
+        &[
+            "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0", "onlink",
+        ],
+    );
+    lab.ip(
+        &vm,
+        &[
+            "-6", "route", "add", "default", "via", GATEWAY_LL, "dev", "eth0",
+        ],
+    );
 }
 
 /// Removes a tap from a hypervisor (the VM's side of the pair goes too).

@@ -251,12 +251,7 @@ impl Hypervisor {
 
     fn policy(&self, index: u32, addr: &IpAddr, g: usize) -> VmPolicy {
         let group = &self.groups[g];
-        let ifname = self
-            .links
-            .get(&index)
-            .map(|l| l.name.as_str())
-            .unwrap_or("");
-        let entry = self.entry_for(ifname, addr);
+        let entry = self.entry_for(index, addr);
         let mut own: Vec<IpAddr> = vec![*addr];
         own.extend(
             self.routes
@@ -293,16 +288,23 @@ impl Hypervisor {
         }
     }
 
-    /// The inventory entry of the VM at `addr` on `ifname`: by address, or
-    /// for a link-local address by the entry's interface.
-    fn entry_for(&self, ifname: &str, addr: &IpAddr) -> Option<&crate::inventory::VmEntry> {
-        self.inventory.find(ifname, addr).or_else(|| match addr {
-            IpAddr::V6(a) if is_link_local(*a) => self
-                .inventory
-                .entries()
-                .iter()
-                .find(|e| e.interface.as_deref() == Some(ifname)),
-            _ => None,
+    /// The inventory entry of the VM at `addr` on tap `index`. One tap holds
+    /// one VM: an address the entry lists, or any address on a tap the entry
+    /// names or where one of its addresses is routed, is that VM's.
+    fn entry_for(&self, index: u32, addr: &IpAddr) -> Option<&crate::inventory::VmEntry> {
+        let ifname = self
+            .links
+            .get(&index)
+            .map(|l| l.name.as_str())
+            .unwrap_or("");
+        self.inventory.find(ifname, addr).or_else(|| {
+            self.inventory.entries().iter().find(|e| {
+                e.interface.as_deref() == Some(ifname)
+                    || (e.interface.is_none()
+                        && e.addresses
+                            .iter()
+                            .any(|a| self.routes.get(a).is_some_and(|(i, _)| *i == index)))
+            })
         })
     }
 
@@ -313,7 +315,7 @@ impl Hypervisor {
             .get(&index)
             .map(|l| l.name.clone())
             .unwrap_or_default();
-        let entry = self.entry_for(&ifname, &addr);
+        let entry = self.entry_for(index, &addr);
         PeerConfig {
             name: entry
                 .map(|e| e.name.clone())
@@ -433,7 +435,7 @@ impl Hypervisor {
         let mut by_key: BTreeMap<(u32, Option<String>), VmStatus> = BTreeMap::new();
         for (&(index, addr), d) in &self.sessions {
             let ifname = self.links.get(&index).map(|l| l.name.clone());
-            let entry = ifname.as_deref().and_then(|n| self.entry_for(n, &addr));
+            let entry = self.entry_for(index, &addr);
             let name = entry.map(|e| e.name.clone());
             let v = by_key
                 .entry((index, name.clone()))

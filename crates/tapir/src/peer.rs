@@ -202,7 +202,14 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         flaps: 0,
         rejections: BTreeMap::new(),
     };
-    tokio::spawn(peer.run(rx));
+    // The span goes with the task (never `enter()` across an await).
+    let span = tracing::info_span!(
+        "peer",
+        peer = %peer.cfg.name,
+        address = %peer.cfg.address,
+        interface = peer.cfg.interface.as_ref().map(|i| i.name.as_str()).unwrap_or("")
+    );
+    tokio::spawn(tracing::Instrument::instrument(peer.run(rx), span));
     handle
 }
 
@@ -222,8 +229,6 @@ fn session_config(cfg: &PeerConfig, local: &Local) -> session::Config {
 
 impl Peer {
     async fn run(mut self, mut rx: mpsc::Receiver<PeerMsg>) {
-        let span = tracing::info_span!("peer", peer = %self.cfg.name, address = %self.cfg.address);
-        let _enter = span.enter();
         let mut primary = self.new_conn();
         primary.session.start(Instant::now());
         self.conns.push(primary);
@@ -521,7 +526,9 @@ impl Peer {
                 if primary {
                     self.state_since = Instant::now();
                 }
-                if to == State::Established || from == State::Established || to == State::Idle {
+                // Attempts that fail before Established are routine for VM
+                // addresses that do not speak BGP: debug, not info.
+                if to == State::Established || from == State::Established {
                     info!(from = %from, to = %to, "session state changed");
                 } else {
                     debug!(from = %from, to = %to, "session state changed");

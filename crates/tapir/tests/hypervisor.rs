@@ -44,7 +44,11 @@ fn wait_route(lab: &Lab, t: &lab::tapir::Tapir, prefix: &str, peer: &str) -> Val
 
 fn wait_up(lab: &Lab, b: &Bird, what: &str) {
     if wait_for(WAIT, || established(b).then_some(())).is_none() {
-        panic!("{what}: BGP not up: {:?}\n{}", b.protocol("bgp1"), lab.all_logs());
+        panic!(
+            "{what}: BGP not up: {:?}\n{}",
+            b.protocol("bgp1"),
+            lab.all_logs()
+        );
     }
 }
 
@@ -55,7 +59,10 @@ fn three_reference_vms_one_group() {
     for n in [11, 12, 13] {
         reference::add_vm(&mut lab, "hv1", n);
     }
-    let vm11 = lab.bird("vm11", &reference::vm_bird_config_with(11, 64613, &["10.3.0.1/32"], SLOW_VM));
+    let vm11 = lab.bird(
+        "vm11",
+        &reference::vm_bird_config_with(11, 64613, &["10.3.0.1/32"], SLOW_VM),
+    );
     let vm12 = lab.bird(
         "vm12",
         &reference::vm_bird_link_local_config(12, 64613, &["2001:db8:3::2/128"], SLOW_VM),
@@ -75,16 +82,29 @@ fn three_reference_vms_one_group() {
     // vm12 over IPv6 link-local only, served by the same group.
     wait_up(&lab, &vm12, "vm12");
     let r = wait_route(&lab, &t, "2001:db8:3::2/128", "tap12");
+    assert!(r["next_hop"].as_str().unwrap().contains("fe80::"), "{r}");
     assert_eq!(r["accepted"], true, "{r}");
 
     // vm13, the rogue: its session is up, both prefixes refused.
     wait_up(&lab, &vm13, "vm13");
     let stolen = wait_route(&lab, &t, "10.3.0.1/32", "tap13");
     assert_eq!(stolen["accepted"], false, "{stolen}");
-    assert!(stolen["rejected_reason"].as_str().unwrap().contains("recdns1001"), "{stolen}");
+    assert!(
+        stolen["rejected_reason"]
+            .as_str()
+            .unwrap()
+            .contains("recdns1001"),
+        "{stolen}"
+    );
     let outside = wait_route(&lab, &t, "10.99.0.0/24", "tap13");
     assert_eq!(outside["accepted"], false, "{outside}");
-    assert!(outside["rejected_reason"].as_str().unwrap().contains("BGP-FROM-VMS"), "{outside}");
+    assert!(
+        outside["rejected_reason"]
+            .as_str()
+            .unwrap()
+            .contains("BGP-FROM-VMS"),
+        "{outside}"
+    );
     // The rejections are counted on the rogue's session.
     let peers = t.json("peers");
     let rogue = peers
@@ -93,19 +113,36 @@ fn three_reference_vms_one_group() {
         .iter()
         .find(|p| p["name"] == "tap13" && p["state"] == "Established")
         .unwrap_or_else(|| panic!("{peers}"));
-    assert!(rogue["rejections"]["owned-by-other-vm"].as_u64().unwrap() >= 1, "{rogue}");
-    assert!(rogue["rejections"]["group-filter"].as_u64().unwrap() >= 1, "{rogue}");
+    assert!(
+        rogue["rejections"]["owned-by-other-vm"].as_u64().unwrap() >= 1,
+        "{rogue}"
+    );
+    assert!(
+        rogue["rejections"]["group-filter"].as_u64().unwrap() >= 1,
+        "{rogue}"
+    );
     // The others are unaffected.
     assert!(established(&vm11) && established(&vm12));
-    assert_eq!(route(&t, "10.3.0.1/32", "recdns1001").unwrap()["accepted"], true);
+    assert_eq!(
+        route(&t, "10.3.0.1/32", "recdns1001").unwrap()["accepted"],
+        true
+    );
 
     // `show vms` tells the operator who is who.
     let vms = t.json("vms");
-    let rec = vms.as_array().unwrap().iter().find(|v| v["name"] == "recdns1001").unwrap();
+    let rec = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "recdns1001")
+        .unwrap();
     assert_eq!(rec["interface"], "tap11");
     assert_eq!(rec["source"], "config");
     let text = t.show(&["vms"]);
-    assert!(text.contains("tap13") && text.contains("discovered"), "{text}");
+    assert!(
+        text.contains("tap13") && text.contains("discovered"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -117,18 +154,34 @@ fn a_vm_cannot_pose_as_another_from_the_wrong_tap() {
     // configures vm11's address and announces from it.
     lab.add_host("vm14");
     reference::plug(&mut lab, "hv1", "tap14", 14, 11);
-    let vm11 = lab.bird("vm11", &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]));
+    let vm11 = lab.bird(
+        "vm11",
+        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
+    );
     let spoof = lab.bird(
         "vm14",
-        &reference::vm_bird_config_with(11, 64613, &["10.3.0.7/32"], "connect delay time 1; connect retry time 2;"),
+        &reference::vm_bird_config_with(
+            11,
+            64613,
+            &["10.3.0.7/32"],
+            "connect delay time 1; connect retry time 2;",
+        ),
     );
     let t = lab.tapir("hv1", Path::new(TAPIR), &example());
     wait_up(&lab, &vm11, "vm11");
     wait_route(&lab, &t, "10.3.0.1/32", "recdns1001");
     // Give the spoofer many tries.
     std::thread::sleep(Duration::from_secs(6));
-    assert!(!established(&spoof), "the spoofing VM got a session: {:?}", spoof.protocol("bgp1"));
-    assert!(t.routes_for("10.3.0.7/32").is_empty(), "{}", t.show(&["routes"]));
+    assert!(
+        !established(&spoof),
+        "the spoofing VM got a session: {:?}",
+        spoof.protocol("bgp1")
+    );
+    assert!(
+        t.routes_for("10.3.0.7/32").is_empty(),
+        "{}",
+        t.show(&["routes"])
+    );
     assert!(established(&vm11));
 }
 
@@ -137,17 +190,32 @@ fn tap_removed_withdraws_and_a_new_tap_brings_the_vm_back() {
     let mut lab = Lab::new();
     reference::build(&mut lab, &["hv1"]);
     reference::add_vm(&mut lab, "hv1", 11);
-    let vm11 = lab.bird("vm11", &reference::vm_bird_config_with(11, 64613, &["10.3.0.1/32"], SLOW_VM));
+    let vm11 = lab.bird(
+        "vm11",
+        &reference::vm_bird_config_with(11, 64613, &["10.3.0.1/32"], SLOW_VM),
+    );
     let t = lab.tapir("hv1", Path::new(TAPIR), &example());
     wait_up(&lab, &vm11, "vm11");
     wait_route(&lab, &t, "10.3.0.1/32", "recdns1001");
 
     reference::unplug(&mut lab, "hv1", "tap11");
-    let gone = wait_for(Duration::from_secs(5), || route(&t, "10.3.0.1/32", "recdns1001").is_none().then_some(()));
-    assert!(gone.is_some(), "route kept after the tap went away:\n{}", t.show(&["routes"]));
+    let gone = wait_for(Duration::from_secs(5), || {
+        route(&t, "10.3.0.1/32", "recdns1001")
+            .is_none()
+            .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "route kept after the tap went away:\n{}",
+        t.show(&["routes"])
+    );
     let peers = t.json("peers");
     assert!(
-        !peers.as_array().unwrap().iter().any(|p| p["interface"] == "tap11"),
+        !peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["interface"] == "tap11"),
         "session kept after the tap went away: {peers}"
     );
 
@@ -158,7 +226,11 @@ fn tap_removed_withdraws_and_a_new_tap_brings_the_vm_back() {
     assert_eq!(r["accepted"], true);
     let peers = t.json("peers");
     assert!(
-        peers.as_array().unwrap().iter().any(|p| p["interface"] == "tap21" && p["state"] == "Established"),
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["interface"] == "tap21" && p["state"] == "Established"),
         "{peers}"
     );
 }
@@ -169,7 +241,10 @@ fn tapir_restart_reconnects_without_the_vms_timers() {
     reference::build(&mut lab, &["hv1"]);
     reference::add_vm(&mut lab, "hv1", 11);
     reference::add_vm(&mut lab, "hv1", 12);
-    let vm11 = lab.bird("vm11", &reference::vm_bird_config_with(11, 64613, &["10.3.0.1/32"], SLOW_VM));
+    let vm11 = lab.bird(
+        "vm11",
+        &reference::vm_bird_config_with(11, 64613, &["10.3.0.1/32"], SLOW_VM),
+    );
     let vm12 = lab.bird(
         "vm12",
         &reference::vm_bird_link_local_config(12, 64613, &["2001:db8:3::2/128"], SLOW_VM),
@@ -178,11 +253,15 @@ fn tapir_restart_reconnects_without_the_vms_timers() {
     wait_up(&lab, &vm11, "vm11");
     wait_up(&lab, &vm12, "vm12");
     lab.stop(t.pid);
-    let down = wait_for(Duration::from_secs(10), || (!established(&vm11) && !established(&vm12)).then_some(()));
+    let down = wait_for(Duration::from_secs(10), || {
+        (!established(&vm11) && !established(&vm12)).then_some(())
+    });
     assert!(down.is_some(), "VM sessions did not notice tapir stopping");
     let t = lab.tapir("hv1", Path::new(TAPIR), &example());
     // Both back well within BIRD's 60 s connect delay: tapir connected.
-    let back = wait_for(Duration::from_secs(20), || (established(&vm11) && established(&vm12)).then_some(()));
+    let back = wait_for(Duration::from_secs(20), || {
+        (established(&vm11) && established(&vm12)).then_some(())
+    });
     assert!(
         back.is_some(),
         "VMs not back after tapir restarted: {:?} {:?}\n{}\n{}",
