@@ -64,6 +64,21 @@ impl Tapir {
             .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
+    /// Any client command (`vm add …`): success, stdout, stderr.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let o = Command::new(&self.bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run tapir");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
     /// `tapir show ARGS…` as text.
     pub fn show(&self, args: &[&str]) -> String {
         self.try_show(args)

@@ -745,6 +745,112 @@ mod tests {
         assert_eq!(c.neighbors[1].families, vec![Afi::Ipv6]);
     }
 
+    const HEAD: &str = "router-id = \"10.0.0.1\"\nlocal-as = 64612\n";
+
+    fn group(name: &str, pattern: &str, range: &str) -> String {
+        format!("[[group]]\nname = \"{name}\"\ninterfaces = [\"{pattern}\"]\nranges = [\"{range}\"]\nremote-as = \"external\"\n")
+    }
+
+    #[test]
+    fn group_errors() {
+        // Two groups that both match tap1 and 10.192.24.5.
+        let text = format!(
+            "{HEAD}{}{}",
+            group("a", "tap*", "10.192.24.0/23"),
+            group("b", "tap1*", "10.192.24.0/24")
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("overlaps group `a`"), "{e}");
+        assert_eq!(e.line, 8, "{e}");
+        // Disjoint interfaces or ranges are fine.
+        let text = format!(
+            "{HEAD}{}{}",
+            group("a", "tap*", "10.192.24.0/23"),
+            group("b", "vnet*", "10.192.24.0/24")
+        );
+        assert_eq!(parse(&text).unwrap().groups.len(), 2);
+        // A pattern no interface name can have.
+        let e = parse(&format!("{HEAD}{}", group("a", "tap/*", "10.192.24.0/23"))).unwrap_err();
+        assert!(e.message.contains("can match no interface"), "{e}");
+        assert_eq!(e.line, 5, "{e}");
+        let e = parse(&format!(
+            "{HEAD}{}",
+            group("a", "a-very-long-interface-name*", "10.192.24.0/23")
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("can match no interface"), "{e}");
+        // A range that does not parse.
+        let e = parse(&format!("{HEAD}{}", group("a", "tap*", "10.192.24.0/33"))).unwrap_err();
+        assert!(e.message.contains("ranges"), "{e}");
+        assert_eq!((e.line, e.column), (6, 11), "{e}");
+        // An import filter that does not exist.
+        let e = parse(&format!(
+            "{HEAD}{}import = \"NOPE\"\n",
+            group("a", "tap*", "10.192.24.0/23")
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("no prefix set `NOPE`"), "{e}");
+        // remote-as lists and ranges.
+        let ok = parse(&format!(
+            "{HEAD}{}",
+            group("a", "tap*", "10.192.24.0/23")
+                .replace("\"external\"", "[64613, \"64700-64799\"]")
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.groups[0].remote_as,
+            RemoteAsConfig::Ranges(vec![(64613, 64613), (64700, 64799)])
+        );
+        let e = parse(&format!(
+            "{HEAD}{}",
+            group("a", "tap*", "10.192.24.0/23").replace("\"external\"", "\"64799-64700\"")
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn prefix_set_and_inventory_errors() {
+        let e = parse(&format!(
+            "{HEAD}[prefix-sets]\nX = [\"10.3.0.0/24{{16,32}}\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("prefix-sets.X"), "{e}");
+        assert_eq!(e.line, 4, "{e}");
+        let vm = |name: &str, addr: &str, prefix: &str| {
+            format!(
+                "[[vm]]\nname = \"{name}\"\naddresses = [\"{addr}\"]\nprefixes = [\"{prefix}\"]\n"
+            )
+        };
+        let e = parse(&format!(
+            "{HEAD}{}{}",
+            vm("a", "10.192.24.11", "10.3.0.1/32"),
+            vm("a", "10.192.24.12", "10.3.0.2/32")
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("already in the inventory"), "{e}");
+        assert_eq!(e.line, 7, "{e}");
+        let e = parse(&format!(
+            "{HEAD}{}{}",
+            vm("a", "10.192.24.11", "10.3.0.1/32"),
+            vm("b", "10.192.24.12", "10.3.0.0/24+")
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("overlaps"), "{e}");
+        let e = parse(&format!("{HEAD}{}", vm("a", "10.192.24.11", "10.3.0.1/33"))).unwrap_err();
+        assert!(e.message.contains("vm `a`: prefixes"), "{e}");
+    }
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob("tap*", "tap11"));
+        assert!(glob("tap*", "tap"));
+        assert!(!glob("tap*", "eno1"));
+        assert!(glob("*vm*", "xvmy"));
+        assert!(glob("tap1", "tap1"));
+        assert!(!glob("tap1", "tap11"));
+    }
+
     #[test]
     fn errors_name_line_and_column() {
         let e = parse("router-id = \"10.0.0.1\"\nlocal-as = 64612\n[[neighbor]]\naddress = \"10.0.0.2\"\nremote-as = \"extrenal\"\n")

@@ -273,3 +273,166 @@ fn tapir_restart_reconnects_without_the_vms_timers() {
     wait_route(&lab, &t, "10.3.0.1/32", "recdns1001");
     wait_route(&lab, &t, "2001:db8:3::2/128", "tap12");
 }
+
+#[test]
+fn registrations_change_what_a_vm_may_announce_and_survive_a_restart() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 13);
+    let vm13 = lab.bird(
+        "vm13",
+        &reference::vm_bird_config(13, 64613, &["10.3.0.1/32", "10.99.0.0/24"]),
+    );
+    let t = lab.tapir("hv1", Path::new(TAPIR), &example());
+    wait_up(&lab, &vm13, "vm13");
+    let accepted =
+        |t: &lab::tapir::Tapir, p: &str| t.routes_for(p).first().map(|r| r["accepted"] == true);
+    assert_eq!(wait_for(WAIT, || accepted(&t, "10.99.0.0/24")), Some(false));
+
+    // A hook registers the VM with the prefix it serves.
+    let (ok, out, err) = t.cli(&[
+        "vm",
+        "add",
+        "lb2001",
+        "--interface",
+        "tap13",
+        "--address",
+        "10.192.24.13",
+        "--asn",
+        "64613",
+        "--prefix",
+        "10.99.0.0/24",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("lb2001 registered"), "{out}");
+    let now = wait_for(WAIT, || accepted(&t, "10.99.0.0/24").filter(|a| *a));
+    assert!(
+        now.is_some(),
+        "registration did not take effect:\n{}",
+        t.show(&["routes"])
+    );
+    // With an entry, the VM may announce its own prefixes only.
+    let stolen = t.routes_for("10.3.0.1/32");
+    assert_eq!(stolen[0]["accepted"], false);
+    assert!(
+        stolen[0]["rejected_reason"]
+            .as_str()
+            .unwrap()
+            .contains("lb2001"),
+        "{stolen:?}"
+    );
+
+    // Bad registrations: clear errors, nothing changes.
+    let (ok, _, err) = t.cli(&[
+        "vm",
+        "add",
+        "lb2001",
+        "--address",
+        "10.192.24.99",
+        "--prefix",
+        "10.3.0.9/32",
+    ]);
+    assert!(!ok && err.contains("already in the inventory"), "{err}");
+    let (ok, _, err) = t.cli(&[
+        "vm",
+        "add",
+        "thief",
+        "--address",
+        "10.192.24.98",
+        "--prefix",
+        "10.3.0.1/32",
+    ]);
+    assert!(!ok && err.contains("recdns1001"), "{err}");
+    let (ok, _, err) = t.cli(&[
+        "vm",
+        "add",
+        "x",
+        "--address",
+        "10.192.24.97",
+        "--prefix",
+        "10.3.0.1/24",
+    ]);
+    assert!(!ok && err.contains("host bits"), "{err}");
+    let (ok, _, err) = t.cli(&["vm", "remove", "recdns1001"]);
+    assert!(!ok && err.contains("config file"), "{err}");
+    assert_eq!(accepted(&t, "10.99.0.0/24"), Some(true));
+
+    // The registration survives a restart of tapir.
+    lab.stop(t.pid);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &example());
+    let back = wait_for(WAIT, || accepted(&t, "10.99.0.0/24").filter(|a| *a));
+    assert!(
+        back.is_some(),
+        "registration lost over a restart:\n{}\n{}",
+        t.show(&["vms"]),
+        lab.all_logs()
+    );
+    let vms = t.json("vms");
+    let lb = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "lb2001")
+        .unwrap_or_else(|| panic!("{vms}"));
+    assert_eq!(lb["source"], "registered");
+
+    // Unregistered: back to the group filter, which refuses 10.99.0.0/24.
+    let (ok, _, err) = t.cli(&["vm", "remove", "lb2001"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        wait_for(WAIT, || accepted(&t, "10.99.0.0/24").filter(|a| !*a)),
+        Some(false)
+    );
+}
+
+#[test]
+fn max_prefixes_reject_and_teardown() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 13);
+    reference::add_vm(&mut lab, "hv1", 14);
+    let three = ["10.3.0.5/32", "10.3.0.6/32", "10.3.0.7/32"];
+    let vm13 = lab.bird("vm13", &reference::vm_bird_config(13, 64613, &three));
+    let vm14 = lab.bird("vm14", &reference::vm_bird_config(14, 64613, &three));
+    let example = std::fs::read_to_string(example()).unwrap();
+    // Two groups: tap13 rejects past 2 prefixes, tap14 tears down.
+    let cfg = example
+        .replace("interfaces = [\"tap*\"]", "interfaces = [\"tap13\"]")
+        .replace("max-prefixes = 100", "max-prefixes = 2")
+        + "\n[[group]]\nname = \"strict\"\ninterfaces = [\"tap14\"]\nranges = [\"10.192.24.0/23\"]\n\
+           remote-as = \"external\"\nimport = \"BGP-FROM-VMS\"\nmax-prefixes = 2\nmax-prefixes-action = \"teardown\"\n";
+    let path = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &path);
+    wait_up(&lab, &vm13, "vm13");
+    let counted = wait_for(WAIT, || {
+        let n: Vec<Value> = three
+            .iter()
+            .flat_map(|p| t.routes_for(p))
+            .filter(|r| r["peer"] == "tap13")
+            .collect();
+        (n.len() == 3).then_some(n)
+    })
+    .unwrap_or_else(|| panic!("{}", t.show(&["routes"])));
+    assert_eq!(
+        counted.iter().filter(|r| r["accepted"] == true).count(),
+        2,
+        "{counted:?}"
+    );
+    assert!(counted.iter().any(|r| r["rejected_reason"]
+        .as_str()
+        .is_some_and(|s| s.contains("max-prefixes"))));
+    assert!(established(&vm13), "reject must keep the session");
+    // tap14: the third prefix ends the session with Cease / Maximum Number
+    // of Prefixes Reached, as the VM's BIRD reports it.
+    let torn = wait_for(WAIT, || {
+        let p = vm14.cmd(&["show", "protocols", "all", "bgp1"]);
+        p.contains("Maximum number of prefixes reached")
+            .then_some(p)
+    });
+    assert!(
+        torn.is_some(),
+        "{}\n{}",
+        vm14.cmd(&["show", "protocols", "all", "bgp1"]),
+        lab.all_logs()
+    );
+}
