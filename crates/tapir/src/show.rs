@@ -66,7 +66,7 @@ pub fn peers(peers: &[PeerStatus]) -> String {
             "AS",
             "State",
             "Since",
-            "Recv/Sent",
+            "Rcvd/Acc/Sent",
             "Last error",
         ],
         &rows,

@@ -1,7 +1,9 @@
 //! The demo: the reference lab (DESIGN §5) with a BIRD top-of-rack, tapir on
-//! hv1 running `examples/hypervisor.toml`, and the reference VM `vm11`
-//! (recdns1001) running unmodified BIRD. Prints what tapir and its peers
-//! see, then tears everything down.
+//! hv1 running `examples/hypervisor.toml`, and the three reference VMs with
+//! unmodified BIRD: vm11 (recdns1001, the reference `multihop` config), vm12
+//! (IPv6 link-local only) and vm13 (a rogue announcing recdns1001's address
+//! and a prefix outside the filter). Prints what tapir and its peers see,
+//! then tears everything down.
 //!
 //! Usage: tapir-demo PATH-TO-TAPIR [PATH-TO-EXAMPLE-CONFIG]
 
@@ -30,10 +32,12 @@ fn main() -> ExitCode {
         }
     };
 
-    println!("== building the reference lab: tor (BIRD), hv1 (tapir), vm11 recdns1001 (BIRD)");
+    println!("== building the reference lab: tor (BIRD), hv1 (tapir), vm11 vm12 vm13 (BIRD)");
     let mut lab = Lab::new();
     reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    for n in [11, 12, 13] {
+        reference::add_vm(&mut lab, "hv1", n);
+    }
     let tor = lab.bird(
         "tor",
         &format!(
@@ -50,6 +54,14 @@ fn main() -> ExitCode {
         "vm11",
         &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
     );
+    let _vm12 = lab.bird(
+        "vm12",
+        &reference::vm_bird_link_local_config(12, 64613, &["2001:db8:3::2/128"], ""),
+    );
+    let _vm13 = lab.bird(
+        "vm13",
+        &reference::vm_bird_config(13, 64613, &["10.3.0.1/32", "10.99.0.0/24"]),
+    );
     let t = lab.tapir("hv1", &tapir, &config);
 
     let up = wait_for(Duration::from_secs(30), || {
@@ -58,10 +70,16 @@ fn main() -> ExitCode {
             .as_array()
             .map(|a| a.iter().filter(|p| p["state"] == "Established").count())
             .unwrap_or(0);
-        (n == 3 && !t.routes_for("10.3.0.1/32").is_empty()).then_some(())
+        let routes = ["10.3.0.1/32", "10.99.0.0/24", "2001:db8:3::2/128"]
+            .iter()
+            .map(|p| t.routes_for(p).len())
+            .sum::<usize>();
+        (n == 5 && routes == 4).then_some(())
     });
-    println!("\n$ tapir show peers\n{}", t.show(&["peers"]));
+    println!("\n$ tapir show peers   # VM addresses with no BGP speaker behind them stay Active");
+    println!("{}", t.show(&["peers"]));
     println!("$ tapir show routes\n{}", t.show(&["routes"]));
+    println!("$ tapir show vms\n{}", t.show(&["vms"]));
     println!(
         "$ birdc show protocols   # in tor\n{}",
         tor.cmd(&["show", "protocols"])
