@@ -89,7 +89,17 @@ pub struct Hypervisor {
 
 pub fn spawn(groups: Vec<Group>, inventory: Inventory, local: Arc<Local>) -> mpsc::Sender<HvMsg> {
     let (tx, rx) = mpsc::channel(1024);
-    let probe = crate::probe::spawn();
+    // Link-local addresses that answer the probe come back as neighbours.
+    let (found_tx, mut found_rx) = mpsc::channel(256);
+    let probe = crate::probe::spawn(found_tx);
+    let fwd = tx.clone();
+    tokio::spawn(async move {
+        while let Some(e) = found_rx.recv().await {
+            if fwd.send(HvMsg::Kernel(e)).await.is_err() {
+                return;
+            }
+        }
+    });
     let hv = Hypervisor {
         groups,
         inventory,
