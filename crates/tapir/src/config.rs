@@ -842,6 +842,32 @@ mod tests {
     }
 
     #[test]
+    fn inventory_file_beside_the_config() {
+        let dir = std::env::temp_dir().join(format!("tapir-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("vms.toml"),
+            "[[vm]]\nname = \"a\"\naddresses = [\"10.192.24.11\"]\nprefixes = [\"10.3.0.1/32\"]\n",
+        )
+        .unwrap();
+        let cfg = dir.join("tapir.toml");
+        let c = Config::parse(&format!("{HEAD}inventory = \"vms.toml\"\n"), &cfg).unwrap();
+        assert_eq!(c.vms[0].name, "a");
+        // Errors in the inventory file point into that file.
+        std::fs::write(
+            dir.join("bad.toml"),
+            "[[vm]]\nname = \"b\"\naddresses = [\"10.192.24.12\"]\nprefixes = [\"10.3.0/32\"]\n",
+        )
+        .unwrap();
+        let e = Config::parse(&format!("{HEAD}inventory = \"bad.toml\"\n"), &cfg).unwrap_err();
+        assert_eq!(e.file, dir.join("bad.toml"));
+        assert_eq!(e.line, 4, "{e}");
+        let e = Config::parse(&format!("{HEAD}inventory = \"missing.toml\"\n"), &cfg).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn glob_patterns() {
         assert!(glob("tap*", "tap11"));
         assert!(glob("tap*", "tap"));

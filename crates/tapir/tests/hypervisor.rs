@@ -186,7 +186,7 @@ fn a_vm_cannot_pose_as_another_from_the_wrong_tap() {
 }
 
 #[test]
-fn tap_removed_withdraws_and_a_new_tap_brings_the_vm_back() {
+fn route_or_tap_removed_withdraws_and_the_vm_comes_back() {
     let mut lab = Lab::new();
     reference::build(&mut lab, &["hv1"]);
     reference::add_vm(&mut lab, "hv1", 11);
@@ -196,6 +196,37 @@ fn tap_removed_withdraws_and_a_new_tap_brings_the_vm_back() {
     );
     let t = lab.tapir("hv1", Path::new(TAPIR), &example());
     wait_up(&lab, &vm11, "vm11");
+    wait_route(&lab, &t, "10.3.0.1/32", "recdns1001");
+
+    // The VM's route removed (the hypervisor's ifdown hook): session ends.
+    lab.ip("hv1", &["route", "del", "10.192.24.11/32", "dev", "tap11"]);
+    let gone = wait_for(Duration::from_secs(5), || {
+        route(&t, "10.3.0.1/32", "recdns1001")
+            .is_none()
+            .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "route kept after the VM's route went away:\n{}",
+        t.show(&["routes"])
+    );
+    let down = wait_for(Duration::from_secs(5), || {
+        (!established(&vm11)).then_some(())
+    });
+    assert!(down.is_some(), "the VM still has its session");
+    // Route back: session back at once (tapir connects).
+    lab.ip(
+        "hv1",
+        &[
+            "route",
+            "replace",
+            "10.192.24.11/32",
+            "proto",
+            "static",
+            "dev",
+            "tap11",
+        ],
+    );
     wait_route(&lab, &t, "10.3.0.1/32", "recdns1001");
 
     reference::unplug(&mut lab, "hv1", "tap11");
