@@ -24,7 +24,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::inventory::{Source, VmEntry};
+use crate::policy::{parse_community, parse_large_community, AsPathMode, Match, Policy, Term};
 use crate::prefix_set::{PrefixPattern, PrefixSet};
+use std::sync::Arc;
 
 /// A configuration error with its place in the file.
 #[derive(Debug)]
@@ -68,6 +70,29 @@ pub struct Config {
     pub vms: Vec<VmEntry>,
     /// Where run-time state (VM registrations) is kept.
     pub state_dir: Option<PathBuf>,
+    /// Kernel FIB sync (`[kernel]`).
+    pub kernel: KernelConfig,
+}
+
+/// `[kernel]`: how routes go into the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// Install routes at all (VM routes, and neighbors with `kernel-import`).
+    pub install: bool,
+    /// Our route protocol number (default `bgp`, 186 in iproute2's rt_protos).
+    pub protocol: u8,
+    /// Route metric (priority); lower is preferred by the kernel.
+    pub metric: u32,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        KernelConfig {
+            install: true,
+            protocol: 186,
+            metric: 20,
+        }
+    }
 }
 
 /// What to do when a VM announces more prefixes than allowed.
@@ -152,6 +177,10 @@ pub struct Neighbor {
     pub passive: bool,
     pub families: Vec<Afi>,
     pub announce: Vec<Prefix>,
+    /// Export policy (`export = "NAME"`); the hypervisor default without.
+    pub export: Arc<Policy>,
+    /// Install the routes learned from this neighbor into the kernel.
+    pub kernel_import: bool,
 }
 
 /// `remote-as`: a number, `external` or `internal`.
@@ -219,6 +248,9 @@ struct RawConfig {
     #[serde(default)]
     vm: Vec<Spanned<RawVm>>,
     inventory: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    policy: std::collections::BTreeMap<String, Spanned<RawPolicy>>,
+    kernel: Option<RawKernel>,
 }
 
 #[derive(Deserialize)]
@@ -286,6 +318,63 @@ struct RawNeighbor {
     families: Option<Vec<Spanned<String>>>,
     #[serde(default, deserialize_with = "prefixes")]
     announce: Vec<Prefix>,
+    export: Option<Spanned<String>>,
+    #[serde(default)]
+    kernel_import: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawKernel {
+    #[serde(default = "yes")]
+    install: bool,
+    protocol: Option<Spanned<String>>,
+    #[serde(default = "default_metric")]
+    metric: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_metric() -> u32 {
+    20
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawPolicy {
+    as_path: Option<Spanned<String>>,
+    default: Option<Spanned<String>>,
+    #[serde(default)]
+    term: Vec<Spanned<RawTerm>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawTerm {
+    #[serde(rename = "match", default)]
+    matches: RawMatch,
+    action: Spanned<String>,
+    set_communities: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    add_communities: Vec<Spanned<String>>,
+    #[serde(default)]
+    add_large_communities: Vec<Spanned<String>>,
+    local_pref: Option<u32>,
+    med: Option<u32>,
+    as_path: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawMatch {
+    prefix_set: Option<Spanned<String>>,
+    community: Option<Spanned<String>>,
+    large_community: Option<Spanned<String>>,
+    group: Option<String>,
+    vm: Option<String>,
+    neighbor: Option<String>,
+    source: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -398,6 +487,44 @@ impl Config {
                 format!("local-as: {local_as} is not a usable AS number"),
             ));
         }
+        let mut prefix_sets = std::collections::BTreeMap::new();
+        for (name, list) in &raw.prefix_sets {
+            let mut set = PrefixSet::default();
+            for p in list.get_ref() {
+                set.patterns.push(
+                    p.get_ref()
+                        .parse::<PrefixPattern>()
+                        .map_err(|m| err(p.span(), format!("prefix-sets.{name}: {m}")))?,
+                );
+            }
+            prefix_sets.insert(name.clone(), set);
+        }
+        let mut policies: std::collections::BTreeMap<String, Arc<Policy>> =
+            std::collections::BTreeMap::new();
+        for (name, rp) in &raw.policy {
+            policies.insert(
+                name.clone(),
+                Arc::new(parse_policy(name, rp, &prefix_sets, &err)?),
+            );
+        }
+        let kernel = match &raw.kernel {
+            None => KernelConfig::default(),
+            Some(k) => KernelConfig {
+                install: k.install,
+                protocol: match &k.protocol {
+                    None => 186,
+                    Some(p) => route_protocol(p.get_ref())
+                        .filter(|n| *n > 4)
+                        .ok_or_else(|| {
+                            err(
+                                p.span(),
+                                format!("kernel.protocol: `{}` is not a route protocol name or a number above 4", p.get_ref()),
+                            )
+                        })?,
+                },
+                metric: k.metric,
+            },
+        };
         let mut neighbors: Vec<Neighbor> = Vec::new();
         for (i, n) in raw.neighbor.into_iter().enumerate() {
             let span = n.span();
@@ -463,7 +590,18 @@ impl Config {
                 }
                 None => format!("neighbor{}", i + 1),
             };
+            let export = match &n.export {
+                None => Arc::new(Policy::hypervisor_default()),
+                Some(e) => policies.get(e.get_ref()).cloned().ok_or_else(|| {
+                    err(
+                        e.span(),
+                        format!("export: no policy `{}` in [policy]", e.get_ref()),
+                    )
+                })?,
+            };
             neighbors.push(Neighbor {
+                export,
+                kernel_import: n.kernel_import,
                 name,
                 address,
                 port: n.port,
@@ -475,18 +613,6 @@ impl Config {
                 families,
                 announce: n.announce,
             });
-        }
-        let mut prefix_sets = std::collections::BTreeMap::new();
-        for (name, list) in &raw.prefix_sets {
-            let mut set = PrefixSet::default();
-            for p in list.get_ref() {
-                set.patterns.push(
-                    p.get_ref()
-                        .parse::<PrefixPattern>()
-                        .map_err(|m| err(p.span(), format!("prefix-sets.{name}: {m}")))?,
-                );
-            }
-            prefix_sets.insert(name.clone(), set);
         }
         let mut groups: Vec<Group> = Vec::new();
         for g in &raw.group {
@@ -553,11 +679,120 @@ impl Config {
             groups,
             vms,
             state_dir: raw.state_dir,
+            kernel,
         })
     }
 }
 
 type ErrFn<'a> = dyn Fn(Range<usize>, String) -> ConfigError + 'a;
+
+fn parse_policy(
+    name: &str,
+    rp: &Spanned<RawPolicy>,
+    sets: &std::collections::BTreeMap<String, PrefixSet>,
+    err: &ErrFn,
+) -> Result<Policy, ConfigError> {
+    let r = rp.get_ref();
+    let as_path = match &r.as_path {
+        None => AsPathMode::Keep,
+        Some(m) => m
+            .get_ref()
+            .parse()
+            .map_err(|e| err(m.span(), format!("policy.{name}.{e}")))?,
+    };
+    let action = |s: &Spanned<String>, what: &str| match s.get_ref().as_str() {
+        "accept" => Ok(true),
+        "reject" => Ok(false),
+        other => Err(err(
+            s.span(),
+            format!("policy.{name}: {what} `{other}` is neither `accept` nor `reject`"),
+        )),
+    };
+    let default_accept = match &r.default {
+        None => false,
+        Some(d) => action(d, "default")?,
+    };
+    let mut terms = Vec::new();
+    for t in &r.term {
+        let t = t.get_ref();
+        let m = &t.matches;
+        let comm = |c: &Spanned<String>| {
+            parse_community(c.get_ref()).map_err(|e| err(c.span(), format!("policy.{name}: {e}")))
+        };
+        let large = |c: &Spanned<String>| {
+            parse_large_community(c.get_ref())
+                .map_err(|e| err(c.span(), format!("policy.{name}: {e}")))
+        };
+        let matches = Match {
+            prefix_set: match &m.prefix_set {
+                None => None,
+                Some(ps) => Some((
+                    ps.get_ref().clone(),
+                    sets.get(ps.get_ref()).cloned().ok_or_else(|| {
+                        err(
+                            ps.span(),
+                            format!("policy.{name}: no prefix set `{}`", ps.get_ref()),
+                        )
+                    })?,
+                )),
+            },
+            community: m.community.as_ref().map(comm).transpose()?,
+            large_community: m.large_community.as_ref().map(large).transpose()?,
+            group: m.group.clone(),
+            vm: m.vm.clone(),
+            neighbor: m.neighbor.clone(),
+            source: match &m.source {
+                None => None,
+                Some(s) => Some(match s.get_ref().as_str() {
+                    "vm" => crate::policy::Source::Vm,
+                    "neighbor" => crate::policy::Source::Neighbor,
+                    "local" => crate::policy::Source::Local,
+                    other => return Err(err(
+                        s.span(),
+                        format!(
+                            "policy.{name}: source `{other}` is not `vm`, `neighbor` or `local`"
+                        ),
+                    )),
+                }),
+            },
+        };
+        terms.push(Term {
+            matches,
+            accept: action(&t.action, "action")?,
+            set_communities: t
+                .set_communities
+                .as_ref()
+                .map(|v| v.iter().map(comm).collect())
+                .transpose()?,
+            add_communities: t
+                .add_communities
+                .iter()
+                .map(comm)
+                .collect::<Result<_, _>>()?,
+            add_large_communities: t
+                .add_large_communities
+                .iter()
+                .map(large)
+                .collect::<Result<_, _>>()?,
+            local_pref: t.local_pref,
+            med: t.med,
+            as_path: match &t.as_path {
+                None => None,
+                Some(m) => Some(
+                    m.get_ref()
+                        .parse()
+                        .map_err(|e| err(m.span(), format!("policy.{name}.{e}")))?,
+                ),
+            },
+        });
+    }
+    Ok(Policy {
+        name: name.to_string(),
+        as_path,
+        default_accept,
+        terms,
+    })
+}
 
 fn parse_group(
     g: &Spanned<RawGroup>,

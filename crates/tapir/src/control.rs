@@ -20,6 +20,7 @@ pub enum Request {
     ShowPeers,
     ShowRoutes,
     ShowVms,
+    ShowRib,
     VmAdd { vm: crate::inventory::Registration },
     VmRemove { name: String },
 }
@@ -82,6 +83,7 @@ pub enum Response {
     Peers { peers: Vec<PeerStatus> },
     Routes { routes: Vec<RouteEntry> },
     Vms { vms: Vec<crate::dynamic::VmStatus> },
+    Rib { rib: Vec<crate::rib::LocRibEntry> },
     Done { message: String },
     Error { message: String },
 }

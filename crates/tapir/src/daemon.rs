@@ -24,17 +24,41 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
     for addr in &config.listen {
         listeners.push(bind_bgp(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
     }
+    let fib = if config.kernel.install {
+        match crate::kernel::flush_stale(config.kernel.protocol).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                routes = n,
+                protocol = config.kernel.protocol,
+                "stale routes of an earlier run removed"
+            ),
+            Err(e) => warn!(error = %e, "cannot read the kernel's routes"),
+        }
+        Some(
+            crate::kernel::spawn_writer(config.kernel.protocol, config.kernel.metric).map_err(
+                |e| format!("netlink: {e} (tapir needs CAP_NET_ADMIN to install routes)"),
+            )?,
+        )
+    } else {
+        None
+    };
+    let rib = crate::rib::spawn(config.local_as, config.announce.clone(), fib);
     let local = Arc::new(Local {
         router_id: config.router_id,
         local_as: config.local_as,
-        announce: config.announce.clone(),
+        rib,
     });
     let mut inventory = Inventory::new(config.vms.clone(), config.state_dir.as_deref());
     let registered = inventory.load_registrations()?;
     let hv: Option<mpsc::Sender<HvMsg>> = if config.groups.is_empty() {
         None
     } else {
-        let hv = dynamic::spawn(config.groups.clone(), inventory, local.clone());
+        let hv = dynamic::spawn(
+            config.groups.clone(),
+            inventory,
+            local.clone(),
+            config.kernel.install,
+        );
         let (ktx, mut krx) = mpsc::channel(1024);
         crate::kernel::watch(ktx)
             .await
@@ -98,6 +122,7 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
     {
         let peers = peers.clone();
         let hv = hv.clone();
+        let rib = local.rib.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = control_listener.accept().await else {
@@ -105,10 +130,12 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
                 };
                 let peers = peers.clone();
                 let hv = hv.clone();
+                let rib = rib.clone();
                 tokio::spawn(control::serve_client(stream, move |req| {
                     let peers = peers.clone();
                     let hv = hv.clone();
-                    async move { answer(&peers, hv.as_ref(), req).await }
+                    let rib = rib.clone();
+                    async move { answer(&peers, hv.as_ref(), &rib, req).await }
                 }));
             }
         });
@@ -172,7 +199,12 @@ async fn all_peers(peers: &[PeerHandle], hv: Option<&mpsc::Sender<HvMsg>>) -> Ve
     all
 }
 
-async fn answer(peers: &[PeerHandle], hv: Option<&mpsc::Sender<HvMsg>>, req: Request) -> Response {
+async fn answer(
+    peers: &[PeerHandle],
+    hv: Option<&mpsc::Sender<HvMsg>>,
+    rib: &mpsc::UnboundedSender<crate::rib::RibMsg>,
+    req: Request,
+) -> Response {
     let no_hv = || Response::Error {
         message: "no VM groups are configured ([[group]])".into(),
     };
@@ -201,6 +233,17 @@ async fn answer(peers: &[PeerHandle], hv: Option<&mpsc::Sender<HvMsg>>, req: Req
             }
             out.sort_by(|a, b| (&a.prefix, &a.peer).cmp(&(&b.prefix, &b.peer)));
             Response::Routes { routes: out }
+        }
+        Request::ShowRib => {
+            let (tx, rx) = oneshot::channel();
+            if rib.send(crate::rib::RibMsg::Show(tx)).is_err() {
+                return Response::Error {
+                    message: "the RIB is not running".into(),
+                };
+            }
+            Response::Rib {
+                rib: rx.await.unwrap_or_default(),
+            }
         }
         Request::ShowVms => {
             let Some(hv) = hv else { return no_hv() };

@@ -85,9 +85,16 @@ pub struct Hypervisor {
     neighbours: HashMap<u32, BTreeSet<Ipv6Addr>>,
     sessions: BTreeMap<(u32, IpAddr), DynPeer>,
     probe: mpsc::UnboundedSender<(u32, String)>,
+    /// Install VM routes into the kernel.
+    kernel: bool,
 }
 
-pub fn spawn(groups: Vec<Group>, inventory: Inventory, local: Arc<Local>) -> mpsc::Sender<HvMsg> {
+pub fn spawn(
+    groups: Vec<Group>,
+    inventory: Inventory,
+    local: Arc<Local>,
+    kernel: bool,
+) -> mpsc::Sender<HvMsg> {
     let (tx, rx) = mpsc::channel(1024);
     // Link-local addresses that answer the probe come back as neighbours.
     let (found_tx, mut found_rx) = mpsc::channel(256);
@@ -109,6 +116,7 @@ pub fn spawn(groups: Vec<Group>, inventory: Inventory, local: Arc<Local>) -> mps
         neighbours: HashMap::new(),
         sessions: BTreeMap::new(),
         probe,
+        kernel,
     };
     tokio::spawn(hv.run(rx));
     tx
@@ -349,7 +357,10 @@ impl Hypervisor {
             } else {
                 bgp::Afi::Ipv6
             }],
-            announce: Vec::new(),
+            export: None,
+            kernel: self.kernel,
+            vm: entry.map(|e| e.name.clone()),
+            group: Some(group.name.clone()),
             graceful_restart: (group.graceful_restart_time > 0)
                 .then_some(group.graceful_restart_time),
             policy: Some(policy),

@@ -192,3 +192,102 @@ pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
     });
     Ok(())
 }
+
+use crate::rib::FibChange;
+use bgp::Prefix;
+use rtnetlink::packet_route::route::RouteProtocol;
+
+fn route_message(prefix: &Prefix, protocol: u8, metric: u32) -> RouteMessage {
+    match *prefix {
+        Prefix::V4(a, l) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(a, l)
+            .protocol(RouteProtocol::from(protocol))
+            .priority(metric)
+            .build(),
+        Prefix::V6(a, l) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(a, l)
+            .protocol(RouteProtocol::from(protocol))
+            .priority(metric)
+            .build(),
+    }
+}
+
+/// Removes routes of our protocol left by an earlier run (DESIGN C9).
+pub async fn flush_stale(protocol: u8) -> std::io::Result<usize> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    let mut stale = Vec::new();
+    for v in [IpVersion::V4, IpVersion::V6] {
+        let msg = match v {
+            IpVersion::V4 => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            IpVersion::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
+        let mut routes = handle.route().get(msg).execute();
+        while let Ok(Some(m)) = routes.try_next().await {
+            if u8::from(m.header.protocol) == protocol {
+                stale.push(m);
+            }
+        }
+    }
+    let n = stale.len();
+    for m in stale {
+        if let Err(e) = handle.route().del(m).execute().await {
+            warn!(error = %e, "cannot remove a stale route");
+        }
+    }
+    Ok(n)
+}
+
+/// The kernel writer: applies batches of FIB changes from the Loc-RIB, in
+/// order, each route with our protocol number and metric.
+pub fn spawn_writer(
+    protocol: u8,
+    metric: u32,
+) -> std::io::Result<mpsc::UnboundedSender<Vec<FibChange>>> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<FibChange>>();
+    tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            for ch in batch {
+                match ch {
+                    FibChange::Install { prefix, via, dev } => {
+                        let mut m = route_message(&prefix, protocol, metric);
+                        match (prefix, via) {
+                            (Prefix::V4(..), IpAddr::V4(g)) => m
+                                .attributes
+                                .push(RouteAttribute::Gateway(RouteAddress::Inet(g))),
+                            (Prefix::V6(..), IpAddr::V6(g)) => m
+                                .attributes
+                                .push(RouteAttribute::Gateway(RouteAddress::Inet6(g))),
+                            // An IPv4 prefix with an IPv6 next hop (RFC
+                            // 8950) needs RTA_VIA.
+                            (Prefix::V4(..), IpAddr::V6(g)) => {
+                                m.attributes.push(RouteAttribute::Via(
+                                    rtnetlink::packet_route::route::RouteVia::Inet6(g),
+                                ))
+                            }
+                            (Prefix::V6(..), IpAddr::V4(_)) => {
+                                warn!(%prefix, "IPv6 prefix with an IPv4 next hop not installed");
+                                continue;
+                            }
+                        }
+                        if let Some(d) = dev {
+                            m.attributes.push(RouteAttribute::Oif(d));
+                        }
+                        if let Err(e) = handle.route().add(m).replace().execute().await {
+                            warn!(%prefix, %via, error = %e, "kernel refused a route");
+                        }
+                    }
+                    FibChange::Remove { prefix } => {
+                        let m = route_message(&prefix, protocol, metric);
+                        if let Err(e) = handle.route().del(m).execute().await {
+                            tracing::debug!(%prefix, error = %e, "route already gone from the kernel");
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok(tx)
+}

@@ -15,8 +15,10 @@ mod dynamic;
 mod inventory;
 mod kernel;
 mod peer;
+mod policy;
 mod prefix_set;
 mod probe;
+mod rib;
 mod show;
 
 use std::path::PathBuf;
@@ -106,6 +108,12 @@ enum Show {
         #[arg(long)]
         json: bool,
     },
+    /// The Loc-RIB: the best path of every prefix and where it came from.
+    Rib {
+        /// Print JSON (schema in docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// VMs known on the taps, with their sessions and what they may announce.
     Vms {
         /// Print JSON (schema in docs/json.md).
@@ -190,6 +198,7 @@ fn main() -> ExitCode {
                 Show::Peers { json } => (control::Request::ShowPeers, json),
                 Show::Routes { json } => (control::Request::ShowRoutes, json),
                 Show::Vms { json } => (control::Request::ShowVms, json),
+                Show::Rib { json } => (control::Request::ShowRib, json),
             };
             client(&rt, &cli.socket, req, json)
         }
@@ -248,6 +257,8 @@ fn client(
         (Response::Peers { peers }, true) => pretty(serde_json::to_string_pretty(peers)),
         (Response::Routes { routes }, true) => pretty(serde_json::to_string_pretty(routes)),
         (Response::Vms { vms }, true) => pretty(serde_json::to_string_pretty(vms)),
+        (Response::Rib { rib }, true) => pretty(serde_json::to_string_pretty(rib)),
+        (Response::Rib { rib }, false) => show::rib(rib),
         (Response::Peers { peers }, false) => show::peers(peers),
         (Response::Routes { routes }, false) => show::routes(routes),
         (Response::Vms { vms }, false) => show::vms(vms),

@@ -20,7 +20,7 @@ use bgp::collision::{self, Loser};
 use bgp::notification::{cease, Notification};
 use bgp::session::{self, Event, Session, State};
 use bgp::update::{encode_announce, encode_end_of_rib};
-use bgp::{AfiSafi, AsPath, NextHop, Origin, PathAttributes, Prefix};
+use bgp::{AfiSafi, NextHop, PathAttributes, Prefix};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -29,6 +29,8 @@ use tracing::{debug, info, warn};
 use crate::authorisation::{Rejection, VmPolicy};
 use crate::config::{MaxPrefixAction, Neighbor, RemoteAsConfig};
 use crate::control::{PeerStatus, RouteEntry};
+use crate::policy::Policy;
+use crate::rib::{PeerId, PeerInfo, RibMsg};
 
 /// How long a closed connection is drained before it is cut off.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
@@ -60,7 +62,13 @@ pub struct PeerConfig {
     pub connect_retry: std::time::Duration,
     pub passive: bool,
     pub families: Vec<bgp::Afi>,
-    pub announce: Vec<Prefix>,
+    /// Upstream neighbors: the export policy (they get the Loc-RIB).
+    pub export: Option<Arc<Policy>>,
+    /// Install this peer's accepted routes into the kernel.
+    pub kernel: bool,
+    /// For a VM: its inventory name and group.
+    pub vm: Option<String>,
+    pub group: Option<String>,
     /// Graceful restart time to advertise (RFC 4724), if any.
     pub graceful_restart: Option<u16>,
     /// For a VM: what it may announce. Static neighbors accept everything.
@@ -80,7 +88,10 @@ impl From<&Neighbor> for PeerConfig {
             connect_retry: n.connect_retry,
             passive: n.passive,
             families: n.families.clone(),
-            announce: n.announce.clone(),
+            export: Some(n.export.clone()),
+            kernel: n.kernel_import,
+            vm: None,
+            group: None,
             graceful_restart: None,
             policy: None,
         }
@@ -92,7 +103,8 @@ impl From<&Neighbor> for PeerConfig {
 pub struct Local {
     pub router_id: std::net::Ipv4Addr,
     pub local_as: u32,
-    pub announce: Vec<Prefix>,
+    /// The Loc-RIB task: accepted routes go there, exports come from it.
+    pub rib: mpsc::UnboundedSender<RibMsg>,
 }
 
 pub enum PeerMsg {
@@ -101,6 +113,9 @@ pub enum PeerMsg {
     Status(oneshot::Sender<PeerStatus>),
     /// A new authorisation snapshot: every route is judged again.
     Policy(Arc<VmPolicy>),
+    /// Changes to what the Loc-RIB exports to this neighbor (`None`:
+    /// withdrawn); attributes come without next hop (next-hop-self).
+    Export(Vec<(Prefix, Option<Arc<PathAttributes>>)>),
     Routes(oneshot::Sender<Vec<RouteEntry>>),
     /// Stop with a Cease and end the task; answers when done.
     Shutdown(String, oneshot::Sender<()>),
@@ -175,12 +190,19 @@ pub struct Peer {
     adj_rib_in: BTreeMap<Prefix, RouteIn>,
     /// Routes in the Adj-RIB-In that are accepted.
     accepted: usize,
-    exported: usize,
     state_since: Instant,
     flaps: u64,
     /// Refusals by kind, counted per refused announcement.
     rejections: BTreeMap<&'static str, u64>,
+    /// This peer's identity in the Loc-RIB.
+    id: PeerId,
+    /// Set while Established: what the Loc-RIB knows of this peer.
+    info: Option<Arc<PeerInfo>>,
+    /// What we announce to the peer (upstream neighbors only).
+    adj_rib_out: BTreeMap<Prefix, Arc<PathAttributes>>,
 }
+
+static NEXT_PEER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
     let (tx, rx) = mpsc::channel(256);
@@ -197,10 +219,12 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         connecting: None,
         adj_rib_in: BTreeMap::new(),
         accepted: 0,
-        exported: 0,
         state_since: Instant::now(),
         flaps: 0,
         rejections: BTreeMap::new(),
+        id: NEXT_PEER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        info: None,
+        adj_rib_out: BTreeMap::new(),
     };
     // The span goes with the task (never `enter()` across an await).
     let span = tracing::info_span!(
@@ -229,6 +253,18 @@ fn session_config(cfg: &PeerConfig, local: &Local) -> session::Config {
 
 impl Peer {
     async fn run(mut self, mut rx: mpsc::Receiver<PeerMsg>) {
+        if let Some(policy) = self.cfg.export.clone() {
+            let _ = self.local.rib.send(RibMsg::Subscribe {
+                peer: self.id,
+                asn: match self.cfg.remote_as {
+                    RemoteAsConfig::Exact(a) => Some(a),
+                    _ => None,
+                },
+                ebgp: !matches!(self.cfg.remote_as, RemoteAsConfig::Internal),
+                policy,
+                tx: self.tx.clone(),
+            });
+        }
         let mut primary = self.new_conn();
         primary.session.start(Instant::now());
         self.conns.push(primary);
@@ -264,6 +300,8 @@ impl Peer {
                 }
                 self.process();
                 self.conns.clear();
+                let _ = self.local.rib.send(RibMsg::PeerDown(self.id));
+                let _ = self.local.rib.send(RibMsg::Unsubscribe(self.id));
                 let _ = done.send(());
                 break;
             }
@@ -375,6 +413,7 @@ impl Peer {
                 self.cfg.policy = Some(p);
                 self.judge_all();
             }
+            PeerMsg::Export(changes) => self.export(changes),
             PeerMsg::Shutdown(..) => {}
         }
     }
@@ -542,7 +581,22 @@ impl Peer {
                     "session established"
                 );
                 self.state_since = Instant::now();
-                self.announce(i);
+                self.info = Some(Arc::new(PeerInfo {
+                    id: self.id,
+                    name: self.cfg.name.clone(),
+                    address: self.cfg.address,
+                    asn: n.remote_as,
+                    router_id: n.remote_id,
+                    ebgp: n.remote_as != self.local.local_as,
+                    vm: self.cfg.vm.clone(),
+                    group: self.cfg.group.clone(),
+                    interface: self.cfg.interface.clone(),
+                    kernel: self.cfg.kernel,
+                }));
+                let families = n.context.families.clone();
+                for f in families {
+                    self.send_family(i, f);
+                }
             }
             Event::Down(reason) => {
                 warn!(reason = %reason, routes = self.adj_rib_in.len(), "session down, routes withdrawn");
@@ -550,12 +604,13 @@ impl Peer {
                 self.flaps += 1;
                 self.adj_rib_in.clear();
                 self.accepted = 0;
-                self.exported = 0;
+                self.info = None;
+                self.to_rib(RibMsg::PeerDown(self.id));
             }
             Event::Update(u) => self.apply_update(&u),
             Event::RouteRefresh(family) => {
                 debug!(%family, "route refresh requested");
-                self.announce_family(i, family);
+                self.send_family(i, family);
             }
         }
     }
@@ -569,19 +624,16 @@ impl Peer {
                 "malformed attribute in UPDATE (RFC 7606)"
             );
         }
+        let mut rib_announce = Vec::new();
+        let mut rib_withdraw = Vec::new();
         for p in u.withdrawn_all() {
-            self.remove_route(&p);
+            if self.remove_route(&p).is_some_and(|o| o.rejected.is_none()) {
+                rib_withdraw.push(p);
+            }
         }
         let announced = u.announced();
-        if announced.is_empty() {
-            return;
-        }
         let mut attrs = u.attributes.clone();
-        let ebgp = self
-            .conns
-            .iter()
-            .filter_map(|c| c.session.negotiated())
-            .any(|n| n.remote_as != self.local.local_as);
+        let ebgp = self.info.as_ref().is_none_or(|i| i.ebgp);
         if ebgp {
             // RFC 4271 §5.1.5: LOCAL_PREF from an external peer is ignored.
             attrs.local_pref = None;
@@ -589,6 +641,7 @@ impl Peer {
         let attrs = Arc::new(attrs);
         for (p, nh) in announced {
             let old = self.remove_route(&p);
+            let was_accepted = old.as_ref().is_some_and(|o| o.rejected.is_none());
             let rejected = self.judge(&p, &nh);
             let changed = old.as_ref().map(|o| &o.rejected) != Some(&rejected);
             if let Some(r) = &rejected {
@@ -596,9 +649,13 @@ impl Peer {
                 if changed {
                     info!(prefix = %p, reason = %r.reason, kind = r.kind, "route refused");
                 }
+                if was_accepted {
+                    rib_withdraw.push(p);
+                }
                 if r.kind == "max-prefixes" {
                     if let Some(pol) = self.cfg.policy.clone() {
                         if pol.max_prefixes_action == MaxPrefixAction::Teardown {
+                            self.rib_update(rib_announce, rib_withdraw);
                             self.teardown_max_prefixes(&p, pol.max_prefixes);
                             return;
                         }
@@ -607,6 +664,8 @@ impl Peer {
                 if self.adj_rib_in.len() - self.accepted >= MAX_KEPT_REFUSED {
                     continue;
                 }
+            } else {
+                rib_announce.push((p, nh, (*attrs).clone()));
             }
             self.insert_route(
                 p,
@@ -617,6 +676,7 @@ impl Peer {
                 },
             );
         }
+        self.rib_update(rib_announce, rib_withdraw);
     }
 
     fn insert_route(&mut self, p: Prefix, r: RouteIn) {
@@ -688,64 +748,139 @@ impl Peer {
         }
     }
 
-    /// Sends our static prefixes and End-of-RIB for every negotiated family.
-    fn announce(&mut self, i: usize) {
-        let families = self.conns[i].session.context().families.clone();
-        self.exported = 0;
-        for f in families {
-            self.announce_family(i, f);
+    /// Queues a message for the Loc-RIB (never waits, keeps order).
+    fn to_rib(&self, m: RibMsg) {
+        let _ = self.local.rib.send(m);
+    }
+
+    /// Tells the Loc-RIB what changed among the accepted routes.
+    fn rib_update(&self, announce: Vec<(Prefix, NextHop, PathAttributes)>, withdraw: Vec<Prefix>) {
+        if let (Some(info), false) = (&self.info, announce.is_empty() && withdraw.is_empty()) {
+            self.to_rib(RibMsg::Update {
+                peer: info.clone(),
+                announce,
+                withdraw,
+            });
         }
     }
 
-    fn announce_family(&mut self, i: usize, family: AfiSafi) {
+    /// The next hop we announce for a family: our end of the connection
+    /// (next-hop-self).
+    fn next_hop_self(&self, i: usize, afi: bgp::Afi) -> Option<NextHop> {
+        self.conns[i]
+            .local
+            .and_then(|l| match (afi, l.ip().to_canonical()) {
+                (bgp::Afi::Ipv4, IpAddr::V4(a)) => Some(NextHop::V4(a)),
+                (bgp::Afi::Ipv6, IpAddr::V6(a)) if !crate::authorisation::is_link_local(a) => {
+                    Some(NextHop::V6 {
+                        global: a,
+                        link_local: None,
+                    })
+                }
+                _ => None,
+            })
+    }
+
+    /// Sends announcements, packed: prefixes sharing one attribute set go
+    /// in as few UPDATEs as fit.
+    fn send_announcements(&mut self, i: usize, items: &[(Prefix, Arc<PathAttributes>)]) {
+        let conn_state = self.conns[i].session.state();
+        if conn_state != State::Established {
+            return;
+        }
+        let cxt = self.conns[i].session.context();
+        let mut groups: Vec<(Arc<PathAttributes>, Vec<Prefix>)> = Vec::new();
+        for (p, a) in items {
+            if !cxt.has_family(AfiSafi::unicast(p.afi())) {
+                continue;
+            }
+            match groups
+                .iter_mut()
+                .find(|(g, _)| Arc::ptr_eq(g, a) || **g == **a)
+            {
+                Some((_, v)) => v.push(*p),
+                None => groups.push((a.clone(), vec![*p])),
+            }
+        }
+        let now = Instant::now();
+        for (attrs, prefixes) in groups {
+            for afi in [bgp::Afi::Ipv4, bgp::Afi::Ipv6] {
+                let ps: Vec<Prefix> = prefixes
+                    .iter()
+                    .filter(|p| p.afi() == afi)
+                    .copied()
+                    .collect();
+                if ps.is_empty() {
+                    continue;
+                }
+                let Some(nh) = self.next_hop_self(i, afi) else {
+                    warn!(family = ?afi, "no usable local address for the next hop; routes not announced");
+                    continue;
+                };
+                for m in encode_announce(&attrs, nh, &ps, &cxt) {
+                    self.conns[i].session.send(now, m);
+                }
+            }
+        }
+    }
+
+    /// The whole Adj-RIB-Out of a family, then End-of-RIB (after
+    /// Established, or for a ROUTE-REFRESH).
+    fn send_family(&mut self, i: usize, family: AfiSafi) {
         let Some(afi) = family.unicast_afi() else {
             return;
         };
-        let prefixes: Vec<Prefix> = self
-            .local
-            .announce
+        let items: Vec<(Prefix, Arc<PathAttributes>)> = self
+            .adj_rib_out
             .iter()
-            .chain(&self.cfg.announce)
-            .filter(|p| p.afi() == afi)
-            .copied()
+            .filter(|(p, _)| p.afi() == afi)
+            .map(|(p, a)| (*p, a.clone()))
             .collect();
-        let conn = &mut self.conns[i];
-        let cxt = conn.session.context();
-        let next_hop = conn.local.and_then(|l| match (afi, l.ip().to_canonical()) {
-            (bgp::Afi::Ipv4, IpAddr::V4(a)) => Some(NextHop::V4(a)),
-            (bgp::Afi::Ipv6, IpAddr::V6(a)) if !crate::authorisation::is_link_local(a) => {
-                Some(NextHop::V6 {
-                    global: a,
-                    link_local: None,
-                })
-            }
-            _ => None,
-        });
-        let now = Instant::now();
-        match next_hop {
-            Some(nh) if !prefixes.is_empty() => {
-                let ebgp = !matches!(self.cfg.remote_as, RemoteAsConfig::Internal);
-                let attrs = PathAttributes {
-                    origin: Some(Origin::Igp),
-                    as_path: Some(if ebgp {
-                        AsPath::from_sequence([self.local.local_as])
-                    } else {
-                        AsPath::default()
-                    }),
-                    local_pref: (!ebgp).then_some(100),
-                    ..Default::default()
-                };
-                for m in encode_announce(&attrs, nh, &prefixes, &cxt) {
-                    conn.session.send(now, m);
+        self.send_announcements(i, &items);
+        self.conns[i]
+            .session
+            .send(Instant::now(), encode_end_of_rib(family));
+    }
+
+    /// Applies a batch of export changes from the Loc-RIB.
+    fn export(&mut self, changes: Vec<(Prefix, Option<Arc<PathAttributes>>)>) {
+        let mut announce = Vec::new();
+        let mut withdraw = Vec::new();
+        for (p, a) in changes {
+            match a {
+                Some(a) => {
+                    self.adj_rib_out.insert(p, a.clone());
+                    announce.push((p, a));
                 }
-                self.exported += prefixes.len();
+                None => {
+                    if self.adj_rib_out.remove(&p).is_some() {
+                        withdraw.push(p);
+                    }
+                }
             }
-            None if !prefixes.is_empty() => {
-                warn!(%family, "no usable local address for the next hop; prefixes not announced");
-            }
-            _ => {}
         }
-        conn.session.send(now, encode_end_of_rib(family));
+        let Some(i) = self
+            .conns
+            .iter()
+            .position(|c| c.session.state() == State::Established)
+        else {
+            return;
+        };
+        let cxt = self.conns[i].session.context();
+        let now = Instant::now();
+        for afi in [bgp::Afi::Ipv4, bgp::Afi::Ipv6] {
+            let w: Vec<Prefix> = withdraw
+                .iter()
+                .filter(|p| p.afi() == afi)
+                .copied()
+                .collect();
+            if !w.is_empty() && cxt.has_family(AfiSafi::unicast(afi)) {
+                for m in bgp::update::encode_withdraw(&w, &cxt) {
+                    self.conns[i].session.send(now, m);
+                }
+            }
+        }
+        self.send_announcements(i, &announce);
     }
 
     fn status(&self) -> PeerStatus {
@@ -783,7 +918,11 @@ impl Peer {
                 .collect(),
             interface: self.cfg.interface.as_ref().map(|i| i.name.clone()),
             routes_exported: if s.state() == State::Established {
-                self.exported
+                let fams = s.context().families;
+                self.adj_rib_out
+                    .keys()
+                    .filter(|p| fams.contains(&AfiSafi::unicast(p.afi())))
+                    .count()
             } else {
                 0
             },

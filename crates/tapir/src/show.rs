@@ -123,6 +123,35 @@ pub fn routes(routes: &[RouteEntry]) -> String {
     )
 }
 
+pub fn rib(rib: &[crate::rib::LocRibEntry]) -> String {
+    let rows: Vec<Vec<String>> = rib
+        .iter()
+        .map(|r| {
+            vec![
+                r.prefix.clone(),
+                r.from.clone(),
+                r.next_hop.clone().unwrap_or_else(|| "-".into()),
+                if r.as_path.is_empty() {
+                    "-".into()
+                } else {
+                    r.as_path.clone()
+                },
+                r.others.join(" "),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "Prefix",
+            "Best from",
+            "Next hop",
+            "AS path",
+            "Other paths from",
+        ],
+        &rows,
+    )
+}
+
 pub fn vms(vms: &[VmStatus]) -> String {
     let rows: Vec<Vec<String>> = vms
         .iter()

@@ -1,0 +1,586 @@
+//! Export policy: what goes to an upstream neighbor, and how it looks.
+//!
+//! ```toml
+//! [policy.TO-TOR]
+//! as-path = "strip"          # keep | strip | strip-private | prepend N (for VM routes)
+//! default = "reject"         # when no term matches
+//!
+//! [[policy.TO-TOR.term]]
+//! match = { group = "vms", prefix-set = "BGP-FROM-VMS" }
+//! action = "accept"
+//! add-communities = ["64612:100"]
+//! ```
+//!
+//! Terms are tried in order; the first whose every condition holds decides.
+//! The AS-path modes are for routes learned from VMs (DESIGN §1 problem 6):
+//! `keep` leaves `64612 64613` at the top-of-rack, `strip` removes the VM's
+//! ASN so the route leaves as `64612`, like bare-metal anycast.
+
+use bgp::attribute::LargeCommunity;
+use bgp::{AsPath, AsSegment, PathAttributes, Prefix};
+
+use crate::prefix_set::PrefixSet;
+use crate::rib::PeerInfo;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsPathMode {
+    Keep,
+    /// Remove the VM's own ASN from the front of the path.
+    Strip,
+    /// Remove every private ASN (RFC 6996) from the path.
+    StripPrivate,
+    /// Add our ASN this many extra times.
+    Prepend(u8),
+}
+
+impl std::str::FromStr for AsPathMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<AsPathMode, String> {
+        match s.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["keep"] => Ok(AsPathMode::Keep),
+            ["strip"] => Ok(AsPathMode::Strip),
+            ["strip-private"] => Ok(AsPathMode::StripPrivate),
+            ["prepend", n] => n
+                .parse::<u8>()
+                .ok()
+                .filter(|n| (1..=10).contains(n))
+                .map(AsPathMode::Prepend)
+                .ok_or_else(|| format!("as-path: `prepend {n}`: N must be 1 to 10")),
+            _ => Err(format!(
+                "as-path: `{s}` is not one of keep, strip, strip-private, prepend N"
+            )),
+        }
+    }
+}
+
+/// Where a route came from, for `match = { source = … }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Vm,
+    Neighbor,
+    Local,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Match {
+    pub prefix_set: Option<(String, PrefixSet)>,
+    pub community: Option<u32>,
+    pub large_community: Option<LargeCommunity>,
+    pub group: Option<String>,
+    pub vm: Option<String>,
+    pub neighbor: Option<String>,
+    pub source: Option<Source>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Term {
+    pub matches: Match,
+    pub accept: bool,
+    pub set_communities: Option<Vec<u32>>,
+    pub add_communities: Vec<u32>,
+    pub add_large_communities: Vec<LargeCommunity>,
+    pub local_pref: Option<u32>,
+    pub med: Option<u32>,
+    pub as_path: Option<AsPathMode>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub name: String,
+    pub as_path: AsPathMode,
+    pub default_accept: bool,
+    pub terms: Vec<Term>,
+}
+
+/// What policy sees of a route.
+pub struct RouteFacts<'a> {
+    pub prefix: &'a Prefix,
+    pub attrs: &'a PathAttributes,
+    /// `None` for tapir's own routes.
+    pub from: Option<&'a PeerInfo>,
+}
+
+impl RouteFacts<'_> {
+    fn source(&self) -> Source {
+        match self.from {
+            None => Source::Local,
+            Some(p) if p.group.is_some() => Source::Vm,
+            Some(_) => Source::Neighbor,
+        }
+    }
+}
+
+impl Match {
+    pub fn holds(&self, f: &RouteFacts) -> bool {
+        self.prefix_set
+            .as_ref()
+            .is_none_or(|(_, s)| s.matches(f.prefix))
+            && self
+                .community
+                .is_none_or(|c| f.attrs.communities.contains(&c))
+            && self
+                .large_community
+                .is_none_or(|c| f.attrs.large_communities.contains(&c))
+            && self
+                .group
+                .as_ref()
+                .is_none_or(|g| f.from.and_then(|p| p.group.as_ref()) == Some(g))
+            && self
+                .vm
+                .as_ref()
+                .is_none_or(|v| f.from.and_then(|p| p.vm.as_ref()) == Some(v))
+            && self
+                .neighbor
+                .as_ref()
+                .is_none_or(|n| f.from.is_some_and(|p| &p.name == n))
+            && self.source.is_none_or(|s| s == f.source())
+    }
+}
+
+fn is_private(asn: u32) -> bool {
+    (64512..=65534).contains(&asn) || (4_200_000_000..=4_294_967_294).contains(&asn)
+}
+
+/// Applies an AS-path mode to a VM route's path (before our ASN goes in front).
+pub fn apply_as_path(mode: AsPathMode, path: &AsPath, vm_asn: Option<u32>) -> AsPath {
+    let mut p = path.clone();
+    match mode {
+        AsPathMode::Keep | AsPathMode::Prepend(_) => {}
+        AsPathMode::Strip => {
+            if let (Some(asn), Some(AsSegment::Sequence(v))) = (vm_asn, p.segments.first_mut()) {
+                while v.first() == Some(&asn) {
+                    v.remove(0);
+                }
+                if v.is_empty() {
+                    p.segments.remove(0);
+                }
+            }
+        }
+        AsPathMode::StripPrivate => {
+            for s in &mut p.segments {
+                match s {
+                    AsSegment::Sequence(v)
+                    | AsSegment::Set(v)
+                    | AsSegment::ConfedSequence(v)
+                    | AsSegment::ConfedSet(v) => v.retain(|a| !is_private(*a)),
+                }
+            }
+            p.segments.retain(|s| !s.asns().is_empty());
+        }
+    }
+    p
+}
+
+impl Policy {
+    /// The default for an upstream neighbor without `export`: our own and
+    /// VM routes go out unchanged, routes from other neighbors do not.
+    pub fn hypervisor_default() -> Policy {
+        Policy {
+            name: "default".into(),
+            as_path: AsPathMode::Keep,
+            default_accept: false,
+            terms: vec![
+                Term::accept(Match {
+                    source: Some(Source::Vm),
+                    ..Default::default()
+                }),
+                Term::accept(Match {
+                    source: Some(Source::Local),
+                    ..Default::default()
+                }),
+            ],
+        }
+    }
+
+    /// The attributes to send for this route to an eBGP (`ebgp`) or iBGP
+    /// neighbor, or `None` if the policy rejects it. The next hop is the
+    /// session's own (next-hop-self), set when the UPDATE is built.
+    pub fn export(&self, f: &RouteFacts, local_as: u32, ebgp: bool) -> Option<PathAttributes> {
+        let term = self.terms.iter().find(|t| t.matches.holds(f));
+        let accept = term.map_or(self.default_accept, |t| t.accept);
+        if !accept {
+            return None;
+        }
+        let mut a = f.attrs.clone();
+        a.next_hop = None;
+        let vm_route = f.source() == Source::Vm;
+        let mode = term.and_then(|t| t.as_path).unwrap_or(if vm_route {
+            self.as_path
+        } else {
+            AsPathMode::Keep
+        });
+        let path = a.as_path.take().unwrap_or_default();
+        let mut path = apply_as_path(mode, &path, f.from.map(|p| p.asn));
+        if ebgp {
+            let times = 1 + if let AsPathMode::Prepend(n) = mode {
+                n
+            } else {
+                0
+            };
+            for _ in 0..times {
+                path.prepend(local_as);
+            }
+            // RFC 4271 §5.1.4/§5.1.5: MED and LOCAL_PREF received from
+            // elsewhere are not passed to another AS.
+            a.med = None;
+            a.local_pref = None;
+        } else {
+            a.local_pref = Some(a.local_pref.unwrap_or(100));
+        }
+        a.as_path = Some(path);
+        if let Some(t) = term {
+            if let Some(c) = &t.set_communities {
+                a.communities = c.clone();
+            }
+            for c in &t.add_communities {
+                if !a.communities.contains(c) {
+                    a.communities.push(*c);
+                }
+            }
+            for c in &t.add_large_communities {
+                if !a.large_communities.contains(c) {
+                    a.large_communities.push(*c);
+                }
+            }
+            if t.med.is_some() {
+                a.med = t.med;
+            }
+            if let (Some(lp), false) = (t.local_pref, ebgp) {
+                a.local_pref = Some(lp);
+            }
+        }
+        Some(a)
+    }
+}
+
+impl Term {
+    pub fn accept(matches: Match) -> Term {
+        Term {
+            matches,
+            accept: true,
+            set_communities: None,
+            add_communities: Vec::new(),
+            add_large_communities: Vec::new(),
+            local_pref: None,
+            med: None,
+            as_path: None,
+        }
+    }
+}
+
+/// `ASN:VALUE` or a well-known name (RFC 1997).
+pub fn parse_community(s: &str) -> Result<u32, String> {
+    match s {
+        "no-export" => return Ok(0xffff_ff01),
+        "no-advertise" => return Ok(0xffff_ff02),
+        "no-export-subconfed" => return Ok(0xffff_ff03),
+        "graceful-shutdown" => return Ok(0xffff_0000),
+        _ => {}
+    }
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("community `{s}` is not ASN:VALUE"))?;
+    let a: u16 = a
+        .parse()
+        .map_err(|_| format!("community `{s}`: `{a}` is not 0-65535"))?;
+    let b: u16 = b
+        .parse()
+        .map_err(|_| format!("community `{s}`: `{b}` is not 0-65535"))?;
+    Ok(((a as u32) << 16) | b as u32)
+}
+
+/// `GLOBAL:LOCAL1:LOCAL2` (RFC 8092).
+pub fn parse_large_community(s: &str) -> Result<LargeCommunity, String> {
+    let v: Vec<&str> = s.split(':').collect();
+    let n = |x: &str| {
+        x.parse::<u32>()
+            .map_err(|_| format!("large community `{s}`: `{x}` is not a 32-bit number"))
+    };
+    match v.as_slice() {
+        [a, b, c] => Ok(LargeCommunity {
+            global: n(a)?,
+            local1: n(b)?,
+            local2: n(c)?,
+        }),
+        _ => Err(format!("large community `{s}` is not GLOBAL:LOCAL1:LOCAL2")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn vm_peer() -> PeerInfo {
+        PeerInfo {
+            id: 1,
+            name: "recdns1001".into(),
+            address: "10.192.24.11".parse::<IpAddr>().unwrap(),
+            asn: 64613,
+            router_id: "10.192.24.11".parse().unwrap(),
+            ebgp: true,
+            vm: Some("recdns1001".into()),
+            group: Some("vms".into()),
+            interface: None,
+            kernel: true,
+        }
+    }
+
+    fn tor_peer() -> PeerInfo {
+        PeerInfo {
+            name: "tor-v4".into(),
+            group: None,
+            vm: None,
+            asn: 65020,
+            ..vm_peer()
+        }
+    }
+
+    fn attrs(path: &[u32]) -> PathAttributes {
+        PathAttributes {
+            origin: Some(bgp::Origin::Igp),
+            as_path: Some(AsPath::from_sequence(path.iter().copied())),
+            med: Some(5),
+            local_pref: Some(300),
+            communities: vec![parse_community("64613:1").unwrap()],
+            ..Default::default()
+        }
+    }
+
+    fn facts<'a>(
+        p: &'a Prefix,
+        a: &'a PathAttributes,
+        from: Option<&'a PeerInfo>,
+    ) -> RouteFacts<'a> {
+        RouteFacts {
+            prefix: p,
+            attrs: a,
+            from,
+        }
+    }
+
+    fn path_of(a: &PathAttributes) -> String {
+        a.as_path.as_ref().unwrap().to_string()
+    }
+
+    #[test]
+    fn as_path_modes() {
+        let p: Prefix = "10.3.0.1/32".parse().unwrap();
+        let a = attrs(&[64613]);
+        let vm = vm_peer();
+        let mut pol = Policy::hypervisor_default();
+        for (mode, want) in [
+            (AsPathMode::Keep, "64612 64613"),
+            (AsPathMode::Strip, "64612"),
+            (AsPathMode::StripPrivate, "64612"),
+            (AsPathMode::Prepend(2), "64612 64612 64612 64613"),
+        ] {
+            pol.as_path = mode;
+            let out = pol.export(&facts(&p, &a, Some(&vm)), 64612, true).unwrap();
+            assert_eq!(path_of(&out), want, "{mode:?}");
+        }
+        // strip-private keeps public ASNs; strip only the VM's own ASN.
+        let a = attrs(&[64613, 3320, 64999]);
+        pol.as_path = AsPathMode::StripPrivate;
+        assert_eq!(
+            path_of(&pol.export(&facts(&p, &a, Some(&vm)), 64612, true).unwrap()),
+            "64612 3320"
+        );
+        pol.as_path = AsPathMode::Strip;
+        assert_eq!(
+            path_of(&pol.export(&facts(&p, &a, Some(&vm)), 64612, true).unwrap()),
+            "64612 3320 64999"
+        );
+        // iBGP: no prepend, local-pref kept.
+        pol.as_path = AsPathMode::Keep;
+        let out = pol
+            .export(&facts(&p, &attrs(&[64613]), Some(&vm)), 64612, false)
+            .unwrap();
+        assert_eq!((path_of(&out), out.local_pref), ("64613".into(), Some(300)));
+    }
+
+    #[test]
+    fn default_policy_exports_vm_and_local_routes_only() {
+        let p: Prefix = "10.3.0.1/32".parse().unwrap();
+        let a = attrs(&[65020]);
+        let pol = Policy::hypervisor_default();
+        assert!(pol
+            .export(&facts(&p, &a, Some(&tor_peer())), 64612, true)
+            .is_none());
+        let local = PathAttributes {
+            origin: Some(bgp::Origin::Igp),
+            as_path: Some(AsPath::default()),
+            ..Default::default()
+        };
+        let out = pol.export(&facts(&p, &local, None), 64612, true).unwrap();
+        assert_eq!(path_of(&out), "64612");
+        // eBGP: MED and LOCAL_PREF do not leave the AS.
+        let out = pol
+            .export(&facts(&p, &attrs(&[64613]), Some(&vm_peer())), 64612, true)
+            .unwrap();
+        assert_eq!((out.med, out.local_pref, out.next_hop), (None, None, None));
+    }
+
+    #[test]
+    fn every_match_and_action() {
+        let p: Prefix = "10.3.0.1/32".parse().unwrap();
+        let a = attrs(&[64613]);
+        let vm = vm_peer();
+        let tor = tor_peer();
+        let set = PrefixSet {
+            patterns: vec!["10.3.0.0/24{32,32}".parse().unwrap()],
+        };
+        let cases: Vec<(Match, bool, bool)> = vec![
+            // (match, holds for the VM route, holds for the tor route)
+            (
+                Match {
+                    prefix_set: Some(("S".into(), set.clone())),
+                    ..Default::default()
+                },
+                true,
+                true,
+            ),
+            (
+                Match {
+                    prefix_set: Some((
+                        "S".into(),
+                        PrefixSet {
+                            patterns: vec!["10.4.0.0/16+".parse().unwrap()],
+                        },
+                    )),
+                    ..Default::default()
+                },
+                false,
+                false,
+            ),
+            (
+                Match {
+                    community: Some(parse_community("64613:1").unwrap()),
+                    ..Default::default()
+                },
+                true,
+                true,
+            ),
+            (
+                Match {
+                    community: Some(parse_community("64613:2").unwrap()),
+                    ..Default::default()
+                },
+                false,
+                false,
+            ),
+            (
+                Match {
+                    group: Some("vms".into()),
+                    ..Default::default()
+                },
+                true,
+                false,
+            ),
+            (
+                Match {
+                    vm: Some("recdns1001".into()),
+                    ..Default::default()
+                },
+                true,
+                false,
+            ),
+            (
+                Match {
+                    vm: Some("other".into()),
+                    ..Default::default()
+                },
+                false,
+                false,
+            ),
+            (
+                Match {
+                    neighbor: Some("tor-v4".into()),
+                    ..Default::default()
+                },
+                false,
+                true,
+            ),
+            (
+                Match {
+                    source: Some(Source::Vm),
+                    ..Default::default()
+                },
+                true,
+                false,
+            ),
+            (
+                Match {
+                    source: Some(Source::Neighbor),
+                    ..Default::default()
+                },
+                false,
+                true,
+            ),
+            (
+                Match {
+                    large_community: Some(parse_large_community("1:2:3").unwrap()),
+                    ..Default::default()
+                },
+                false,
+                false,
+            ),
+        ];
+        for (m, vm_holds, tor_holds) in cases {
+            assert_eq!(m.holds(&facts(&p, &a, Some(&vm))), vm_holds, "{m:?}");
+            assert_eq!(m.holds(&facts(&p, &a, Some(&tor))), tor_holds, "{m:?}");
+        }
+        // Actions: reject, set and add communities, MED, local-pref, AS path.
+        let mut t = Term::accept(Match {
+            vm: Some("recdns1001".into()),
+            ..Default::default()
+        });
+        t.set_communities = Some(vec![parse_community("64612:10").unwrap()]);
+        t.add_communities = vec![parse_community("no-export").unwrap()];
+        t.add_large_communities = vec![parse_large_community("64612:1:2").unwrap()];
+        t.med = Some(77);
+        t.local_pref = Some(250);
+        t.as_path = Some(AsPathMode::Prepend(1));
+        let pol = Policy {
+            name: "P".into(),
+            as_path: AsPathMode::Keep,
+            default_accept: true,
+            terms: vec![t.clone()],
+        };
+        let out = pol.export(&facts(&p, &a, Some(&vm)), 64612, true).unwrap();
+        assert_eq!(out.communities, vec![(64612 << 16) | 10, 0xffff_ff01]);
+        assert_eq!(
+            out.large_communities,
+            vec![LargeCommunity {
+                global: 64612,
+                local1: 1,
+                local2: 2
+            }]
+        );
+        assert_eq!(out.med, Some(77));
+        assert_eq!(out.local_pref, None, "eBGP");
+        assert_eq!(path_of(&out), "64612 64612 64613");
+        let ibgp = pol.export(&facts(&p, &a, Some(&vm)), 64612, false).unwrap();
+        assert_eq!(ibgp.local_pref, Some(250));
+        t.accept = false;
+        let pol = Policy {
+            terms: vec![t],
+            ..pol
+        };
+        assert!(pol.export(&facts(&p, &a, Some(&vm)), 64612, true).is_none());
+        // No term matches: the default decides.
+        assert!(pol
+            .export(&facts(&p, &a, Some(&tor)), 64612, true)
+            .is_some());
+    }
+
+    #[test]
+    fn community_syntax() {
+        assert_eq!(parse_community("65535:0").unwrap(), 0xffff_0000);
+        assert!(parse_community("65536:0").is_err());
+        assert!(parse_community("1").is_err());
+        assert!(parse_large_community("1:2").is_err());
+        assert!("prepend 11".parse::<AsPathMode>().is_err());
+        assert!("strip".parse::<AsPathMode>().is_ok());
+    }
+}

@@ -1,0 +1,512 @@
+//! The Loc-RIB: one task owns it (STYLE: one owner per piece of state).
+//!
+//! ```text
+//!  peer tasks ──Update/PeerDown (batches)──▶ ┌──────────┐ ──Export (batches)──▶ upstream peer tasks
+//!  config (local routes) ───────────────────▶│ RIB task │ ──FIB changes ──────▶ kernel writer
+//!  control socket ──ShowRoutes─────────────▶ └──────────┘
+//! ```
+//!
+//! Every prefix keeps its candidate paths; the best is chosen per RFC 4271
+//! §9.1 (local routes first, then local-pref, AS-path length, origin, MED
+//! among the same neighbor AS, eBGP over iBGP, router id, peer address).
+//! Path attributes are interned: one shared copy per distinct set.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use bgp::{NextHop, PathAttributes, Prefix};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::peer::{Interface, PeerMsg};
+use crate::policy::{Policy, RouteFacts};
+
+pub type PeerId = u64;
+
+/// The peer a path came from, as best-path selection and policy see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub id: PeerId,
+    pub name: String,
+    pub address: IpAddr,
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    pub ebgp: bool,
+    /// For VM sessions: the VM's name (if in the inventory) and group.
+    pub vm: Option<String>,
+    pub group: Option<String>,
+    /// The tap a VM lives on: its routes go into the kernel through it.
+    pub interface: Option<Interface>,
+    /// Install this peer's routes in the kernel.
+    pub kernel: bool,
+}
+
+/// A candidate path for a prefix.
+#[derive(Clone, Debug)]
+pub struct Path {
+    /// `None` for a route tapir originates (`announce` in the config).
+    pub peer: Option<Arc<PeerInfo>>,
+    pub next_hop: Option<NextHop>,
+    pub attrs: Arc<PathAttributes>,
+}
+
+pub enum RibMsg {
+    /// A batch from one peer: routes now accepted, prefixes no longer.
+    Update {
+        peer: Arc<PeerInfo>,
+        announce: Vec<(Prefix, NextHop, PathAttributes)>,
+        withdraw: Vec<Prefix>,
+    },
+    /// Everything from this peer is gone.
+    PeerDown(PeerId),
+    /// An upstream neighbor that takes exports through `tx`.
+    Subscribe {
+        peer: PeerId,
+        /// Its AS if known from the config (for the AS-loop check).
+        asn: Option<u32>,
+        ebgp: bool,
+        policy: Arc<Policy>,
+        tx: mpsc::Sender<PeerMsg>,
+    },
+    Unsubscribe(PeerId),
+    Show(oneshot::Sender<Vec<LocRibEntry>>),
+}
+
+/// One prefix of the Loc-RIB, as `tapir show rib` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LocRibEntry {
+    pub prefix: String,
+    /// Where the best path came from (`local` for tapir's own).
+    pub from: String,
+    pub next_hop: Option<String>,
+    pub as_path: String,
+    /// Other candidate paths, by origin.
+    pub others: Vec<String>,
+}
+
+/// A route change for the kernel writer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FibChange {
+    Install {
+        prefix: Prefix,
+        via: IpAddr,
+        dev: Option<u32>,
+    },
+    Remove {
+        prefix: Prefix,
+    },
+}
+
+struct Subscriber {
+    asn: Option<u32>,
+    ebgp: bool,
+    policy: Arc<Policy>,
+    tx: mpsc::Sender<PeerMsg>,
+}
+
+pub struct Rib {
+    local_as: u32,
+    table: BTreeMap<Prefix, Vec<Path>>,
+    interned: HashSet<Arc<PathAttributes>>,
+    subscribers: HashMap<PeerId, Subscriber>,
+    /// What each subscriber was last sent, to send only changes.
+    sent: HashMap<PeerId, BTreeMap<Prefix, Arc<PathAttributes>>>,
+    fib: Option<mpsc::UnboundedSender<Vec<FibChange>>>,
+    /// What the kernel was told, per prefix.
+    installed: BTreeMap<Prefix, (IpAddr, Option<u32>)>,
+}
+
+pub fn spawn(
+    local_as: u32,
+    local_routes: Vec<Prefix>,
+    fib: Option<mpsc::UnboundedSender<Vec<FibChange>>>,
+) -> mpsc::UnboundedSender<RibMsg> {
+    // Unbounded so that peers never wait on the RIB (which may be waiting
+    // to hand them exports) and their messages stay in order.
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut rib = Rib {
+        local_as,
+        table: BTreeMap::new(),
+        interned: HashSet::new(),
+        subscribers: HashMap::new(),
+        sent: HashMap::new(),
+        fib,
+        installed: BTreeMap::new(),
+    };
+    let attrs = rib.intern(PathAttributes {
+        origin: Some(bgp::Origin::Igp),
+        as_path: Some(bgp::AsPath::default()),
+        ..Default::default()
+    });
+    for p in local_routes {
+        rib.table.entry(p).or_default().push(Path {
+            peer: None,
+            next_hop: None,
+            attrs: attrs.clone(),
+        });
+    }
+    tokio::spawn(rib.run(rx));
+    tx
+}
+
+/// RFC 4271 §9.1.2.2 and the usual tie-breakers; `Less` means `a` is
+/// better.
+pub fn compare(a: &Path, b: &Path) -> Ordering {
+    let (pa, pb) = match (&a.peer, &b.peer) {
+        (None, None) => return Ordering::Equal,
+        (None, Some(_)) => return Ordering::Less,
+        (Some(_), None) => return Ordering::Greater,
+        (Some(x), Some(y)) => (x, y),
+    };
+    let lp = |p: &Path| p.attrs.local_pref.unwrap_or(100);
+    let len = |p: &Path| p.attrs.as_path.as_ref().map_or(0, |x| x.length());
+    let origin = |p: &Path| p.attrs.origin.map_or(2, |o| o as u8);
+    let neighbor_as = |p: &Path| p.attrs.as_path.as_ref().and_then(|x| x.first_asn());
+    lp(b)
+        .cmp(&lp(a))
+        .then_with(|| len(a).cmp(&len(b)))
+        .then_with(|| origin(a).cmp(&origin(b)))
+        .then_with(|| {
+            // MED only between routes from the same neighbor AS.
+            if neighbor_as(a) == neighbor_as(b) {
+                a.attrs.med.unwrap_or(0).cmp(&b.attrs.med.unwrap_or(0))
+            } else {
+                Ordering::Equal
+            }
+        })
+        .then_with(|| pb.ebgp.cmp(&pa.ebgp))
+        .then_with(|| u32::from(pa.router_id).cmp(&u32::from(pb.router_id)))
+        .then_with(|| pa.address.cmp(&pb.address))
+}
+
+fn best(paths: &[Path]) -> Option<&Path> {
+    paths.iter().min_by(|a, b| compare(a, b))
+}
+
+impl Rib {
+    fn intern(&mut self, attrs: PathAttributes) -> Arc<PathAttributes> {
+        if let Some(a) = self.interned.get(&attrs) {
+            return a.clone();
+        }
+        let a = Arc::new(attrs);
+        self.interned.insert(a.clone());
+        a
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<RibMsg>) {
+        // Send the local routes to the kernel? No: they are ours to
+        // announce, not to forward.
+        while let Some(msg) = rx.recv().await {
+            // Take whatever else is queued too: changes move in batches.
+            let mut batch = vec![msg];
+            while let Ok(m) = rx.try_recv() {
+                batch.push(m);
+                if batch.len() >= 256 {
+                    break;
+                }
+            }
+            let mut changed: Vec<Prefix> = Vec::new();
+            for m in batch {
+                self.handle(m, &mut changed).await;
+            }
+            changed.sort();
+            changed.dedup();
+            self.propagate(&changed).await;
+            // Drop attribute sets nobody uses any more.
+            if self.interned.len() > 1024 {
+                self.interned.retain(|a| Arc::strong_count(a) > 1);
+            }
+        }
+    }
+
+    async fn handle(&mut self, m: RibMsg, changed: &mut Vec<Prefix>) {
+        match m {
+            RibMsg::Update {
+                peer,
+                announce,
+                withdraw,
+            } => {
+                for p in withdraw {
+                    if let Some(v) = self.table.get_mut(&p) {
+                        v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
+                        if v.is_empty() {
+                            self.table.remove(&p);
+                        }
+                        changed.push(p);
+                    }
+                }
+                for (p, nh, attrs) in announce {
+                    let attrs = self.intern(attrs);
+                    let v = self.table.entry(p).or_default();
+                    v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
+                    v.push(Path {
+                        peer: Some(peer.clone()),
+                        next_hop: Some(nh),
+                        attrs,
+                    });
+                    changed.push(p);
+                }
+            }
+            RibMsg::PeerDown(id) => {
+                self.table.retain(|p, v| {
+                    let before = v.len();
+                    v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != id));
+                    if v.len() != before {
+                        changed.push(*p);
+                    }
+                    !v.is_empty()
+                });
+            }
+            RibMsg::Subscribe {
+                peer,
+                asn,
+                ebgp,
+                policy,
+                tx,
+            } => {
+                self.subscribers.insert(
+                    peer,
+                    Subscriber {
+                        asn,
+                        ebgp,
+                        policy,
+                        tx,
+                    },
+                );
+                self.sent.insert(peer, BTreeMap::new());
+                // A full table for the newcomer.
+                let all: Vec<Prefix> = self.table.keys().copied().collect();
+                self.export_to(peer, &all).await;
+            }
+            RibMsg::Unsubscribe(peer) => {
+                self.subscribers.remove(&peer);
+                self.sent.remove(&peer);
+            }
+            RibMsg::Show(tx) => {
+                let _ = tx.send(self.show());
+            }
+        }
+    }
+
+    async fn propagate(&mut self, changed: &[Prefix]) {
+        if changed.is_empty() {
+            return;
+        }
+        let ids: Vec<PeerId> = self.subscribers.keys().copied().collect();
+        for id in ids {
+            self.export_to(id, changed).await;
+        }
+        self.sync_fib(changed);
+    }
+
+    /// Sends `peer` what changed for it among `prefixes`, after its policy.
+    async fn export_to(&mut self, peer: PeerId, prefixes: &[Prefix]) {
+        let Some(sub) = self.subscribers.get(&peer) else {
+            return;
+        };
+        let mut out: Vec<(Prefix, Option<Arc<PathAttributes>>)> = Vec::new();
+        let mut new_attrs = Vec::new();
+        for p in prefixes {
+            let export = self.table.get(p).and_then(|v| best(v)).and_then(|b| {
+                // Never back to where it came from; never to a neighbor
+                // whose AS is in the path (it would drop it anyway).
+                if b.peer.as_ref().is_some_and(|q| q.id == peer) {
+                    return None;
+                }
+                if let (Some(asn), Some(path)) = (sub.asn, &b.attrs.as_path) {
+                    if path.segments.iter().any(|s| s.asns().contains(&asn)) {
+                        return None;
+                    }
+                }
+                let facts = RouteFacts {
+                    prefix: p,
+                    attrs: &b.attrs,
+                    from: b.peer.as_deref(),
+                };
+                sub.policy.export(&facts, self.local_as, sub.ebgp)
+            });
+            let before = self.sent.get(&peer).and_then(|s| s.get(p));
+            match (export, before) {
+                (Some(a), Some(b)) if **b == a => {}
+                (Some(a), _) => new_attrs.push((*p, a)),
+                (None, Some(_)) => out.push((*p, None)),
+                (None, None) => {}
+            }
+        }
+        for (p, a) in new_attrs {
+            let a = self.intern(a);
+            out.push((p, Some(a)));
+        }
+        if out.is_empty() {
+            return;
+        }
+        let sent = self.sent.entry(peer).or_default();
+        for (p, a) in &out {
+            match a {
+                Some(a) => {
+                    sent.insert(*p, a.clone());
+                }
+                None => {
+                    sent.remove(p);
+                }
+            }
+        }
+        if let Some(sub) = self.subscribers.get(&peer) {
+            let _ = sub.tx.send(PeerMsg::Export(out)).await;
+        }
+    }
+
+    /// Installs the best path of each changed prefix if it came from a peer
+    /// whose routes go into the kernel.
+    fn sync_fib(&mut self, changed: &[Prefix]) {
+        let Some(fib) = &self.fib else { return };
+        let mut ops = Vec::new();
+        for p in changed {
+            let want = self.table.get(p).and_then(|v| best(v)).and_then(|b| {
+                let peer = b.peer.as_ref().filter(|q| q.kernel)?;
+                let via = match b.next_hop? {
+                    NextHop::V4(a) => IpAddr::V4(a),
+                    // The kernel wants the link-local gateway when there is
+                    // one (RFC 2545): it is what is on the tap.
+                    NextHop::V6 {
+                        link_local: Some(l),
+                        ..
+                    } => IpAddr::V6(l),
+                    NextHop::V6 { global, .. } => IpAddr::V6(global),
+                };
+                Some((via, peer.interface.as_ref().map(|i| i.index)))
+            });
+            match (want, self.installed.get(p)) {
+                (Some(w), Some(h)) if w == *h => {}
+                (Some((via, dev)), _) => {
+                    ops.push(FibChange::Install {
+                        prefix: *p,
+                        via,
+                        dev,
+                    });
+                    self.installed.insert(*p, (via, dev));
+                }
+                (None, Some(_)) => {
+                    ops.push(FibChange::Remove { prefix: *p });
+                    self.installed.remove(p);
+                }
+                (None, None) => {}
+            }
+        }
+        if !ops.is_empty() {
+            let _ = fib.send(ops);
+        }
+    }
+
+    fn show(&self) -> Vec<LocRibEntry> {
+        let origin = |p: &Path| {
+            p.peer
+                .as_ref()
+                .map_or("local".to_string(), |q| q.name.clone())
+        };
+        self.table
+            .iter()
+            .filter_map(|(p, v)| {
+                let b = best(v)?;
+                Some(LocRibEntry {
+                    prefix: p.to_string(),
+                    from: origin(b),
+                    next_hop: b.next_hop.map(|n| n.to_string()),
+                    as_path: b
+                        .attrs
+                        .as_path
+                        .as_ref()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    others: v
+                        .iter()
+                        .filter(|x| !std::ptr::eq(*x, b))
+                        .map(origin)
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bgp::AsPath;
+
+    fn peer(id: u64, asn: u32, ebgp: bool, rid: &str) -> Arc<PeerInfo> {
+        Arc::new(PeerInfo {
+            id,
+            name: format!("p{id}"),
+            address: format!("10.0.0.{id}").parse().unwrap(),
+            asn,
+            router_id: rid.parse().unwrap(),
+            ebgp,
+            vm: None,
+            group: None,
+            interface: None,
+            kernel: false,
+        })
+    }
+
+    fn path(peer: Arc<PeerInfo>, f: impl FnOnce(&mut PathAttributes)) -> Path {
+        let mut a = PathAttributes {
+            origin: Some(bgp::Origin::Igp),
+            as_path: Some(AsPath::from_sequence([peer.asn])),
+            ..Default::default()
+        };
+        f(&mut a);
+        Path {
+            peer: Some(peer),
+            next_hop: None,
+            attrs: Arc::new(a),
+        }
+    }
+
+    #[test]
+    fn best_path_tie_breakers_in_order() {
+        let a = peer(1, 65001, true, "10.0.0.1");
+        let b = peer(2, 65002, true, "10.0.0.2");
+        // Local preference first.
+        let x = path(a.clone(), |x| x.local_pref = Some(200));
+        let y = path(b.clone(), |_| {});
+        assert_eq!(compare(&x, &y), Ordering::Less);
+        // Then AS-path length.
+        let x = path(a.clone(), |x| {
+            x.as_path = Some(AsPath::from_sequence([65001, 1]))
+        });
+        assert_eq!(compare(&x, &y), Ordering::Greater);
+        // Then origin.
+        let x = path(a.clone(), |x| x.origin = Some(bgp::Origin::Incomplete));
+        assert_eq!(compare(&x, &y), Ordering::Greater);
+        // MED counts only within one neighbor AS.
+        let x = path(a.clone(), |x| x.med = Some(50));
+        assert_eq!(
+            compare(&x, &y),
+            Ordering::Less,
+            "different AS: MED ignored, router id decides"
+        );
+        let c = peer(3, 65001, true, "10.0.0.0");
+        let z = path(c.clone(), |x| x.med = Some(10));
+        assert_eq!(compare(&z, &x), Ordering::Less, "same AS: lower MED wins");
+        // eBGP over iBGP.
+        let i = peer(4, 64612, false, "10.0.0.0");
+        let w = path(i, |x| x.as_path = Some(AsPath::from_sequence([65009])));
+        assert_eq!(compare(&y, &w), Ordering::Less);
+        // Lowest router id, then lowest address.
+        let d = peer(5, 65002, true, "10.0.0.2");
+        assert_eq!(
+            compare(&path(b.clone(), |_| {}), &path(d, |_| {})),
+            Ordering::Less
+        );
+        // Local routes beat everything.
+        let local = Path {
+            peer: None,
+            next_hop: None,
+            attrs: Arc::new(PathAttributes::default()),
+        };
+        assert_eq!(compare(&local, &x), Ordering::Less);
+    }
+}
