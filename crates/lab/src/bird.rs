@@ -78,7 +78,7 @@ impl Bird {
 
     /// `show route PREFIX all` if BIRD has a route for exactly that prefix.
     pub fn route(&self, prefix: &str) -> Option<String> {
-        let out = self.cmd(&["show", "route", prefix, "all"]);
+        let out = self.try_cmd(&["show", "route", prefix, "all"])?;
         out.lines().any(|l| l.starts_with(prefix)).then_some(out)
     }
 }

@@ -120,6 +120,20 @@ impl Frr {
             .map(str::to_string)
     }
 
+    /// The detailed paths for one prefix (`show bgp ipv4|ipv6 unicast PREFIX
+    /// json`): `aspath.string`, `nexthops[].ip`, `community.string`, `valid`.
+    pub fn prefix_paths(&self, prefix: &str) -> Vec<Value> {
+        let afi = if prefix.contains(':') { "ipv6" } else { "ipv4" };
+        let v = self
+            .try_vtysh(&format!("show bgp {afi} unicast {prefix} json"))
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .unwrap_or(Value::Null);
+        if v["prefix"] != prefix {
+            return Vec::new();
+        }
+        v["paths"].as_array().cloned().unwrap_or_default()
+    }
+
     /// The paths FRR holds for a prefix (`show bgp ipv4|ipv6 unicast json`).
     pub fn paths(&self, prefix: &str) -> Vec<Value> {
         let afi = if prefix.contains(':') { "ipv6" } else { "ipv4" };

@@ -20,6 +20,7 @@ pub mod frr;
 pub mod gobgp;
 pub mod reference;
 pub mod tapir;
+pub mod tor;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

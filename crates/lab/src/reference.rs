@@ -202,3 +202,36 @@ pub fn vm_bird_link_local_config(n: u32, asn: u32, announce: &[&str], extra: &st
         vm_v4(n)
     )
 }
+
+/// A VM with both session styles: the reference IPv4 block (multihop to the
+/// gateway) and an IPv6 link-local block, each exporting its service
+/// prefixes of that family.
+pub fn vm_bird_dual_config(n: u32, asn: u32, v4: &[&str], v6: &[&str]) -> String {
+    let s4: String = v4
+        .iter()
+        .map(|p| format!("    route {p} unreachable;\n"))
+        .collect();
+    let s6: String = v6
+        .iter()
+        .map(|p| format!("    route {p} unreachable;\n"))
+        .collect();
+    let addr = vm_v4(n);
+    format!(
+        "log stderr all;\n\
+         router id {addr};\n\
+         protocol device {{ }}\n\
+         protocol static static4 {{\n    ipv4;\n{s4}}}\n\
+         protocol static static6 {{\n    ipv6;\n{s6}}}\n\
+         protocol bgp bgp1 {{\n    \
+             ipv4 {{ import none; export where source = RTS_STATIC; }};\n    \
+             local {addr} as {asn};\n    \
+             neighbor {GATEWAY_V4} external;\n    \
+             multihop;\n\
+         }}\n\
+         protocol bgp bgp6 {{\n    \
+             ipv6 {{ import none; export where source = RTS_STATIC; }};\n    \
+             local as {asn};\n    \
+             neighbor {GATEWAY_LL}%eth0 external;\n\
+         }}\n"
+    )
+}

@@ -747,12 +747,14 @@ fn parse_policy(
                     "vm" => crate::policy::Source::Vm,
                     "neighbor" => crate::policy::Source::Neighbor,
                     "local" => crate::policy::Source::Local,
-                    other => return Err(err(
-                        s.span(),
-                        format!(
+                    other => {
+                        return Err(err(
+                            s.span(),
+                            format!(
                             "policy.{name}: source `{other}` is not `vm`, `neighbor` or `local`"
                         ),
-                    )),
+                        ))
+                    }
                 }),
             },
         };

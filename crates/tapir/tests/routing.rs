@@ -1,0 +1,264 @@
+//! The routing core in the reference lab: VM routes reach the top-of-rack
+//! (BIRD, FRR, GoBGP) with the AS path the policy asks for, the kernel of
+//! hv1 holds what the Loc-RIB selected, and best-path selection between two
+//! VMs announcing one anycast prefix. Needs root.
+
+use std::path::Path;
+use std::time::Duration;
+
+use lab::reference;
+use lab::tor::{self, Kind, Tor, TorRoute};
+use lab::{wait_for, Lab};
+
+const TAPIR: &str = env!("CARGO_BIN_EXE_tapir");
+const WAIT: Duration = Duration::from_secs(30);
+
+fn example_with_mode(mode: &str) -> String {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml"),
+    )
+    .unwrap();
+    text.replace("as-path = \"strip\"", &format!("as-path = \"{mode}\""))
+}
+
+fn wait_tor(lab: &Lab, tor: &Tor, prefix: &str, want: impl Fn(&TorRoute) -> bool) -> TorRoute {
+    wait_for(WAIT, || tor.route(prefix).filter(|r| want(r))).unwrap_or_else(|| {
+        panic!(
+            "tor: {prefix} not as expected: {:?}\n{}",
+            tor.route(prefix),
+            lab.all_logs()
+        )
+    })
+}
+
+fn kernel_routes(lab: &Lab) -> Vec<String> {
+    let mut v = Vec::new();
+    for fam in ["-4", "-6"] {
+        let o = lab.ip("hv1", &[fam, "route", "show", "proto", "bgp"]);
+        v.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| l.trim().to_string()),
+        );
+    }
+    v
+}
+
+/// hv1 with vm11 (recdns1001) announcing its IPv4 and IPv6 service prefixes
+/// over its two sessions, and tor of the given kind.
+fn setup(kind: Kind, mode: &str) -> (Lab, Tor, lab::tapir::Tapir, lab::bird::Bird) {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 11);
+    let tor = tor::start(&mut lab, kind);
+    let vm = lab.bird(
+        "vm11",
+        &reference::vm_bird_dual_config(11, 64613, &["10.3.0.1/32"], &["2001:db8:3::1/128"]),
+    );
+    let cfg = lab.write("hv1/tapir.toml", &example_with_mode(mode));
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    (lab, tor, t, vm)
+}
+
+fn vm_routes_reach_tor(kind: Kind) {
+    let (lab, tor, t, vm) = setup(kind, "strip");
+    // strip: the VM's ASN is gone, the route leaves with 64612 alone.
+    let r4 = wait_tor(&lab, &tor, "10.3.0.1/32", |_| true);
+    assert_eq!(r4.next_hop, "10.192.21.6");
+    assert_eq!(r4.as_path, vec![64612], "{r4:?}");
+    assert!(r4.communities.contains(&"64612:100".to_string()), "{r4:?}");
+    let r6 = wait_tor(&lab, &tor, "2001:db8:3::1/128", |_| true);
+    assert_eq!(r6.next_hop, "2001:db8:21::6", "{r6:?}");
+    assert_eq!(r6.as_path, vec![64612], "{r6:?}");
+    // tor's own routes reach tapir but are not sent back to tor: the only
+    // route tapir exports on tor-v4 is the VM's.
+    let got = wait_for(WAIT, || {
+        t.routes_for("192.0.2.0/24")
+            .iter()
+            .any(|r| r["accepted"] == true)
+            .then_some(())
+    });
+    assert!(got.is_some(), "{}", t.show(&["routes"]));
+    let peers = t.json("peers");
+    let tor4 = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tor-v4")
+        .unwrap();
+    assert_eq!(tor4["routes_exported"], 1, "{tor4}");
+
+    // The VM withdraws: tor loses the prefix, and so does hv1's kernel.
+    vm.cmd(&["disable", "static4"]);
+    let gone = wait_for(WAIT, || tor.route("10.3.0.1/32").is_none().then_some(()));
+    assert!(
+        gone.is_some(),
+        "tor kept 10.3.0.1/32 after the VM withdrew it"
+    );
+    assert!(
+        tor.route("2001:db8:3::1/128").is_some(),
+        "the IPv6 prefix must stay"
+    );
+    let k = wait_for(WAIT, || {
+        let k = kernel_routes(&lab);
+        (!k.iter().any(|l| l.starts_with("10.3.0.1"))).then_some(k)
+    });
+    assert!(
+        k.is_some(),
+        "kernel kept 10.3.0.1: {:?}",
+        kernel_routes(&lab)
+    );
+}
+
+#[test]
+fn vm_routes_reach_a_bird_tor() {
+    vm_routes_reach_tor(Kind::Bird);
+}
+
+#[test]
+fn vm_routes_reach_an_frr_tor() {
+    vm_routes_reach_tor(Kind::Frr);
+}
+
+#[test]
+fn vm_routes_reach_a_gobgp_tor() {
+    vm_routes_reach_tor(Kind::Gobgp);
+}
+
+#[test]
+fn every_as_path_mode_at_a_bird_tor() {
+    for (mode, want) in [
+        ("keep", vec![64612, 64613]),
+        ("strip", vec![64612]),
+        ("strip-private", vec![64612]),
+        ("prepend 2", vec![64612, 64612, 64612, 64613]),
+    ] {
+        let (lab, tor, _t, _vm) = setup(Kind::Bird, mode);
+        let r = wait_tor(&lab, &tor, "10.3.0.1/32", |r| r.as_path == want);
+        assert_eq!(r.next_hop, "10.192.21.6", "{mode}");
+    }
+}
+
+#[test]
+fn kernel_holds_what_the_loc_rib_selected() {
+    let (mut lab, _tor, t, vm) = setup(Kind::Bird, "strip");
+    let expect = |k: &[String]| {
+        k.iter()
+            .any(|l| l.starts_with("10.3.0.1 via 10.192.24.11 dev tap11"))
+            && k.iter()
+                .any(|l| l.starts_with("2001:db8:3::1 via fe80::") && l.contains("dev tap11"))
+    };
+    let k = wait_for(WAIT, || {
+        let k = kernel_routes(&lab);
+        expect(&k).then_some(k)
+    })
+    .unwrap_or_else(|| panic!("kernel: {:?}\n{}", kernel_routes(&lab), t.show(&["rib"])));
+    // Exactly the VM routes of the Loc-RIB: tor's routes are not imported
+    // (kernel-import is off for upstream neighbors by default).
+    assert_eq!(k.len(), 2, "{k:?}");
+    let rib = t.json("rib");
+    let vm_routes: Vec<&str> = rib
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["from"] == "recdns1001")
+        .map(|r| r["prefix"].as_str().unwrap())
+        .collect();
+    assert_eq!(vm_routes, vec!["10.3.0.1/32", "2001:db8:3::1/128"]);
+
+    // Churn: withdraw and re-announce a few times; the kernel follows.
+    for _ in 0..3 {
+        vm.cmd(&["disable", "static4"]);
+        assert!(wait_for(WAIT, || (!kernel_routes(&lab)
+            .iter()
+            .any(|l| l.starts_with("10.3.0.1")))
+        .then_some(()))
+        .is_some());
+        vm.cmd(&["enable", "static4"]);
+        assert!(wait_for(WAIT, || expect(&kernel_routes(&lab)).then_some(())).is_some());
+    }
+    assert_eq!(kernel_routes(&lab).len(), 2);
+
+    // Stale routes of ours are removed when tapir starts again.
+    lab.ip(
+        "hv1",
+        &[
+            "route",
+            "add",
+            "10.3.0.99/32",
+            "via",
+            "10.192.24.11",
+            "dev",
+            "tap11",
+            "proto",
+            "bgp",
+        ],
+    );
+    lab.stop(t.pid);
+    let cfg = lab.dir().join("hv1/tapir.toml");
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let k = wait_for(WAIT, || {
+        let k = kernel_routes(&lab);
+        (expect(&k) && !k.iter().any(|l| l.starts_with("10.3.0.99"))).then_some(k)
+    });
+    assert!(
+        k.is_some(),
+        "{:?}\n{}",
+        kernel_routes(&lab),
+        t.show(&["rib"])
+    );
+}
+
+#[test]
+fn two_vms_one_anycast_prefix() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 12);
+    reference::add_vm(&mut lab, "hv1", 13);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let _a = lab.bird(
+        "vm12",
+        &reference::vm_bird_config(12, 64613, &["10.3.0.53/32"]),
+    );
+    let b = lab.bird(
+        "vm13",
+        &reference::vm_bird_config(13, 64613, &["10.3.0.53/32"]),
+    );
+    let cfg = lab.write("hv1/tapir.toml", &example_with_mode("strip"));
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    // Equal paths: the lower router id (vm12, 10.192.24.12) wins.
+    let k = wait_for(WAIT, || {
+        let k = kernel_routes(&lab);
+        k.iter()
+            .any(|l| l.starts_with("10.3.0.53 via 10.192.24.12 dev tap12"))
+            .then_some(k)
+    });
+    assert!(
+        k.is_some(),
+        "{:?}\n{}",
+        kernel_routes(&lab),
+        t.show(&["rib"])
+    );
+    // Both paths in the Loc-RIB, vm12's the best.
+    let e = wait_for(WAIT, || {
+        let rib = t.json("rib");
+        rib.as_array()?
+            .iter()
+            .find(|r| r["prefix"] == "10.3.0.53/32" && r["others"][0] == "tap13")
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("{}", t.show(&["rib"])));
+    assert_eq!(e["from"], "tap12");
+    wait_tor(&lab, &tor, "10.3.0.53/32", |r| r.next_hop == "10.192.21.6");
+    // vm12 goes away: vm13's path takes over in the kernel; tor keeps the prefix.
+    reference::unplug(&mut lab, "hv1", "tap12");
+    let k = wait_for(WAIT, || {
+        let k = kernel_routes(&lab);
+        k.iter()
+            .any(|l| l.starts_with("10.3.0.53 via 10.192.24.13 dev tap13"))
+            .then_some(k)
+    });
+    assert!(k.is_some(), "{:?}", kernel_routes(&lab));
+    assert!(tor.route("10.3.0.53/32").is_some());
+    assert!(b.is_established("bgp1"));
+}
