@@ -17,6 +17,12 @@ pub struct Frr {
 impl Lab {
     /// Starts zebra and bgpd in `host` with `bgpd_conf`.
     pub fn frr(&mut self, host: &str, bgpd_conf: &str) -> Frr {
+        self.frr_with(host, bgpd_conf, false)
+    }
+
+    /// As [`Lab::frr`]; `no_fib` keeps BGP routes out of the kernel
+    /// (`bgpd -n`), as a benchmark of BGP alone needs.
+    pub fn frr_with(&mut self, host: &str, bgpd_conf: &str, no_fib: bool) -> Frr {
         let dir = self.dir().join(host).join("frr");
         std::fs::create_dir_all(&dir).expect("frr directory");
         let d = dir.to_string_lossy().into_owned();
@@ -58,27 +64,30 @@ impl Lab {
             );
         }
         let log = format!("{host}/bgpd.log");
-        self.spawn(
-            host,
-            &[
-                "/usr/lib/frr/bgpd",
-                "-u",
-                "root",
-                "-g",
-                "frrvty",
-                "-f",
-                &bconf.to_string_lossy(),
-                "-i",
-                &format!("{d}/bgpd.pid"),
-                "-z",
-                &zserv,
-                "--vty_socket",
-                &d,
-                "-P",
-                "0",
-            ],
-            &log,
-        );
+        let bconf = bconf.to_string_lossy().into_owned();
+        let pid = format!("{d}/bgpd.pid");
+        let mut args = vec![
+            "/usr/lib/frr/bgpd",
+            "-u",
+            "root",
+            "-g",
+            "frrvty",
+            "-f",
+            &bconf,
+            "-i",
+            &pid,
+            "-z",
+            &zserv,
+            "--vty_socket",
+            &d,
+            "-P",
+            "0",
+        ];
+        if no_fib {
+            args.push("-n");
+        }
+        let bgpd = self.spawn(host, &args, &log);
+        self.frr_bgpd_pid = Some(bgpd);
         let frr = Frr { dir, log };
         if wait_for(Duration::from_secs(10), || {
             frr.try_vtysh("show bgp summary json")

@@ -9,6 +9,7 @@ use crate::{wait_for, Lab};
 
 pub struct Gobgp {
     pub target: String,
+    pub pid: u32,
     pub log: String,
 }
 
@@ -21,7 +22,7 @@ impl Lab {
             self.dir().join(host).join("gobgp.api").display()
         );
         let log = format!("{host}/gobgpd.log");
-        self.spawn(
+        let pid = self.spawn(
             host,
             &[
                 "gobgpd",
@@ -34,7 +35,7 @@ impl Lab {
             ],
             &log,
         );
-        let g = Gobgp { target, log };
+        let g = Gobgp { target, pid, log };
         if wait_for(Duration::from_secs(10), || g.try_cli(&["global"])).is_none() {
             panic!("gobgpd in {host} did not start:\n{}", self.log(&g.log));
         }

@@ -35,6 +35,8 @@ pub struct Lab {
     hosts: Vec<String>,
     children: Vec<(String, Child)>,
     dir: PathBuf,
+    /// The pid of the last bgpd started (FRR's BGP process, for RSS).
+    pub frr_bgpd_pid: Option<u32>,
 }
 
 /// Runs a command and returns its output; panics with the command line and
@@ -97,6 +99,7 @@ impl Lab {
             hosts: Vec::new(),
             children: Vec::new(),
             dir,
+            frr_bgpd_pid: None,
         }
     }
 
@@ -193,6 +196,15 @@ impl Lab {
             let (_, mut c) = self.children.remove(i);
             terminate(&mut c);
         }
+    }
+
+    /// Peak resident memory of a process, in KiB (VmHWM).
+    pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
     }
 
     /// The log of a spawned process (for failure messages).

@@ -18,6 +18,11 @@ pub struct Tapir {
 impl Lab {
     /// Starts `tapir run` in `host` with the config file at `config`.
     pub fn tapir(&mut self, host: &str, bin: &Path, config: &Path) -> Tapir {
+        self.tapir_with_log(host, bin, config, "debug")
+    }
+
+    /// As [`Lab::tapir`] with a log level (benchmarks use `info`).
+    pub fn tapir_with_log(&mut self, host: &str, bin: &Path, config: &Path, level: &str) -> Tapir {
         let socket = self.dir().join(host).join("tapir.sock");
         std::fs::create_dir_all(self.dir().join(host)).expect("host directory");
         let log = format!("{host}/tapir.log");
@@ -31,7 +36,7 @@ impl Lab {
                 "--socket",
                 &socket.to_string_lossy(),
                 "--log",
-                "debug",
+                level,
                 "--state-dir",
                 &self.dir().join(host).join("state").to_string_lossy(),
             ],

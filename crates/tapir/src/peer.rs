@@ -665,7 +665,7 @@ impl Peer {
                     continue;
                 }
             } else {
-                rib_announce.push((p, nh, (*attrs).clone()));
+                rib_announce.push((p, nh, attrs.clone()));
             }
             self.insert_route(
                 p,
@@ -754,7 +754,11 @@ impl Peer {
     }
 
     /// Tells the Loc-RIB what changed among the accepted routes.
-    fn rib_update(&self, announce: Vec<(Prefix, NextHop, PathAttributes)>, withdraw: Vec<Prefix>) {
+    fn rib_update(
+        &self,
+        announce: Vec<(Prefix, NextHop, Arc<PathAttributes>)>,
+        withdraw: Vec<Prefix>,
+    ) {
         if let (Some(info), false) = (&self.info, announce.is_empty() && withdraw.is_empty()) {
             self.to_rib(RibMsg::Update {
                 peer: info.clone(),

@@ -56,7 +56,7 @@ pub enum RibMsg {
     /// A batch from one peer: routes now accepted, prefixes no longer.
     Update {
         peer: Arc<PeerInfo>,
-        announce: Vec<(Prefix, NextHop, PathAttributes)>,
+        announce: Vec<(Prefix, NextHop, Arc<PathAttributes>)>,
         withdraw: Vec<Prefix>,
     },
     /// Everything from this peer is gone.
@@ -195,6 +195,16 @@ impl Rib {
         a
     }
 
+    /// Interns an attribute set that already sits behind an `Arc` (the
+    /// peer's, shared by the prefixes of one UPDATE): no copy.
+    fn intern_arc(&mut self, attrs: Arc<PathAttributes>) -> Arc<PathAttributes> {
+        if let Some(a) = self.interned.get(&*attrs) {
+            return a.clone();
+        }
+        self.interned.insert(attrs.clone());
+        attrs
+    }
+
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<RibMsg>) {
         // Send the local routes to the kernel? No: they are ours to
         // announce, not to forward.
@@ -238,7 +248,7 @@ impl Rib {
                     }
                 }
                 for (p, nh, attrs) in announce {
-                    let attrs = self.intern(attrs);
+                    let attrs = self.intern_arc(attrs);
                     let v = self.table.entry(p).or_default();
                     v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
                     v.push(Path {

@@ -1,0 +1,429 @@
+//! Benchmark B3 (DESIGN §6): N prefixes injected by one peer, time until all
+//! are received by another peer through the daemon under test, and the
+//! daemon's peak RSS; tapir, BIRD, FRR and GoBGP in the same run, with
+//! ratios. A benchmark prints numbers; it asserts nothing about time.
+//!
+//! ```text
+//! tapir-bench run --tapir PATH [--prefixes N] [--daemons tapir,bird,frr,gobgp]
+//! ```
+//!
+//! The injector and the receiver are this same program (`inject`, `sink`)
+//! run inside their namespaces: our codec, UPDATEs encoded before the clock
+//! starts, prefixes sharing attribute sets in groups of 16 with varied AS
+//! paths and communities.
+//!
+//! ```text
+//!  inj 10.0.1.2 ──── 10.0.1.1 dut 10.0.2.1 ──── 10.0.2.2 sink
+//!  AS 65001            AS 64612 (daemon under test)   AS 65002
+//! ```
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bgp::attribute::LargeCommunity;
+use bgp::capability::Capability;
+use bgp::{AfiSafi, AsPath, Context, Message, NextHop, Open, Origin, PathAttributes, Prefix};
+use lab::{wait_for, Lab};
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// The i-th benchmark prefix: distinct /24s from 10.0.0.0 on (1M fit
+/// below 26.0.0.0).
+fn prefix(i: u32) -> Prefix {
+    let a = 0x0a00_0000u32 + (i << 8);
+    Prefix::new(Ipv4Addr::from(a).into(), 24).expect("valid /24")
+}
+
+/// Pre-encoded UPDATEs: groups of 16 prefixes per attribute set.
+fn updates(n: u32, next_hop: Ipv4Addr) -> Vec<Vec<u8>> {
+    let cxt = Context::modern();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let g = i / 16;
+        let attrs = PathAttributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(AsPath::from_sequence([
+                65001,
+                100 + g % 1000,
+                3000 + g % 777,
+            ])),
+            communities: vec![(65001 << 16) | (g % 50)],
+            large_communities: if g % 3 == 0 {
+                vec![LargeCommunity {
+                    global: 65001,
+                    local1: g % 7,
+                    local2: 1,
+                }]
+            } else {
+                Vec::new()
+            },
+            med: (g % 5 == 0).then_some(g % 100),
+            ..Default::default()
+        };
+        let ps: Vec<Prefix> = (i..(i + 16).min(n)).map(prefix).collect();
+        out.extend(bgp::update::encode_announce(
+            &attrs,
+            NextHop::V4(next_hop),
+            &ps,
+            &cxt,
+        ));
+        i += 16;
+    }
+    out
+}
+
+fn open(asn: u32, id: Ipv4Addr) -> Vec<u8> {
+    Message::Open(Open::new(
+        asn,
+        240,
+        id,
+        vec![
+            Capability::Multiprotocol(AfiSafi::IPV4_UNICAST),
+            Capability::RouteRefresh,
+        ],
+    ))
+    .encode(&Context::default())
+}
+
+/// Reads whole messages; answers OPEN with KEEPALIVE. Calls `f` on each.
+fn pump(s: &mut TcpStream, buf: &mut Vec<u8>, mut f: impl FnMut(&Message) -> bool) -> bool {
+    let cxt = Context::modern();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        while let Ok(Some((m, used))) = Message::decode(buf, &cxt) {
+            buf.drain(..used);
+            if let Message::Open(_) = m {
+                let _ = s.write_all(&Message::Keepalive.encode(&cxt));
+            }
+            if let Message::Notification(n) = &m {
+                eprintln!("NOTIFICATION {n}");
+                return false;
+            }
+            if !f(&m) {
+                return true;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn inject(args: &[String]) -> ExitCode {
+    let connect = arg(args, "--connect").expect("--connect");
+    let n: u32 = arg(args, "--prefixes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let id: Ipv4Addr = arg(args, "--id")
+        .and_then(|v| v.parse().ok())
+        .expect("--id");
+    let msgs = updates(n, id);
+    let mut s = loop {
+        match TcpStream::connect(&connect) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let _ = s.set_nodelay(true);
+    s.write_all(&open(65001, id)).expect("send OPEN");
+    let mut buf = Vec::new();
+    let mut up = false;
+    pump(&mut s, &mut buf, |m| {
+        if let Message::Keepalive = m {
+            up = true;
+            return false;
+        }
+        true
+    });
+    if !up {
+        eprintln!("inject: session did not come up");
+        return ExitCode::FAILURE;
+    }
+    println!("START {}", now_nanos());
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, s.try_clone().expect("clone"));
+    for m in &msgs {
+        w.write_all(m).expect("send UPDATE");
+    }
+    w.flush().expect("flush");
+    drop(w);
+    println!("SENT {}", now_nanos());
+    // Keep the session up (keepalives) until killed.
+    let mut last = Instant::now();
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut chunk = [0u8; 4096];
+    loop {
+        if last.elapsed() > Duration::from_secs(30) {
+            let _ = s.write_all(&Message::Keepalive.encode(&Context::default()));
+            last = Instant::now();
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => return ExitCode::SUCCESS,
+            _ => {}
+        }
+    }
+}
+
+fn sink(args: &[String]) -> ExitCode {
+    let listen = arg(args, "--listen").expect("--listen");
+    let n: usize = arg(args, "--prefixes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let id: Ipv4Addr = arg(args, "--id")
+        .and_then(|v| v.parse().ok())
+        .expect("--id");
+    let l = TcpListener::bind(&listen).expect("listen");
+    let (mut s, _) = l.accept().expect("accept");
+    s.write_all(&open(65002, id)).expect("send OPEN");
+    let mut buf = Vec::new();
+    let mut have: HashSet<Prefix> = HashSet::with_capacity(n);
+    let mut announced = false;
+    let mut keepalive_at = Instant::now() + Duration::from_secs(30);
+    let ok = pump(&mut s.try_clone().expect("clone"), &mut buf, |m| {
+        if Instant::now() > keepalive_at {
+            let _ = s.write_all(&Message::Keepalive.encode(&Context::default()));
+            keepalive_at = Instant::now() + Duration::from_secs(30);
+        }
+        match m {
+            Message::Keepalive if !announced => {
+                announced = true;
+                println!("ESTABLISHED {}", now_nanos());
+            }
+            Message::Update(u) => {
+                for p in u.withdrawn_all() {
+                    have.remove(&p);
+                }
+                for (p, _) in u.announced() {
+                    have.insert(p);
+                }
+                if have.len() >= n {
+                    println!("DONE {}", now_nanos());
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        true
+    });
+    if !ok {
+        eprintln!("sink: session ended with {} prefixes", have.len());
+        return ExitCode::FAILURE;
+    }
+    // Stay until killed.
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+struct Result {
+    daemon: String,
+    secs: f64,
+    rss_mib: f64,
+}
+
+fn wait_line(lab: &Lab, log: &str, key: &str, timeout: Duration) -> Option<u128> {
+    wait_for(timeout, || {
+        lab.log(log).lines().find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|v| v.trim().parse::<u128>().ok())
+        })
+    })
+}
+
+fn bench_one(
+    daemon: &str,
+    tapir: &PathBuf,
+    n: u32,
+    me: &str,
+) -> std::result::Result<Result, String> {
+    let mut lab = Lab::new();
+    for h in ["inj", "dut", "sink"] {
+        lab.add_host(h);
+    }
+    lab.link("inj", "eth0", "dut", "inj0");
+    lab.link("dut", "sink0", "sink", "eth0");
+    lab.addr("inj", "eth0", "10.0.1.2/24");
+    lab.addr("dut", "inj0", "10.0.1.1/24");
+    lab.addr("dut", "sink0", "10.0.2.1/24");
+    lab.addr("sink", "eth0", "10.0.2.2/24");
+    for (h, d) in [
+        ("inj", "eth0"),
+        ("dut", "inj0"),
+        ("dut", "sink0"),
+        ("sink", "eth0"),
+    ] {
+        lab.up(h, d);
+    }
+    let ns = n.to_string();
+    lab.spawn(
+        "sink",
+        &[
+            me,
+            "sink",
+            "--listen",
+            "0.0.0.0:179",
+            "--prefixes",
+            &ns,
+            "--id",
+            "10.0.2.2",
+        ],
+        "sink.log",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = match daemon {
+        "tapir" => {
+            let cfg = lab.write(
+                "dut/tapir.toml",
+                "router-id = \"10.0.1.1\"\nlocal-as = 64612\n\n\
+                 [[neighbor]]\nname = \"inj\"\naddress = \"10.0.1.2\"\nremote-as = 65001\npassive = true\nhold-time = 240\n\n\
+                 [[neighbor]]\nname = \"sink\"\naddress = \"10.0.2.2\"\nremote-as = 65002\nhold-time = 240\nexport = \"ALL\"\n\n\
+                 [policy.ALL]\ndefault = \"accept\"\n\n[kernel]\ninstall = false\n",
+            );
+            lab.tapir_with_log("dut", tapir, &cfg, "info").pid
+        }
+        "bird" => {
+            lab.bird(
+                "dut",
+                "router id 10.0.1.1;\nprotocol device { }\n\
+                 protocol bgp inj { local 10.0.1.1 as 64612; neighbor 10.0.1.2 as 65001; passive on;\n  ipv4 { import all; export none; }; }\n\
+                 protocol bgp sink { local 10.0.2.1 as 64612; neighbor 10.0.2.2 as 65002; connect delay time 0;\n  ipv4 { import none; export all; }; }\n",
+            )
+            .pid
+        }
+        "frr" => {
+            lab.frr_with(
+                "dut",
+                "hostname dut\nrouter bgp 64612\n bgp router-id 10.0.1.1\n no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n \
+                 neighbor 10.0.1.2 remote-as 65001\n neighbor 10.0.1.2 passive\n neighbor 10.0.2.2 remote-as 65002\n neighbor 10.0.2.2 timers connect 1\n \
+                 address-family ipv4 unicast\n  neighbor 10.0.1.2 activate\n  neighbor 10.0.2.2 activate\n exit-address-family\nexit\n",
+                true,
+            );
+            lab.frr_bgpd_pid.ok_or("no bgpd pid")?
+        }
+        "gobgp" => {
+            let g = lab.gobgp(
+                "dut",
+                "[global.config]\n  as = 64612\n  router-id = \"10.0.1.1\"\n\
+                 [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.0.1.2\"\n    peer-as = 65001\n\
+                 [neighbors.transport.config]\n    passive-mode = true\n\
+                 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n\
+                 [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.0.2.2\"\n    peer-as = 65002\n\
+                 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n",
+            );
+            g.pid
+        }
+        other => return Err(format!("unknown daemon {other}")),
+    };
+    if wait_line(&lab, "sink.log", "ESTABLISHED ", Duration::from_secs(60)).is_none() {
+        return Err(format!(
+            "{daemon}: no session to the sink\n{}",
+            lab.all_logs()
+        ));
+    }
+    lab.spawn(
+        "inj",
+        &[
+            me,
+            "inject",
+            "--connect",
+            "10.0.1.1:179",
+            "--prefixes",
+            &ns,
+            "--id",
+            "10.0.1.2",
+        ],
+        "inject.log",
+    );
+    let start =
+        wait_line(&lab, "inject.log", "START ", Duration::from_secs(60)).ok_or_else(|| {
+            format!(
+                "{daemon}: the injector's session did not come up\n{}",
+                lab.all_logs()
+            )
+        })?;
+    let done = wait_line(&lab, "sink.log", "DONE ", Duration::from_secs(600))
+        .ok_or_else(|| format!("{daemon}: not all prefixes arrived in 600 s"))?;
+    let rss = Lab::peak_rss_kib(pid).unwrap_or(0);
+    Ok(Result {
+        daemon: daemon.to_string(),
+        secs: (done.saturating_sub(start)) as f64 / 1e9,
+        rss_mib: rss as f64 / 1024.0,
+    })
+}
+
+fn run(args: &[String]) -> ExitCode {
+    let Some(tapir) = arg(args, "--tapir").map(PathBuf::from) else {
+        eprintln!(
+            "usage: tapir-bench run --tapir PATH [--prefixes N] [--daemons tapir,bird,frr,gobgp]"
+        );
+        return ExitCode::FAILURE;
+    };
+    let n: u32 = arg(args, "--prefixes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    if n == 0 || n > 1_000_000 {
+        eprintln!("--prefixes: 1 to 1000000");
+        return ExitCode::FAILURE;
+    }
+    let daemons = arg(args, "--daemons").unwrap_or_else(|| "tapir,bird,frr,gobgp".into());
+    let me = std::env::current_exe().expect("own path");
+    let me = me.to_string_lossy().into_owned();
+    println!("B3 throughput: {n} IPv4 prefixes, injector -> daemon -> receiver, one run each");
+    let mut results = Vec::new();
+    for d in daemons.split(',') {
+        match bench_one(d, &tapir, n, &me) {
+            Ok(r) => {
+                println!(
+                    "  {:<6} {:>8.2} s  {:>8.0} prefixes/s  peak RSS {:>7.1} MiB",
+                    r.daemon,
+                    r.secs,
+                    n as f64 / r.secs,
+                    r.rss_mib
+                );
+                results.push(r);
+            }
+            Err(e) => println!("  {d:<6} failed: {e}"),
+        }
+    }
+    if let Some(t) = results.iter().find(|r| r.daemon == "tapir") {
+        println!("ratios (other / tapir: above 1 means tapir is faster / smaller):");
+        for r in results.iter().filter(|r| r.daemon != "tapir") {
+            println!(
+                "  {:<6} time x{:.2}  memory x{:.2}",
+                r.daemon,
+                r.secs / t.secs,
+                r.rss_mib / t.rss_mib
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("run") => run(&args),
+        Some("inject") => inject(&args),
+        Some("sink") => sink(&args),
+        _ => {
+            eprintln!("usage: tapir-bench run --tapir PATH [--prefixes N] [--daemons tapir,bird,frr,gobgp]");
+            ExitCode::FAILURE
+        }
+    }
+}
