@@ -173,9 +173,8 @@ fn inject(args: &[String]) -> ExitCode {
             let _ = s.write_all(&Message::Keepalive.encode(&Context::default()));
             last = Instant::now();
         }
-        match s.read(&mut chunk) {
-            Ok(0) => return ExitCode::SUCCESS,
-            _ => {}
+        if let Ok(0) = s.read(&mut chunk) {
+            return ExitCode::SUCCESS;
         }
     }
 }
@@ -248,7 +247,7 @@ fn wait_line(lab: &Lab, log: &str, key: &str, timeout: Duration) -> Option<u128>
 
 fn bench_one(
     daemon: &str,
-    tapir: &PathBuf,
+    tapir: &std::path::Path,
     n: u32,
     me: &str,
 ) -> std::result::Result<Result, String> {
