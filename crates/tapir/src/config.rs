@@ -83,6 +83,9 @@ pub struct KernelConfig {
     pub protocol: u8,
     /// Route metric (priority); lower is preferred by the kernel.
     pub metric: u32,
+    /// Install all equally good paths as one ECMP route (anycast served by
+    /// several VMs).
+    pub multipath: bool,
 }
 
 impl Default for KernelConfig {
@@ -91,6 +94,7 @@ impl Default for KernelConfig {
             install: true,
             protocol: 186,
             metric: 20,
+            multipath: false,
         }
     }
 }
@@ -331,6 +335,8 @@ struct RawKernel {
     protocol: Option<Spanned<String>>,
     #[serde(default = "default_metric")]
     metric: u32,
+    #[serde(default)]
+    multipath: bool,
 }
 
 fn yes() -> bool {
@@ -523,6 +529,7 @@ impl Config {
                         })?,
                 },
                 metric: k.metric,
+                multipath: k.multipath,
             },
         };
         let mut neighbors: Vec<Neighbor> = Vec::new();

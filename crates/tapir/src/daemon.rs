@@ -42,7 +42,12 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
     } else {
         None
     };
-    let rib = crate::rib::spawn(config.local_as, config.announce.clone(), fib);
+    let rib = crate::rib::spawn(
+        config.local_as,
+        config.announce.clone(),
+        fib,
+        config.kernel.multipath,
+    );
     let local = Arc::new(Local {
         router_id: config.router_id,
         local_as: config.local_as,

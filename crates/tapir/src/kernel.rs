@@ -195,7 +195,7 @@ pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
 
 use crate::rib::FibChange;
 use bgp::Prefix;
-use rtnetlink::packet_route::route::RouteProtocol;
+use rtnetlink::packet_route::route::{RouteNextHop, RouteProtocol};
 
 fn route_message(prefix: &Prefix, protocol: u8, metric: u32) -> RouteMessage {
     match *prefix {
@@ -251,32 +251,49 @@ pub fn spawn_writer(
         while let Some(batch) = rx.recv().await {
             for ch in batch {
                 match ch {
-                    FibChange::Install { prefix, via, dev } => {
+                    FibChange::Install { prefix, hops } => {
                         let mut m = route_message(&prefix, protocol, metric);
-                        match (prefix, via) {
-                            (Prefix::V4(..), IpAddr::V4(g)) => m
-                                .attributes
-                                .push(RouteAttribute::Gateway(RouteAddress::Inet(g))),
-                            (Prefix::V6(..), IpAddr::V6(g)) => m
-                                .attributes
-                                .push(RouteAttribute::Gateway(RouteAddress::Inet6(g))),
+                        let gw = |via: IpAddr| match (prefix, via) {
+                            (Prefix::V4(..), IpAddr::V4(g)) => {
+                                Some(RouteAttribute::Gateway(RouteAddress::Inet(g)))
+                            }
+                            (Prefix::V6(..), IpAddr::V6(g)) => {
+                                Some(RouteAttribute::Gateway(RouteAddress::Inet6(g)))
+                            }
                             // An IPv4 prefix with an IPv6 next hop (RFC
                             // 8950) needs RTA_VIA.
-                            (Prefix::V4(..), IpAddr::V6(g)) => {
-                                m.attributes.push(RouteAttribute::Via(
-                                    rtnetlink::packet_route::route::RouteVia::Inet6(g),
-                                ))
+                            (Prefix::V4(..), IpAddr::V6(g)) => Some(RouteAttribute::Via(
+                                rtnetlink::packet_route::route::RouteVia::Inet6(g),
+                            )),
+                            (Prefix::V6(..), IpAddr::V4(_)) => None,
+                        };
+                        match hops.as_slice() {
+                            [] => continue,
+                            [(via, dev)] => {
+                                let Some(a) = gw(*via) else {
+                                    warn!(%prefix, "IPv6 prefix with an IPv4 next hop not installed");
+                                    continue;
+                                };
+                                m.attributes.push(a);
+                                if let Some(d) = dev {
+                                    m.attributes.push(RouteAttribute::Oif(*d));
+                                }
                             }
-                            (Prefix::V6(..), IpAddr::V4(_)) => {
-                                warn!(%prefix, "IPv6 prefix with an IPv4 next hop not installed");
-                                continue;
+                            many => {
+                                let hops: Vec<RouteNextHop> = many
+                                    .iter()
+                                    .filter_map(|(via, dev)| {
+                                        let mut h = RouteNextHop::default();
+                                        h.interface_index = dev.unwrap_or(0);
+                                        h.attributes = vec![gw(*via)?];
+                                        Some(h)
+                                    })
+                                    .collect();
+                                m.attributes.push(RouteAttribute::MultiPath(hops));
                             }
-                        }
-                        if let Some(d) = dev {
-                            m.attributes.push(RouteAttribute::Oif(d));
                         }
                         if let Err(e) = handle.route().add(m).replace().execute().await {
-                            warn!(%prefix, %via, error = %e, "kernel refused a route");
+                            warn!(%prefix, error = %e, "kernel refused a route");
                         }
                     }
                     FibChange::Remove { prefix } => {

@@ -86,13 +86,16 @@ pub struct LocRibEntry {
     pub others: Vec<String>,
 }
 
+/// One kernel next hop: a gateway, out of an interface if known.
+pub type FibHop = (IpAddr, Option<u32>);
+
 /// A route change for the kernel writer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FibChange {
+    /// Several hops make an ECMP route.
     Install {
         prefix: Prefix,
-        via: IpAddr,
-        dev: Option<u32>,
+        hops: Vec<FibHop>,
     },
     Remove {
         prefix: Prefix,
@@ -115,13 +118,16 @@ pub struct Rib {
     sent: HashMap<PeerId, BTreeMap<Prefix, Arc<PathAttributes>>>,
     fib: Option<mpsc::UnboundedSender<Vec<FibChange>>>,
     /// What the kernel was told, per prefix.
-    installed: BTreeMap<Prefix, (IpAddr, Option<u32>)>,
+    installed: BTreeMap<Prefix, Vec<FibHop>>,
+    /// Install all equally good paths as one ECMP route.
+    multipath: bool,
 }
 
 pub fn spawn(
     local_as: u32,
     local_routes: Vec<Prefix>,
     fib: Option<mpsc::UnboundedSender<Vec<FibChange>>>,
+    multipath: bool,
 ) -> mpsc::UnboundedSender<RibMsg> {
     // Unbounded so that peers never wait on the RIB (which may be waiting
     // to hand them exports) and their messages stay in order.
@@ -134,6 +140,7 @@ pub fn spawn(
         sent: HashMap::new(),
         fib,
         installed: BTreeMap::new(),
+        multipath,
     };
     let attrs = rib.intern(PathAttributes {
         origin: Some(bgp::Origin::Igp),
@@ -154,6 +161,17 @@ pub fn spawn(
 /// RFC 4271 §9.1.2.2 and the usual tie-breakers; `Less` means `a` is
 /// better.
 pub fn compare(a: &Path, b: &Path) -> Ordering {
+    compare_for_multipath(a, b).then_with(|| match (&a.peer, &b.peer) {
+        (Some(pa), Some(pb)) => u32::from(pa.router_id)
+            .cmp(&u32::from(pb.router_id))
+            .then_with(|| pa.address.cmp(&pb.address)),
+        _ => Ordering::Equal,
+    })
+}
+
+/// The comparison up to, not including, the router-id tie-breakers: paths
+/// equal here are equally good for ECMP (as BIRD and FRR count them).
+pub fn compare_for_multipath(a: &Path, b: &Path) -> Ordering {
     let (pa, pb) = match (&a.peer, &b.peer) {
         (None, None) => return Ordering::Equal,
         (None, Some(_)) => return Ordering::Less,
@@ -177,8 +195,6 @@ pub fn compare(a: &Path, b: &Path) -> Ordering {
             }
         })
         .then_with(|| pb.ebgp.cmp(&pa.ebgp))
-        .then_with(|| u32::from(pa.router_id).cmp(&u32::from(pb.router_id)))
-        .then_with(|| pa.address.cmp(&pb.address))
 }
 
 fn best(paths: &[Path]) -> Option<&Path> {
@@ -372,37 +388,50 @@ impl Rib {
     /// whose routes go into the kernel.
     fn sync_fib(&mut self, changed: &[Prefix]) {
         let Some(fib) = &self.fib else { return };
+        let hop = |b: &Path| -> Option<FibHop> {
+            let peer = b.peer.as_ref().filter(|q| q.kernel)?;
+            let via = match b.next_hop? {
+                NextHop::V4(a) => IpAddr::V4(a),
+                // The kernel wants the link-local gateway when there is
+                // one (RFC 2545): it is what is on the tap.
+                NextHop::V6 {
+                    link_local: Some(l),
+                    ..
+                } => IpAddr::V6(l),
+                NextHop::V6 { global, .. } => IpAddr::V6(global),
+            };
+            Some((via, peer.interface.as_ref().map(|i| i.index)))
+        };
         let mut ops = Vec::new();
         for p in changed {
-            let want = self.table.get(p).and_then(|v| best(v)).and_then(|b| {
-                let peer = b.peer.as_ref().filter(|q| q.kernel)?;
-                let via = match b.next_hop? {
-                    NextHop::V4(a) => IpAddr::V4(a),
-                    // The kernel wants the link-local gateway when there is
-                    // one (RFC 2545): it is what is on the tap.
-                    NextHop::V6 {
-                        link_local: Some(l),
-                        ..
-                    } => IpAddr::V6(l),
-                    NextHop::V6 { global, .. } => IpAddr::V6(global),
-                };
-                Some((via, peer.interface.as_ref().map(|i| i.index)))
-            });
-            match (want, self.installed.get(p)) {
-                (Some(w), Some(h)) if w == *h => {}
-                (Some((via, dev)), _) => {
+            let want: Vec<FibHop> = match self.table.get(p).and_then(|v| best(v).map(|b| (v, b))) {
+                None => Vec::new(),
+                Some((v, b)) if self.multipath => {
+                    let mut hops: Vec<FibHop> = v
+                        .iter()
+                        .filter(|x| compare_for_multipath(x, b) == Ordering::Equal)
+                        .filter_map(hop)
+                        .collect();
+                    hops.sort();
+                    hops.dedup();
+                    hops
+                }
+                Some((_, b)) => hop(b).into_iter().collect(),
+            };
+            match (want.is_empty(), self.installed.get(p)) {
+                (false, Some(h)) if *h == want => {}
+                (false, _) => {
                     ops.push(FibChange::Install {
                         prefix: *p,
-                        via,
-                        dev,
+                        hops: want.clone(),
                     });
-                    self.installed.insert(*p, (via, dev));
+                    self.installed.insert(*p, want);
                 }
-                (None, Some(_)) => {
+                (true, Some(_)) => {
                     ops.push(FibChange::Remove { prefix: *p });
                     self.installed.remove(p);
                 }
-                (None, None) => {}
+                (true, None) => {}
             }
         }
         if !ops.is_empty() {

@@ -262,3 +262,47 @@ fn two_vms_one_anycast_prefix() {
     assert!(tor.route("10.3.0.53/32").is_some());
     assert!(b.is_established("bgp1"));
 }
+
+#[test]
+fn two_vms_one_anycast_prefix_with_multipath() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 12);
+    reference::add_vm(&mut lab, "hv1", 13);
+    let _a = lab.bird(
+        "vm12",
+        &reference::vm_bird_config(12, 64613, &["10.3.0.53/32"]),
+    );
+    let _b = lab.bird(
+        "vm13",
+        &reference::vm_bird_config(13, 64613, &["10.3.0.53/32"]),
+    );
+    let cfg = example_with_mode("strip").replace("metric = 20", "metric = 20\nmultipath = true");
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let both = |k: &[String]| {
+        k.iter()
+            .any(|l| l.starts_with("nexthop via 10.192.24.12 dev tap12"))
+            && k.iter()
+                .any(|l| l.starts_with("nexthop via 10.192.24.13 dev tap13"))
+    };
+    let k = wait_for(WAIT, || {
+        let k = kernel_routes(&lab);
+        both(&k).then_some(k)
+    });
+    assert!(
+        k.is_some(),
+        "no ECMP route: {:?}\n{}",
+        kernel_routes(&lab),
+        t.show(&["rib"])
+    );
+    // One VM leaves: a plain route via the other.
+    reference::unplug(&mut lab, "hv1", "tap12");
+    let k = wait_for(WAIT, || {
+        let k = kernel_routes(&lab);
+        k.iter()
+            .any(|l| l.starts_with("10.3.0.53 via 10.192.24.13 dev tap13"))
+            .then_some(k)
+    });
+    assert!(k.is_some(), "{:?}", kernel_routes(&lab));
+}
