@@ -94,6 +94,9 @@ pub struct Config {
     pub extended_next_hop: bool,
     /// Graceful restart capability to send (RFC 4724); `None` sends none.
     pub graceful_restart: Option<u16>,
+    /// We are restarting with our forwarding state kept (RFC 4724 §4.1):
+    /// the Restart State bit and every family's Forwarding State bit.
+    pub restarting: bool,
 }
 
 impl Config {
@@ -112,7 +115,7 @@ impl Config {
         }
         if let Some(time) = self.graceful_restart {
             caps.push(Capability::GracefulRestart(GracefulRestart {
-                restarting: false,
+                restarting: self.restarting,
                 notification: false,
                 restart_time: time.min(0x0fff),
                 families: self
@@ -120,7 +123,7 @@ impl Config {
                     .iter()
                     .map(|f| GracefulRestartFamily {
                         family: *f,
-                        forwarding_preserved: false,
+                        forwarding_preserved: self.restarting,
                     })
                     .collect(),
             }));
@@ -311,6 +314,17 @@ impl Session {
             State::OpenSent | State::OpenConfirm | State::Established
         ) {
             self.fail(now, DownReason::NotificationSent(notification));
+        }
+    }
+
+    /// Drops the connection without a NOTIFICATION, as a restarting
+    /// speaker does so that its peers keep its routes (RFC 4724 §4.1); no
+    /// automatic restart.
+    pub fn abort(&mut self, now: Instant) {
+        self.enabled = false;
+        if self.state != State::Idle {
+            self.events.push_back(Event::Disconnect);
+            self.enter_idle(now);
         }
     }
 

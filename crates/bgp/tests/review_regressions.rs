@@ -18,6 +18,7 @@ fn cfg(asn: u32, id: &str) -> Config {
         families: vec![AfiSafi::IPV4_UNICAST],
         extended_next_hop: false,
         graceful_restart: None,
+        restarting: false,
     }
 }
 

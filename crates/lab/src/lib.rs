@@ -198,6 +198,16 @@ impl Lab {
         }
     }
 
+    /// Kills a process started with [`Lab::spawn`] at once (SIGKILL), as a
+    /// crash would, and waits for it.
+    pub fn kill(&mut self, pid: u32) {
+        if let Some(i) = self.children.iter().position(|(_, c)| c.id() == pid) {
+            let (_, mut c) = self.children.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Peak resident memory of a process, in KiB (VmHWM).
     pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -72,6 +72,27 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// Kernel FIB sync (`[kernel]`).
     pub kernel: KernelConfig,
+    /// Graceful restart (`[graceful-restart]`, RFC 4724).
+    pub graceful_restart: GracefulRestartConfig,
+}
+
+/// `[graceful-restart]`: tapir as restarting speaker and as helper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GracefulRestartConfig {
+    /// Restart time advertised to upstream neighbors (0: no capability).
+    pub restart_time: u16,
+    /// After a graceful restart: how long to wait for the VMs to announce
+    /// again before stale kernel routes go and End-of-RIB goes upstream.
+    pub deferral: Duration,
+}
+
+impl Default for GracefulRestartConfig {
+    fn default() -> Self {
+        GracefulRestartConfig {
+            restart_time: 120,
+            deferral: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[kernel]`: how routes go into the kernel.
@@ -255,6 +276,14 @@ struct RawConfig {
     #[serde(default)]
     policy: std::collections::BTreeMap<String, Spanned<RawPolicy>>,
     kernel: Option<RawKernel>,
+    graceful_restart: Option<RawGracefulRestart>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawGracefulRestart {
+    restart_time: Option<Spanned<u16>>,
+    deferral: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -532,6 +561,27 @@ impl Config {
                 multipath: k.multipath,
             },
         };
+        let mut graceful_restart = GracefulRestartConfig::default();
+        if let Some(g) = &raw.graceful_restart {
+            if let Some(t) = &g.restart_time {
+                if *t.get_ref() > 4095 {
+                    return Err(err(
+                        t.span(),
+                        "graceful-restart.restart-time: at most 4095 seconds (RFC 4724)".into(),
+                    ));
+                }
+                graceful_restart.restart_time = *t.get_ref();
+            }
+            if let Some(d) = &g.deferral {
+                if *d.get_ref() == 0 || *d.get_ref() > 3600 {
+                    return Err(err(
+                        d.span(),
+                        "graceful-restart.deferral: 1 to 3600 seconds".into(),
+                    ));
+                }
+                graceful_restart.deferral = Duration::from_secs(*d.get_ref());
+            }
+        }
         let mut neighbors: Vec<Neighbor> = Vec::new();
         for (i, n) in raw.neighbor.into_iter().enumerate() {
             let span = n.span();
@@ -687,6 +737,7 @@ impl Config {
             vms,
             state_dir: raw.state_dir,
             kernel,
+            graceful_restart,
         })
     }
 }

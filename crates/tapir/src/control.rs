@@ -21,8 +21,17 @@ pub enum Request {
     ShowRoutes,
     ShowVms,
     ShowRib,
-    VmAdd { vm: crate::inventory::Registration },
-    VmRemove { name: String },
+    VmAdd {
+        vm: crate::inventory::Registration,
+    },
+    VmRemove {
+        name: String,
+    },
+    /// Stop the daemon; `graceful` keeps forwarding and lets peers keep our
+    /// routes for the restart that follows (RFC 4724).
+    Stop {
+        graceful: bool,
+    },
 }
 
 /// One session, as `tapir show peers` prints it.

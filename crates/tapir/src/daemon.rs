@@ -24,15 +24,49 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
     for addr in &config.listen {
         listeners.push(bind_bgp(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
     }
+    // A graceful restart is in progress if the last run stopped with
+    // `tapir stop --graceful` within the restart time (RFC 4724 §4.1).
+    let marker = config
+        .state_dir
+        .as_ref()
+        .map(|d| d.join("graceful-restart"));
+    let restarting = marker.as_ref().is_some_and(|m| {
+        std::fs::metadata(m)
+            .and_then(|md| md.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() <= config.graceful_restart.restart_time as u64)
+    });
+    if let Some(m) = &marker {
+        let _ = std::fs::remove_file(m);
+    }
+    let restarting_flag = Arc::new(std::sync::atomic::AtomicBool::new(restarting));
+    let mut restart = None;
     let fib = if config.kernel.install {
-        match crate::kernel::flush_stale(config.kernel.protocol).await {
-            Ok(0) => {}
-            Ok(n) => info!(
-                routes = n,
-                protocol = config.kernel.protocol,
-                "stale routes of an earlier run removed"
-            ),
-            Err(e) => warn!(error = %e, "cannot read the kernel's routes"),
+        if restarting {
+            let stale = crate::kernel::our_routes(config.kernel.protocol)
+                .await
+                .unwrap_or_default();
+            info!(
+                kept = stale.len(),
+                deferral = ?config.graceful_restart.deferral,
+                "graceful restart: kernel routes kept until the VMs announce again"
+            );
+            restart = Some(crate::rib::Restart {
+                stale,
+                deferral: config.graceful_restart.deferral,
+                restarting: restarting_flag.clone(),
+            });
+        } else {
+            match crate::kernel::flush_stale(config.kernel.protocol).await {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    routes = n,
+                    protocol = config.kernel.protocol,
+                    "stale routes of an earlier run removed"
+                ),
+                Err(e) => warn!(error = %e, "cannot read the kernel's routes"),
+            }
         }
         Some(
             crate::kernel::spawn_writer(config.kernel.protocol, config.kernel.metric).map_err(
@@ -42,16 +76,25 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
     } else {
         None
     };
+    if restarting && restart.is_none() {
+        restart = Some(crate::rib::Restart {
+            stale: Vec::new(),
+            deferral: config.graceful_restart.deferral,
+            restarting: restarting_flag.clone(),
+        });
+    }
     let rib = crate::rib::spawn(
         config.local_as,
         config.announce.clone(),
         fib,
         config.kernel.multipath,
+        restart,
     );
     let local = Arc::new(Local {
         router_id: config.router_id,
         local_as: config.local_as,
         rib,
+        restarting: restarting_flag,
     });
     let mut inventory = Inventory::new(config.vms.clone(), config.state_dir.as_deref());
     let registered = inventory.load_registrations()?;
@@ -86,7 +129,12 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
         config
             .neighbors
             .iter()
-            .map(|n| peer::spawn(n.into(), local.clone()))
+            .map(|n| {
+                peer::spawn(
+                    peer::PeerConfig::from_neighbor(n, config.graceful_restart.restart_time),
+                    local.clone(),
+                )
+            })
             .collect(),
     );
     info!(
@@ -124,10 +172,12 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
             }
         });
     }
+    let (stop_tx, mut stop_rx) = mpsc::channel::<bool>(1);
     {
         let peers = peers.clone();
         let hv = hv.clone();
         let rib = local.rib.clone();
+        let stop_tx = stop_tx.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = control_listener.accept().await else {
@@ -136,11 +186,25 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
                 let peers = peers.clone();
                 let hv = hv.clone();
                 let rib = rib.clone();
+                let stop_tx = stop_tx.clone();
                 tokio::spawn(control::serve_client(stream, move |req| {
                     let peers = peers.clone();
                     let hv = hv.clone();
                     let rib = rib.clone();
-                    async move { answer(&peers, hv.as_ref(), &rib, req).await }
+                    let stop_tx = stop_tx.clone();
+                    async move {
+                        if let Request::Stop { graceful } = req {
+                            let _ = stop_tx.send(graceful).await;
+                            return Response::Done {
+                                message: if graceful {
+                                    "stopping for a graceful restart".into()
+                                } else {
+                                    "stopping".into()
+                                },
+                            };
+                        }
+                        answer(&peers, hv.as_ref(), &rib, req).await
+                    }
                 }));
             }
         });
@@ -148,32 +212,59 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
+    let graceful = tokio::select! {
+        _ = term.recv() => { info!("SIGTERM: shutting down"); false }
+        _ = int.recv() => { info!("SIGINT: shutting down"); false }
+        Some(g) = stop_rx.recv() => { info!(graceful = g, "stop requested"); g }
+    };
+    if graceful {
+        // Peers that can help keep our routes; the kernel keeps forwarding.
+        if let Some(m) = &marker {
+            if let Some(d) = m.parent() {
+                let _ = std::fs::create_dir_all(d);
+            }
+            if let Err(e) = std::fs::write(m, b"") {
+                warn!(error = %e, "cannot record the graceful restart; the next start will be a cold one");
+            }
+        } else {
+            warn!("no state-dir: the next start cannot know that this was a graceful stop");
+        }
     }
     let mut waits = Vec::new();
     for p in peers.iter() {
         let (tx, rx) = oneshot::channel();
-        if p.tx
-            .send(PeerMsg::Shutdown("tapir shutting down".into(), tx))
+        let msg = if graceful {
+            PeerMsg::Abort(tx)
+        } else {
+            PeerMsg::Shutdown("tapir shutting down".into(), tx)
+        };
+        if p.tx.send(msg).await.is_ok() {
+            waits.push(rx);
+        }
+    }
+    if let Some(hv) = &hv {
+        let (tx, rx) = oneshot::channel();
+        if hv
+            .send(HvMsg::Shutdown { graceful, done: tx })
             .await
             .is_ok()
         {
             waits.push(rx);
         }
     }
-    if let Some(hv) = &hv {
-        let (tx, rx) = oneshot::channel();
-        if hv.send(HvMsg::Shutdown(tx)).await.is_ok() {
-            waits.push(rx);
-        }
-    }
     for w in waits {
         let _ = w.await;
     }
-    // Let the writer tasks put the Cease on the wire.
+    // Let the writer tasks put the Cease (or the FIN) on the wire.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    if !graceful && config.kernel.install {
+        // A full stop takes our routes out of the kernel.
+        match crate::kernel::flush_stale(config.kernel.protocol).await {
+            Ok(n) if n > 0 => info!(routes = n, "kernel routes removed"),
+            Err(e) => warn!(error = %e, "cannot remove our kernel routes"),
+            _ => {}
+        }
+    }
     Ok(())
 }
 
@@ -275,6 +366,9 @@ async fn answer(
                 Err(_) => no_hv(),
             }
         }
+        Request::Stop { .. } => Response::Error {
+            message: "stop is handled by the daemon loop".into(),
+        },
         Request::VmRemove { name } => {
             let Some(hv) = hv else { return no_hv() };
             let (tx, rx) = oneshot::channel();

@@ -38,7 +38,12 @@ pub enum HvMsg {
     Peers(oneshot::Sender<Vec<PeerHandle>>),
     VmAdd(Registration, oneshot::Sender<Result<(), String>>),
     VmRemove(String, oneshot::Sender<Result<(), String>>),
-    Shutdown(oneshot::Sender<()>),
+    /// Stop every VM session: with a Cease, or (graceful) silently so that
+    /// the VMs keep their state for our restart.
+    Shutdown {
+        graceful: bool,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// One VM, as `tapir show vms` prints it.
@@ -153,9 +158,16 @@ impl Hypervisor {
                     let _ = tx.send(r);
                     self.reconcile().await;
                 }
-                HvMsg::Shutdown(done) => {
+                HvMsg::Shutdown { graceful, done } => {
                     for (_, d) in std::mem::take(&mut self.sessions) {
-                        stop(&d.handle, "tapir shutting down").await;
+                        if graceful {
+                            let (tx, rx) = oneshot::channel();
+                            if d.handle.tx.send(PeerMsg::Abort(tx)).await.is_ok() {
+                                let _ = rx.await;
+                            }
+                        } else {
+                            stop(&d.handle, "tapir shutting down").await;
+                        }
                     }
                     let _ = done.send(());
                     return;

@@ -64,6 +64,13 @@ enum Command {
         #[command(subcommand)]
         what: Show,
     },
+    /// Stop the daemon: Cease to every peer and our routes out of the
+    /// kernel, or with --graceful keep forwarding and let peers keep our
+    /// routes while tapir restarts (RFC 4724).
+    Stop {
+        #[arg(long)]
+        graceful: bool,
+    },
     /// Register or unregister VMs at run time (for hypervisor hooks).
     Vm {
         #[command(subcommand)]
@@ -201,6 +208,9 @@ fn main() -> ExitCode {
                 Show::Rib { json } => (control::Request::ShowRib, json),
             };
             client(&rt, &cli.socket, req, json)
+        }
+        Command::Stop { graceful } => {
+            client(&rt, &cli.socket, control::Request::Stop { graceful }, false)
         }
         Command::Vm { what } => {
             let req = match what {

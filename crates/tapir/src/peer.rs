@@ -98,6 +98,15 @@ impl From<&Neighbor> for PeerConfig {
     }
 }
 
+impl PeerConfig {
+    /// A static neighbor, with the daemon-wide graceful restart time.
+    pub fn from_neighbor(n: &Neighbor, restart_time: u16) -> PeerConfig {
+        let mut c = PeerConfig::from(n);
+        c.graceful_restart = (restart_time > 0).then_some(restart_time);
+        c
+    }
+}
+
 /// What the rest of the daemon knows of every peer.
 #[derive(Clone, Debug)]
 pub struct Local {
@@ -105,6 +114,9 @@ pub struct Local {
     pub local_as: u32,
     /// The Loc-RIB task: accepted routes go there, exports come from it.
     pub rib: mpsc::UnboundedSender<RibMsg>,
+    /// True while tapir comes back from a graceful restart: OPENs carry
+    /// the Restart State and Forwarding State bits (RFC 4724 §4.1).
+    pub restarting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub enum PeerMsg {
@@ -119,6 +131,12 @@ pub enum PeerMsg {
     Routes(oneshot::Sender<Vec<RouteEntry>>),
     /// Stop with a Cease and end the task; answers when done.
     Shutdown(String, oneshot::Sender<()>),
+    /// Stop without a NOTIFICATION (tapir restarts gracefully: peers keep
+    /// our routes, RFC 4724 §4.1).
+    Abort(oneshot::Sender<()>),
+    /// The Loc-RIB is complete (after a restart's deferral): End-of-RIB may
+    /// go out.
+    RibReady,
     Connected {
         conn: u64,
         result: std::io::Result<TcpStream>,
@@ -145,6 +163,9 @@ struct RouteIn {
     attrs: Arc<PathAttributes>,
     /// Why the route is refused, if it is.
     rejected: Option<Rejection>,
+    /// Kept from before the peer restarted (RFC 4724 §4.2), until it
+    /// announces again or sends End-of-RIB.
+    stale: bool,
 }
 
 /// One TCP connection and the session that runs on it.
@@ -200,6 +221,12 @@ pub struct Peer {
     info: Option<Arc<PeerInfo>>,
     /// What we announce to the peer (upstream neighbors only).
     adj_rib_out: BTreeMap<Prefix, Arc<PathAttributes>>,
+    /// End-of-RIB may go out (false while a restart's deferral runs).
+    rib_ready: bool,
+    /// The peer's graceful restart capability from the last session.
+    peer_gr: Option<bgp::capability::GracefulRestart>,
+    /// When routes kept for a restarting peer are given up.
+    stale_until: Option<Instant>,
 }
 
 static NEXT_PEER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -210,6 +237,7 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         address: cfg.address,
         tx: tx.clone(),
     };
+    let rib_ready = cfg.export.is_none();
     let peer = Peer {
         cfg,
         local,
@@ -225,6 +253,9 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         id: NEXT_PEER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         info: None,
         adj_rib_out: BTreeMap::new(),
+        rib_ready,
+        peer_gr: None,
+        stale_until: None,
     };
     // The span goes with the task (never `enter()` across an await).
     let span = tracing::info_span!(
@@ -248,6 +279,8 @@ fn session_config(cfg: &PeerConfig, local: &Local) -> session::Config {
         families: cfg.families.iter().map(|a| AfiSafi::unicast(*a)).collect(),
         extended_next_hop: false,
         graceful_restart: cfg.graceful_restart,
+        restarting: cfg.graceful_restart.is_some()
+            && local.restarting.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 
@@ -274,6 +307,7 @@ impl Peer {
                 .conns
                 .iter()
                 .filter_map(|c| c.session.poll_timeout())
+                .chain(self.stale_until)
                 .min();
             let msg = match deadline {
                 Some(d) => tokio::select! {
@@ -283,6 +317,9 @@ impl Peer {
                         for c in &mut self.conns {
                             c.session.handle_timeout(now);
                         }
+                        if self.stale_until.is_some_and(|t| t <= now) {
+                            self.flush_stale(None);
+                        }
                         self.process();
                         continue;
                     }
@@ -290,6 +327,16 @@ impl Peer {
                 None => rx.recv().await,
             };
             let Some(msg) = msg else { break };
+            if let PeerMsg::Abort(done) = msg {
+                let now = Instant::now();
+                for c in &mut self.conns {
+                    c.session.abort(now);
+                }
+                self.process();
+                self.conns.clear();
+                let _ = done.send(());
+                break;
+            }
             if let PeerMsg::Shutdown(reason, done) = msg {
                 let now = Instant::now();
                 for c in &mut self.conns {
@@ -414,7 +461,20 @@ impl Peer {
                 self.judge_all();
             }
             PeerMsg::Export(changes) => self.export(changes),
-            PeerMsg::Shutdown(..) => {}
+            PeerMsg::RibReady => {
+                self.rib_ready = true;
+                if let Some(i) = self
+                    .conns
+                    .iter()
+                    .position(|c| c.session.state() == State::Established)
+                {
+                    let now = Instant::now();
+                    for f in self.conns[i].session.context().families {
+                        self.conns[i].session.send(now, encode_end_of_rib(f));
+                    }
+                }
+            }
+            PeerMsg::Shutdown(..) | PeerMsg::Abort(_) => {}
         }
     }
 
@@ -593,18 +653,38 @@ impl Peer {
                     interface: self.cfg.interface.clone(),
                     kernel: self.cfg.kernel,
                 }));
+                self.peer_gr = n.peer_graceful_restart.clone();
                 let families = n.context.families.clone();
                 for f in families {
                     self.send_family(i, f);
                 }
             }
             Event::Down(reason) => {
+                self.flaps += 1;
+                // RFC 4724 §4.2: a peer that can restart gracefully and
+                // lost its connection (no NOTIFICATION) keeps its routes,
+                // marked stale, for its restart time.
+                let helper = matches!(reason, session::DownReason::ConnectionClosed)
+                    && self
+                        .peer_gr
+                        .as_ref()
+                        .is_some_and(|g| g.restart_time > 0 && !g.families.is_empty());
+                if helper && !self.adj_rib_in.is_empty() {
+                    let t = self.peer_gr.as_ref().map_or(0, |g| g.restart_time);
+                    warn!(reason = %reason, routes = self.adj_rib_in.len(), restart_time = t, "session down, routes kept as stale (graceful restart)");
+                    for r in self.adj_rib_in.values_mut() {
+                        r.stale = true;
+                    }
+                    self.stale_until =
+                        Some(Instant::now() + std::time::Duration::from_secs(t as u64));
+                    return;
+                }
                 warn!(reason = %reason, routes = self.adj_rib_in.len(), "session down, routes withdrawn");
                 self.rejections.clear();
-                self.flaps += 1;
                 self.adj_rib_in.clear();
                 self.accepted = 0;
                 self.info = None;
+                self.stale_until = None;
                 self.to_rib(RibMsg::PeerDown(self.id));
             }
             Event::Update(u) => self.apply_update(&u),
@@ -623,6 +703,13 @@ impl Peer {
                 reason = p.reason,
                 "malformed attribute in UPDATE (RFC 7606)"
             );
+        }
+        if let Some(f) = u.end_of_rib() {
+            // RFC 4724 §4.2: what was not announced again is gone.
+            if let Some(afi) = f.unicast_afi() {
+                self.flush_stale(Some(afi));
+            }
+            return;
         }
         let mut rib_announce = Vec::new();
         let mut rib_withdraw = Vec::new();
@@ -673,10 +760,62 @@ impl Peer {
                     next_hop: nh,
                     attrs: attrs.clone(),
                     rejected,
+                    stale: false,
                 },
             );
         }
         self.rib_update(rib_announce, rib_withdraw);
+    }
+
+    /// Removes routes still stale (of one family, or all), as after the
+    /// peer's End-of-RIB or its restart time (RFC 4724 §4.2).
+    fn flush_stale(&mut self, afi: Option<bgp::Afi>) {
+        let gone: Vec<Prefix> = self
+            .adj_rib_in
+            .iter()
+            .filter(|(p, r)| r.stale && afi.is_none_or(|a| p.afi() == a))
+            .map(|(p, _)| *p)
+            .collect();
+        let mut withdraw = Vec::new();
+        for p in gone {
+            if self.remove_route(&p).is_some_and(|r| r.rejected.is_none()) {
+                withdraw.push(p);
+            }
+        }
+        if !self.adj_rib_in.values().any(|r| r.stale) {
+            self.stale_until = None;
+        }
+        if !withdraw.is_empty() {
+            info!(
+                routes = withdraw.len(),
+                "stale routes removed (graceful restart)"
+            );
+            match &self.info {
+                Some(_) => self.rib_update(Vec::new(), withdraw),
+                None => self.to_rib(RibMsg::Update {
+                    peer: Arc::new(self.stale_info()),
+                    announce: Vec::new(),
+                    withdraw,
+                }),
+            }
+        }
+    }
+
+    /// What the RIB knows of this peer when the session is down (only its
+    /// id matters for a withdrawal).
+    fn stale_info(&self) -> PeerInfo {
+        PeerInfo {
+            id: self.id,
+            name: self.cfg.name.clone(),
+            address: self.cfg.address,
+            asn: 0,
+            router_id: std::net::Ipv4Addr::UNSPECIFIED,
+            ebgp: true,
+            vm: self.cfg.vm.clone(),
+            group: self.cfg.group.clone(),
+            interface: self.cfg.interface.clone(),
+            kernel: self.cfg.kernel,
+        }
     }
 
     fn insert_route(&mut self, p: Prefix, r: RouteIn) {

@@ -72,6 +72,18 @@ pub enum RibMsg {
     },
     Unsubscribe(PeerId),
     Show(oneshot::Sender<Vec<LocRibEntry>>),
+    /// The restart deferral is over (RFC 4724 §4.1).
+    DeferralOver,
+}
+
+/// What the RIB is told about a graceful restart in progress.
+pub struct Restart {
+    /// Our routes the kernel kept from before the restart.
+    pub stale: Vec<Prefix>,
+    /// How long to wait for the VMs to announce again.
+    pub deferral: std::time::Duration,
+    /// Cleared when the deferral ends (OPENs stop saying "restarting").
+    pub restarting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One prefix of the Loc-RIB, as `tapir show rib` prints it.
@@ -121,6 +133,11 @@ pub struct Rib {
     installed: BTreeMap<Prefix, Vec<FibHop>>,
     /// Install all equally good paths as one ECMP route.
     multipath: bool,
+    /// False while a graceful restart's deferral runs.
+    ready: bool,
+    /// Kernel routes kept from before a restart, not yet confirmed.
+    stale: Vec<Prefix>,
+    restarting: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 pub fn spawn(
@@ -128,10 +145,28 @@ pub fn spawn(
     local_routes: Vec<Prefix>,
     fib: Option<mpsc::UnboundedSender<Vec<FibChange>>>,
     multipath: bool,
+    restart: Option<Restart>,
 ) -> mpsc::UnboundedSender<RibMsg> {
     // Unbounded so that peers never wait on the RIB (which may be waiting
     // to hand them exports) and their messages stay in order.
     let (tx, rx) = mpsc::unbounded_channel();
+    let mut installed = BTreeMap::new();
+    let (ready, stale, restarting) = match restart {
+        None => (true, Vec::new(), None),
+        Some(r) => {
+            // The kernel still has these; an empty hop list stands for
+            // "there, from before" so that any new choice replaces it.
+            for p in &r.stale {
+                installed.insert(*p, Vec::new());
+            }
+            let t = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(r.deferral).await;
+                let _ = t.send(RibMsg::DeferralOver);
+            });
+            (false, r.stale, Some(r.restarting))
+        }
+    };
     let mut rib = Rib {
         local_as,
         table: BTreeMap::new(),
@@ -139,8 +174,11 @@ pub fn spawn(
         subscribers: HashMap::new(),
         sent: HashMap::new(),
         fib,
-        installed: BTreeMap::new(),
+        installed,
         multipath,
+        ready,
+        stale,
+        restarting,
     };
     let attrs = rib.intern(PathAttributes {
         origin: Some(bgp::Origin::Igp),
@@ -292,6 +330,7 @@ impl Rib {
                 policy,
                 tx,
             } => {
+                let ready_tx = tx.clone();
                 self.subscribers.insert(
                     peer,
                     Subscriber {
@@ -305,6 +344,35 @@ impl Rib {
                 // A full table for the newcomer.
                 let all: Vec<Prefix> = self.table.keys().copied().collect();
                 self.export_to(peer, &all).await;
+                if self.ready {
+                    let _ = ready_tx.send(PeerMsg::RibReady).await;
+                }
+            }
+            RibMsg::DeferralOver => {
+                self.ready = true;
+                if let Some(r) = self.restarting.take() {
+                    r.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                // Kernel routes from before the restart that no VM
+                // announced again are removed now.
+                let stale = std::mem::take(&mut self.stale);
+                let mut ops = Vec::new();
+                for p in stale {
+                    if self.installed.get(&p).is_some_and(|h| h.is_empty()) {
+                        self.installed.remove(&p);
+                        ops.push(FibChange::Remove { prefix: p });
+                    }
+                }
+                tracing::info!(
+                    removed = ops.len(),
+                    "graceful restart complete: stale kernel routes removed, End-of-RIB sent"
+                );
+                if let (Some(fib), false) = (&self.fib, ops.is_empty()) {
+                    let _ = fib.send(ops);
+                }
+                for s in self.subscribers.values() {
+                    let _ = s.tx.send(PeerMsg::RibReady).await;
+                }
             }
             RibMsg::Unsubscribe(peer) => {
                 self.subscribers.remove(&peer);

@@ -306,3 +306,161 @@ fn two_vms_one_anycast_prefix_with_multipath() {
     });
     assert!(k.is_some(), "{:?}", kernel_routes(&lab));
 }
+
+#[test]
+fn graceful_restart_keeps_forwarding_and_the_tor_route() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 11);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let vm = lab.bird(
+        "vm11",
+        &reference::vm_bird_dual_config(11, 64613, &["10.3.0.1/32"], &["2001:db8:3::1/128"]),
+    );
+    let cfg =
+        example_with_mode("strip") + "\n[graceful-restart]\nrestart-time = 120\ndeferral = 3\n";
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let kernel_has = |lab: &Lab, p: &str| kernel_routes(lab).iter().any(|l| l.starts_with(p));
+    wait_tor(&lab, &tor, "2001:db8:3::1/128", |_| true);
+    wait_tor(&lab, &tor, "10.3.0.1/32", |_| true);
+    assert!(wait_for(WAIT, || (kernel_has(&lab, "2001:db8:3::1 ")
+        && kernel_has(&lab, "10.3.0.1 "))
+    .then_some(()))
+    .is_some());
+
+    // Watch the IPv6 prefix in hv1's kernel and at tor during the restart.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (misses, checks) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let (mut misses, mut checks) = (Vec::new(), 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                checks += 1;
+                if !kernel_has(&lab, "2001:db8:3::1 ") {
+                    misses.push("kernel");
+                }
+                if tor.route("2001:db8:3::1/128").is_none() {
+                    misses.push("tor");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (misses, checks)
+        });
+        let (ok, _, err) = t.cli(&["stop", "--graceful"]);
+        assert!(ok, "{err}");
+        std::thread::sleep(Duration::from_millis(500));
+        // While tapir is down the VM stops serving 10.3.0.1.
+        vm.cmd(&["disable", "static4"]);
+        std::thread::sleep(Duration::from_millis(500));
+        let t2 = lab_tapir_restart(&lab, &cfg);
+        // After the deferral, what the VM did not announce again is gone,
+        // from hv1's kernel and (End-of-RIB) from tor.
+        let gone = wait_for(WAIT, || {
+            (!kernel_has(&lab, "10.3.0.1 ") && tor.route("10.3.0.1/32").is_none()).then_some(())
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let r = watcher.join().unwrap();
+        assert!(
+            gone.is_some(),
+            "stale 10.3.0.1 kept: {:?} {:?}\n{}",
+            kernel_routes(&lab),
+            tor.route("10.3.0.1/32"),
+            t2
+        );
+        r
+    });
+    assert!(checks > 20, "the watcher ran {checks} times");
+    assert!(
+        misses.is_empty(),
+        "the IPv6 prefix went missing during the restart: {misses:?}"
+    );
+    assert!(kernel_has(&lab, "2001:db8:3::1 "));
+}
+
+/// Starts tapir again in hv1 (the previous one stopped by itself) and
+/// returns its log name.
+fn lab_tapir_restart(lab: &Lab, cfg: &Path) -> String {
+    // The lab's process list is not shared across threads; start this one
+    // by hand, in hv1, with the same arguments the lab uses.
+    let socket = lab.dir().join("hv1/tapir.sock");
+    let state = lab.dir().join("hv1/state");
+    let ns = lab.netns("hv1");
+    let log = lab.dir().join("hv1/tapir-restart.log");
+    let f = std::fs::File::create(&log).unwrap();
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, TAPIR, "run", "--config"])
+        .arg(cfg)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--log", "debug"])
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    log.display().to_string()
+}
+
+#[test]
+fn graceful_restart_helper_keeps_a_crashed_vms_routes_until_its_end_of_rib() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 11);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    // BIRD's default is to be "aware" only: it must be told it can restart
+    // gracefully, then it lists its families in the capability.
+    let gr = |c: String| {
+        c.replace("multihop;", "multihop; graceful restart on;")
+            .replace("external;\n}", "external; graceful restart on;\n}")
+    };
+    let vm = lab.bird(
+        "vm11",
+        &gr(reference::vm_bird_dual_config(
+            11,
+            64613,
+            &["10.3.0.1/32"],
+            &["2001:db8:3::1/128"],
+        )),
+    );
+    let cfg = lab.write("hv1/tapir.toml", &example_with_mode("strip"));
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    wait_tor(&lab, &tor, "10.3.0.1/32", |_| true);
+    // The VM's BIRD dies without a NOTIFICATION: its routes are kept as
+    // stale (it advertised graceful restart), in the kernel and at tor.
+    lab.kill(vm.pid);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        kernel_routes(&lab)
+            .iter()
+            .any(|l| l.starts_with("10.3.0.1 ")),
+        "{:?}",
+        kernel_routes(&lab)
+    );
+    assert!(tor.route("10.3.0.1/32").is_some());
+    // It comes back serving only the IPv6 prefix: after its End-of-RIB the
+    // stale IPv4 route is gone.
+    let _vm = lab.bird(
+        "vm11",
+        &gr(reference::vm_bird_dual_config(
+            11,
+            64613,
+            &[],
+            &["2001:db8:3::1/128"],
+        )),
+    );
+    let gone = wait_for(WAIT, || {
+        (!kernel_routes(&lab)
+            .iter()
+            .any(|l| l.starts_with("10.3.0.1 "))
+            && tor.route("10.3.0.1/32").is_none())
+        .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "{:?}\n{}",
+        kernel_routes(&lab),
+        t.show(&["routes"])
+    );
+    assert!(tor.route("2001:db8:3::1/128").is_some());
+}

@@ -15,6 +15,7 @@ fn config(asn: u32, id: &str, remote: RemoteAs) -> Config {
         families: vec![AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST],
         extended_next_hop: false,
         graceful_restart: Some(120),
+        restarting: false,
     }
 }
 
@@ -433,4 +434,27 @@ fn collision_between_two_openconfirm_sessions() {
     );
     assert_eq!(a2.state(), State::Idle);
     assert_eq!(a2.poll_timeout(), None, "the loser does not restart");
+}
+
+#[test]
+fn restarting_speaker_sets_restart_and_forwarding_bits() {
+    let mut a = config(64612, "10.0.0.1", RemoteAs::External);
+    a.restarting = true;
+    let mut p = Pair::new(a, config(65020, "10.0.0.2", RemoteAs::External));
+    p.connect();
+    let gr =
+        p.b.negotiated()
+            .unwrap()
+            .peer_graceful_restart
+            .clone()
+            .unwrap();
+    assert!(gr.restarting);
+    assert_eq!(gr.restart_time, 120);
+    assert!(gr.families.iter().all(|f| f.forwarding_preserved));
+    assert_eq!(gr.families.len(), 2);
+    // A restarting speaker's stop is silent: no NOTIFICATION on the wire.
+    p.a.abort(p.now);
+    assert_eq!(p.a.poll_transmit(), None);
+    assert_eq!(p.a.state(), State::Idle);
+    assert_eq!(p.a.poll_timeout(), None);
 }
