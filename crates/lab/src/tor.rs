@@ -35,7 +35,7 @@ pub fn start(lab: &mut Lab, kind: Kind) -> Tor {
         Kind::Bird => Tor::Bird(lab.bird(
             "tor",
             &format!(
-                "log stderr all;\nrouter id {TOR_V4};\nprotocol device {{ }}\n\
+                "log stderr all;\ndebug protocols {{ states, events }};\nrouter id {TOR_V4};\nprotocol device {{ }}\n\
                  protocol static s4 {{ ipv4; route 192.0.2.0/24 unreachable; }}\n\
                  protocol static s6 {{ ipv6; route 2001:db8:ff::/48 unreachable; }}\n\
                  protocol bgp hv4 {{ local {TOR_V4} as {TOR_AS}; neighbor range 10.192.21.0/24 as {HV_AS};\n  \

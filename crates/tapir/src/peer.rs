@@ -299,7 +299,18 @@ impl Peer {
             });
         }
         let mut primary = self.new_conn();
-        primary.session.start(Instant::now());
+        // After a graceful restart, an upstream session waits until the
+        // Loc-RIB is complete: the neighbor keeps our routes meanwhile (its
+        // restart timer), and then gets the whole table and End-of-RIB at
+        // once, so it never sees a partial table (RFC 4724 §4.1).
+        let wait_for_rib = self.cfg.export.is_some()
+            && self
+                .local
+                .restarting
+                .load(std::sync::atomic::Ordering::Relaxed);
+        if !wait_for_rib {
+            primary.session.start(Instant::now());
+        }
         self.conns.push(primary);
         self.process();
         loop {
@@ -463,6 +474,9 @@ impl Peer {
             PeerMsg::Export(changes) => self.export(changes),
             PeerMsg::RibReady => {
                 self.rib_ready = true;
+                if self.conns.len() == 1 && self.conns[0].session.state() == State::Idle {
+                    self.conns[0].session.start(Instant::now());
+                }
                 if let Some(i) = self
                     .conns
                     .iter()

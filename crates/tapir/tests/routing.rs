@@ -329,14 +329,20 @@ fn graceful_restart_keeps_forwarding_and_the_tor_route() {
     .then_some(()))
     .is_some());
 
-    // Watch the IPv6 prefix in hv1's kernel and at tor during the restart.
+    // Watch the IPv6 prefix in hv1's kernel and at tor during the restart
+    // (the watcher reads the kernel with `ip -n`, so the lab stays ours).
+    let ns = lab.netns("hv1");
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (misses, checks) = std::thread::scope(|s| {
         let watcher = s.spawn(|| {
             let (mut misses, mut checks) = (Vec::new(), 0);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 checks += 1;
-                if !kernel_has(&lab, "2001:db8:3::1 ") {
+                let o = std::process::Command::new("ip")
+                    .args(["-n", &ns, "-6", "route", "show", "proto", "bgp"])
+                    .output()
+                    .unwrap();
+                if !String::from_utf8_lossy(&o.stdout).contains("2001:db8:3::1 ") {
                     misses.push("kernel");
                 }
                 if tor.route("2001:db8:3::1/128").is_none() {
@@ -348,11 +354,18 @@ fn graceful_restart_keeps_forwarding_and_the_tor_route() {
         });
         let (ok, _, err) = t.cli(&["stop", "--graceful"]);
         assert!(ok, "{err}");
-        std::thread::sleep(Duration::from_millis(500));
+        let down = wait_for(Duration::from_secs(5), || {
+            (!std::path::Path::new(&format!("/proc/{}", t.pid)).exists()
+                || std::fs::read_to_string(format!("/proc/{}/stat", t.pid))
+                    .is_ok_and(|s| s.contains(") Z ")))
+            .then_some(())
+        });
+        assert!(down.is_some(), "tapir did not stop");
+        lab.stop(t.pid);
         // While tapir is down the VM stops serving 10.3.0.1.
         vm.cmd(&["disable", "static4"]);
         std::thread::sleep(Duration::from_millis(500));
-        let t2 = lab_tapir_restart(&lab, &cfg);
+        let t2 = lab.tapir("hv1", Path::new(TAPIR), &cfg);
         // After the deferral, what the VM did not announce again is gone,
         // from hv1's kernel and (End-of-RIB) from tor.
         let gone = wait_for(WAIT, || {
@@ -365,7 +378,7 @@ fn graceful_restart_keeps_forwarding_and_the_tor_route() {
             "stale 10.3.0.1 kept: {:?} {:?}\n{}",
             kernel_routes(&lab),
             tor.route("10.3.0.1/32"),
-            t2
+            t2.show(&["rib"])
         );
         r
     });
@@ -375,31 +388,6 @@ fn graceful_restart_keeps_forwarding_and_the_tor_route() {
         "the IPv6 prefix went missing during the restart: {misses:?}"
     );
     assert!(kernel_has(&lab, "2001:db8:3::1 "));
-}
-
-/// Starts tapir again in hv1 (the previous one stopped by itself) and
-/// returns its log name.
-fn lab_tapir_restart(lab: &Lab, cfg: &Path) -> String {
-    // The lab's process list is not shared across threads; start this one
-    // by hand, in hv1, with the same arguments the lab uses.
-    let socket = lab.dir().join("hv1/tapir.sock");
-    let state = lab.dir().join("hv1/state");
-    let ns = lab.netns("hv1");
-    let log = lab.dir().join("hv1/tapir-restart.log");
-    let f = std::fs::File::create(&log).unwrap();
-    std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, TAPIR, "run", "--config"])
-        .arg(cfg)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--log", "debug"])
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .unwrap();
-    log.display().to_string()
 }
 
 #[test]
