@@ -32,6 +32,8 @@ pub enum Request {
     Stop {
         graceful: bool,
     },
+    /// Read the config file again and apply what changed.
+    Reload,
 }
 
 /// One session, as `tapir show peers` prints it.

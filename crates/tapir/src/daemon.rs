@@ -17,7 +17,7 @@ use crate::inventory::Inventory;
 use crate::peer::{self, Local, PeerHandle, PeerMsg};
 use tokio::sync::mpsc;
 
-pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
+pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<(), String> {
     let (control_listener, _guard) =
         control::bind(socket).map_err(|e| format!("control socket {}: {e}", socket.display()))?;
     let mut listeners = Vec::new();
@@ -173,11 +173,13 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
         });
     }
     let (stop_tx, mut stop_rx) = mpsc::channel::<bool>(1);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Result<String, String>>>(4);
     {
         let peers = peers.clone();
         let hv = hv.clone();
         let rib = local.rib.clone();
         let stop_tx = stop_tx.clone();
+        let reload_tx = reload_tx.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = control_listener.accept().await else {
@@ -187,12 +189,29 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
                 let hv = hv.clone();
                 let rib = rib.clone();
                 let stop_tx = stop_tx.clone();
+                let reload_tx = reload_tx.clone();
                 tokio::spawn(control::serve_client(stream, move |req| {
                     let peers = peers.clone();
                     let hv = hv.clone();
                     let rib = rib.clone();
                     let stop_tx = stop_tx.clone();
+                    let reload_tx = reload_tx.clone();
                     async move {
+                        if let Request::Reload = req {
+                            let (tx, rx) = oneshot::channel();
+                            if reload_tx.send(tx).await.is_err() {
+                                return Response::Error {
+                                    message: "shutting down".into(),
+                                };
+                            }
+                            return match rx.await {
+                                Ok(Ok(message)) => Response::Done { message },
+                                Ok(Err(message)) => Response::Error { message },
+                                Err(_) => Response::Error {
+                                    message: "shutting down".into(),
+                                },
+                            };
+                        }
                         if let Request::Stop { graceful } = req {
                             let _ = stop_tx.send(graceful).await;
                             return Response::Done {
@@ -212,11 +231,26 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let graceful = tokio::select! {
-        _ = term.recv() => { info!("SIGTERM: shutting down"); false }
-        _ = int.recv() => { info!("SIGINT: shutting down"); false }
-        Some(g) = stop_rx.recv() => { info!(graceful = g, "stop requested"); g }
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut current = config;
+    let graceful = loop {
+        let reply = tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break false }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break false }
+            Some(g) = stop_rx.recv() => { info!(graceful = g, "stop requested"); break g }
+            _ = hup.recv() => None,
+            Some(tx) = reload_rx.recv() => Some(tx),
+        };
+        let result = reload(&mut current, config_path, &peers, hv.as_ref()).await;
+        match &result {
+            Ok(m) => info!(summary = %m, "config reloaded"),
+            Err(e) => warn!(error = %e, "reload refused; the running config stays"),
+        }
+        if let Some(tx) = reply {
+            let _ = tx.send(result);
+        }
     };
+    let config = current;
     if graceful {
         // Peers that can help keep our routes; the kernel keeps forwarding.
         if let Some(m) = &marker {
@@ -266,6 +300,77 @@ pub async fn run(config: Config, socket: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Applies a changed config file to the running daemon (policies, VM
+/// groups, the inventory) without resetting sessions. A file that does not
+/// parse, or conflicts with registrations, changes nothing.
+async fn reload(
+    current: &mut Config,
+    path: &Path,
+    peers: &[PeerHandle],
+    hv: Option<&mpsc::Sender<HvMsg>>,
+) -> Result<String, String> {
+    let new = Config::load(path).map_err(|e| e.to_string())?;
+    let mut later = Vec::new();
+    if new.router_id != current.router_id || new.local_as != current.local_as {
+        later.push("router-id/local-as");
+    }
+    if new.listen != current.listen
+        || new.kernel != current.kernel
+        || new.announce != current.announce
+    {
+        later.push("listen/kernel/announce");
+    }
+    let same_neighbors = new.neighbors.len() == current.neighbors.len()
+        && new.neighbors.iter().zip(&current.neighbors).all(|(a, b)| {
+            a.name == b.name
+                && a.address == b.address
+                && a.remote_as == b.remote_as
+                && a.families == b.families
+        });
+    if !same_neighbors {
+        return Err(
+            "neighbors were added, removed or changed in address, AS or families: \
+                    restart tapir to apply that (policies and groups reload)"
+                .into(),
+        );
+    }
+    if new.groups.is_empty() != current.groups.is_empty() {
+        return Err(
+            "VM groups were added to or removed from a daemon without/with them: restart tapir"
+                .into(),
+        );
+    }
+    if let Some(hv) = hv {
+        let (tx, rx) = oneshot::channel();
+        hv.send(HvMsg::Reload {
+            groups: new.groups.clone(),
+            vms: new.vms.clone(),
+            done: tx,
+        })
+        .await
+        .map_err(|_| "the hypervisor task is gone".to_string())?;
+        rx.await
+            .map_err(|_| "the hypervisor task is gone".to_string())??;
+    }
+    for (n, p) in new.neighbors.iter().zip(peers) {
+        let _ = p.tx.send(PeerMsg::SetExport(n.export.clone())).await;
+    }
+    let mut msg = format!(
+        "applied: {} export policies, {} VM groups, {} inventory entries",
+        new.neighbors.len(),
+        new.groups.len(),
+        new.vms.len()
+    );
+    if !later.is_empty() {
+        msg.push_str(&format!(
+            "; {} take effect at the next restart",
+            later.join(", ")
+        ));
+    }
+    *current = new;
+    Ok(msg)
 }
 
 /// Binds a BGP listener. An IPv6 wildcard also takes IPv4 (mapped
@@ -366,7 +471,7 @@ async fn answer(
                 Err(_) => no_hv(),
             }
         }
-        Request::Stop { .. } => Response::Error {
+        Request::Stop { .. } | Request::Reload => Response::Error {
             message: "stop is handled by the daemon loop".into(),
         },
         Request::VmRemove { name } => {

@@ -38,6 +38,13 @@ pub enum HvMsg {
     Peers(oneshot::Sender<Vec<PeerHandle>>),
     VmAdd(Registration, oneshot::Sender<Result<(), String>>),
     VmRemove(String, oneshot::Sender<Result<(), String>>),
+    /// A reloaded config: new groups and inventory entries; every VM's
+    /// routes are judged again, sessions start or stop as needed.
+    Reload {
+        groups: Vec<Group>,
+        vms: Vec<crate::inventory::VmEntry>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
     /// Stop every VM session: with a Cease, or (graceful) silently so that
     /// the VMs keep their state for our restart.
     Shutdown {
@@ -157,6 +164,16 @@ impl Hypervisor {
                     }
                     let _ = tx.send(r);
                     self.reconcile().await;
+                }
+                HvMsg::Reload { groups, vms, done } => {
+                    let r = self.inventory.replace_config(vms);
+                    if r.is_ok() {
+                        self.groups = groups;
+                        // Sessions whose group changed restart; the others
+                        // get a new policy snapshot.
+                        self.reconcile().await;
+                    }
+                    let _ = done.send(r);
                 }
                 HvMsg::Shutdown { graceful, done } => {
                     for (_, d) in std::mem::take(&mut self.sessions) {

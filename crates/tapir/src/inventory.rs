@@ -164,6 +164,30 @@ impl Inventory {
         Ok(())
     }
 
+    /// Replaces the entries from the config file (a reload), keeping the
+    /// registrations; nothing changes if the new set conflicts.
+    pub fn replace_config(&mut self, entries: Vec<VmEntry>) -> Result<(), String> {
+        let mut next = Inventory {
+            entries: entries,
+            state_file: self.state_file.clone(),
+        };
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| e.source == Source::Registered)
+        {
+            next.check_new(e).map_err(|m| {
+                format!(
+                    "registered VM `{}` conflicts with the new config: {m}",
+                    e.name
+                )
+            })?;
+            next.entries.push(e.clone());
+        }
+        *self = next;
+        Ok(())
+    }
+
     /// Adds an entry from the config file (not persisted).
     pub fn register_config(&mut self, e: VmEntry) -> Result<(), String> {
         self.check_new(&e)?;

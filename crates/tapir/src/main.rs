@@ -64,6 +64,10 @@ enum Command {
         #[command(subcommand)]
         what: Show,
     },
+    /// Read the config file again: policies, VM groups and the inventory
+    /// change without resetting sessions; a bad file changes nothing
+    /// (also on SIGHUP).
+    Reload,
     /// Stop the daemon: Cease to every peer and our routes out of the
     /// kernel, or with --graceful keep forwarding and let peers keep our
     /// routes while tapir restarts (RFC 4724).
@@ -192,7 +196,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(daemon::run(cfg, &cli.socket)) {
+            match rt.block_on(daemon::run(cfg, &config, &cli.socket)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tapir: {e}");
@@ -209,6 +213,7 @@ fn main() -> ExitCode {
             };
             client(&rt, &cli.socket, req, json)
         }
+        Command::Reload => client(&rt, &cli.socket, control::Request::Reload, false),
         Command::Stop { graceful } => {
             client(&rt, &cli.socket, control::Request::Stop { graceful }, false)
         }

@@ -137,6 +137,8 @@ pub enum PeerMsg {
     /// The Loc-RIB is complete (after a restart's deferral): End-of-RIB may
     /// go out.
     RibReady,
+    /// A reload changed the export policy (no session reset).
+    SetExport(Arc<Policy>),
     Connected {
         conn: u64,
         result: std::io::Result<TcpStream>,
@@ -472,6 +474,16 @@ impl Peer {
                 self.judge_all();
             }
             PeerMsg::Export(changes) => self.export(changes),
+            PeerMsg::SetExport(policy) => {
+                if self.cfg.export.as_ref().is_some_and(|p| **p != *policy) {
+                    info!(policy = %policy.name, "export policy changed");
+                    self.cfg.export = Some(policy.clone());
+                    self.to_rib(RibMsg::SetPolicy {
+                        peer: self.id,
+                        policy,
+                    });
+                }
+            }
             PeerMsg::RibReady => {
                 self.rib_ready = true;
                 if self.conns.len() == 1 && self.conns[0].session.state() == State::Idle {
@@ -872,19 +884,25 @@ impl Peer {
     fn judge_all(&mut self) {
         let routes = std::mem::take(&mut self.adj_rib_in);
         self.accepted = 0;
+        let mut rib_announce = Vec::new();
+        let mut rib_withdraw = Vec::new();
         for (p, mut r) in routes {
             let before = r.rejected.take();
             r.rejected = self.judge(&p, &r.next_hop);
-            if r.rejected != before {
-                match &r.rejected {
-                    Some(x) => {
-                        info!(prefix = %p, reason = %x.reason, kind = x.kind, "route refused")
-                    }
-                    None => info!(prefix = %p, "route now accepted"),
+            match (&before, &r.rejected) {
+                (Some(_), None) => {
+                    info!(prefix = %p, "route now accepted");
+                    rib_announce.push((p, r.next_hop, r.attrs.clone()));
                 }
+                (None, Some(x)) => {
+                    info!(prefix = %p, reason = %x.reason, kind = x.kind, "route refused");
+                    rib_withdraw.push(p);
+                }
+                _ => {}
             }
             self.insert_route(p, r);
         }
+        self.rib_update(rib_announce, rib_withdraw);
     }
 
     /// Cease / Maximum Number of Prefixes Reached (RFC 4486 §4: AFI,

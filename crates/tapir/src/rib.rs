@@ -71,6 +71,11 @@ pub enum RibMsg {
         tx: mpsc::Sender<PeerMsg>,
     },
     Unsubscribe(PeerId),
+    /// A reload changed a neighbor's export policy: send it the difference.
+    SetPolicy {
+        peer: PeerId,
+        policy: Arc<Policy>,
+    },
     Show(oneshot::Sender<Vec<LocRibEntry>>),
     /// The restart deferral is over (RFC 4724 §4.1).
     DeferralOver,
@@ -372,6 +377,13 @@ impl Rib {
                 }
                 for s in self.subscribers.values() {
                     let _ = s.tx.send(PeerMsg::RibReady).await;
+                }
+            }
+            RibMsg::SetPolicy { peer, policy } => {
+                if let Some(s) = self.subscribers.get_mut(&peer) {
+                    s.policy = policy;
+                    let all: Vec<Prefix> = self.table.keys().copied().collect();
+                    self.export_to(peer, &all).await;
                 }
             }
             RibMsg::Unsubscribe(peer) => {

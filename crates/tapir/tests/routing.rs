@@ -452,3 +452,63 @@ fn graceful_restart_helper_keeps_a_crashed_vms_routes_until_its_end_of_rib() {
     );
     assert!(tor.route("2001:db8:3::1/128").is_some());
 }
+
+#[test]
+fn reload_applies_policy_changes_without_resetting_sessions() {
+    let (mut lab, tor, t, _vm) = setup(Kind::Bird, "strip");
+    let cfg = lab.dir().join("hv1/tapir.toml");
+    wait_tor(&lab, &tor, "10.3.0.1/32", |r| r.as_path == vec![64612]);
+    wait_tor(&lab, &tor, "2001:db8:3::1/128", |_| true);
+    let flaps = |t: &lab::tapir::Tapir| -> u64 {
+        t.json("peers")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["flaps"].as_u64().unwrap())
+            .sum()
+    };
+
+    // Export policy: strip -> prepend 1.
+    std::fs::write(&cfg, example_with_mode("prepend 1")).unwrap();
+    let (ok, out, err) = t.cli(&["reload"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("applied"), "{out}");
+    wait_tor(&lab, &tor, "10.3.0.1/32", |r| {
+        r.as_path == vec![64612, 64612, 64613]
+    });
+
+    // A broken file is refused whole; nothing changes.
+    std::fs::write(&cfg, "router-id = \"10.192.21.6\"\nlocal-as = banana\n").unwrap();
+    let (ok, _, err) = t.cli(&["reload"]);
+    assert!(!ok);
+    assert!(err.contains(":2:12:"), "{err}");
+    assert_eq!(
+        tor.route("10.3.0.1/32").unwrap().as_path,
+        vec![64612, 64612, 64613]
+    );
+
+    // Import: recdns1001 may now announce its IPv6 prefix only, so its
+    // IPv4 route is refused and leaves tor and the kernel.
+    let narrowed = example_with_mode("prepend 1").replace(
+        "prefixes = [\"10.3.0.1/32\", \"2001:db8:3::1/128\"]",
+        "prefixes = [\"2001:db8:3::1/128\"]",
+    );
+    std::fs::write(&cfg, narrowed).unwrap();
+    let (ok, _, err) = t.cli(&["reload"]);
+    assert!(ok, "{err}");
+    let gone = wait_for(WAIT, || tor.route("10.3.0.1/32").is_none().then_some(()));
+    assert!(
+        gone.is_some(),
+        "{}\n{}\n{:?}",
+        t.show(&["routes"]),
+        t.show(&["rib"]),
+        kernel_routes(&lab)
+    );
+    assert!(tor.route("2001:db8:3::1/128").is_some());
+    assert!(!kernel_routes(&lab)
+        .iter()
+        .any(|l| l.starts_with("10.3.0.1 ")));
+    // No session was reset along the way.
+    assert_eq!(flaps(&t), 0, "{}", t.show(&["peers"]));
+    lab.stop(t.pid);
+}
