@@ -168,7 +168,7 @@ impl Inventory {
     /// registrations; nothing changes if the new set conflicts.
     pub fn replace_config(&mut self, entries: Vec<VmEntry>) -> Result<(), String> {
         let mut next = Inventory {
-            entries: entries,
+            entries,
             state_file: self.state_file.clone(),
         };
         for e in self
