@@ -201,7 +201,6 @@ pub struct Neighbor {
     pub connect_retry: Duration,
     pub passive: bool,
     pub families: Vec<Afi>,
-    pub announce: Vec<Prefix>,
     /// Export policy (`export = "NAME"`); the hypervisor default without.
     pub export: Arc<Policy>,
     /// Install the routes learned from this neighbor into the kernel.
@@ -349,8 +348,6 @@ struct RawNeighbor {
     #[serde(default)]
     passive: bool,
     families: Option<Vec<Spanned<String>>>,
-    #[serde(default, deserialize_with = "prefixes")]
-    announce: Vec<Prefix>,
     export: Option<Spanned<String>>,
     #[serde(default)]
     kernel_import: bool,
@@ -668,7 +665,6 @@ impl Config {
                 connect_retry: Duration::from_secs(connect_retry),
                 passive: n.passive,
                 families,
-                announce: n.announce,
             });
         }
         let mut groups: Vec<Group> = Vec::new();
