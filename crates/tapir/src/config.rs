@@ -147,6 +147,9 @@ pub struct Group {
     pub route_protocols: Vec<u8>,
     /// Graceful restart time advertised (RFC 4724), 0 for none.
     pub graceful_restart_time: u16,
+    /// Accept IPv4 routes with IPv6 next hops (RFC 8950), as link-local
+    /// VMs send them.
+    pub extended_next_hop: bool,
 }
 
 impl Group {
@@ -303,6 +306,8 @@ struct RawGroup {
     route_protocols: Option<Vec<Spanned<String>>>,
     #[serde(default = "default_gr_time")]
     graceful_restart_time: Spanned<u16>,
+    #[serde(default = "yes")]
+    extended_next_hop: bool,
 }
 
 #[derive(Deserialize)]
@@ -969,6 +974,7 @@ fn parse_group(
         max_prefixes_action,
         route_protocols,
         graceful_restart_time: gr,
+        extended_next_hop: g.extended_next_hop,
     })
 }
 

@@ -381,11 +381,11 @@ impl Hypervisor {
             hold_time: group.hold_time,
             connect_retry: group.connect_retry,
             passive: false,
-            families: vec![if addr.is_ipv4() {
-                bgp::Afi::Ipv4
-            } else {
-                bgp::Afi::Ipv6
-            }],
+            // Both families on every VM session: the VM's own config
+            // decides which it uses (the capability intersection), and a
+            // link-local session can carry IPv4 too (RFC 8950).
+            families: vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6],
+            extended_next_hop: group.extended_next_hop,
             export: None,
             kernel: self.kernel,
             vm: entry.map(|e| e.name.clone()),

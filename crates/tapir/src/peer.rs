@@ -71,6 +71,8 @@ pub struct PeerConfig {
     pub group: Option<String>,
     /// Graceful restart time to advertise (RFC 4724), if any.
     pub graceful_restart: Option<u16>,
+    /// Offer IPv4 unicast with IPv6 next hops (RFC 8950).
+    pub extended_next_hop: bool,
     /// For a VM: what it may announce. Static neighbors accept everything.
     pub policy: Option<Arc<VmPolicy>>,
 }
@@ -93,6 +95,7 @@ impl From<&Neighbor> for PeerConfig {
             vm: None,
             group: None,
             graceful_restart: None,
+            extended_next_hop: false,
             policy: None,
         }
     }
@@ -279,7 +282,7 @@ fn session_config(cfg: &PeerConfig, local: &Local) -> session::Config {
         connect_retry: cfg.connect_retry,
         passive: cfg.passive,
         families: cfg.families.iter().map(|a| AfiSafi::unicast(*a)).collect(),
-        extended_next_hop: false,
+        extended_next_hop: cfg.extended_next_hop,
         graceful_restart: cfg.graceful_restart,
         restarting: cfg.graceful_restart.is_some()
             && local.restarting.load(std::sync::atomic::Ordering::Relaxed),

@@ -512,3 +512,86 @@ fn reload_applies_policy_changes_without_resetting_sessions() {
     assert_eq!(flaps(&t), 0, "{}", t.show(&["peers"]));
     lab.stop(t.pid);
 }
+
+#[test]
+fn ibgp_vm_and_kernel_import_of_upstream_routes() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 11);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    // recdns1001 as an iBGP client (AS 64612, tapir its route reflector):
+    // no AS hop is added, even with as-path = "keep".
+    let vm_cfg = reference::vm_bird_config(11, 64612, &["10.3.0.1/32"])
+        .replace("external;", "internal;")
+        .replace(
+            "export where source = RTS_STATIC;",
+            "export where source = RTS_STATIC; next hop self;",
+        );
+    let _vm = lab.bird("vm11", &vm_cfg);
+    let cfg = example_with_mode("keep")
+        .replace("remote-as = \"external\"", "remote-as = \"internal\"")
+        .replace("asn = 64613", "asn = 64612")
+        .replace(
+            "families = [\"ipv4\"]\nexport = \"TO-TOR\"",
+            "families = [\"ipv4\"]\nexport = \"TO-TOR\"\nkernel-import = true",
+        );
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let r = wait_tor(&lab, &tor, "10.3.0.1/32", |_| true);
+    assert_eq!(r.as_path, vec![64612], "{r:?}");
+    assert_eq!(r.next_hop, "10.192.21.6");
+    // tor-v4 has kernel-import: its route is in hv1's kernel; tor-v6 has
+    // not: its route is not.
+    let k = wait_for(WAIT, || {
+        let k = kernel_routes(&lab);
+        k.iter()
+            .any(|l| l.starts_with("192.0.2.0/24 via 10.192.21.1"))
+            .then_some(k)
+    });
+    assert!(
+        k.is_some(),
+        "{:?}\n{}",
+        kernel_routes(&lab),
+        t.show(&["rib"])
+    );
+    assert!(!kernel_routes(&lab)
+        .iter()
+        .any(|l| l.starts_with("2001:db8:ff::")));
+    assert!(kernel_routes(&lab)
+        .iter()
+        .any(|l| l.starts_with("10.3.0.1 via 10.192.24.11 dev tap11")));
+}
+
+#[test]
+fn ipv4_over_a_link_local_session_rfc8950() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 12);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    // vm12 peers over IPv6 link-local only and also announces an IPv4
+    // prefix, with its IPv6 address as next hop.
+    let vm_cfg = reference::vm_bird_link_local_config(12, 64613, &["2001:db8:3::2/128"], "")
+        .replace("protocol bgp {", "protocol static s4 { ipv4; route 10.3.0.12/32 unreachable; }\nprotocol bgp {")
+        .replace(
+            "ipv6 { import none; export where source = RTS_STATIC; };",
+            "ipv6 { import none; export where source = RTS_STATIC; };\n    ipv4 { import none; export where source = RTS_STATIC; extended next hop on; };",
+        );
+    let vm = lab.bird("vm12", &vm_cfg);
+    let cfg = lab.write("hv1/tapir.toml", &example_with_mode("strip"));
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let k = wait_for(WAIT, || {
+        let k = kernel_routes(&lab);
+        k.iter()
+            .any(|l| l.starts_with("10.3.0.12 via inet6 fe80::") && l.contains("dev tap12"))
+            .then_some(k)
+    });
+    assert!(
+        k.is_some(),
+        "{:?}\n{}\n{}",
+        kernel_routes(&lab),
+        t.show(&["routes"]),
+        vm.cmd(&["show", "protocols", "all", "bgp1"])
+    );
+    let r = wait_tor(&lab, &tor, "10.3.0.12/32", |_| true);
+    assert_eq!(r.next_hop, "10.192.21.6");
+}
