@@ -4,8 +4,11 @@
 //! ratios. A benchmark prints numbers; it asserts nothing about time.
 //!
 //! ```text
-//! tapir-bench run --tapir PATH [--prefixes N] [--daemons tapir,bird,frr,gobgp]
+//! tapir-bench run --tapir PATH [--prefixes N] [--daemons tapir,bird,frr,gobgp] [--kernel]
 //! ```
+//!
+//! With `--kernel` the clock stops when all N routes are in the daemon's
+//! kernel table instead (routes/s into the FIB; GoBGP has no FIB of its own).
 //!
 //! The injector and the receiver are this same program (`inject`, `sink`)
 //! run inside their namespaces: our codec, UPDATEs encoded before the clock
@@ -245,11 +248,29 @@ fn wait_line(lab: &Lab, log: &str, key: &str, timeout: Duration) -> Option<u128>
     })
 }
 
+/// Routes in the main IPv4 table of a lab host.
+fn kernel_count(lab: &Lab, host: &str) -> usize {
+    let o = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &lab.netns(host),
+            "-4",
+            "route",
+            "show",
+            "table",
+            "main",
+        ])
+        .output();
+    o.map(|o| o.stdout.iter().filter(|b| **b == b'\n').count())
+        .unwrap_or(0)
+}
+
 fn bench_one(
     daemon: &str,
     tapir: &std::path::Path,
     n: u32,
     me: &str,
+    kernel: bool,
 ) -> std::result::Result<Result, String> {
     let mut lab = Lab::new();
     for h in ["inj", "dut", "sink"] {
@@ -294,14 +315,26 @@ fn bench_one(
                  [[neighbor]]\nname = \"sink\"\naddress = \"10.0.2.2\"\nremote-as = 65002\nhold-time = 240\nexport = \"ALL\"\n\n\
                  [policy.ALL]\ndefault = \"accept\"\n\n[kernel]\ninstall = false\n",
             );
+            if kernel {
+                let text = std::fs::read_to_string(&cfg)
+                    .unwrap_or_default()
+                    .replace("install = false", "install = true")
+                    .replace("passive = true\n", "passive = true\nkernel-import = true\n");
+                std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
+            }
             lab.tapir_with_log("dut", tapir, &cfg, "info").pid
         }
         "bird" => {
+            let kernel_proto = if kernel {
+                "protocol kernel { ipv4 { export all; }; merge paths off; }\n"
+            } else {
+                ""
+            };
             lab.bird(
                 "dut",
-                "router id 10.0.1.1;\nprotocol device { }\n\
+                &(kernel_proto.to_string() + "router id 10.0.1.1;\nprotocol device { }\n\
                  protocol bgp inj { local 10.0.1.1 as 64612; neighbor 10.0.1.2 as 65001; passive on;\n  ipv4 { import all; export none; }; }\n\
-                 protocol bgp sink { local 10.0.2.1 as 64612; neighbor 10.0.2.2 as 65002; connect delay time 0;\n  ipv4 { import none; export all; }; }\n",
+                 protocol bgp sink { local 10.0.2.1 as 64612; neighbor 10.0.2.2 as 65002; connect delay time 0;\n  ipv4 { import none; export all; }; }\n"),
             )
             .pid
         }
@@ -311,9 +344,12 @@ fn bench_one(
                 "hostname dut\nrouter bgp 64612\n bgp router-id 10.0.1.1\n no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n \
                  neighbor 10.0.1.2 remote-as 65001\n neighbor 10.0.1.2 passive\n neighbor 10.0.2.2 remote-as 65002\n neighbor 10.0.2.2 timers connect 1\n \
                  address-family ipv4 unicast\n  neighbor 10.0.1.2 activate\n  neighbor 10.0.2.2 activate\n exit-address-family\nexit\n",
-                true,
+                !kernel,
             );
             lab.frr_bgpd_pid.ok_or("no bgpd pid")?
+        }
+        "gobgp" if kernel => {
+            return Err("gobgp: no kernel installation without zebra; left out".into())
         }
         "gobgp" => {
             let g = lab.gobgp(
@@ -329,6 +365,7 @@ fn bench_one(
         }
         other => return Err(format!("unknown daemon {other}")),
     };
+    let baseline = kernel_count(&lab, "dut");
     if wait_line(&lab, "sink.log", "ESTABLISHED ", Duration::from_secs(60)).is_none() {
         return Err(format!(
             "{daemon}: no session to the sink\n{}",
@@ -356,8 +393,16 @@ fn bench_one(
                 lab.all_logs()
             )
         })?;
-    let done = wait_line(&lab, "sink.log", "DONE ", Duration::from_secs(600))
-        .ok_or_else(|| format!("{daemon}: not all prefixes arrived in 600 s"))?;
+    let done = if kernel {
+        // Poll the kernel table until all N routes are there.
+        wait_for(Duration::from_secs(600), || {
+            (kernel_count(&lab, "dut") >= baseline + n as usize).then(now_nanos)
+        })
+        .ok_or_else(|| format!("{daemon}: not all routes reached the kernel in 600 s"))?
+    } else {
+        wait_line(&lab, "sink.log", "DONE ", Duration::from_secs(600))
+            .ok_or_else(|| format!("{daemon}: not all prefixes arrived in 600 s"))?
+    };
     let rss = Lab::peak_rss_kib(pid).unwrap_or(0);
     Ok(Result {
         daemon: daemon.to_string(),
@@ -380,13 +425,25 @@ fn run(args: &[String]) -> ExitCode {
         eprintln!("--prefixes: 1 to 1000000");
         return ExitCode::FAILURE;
     }
-    let daemons = arg(args, "--daemons").unwrap_or_else(|| "tapir,bird,frr,gobgp".into());
+    let kernel = args.iter().any(|a| a == "--kernel");
+    let daemons = arg(args, "--daemons").unwrap_or_else(|| {
+        if kernel {
+            "tapir,bird,frr"
+        } else {
+            "tapir,bird,frr,gobgp"
+        }
+        .into()
+    });
     let me = std::env::current_exe().expect("own path");
     let me = me.to_string_lossy().into_owned();
-    println!("B3 throughput: {n} IPv4 prefixes, injector -> daemon -> receiver, one run each");
+    if kernel {
+        println!("Kernel install: {n} IPv4 prefixes, injector -> daemon -> its kernel table, one run each");
+    } else {
+        println!("B3 throughput: {n} IPv4 prefixes, injector -> daemon -> receiver, one run each");
+    }
     let mut results = Vec::new();
     for d in daemons.split(',') {
-        match bench_one(d, &tapir, n, &me) {
+        match bench_one(d, &tapir, n, &me, kernel) {
             Ok(r) => {
                 println!(
                     "  {:<6} {:>8.2} s  {:>8.0} prefixes/s  peak RSS {:>7.1} MiB",
