@@ -280,62 +280,74 @@ pub fn spawn_writer(
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<FibChange>>();
     tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
-            for ch in batch {
-                match ch {
-                    FibChange::Install { prefix, hops } => {
-                        let mut m = route_message(&prefix, protocol, metric);
-                        let gw = |via: IpAddr| match (prefix, via) {
-                            (Prefix::V4(..), IpAddr::V4(g)) => {
-                                Some(RouteAttribute::Gateway(RouteAddress::Inet(g)))
-                            }
-                            (Prefix::V6(..), IpAddr::V6(g)) => {
-                                Some(RouteAttribute::Gateway(RouteAddress::Inet6(g)))
-                            }
-                            // An IPv4 prefix with an IPv6 next hop (RFC
-                            // 8950) needs RTA_VIA.
-                            (Prefix::V4(..), IpAddr::V6(g)) => Some(RouteAttribute::Via(
-                                rtnetlink::packet_route::route::RouteVia::Inet6(g),
-                            )),
-                            (Prefix::V6(..), IpAddr::V4(_)) => None,
-                        };
-                        match hops.as_slice() {
-                            [] => continue,
-                            [(via, dev)] => {
-                                let Some(a) = gw(*via) else {
-                                    warn!(%prefix, "IPv6 prefix with an IPv4 next hop not installed");
-                                    continue;
-                                };
-                                m.attributes.push(a);
-                                if let Some(d) = dev {
-                                    m.attributes.push(RouteAttribute::Oif(*d));
-                                }
-                            }
-                            many => {
-                                let hops: Vec<RouteNextHop> = many
-                                    .iter()
-                                    .filter_map(|(via, dev)| {
-                                        let mut h = RouteNextHop::default();
-                                        h.interface_index = dev.unwrap_or(0);
-                                        h.attributes = vec![gw(*via)?];
-                                        Some(h)
-                                    })
-                                    .collect();
-                                m.attributes.push(RouteAttribute::MultiPath(hops));
-                            }
-                        }
-                        if let Err(e) = handle.route().add(m).replace().execute().await {
-                            warn!(%prefix, error = %e, "kernel refused a route");
-                        }
-                    }
-                    FibChange::Remove { prefix } => {
-                        let m = route_message(&prefix, protocol, metric);
-                        if let Err(e) = handle.route().del(m).execute().await {
-                            tracing::debug!(%prefix, error = %e, "route already gone from the kernel");
-                        }
-                    }
-                }
+            // One prefix appears once per batch, so the changes of a batch
+            // are independent: send them in parallel, 64 requests in flight,
+            // instead of waiting for each answer in turn.
+            for chunk in batch.chunks(64) {
+                let jobs = chunk
+                    .iter()
+                    .cloned()
+                    .map(|ch| apply(handle.clone(), ch, protocol, metric));
+                futures_util::future::join_all(jobs).await;
             }
         }
     });
     Ok(tx)
+}
+
+/// Applies one FIB change.
+async fn apply(handle: rtnetlink::Handle, ch: FibChange, protocol: u8, metric: u32) {
+    match ch {
+        FibChange::Install { prefix, hops } => {
+            let mut m = route_message(&prefix, protocol, metric);
+            let gw = |via: IpAddr| match (prefix, via) {
+                (Prefix::V4(..), IpAddr::V4(g)) => {
+                    Some(RouteAttribute::Gateway(RouteAddress::Inet(g)))
+                }
+                (Prefix::V6(..), IpAddr::V6(g)) => {
+                    Some(RouteAttribute::Gateway(RouteAddress::Inet6(g)))
+                }
+                // An IPv4 prefix with an IPv6 next hop (RFC
+                // 8950) needs RTA_VIA.
+                (Prefix::V4(..), IpAddr::V6(g)) => Some(RouteAttribute::Via(
+                    rtnetlink::packet_route::route::RouteVia::Inet6(g),
+                )),
+                (Prefix::V6(..), IpAddr::V4(_)) => None,
+            };
+            match hops.as_slice() {
+                [] => return,
+                [(via, dev)] => {
+                    let Some(a) = gw(*via) else {
+                        warn!(%prefix, "IPv6 prefix with an IPv4 next hop not installed");
+                        return;
+                    };
+                    m.attributes.push(a);
+                    if let Some(d) = dev {
+                        m.attributes.push(RouteAttribute::Oif(*d));
+                    }
+                }
+                many => {
+                    let hops: Vec<RouteNextHop> = many
+                        .iter()
+                        .filter_map(|(via, dev)| {
+                            let mut h = RouteNextHop::default();
+                            h.interface_index = dev.unwrap_or(0);
+                            h.attributes = vec![gw(*via)?];
+                            Some(h)
+                        })
+                        .collect();
+                    m.attributes.push(RouteAttribute::MultiPath(hops));
+                }
+            }
+            if let Err(e) = handle.route().add(m).replace().execute().await {
+                warn!(%prefix, error = %e, "kernel refused a route");
+            }
+        }
+        FibChange::Remove { prefix } => {
+            let m = route_message(&prefix, protocol, metric);
+            if let Err(e) = handle.route().del(m).execute().await {
+                tracing::debug!(%prefix, error = %e, "route already gone from the kernel");
+            }
+        }
+    }
 }

@@ -127,15 +127,30 @@ fn vm_routes_reach_a_gobgp_tor() {
 
 #[test]
 fn every_as_path_mode_at_a_bird_tor() {
+    every_as_path_mode(Kind::Bird);
+}
+
+#[test]
+fn every_as_path_mode_at_an_frr_tor() {
+    every_as_path_mode(Kind::Frr);
+}
+
+#[test]
+fn every_as_path_mode_at_a_gobgp_tor() {
+    every_as_path_mode(Kind::Gobgp);
+}
+
+fn every_as_path_mode(kind: Kind) {
     for (mode, want) in [
         ("keep", vec![64612, 64613]),
         ("strip", vec![64612]),
         ("strip-private", vec![64612]),
         ("prepend 2", vec![64612, 64612, 64612, 64613]),
     ] {
-        let (lab, tor, _t, _vm) = setup(Kind::Bird, mode);
+        let (lab, tor, _t, _vm) = setup(kind, mode);
         let r = wait_tor(&lab, &tor, "10.3.0.1/32", |r| r.as_path == want);
-        assert_eq!(r.next_hop, "10.192.21.6", "{mode}");
+        assert_eq!(r.next_hop, "10.192.21.6", "{kind:?} {mode}");
+        assert!(r.communities.contains(&"64612:100".to_string()), "{kind:?} {mode}: {r:?}");
     }
 }
 
