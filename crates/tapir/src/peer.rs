@@ -167,7 +167,8 @@ struct RouteIn {
     next_hop: NextHop,
     attrs: Arc<PathAttributes>,
     /// Why the route is refused, if it is.
-    rejected: Option<Rejection>,
+    /// (Boxed: most routes are accepted, and this keeps them small.)
+    rejected: Option<Box<Rejection>>,
     /// Kept from before the peer restarted (RFC 4724 §4.2), until it
     /// announces again or sends End-of-RIB.
     stale: bool,
@@ -867,19 +868,16 @@ impl Peer {
     }
 
     /// The verdict on one announcement, max-prefix count included.
-    fn judge(&self, p: &Prefix, nh: &NextHop) -> Option<Rejection> {
+    fn judge(&self, p: &Prefix, nh: &NextHop) -> Option<Box<Rejection>> {
         let policy = self.cfg.policy.as_ref()?;
         if let Err(r) = policy.judge(p, nh) {
-            return Some(r);
+            return Some(Box::new(r));
         }
-        let accepted = self
-            .adj_rib_in
-            .values()
-            .filter(|r| r.rejected.is_none())
-            .count();
-        (accepted >= policy.max_prefixes).then(|| Rejection {
-            kind: "max-prefixes",
-            reason: format!("more than {} prefixes (max-prefixes)", policy.max_prefixes),
+        (self.accepted >= policy.max_prefixes).then(|| {
+            Box::new(Rejection {
+                kind: "max-prefixes",
+                reason: format!("more than {} prefixes (max-prefixes)", policy.max_prefixes),
+            })
         })
     }
 
@@ -1084,11 +1082,7 @@ impl Peer {
                 .map(|n| n.peer_capabilities.iter().map(|c| c.describe()).collect())
                 .unwrap_or_default(),
             routes_received: self.adj_rib_in.len(),
-            routes_accepted: self
-                .adj_rib_in
-                .values()
-                .filter(|r| r.rejected.is_none())
-                .count(),
+            routes_accepted: self.accepted,
             rejections: self
                 .rejections
                 .iter()

@@ -150,7 +150,10 @@ fn every_as_path_mode(kind: Kind) {
         let (lab, tor, _t, _vm) = setup(kind, mode);
         let r = wait_tor(&lab, &tor, "10.3.0.1/32", |r| r.as_path == want);
         assert_eq!(r.next_hop, "10.192.21.6", "{kind:?} {mode}");
-        assert!(r.communities.contains(&"64612:100".to_string()), "{kind:?} {mode}: {r:?}");
+        assert!(
+            r.communities.contains(&"64612:100".to_string()),
+            "{kind:?} {mode}: {r:?}"
+        );
     }
 }
 
