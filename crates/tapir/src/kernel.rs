@@ -212,11 +212,8 @@ fn route_message(prefix: &Prefix, protocol: u8, metric: u32) -> RouteMessage {
     }
 }
 
-/// The prefixes of the routes of our protocol in the kernel (kept by a
-/// graceful restart).
-pub async fn our_routes(protocol: u8) -> std::io::Result<Vec<Prefix>> {
-    let (conn, handle, _) = rtnetlink::new_connection()?;
-    tokio::spawn(conn);
+/// Every route of our protocol in the kernel (both families).
+async fn dump_ours(handle: &rtnetlink::Handle, protocol: u8) -> Vec<RouteMessage> {
     let mut out = Vec::new();
     for v in [IpVersion::V4, IpVersion::V6] {
         let msg = match v {
@@ -225,41 +222,38 @@ pub async fn our_routes(protocol: u8) -> std::io::Result<Vec<Prefix>> {
         };
         let mut routes = handle.route().get(msg).execute();
         while let Ok(Some(m)) = routes.try_next().await {
-            if u8::from(m.header.protocol) != protocol {
-                continue;
+            if u8::from(m.header.protocol) == protocol {
+                out.push(m);
             }
+        }
+    }
+    out
+}
+
+/// The prefixes of the routes of our protocol in the kernel (kept by a
+/// graceful restart).
+pub async fn our_routes(protocol: u8) -> std::io::Result<Vec<Prefix>> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    Ok(dump_ours(&handle, protocol)
+        .await
+        .iter()
+        .filter_map(|m| {
             let dst = m.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
                 RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
                 _ => None,
-            });
-            if let Some(p) =
-                dst.and_then(|a| Prefix::new(a, m.header.destination_prefix_length).ok())
-            {
-                out.push(p);
-            }
-        }
-    }
-    Ok(out)
+            })?;
+            Prefix::new(dst, m.header.destination_prefix_length).ok()
+        })
+        .collect())
 }
 
 /// Removes routes of our protocol left by an earlier run (DESIGN C9).
 pub async fn flush_stale(protocol: u8) -> std::io::Result<usize> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(conn);
-    let mut stale = Vec::new();
-    for v in [IpVersion::V4, IpVersion::V6] {
-        let msg = match v {
-            IpVersion::V4 => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-            IpVersion::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        };
-        let mut routes = handle.route().get(msg).execute();
-        while let Ok(Some(m)) = routes.try_next().await {
-            if u8::from(m.header.protocol) == protocol {
-                stale.push(m);
-            }
-        }
-    }
+    let stale = dump_ours(&handle, protocol).await;
     let n = stale.len();
     for m in stale {
         if let Err(e) = handle.route().del(m).execute().await {
