@@ -80,6 +80,19 @@ fn main() -> ExitCode {
     println!("{}", t.show(&["peers"]));
     println!("$ tapir show routes\n{}", t.show(&["routes"]));
     println!("$ tapir show vms\n{}", t.show(&["vms"]));
+    println!("$ tapir show rib\n{}", t.show(&["rib"]));
+    let _ = wait_for(Duration::from_secs(10), || tor.route("10.3.0.1/32"));
+    println!(
+        "$ birdc show route 10.3.0.1/32 all   # in tor: the VM's prefix, AS path stripped to 64612\n{}",
+        tor.route("10.3.0.1/32").unwrap_or_else(|| "(not there)\n".into())
+    );
+    for fam in ["-4", "-6"] {
+        let k = lab.ip("hv1", &[fam, "route", "show", "proto", "bgp"]);
+        println!(
+            "$ ip {fam} route show proto bgp   # in hv1\n{}",
+            String::from_utf8_lossy(&k.stdout)
+        );
+    }
     println!(
         "$ birdc show protocols   # in tor\n{}",
         tor.cmd(&["show", "protocols"])
