@@ -150,6 +150,8 @@ pub struct Group {
     /// Accept IPv4 routes with IPv6 next hops (RFC 8950), as link-local
     /// VMs send them.
     pub extended_next_hop: bool,
+    /// BFD with every VM of the group.
+    pub bfd: Option<crate::bfd::BfdTimers>,
 }
 
 impl Group {
@@ -208,6 +210,8 @@ pub struct Neighbor {
     pub export: Arc<Policy>,
     /// Install the routes learned from this neighbor into the kernel.
     pub kernel_import: bool,
+    /// BFD (single-hop) while the session is up.
+    pub bfd: Option<crate::bfd::BfdTimers>,
 }
 
 /// `remote-as`: a number, `external` or `internal`.
@@ -308,6 +312,12 @@ struct RawGroup {
     graceful_restart_time: Spanned<u16>,
     #[serde(default = "yes")]
     extended_next_hop: bool,
+    #[serde(default)]
+    bfd: bool,
+    #[serde(default = "default_bfd_interval")]
+    bfd_interval: Spanned<u64>,
+    #[serde(default = "default_bfd_multiplier")]
+    bfd_multiplier: Spanned<u8>,
 }
 
 #[derive(Deserialize)]
@@ -356,6 +366,46 @@ struct RawNeighbor {
     export: Option<Spanned<String>>,
     #[serde(default)]
     kernel_import: bool,
+    #[serde(default)]
+    bfd: bool,
+    #[serde(default = "default_bfd_interval")]
+    bfd_interval: Spanned<u64>,
+    #[serde(default = "default_bfd_multiplier")]
+    bfd_multiplier: Spanned<u8>,
+}
+
+fn default_bfd_interval() -> Spanned<u64> {
+    Spanned::new(0..0, 300)
+}
+fn default_bfd_multiplier() -> Spanned<u8> {
+    Spanned::new(0..0, 3)
+}
+
+/// BFD timers from `bfd-interval` (ms) and `bfd-multiplier`.
+fn bfd_timers(
+    on: bool,
+    interval: &Spanned<u64>,
+    mult: &Spanned<u8>,
+    err: &ErrFn,
+) -> Result<Option<crate::bfd::BfdTimers>, ConfigError> {
+    if !on {
+        return Ok(None);
+    }
+    let i = *interval.get_ref();
+    if !(10..=60_000).contains(&i) {
+        return Err(err(
+            interval.span(),
+            "bfd-interval: 10 to 60000 milliseconds".into(),
+        ));
+    }
+    let m = *mult.get_ref();
+    if m == 0 {
+        return Err(err(mult.span(), "bfd-multiplier: at least 1".into()));
+    }
+    Ok(Some(crate::bfd::BfdTimers {
+        interval: Duration::from_millis(i),
+        multiplier: m,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -658,8 +708,10 @@ impl Config {
                     )
                 })?,
             };
+            let bfd = bfd_timers(n.bfd, &n.bfd_interval, &n.bfd_multiplier, &err)?;
             neighbors.push(Neighbor {
                 export,
+                bfd,
                 kernel_import: n.kernel_import,
                 name,
                 address,
@@ -975,6 +1027,7 @@ fn parse_group(
         route_protocols,
         graceful_restart_time: gr,
         extended_next_hop: g.extended_next_hop,
+        bfd: bfd_timers(g.bfd, &g.bfd_interval, &g.bfd_multiplier, err)?,
     })
 }
 

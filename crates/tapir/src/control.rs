@@ -21,6 +21,7 @@ pub enum Request {
     ShowRoutes,
     ShowVms,
     ShowRib,
+    ShowBfd,
     VmAdd {
         vm: crate::inventory::Registration,
     },
@@ -91,12 +92,27 @@ pub struct RouteEntry {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "result", rename_all = "kebab-case")]
 pub enum Response {
-    Peers { peers: Vec<PeerStatus> },
-    Routes { routes: Vec<RouteEntry> },
-    Vms { vms: Vec<crate::dynamic::VmStatus> },
-    Rib { rib: Vec<crate::rib::LocRibEntry> },
-    Done { message: String },
-    Error { message: String },
+    Peers {
+        peers: Vec<PeerStatus>,
+    },
+    Routes {
+        routes: Vec<RouteEntry>,
+    },
+    Vms {
+        vms: Vec<crate::dynamic::VmStatus>,
+    },
+    Rib {
+        rib: Vec<crate::rib::LocRibEntry>,
+    },
+    Bfd {
+        sessions: Vec<crate::bfd::BfdStatus>,
+    },
+    Done {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// Sends one request to a running daemon.

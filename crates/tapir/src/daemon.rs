@@ -90,9 +90,17 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         config.kernel.multipath,
         restart,
     );
+    let wants_bfd = config.neighbors.iter().any(|n| n.bfd.is_some())
+        || config.groups.iter().any(|g| g.bfd.is_some());
+    let bfd = if wants_bfd {
+        Some(crate::bfd::spawn().map_err(|e| format!("BFD sockets (UDP 3784): {e}"))?)
+    } else {
+        None
+    };
     let local = Arc::new(Local {
         router_id: config.router_id,
         local_as: config.local_as,
+        bfd: bfd.clone(),
         rib,
         restarting: restarting_flag,
     });
@@ -180,6 +188,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         let rib = local.rib.clone();
         let stop_tx = stop_tx.clone();
         let reload_tx = reload_tx.clone();
+        let bfd_tx = bfd.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = control_listener.accept().await else {
@@ -190,13 +199,27 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
                 let rib = rib.clone();
                 let stop_tx = stop_tx.clone();
                 let reload_tx = reload_tx.clone();
+                let bfd_tx = bfd_tx.clone();
                 tokio::spawn(control::serve_client(stream, move |req| {
                     let peers = peers.clone();
                     let hv = hv.clone();
                     let rib = rib.clone();
                     let stop_tx = stop_tx.clone();
                     let reload_tx = reload_tx.clone();
+                    let bfd = bfd_tx.clone();
                     async move {
+                        if let Request::ShowBfd = req {
+                            let Some(bfd) = bfd else {
+                                return Response::Bfd {
+                                    sessions: Vec::new(),
+                                };
+                            };
+                            let (tx, rx) = oneshot::channel();
+                            let _ = bfd.send(crate::bfd::BfdMsg::Show(tx)).await;
+                            return Response::Bfd {
+                                sessions: rx.await.unwrap_or_default(),
+                            };
+                        }
                         if let Request::Reload = req {
                             let (tx, rx) = oneshot::channel();
                             if reload_tx.send(tx).await.is_err() {
@@ -446,6 +469,9 @@ async fn answer(
                 rib: rx.await.unwrap_or_default(),
             }
         }
+        Request::ShowBfd => Response::Error {
+            message: "handled by the daemon loop".into(),
+        },
         Request::ShowVms => {
             let Some(hv) = hv else { return no_hv() };
             let (tx, rx) = oneshot::channel();

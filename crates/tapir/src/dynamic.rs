@@ -386,6 +386,7 @@ impl Hypervisor {
             // link-local session can carry IPv4 too (RFC 8950).
             families: vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6],
             extended_next_hop: group.extended_next_hop,
+            bfd: group.bfd,
             export: None,
             kernel: self.kernel,
             vm: entry.map(|e| e.name.clone()),

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod authorisation;
+mod bfd;
 mod config;
 mod control;
 mod daemon;
@@ -119,6 +120,12 @@ enum Show {
         #[arg(long)]
         json: bool,
     },
+    /// BFD sessions: peer, state, discriminators, timers.
+    Bfd {
+        /// Print JSON (schema in docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// The Loc-RIB: the best path of every prefix and where it came from.
     Rib {
         /// Print JSON (schema in docs/json.md).
@@ -210,6 +217,7 @@ fn main() -> ExitCode {
                 Show::Routes { json } => (control::Request::ShowRoutes, json),
                 Show::Vms { json } => (control::Request::ShowVms, json),
                 Show::Rib { json } => (control::Request::ShowRib, json),
+                Show::Bfd { json } => (control::Request::ShowBfd, json),
             };
             client(&rt, &cli.socket, req, json)
         }
@@ -274,6 +282,8 @@ fn client(
         (Response::Vms { vms }, true) => pretty(serde_json::to_string_pretty(vms)),
         (Response::Rib { rib }, true) => pretty(serde_json::to_string_pretty(rib)),
         (Response::Rib { rib }, false) => show::rib(rib),
+        (Response::Bfd { sessions }, true) => pretty(serde_json::to_string_pretty(sessions)),
+        (Response::Bfd { sessions }, false) => show::bfd(sessions),
         (Response::Peers { peers }, false) => show::peers(peers),
         (Response::Routes { routes }, false) => show::routes(routes),
         (Response::Vms { vms }, false) => show::vms(vms),

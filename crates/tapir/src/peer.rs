@@ -73,6 +73,8 @@ pub struct PeerConfig {
     pub graceful_restart: Option<u16>,
     /// Offer IPv4 unicast with IPv6 next hops (RFC 8950).
     pub extended_next_hop: bool,
+    /// Run BFD with these timers while the session is up.
+    pub bfd: Option<crate::bfd::BfdTimers>,
     /// For a VM: what it may announce. Static neighbors accept everything.
     pub policy: Option<Arc<VmPolicy>>,
 }
@@ -96,6 +98,7 @@ impl From<&Neighbor> for PeerConfig {
             group: None,
             graceful_restart: None,
             extended_next_hop: false,
+            bfd: n.bfd,
             policy: None,
         }
     }
@@ -117,6 +120,8 @@ pub struct Local {
     pub local_as: u32,
     /// The Loc-RIB task: accepted routes go there, exports come from it.
     pub rib: mpsc::UnboundedSender<RibMsg>,
+    /// The BFD task, if any session asks for BFD.
+    pub bfd: Option<mpsc::Sender<crate::bfd::BfdMsg>>,
     /// True while tapir comes back from a graceful restart: OPENs carry
     /// the Restart State and Forwarding State bits (RFC 4724 §4.1).
     pub restarting: Arc<std::sync::atomic::AtomicBool>,
@@ -142,6 +147,8 @@ pub enum PeerMsg {
     RibReady,
     /// A reload changed the export policy (no session reset).
     SetExport(Arc<Policy>),
+    /// BFD saw the path fail (it was Up, it is Down).
+    BfdDown,
     Connected {
         conn: u64,
         result: std::io::Result<TcpStream>,
@@ -355,6 +362,7 @@ impl Peer {
                 break;
             }
             if let PeerMsg::Shutdown(reason, done) = msg {
+                self.bfd_remove();
                 let now = Instant::now();
                 for c in &mut self.conns {
                     c.session.stop(
@@ -478,6 +486,17 @@ impl Peer {
                 self.judge_all();
             }
             PeerMsg::Export(changes) => self.export(changes),
+            PeerMsg::BfdDown => {
+                // RFC 9384: Cease / BFD Down; routes go with the session.
+                let n = Notification::new(bgp::notification::code::CEASE, cease::BFD_DOWN);
+                let now = Instant::now();
+                for c in &mut self.conns {
+                    if c.session.state() == State::Established {
+                        warn!("BFD down: ending the BGP session");
+                        c.session.reset(now, n.clone());
+                    }
+                }
+            }
             PeerMsg::SetExport(policy) => {
                 if self.cfg.export.as_ref().is_some_and(|p| **p != *policy) {
                     info!(policy = %policy.name, "export policy changed");
@@ -684,6 +703,15 @@ impl Peer {
                     kernel: self.cfg.kernel,
                 }));
                 self.peer_gr = n.peer_graceful_restart.clone();
+                if let (Some(timers), Some(bfd)) = (self.cfg.bfd, &self.local.bfd) {
+                    let _ = bfd.try_send(crate::bfd::BfdMsg::Add {
+                        peer: self.cfg.address,
+                        interface: self.cfg.interface.clone(),
+                        timers,
+                        notify: self.tx.clone(),
+                        name: self.cfg.name.clone(),
+                    });
+                }
                 let families = n.context.families.clone();
                 for f in families {
                     self.send_family(i, f);
@@ -691,6 +719,7 @@ impl Peer {
             }
             Event::Down(reason) => {
                 self.flaps += 1;
+                self.bfd_remove();
                 // RFC 4724 §4.2: a peer that can restart gracefully and
                 // lost its connection (no NOTIFICATION) keeps its routes,
                 // marked stale, for its restart time.
@@ -917,6 +946,16 @@ impl Peer {
         let now = Instant::now();
         for c in &mut self.conns {
             c.session.reset(now, n.clone());
+        }
+    }
+
+    fn bfd_remove(&self) {
+        if let (Some(_), Some(bfd)) = (self.cfg.bfd, &self.local.bfd) {
+            let key = (
+                self.cfg.address,
+                self.cfg.interface.as_ref().map(|i| i.index),
+            );
+            let _ = bfd.try_send(crate::bfd::BfdMsg::Remove(key));
         }
     }
 

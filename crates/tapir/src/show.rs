@@ -152,6 +152,36 @@ pub fn rib(rib: &[crate::rib::LocRibEntry]) -> String {
     )
 }
 
+pub fn bfd(s: &[crate::bfd::BfdStatus]) -> String {
+    let rows: Vec<Vec<String>> = s
+        .iter()
+        .map(|b| {
+            vec![
+                b.name.clone(),
+                match &b.interface {
+                    Some(i) => format!("{}%{i}", b.peer),
+                    None => b.peer.clone(),
+                },
+                b.state.clone(),
+                format!("{}/{}", b.local_discriminator, b.remote_discriminator),
+                format!("{} ms", b.interval_ms),
+                format!("{} ms", b.detection_ms),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "Name",
+            "Peer",
+            "State",
+            "Discr (local/remote)",
+            "Interval",
+            "Detection",
+        ],
+        &rows,
+    )
+}
+
 pub fn vms(vms: &[VmStatus]) -> String {
     let rows: Vec<Vec<String>> = vms
         .iter()

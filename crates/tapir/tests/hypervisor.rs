@@ -467,3 +467,61 @@ fn max_prefixes_reject_and_teardown() {
         lab.all_logs()
     );
 }
+
+#[test]
+fn bfd_with_a_bird_vm_ends_the_session_when_the_vm_freezes() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 12);
+    // vm12 as DESIGN §5 has it: link-local, `bfd on`, 300 ms x 3.
+    let vm_cfg = reference::vm_bird_link_local_config(12, 64613, &["2001:db8:3::2/128"], "bfd on;")
+        .replace(
+            "protocol device { }",
+            "protocol device { }\nprotocol bfd { interface \"eth0\" { interval 300 ms; multiplier 3; }; }",
+        );
+    let vm = lab.bird("vm12", &vm_cfg);
+    let cfg = std::fs::read_to_string(example()).unwrap().replace(
+        "graceful-restart-time = 120",
+        "graceful-restart-time = 120\nbfd = true\nbfd-interval = 300\nbfd-multiplier = 3",
+    );
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    wait_up(&lab, &vm, "vm12");
+    wait_route(&lab, &t, "2001:db8:3::2/128", "tap12");
+    // BFD up, as the VM's BIRD sees it and as tapir sees it.
+    let up = wait_for(WAIT, || {
+        let b = vm.cmd(&["show", "bfd", "sessions"]);
+        let ours = t.json("bfd");
+        (b.contains(" Up ") && ours.as_array()?.iter().any(|s| s["state"] == "Up")).then_some(b)
+    });
+    assert!(
+        up.is_some(),
+        "{}\n{}\n{}",
+        vm.cmd(&["show", "bfd", "sessions"]),
+        t.show(&["bfd"]),
+        lab.all_logs()
+    );
+    // The VM freezes (its BIRD stops; the kernel still answers TCP): BFD
+    // ends the BGP session long before the 90 s hold time would.
+    let frozen = std::time::Instant::now();
+    lab.exec("vm12", &["kill", "-STOP", &vm.pid.to_string()]);
+    let gone = wait_for(Duration::from_secs(10), || {
+        t.routes_for("2001:db8:3::2/128").is_empty().then_some(())
+    });
+    let took = frozen.elapsed();
+    eprintln!("BFD: VM frozen -> route withdrawn in {took:?} (300 ms x 3)");
+    lab.exec("vm12", &["kill", "-CONT", &vm.pid.to_string()]);
+    assert!(
+        gone.is_some(),
+        "route kept after the VM froze:\n{}",
+        t.show(&["bfd"])
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let peers = t.json("peers");
+    assert!(
+        peers.as_array().unwrap().iter().any(|p| p["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("BFD Down"))),
+        "{peers}"
+    );
+}

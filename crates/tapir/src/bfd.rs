@@ -1,0 +1,352 @@
+//! BFD in the daemon: single-hop sessions (RFC 5881) for BGP sessions that
+//! ask for it, driven by the sans-IO [`bfd::Session`].
+//!
+//! One task owns every BFD session and two receiving sockets (UDP 3784,
+//! IPv4 and IPv6). A packet is taken only with TTL / hop limit 255 (RFC 5881
+//! §5: it cannot have crossed a router), and is matched to its session by
+//! Your Discriminator, or before that by source address and the interface it
+//! arrived on. Each session sends from its own socket: source port
+//! 49152–65535, TTL 255, bound to the tap. When a session that was Up goes
+//! Down, its BGP peer is told and ends the BGP session with Cease / BFD Down
+//! (RFC 9384); a session that never came Up does not hold BGP back
+//! (RFC 5882 §4.3).
+
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6};
+use serde::{Deserialize, Serialize};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::peer::{Interface, PeerMsg};
+
+/// BFD port for single-hop control packets (RFC 5881 §4).
+const PORT: u16 = 3784;
+
+/// Timers asked for a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BfdTimers {
+    pub interval: Duration,
+    pub multiplier: u8,
+}
+
+/// Sessions are known by the peer's address and the interface.
+pub type Key = (IpAddr, Option<u32>);
+
+pub enum BfdMsg {
+    Add {
+        peer: IpAddr,
+        interface: Option<Interface>,
+        timers: BfdTimers,
+        /// Told `BfdDown` when the session fails.
+        notify: mpsc::Sender<PeerMsg>,
+        name: String,
+    },
+    Remove(Key),
+    Show(oneshot::Sender<Vec<BfdStatus>>),
+}
+
+/// One session, as `tapir show bfd` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BfdStatus {
+    pub peer: String,
+    pub name: String,
+    pub interface: Option<String>,
+    pub state: String,
+    pub local_discriminator: u32,
+    pub remote_discriminator: u32,
+    pub interval_ms: u64,
+    pub detection_ms: u64,
+}
+
+struct Entry {
+    session: bfd::Session,
+    socket: Arc<UdpSocket>,
+    notify: mpsc::Sender<PeerMsg>,
+    name: String,
+    interface: Option<Interface>,
+    was_up: bool,
+}
+
+/// A received packet with what the kernel told about it.
+struct Rx {
+    from: IpAddr,
+    ifindex: u32,
+    ttl: u8,
+    data: Vec<u8>,
+}
+
+pub fn spawn() -> std::io::Result<mpsc::Sender<BfdMsg>> {
+    let (tx, rx) = mpsc::channel(256);
+    let v4 = rx_socket_v4()?;
+    let v6 = rx_socket_v6()?;
+    tokio::spawn(run(rx, v4, v6));
+    Ok(tx)
+}
+
+fn rx_socket_v4() -> std::io::Result<UdpSocket> {
+    let s = std::net::UdpSocket::bind(("0.0.0.0", PORT))?;
+    socket::setsockopt(&s, sockopt::Ipv4RecvTtl, &true).map_err(std::io::Error::from)?;
+    socket::setsockopt(&s, sockopt::Ipv4PacketInfo, &true).map_err(std::io::Error::from)?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
+}
+
+fn rx_socket_v6() -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
+    s.set_only_v6(true)?;
+    s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, PORT)).into())?;
+    let s: std::net::UdpSocket = s.into();
+    socket::setsockopt(&s, sockopt::Ipv6RecvHopLimit, &true).map_err(std::io::Error::from)?;
+    socket::setsockopt(&s, sockopt::Ipv6RecvPacketInfo, &true).map_err(std::io::Error::from)?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
+}
+
+/// Reads one packet with its TTL and incoming interface.
+async fn receive(s: &UdpSocket, v6: bool) -> std::io::Result<Rx> {
+    let fd = s.as_raw_fd();
+    s.async_io(Interest::READABLE, || {
+        let mut buf = [0u8; 512];
+        let mut cmsg = nix::cmsg_space!(libc_in6_pktinfo, i32);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let (from, n, ttl, ifindex) = if v6 {
+            let m =
+                socket::recvmsg::<SockaddrIn6>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
+                    .map_err(std::io::Error::from)?;
+            let (mut ttl, mut ifindex) = (0u8, 0u32);
+            for c in m.cmsgs().map_err(std::io::Error::from)? {
+                match c {
+                    ControlMessageOwned::Ipv6HopLimit(h) => ttl = h.clamp(0, 255) as u8,
+                    ControlMessageOwned::Ipv6PacketInfo(i) => ifindex = i.ipi6_ifindex,
+                    _ => {}
+                }
+            }
+            let a = m
+                .address
+                .ok_or_else(|| std::io::Error::other("no source"))?;
+            (IpAddr::V6(a.ip()), m.bytes, ttl, ifindex)
+        } else {
+            let m = socket::recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
+                .map_err(std::io::Error::from)?;
+            let (mut ttl, mut ifindex) = (0u8, 0u32);
+            for c in m.cmsgs().map_err(std::io::Error::from)? {
+                match c {
+                    ControlMessageOwned::Ipv4Ttl(t) => ttl = t.clamp(0, 255) as u8,
+                    ControlMessageOwned::Ipv4PacketInfo(i) => ifindex = i.ipi_ifindex as u32,
+                    _ => {}
+                }
+            }
+            let a = m
+                .address
+                .ok_or_else(|| std::io::Error::other("no source"))?;
+            (IpAddr::V4(a.ip()), m.bytes, ttl, ifindex)
+        };
+        Ok(Rx {
+            from,
+            ifindex,
+            ttl,
+            data: buf[..n].to_vec(),
+        })
+    })
+    .await
+}
+
+/// Sized like the largest control message we ask for (IPv6 packet info).
+#[allow(non_camel_case_types)]
+type libc_in6_pktinfo = [u8; 20];
+
+/// A socket to send one session's packets from (RFC 5881 §4: source port
+/// 49152–65535, TTL 255), bound to the tap.
+fn tx_socket(peer: IpAddr, interface: Option<&Interface>, port: u16) -> std::io::Result<UdpSocket> {
+    let domain = if peer.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
+    if let Some(i) = interface {
+        s.bind_device(Some(i.name.as_bytes()))?;
+    }
+    let local: SocketAddr = match peer {
+        IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], port)),
+        IpAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+    };
+    s.bind(&local.into())?;
+    match peer {
+        IpAddr::V4(_) => s.set_ttl_v4(255)?,
+        IpAddr::V6(_) => {
+            s.set_unicast_hops_v6(255)?;
+            s.set_multicast_hops_v6(255)?;
+        }
+    }
+    let to = match (peer, interface) {
+        (IpAddr::V6(a), Some(i)) if crate::authorisation::is_link_local(a) => {
+            SocketAddr::V6(SocketAddrV6::new(a, PORT, 0, i.index))
+        }
+        (a, _) => SocketAddr::new(a, PORT),
+    };
+    s.connect(&to.into())?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s.into())
+}
+
+async fn run(mut rx: mpsc::Receiver<BfdMsg>, v4: UdpSocket, v6: UdpSocket) {
+    let mut sessions: HashMap<Key, Entry> = HashMap::new();
+    let mut next_discr: u32 = 1 + (std::process::id() % 1000) * 1000;
+    let mut next_port: u16 = 49152;
+    loop {
+        let deadline = sessions
+            .values()
+            .filter_map(|e| e.session.poll_timeout())
+            .min();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            m = rx.recv() => {
+                let Some(m) = m else { return };
+                match m {
+                    BfdMsg::Add { peer, interface, timers, notify, name } => {
+                        let key = (peer, interface.as_ref().map(|i| i.index));
+                        if sessions.contains_key(&key) {
+                            continue;
+                        }
+                        let mut sock = None;
+                        for _ in 0..16 {
+                            let port = next_port;
+                            next_port = if next_port == u16::MAX { 49152 } else { next_port + 1 };
+                            match tx_socket(peer, interface.as_ref(), port) {
+                                Ok(s) => { sock = Some(s); break; }
+                                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                                Err(e) => { warn!(%peer, error = %e, "BFD: cannot open a socket"); break; }
+                            }
+                        }
+                        let Some(sock) = sock else { continue };
+                        next_discr = next_discr.wrapping_add(1).max(1);
+                        let cfg = bfd::Config {
+                            local_discriminator: next_discr,
+                            desired_min_tx: timers.interval,
+                            required_min_rx: timers.interval,
+                            detect_mult: timers.multiplier,
+                            auth: None,
+                        };
+                        info!(%peer, name = %name, interval = ?timers.interval, multiplier = timers.multiplier, "BFD session started");
+                        sessions.insert(key, Entry {
+                            session: bfd::Session::new(cfg, Instant::now()),
+                            socket: Arc::new(sock),
+                            notify,
+                            name,
+                            interface,
+                            was_up: false,
+                        });
+                    }
+                    BfdMsg::Remove(key) => {
+                        if let Some(mut e) = sessions.remove(&key) {
+                            // Tell the peer (AdminDown) so it does not take
+                            // our silence for a failure.
+                            e.session.admin_down(Instant::now());
+                            flush(&mut e).await;
+                        }
+                    }
+                    BfdMsg::Show(tx) => {
+                        let _ = tx.send(sessions.iter().map(|((peer, _), e)| BfdStatus {
+                            peer: peer.to_string(),
+                            name: e.name.clone(),
+                            interface: e.interface.as_ref().map(|i| i.name.clone()),
+                            state: e.session.state().name().to_string(),
+                            local_discriminator: e.session.local_discriminator(),
+                            remote_discriminator: e.session.remote_discriminator(),
+                            interval_ms: e.session.transmit_interval().as_millis() as u64,
+                            detection_ms: e.session.detection_time().as_millis() as u64,
+                        }).collect());
+                    }
+                }
+            }
+            r = receive(&v4, false) => deliver(&mut sessions, r).await,
+            r = receive(&v6, true) => deliver(&mut sessions, r).await,
+            _ = sleep => {
+                let now = Instant::now();
+                for e in sessions.values_mut() {
+                    e.session.handle_timeout(now);
+                }
+            }
+        }
+        for e in sessions.values_mut() {
+            flush(e).await;
+        }
+    }
+}
+
+async fn deliver(sessions: &mut HashMap<Key, Entry>, r: std::io::Result<Rx>) {
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(error = %e, "BFD receive failed");
+            return;
+        }
+    };
+    // RFC 5881 §5: single-hop packets must arrive with TTL 255.
+    if r.ttl != 255 {
+        debug!(from = %r.from, ttl = r.ttl, "BFD packet with TTL below 255 dropped");
+        return;
+    }
+    let Ok(pkt) = bfd::Packet::decode(&r.data) else {
+        debug!(from = %r.from, "malformed BFD packet dropped");
+        return;
+    };
+    let entry = if pkt.your_discriminator != 0 {
+        sessions
+            .values_mut()
+            .find(|e| e.session.local_discriminator() == pkt.your_discriminator)
+    } else {
+        let lookup = if crate::authorisation::is_link_local(match r.from {
+            IpAddr::V6(a) => a,
+            IpAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
+        }) || sessions.contains_key(&(r.from, Some(r.ifindex)))
+        {
+            (r.from, Some(r.ifindex))
+        } else {
+            (r.from, None)
+        };
+        sessions.get_mut(&lookup)
+    };
+    let Some(e) = entry else {
+        debug!(from = %r.from, "BFD packet for no session dropped");
+        return;
+    };
+    // The packet must come from the session's peer, on its interface.
+    if e.interface.as_ref().is_some_and(|i| i.index != r.ifindex) {
+        debug!(from = %r.from, "BFD packet on the wrong interface dropped");
+        return;
+    }
+    if let Err(d) = e.session.receive(Instant::now(), &r.data) {
+        debug!(from = %r.from, reason = %d, "BFD packet discarded");
+    }
+}
+
+/// Sends what the session queued and reports state changes.
+async fn flush(e: &mut Entry) {
+    while let Some(p) = e.session.poll_transmit() {
+        let _ = e.socket.send(&p).await;
+    }
+    while let Some(bfd::Event::StateChanged { from, to, diag }) = e.session.poll_event() {
+        info!(name = %e.name, from = from.name(), to = to.name(), ?diag, "BFD session state changed");
+        if to == bfd::State::Up {
+            e.was_up = true;
+        }
+        if to == bfd::State::Down && from == bfd::State::Up && e.was_up {
+            let _ = e.notify.send(PeerMsg::BfdDown).await;
+        }
+    }
+}
