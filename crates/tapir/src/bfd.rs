@@ -29,6 +29,8 @@ use crate::peer::{Interface, PeerMsg};
 
 /// BFD port for single-hop control packets (RFC 5881 §4).
 const PORT: u16 = 3784;
+/// BFD port for multihop control packets (RFC 5883 §5).
+const MULTIHOP_PORT: u16 = 4784;
 
 /// Timers asked for a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +71,10 @@ pub struct BfdStatus {
 struct Entry {
     session: bfd::Session,
     socket: Arc<UdpSocket>,
+    /// The port we send to: single-hop until the peer shows it runs the
+    /// session as multihop (a BIRD VM with a `multihop` BGP session does).
+    port: u16,
+    local_port: u16,
     notify: mpsc::Sender<PeerMsg>,
     name: String,
     interface: Option<Interface>,
@@ -81,28 +87,34 @@ struct Rx {
     ifindex: u32,
     ttl: u8,
     data: Vec<u8>,
+    /// The port it came to (3784 single-hop, 4784 multihop).
+    port: u16,
 }
 
 pub fn spawn() -> std::io::Result<mpsc::Sender<BfdMsg>> {
     let (tx, rx) = mpsc::channel(256);
-    let v4 = rx_socket_v4()?;
-    let v6 = rx_socket_v6()?;
-    tokio::spawn(run(rx, v4, v6));
+    let sockets = [
+        rx_socket_v4(PORT)?,
+        rx_socket_v6(PORT)?,
+        rx_socket_v4(MULTIHOP_PORT)?,
+        rx_socket_v6(MULTIHOP_PORT)?,
+    ];
+    tokio::spawn(run(rx, sockets));
     Ok(tx)
 }
 
-fn rx_socket_v4() -> std::io::Result<UdpSocket> {
-    let s = std::net::UdpSocket::bind(("0.0.0.0", PORT))?;
+fn rx_socket_v4(port: u16) -> std::io::Result<UdpSocket> {
+    let s = std::net::UdpSocket::bind(("0.0.0.0", port))?;
     socket::setsockopt(&s, sockopt::Ipv4RecvTtl, &true).map_err(std::io::Error::from)?;
     socket::setsockopt(&s, sockopt::Ipv4PacketInfo, &true).map_err(std::io::Error::from)?;
     s.set_nonblocking(true)?;
     UdpSocket::from_std(s)
 }
 
-fn rx_socket_v6() -> std::io::Result<UdpSocket> {
+fn rx_socket_v6(port: u16) -> std::io::Result<UdpSocket> {
     let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
     s.set_only_v6(true)?;
-    s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, PORT)).into())?;
+    s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
     let s: std::net::UdpSocket = s.into();
     socket::setsockopt(&s, sockopt::Ipv6RecvHopLimit, &true).map_err(std::io::Error::from)?;
     socket::setsockopt(&s, sockopt::Ipv6RecvPacketInfo, &true).map_err(std::io::Error::from)?;
@@ -111,7 +123,7 @@ fn rx_socket_v6() -> std::io::Result<UdpSocket> {
 }
 
 /// Reads one packet with its TTL and incoming interface.
-async fn receive(s: &UdpSocket, v6: bool) -> std::io::Result<Rx> {
+async fn receive(s: &UdpSocket, v6: bool, port: u16) -> std::io::Result<Rx> {
     let fd = s.as_raw_fd();
     s.async_io(Interest::READABLE, || {
         let mut buf = [0u8; 512];
@@ -154,6 +166,7 @@ async fn receive(s: &UdpSocket, v6: bool) -> std::io::Result<Rx> {
             ifindex,
             ttl,
             data: buf[..n].to_vec(),
+            port,
         })
     })
     .await
@@ -165,13 +178,20 @@ type libc_in6_pktinfo = [u8; 20];
 
 /// A socket to send one session's packets from (RFC 5881 §4: source port
 /// 49152–65535, TTL 255), bound to the tap.
-fn tx_socket(peer: IpAddr, interface: Option<&Interface>, port: u16) -> std::io::Result<UdpSocket> {
+fn tx_socket(
+    peer: IpAddr,
+    interface: Option<&Interface>,
+    port: u16,
+    dest_port: u16,
+) -> std::io::Result<UdpSocket> {
     let domain = if peer.is_ipv4() {
         socket2::Domain::IPV4
     } else {
         socket2::Domain::IPV6
     };
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
+    // A session that moves to the multihop port keeps its source port.
+    s.set_reuse_address(true)?;
     if let Some(i) = interface {
         s.bind_device(Some(i.name.as_bytes()))?;
     }
@@ -189,16 +209,19 @@ fn tx_socket(peer: IpAddr, interface: Option<&Interface>, port: u16) -> std::io:
     }
     let to = match (peer, interface) {
         (IpAddr::V6(a), Some(i)) if crate::authorisation::is_link_local(a) => {
-            SocketAddr::V6(SocketAddrV6::new(a, PORT, 0, i.index))
+            SocketAddr::V6(SocketAddrV6::new(a, dest_port, 0, i.index))
         }
-        (a, _) => SocketAddr::new(a, PORT),
+        (a, _) => SocketAddr::new(a, dest_port),
     };
+    // Single-hop peers require TTL 255 (RFC 5881 §5); multihop peers get it
+    // too (RFC 5883 §2 leaves the value to us).
     s.connect(&to.into())?;
     s.set_nonblocking(true)?;
     UdpSocket::from_std(s.into())
 }
 
-async fn run(mut rx: mpsc::Receiver<BfdMsg>, v4: UdpSocket, v6: UdpSocket) {
+async fn run(mut rx: mpsc::Receiver<BfdMsg>, sockets: [UdpSocket; 4]) {
+    let [v4, v6, mv4, mv6] = sockets;
     let mut sessions: HashMap<Key, Entry> = HashMap::new();
     let mut next_discr: u32 = 1 + (std::process::id() % 1000) * 1000;
     let mut next_port: u16 = 49152;
@@ -226,13 +249,13 @@ async fn run(mut rx: mpsc::Receiver<BfdMsg>, v4: UdpSocket, v6: UdpSocket) {
                         for _ in 0..16 {
                             let port = next_port;
                             next_port = if next_port == u16::MAX { 49152 } else { next_port + 1 };
-                            match tx_socket(peer, interface.as_ref(), port) {
-                                Ok(s) => { sock = Some(s); break; }
+                            match tx_socket(peer, interface.as_ref(), port, PORT) {
+                                Ok(s) => { sock = Some((s, port)); break; }
                                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
                                 Err(e) => { warn!(%peer, error = %e, "BFD: cannot open a socket"); break; }
                             }
                         }
-                        let Some(sock) = sock else { continue };
+                        let Some((sock, local_port)) = sock else { continue };
                         next_discr = next_discr.wrapping_add(1).max(1);
                         let cfg = bfd::Config {
                             local_discriminator: next_discr,
@@ -245,6 +268,8 @@ async fn run(mut rx: mpsc::Receiver<BfdMsg>, v4: UdpSocket, v6: UdpSocket) {
                         sessions.insert(key, Entry {
                             session: bfd::Session::new(cfg, Instant::now()),
                             socket: Arc::new(sock),
+                            port: PORT,
+                            local_port,
                             notify,
                             name,
                             interface,
@@ -273,8 +298,10 @@ async fn run(mut rx: mpsc::Receiver<BfdMsg>, v4: UdpSocket, v6: UdpSocket) {
                     }
                 }
             }
-            r = receive(&v4, false) => deliver(&mut sessions, r).await,
-            r = receive(&v6, true) => deliver(&mut sessions, r).await,
+            r = receive(&v4, false, PORT) => deliver(&mut sessions, r).await,
+            r = receive(&v6, true, PORT) => deliver(&mut sessions, r).await,
+            r = receive(&mv4, false, MULTIHOP_PORT) => deliver(&mut sessions, r).await,
+            r = receive(&mv6, true, MULTIHOP_PORT) => deliver(&mut sessions, r).await,
             _ = sleep => {
                 let now = Instant::now();
                 for e in sessions.values_mut() {
@@ -297,7 +324,7 @@ async fn deliver(sessions: &mut HashMap<Key, Entry>, r: std::io::Result<Rx>) {
         }
     };
     // RFC 5881 §5: single-hop packets must arrive with TTL 255.
-    if r.ttl != 255 {
+    if r.port == PORT && r.ttl != 255 {
         debug!(from = %r.from, ttl = r.ttl, "BFD packet with TTL below 255 dropped");
         return;
     }
@@ -332,6 +359,19 @@ async fn deliver(sessions: &mut HashMap<Key, Entry>, r: std::io::Result<Rx>) {
     }
     if let Err(d) = e.session.receive(Instant::now(), &r.data) {
         debug!(from = %r.from, reason = %d, "BFD packet discarded");
+        return;
+    }
+    // The peer runs the session on the other port (multihop, RFC 5883):
+    // answer it there.
+    if r.port != e.port {
+        match tx_socket(r.from, e.interface.as_ref(), e.local_port, r.port) {
+            Ok(s) => {
+                info!(name = %e.name, port = r.port, "BFD: the peer runs this session multihop");
+                e.socket = Arc::new(s);
+                e.port = r.port;
+            }
+            Err(err) => warn!(name = %e.name, error = %err, "BFD: cannot switch ports"),
+        }
     }
 }
 

@@ -525,3 +525,47 @@ fn bfd_with_a_bird_vm_ends_the_session_when_the_vm_freezes() {
         "{peers}"
     );
 }
+
+#[test]
+fn bfd_multihop_with_the_reference_vm() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 11);
+    // The reference config (`multihop`) with `bfd on`: BIRD runs BFD as
+    // multihop (RFC 5883, port 4784); tapir follows it there.
+    let vm_cfg = reference::vm_bird_config_with(11, 64613, &["10.3.0.1/32"], "bfd on;").replace(
+        "protocol device { }",
+        "protocol device { }\nprotocol bfd { multihop { interval 300 ms; multiplier 3; }; }",
+    );
+    let vm = lab.bird("vm11", &vm_cfg);
+    let cfg = std::fs::read_to_string(example()).unwrap().replace(
+        "graceful-restart-time = 120",
+        "graceful-restart-time = 120\nbfd = true",
+    );
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    wait_up(&lab, &vm, "vm11");
+    wait_route(&lab, &t, "10.3.0.1/32", "recdns1001");
+    let up = wait_for(WAIT, || {
+        vm.cmd(&["show", "bfd", "sessions"])
+            .contains(" Up ")
+            .then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "{}\n{}\n{}",
+        vm.cmd(&["show", "bfd", "sessions"]),
+        t.show(&["bfd"]),
+        lab.all_logs()
+    );
+    lab.exec("vm11", &["kill", "-STOP", &vm.pid.to_string()]);
+    let gone = wait_for(Duration::from_secs(10), || {
+        t.routes_for("10.3.0.1/32").is_empty().then_some(())
+    });
+    lab.exec("vm11", &["kill", "-CONT", &vm.pid.to_string()]);
+    assert!(
+        gone.is_some(),
+        "route kept after the VM froze:\n{}",
+        t.show(&["bfd"])
+    );
+}
