@@ -235,3 +235,49 @@ pub fn vm_bird_dual_config(n: u32, asn: u32, v4: &[&str], v6: &[&str]) -> String
          }}\n"
     )
 }
+
+/// A live migration, as far as the network sees it: the VM's tap moves from
+/// one hypervisor to the other (`ip link set tapN netns …`), and the ifup
+/// steps run again on the destination. The VM's side does not change.
+pub fn migrate(lab: &mut Lab, from: &str, to: &str, tap: &str, vm_n: u32) {
+    let dest = lab.netns(to);
+    lab.ip(from, &["link", "set", tap, "netns", &dest]);
+    lab.up(to, tap);
+    lab.ip(
+        to,
+        &[
+            "addr",
+            "add",
+            &format!("{GATEWAY_V4}/32"),
+            "dev",
+            tap,
+            "scope",
+            "link",
+        ],
+    );
+    lab.ip(
+        to,
+        &[
+            "route",
+            "replace",
+            &format!("{}/32", vm_v4(vm_n)),
+            "proto",
+            "static",
+            "dev",
+            tap,
+        ],
+    );
+    lab.ip(
+        to,
+        &[
+            "-6",
+            "route",
+            "replace",
+            &format!("{}/128", vm_v6(vm_n)),
+            "proto",
+            "static",
+            "dev",
+            tap,
+        ],
+    );
+}
