@@ -30,6 +30,8 @@ pub struct TorRoute {
 }
 
 /// Starts tor's daemon; it announces 192.0.2.0/24 and 2001:db8:ff::/48.
+/// BIRD's tor gives routes carrying GRACEFUL_SHUTDOWN the lowest
+/// local-pref, as RFC 8326 asks of a receiver.
 pub fn start(lab: &mut Lab, kind: Kind) -> Tor {
     match kind {
         Kind::Bird => Tor::Bird(lab.bird(
@@ -38,10 +40,11 @@ pub fn start(lab: &mut Lab, kind: Kind) -> Tor {
                 "log stderr all;\ndebug protocols {{ states, events }};\nrouter id {TOR_V4};\nprotocol device {{ }}\n\
                  protocol static s4 {{ ipv4; route 192.0.2.0/24 unreachable; }}\n\
                  protocol static s6 {{ ipv6; route 2001:db8:ff::/48 unreachable; }}\n\
+                 filter from_hv {{ if (65535,0) ~ bgp_community then bgp_local_pref = 0; accept; }}\n\
                  protocol bgp hv4 {{ local {TOR_V4} as {TOR_AS}; neighbor range 10.192.21.0/24 as {HV_AS};\n  \
-                   ipv4 {{ import all; export where source = RTS_STATIC; }}; }}\n\
+                   ipv4 {{ import filter from_hv; export where source = RTS_STATIC; }}; }}\n\
                  protocol bgp hv6 {{ local {TOR_V6} as {TOR_AS}; neighbor range 2001:db8:21::/64 as {HV_AS};\n  \
-                   ipv6 {{ import all; export where source = RTS_STATIC; }}; }}\n"
+                   ipv6 {{ import filter from_hv; export where source = RTS_STATIC; }}; }}\n"
             ),
         )),
         Kind::Frr => Tor::Frr(lab.frr(

@@ -74,6 +74,8 @@ pub struct Config {
     pub kernel: KernelConfig,
     /// Graceful restart (`[graceful-restart]`, RFC 4724).
     pub graceful_restart: GracefulRestartConfig,
+    /// Drain (`[drain]`, RFC 8326).
+    pub drain: crate::rib::DrainConfig,
 }
 
 /// `[graceful-restart]`: tapir as restarting speaker and as helper.
@@ -283,6 +285,17 @@ struct RawConfig {
     policy: std::collections::BTreeMap<String, Spanned<RawPolicy>>,
     kernel: Option<RawKernel>,
     graceful_restart: Option<RawGracefulRestart>,
+    drain: Option<RawDrain>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawDrain {
+    #[serde(default)]
+    local_pref: u32,
+    /// Seconds; 0 or absent: withdraw only with `tapir drain --withdraw`.
+    #[serde(default)]
+    withdraw_after: u64,
 }
 
 #[derive(Deserialize)]
@@ -791,6 +804,17 @@ impl Config {
             state_dir: raw.state_dir,
             kernel,
             graceful_restart,
+            drain: match &raw.drain {
+                None => crate::rib::DrainConfig {
+                    local_pref: 0,
+                    withdraw_after: None,
+                },
+                Some(d) => crate::rib::DrainConfig {
+                    local_pref: d.local_pref,
+                    withdraw_after: (d.withdraw_after > 0)
+                        .then(|| Duration::from_secs(d.withdraw_after)),
+                },
+            },
         })
     }
 }

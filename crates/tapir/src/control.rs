@@ -35,6 +35,12 @@ pub enum Request {
     },
     /// Read the config file again and apply what changed.
     Reload,
+    /// Drain a VM (or all, `vm` None) before a planned move (RFC 8326).
+    Drain {
+        vm: Option<String>,
+        withdraw: bool,
+        undrain: bool,
+    },
 }
 
 /// One session, as `tapir show peers` prints it.

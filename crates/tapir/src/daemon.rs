@@ -89,6 +89,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         fib,
         config.kernel.multipath,
         restart,
+        config.drain,
     );
     let wants_bfd = config.neighbors.iter().any(|n| n.bfd.is_some())
         || config.groups.iter().any(|g| g.bfd.is_some());
@@ -469,6 +470,47 @@ async fn answer(
                 rib: rx.await.unwrap_or_default(),
             }
         }
+        Request::Drain {
+            vm,
+            withdraw,
+            undrain,
+        } => {
+            let state = match (undrain, withdraw) {
+                (true, _) => None,
+                (false, true) => Some(crate::rib::DrainState::Withdrawn),
+                (false, false) => Some(crate::rib::DrainState::Shutdown),
+            };
+            let (tx, rx) = oneshot::channel();
+            if rib
+                .send(crate::rib::RibMsg::Drain {
+                    vm: vm.clone(),
+                    state,
+                    reply: tx,
+                })
+                .is_err()
+            {
+                return Response::Error {
+                    message: "the RIB is not running".into(),
+                };
+            }
+            match rx.await {
+                Ok(Ok(n)) => Response::Done {
+                    message: format!(
+                        "{} {n} VM(s)",
+                        match state {
+                            None => "undrained",
+                            Some(crate::rib::DrainState::Shutdown) =>
+                                "draining (GRACEFUL_SHUTDOWN)",
+                            Some(crate::rib::DrainState::Withdrawn) => "withdrew",
+                        }
+                    ),
+                },
+                Ok(Err(message)) => Response::Error { message },
+                Err(_) => Response::Error {
+                    message: "the RIB is not running".into(),
+                },
+            }
+        }
         Request::ShowBfd => Response::Error {
             message: "handled by the daemon loop".into(),
         },
@@ -478,9 +520,16 @@ async fn answer(
             if hv.send(HvMsg::ShowVms(tx)).await.is_err() {
                 return no_hv();
             }
-            Response::Vms {
-                vms: rx.await.unwrap_or_default(),
+            let mut vms = rx.await.unwrap_or_default();
+            let (tx, rx) = oneshot::channel();
+            if rib.send(crate::rib::RibMsg::DrainStates(tx)).is_ok() {
+                let drains = rx.await.unwrap_or_default();
+                for v in &mut vms {
+                    let key = v.name.clone().or_else(|| v.interface.clone());
+                    v.drain = key.and_then(|k| drains.get(&k).copied());
+                }
             }
+            Response::Vms { vms }
         }
         Request::VmAdd { vm } => {
             let Some(hv) = hv else { return no_hv() };

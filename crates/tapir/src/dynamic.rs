@@ -66,6 +66,8 @@ pub struct VmStatus {
     /// Prefixes the VM may announce (its entry's, or the group filter's name).
     pub allowed: Vec<String>,
     pub sessions: Vec<VmSession>,
+    /// Being drained (RFC 8326): `shutdown` or `withdrawn`.
+    pub drain: Option<crate::rib::DrainState>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -511,6 +513,7 @@ impl Hypervisor {
                             .collect(),
                     },
                     sessions: Vec::new(),
+                    drain: None,
                 });
             let (tx, rx) = oneshot::channel::<PeerStatus>();
             let st = if d.handle.tx.send(PeerMsg::Status(tx)).await.is_ok() {
@@ -549,6 +552,7 @@ impl Hypervisor {
                 addresses: e.addresses.iter().map(|a| a.to_string()).collect(),
                 allowed: e.prefixes.iter().map(|p| p.to_string()).collect(),
                 sessions: Vec::new(),
+                drain: None,
             });
         }
         out

@@ -76,6 +76,25 @@ enum Command {
         #[arg(long)]
         graceful: bool,
     },
+    /// Drain a VM before a planned migration (RFC 8326): its routes go
+    /// upstream with GRACEFUL_SHUTDOWN (65535:0), then are withdrawn after
+    /// `[drain] withdraw-after` or with --withdraw.
+    Drain {
+        /// The VM's inventory name, or its tap.
+        vm: Option<String>,
+        /// Every VM with routes.
+        #[arg(long, conflicts_with = "vm")]
+        all: bool,
+        /// Withdraw the routes upstream now.
+        #[arg(long)]
+        withdraw: bool,
+    },
+    /// End a drain: the VM's routes go upstream as before.
+    Undrain {
+        vm: Option<String>,
+        #[arg(long, conflicts_with = "vm")]
+        all: bool,
+    },
     /// Register or unregister VMs at run time (for hypervisor hooks).
     Vm {
         #[command(subcommand)]
@@ -222,6 +241,38 @@ fn main() -> ExitCode {
             client(&rt, &cli.socket, req, json)
         }
         Command::Reload => client(&rt, &cli.socket, control::Request::Reload, false),
+        Command::Drain {
+            vm: None,
+            all: false,
+            ..
+        }
+        | Command::Undrain {
+            vm: None,
+            all: false,
+        } => {
+            eprintln!("tapir: name a VM or give --all");
+            ExitCode::FAILURE
+        }
+        Command::Drain { vm, withdraw, .. } => client(
+            &rt,
+            &cli.socket,
+            control::Request::Drain {
+                vm,
+                withdraw,
+                undrain: false,
+            },
+            false,
+        ),
+        Command::Undrain { vm, .. } => client(
+            &rt,
+            &cli.socket,
+            control::Request::Drain {
+                vm,
+                withdraw: false,
+                undrain: true,
+            },
+            false,
+        ),
         Command::Stop { graceful } => {
             client(&rt, &cli.socket, control::Request::Stop { graceful }, false)
         }

@@ -79,6 +79,48 @@ pub enum RibMsg {
     Show(oneshot::Sender<Vec<LocRibEntry>>),
     /// The restart deferral is over (RFC 4724 §4.1).
     DeferralOver,
+    /// Drain (RFC 8326) one VM (by inventory name or tap), or all with
+    /// `None`; `state` None undrains.
+    Drain {
+        vm: Option<String>,
+        state: Option<DrainState>,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
+    /// A drain's delay ran out: withdraw if still draining.
+    DrainExpired {
+        vm: String,
+        generation: u64,
+    },
+    /// The drain state of every drained VM.
+    DrainStates(oneshot::Sender<BTreeMap<String, DrainState>>),
+}
+
+/// A VM being drained before a planned move (RFC 8326).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrainState {
+    /// Announced with GRACEFUL_SHUTDOWN and low local-pref.
+    Shutdown,
+    /// Withdrawn upstream (still in the kernel: the VM still serves).
+    Withdrawn,
+}
+
+/// How drains are done (`[drain]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainConfig {
+    pub local_pref: u32,
+    /// Withdraw this long after the drain starts (None: only when asked).
+    pub withdraw_after: Option<std::time::Duration>,
+}
+
+/// RFC 8326 GRACEFUL_SHUTDOWN community.
+pub const GRACEFUL_SHUTDOWN: u32 = 0xffff_0000;
+
+/// The name a VM is drained by: its inventory name, or its tap.
+pub fn drain_key(p: &PeerInfo) -> Option<String> {
+    p.group.as_ref()?;
+    p.vm.clone()
+        .or_else(|| p.interface.as_ref().map(|i| i.name.clone()))
 }
 
 /// What the RIB is told about a graceful restart in progress.
@@ -101,6 +143,8 @@ pub struct LocRibEntry {
     pub as_path: String,
     /// Other candidate paths, by origin.
     pub others: Vec<String>,
+    /// The best path's VM is being drained (`shutdown` or `withdrawn`).
+    pub drain: Option<DrainState>,
 }
 
 /// One kernel next hop: a gateway, out of an interface if known.
@@ -142,6 +186,10 @@ pub struct Rib {
     ready: bool,
     /// Kernel routes kept from before a restart, not yet confirmed.
     stale: Vec<Prefix>,
+    drains: BTreeMap<String, (DrainState, u64)>,
+    drain_cfg: DrainConfig,
+    drain_generation: u64,
+    self_tx: mpsc::UnboundedSender<RibMsg>,
     restarting: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
@@ -151,6 +199,7 @@ pub fn spawn(
     fib: Option<mpsc::UnboundedSender<Vec<FibChange>>>,
     multipath: bool,
     restart: Option<Restart>,
+    drain_cfg: DrainConfig,
 ) -> mpsc::UnboundedSender<RibMsg> {
     // Unbounded so that peers never wait on the RIB (which may be waiting
     // to hand them exports) and their messages stay in order.
@@ -184,6 +233,10 @@ pub fn spawn(
         ready,
         stale,
         restarting,
+        drains: BTreeMap::new(),
+        drain_cfg,
+        drain_generation: 0,
+        self_tx: tx.clone(),
     };
     let attrs = rib.intern(PathAttributes {
         origin: Some(bgp::Origin::Igp),
@@ -386,6 +439,66 @@ impl Rib {
                     self.export_to(peer, &all).await;
                 }
             }
+            RibMsg::Drain { vm, state, reply } => {
+                let known: std::collections::BTreeSet<String> = self
+                    .table
+                    .values()
+                    .flatten()
+                    .filter_map(|x| x.peer.as_deref().and_then(drain_key))
+                    .collect();
+                let targets: Vec<String> = match &vm {
+                    Some(v) if known.contains(v) || self.drains.contains_key(v) => vec![v.clone()],
+                    Some(v) => {
+                        let _ = reply.send(Err(format!(
+                            "no VM `{v}` has routes (give its inventory name or its tap)"
+                        )));
+                        return;
+                    }
+                    None => match state {
+                        Some(_) => known.into_iter().collect(),
+                        None => self.drains.keys().cloned().collect(),
+                    },
+                };
+                for t in &targets {
+                    match state {
+                        None => {
+                            self.drains.remove(t);
+                        }
+                        Some(s) => {
+                            self.drain_generation += 1;
+                            let g = self.drain_generation;
+                            self.drains.insert(t.clone(), (s, g));
+                            if let (DrainState::Shutdown, Some(d)) =
+                                (s, self.drain_cfg.withdraw_after)
+                            {
+                                let tx = self.self_tx.clone();
+                                let vm = t.clone();
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(d).await;
+                                    let _ = tx.send(RibMsg::DrainExpired { vm, generation: g });
+                                });
+                            }
+                        }
+                    }
+                    tracing::info!(vm = %t, state = ?state, "drain");
+                }
+                let _ = reply.send(Ok(targets.len()));
+                let all: Vec<Prefix> = self.table.keys().copied().collect();
+                changed.extend(all);
+            }
+            RibMsg::DrainExpired { vm, generation } => {
+                if let Some(d) = self.drains.get_mut(&vm) {
+                    if d.0 == DrainState::Shutdown && d.1 == generation {
+                        d.0 = DrainState::Withdrawn;
+                        tracing::info!(vm = %vm, "drain: withdrawn after the delay");
+                        let all: Vec<Prefix> = self.table.keys().copied().collect();
+                        changed.extend(all);
+                    }
+                }
+            }
+            RibMsg::DrainStates(tx) => {
+                let _ = tx.send(self.drains.iter().map(|(k, v)| (k.clone(), v.0)).collect());
+            }
             RibMsg::Unsubscribe(peer) => {
                 self.subscribers.remove(&peer);
                 self.sent.remove(&peer);
@@ -431,7 +544,25 @@ impl Rib {
                     attrs: &b.attrs,
                     from: b.peer.as_deref(),
                 };
-                sub.policy.export(&facts, self.local_as, sub.ebgp)
+                let mut a = sub.policy.export(&facts, self.local_as, sub.ebgp)?;
+                // RFC 8326: a draining VM's routes go out with
+                // GRACEFUL_SHUTDOWN (and low local-pref inside the AS), or
+                // not at all once withdrawn.
+                if let Some(key) = b.peer.as_deref().and_then(drain_key) {
+                    match self.drains.get(&key).map(|d| d.0) {
+                        Some(DrainState::Withdrawn) => return None,
+                        Some(DrainState::Shutdown) => {
+                            if !a.communities.contains(&GRACEFUL_SHUTDOWN) {
+                                a.communities.push(GRACEFUL_SHUTDOWN);
+                            }
+                            if !sub.ebgp {
+                                a.local_pref = Some(self.drain_cfg.local_pref);
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                Some(a)
             });
             let before = self.sent.get(&peer).and_then(|s| s.get(p));
             match (export, before) {
@@ -544,6 +675,11 @@ impl Rib {
                         .filter(|x| !std::ptr::eq(*x, b))
                         .map(origin)
                         .collect(),
+                    drain: b
+                        .peer
+                        .as_deref()
+                        .and_then(drain_key)
+                        .and_then(|k| self.drains.get(&k).map(|d| d.0)),
                 })
             })
             .collect()

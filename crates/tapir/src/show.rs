@@ -123,6 +123,14 @@ pub fn routes(routes: &[RouteEntry]) -> String {
     )
 }
 
+fn drain_text(d: Option<crate::rib::DrainState>) -> String {
+    match d {
+        Some(crate::rib::DrainState::Shutdown) => "draining".into(),
+        Some(crate::rib::DrainState::Withdrawn) => "withdrawn".into(),
+        None => String::new(),
+    }
+}
+
 pub fn rib(rib: &[crate::rib::LocRibEntry]) -> String {
     let rows: Vec<Vec<String>> = rib
         .iter()
@@ -137,6 +145,7 @@ pub fn rib(rib: &[crate::rib::LocRibEntry]) -> String {
                     r.as_path.clone()
                 },
                 r.others.join(" "),
+                drain_text(r.drain),
             ]
         })
         .collect();
@@ -147,6 +156,7 @@ pub fn rib(rib: &[crate::rib::LocRibEntry]) -> String {
             "Next hop",
             "AS path",
             "Other paths from",
+            "Drain",
         ],
         &rows,
     )
@@ -207,6 +217,7 @@ pub fn vms(vms: &[VmStatus]) -> String {
                 } else {
                     sessions.join(", ")
                 },
+                drain_text(v.drain),
             ]
         })
         .collect();
@@ -218,6 +229,7 @@ pub fn vms(vms: &[VmStatus]) -> String {
             "Source",
             "May announce",
             "Sessions (address state accepted/refused)",
+            "Drain",
         ],
         &rows,
     )

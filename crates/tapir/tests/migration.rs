@@ -102,3 +102,50 @@ fn migration_hv1_to_hv2_and_back() {
         eprintln!("migration {from} -> {to}: {to} has the VM's route after {at_dest:?}, tor via {to} after {took:?}");
     }
 }
+
+#[test]
+fn drained_path_loses_at_tor_when_another_exists() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1", "hv2"]);
+    reference::add_vm(&mut lab, "hv1", 12);
+    reference::add_vm(&mut lab, "hv2", 13);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    // One anycast prefix from a VM on each hypervisor.
+    let _a = lab.bird(
+        "vm12",
+        &reference::vm_bird_config(12, 64613, &["10.3.0.53/32"]),
+    );
+    let _b = lab.bird(
+        "vm13",
+        &reference::vm_bird_config(13, 64613, &["10.3.0.53/32"]),
+    );
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml"),
+    )
+    .unwrap();
+    let c1 = lab.write("hv1/tapir.toml", &example);
+    let c2 = lab.write(
+        "hv2/tapir.toml",
+        &example.replace("router-id = \"10.192.21.6\"", "router-id = \"10.192.21.7\""),
+    );
+    let t1 = lab.tapir("hv1", Path::new(TAPIR), &c1);
+    let _t2 = lab.tapir("hv2", Path::new(TAPIR), &c2);
+    let both = wait_for(Duration::from_secs(30), || {
+        (tor_paths(&tor, "10.3.0.53/32").len() == 2).then_some(())
+    });
+    assert!(both.is_some(), "{:?}", tor_paths(&tor, "10.3.0.53/32"));
+    // Equal paths: tor picks hv1 (lower router id). Drain hv1's VM: the
+    // GRACEFUL_SHUTDOWN path loses, hv2's becomes best.
+    assert_eq!(tor_paths(&tor, "10.3.0.53/32")[0], "10.192.21.6");
+    let (ok, _, err) = t1.cli(&["drain", "tap12"]);
+    assert!(ok, "{err}");
+    let moved = wait_for(Duration::from_secs(30), || {
+        (tor_paths(&tor, "10.3.0.53/32")[0] == "10.192.21.7").then_some(())
+    });
+    assert!(moved.is_some(), "{:?}", tor_paths(&tor, "10.3.0.53/32"));
+    assert_eq!(
+        tor_paths(&tor, "10.3.0.53/32").len(),
+        2,
+        "the drained path is still there, just not best"
+    );
+}

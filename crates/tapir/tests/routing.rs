@@ -613,3 +613,47 @@ fn ipv4_over_a_link_local_session_rfc8950() {
     let r = wait_tor(&lab, &tor, "10.3.0.12/32", |_| true);
     assert_eq!(r.next_hop, "10.192.21.6");
 }
+
+#[test]
+fn drain_a_vm_before_a_move() {
+    let (lab, tor, t, _vm) = setup(Kind::Bird, "strip");
+    wait_tor(&lab, &tor, "10.3.0.1/32", |r| {
+        !r.communities.contains(&"65535:0".to_string())
+    });
+    // RFC 8326: GRACEFUL_SHUTDOWN at tor, the kernel route stays (the VM
+    // still serves until it moves).
+    let (ok, out, err) = t.cli(&["drain", "recdns1001"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("draining"), "{out}");
+    wait_tor(&lab, &tor, "10.3.0.1/32", |r| {
+        r.communities.contains(&"65535:0".to_string())
+    });
+    assert!(kernel_routes(&lab)
+        .iter()
+        .any(|l| l.starts_with("10.3.0.1 ")));
+    let vms = t.json("vms");
+    assert!(
+        vms.as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "recdns1001" && v["drain"] == "shutdown"),
+        "{vms}"
+    );
+    assert!(t.show(&["rib"]).contains("draining"));
+    // Withdraw: gone at tor, still in the kernel.
+    let (ok, _, err) = t.cli(&["drain", "recdns1001", "--withdraw"]);
+    assert!(ok, "{err}");
+    assert!(wait_for(WAIT, || tor.route("10.3.0.1/32").is_none().then_some(())).is_some());
+    assert!(kernel_routes(&lab)
+        .iter()
+        .any(|l| l.starts_with("10.3.0.1 ")));
+    // Undrain: back, without the community.
+    let (ok, _, err) = t.cli(&["undrain", "recdns1001"]);
+    assert!(ok, "{err}");
+    wait_tor(&lab, &tor, "10.3.0.1/32", |r| {
+        !r.communities.contains(&"65535:0".to_string())
+    });
+    // Unknown names are refused.
+    let (ok, _, err) = t.cli(&["drain", "nosuchvm"]);
+    assert!(!ok && err.contains("nosuchvm"), "{err}");
+}
