@@ -63,6 +63,34 @@ impl Lab {
                 self.log(&format!("{host}/zebra.log"))
             );
         }
+        // bfdd too: BGP neighbors with `bfd` get their sessions from it.
+        let bfdd_conf = self.write(
+            &format!("{host}/frr/bfdd.conf"),
+            &format!("hostname {host}-bfdd\n"),
+        );
+        let bfdd_conf = bfdd_conf.to_string_lossy().into_owned();
+        let bfdd_pid = format!("{d}/bfdd.pid");
+        self.spawn(
+            host,
+            &[
+                "/usr/lib/frr/bfdd",
+                "-u",
+                "root",
+                "-g",
+                "frrvty",
+                "-f",
+                &bfdd_conf,
+                "-i",
+                &bfdd_pid,
+                "-z",
+                &zserv,
+                "--vty_socket",
+                &d,
+                "-P",
+                "0",
+            ],
+            &format!("{host}/bfdd.log"),
+        );
         let log = format!("{host}/bgpd.log");
         let bconf = bconf.to_string_lossy().into_owned();
         let pid = format!("{d}/bgpd.pid");

@@ -33,6 +33,11 @@ pub struct TorRoute {
 /// BIRD's tor gives routes carrying GRACEFUL_SHUTDOWN the lowest
 /// local-pref, as RFC 8326 asks of a receiver.
 pub fn start(lab: &mut Lab, kind: Kind) -> Tor {
+    start_with(lab, kind, false)
+}
+
+/// As [`start`]; `bfd` asks for BFD with the hypervisors (FRR only).
+pub fn start_with(lab: &mut Lab, kind: Kind, bfd: bool) -> Tor {
     match kind {
         Kind::Bird => Tor::Bird(lab.bird(
             "tor",
@@ -53,10 +58,11 @@ pub fn start(lab: &mut Lab, kind: Kind) -> Tor {
                 "hostname tor\nrouter bgp {TOR_AS}\n bgp router-id {TOR_V4}\n no bgp ebgp-requires-policy\n \
                  no bgp network import-check\n no bgp default ipv4-unicast\n \
                  neighbor HV4 peer-group\n neighbor HV4 remote-as {HV_AS}\n \
-                 neighbor HV6 peer-group\n neighbor HV6 remote-as {HV_AS}\n \
+                 neighbor HV6 peer-group\n neighbor HV6 remote-as {HV_AS}\n{bfd} \
                  bgp listen range 10.192.21.0/24 peer-group HV4\n bgp listen range 2001:db8:21::/64 peer-group HV6\n \
                  address-family ipv4 unicast\n  network 192.0.2.0/24\n  neighbor HV4 activate\n exit-address-family\n \
-                 address-family ipv6 unicast\n  network 2001:db8:ff::/48\n  neighbor HV6 activate\n exit-address-family\nexit\n"
+                 address-family ipv6 unicast\n  network 2001:db8:ff::/48\n  neighbor HV6 activate\n exit-address-family\nexit\n",
+                bfd = if bfd { " neighbor HV4 bfd\n neighbor HV6 bfd\n" } else { "" }
             ),
         )),
         Kind::Gobgp => {

@@ -569,3 +569,61 @@ fn bfd_multihop_with_the_reference_vm() {
         t.show(&["bfd"])
     );
 }
+
+/// Sends one BFD control packet from a VM's namespace with the given TTL.
+fn send_bfd(lab: &Lab, vm: &str, from: &str, ttl: u8, my: u32, your: u32, state_bits: u8) {
+    let script = format!(
+        "import socket, struct\n\
+         p = struct.pack('!BBBBIIIII', 0x20, {state_bits} << 6, 3, 24, {my}, {your}, 1000000, 1000000, 0)\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, {ttl})\n\
+         s.bind(('{from}', 49999))\n\
+         s.sendto(p, ('10.192.24.1', 3784))\n"
+    );
+    lab.exec(vm, &["python3", "-c", &script]);
+}
+
+#[test]
+fn bfd_packets_with_wrong_ttl_or_discriminator_are_ignored() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 11);
+    // The VM runs BGP but no BFD: the packets below are the only ones.
+    let vm = lab.bird(
+        "vm11",
+        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
+    );
+    let cfg = std::fs::read_to_string(example()).unwrap().replace(
+        "graceful-restart-time = 120",
+        "graceful-restart-time = 120\nbfd = true",
+    );
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    wait_up(&lab, &vm, "vm11");
+    let remote = |t: &lab::tapir::Tapir| -> Option<u64> {
+        t.json("bfd")
+            .as_array()?
+            .iter()
+            .find(|s| s["peer"] == "10.192.24.11")
+            .and_then(|s| s["remote_discriminator"].as_u64())
+    };
+    assert_eq!(wait_for(WAIT, || remote(&t)), Some(0));
+    // TTL 254: it may have crossed a router (RFC 5881 §5): ignored.
+    send_bfd(&lab, "vm11", "10.192.24.11", 254, 4242, 0, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(remote(&t), Some(0), "a TTL 254 packet was taken");
+    // TTL 255: taken (the session learns the peer's discriminator).
+    send_bfd(&lab, "vm11", "10.192.24.11", 255, 4242, 0, 1);
+    assert_eq!(
+        wait_for(Duration::from_secs(5), || remote(&t).filter(|r| *r == 4242)),
+        Some(4242)
+    );
+    // A Your Discriminator that is not ours: ignored.
+    send_bfd(&lab, "vm11", "10.192.24.11", 255, 5555, 999, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        remote(&t),
+        Some(4242),
+        "a packet for another session was taken"
+    );
+}

@@ -306,3 +306,40 @@ fn gobgp_exchanges_ipv4_and_ipv6_routes() {
     assert_eq!(g.neighbor_state("2001:db8:21::6"), Some(gobgp::ESTABLISHED));
     assert_tapir_received_tor_routes(&t, &lab);
 }
+
+#[test]
+fn bfd_with_frr_bfdd_at_the_tor() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    let tor = lab::tor::start_with(&mut lab, lab::tor::Kind::Frr, true);
+    let lab::tor::Tor::Frr(frr) = &tor else {
+        unreachable!()
+    };
+    let cfg = hv1_config().replace("hold-time = 9\n", "hold-time = 9\nbfd = true\n");
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    // FRR's bfdd sees both sessions up, and so does tapir.
+    let up = wait_for(WAIT, || {
+        let v: Value = serde_json::from_str(&frr.vtysh("show bfd peers json")).ok()?;
+        let peers = v.as_array()?;
+        let up = peers.iter().filter(|p| p["status"] == "up").count();
+        (up == 2).then_some(v)
+    });
+    assert!(
+        up.is_some(),
+        "{}\n{}\n{}",
+        frr.vtysh("show bfd peers"),
+        t.show(&["bfd"]),
+        lab.all_logs()
+    );
+    let ours = t.json("bfd");
+    assert_eq!(
+        ours.as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["state"] == "Up")
+            .count(),
+        2,
+        "{ours}"
+    );
+}
