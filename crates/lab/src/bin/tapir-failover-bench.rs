@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! tapir-failover-bench --tapir PATH --example examples/hypervisor.toml
-//!                      [--reps 20] [--bird-reps 1] [--skip-bird]
+//!                      [--reps 20] [--bird-reps 1] [--skip-bird] [--skip-bfd]
 //! ```
 //!
 //! - B1: vm11's tap is removed on hv1; the clock stops when tor's BIRD no
@@ -30,8 +30,12 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 
 /// Next hops tor has for the prefix (BIRD lists every path, best first).
 fn tor_hops(tor: &Tor) -> Vec<String> {
+    tor_hops_for(tor, "10.3.0.1/32")
+}
+
+fn tor_hops_for(tor: &Tor, prefix: &str) -> Vec<String> {
     let Tor::Bird(b) = tor else { return Vec::new() };
-    b.route("10.3.0.1/32")
+    b.route(prefix)
         .map(|out| {
             out.lines()
                 .filter_map(|l| l.trim().strip_prefix("BGP.next_hop: "))
@@ -167,6 +171,67 @@ fn run(
     (b1, b2)
 }
 
+/// BFD detection: vm12 (link-local, `bfd on`, 300 ms x 3) freezes (its
+/// BIRD stopped with SIGSTOP); the clock stops when tor no longer has its
+/// prefix. tapir only: BIRD's reference hypervisor config has no BFD.
+fn bfd_detection(tapir: &std::path::Path, example: &str, reps: usize) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 12);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let vm_cfg = reference::vm_bird_link_local_config(12, 64613, &["2001:db8:3::2/128"], "bfd on;").replace(
+        "protocol device { }",
+        "protocol device { }\nprotocol bfd { interface \"eth0\" { interval 300 ms; multiplier 3; }; }",
+    );
+    let vm = lab.bird("vm12", &vm_cfg);
+    let cfg = example.replace(
+        "graceful-restart-time = 120",
+        "graceful-restart-time = 120\nbfd = true",
+    );
+    let path = lab.write("hv1/tapir.toml", &cfg);
+    lab.tapir_with_log("hv1", tapir, &path, "info");
+    let pid = vm.pid.to_string();
+    for _ in 0..reps {
+        if until_for(&tor, "2001:db8:3::2/128", Duration::from_secs(60), |h| {
+            !h.is_empty()
+        })
+        .is_none()
+        {
+            println!("  BFD: the route did not reach tor");
+            break;
+        }
+        // Let BFD settle at its fast rate.
+        std::thread::sleep(Duration::from_secs(2));
+        let start = Instant::now();
+        lab.exec("vm12", &["kill", "-STOP", &pid]);
+        let took = until_for(&tor, "2001:db8:3::2/128", Duration::from_secs(30), |h| {
+            h.is_empty()
+        });
+        lab.exec("vm12", &["kill", "-CONT", &pid]);
+        if took.is_some() {
+            out.push(start.elapsed());
+        }
+    }
+    out
+}
+
+fn until_for(
+    tor: &Tor,
+    prefix: &str,
+    limit: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done(&tor_hops_for(tor, prefix)) {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(tapir), Some(example)) = (arg(&args, "--tapir"), arg(&args, "--example")) else {
@@ -193,6 +258,10 @@ fn main() -> ExitCode {
     let (mut t1, mut t2) = run("tapir", &tapir, &example, reps);
     let m1 = stats("tapir B1", &mut t1);
     let m2 = stats("tapir B2", &mut t2);
+    if !args.iter().any(|a| a == "--skip-bfd") {
+        let mut d = bfd_detection(&tapir, &example, reps.min(10));
+        stats("tapir BFD 300 ms x 3", &mut d);
+    }
     if !args.iter().any(|a| a == "--skip-bird") {
         println!("  BIRD 2.0.12 with the reference config ({bird_reps} repetition(s); each waits for timers)");
         let (mut x1, mut x2) = run("bird", &tapir, &example, bird_reps);
