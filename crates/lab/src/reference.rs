@@ -88,44 +88,7 @@ pub fn plug(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32, claimed: u32) {
     lab.link(hv, tap, &vm, "eth0");
     // Hypervisor side: same gateway address and MAC on every tap.
     lab.ip(hv, &["link", "set", tap, "address", TAP_MAC]);
-    lab.up(hv, tap);
-    lab.ip(
-        hv,
-        &[
-            "addr",
-            "add",
-            &format!("{GATEWAY_V4}/32"),
-            "dev",
-            tap,
-            "scope",
-            "link",
-        ],
-    );
-    lab.ip(
-        hv,
-        &[
-            "route",
-            "replace",
-            &format!("{}/32", vm_v4(vm_n)),
-            "proto",
-            "static",
-            "dev",
-            tap,
-        ],
-    );
-    lab.ip(
-        hv,
-        &[
-            "-6",
-            "route",
-            "replace",
-            &format!("{}/128", vm_v6(vm_n)),
-            "proto",
-            "static",
-            "dev",
-            tap,
-        ],
-    );
+    ifup(lab, hv, tap, vm_n);
     // VM side: host addresses, the gateway on-link.
     lab.addr(&vm, "eth0", &format!("{}/32", vm_v4(claimed)));
     lab.addr(&vm, "eth0", &format!("{}/128", vm_v6(claimed)));
@@ -242,9 +205,15 @@ pub fn vm_bird_dual_config(n: u32, asn: u32, v4: &[&str], v6: &[&str]) -> String
 pub fn migrate(lab: &mut Lab, from: &str, to: &str, tap: &str, vm_n: u32) {
     let dest = lab.netns(to);
     lab.ip(from, &["link", "set", tap, "netns", &dest]);
-    lab.up(to, tap);
+    ifup(lab, to, tap, vm_n);
+}
+
+/// The hypervisor side of a VM's tap, as the ifup hook sets it up: the
+/// gateway address `scope link`, and the VM's /32 and /128 `proto static`.
+fn ifup(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32) {
+    lab.up(hv, tap);
     lab.ip(
-        to,
+        hv,
         &[
             "addr",
             "add",
@@ -256,7 +225,7 @@ pub fn migrate(lab: &mut Lab, from: &str, to: &str, tap: &str, vm_n: u32) {
         ],
     );
     lab.ip(
-        to,
+        hv,
         &[
             "route",
             "replace",
@@ -268,7 +237,7 @@ pub fn migrate(lab: &mut Lab, from: &str, to: &str, tap: &str, vm_n: u32) {
         ],
     );
     lab.ip(
-        to,
+        hv,
         &[
             "-6",
             "route",

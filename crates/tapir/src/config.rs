@@ -663,20 +663,7 @@ impl Config {
             }
             let remote_as =
                 remote_as(n.remote_as.get_ref()).map_err(|m| err(n.remote_as.span(), m))?;
-            let hold_time = *n.hold_time.get_ref();
-            if hold_time == 1 || hold_time == 2 {
-                return Err(err(
-                    n.hold_time.span(),
-                    "hold-time: must be 0 or at least 3 seconds (RFC 4271 §4.2)".into(),
-                ));
-            }
-            let connect_retry = *n.connect_retry.get_ref();
-            if connect_retry == 0 {
-                return Err(err(
-                    n.connect_retry.span(),
-                    "connect-retry: must be at least 1 second".into(),
-                ));
-            }
+            let (hold_time, connect_retry) = timers(&n.hold_time, &n.connect_retry, &err)?;
             let families = match &n.families {
                 None => vec![match address {
                     IpAddr::V4(_) => Afi::Ipv4,
@@ -820,6 +807,30 @@ impl Config {
 }
 
 type ErrFn<'a> = dyn Fn(Range<usize>, String) -> ConfigError + 'a;
+
+/// `hold-time` (0 or at least 3 s, RFC 4271 §4.2) and `connect-retry`
+/// (at least 1 s), for neighbors and groups alike.
+fn timers(
+    hold: &Spanned<u16>,
+    retry: &Spanned<u64>,
+    err: &ErrFn,
+) -> Result<(u16, u64), ConfigError> {
+    let hold_time = *hold.get_ref();
+    if hold_time == 1 || hold_time == 2 {
+        return Err(err(
+            hold.span(),
+            "hold-time: must be 0 or at least 3 seconds (RFC 4271 §4.2)".into(),
+        ));
+    }
+    let connect_retry = *retry.get_ref();
+    if connect_retry == 0 {
+        return Err(err(
+            retry.span(),
+            "connect-retry: must be at least 1 second".into(),
+        ));
+    }
+    Ok((hold_time, connect_retry))
+}
 
 fn parse_policy(
     name: &str,
@@ -974,20 +985,7 @@ fn parse_group(
         );
     }
     let remote_as = remote_as(g.remote_as.get_ref()).map_err(|m| err(g.remote_as.span(), m))?;
-    let hold_time = *g.hold_time.get_ref();
-    if hold_time == 1 || hold_time == 2 {
-        return Err(err(
-            g.hold_time.span(),
-            "hold-time: must be 0 or at least 3 seconds (RFC 4271 §4.2)".into(),
-        ));
-    }
-    let connect_retry = *g.connect_retry.get_ref();
-    if connect_retry == 0 {
-        return Err(err(
-            g.connect_retry.span(),
-            "connect-retry: must be at least 1 second".into(),
-        ));
-    }
+    let (hold_time, connect_retry) = timers(&g.hold_time, &g.connect_retry, err)?;
     let import = match &g.import {
         None => None,
         Some(i) => {
