@@ -570,17 +570,28 @@ fn bfd_multihop_with_the_reference_vm() {
     );
 }
 
-/// Sends one BFD control packet from a VM's namespace with the given TTL.
+/// Sends one BFD control packet from a VM's namespace with the given TTL
+/// (the lab's `bfd-send`, built next to tapir).
 fn send_bfd(lab: &Lab, vm: &str, from: &str, ttl: u8, my: u32, your: u32, state_bits: u8) {
-    let script = format!(
-        "import socket, struct\n\
-         p = struct.pack('!BBBBIIIII', 0x20, {state_bits} << 6, 3, 24, {my}, {your}, 1000000, 1000000, 0)\n\
-         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-         s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, {ttl})\n\
-         s.bind(('{from}', 49999))\n\
-         s.sendto(p, ('10.192.24.1', 3784))\n"
-    );
-    lab.exec(vm, &["python3", "-c", &script]);
+    let bin = Path::new(TAPIR).with_file_name("bfd-send");
+    if !bin.exists() {
+        let ok = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "lab", "--bin", "bfd-send"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot build bfd-send");
+    }
+    let args = [
+        from.to_string(),
+        "10.192.24.1".to_string(),
+        ttl.to_string(),
+        my.to_string(),
+        your.to_string(),
+        state_bits.to_string(),
+    ];
+    let mut v = vec![bin.to_str().unwrap()];
+    v.extend(args.iter().map(String::as_str));
+    lab.exec(vm, &v);
 }
 
 #[test]
