@@ -86,6 +86,26 @@ pub fn start_with(lab: &mut Lab, kind: Kind, bfd: bool) -> Tor {
 }
 
 impl Tor {
+    /// Every next hop tor has for exactly `prefix`, best path first (BIRD
+    /// lists all paths; FRR and GoBGP: the best one).
+    pub fn next_hops(&self, prefix: &str) -> Vec<String> {
+        match self {
+            Tor::Bird(b) => b
+                .route(prefix)
+                .map(|out| {
+                    out.lines()
+                        .filter_map(|l| l.trim().strip_prefix("BGP.next_hop: "))
+                        .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => self
+                .route(prefix)
+                .map(|r| vec![r.next_hop])
+                .unwrap_or_default(),
+        }
+    }
+
     /// tor's best route for exactly `prefix`, if it has one.
     pub fn route(&self, prefix: &str) -> Option<TorRoute> {
         match self {

@@ -13,23 +13,8 @@ use lab::{wait_for, Lab};
 
 const TAPIR: &str = env!("CARGO_BIN_EXE_tapir");
 
-/// Next hops tor has for a prefix, best first (BIRD lists every path).
 fn tor_paths(tor: &Tor, prefix: &str) -> Vec<String> {
-    match tor {
-        Tor::Bird(b) => b
-            .route(prefix)
-            .map(|out| {
-                out.lines()
-                    .filter_map(|l| l.trim().strip_prefix("BGP.next_hop: "))
-                    .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
-                    .collect()
-            })
-            .unwrap_or_default(),
-        _ => tor
-            .route(prefix)
-            .map(|r| vec![r.next_hop])
-            .unwrap_or_default(),
-    }
+    tor.next_hops(prefix)
 }
 
 #[test]

@@ -34,15 +34,7 @@ fn tor_hops(tor: &Tor) -> Vec<String> {
 }
 
 fn tor_hops_for(tor: &Tor, prefix: &str) -> Vec<String> {
-    let Tor::Bird(b) = tor else { return Vec::new() };
-    b.route(prefix)
-        .map(|out| {
-            out.lines()
-                .filter_map(|l| l.trim().strip_prefix("BGP.next_hop: "))
-                .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
+    tor.next_hops(prefix)
 }
 
 /// Polls tor until `done`, up to `limit`; returns the time taken.
