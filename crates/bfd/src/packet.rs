@@ -126,6 +126,8 @@ pub enum Discard {
     Multipoint,
     MyDiscriminatorZero,
     BadAuth(&'static str),
+    /// Well formed, but not for this session in its state (§6.8.6).
+    NotForSession(&'static str),
 }
 
 impl std::fmt::Display for Discard {
@@ -138,6 +140,7 @@ impl std::fmt::Display for Discard {
             Discard::Multipoint => write!(f, "multipoint bit set"),
             Discard::MyDiscriminatorZero => write!(f, "my discriminator 0"),
             Discard::BadAuth(w) => write!(f, "authentication: {w}"),
+            Discard::NotForSession(w) => write!(f, "{w}"),
         }
     }
 }

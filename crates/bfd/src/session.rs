@@ -198,9 +198,96 @@ impl Session {
         self.next_tx = Some(now + self.jittered(i));
     }
 
+    /// Whether [`Session::take_over`] may be tried: nothing heard from the
+    /// peer yet.
+    pub fn is_fresh(&self) -> bool {
+        self.state == State::Down && self.remote_discriminator == 0
+    }
+
+    /// Takes over a session the peer still holds Up (or Init) with another
+    /// system that answered at our address before: the hypervisor a
+    /// migrated VM left, which had the same gateway address. The peer's
+    /// packet names that system's discriminator, not ours.
+    ///
+    /// An extension to §6.8.6, which would discard the packet and leave
+    /// the peer to time out, take its BGP session down with it, and wait
+    /// out its restart delays. Instead the session goes to Init and tells
+    /// the peer so: a peer in Up stays Up on Init (§6.2), now knows our
+    /// discriminator, and its next packet brings us Up. Only for a
+    /// [`Session::is_fresh`] session; authentication is checked as usual.
+    pub fn take_over(&mut self, now: Instant, bytes: &[u8]) -> Result<(), Discard> {
+        let p = Packet::decode(bytes)?;
+        if !self.is_fresh() {
+            return Err(Discard::NotForSession("take-over of a session in use"));
+        }
+        if !matches!(p.state, State::Up | State::Init) || p.your_discriminator == 0 {
+            return Err(Discard::NotForSession("nothing to take over"));
+        }
+        self.authenticate(bytes, &p)?;
+        self.remote_discriminator = p.my_discriminator;
+        self.remote_state = p.state;
+        self.remote_min_rx = Duration::from_micros(p.required_min_rx as u64);
+        self.remote_desired_min_tx = Duration::from_micros(p.desired_min_tx as u64);
+        self.remote_detect_mult = p.detect_mult;
+        self.set_state(State::Init, Diag::None);
+        self.detect_at = Some(now + self.detection_time());
+        self.send_now(now);
+        Ok(())
+    }
+
     /// A packet from the peer (§6.8.6). Discarded packets change nothing.
     pub fn receive(&mut self, now: Instant, bytes: &[u8]) -> Result<(), Discard> {
         let p = Packet::decode(bytes)?;
+        self.authenticate(bytes, &p)?;
+        if p.your_discriminator == 0 && !matches!(p.state, State::Down | State::AdminDown) {
+            return Err(Discard::NotForSession("your discriminator 0 outside Down"));
+        }
+        if p.your_discriminator != 0 && p.your_discriminator != self.cfg.local_discriminator {
+            return Err(Discard::NotForSession("your discriminator is not ours"));
+        }
+        self.remote_discriminator = p.my_discriminator;
+        self.remote_state = p.state;
+        self.remote_min_rx = Duration::from_micros(p.required_min_rx as u64);
+        self.remote_desired_min_tx = Duration::from_micros(p.desired_min_tx as u64);
+        self.remote_detect_mult = p.detect_mult;
+        if p.final_ {
+            self.polling = false;
+        }
+        if self.state == State::AdminDown {
+            return Ok(());
+        }
+        if p.state == State::AdminDown {
+            if self.state != State::Down {
+                self.set_state(State::Down, Diag::NeighborSignaledSessionDown);
+            }
+        } else {
+            match (self.state, p.state) {
+                (State::Down, State::Down) => self.set_state(State::Init, Diag::None),
+                (State::Down, State::Init) => self.set_state(State::Up, Diag::None),
+                (State::Init, State::Init | State::Up) => self.set_state(State::Up, Diag::None),
+                (State::Up, State::Down) => {
+                    self.set_state(State::Down, Diag::NeighborSignaledSessionDown)
+                }
+                _ => {}
+            }
+        }
+        // The detection timer runs from every valid packet once the peer
+        // is known.
+        self.detect_at = (self.state != State::Down || p.state != State::Down)
+            .then(|| now + self.detection_time());
+        if p.poll {
+            // §6.5: answer a Poll with a Final at once.
+            self.send_final = true;
+            self.send_now(now);
+        } else if matches!(self.state, State::Init | State::Up) && self.polling {
+            // Tell the peer our new timers promptly.
+            self.send_now(now);
+        }
+        Ok(())
+    }
+
+    /// Checks the packet's authentication against ours (§6.7).
+    fn authenticate(&mut self, bytes: &[u8], p: &Packet) -> Result<(), Discard> {
         match (&self.cfg.auth, &p.auth) {
             (None, None) => {}
             (None, Some(_)) => {
@@ -251,50 +338,6 @@ impl Session {
                 self.rx_sequence = Some(*sequence);
             }
             _ => return Err(Discard::BadAuth("wrong authentication type")),
-        }
-        if p.your_discriminator == 0 && !matches!(p.state, State::Down | State::AdminDown) {
-            return Err(Discard::BadAuth("your discriminator 0 outside Down"));
-        }
-        if p.your_discriminator != 0 && p.your_discriminator != self.cfg.local_discriminator {
-            return Err(Discard::BadAuth("your discriminator is not ours"));
-        }
-        self.remote_discriminator = p.my_discriminator;
-        self.remote_state = p.state;
-        self.remote_min_rx = Duration::from_micros(p.required_min_rx as u64);
-        self.remote_desired_min_tx = Duration::from_micros(p.desired_min_tx as u64);
-        self.remote_detect_mult = p.detect_mult;
-        if p.final_ {
-            self.polling = false;
-        }
-        if self.state == State::AdminDown {
-            return Ok(());
-        }
-        if p.state == State::AdminDown {
-            if self.state != State::Down {
-                self.set_state(State::Down, Diag::NeighborSignaledSessionDown);
-            }
-        } else {
-            match (self.state, p.state) {
-                (State::Down, State::Down) => self.set_state(State::Init, Diag::None),
-                (State::Down, State::Init) => self.set_state(State::Up, Diag::None),
-                (State::Init, State::Init | State::Up) => self.set_state(State::Up, Diag::None),
-                (State::Up, State::Down) => {
-                    self.set_state(State::Down, Diag::NeighborSignaledSessionDown)
-                }
-                _ => {}
-            }
-        }
-        // The detection timer runs from every valid packet once the peer
-        // is known.
-        self.detect_at = (self.state != State::Down || p.state != State::Down)
-            .then(|| now + self.detection_time());
-        if p.poll {
-            // §6.5: answer a Poll with a Final at once.
-            self.send_final = true;
-            self.send_now(now);
-        } else if matches!(self.state, State::Init | State::Up) && self.polling {
-            // Tell the peer our new timers promptly.
-            self.send_now(now);
         }
         Ok(())
     }

@@ -113,6 +113,11 @@ impl Lab {
         format!("{}-{host}", self.prefix)
     }
 
+    /// Whether `host` was added to this lab.
+    pub fn has_host(&self, host: &str) -> bool {
+        self.hosts.contains(&self.netns(host))
+    }
+
     /// Creates a host (a namespace with `lo` up and forwarding on).
     pub fn add_host(&mut self, host: &str) {
         let ns = self.netns(host);

@@ -6,6 +6,11 @@
 //! `10.192.24.1/32 scope link` and MAC 22:22:22:22:22:01 (so the link-local
 //! fe80::2022:22ff:fe22:2201), and the hypervisor routes the VM's /32 and
 //! /128 `proto static dev tapN` as the ifup hook does.
+//!
+//! Between a VM and its taps sits a wire host `wN` with a bridge: the VM's
+//! `eth0` is one port, each tap's far end another. A tap removed or moved
+//! leaves the VM's NIC up, as in a live migration, where the guest's
+//! virtio NIC never loses its carrier.
 
 use crate::Lab;
 
@@ -80,15 +85,44 @@ pub fn add_vm(lab: &mut Lab, hv: &str, n: u32) {
 }
 
 /// Connects VM `vm_n` to `hv` through a new tap `tap` and runs the ifup
-/// steps for the VM's addresses. `claimed` is the host number the VM
-/// configures on its side (equal to `vm_n` unless the VM lies about its
-/// address).
+/// steps. The first time, the VM's NIC is made and configured as the VM's
+/// own network config would: `claimed` is the host number it configures
+/// (equal to `vm_n` unless the VM lies about its address).
 pub fn plug(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32, claimed: u32) {
     let vm = format!("vm{vm_n}");
-    lab.link(hv, tap, &vm, "eth0");
-    // Hypervisor side: same gateway address and MAC on every tap.
-    lab.ip(hv, &["link", "set", tap, "address", TAP_MAC]);
-    ifup(lab, hv, tap, vm_n);
+    let wire = format!("w{vm_n}");
+    let first = !lab.has_host(&wire);
+    if first {
+        lab.add_host(&wire);
+        // The wire is a cable: no addresses of its own, so nothing of it
+        // answers the hypervisor's neighbor discovery.
+        for key in [
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ] {
+            lab.exec(&wire, &["sysctl", "-qw", key]);
+        }
+        lab.ip(
+            &wire,
+            &[
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
+        );
+        lab.up(&wire, "br0");
+        lab.link(&vm, "eth0", &wire, "vm");
+        lab.ip(&wire, &["link", "set", "vm", "master", "br0"]);
+        lab.up(&wire, "vm");
+    }
+    connect_tap(lab, hv, tap, vm_n);
+    if !first {
+        return;
+    }
     // VM side: host addresses, the gateway on-link.
     lab.addr(&vm, "eth0", &format!("{}/32", vm_v4(claimed)));
     lab.addr(&vm, "eth0", &format!("{}/128", vm_v6(claimed)));
@@ -111,7 +145,19 @@ pub fn plug(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32, claimed: u32) {
     );
 }
 
-/// Removes a tap from a hypervisor (the VM's side of the pair goes too).
+/// A new tap on `hv` whose far end joins VM `vm_n`'s wire, then ifup.
+fn connect_tap(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32) {
+    let wire = format!("w{vm_n}");
+    let port = format!("{hv}-{tap}");
+    lab.link(hv, tap, &wire, &port);
+    // Hypervisor side: same gateway address and MAC on every tap.
+    lab.ip(hv, &["link", "set", tap, "address", TAP_MAC]);
+    lab.ip(&wire, &["link", "set", &port, "master", "br0"]);
+    lab.up(&wire, &port);
+    ifup(lab, hv, tap, vm_n);
+}
+
+/// Removes a tap from a hypervisor. The VM keeps its NIC, unconnected.
 pub fn unplug(lab: &mut Lab, hv: &str, tap: &str) {
     lab.ip(hv, &["link", "del", tap]);
 }
@@ -199,13 +245,12 @@ pub fn vm_bird_dual_config(n: u32, asn: u32, v4: &[&str], v6: &[&str]) -> String
     )
 }
 
-/// A live migration, as far as the network sees it: the VM's tap moves from
-/// one hypervisor to the other (`ip link set tapN netns …`), and the ifup
-/// steps run again on the destination. The VM's side does not change.
+/// A live migration, as far as the network sees it: the VM's tap goes away
+/// on one hypervisor and appears (same name) on the other, where the ifup
+/// steps run. The VM's NIC stays up throughout.
 pub fn migrate(lab: &mut Lab, from: &str, to: &str, tap: &str, vm_n: u32) {
-    let dest = lab.netns(to);
-    lab.ip(from, &["link", "set", tap, "netns", &dest]);
-    ifup(lab, to, tap, vm_n);
+    unplug(lab, from, tap);
+    connect_tap(lab, to, tap, vm_n);
 }
 
 /// The hypervisor side of a VM's tap, as the ifup hook sets it up: the

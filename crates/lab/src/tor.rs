@@ -36,22 +36,36 @@ pub fn start(lab: &mut Lab, kind: Kind) -> Tor {
     start_with(lab, kind, false)
 }
 
+/// A BIRD tor that also installs its BGP routes in its namespace's kernel
+/// table (`proto bird`), so that benchmarks can time changes there.
+pub fn start_bird_with_kernel(lab: &mut Lab) -> Tor {
+    Tor::Bird(lab.bird(
+        "tor",
+        &format!(
+            "{}protocol kernel {{ ipv4 {{ export where source = RTS_BGP; }}; }}\n\
+             protocol kernel {{ ipv6 {{ export where source = RTS_BGP; }}; }}\n",
+            bird_config()
+        ),
+    ))
+}
+
+fn bird_config() -> String {
+    format!(
+        "log stderr all;\ndebug protocols {{ states, events }};\nrouter id {TOR_V4};\nprotocol device {{ }}\n\
+         protocol static s4 {{ ipv4; route 192.0.2.0/24 unreachable; }}\n\
+         protocol static s6 {{ ipv6; route 2001:db8:ff::/48 unreachable; }}\n\
+         filter from_hv {{ if (65535,0) ~ bgp_community then bgp_local_pref = 0; accept; }}\n\
+         protocol bgp hv4 {{ local {TOR_V4} as {TOR_AS}; neighbor range 10.192.21.0/24 as {HV_AS};\n  \
+           ipv4 {{ import filter from_hv; export where source = RTS_STATIC; }}; }}\n\
+         protocol bgp hv6 {{ local {TOR_V6} as {TOR_AS}; neighbor range 2001:db8:21::/64 as {HV_AS};\n  \
+           ipv6 {{ import filter from_hv; export where source = RTS_STATIC; }}; }}\n"
+    )
+}
+
 /// As [`start`]; `bfd` asks for BFD with the hypervisors (FRR only).
 pub fn start_with(lab: &mut Lab, kind: Kind, bfd: bool) -> Tor {
     match kind {
-        Kind::Bird => Tor::Bird(lab.bird(
-            "tor",
-            &format!(
-                "log stderr all;\ndebug protocols {{ states, events }};\nrouter id {TOR_V4};\nprotocol device {{ }}\n\
-                 protocol static s4 {{ ipv4; route 192.0.2.0/24 unreachable; }}\n\
-                 protocol static s6 {{ ipv6; route 2001:db8:ff::/48 unreachable; }}\n\
-                 filter from_hv {{ if (65535,0) ~ bgp_community then bgp_local_pref = 0; accept; }}\n\
-                 protocol bgp hv4 {{ local {TOR_V4} as {TOR_AS}; neighbor range 10.192.21.0/24 as {HV_AS};\n  \
-                   ipv4 {{ import filter from_hv; export where source = RTS_STATIC; }}; }}\n\
-                 protocol bgp hv6 {{ local {TOR_V6} as {TOR_AS}; neighbor range 2001:db8:21::/64 as {HV_AS};\n  \
-                   ipv6 {{ import filter from_hv; export where source = RTS_STATIC; }}; }}\n"
-            ),
-        )),
+        Kind::Bird => Tor::Bird(lab.bird("tor", &bird_config())),
         Kind::Frr => Tor::Frr(lab.frr(
             "tor",
             &format!(

@@ -332,6 +332,35 @@ async fn deliver(sessions: &mut HashMap<Key, Entry>, r: std::io::Result<Rx>) {
         debug!(from = %r.from, "malformed BFD packet dropped");
         return;
     };
+    let known = pkt.your_discriminator != 0
+        && sessions
+            .values()
+            .any(|e| e.session.local_discriminator() == pkt.your_discriminator);
+    if pkt.your_discriminator != 0 && !known {
+        // Not ours: perhaps a VM that migrated here, still Up with its
+        // previous hypervisor (same gateway address). A fresh session
+        // with it on this tap takes that session over.
+        let Some(e) = sessions.get_mut(&(r.from, Some(r.ifindex))) else {
+            debug!(from = %r.from, "BFD packet for no session dropped");
+            return;
+        };
+        if !e.session.is_fresh() {
+            debug!(from = %r.from, "BFD packet for another session dropped");
+            return;
+        }
+        match e.session.take_over(Instant::now(), &r.data) {
+            Ok(()) => info!(
+                name = %e.name,
+                "BFD: took over the session the peer had with its previous hypervisor"
+            ),
+            Err(d) => {
+                debug!(from = %r.from, reason = %d, "BFD packet discarded");
+                return;
+            }
+        }
+        follow_port(e, &r);
+        return;
+    }
     let entry = if pkt.your_discriminator != 0 {
         sessions
             .values_mut()
@@ -361,8 +390,12 @@ async fn deliver(sessions: &mut HashMap<Key, Entry>, r: std::io::Result<Rx>) {
         debug!(from = %r.from, reason = %d, "BFD packet discarded");
         return;
     }
-    // The peer runs the session on the other port (multihop, RFC 5883):
-    // answer it there.
+    follow_port(e, &r);
+}
+
+/// The peer runs the session on the other port (multihop, RFC 5883):
+/// answer it there.
+fn follow_port(e: &mut Entry, r: &Rx) {
     if r.port != e.port {
         match tx_socket(r.from, e.interface.as_ref(), e.local_port, r.port) {
             Ok(s) => {

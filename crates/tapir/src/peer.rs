@@ -38,6 +38,13 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 /// Refused routes kept for display and re-judging, beyond which more are
 /// only counted (a VM must not grow our memory by announcing junk).
 const MAX_KEPT_REFUSED: usize = 1000;
+/// BIRD (2.0.12 at least) sometimes sends nothing for up to 3 s after it
+/// accepts a new session from the VM's hypervisor in place of an old one
+/// (a graceful-restart takeover after a migration): the export is queued,
+/// but its main loop sleeps in poll() until the next packet or its 3 s
+/// tick. A VM that has sent no UPDATE this long after Established gets one
+/// ROUTE-REFRESH (RFC 2918), which wakes it and asks for its routes anyway.
+const NUDGE_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// An interface a session is bound to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,6 +247,9 @@ pub struct Peer {
     peer_gr: Option<bgp::capability::GracefulRestart>,
     /// When routes kept for a restarting peer are given up.
     stale_until: Option<Instant>,
+    /// A VM session that has sent nothing since Established gets a
+    /// ROUTE-REFRESH at this time (see `NUDGE_AFTER`).
+    nudge_at: Option<Instant>,
 }
 
 static NEXT_PEER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -269,6 +279,7 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         rib_ready,
         peer_gr: None,
         stale_until: None,
+        nudge_at: None,
     };
     // The span goes with the task (never `enter()` across an await).
     let span = tracing::info_span!(
@@ -332,6 +343,7 @@ impl Peer {
                 .iter()
                 .filter_map(|c| c.session.poll_timeout())
                 .chain(self.stale_until)
+                .chain(self.nudge_at)
                 .min();
             let msg = match deadline {
                 Some(d) => tokio::select! {
@@ -343,6 +355,9 @@ impl Peer {
                         }
                         if self.stale_until.is_some_and(|t| t <= now) {
                             self.flush_stale(None);
+                        }
+                        if self.nudge_at.is_some_and(|t| t <= now) {
+                            self.nudge();
                         }
                         self.process();
                         continue;
@@ -716,6 +731,9 @@ impl Peer {
                 for f in families {
                     self.send_family(i, f);
                 }
+                if self.cfg.vm.is_some() {
+                    self.nudge_at = Some(Instant::now() + NUDGE_AFTER);
+                }
             }
             Event::Down(reason) => {
                 self.flaps += 1;
@@ -746,12 +764,36 @@ impl Peer {
                 self.stale_until = None;
                 self.to_rib(RibMsg::PeerDown(self.id));
             }
-            Event::Update(u) => self.apply_update(&u),
+            Event::Update(u) => {
+                self.nudge_at = None;
+                self.apply_update(&u)
+            }
             Event::RouteRefresh(family) => {
                 debug!(%family, "route refresh requested");
                 self.send_family(i, family);
             }
         }
+    }
+
+    /// See `NUDGE_AFTER`.
+    fn nudge(&mut self) {
+        self.nudge_at = None;
+        let Some(c) = self
+            .conns
+            .iter_mut()
+            .find(|c| c.session.state() == State::Established)
+        else {
+            return;
+        };
+        let families = c.session.context().families.clone();
+        let mut sent = false;
+        for f in families {
+            sent |= c.session.request_refresh(f);
+        }
+        if sent {
+            debug!("no UPDATE yet from the VM: ROUTE-REFRESH sent");
+        }
+        self.process();
     }
 
     fn apply_update(&mut self, u: &bgp::Update) {

@@ -248,3 +248,46 @@ fn keyed_sha1_sessions_come_up_and_reject_a_wrong_key() {
     p.run(Duration::from_secs(3));
     assert_eq!((p.a.state(), p.b.state()), (State::Down, State::Down));
 }
+
+#[test]
+fn a_fresh_session_takes_over_from_the_system_the_peer_left() {
+    // a (the VM) is Up with b (the hypervisor it leaves).
+    let mut p = Pair::new(cfg(1, 300, 300, 3), cfg(2, 300, 300, 3));
+    p.run(Duration::from_secs(3));
+    assert_eq!(p.a.state(), State::Up);
+    p.events.clear();
+    // c answers at b's address now; a's packets still name b.
+    let mut c = Session::new(cfg(3, 300, 300, 3), p.now);
+    let pkt = loop {
+        p.now += Duration::from_millis(10);
+        p.a.handle_timeout(p.now);
+        if let Some(x) = p.a.poll_transmit() {
+            break x;
+        }
+    };
+    assert!(c.receive(p.now, &pkt).is_err(), "not c's discriminator");
+    // A Down packet is no session to take over.
+    let down_pkt = Session::new(cfg(4, 300, 300, 3), p.now).packet();
+    let mut d = Session::new(cfg(5, 300, 300, 3), p.now);
+    assert!(d.take_over(p.now, &down_pkt).is_err());
+    assert!(c.is_fresh());
+    c.take_over(p.now, &pkt).unwrap();
+    assert_eq!(c.state(), State::Init);
+    assert_eq!(c.remote_discriminator(), 1);
+    assert!(!c.is_fresh());
+    assert!(c.take_over(p.now, &pkt).is_err(), "only once");
+    p.b = c;
+    p.pump();
+    p.run(Duration::from_secs(3));
+    assert_eq!(p.b.state(), State::Up);
+    assert_eq!(p.a.state(), State::Up);
+    assert_eq!(p.a.remote_discriminator(), 3);
+    // a never left Up.
+    assert!(
+        p.events
+            .iter()
+            .all(|(w, Event::StateChanged { to, .. })| *w != 'a' || *to == State::Up),
+        "{:?}",
+        p.events
+    );
+}

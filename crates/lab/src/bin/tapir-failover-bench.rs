@@ -7,12 +7,22 @@
 //!                      [--reps 20] [--bird-reps 1] [--skip-bird] [--skip-bfd]
 //! ```
 //!
-//! - B1: vm11's tap is removed on hv1; the clock stops when tor's BIRD no
-//!   longer has 10.3.0.1/32.
-//! - B2: vm11's tap moves to hv2 (the VM keeps running, unmodified BIRD with
-//!   the reference config); the clock stops when tor has the route via hv2.
+//! - B1: vm11's tap is removed; the clock stops when tor no longer has its
+//!   prefix.
+//! - B2: vm11's tap moves to the other hypervisor (the VM keeps running,
+//!   unmodified BIRD); the clock stops when tor's best path is via it. The
+//!   guest runs the reference config (IPv4 `multihop`), then the link-local
+//!   + BFD variant (tapir only: BIRD's reference hypervisor config cannot
+//!   take link-local sessions without a block per tap).
+//! - BFD: the guest freezes; the clock stops when tor drops its prefix.
 //!
-//! tor is polled through `birdc` every 5 ms, so figures carry about ±5 ms.
+//! Each figure comes two ways. "birdc": tor's BIRD polled every 5 ms from
+//! the moment the lab's `ip` command starts, so it carries the command's
+//! and the poll's milliseconds. "kernel": from `ip -ts monitor` timestamps,
+//! the tap's netlink event in the hypervisor to the route's change in tor's
+//! kernel table (tor's BIRD exports to it).
+//!
+//! `TAPIR_BENCH_PCAP=/path/prefix` also captures vm11's link.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,20 +38,57 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-/// Next hops tor has for the prefix (BIRD lists every path, best first).
-fn tor_hops(tor: &Tor) -> Vec<String> {
-    tor_hops_for(tor, "10.3.0.1/32")
+/// How the migrating VM (vm11, BIRD unmodified) peers with its hypervisor.
+#[derive(Clone, Copy, PartialEq)]
+enum Guest {
+    /// The reference VM config: IPv4, `multihop` to the gateway.
+    Reference,
+    /// IPv6 link-local single-hop with `bfd on` (300 ms x 3).
+    LinkLocalBfd,
 }
 
-fn tor_hops_for(tor: &Tor, prefix: &str) -> Vec<String> {
-    tor.next_hops(prefix)
+impl Guest {
+    fn prefix(self) -> &'static str {
+        match self {
+            Guest::Reference => "10.3.0.1/32",
+            Guest::LinkLocalBfd => "2001:db8:3::1/128",
+        }
+    }
+
+    /// tor's next hop for the prefix via a hypervisor.
+    fn via(self, hv: &str) -> String {
+        let (v4, v6) = reference::hv_addresses(hv);
+        match self {
+            Guest::Reference => v4,
+            Guest::LinkLocalBfd => v6,
+        }
+    }
+
+    fn bird_config(self) -> String {
+        match self {
+            Guest::Reference => reference::vm_bird_config(11, 64613, &[self.prefix()]),
+            Guest::LinkLocalBfd => {
+                reference::vm_bird_link_local_config(11, 64613, &[self.prefix()], "bfd on;")
+                    .replace("protocol device { }", BIRD_BFD)
+            }
+        }
+    }
 }
 
-/// Polls tor until `done`, up to `limit`; returns the time taken.
-fn until(tor: &Tor, limit: Duration, done: impl Fn(&[String]) -> bool) -> Option<Duration> {
+const BIRD_BFD: &str =
+    "protocol device { }\nprotocol bfd { interface \"eth0\" { interval 300 ms; multiplier 3; }; }";
+
+/// Polls tor until `done` holds for `prefix`'s next hops (BIRD lists every
+/// path, best first), up to `limit`; returns the time taken.
+fn until(
+    tor: &Tor,
+    prefix: &str,
+    limit: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < limit {
-        if done(&tor_hops(tor)) {
+        if done(&tor.next_hops(prefix)) {
             return Some(start.elapsed());
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -64,31 +111,124 @@ fn bird_hypervisor(id: &str) -> String {
 struct Setup {
     lab: Lab,
     tor: Tor,
+    /// tor's kernel routes, and each hypervisor's links, as `ip -ts monitor`
+    /// prints them.
+    tor_routes: Monitor,
+    links: [(&'static str, Monitor); 2],
+}
+
+/// `ip -ts monitor` in one host: kernel-side timestamps.
+struct Monitor(PathBuf);
+
+impl Monitor {
+    fn start(lab: &mut Lab, host: &str, what: &str) -> Monitor {
+        let log = format!("monitor-{host}-{what}.log");
+        lab.spawn(host, &["ip", "-ts", "monitor", what], &log);
+        Monitor(lab.dir().join(log))
+    }
+
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.0)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The time (seconds into the day) of the first event from line `from`
+    /// on that contains `needle` and, if `deleted` is given, is (not) a
+    /// deletion.
+    fn find(&self, from: usize, needle: &str, deleted: Option<bool>) -> Option<f64> {
+        self.lines().iter().skip(from).find_map(|l| {
+            let (ts, rest) = l.strip_prefix('[')?.split_once("] ")?;
+            if deleted.is_some_and(|d| rest.starts_with("Deleted ") != d) || !rest.contains(needle)
+            {
+                return None;
+            }
+            // 2026-11-25T18:59:59.290885
+            let time = ts.split_once('T')?.1;
+            let mut f = time.split(':');
+            let (h, m, s): (f64, f64, f64) = (
+                f.next()?.parse().ok()?,
+                f.next()?.parse().ok()?,
+                f.next()?.parse().ok()?,
+            );
+            Some(h * 3600.0 + m * 60.0 + s)
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.lines().len()
+    }
+}
+
+/// `end - start` in seconds of the day, across midnight too.
+fn between(start: f64, end: f64) -> Duration {
+    Duration::from_secs_f64((end - start).rem_euclid(86400.0))
+}
+
+impl Setup {
+    fn links(&self, hv: &str) -> &Monitor {
+        &self
+            .links
+            .iter()
+            .find(|(h, _)| *h == hv)
+            .expect("hypervisor")
+            .1
+    }
 }
 
 /// tor, hv1, hv2 and vm11 on hv1, with `daemon` on both hypervisors.
-fn setup(daemon: &str, tapir: &std::path::Path, example: &str) -> Setup {
+fn setup(daemon: &str, tapir: &std::path::Path, example: &str, guest: Guest) -> Setup {
     let mut lab = Lab::new();
     reference::build(&mut lab, &["hv1", "hv2"]);
     reference::add_vm(&mut lab, "hv1", 11);
-    let tor = tor::start(&mut lab, Kind::Bird);
-    lab.bird(
-        "vm11",
-        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
-    );
+    let tor = tor::start_bird_with_kernel(&mut lab);
+    let tor_routes = Monitor::start(&mut lab, "tor", "route");
+    let links = [
+        ("hv1", Monitor::start(&mut lab, "hv1", "link")),
+        ("hv2", Monitor::start(&mut lab, "hv2", "link")),
+    ];
+    lab.bird("vm11", &guest.bird_config());
+    // For digging into a slow migration: every packet on the VM's link.
+    if let Some(pcap) = std::env::var_os("TAPIR_BENCH_PCAP") {
+        let pcap = format!("{}-{daemon}.pcap", pcap.to_string_lossy());
+        lab.spawn(
+            "vm11",
+            &[
+                "tcpdump",
+                "--immediate-mode",
+                "-i",
+                "eth0",
+                "-U",
+                "-w",
+                &pcap,
+            ],
+            "tcpdump-vm11.log",
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     for (hv, id) in [("hv1", "10.192.21.6"), ("hv2", "10.192.21.7")] {
         if daemon == "tapir" {
-            let cfg = example.replace(
+            let mut cfg = example.replace(
                 "router-id = \"10.192.21.6\"",
                 &format!("router-id = \"{id}\""),
             );
+            if guest == Guest::LinkLocalBfd {
+                cfg = cfg.replace("# bfd = true", "bfd = true");
+            }
             let path = lab.write(&format!("{hv}/tapir.toml"), &cfg);
             lab.tapir_with_log(hv, tapir, &path, "info");
         } else {
             lab.bird(hv, &bird_hypervisor(id));
         }
     }
-    Setup { lab, tor }
+    Setup {
+        lab,
+        tor,
+        tor_routes,
+        links,
+    }
 }
 
 fn stats(name: &str, v: &mut [Duration]) -> Option<Duration> {
@@ -107,89 +247,125 @@ fn stats(name: &str, v: &mut [Duration]) -> Option<Duration> {
     Some(median)
 }
 
+/// What one daemon reached: B1 and B2 as tor's BIRD shows them (`birdc`),
+/// and the same from kernel timestamps (the tap's netlink event on the
+/// hypervisor to the route's in tor's kernel table).
+#[derive(Default)]
+struct Figures {
+    b1: Vec<Duration>,
+    b2: Vec<Duration>,
+    k1: Vec<Duration>,
+    k2: Vec<Duration>,
+}
+
+/// B2 (`reps` moves back and forth between hv1 and hv2), then B1 (`reps`
+/// taps removed) unless `b1` is false. Each step waits at most `limit`.
 fn run(
     daemon: &str,
     tapir: &std::path::Path,
     example: &str,
+    guest: Guest,
     reps: usize,
-) -> (Vec<Duration>, Vec<Duration>) {
-    let limit = Duration::from_secs(400);
-    let (mut b1, mut b2) = (Vec::new(), Vec::new());
-    // B2: back and forth between hv1 and hv2.
-    let mut s = setup(daemon, tapir, example);
-    if until(&s.tor, Duration::from_secs(120), |h| h == ["10.192.21.6"]).is_none() {
+    b1: bool,
+    limit: Duration,
+) -> Figures {
+    let prefix = guest.prefix();
+    let addr = prefix.split('/').next().unwrap_or(prefix);
+    let mut out = Figures::default();
+    let mut s = setup(daemon, tapir, example, guest);
+    let via1 = guest.via("hv1");
+    if until(&s.tor, prefix, Duration::from_secs(120), |h| {
+        h == [via1.as_str()]
+    })
+    .is_none()
+    {
         println!("  {daemon}: the VM's route never reached tor");
-        return (b1, b2);
+        return out;
     }
     let mut at = "hv1";
     for _ in 0..reps {
-        let (to, via) = if at == "hv1" {
-            ("hv2", "10.192.21.7")
-        } else {
-            ("hv1", "10.192.21.6")
-        };
+        let to = if at == "hv1" { "hv2" } else { "hv1" };
+        let via = guest.via(to);
+        let (nl, nr) = (s.links(to).len(), s.tor_routes.len());
         let start = Instant::now();
         reference::migrate(&mut s.lab, at, to, "tap11", 11);
-        match until(&s.tor, limit, |h| {
-            h.first().map(String::as_str) == Some(via)
-        }) {
-            Some(_) => b2.push(start.elapsed()),
-            None => println!("  {daemon}: B2 {at} -> {to}: not via {to} within {limit:?}"),
+        if until(&s.tor, prefix, limit, |h| h.first() == Some(&via)).is_none() {
+            println!("  {daemon}: B2 {at} -> {to}: not via {to} within {limit:?}");
+            return out;
         }
+        out.b2.push(start.elapsed());
         at = to;
         // Settle: only the new path left, before the next move.
-        let _ = until(&s.tor, limit, |h| h == [via]);
+        if until(&s.tor, prefix, limit, |h| h == [via.as_str()]).is_none() {
+            println!("  {daemon}: B2: the old path stayed at tor for {limit:?}");
+            return out;
+        }
+        let appeared = s.links(to).find(nl, "tap11@", Some(false));
+        let routed = s
+            .tor_routes
+            .find(nr, &format!("{addr} via {via} "), Some(false));
+        match (appeared, routed) {
+            (Some(a), Some(r)) => out.k2.push(between(a, r)),
+            _ => println!("  {daemon}: B2: no kernel timestamps ({appeared:?}, {routed:?})"),
+        }
+    }
+    if !b1 {
+        return out;
     }
     // B1: the tap removed. The VM's side of the pair goes with it, so
     // every repetition plugs the VM in again on a fresh tap first.
     let mut tap = "tap11".to_string();
     for i in 0..reps {
+        let (nl, nr) = (s.links(at).len(), s.tor_routes.len());
         let start = Instant::now();
         reference::unplug(&mut s.lab, at, &tap);
-        match until(&s.tor, limit, |h| h.is_empty()) {
-            Some(_) => b1.push(start.elapsed()),
-            None => println!("  {daemon}: B1: still at tor after {limit:?}"),
+        if until(&s.tor, prefix, limit, |h| h.is_empty()).is_none() {
+            println!("  {daemon}: B1: still at tor after {limit:?}");
+            break;
+        }
+        out.b1.push(start.elapsed());
+        // The kernel may lag BIRD's table by a little.
+        std::thread::sleep(Duration::from_millis(100));
+        let gone = s.links(at).find(nl, &format!("{tap}@"), None);
+        let withdrawn = s.tor_routes.find(nr, &format!("{addr} via "), Some(true));
+        match (gone, withdrawn) {
+            (Some(a), Some(r)) => out.k1.push(between(a, r)),
+            _ => println!("  {daemon}: B1: no kernel timestamps ({gone:?}, {withdrawn:?})"),
         }
         if i + 1 == reps {
             break;
         }
         tap = format!("tap{}", 40 + i);
         reference::plug(&mut s.lab, at, &tap, 11, 11);
-        if until(&s.tor, limit, |h| !h.is_empty()).is_none() {
+        if until(&s.tor, prefix, limit, |h| !h.is_empty()).is_none() {
             println!("  {daemon}: B1: the route did not come back after re-plugging");
             break;
         }
     }
-    (b1, b2)
+    out
 }
 
 /// BFD detection: vm12 (link-local, `bfd on`, 300 ms x 3) freezes (its
 /// BIRD stopped with SIGSTOP); the clock stops when tor no longer has its
 /// prefix. tapir only: BIRD's reference hypervisor config has no BFD.
 fn bfd_detection(tapir: &std::path::Path, example: &str, reps: usize) -> Vec<Duration> {
+    let prefix = "2001:db8:3::2/128";
     let mut out = Vec::new();
     let mut lab = Lab::new();
     reference::build(&mut lab, &["hv1"]);
     reference::add_vm(&mut lab, "hv1", 12);
     let tor = tor::start(&mut lab, Kind::Bird);
-    let vm_cfg = reference::vm_bird_link_local_config(12, 64613, &["2001:db8:3::2/128"], "bfd on;").replace(
-        "protocol device { }",
-        "protocol device { }\nprotocol bfd { interface \"eth0\" { interval 300 ms; multiplier 3; }; }",
-    );
+    let vm_cfg = reference::vm_bird_link_local_config(12, 64613, &[prefix], "bfd on;")
+        .replace("protocol device { }", BIRD_BFD);
     let vm = lab.bird("vm12", &vm_cfg);
-    let cfg = example.replace(
-        "graceful-restart-time = 120",
-        "graceful-restart-time = 120\nbfd = true",
+    let path = lab.write(
+        "hv1/tapir.toml",
+        &example.replace("# bfd = true", "bfd = true"),
     );
-    let path = lab.write("hv1/tapir.toml", &cfg);
     lab.tapir_with_log("hv1", tapir, &path, "info");
     let pid = vm.pid.to_string();
     for _ in 0..reps {
-        if until_for(&tor, "2001:db8:3::2/128", Duration::from_secs(60), |h| {
-            !h.is_empty()
-        })
-        .is_none()
-        {
+        if until(&tor, prefix, Duration::from_secs(60), |h| !h.is_empty()).is_none() {
             println!("  BFD: the route did not reach tor");
             break;
         }
@@ -197,9 +373,7 @@ fn bfd_detection(tapir: &std::path::Path, example: &str, reps: usize) -> Vec<Dur
         std::thread::sleep(Duration::from_secs(2));
         let start = Instant::now();
         lab.exec("vm12", &["kill", "-STOP", &pid]);
-        let took = until_for(&tor, "2001:db8:3::2/128", Duration::from_secs(30), |h| {
-            h.is_empty()
-        });
+        let took = until(&tor, prefix, Duration::from_secs(30), |h| h.is_empty());
         lab.exec("vm12", &["kill", "-CONT", &pid]);
         if took.is_some() {
             out.push(start.elapsed());
@@ -208,26 +382,19 @@ fn bfd_detection(tapir: &std::path::Path, example: &str, reps: usize) -> Vec<Dur
     out
 }
 
-fn until_for(
-    tor: &Tor,
-    prefix: &str,
-    limit: Duration,
-    done: impl Fn(&[String]) -> bool,
-) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done(&tor_hops_for(tor, prefix)) {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(5));
+fn ratio(name: &str, tapir: Option<Duration>, bird: Option<Duration>) {
+    if let (Some(a), Some(b)) = (tapir, bird) {
+        println!(
+            "  {name:<40} x{:.0}",
+            b.as_secs_f64() / a.as_secs_f64().max(1e-6)
+        );
     }
-    None
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(tapir), Some(example)) = (arg(&args, "--tapir"), arg(&args, "--example")) else {
-        eprintln!("usage: tapir-failover-bench --tapir PATH --example FILE [--reps 20] [--bird-reps 1] [--skip-bird]");
+        eprintln!("usage: tapir-failover-bench --tapir PATH --example FILE [--reps 20] [--bird-reps 1] [--skip-bird] [--skip-bfd]");
         return ExitCode::FAILURE;
     };
     let tapir = PathBuf::from(tapir);
@@ -244,33 +411,61 @@ fn main() -> ExitCode {
     let bird_reps: usize = arg(&args, "--bird-reps")
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    println!(
-        "B1 (tap removed -> withdrawn at tor) and B2 (tap moved -> via the new hypervisor at tor)"
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let limit = Duration::from_secs(60);
+    println!("B1: tap removed -> withdrawn at tor; B2: tap moved -> via the new hypervisor at tor");
+    println!("(birdc: as tor's BIRD shows it, polled; kernel: tap event on the hypervisor -> route in tor's kernel)");
+    println!("tapir, guest with the reference BIRD config (IPv4 multihop)");
+    let mut t = run(
+        "tapir",
+        &tapir,
+        &example,
+        Guest::Reference,
+        reps,
+        true,
+        limit,
     );
-    let (mut t1, mut t2) = run("tapir", &tapir, &example, reps);
-    let m1 = stats("tapir B1", &mut t1);
-    let m2 = stats("tapir B2", &mut t2);
-    if !args.iter().any(|a| a == "--skip-bfd") {
+    let m1 = stats("B1 birdc", &mut t.b1);
+    let k1 = stats("B1 kernel", &mut t.k1);
+    let m2 = stats("B2 birdc", &mut t.b2);
+    let k2 = stats("B2 kernel", &mut t.k2);
+    println!("tapir, guest with BIRD link-local + BFD 300 ms x 3 (IPv6)");
+    let mut l = run(
+        "tapir",
+        &tapir,
+        &example,
+        Guest::LinkLocalBfd,
+        reps,
+        false,
+        limit,
+    );
+    stats("B2 birdc", &mut l.b2);
+    stats("B2 kernel", &mut l.k2);
+    if !flag("--skip-bfd") {
+        println!("tapir, BFD detection: guest frozen (SIGSTOP) -> withdrawn at tor");
         let mut d = bfd_detection(&tapir, &example, reps.min(10));
-        stats("tapir BFD 300 ms x 3", &mut d);
+        stats("BFD 300 ms x 3, birdc", &mut d);
     }
-    if !args.iter().any(|a| a == "--skip-bird") {
-        println!("  BIRD 2.0.12 with the reference config ({bird_reps} repetition(s); each waits for timers)");
-        let (mut x1, mut x2) = run("bird", &tapir, &example, bird_reps);
-        let b1 = stats("BIRD B1", &mut x1);
-        let b2 = stats("BIRD B2", &mut x2);
-        if let (Some(a), Some(b)) = (m1, b1) {
-            println!(
-                "  B1 ratio BIRD/tapir: x{:.0}",
-                b.as_secs_f64() / a.as_secs_f64()
-            );
-        }
-        if let (Some(a), Some(b)) = (m2, b2) {
-            println!(
-                "  B2 ratio BIRD/tapir: x{:.0}",
-                b.as_secs_f64() / a.as_secs_f64()
-            );
-        }
+    if !flag("--skip-bird") {
+        println!("BIRD 2.0.12 on both hypervisors, reference config ({bird_reps} repetition(s); each waits for timers)");
+        let mut b = run(
+            "bird",
+            &tapir,
+            &example,
+            Guest::Reference,
+            bird_reps,
+            true,
+            Duration::from_secs(900),
+        );
+        let x1 = stats("B1 birdc", &mut b.b1);
+        let y1 = stats("B1 kernel", &mut b.k1);
+        let x2 = stats("B2 birdc", &mut b.b2);
+        let y2 = stats("B2 kernel", &mut b.k2);
+        println!("Ratios BIRD / tapir (medians)");
+        ratio("B1 birdc", m1, x1);
+        ratio("B1 kernel", k1, y1);
+        ratio("B2 birdc", m2, x2);
+        ratio("B2 kernel", k2, y2);
     }
     ExitCode::SUCCESS
 }
