@@ -15,6 +15,7 @@ use crate::control::{self, PeerStatus, Request, Response, RouteEntry};
 use crate::dynamic::{self, HvMsg};
 use crate::inventory::Inventory;
 use crate::peer::{self, Local, PeerHandle, PeerMsg};
+use bgp::notification::{cease, Notification};
 use tokio::sync::mpsc;
 
 pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<(), String> {
@@ -134,7 +135,8 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         );
         Some(hv)
     };
-    let peers: Arc<Vec<PeerHandle>> = Arc::new(
+    // The static neighbors, in the config's order; a reload changes them.
+    let peers: Peers = Arc::new(std::sync::RwLock::new(
         config
             .neighbors
             .iter()
@@ -145,11 +147,11 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
                 )
             })
             .collect(),
-    );
+    ));
     info!(
         router_id = %config.router_id,
         local_as = config.local_as,
-        neighbors = peers.len(),
+        neighbors = config.neighbors.len(),
         socket = %socket.display(),
         "tapir started"
     );
@@ -167,7 +169,8 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
                     }
                 };
                 let ip = from.ip().to_canonical();
-                match (peers.iter().find(|p| p.address == ip), &hv) {
+                let neighbor = snapshot(&peers).into_iter().find(|p| p.address == ip);
+                match (neighbor, &hv) {
                     (Some(p), _) => {
                         let _ = p.tx.send(PeerMsg::Incoming(stream)).await;
                     }
@@ -246,7 +249,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
                                 },
                             };
                         }
-                        answer(&peers, hv.as_ref(), &rib, req).await
+                        answer(&snapshot(&peers), hv.as_ref(), &rib, req).await
                     }
                 }));
             }
@@ -265,7 +268,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
             _ = hup.recv() => None,
             Some(tx) = reload_rx.recv() => Some(tx),
         };
-        let result = reload(&mut current, config_path, &peers, hv.as_ref()).await;
+        let result = reload(&mut current, config_path, &peers, &local, hv.as_ref()).await;
         match &result {
             Ok(m) => info!(summary = %m, "config reloaded"),
             Err(e) => warn!(error = %e, "reload refused; the running config stays"),
@@ -289,12 +292,15 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         }
     }
     let mut waits = Vec::new();
-    for p in peers.iter() {
+    for p in snapshot(&peers) {
         let (tx, rx) = oneshot::channel();
         let msg = if graceful {
             PeerMsg::Abort(tx)
         } else {
-            PeerMsg::Shutdown("tapir shutting down".into(), tx)
+            PeerMsg::Shutdown(
+                Notification::shutdown(cease::ADMINISTRATIVE_SHUTDOWN, "tapir shutting down"),
+                tx,
+            )
         };
         if p.tx.send(msg).await.is_ok() {
             waits.push(rx);
@@ -326,13 +332,44 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
     Ok(())
 }
 
-/// Applies a changed config file to the running daemon (policies, VM
-/// groups, the inventory) without resetting sessions. A file that does not
-/// parse, or conflicts with registrations, changes nothing.
+/// The static neighbors' tasks, in the order of the config's neighbors.
+type Peers = Arc<std::sync::RwLock<Vec<PeerHandle>>>;
+
+fn snapshot(peers: &Peers) -> Vec<PeerHandle> {
+    peers.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Whether a neighbor's session must restart for a change: what it is and
+/// how it is reached. Timers, BFD and the export policy apply without.
+fn session_changed(a: &crate::config::Neighbor, b: &crate::config::Neighbor) -> bool {
+    a.address != b.address
+        || a.port != b.port
+        || a.remote_as != b.remote_as
+        || a.local_address != b.local_address
+        || a.passive != b.passive
+        || a.families != b.families
+        || a.kernel_import != b.kernel_import
+}
+
+async fn stop_peer(h: &PeerHandle, subcode: u8) {
+    let (tx, rx) = oneshot::channel();
+    let n = Notification::new(bgp::notification::code::CEASE, subcode);
+    if h.tx.send(PeerMsg::Shutdown(n, tx)).await.is_ok() {
+        let _ = rx.await;
+    }
+}
+
+/// Applies a changed config file to the running daemon as a diff: new
+/// neighbors start, removed ones stop (Cease, Peer De-configured), changed
+/// ones restart (Cease, Other Configuration Change) if what the session is
+/// changed, else get new timers for their next session; policies, VM
+/// groups and the inventory apply without resetting a session. A file
+/// that does not parse, or conflicts with registrations, changes nothing.
 async fn reload(
     current: &mut Config,
     path: &Path,
-    peers: &[PeerHandle],
+    peers: &Peers,
+    local: &Arc<Local>,
     hv: Option<&mpsc::Sender<HvMsg>>,
 ) -> Result<String, String> {
     let new = Config::load(path).map_err(|e| e.to_string())?;
@@ -346,19 +383,10 @@ async fn reload(
     {
         later.push("listen/kernel/announce");
     }
-    let same_neighbors = new.neighbors.len() == current.neighbors.len()
-        && new.neighbors.iter().zip(&current.neighbors).all(|(a, b)| {
-            a.name == b.name
-                && a.address == b.address
-                && a.remote_as == b.remote_as
-                && a.families == b.families
-        });
-    if !same_neighbors {
-        return Err(
-            "neighbors were added, removed or changed in address, AS or families: \
-                    restart tapir to apply that (policies and groups reload)"
-                .into(),
-        );
+    let wants_bfd =
+        new.neighbors.iter().any(|n| n.bfd.is_some()) || new.groups.iter().any(|g| g.bfd.is_some());
+    if wants_bfd && local.bfd.is_none() {
+        later.push("BFD (it was off at start)");
     }
     if new.groups.is_empty() != current.groups.is_empty() {
         return Err(
@@ -366,6 +394,7 @@ async fn reload(
                 .into(),
         );
     }
+    // The VM side first: it is the part that can still refuse the file.
     if let Some(hv) = hv {
         let (tx, rx) = oneshot::channel();
         hv.send(HvMsg::Reload {
@@ -378,11 +407,55 @@ async fn reload(
         rx.await
             .map_err(|_| "the hypervisor task is gone".to_string())??;
     }
-    for (n, p) in new.neighbors.iter().zip(peers) {
-        let _ = p.tx.send(PeerMsg::SetExport(n.export.clone())).await;
+    let old = snapshot(peers);
+    let restart_time = new.graceful_restart.restart_time;
+    let (mut added, mut removed, mut restarted, mut retimed) = (0, 0, 0, 0);
+    let mut next = Vec::new();
+    for n in &new.neighbors {
+        let cfg = peer::PeerConfig::from_neighbor(n, restart_time);
+        let before = current
+            .neighbors
+            .iter()
+            .zip(&old)
+            .find(|(o, _)| o.name == n.name);
+        match before {
+            None => {
+                info!(neighbor = %n.name, address = %n.address, "reload: new neighbor");
+                next.push(peer::spawn(cfg, local.clone()));
+                added += 1;
+            }
+            Some((o, h)) if session_changed(o, n) => {
+                info!(neighbor = %n.name, "reload: neighbor changed, session restarts");
+                stop_peer(h, cease::OTHER_CONFIGURATION_CHANGE).await;
+                next.push(peer::spawn(cfg, local.clone()));
+                restarted += 1;
+            }
+            Some((o, h)) => {
+                if o.hold_time != n.hold_time
+                    || o.connect_retry != n.connect_retry
+                    || o.bfd != n.bfd
+                    || current.graceful_restart.restart_time != restart_time
+                {
+                    let _ = h.tx.send(PeerMsg::NextSession(Box::new(cfg))).await;
+                    retimed += 1;
+                }
+                let _ = h.tx.send(PeerMsg::SetExport(n.export.clone())).await;
+                next.push(h.clone());
+            }
+        }
     }
+    for (o, h) in current.neighbors.iter().zip(&old) {
+        if !new.neighbors.iter().any(|n| n.name == o.name) {
+            info!(neighbor = %o.name, "reload: neighbor removed");
+            stop_peer(h, cease::PEER_DECONFIGURED).await;
+            removed += 1;
+        }
+    }
+    *peers.write().unwrap_or_else(|e| e.into_inner()) = next;
     let mut msg = format!(
-        "applied: {} export policies, {} VM groups, {} inventory entries",
+        "applied: neighbors {added} added, {removed} removed, {restarted} restarted, \
+         {retimed} with new timers for their next session; {} export policies, {} VM groups, \
+         {} inventory entries",
         new.neighbors.len(),
         new.groups.len(),
         new.vms.len()

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use bgp::notification::{cease, Notification};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -569,7 +570,10 @@ fn display_addr(addr: &IpAddr, ifname: Option<&str>) -> String {
 async fn stop(h: &PeerHandle, why: &str) {
     let (tx, rx) = oneshot::channel();
     if h.tx
-        .send(PeerMsg::Shutdown(why.to_string(), tx))
+        .send(PeerMsg::Shutdown(
+            Notification::shutdown(cease::ADMINISTRATIVE_SHUTDOWN, why),
+            tx,
+        ))
         .await
         .is_ok()
     {

@@ -144,8 +144,12 @@ pub enum PeerMsg {
     /// withdrawn); attributes come without next hop (next-hop-self).
     Export(Vec<(Prefix, Option<Arc<PathAttributes>>)>),
     Routes(oneshot::Sender<Vec<RouteEntry>>),
-    /// Stop with a Cease and end the task; answers when done.
-    Shutdown(String, oneshot::Sender<()>),
+    /// Stop with this NOTIFICATION (a Cease) and end the task; answers
+    /// when done.
+    Shutdown(Notification, oneshot::Sender<()>),
+    /// A reload changed what applies from the next session on: timers,
+    /// BFD, the graceful restart time.
+    NextSession(Box<PeerConfig>),
     /// Stop without a NOTIFICATION (tapir restarts gracefully: peers keep
     /// our routes, RFC 4724 §4.1).
     Abort(oneshot::Sender<()>),
@@ -376,14 +380,11 @@ impl Peer {
                 let _ = done.send(());
                 break;
             }
-            if let PeerMsg::Shutdown(reason, done) = msg {
+            if let PeerMsg::Shutdown(notification, done) = msg {
                 self.bfd_remove();
                 let now = Instant::now();
                 for c in &mut self.conns {
-                    c.session.stop(
-                        now,
-                        Notification::shutdown(cease::ADMINISTRATIVE_SHUTDOWN, &reason),
-                    );
+                    c.session.stop(now, notification.clone());
                 }
                 self.process();
                 self.conns.clear();
@@ -511,6 +512,13 @@ impl Peer {
                         c.session.reset(now, n.clone());
                     }
                 }
+            }
+            PeerMsg::NextSession(c) => {
+                info!("new timers take effect at the next session");
+                self.cfg.hold_time = c.hold_time;
+                self.cfg.connect_retry = c.connect_retry;
+                self.cfg.bfd = c.bfd;
+                self.cfg.graceful_restart = c.graceful_restart;
             }
             PeerMsg::SetExport(policy) => {
                 if self.cfg.export.as_ref().is_some_and(|p| **p != *policy) {

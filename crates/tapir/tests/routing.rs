@@ -531,6 +531,92 @@ fn reload_applies_policy_changes_without_resetting_sessions() {
     lab.stop(t.pid);
 }
 
+/// The example without its `tor-v6` neighbor block.
+fn without_tor_v6(cfg: &str) -> String {
+    let start = cfg.find("[[neighbor]]\nname = \"tor-v6\"").unwrap();
+    let end = start + cfg[start..].find("\n\n").unwrap() + 2;
+    format!("{}{}", &cfg[..start], &cfg[end..])
+}
+
+#[test]
+fn reload_adds_changes_and_removes_neighbors() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 11);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let vm = lab.bird(
+        "vm11",
+        &reference::vm_bird_dual_config(11, 64613, &["10.3.0.1/32"], &["2001:db8:3::1/128"]),
+    );
+    let full = example_with_mode("strip");
+    let cfg = lab.write("hv1/tapir.toml", &without_tor_v6(&full));
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    wait_tor(&lab, &tor, "10.3.0.1/32", |_| true);
+    let vm_up = wait_for(WAIT, || {
+        (vm.is_established("bgp1") && vm.is_established("bgp6")).then_some(())
+    });
+    assert!(vm_up.is_some(), "{}", lab.all_logs());
+    let vm_since = (vm.protocol("bgp1"), vm.protocol("bgp6"));
+    // Without tor-v6, tor has no IPv6 route from hv1.
+    assert!(tor.route("2001:db8:3::1/128").is_none());
+
+    // Added: the new neighbor's session comes up and tor learns the route.
+    std::fs::write(&cfg, &full).unwrap();
+    let (ok, out, err) = t.cli(&["reload"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("1 added"), "{out}");
+    wait_tor(&lab, &tor, "2001:db8:3::1/128", |_| true);
+
+    // Changed timers: applied at the next session, nothing resets now.
+    std::fs::write(&cfg, full.replacen("hold-time = 90", "hold-time = 30", 1)).unwrap();
+    let (ok, out, err) = t.cli(&["reload"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("1 with new timers"), "{out}");
+
+    // Removed: tor-v4's session ends, so tor loses the IPv4 route; the
+    // IPv6 one stays.
+    std::fs::write(
+        &cfg,
+        full.replace(
+            "name = \"tor-v4\"\naddress = \"10.192.21.1\"",
+            "name = \"gone\"\naddress = \"10.192.21.1\"",
+        )
+        .replacen(
+            "[[neighbor]]\nname = \"gone\"",
+            "[[nope]]\nname = \"gone\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let (ok, _, _) = t.cli(&["reload"]);
+    assert!(!ok, "an unknown table must be refused");
+    assert!(
+        tor.route("10.3.0.1/32").is_some(),
+        "a refused reload changed something"
+    );
+    let start = full.find("[[neighbor]]\nname = \"tor-v4\"").unwrap();
+    let end = start + full[start..].find("\n\n").unwrap() + 2;
+    std::fs::write(&cfg, format!("{}{}", &full[..start], &full[end..])).unwrap();
+    let (ok, out, err) = t.cli(&["reload"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("1 removed"), "{out}");
+    let gone = wait_for(WAIT, || tor.route("10.3.0.1/32").is_none().then_some(()));
+    assert!(gone.is_some(), "{}", t.show(&["peers"]));
+    assert!(tor.route("2001:db8:3::1/128").is_some());
+    let peers = t.json("peers");
+    assert!(
+        !peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "tor-v4"),
+        "{peers}"
+    );
+    // The VM's sessions never noticed: BIRD shows the same "since".
+    assert_eq!((vm.protocol("bgp1"), vm.protocol("bgp6")), vm_since);
+    lab.stop(t.pid);
+}
+
 #[test]
 fn ibgp_vm_and_kernel_import_of_upstream_routes() {
     let mut lab = Lab::new();
