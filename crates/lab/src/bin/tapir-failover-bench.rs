@@ -11,9 +11,9 @@
 //!   prefix.
 //! - B2: vm11's tap moves to the other hypervisor (the VM keeps running,
 //!   unmodified BIRD); the clock stops when tor's best path is via it. The
-//!   guest runs the reference config (IPv4 `multihop`), then the link-local
-//!   + BFD variant (tapir only: BIRD's reference hypervisor config cannot
-//!   take link-local sessions without a block per tap).
+//!   guest runs the reference config (IPv4 `multihop`), then the variant
+//!   with link-local and BFD (tapir only: BIRD's reference hypervisor
+//!   config cannot take link-local sessions without a block per tap).
 //! - BFD: the guest freezes; the clock stops when tor drops its prefix.
 //!
 //! Each figure comes two ways. "birdc": tor's BIRD polled every 5 ms from
