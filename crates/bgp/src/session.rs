@@ -205,6 +205,8 @@ pub struct Session {
     negotiated: Option<Negotiated>,
     remote_open: Option<Open>,
     last_error: Option<DownReason>,
+    /// Messages decoded, by type code (1 OPEN … 5 ROUTE-REFRESH).
+    received: [u64; 6],
 }
 
 impl Session {
@@ -223,7 +225,14 @@ impl Session {
             negotiated: None,
             remote_open: None,
             last_error: None,
+            received: [0; 6],
         }
+    }
+
+    /// Messages received on this session so far, indexed by type code
+    /// (1 OPEN, 2 UPDATE, 3 NOTIFICATION, 4 KEEPALIVE, 5 ROUTE-REFRESH).
+    pub fn messages_received(&self) -> [u64; 6] {
+        self.received
     }
 
     pub fn state(&self) -> State {
@@ -445,6 +454,9 @@ impl Session {
                     return;
                 }
             };
+            if let Some(n) = self.received.get_mut(self.rx[18] as usize) {
+                *n += 1;
+            }
             self.rx.drain(..used);
             self.handle_message(now, msg);
             if !matches!(

@@ -66,6 +66,8 @@ pub struct BfdStatus {
     pub remote_discriminator: u32,
     pub interval_ms: u64,
     pub detection_ms: u64,
+    /// Times the session went from Up to Down.
+    pub flaps: u64,
 }
 
 struct Entry {
@@ -79,6 +81,7 @@ struct Entry {
     name: String,
     interface: Option<Interface>,
     was_up: bool,
+    flaps: u64,
 }
 
 /// A received packet with what the kernel told about it.
@@ -274,6 +277,7 @@ async fn run(mut rx: mpsc::Receiver<BfdMsg>, sockets: [UdpSocket; 4]) {
                             name,
                             interface,
                             was_up: false,
+                            flaps: 0,
                         });
                     }
                     BfdMsg::Remove(key) => {
@@ -294,6 +298,7 @@ async fn run(mut rx: mpsc::Receiver<BfdMsg>, sockets: [UdpSocket; 4]) {
                             remote_discriminator: e.session.remote_discriminator(),
                             interval_ms: e.session.transmit_interval().as_millis() as u64,
                             detection_ms: e.session.detection_time().as_millis() as u64,
+                            flaps: e.flaps,
                         }).collect());
                     }
                 }
@@ -417,6 +422,9 @@ async fn flush(e: &mut Entry) {
         info!(name = %e.name, from = from.name(), to = to.name(), ?diag, "BFD session state changed");
         if to == bfd::State::Up {
             e.was_up = true;
+        }
+        if from == bfd::State::Up {
+            e.flaps += 1;
         }
         if to == bfd::State::Down && from == bfd::State::Up && e.was_up {
             let _ = e.notify.send(PeerMsg::BfdDown).await;

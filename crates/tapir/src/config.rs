@@ -76,6 +76,9 @@ pub struct Config {
     pub graceful_restart: GracefulRestartConfig,
     /// Drain (`[drain]`, RFC 8326).
     pub drain: crate::rib::DrainConfig,
+    /// Where the Prometheus endpoint listens (`[metrics] listen`); off
+    /// without.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `[graceful-restart]`: tapir as restarting speaker and as helper.
@@ -286,6 +289,13 @@ struct RawConfig {
     kernel: Option<RawKernel>,
     graceful_restart: Option<RawGracefulRestart>,
     drain: Option<RawDrain>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawMetrics {
+    listen: SocketAddr,
 }
 
 #[derive(Deserialize)]
@@ -802,6 +812,7 @@ impl Config {
                         .then(|| Duration::from_secs(d.withdraw_after)),
                 },
             },
+            metrics: raw.metrics.map(|m| m.listen),
         })
     }
 }

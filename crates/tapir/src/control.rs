@@ -76,6 +76,32 @@ pub struct PeerStatus {
     /// Times the session left Established.
     pub flaps: u64,
     pub last_error: Option<String>,
+    /// For a VM session: its inventory name (if known) and group.
+    #[serde(default)]
+    pub vm: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Messages by type (`open`, `update`, `notification`, `keepalive`,
+    /// `route-refresh`), all connections since the daemon started.
+    #[serde(default)]
+    pub messages_received: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    pub messages_sent: std::collections::BTreeMap<String, u64>,
+    /// The last NOTIFICATION each way, as text.
+    #[serde(default)]
+    pub last_notification_sent: Option<String>,
+    #[serde(default)]
+    pub last_notification_received: Option<String>,
+    /// The hold time we offer and the connect-retry interval (seconds).
+    #[serde(default)]
+    pub configured_hold_time: u16,
+    #[serde(default)]
+    pub connect_retry_secs: u64,
+    /// Until the hold timer and the keepalive timer fire (milliseconds).
+    #[serde(default)]
+    pub hold_timer_left_ms: Option<u64>,
+    #[serde(default)]
+    pub keepalive_timer_left_ms: Option<u64>,
 }
 
 /// One route in an Adj-RIB-In, as `tapir show routes` prints it.

@@ -184,6 +184,32 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
             }
         });
     }
+    if let Some(addr) = config.metrics {
+        let listener =
+            crate::metrics::bind(addr).map_err(|e| format!("metrics listener {addr}: {e}"))?;
+        let (peers, hv, rib, bfd) = (peers.clone(), hv.clone(), local.rib.clone(), bfd.clone());
+        crate::metrics::serve(listener, move || {
+            let (peers, hv, rib, bfd) = (snapshot(&peers), hv.clone(), rib.clone(), bfd.clone());
+            async move {
+                let peers = peer_statuses(&peers, hv.as_ref()).await;
+                let bfd = match bfd {
+                    Some(b) => {
+                        let (tx, rx) = oneshot::channel();
+                        let _ = b.send(crate::bfd::BfdMsg::Show(tx)).await;
+                        rx.await.unwrap_or_default()
+                    }
+                    None => Vec::new(),
+                };
+                let (tx, rx) = oneshot::channel();
+                let rib = match rib.send(crate::rib::RibMsg::Stats(tx)) {
+                    Ok(()) => rx.await.ok(),
+                    Err(_) => None,
+                };
+                crate::metrics::Snapshot { peers, bfd, rib }
+            }
+        });
+        info!(listen = %addr, "metrics endpoint up");
+    }
     let (stop_tx, mut stop_rx) = mpsc::channel::<bool>(1);
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Result<String, String>>>(4);
     {
@@ -497,6 +523,20 @@ async fn all_peers(peers: &[PeerHandle], hv: Option<&mpsc::Sender<HvMsg>>) -> Ve
     all
 }
 
+/// The status of every session, static and VM.
+async fn peer_statuses(peers: &[PeerHandle], hv: Option<&mpsc::Sender<HvMsg>>) -> Vec<PeerStatus> {
+    let mut out: Vec<PeerStatus> = Vec::new();
+    for p in all_peers(peers, hv).await {
+        let (tx, rx) = oneshot::channel();
+        if p.tx.send(PeerMsg::Status(tx)).await.is_ok() {
+            if let Ok(s) = rx.await {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
 async fn answer(
     peers: &[PeerHandle],
     hv: Option<&mpsc::Sender<HvMsg>>,
@@ -507,18 +547,9 @@ async fn answer(
         message: "no VM groups are configured ([[group]])".into(),
     };
     match req {
-        Request::ShowPeers => {
-            let mut out: Vec<PeerStatus> = Vec::new();
-            for p in all_peers(peers, hv).await {
-                let (tx, rx) = oneshot::channel();
-                if p.tx.send(PeerMsg::Status(tx)).await.is_ok() {
-                    if let Ok(s) = rx.await {
-                        out.push(s);
-                    }
-                }
-            }
-            Response::Peers { peers: out }
-        }
+        Request::ShowPeers => Response::Peers {
+            peers: peer_statuses(peers, hv).await,
+        },
         Request::ShowRoutes => {
             let mut out: Vec<RouteEntry> = Vec::new();
             for p in all_peers(peers, hv).await {

@@ -265,6 +265,22 @@ pub async fn flush_stale(protocol: u8) -> std::io::Result<usize> {
 
 /// The kernel writer: applies batches of FIB changes from the Loc-RIB, in
 /// order, each route with our protocol number and metric.
+/// What the FIB writer did since start, for metrics.
+#[derive(Default)]
+pub struct KernelStats {
+    pub installs: std::sync::atomic::AtomicU64,
+    pub removals: std::sync::atomic::AtomicU64,
+    /// Requests the kernel refused (a removal of a route already gone is
+    /// not counted).
+    pub errors: std::sync::atomic::AtomicU64,
+}
+
+pub static KERNEL_STATS: KernelStats = KernelStats {
+    installs: std::sync::atomic::AtomicU64::new(0),
+    removals: std::sync::atomic::AtomicU64::new(0),
+    errors: std::sync::atomic::AtomicU64::new(0),
+};
+
 pub fn spawn_writer(
     protocol: u8,
     metric: u32,
@@ -288,6 +304,8 @@ pub fn spawn_writer(
     });
     Ok(tx)
 }
+
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Applies one FIB change.
 async fn apply(handle: rtnetlink::Handle, ch: FibChange, protocol: u8, metric: u32) {
@@ -333,12 +351,15 @@ async fn apply(handle: rtnetlink::Handle, ch: FibChange, protocol: u8, metric: u
                     m.attributes.push(RouteAttribute::MultiPath(hops));
                 }
             }
+            KERNEL_STATS.installs.fetch_add(1, Relaxed);
             if let Err(e) = handle.route().add(m).replace().execute().await {
+                KERNEL_STATS.errors.fetch_add(1, Relaxed);
                 warn!(%prefix, error = %e, "kernel refused a route");
             }
         }
         FibChange::Remove { prefix } => {
             let m = route_message(&prefix, protocol, metric);
+            KERNEL_STATS.removals.fetch_add(1, Relaxed);
             if let Err(e) = handle.route().del(m).execute().await {
                 tracing::debug!(%prefix, error = %e, "route already gone from the kernel");
             }

@@ -15,6 +15,7 @@ mod daemon;
 mod dynamic;
 mod inventory;
 mod kernel;
+mod metrics;
 mod peer;
 mod policy;
 mod prefix_set;

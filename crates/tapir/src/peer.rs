@@ -46,6 +46,29 @@ const MAX_KEPT_REFUSED: usize = 1000;
 /// ROUTE-REFRESH (RFC 2918), which wakes it and asks for its routes anyway.
 const NUDGE_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 
+fn count_sent(counts: &mut [u64; 6], last: &mut Option<String>, message: &[u8]) {
+    if let Some(n) = message.get(18).and_then(|t| counts.get_mut(*t as usize)) {
+        *n += 1;
+    }
+    if message.get(18) == Some(&3) {
+        if let Ok(Some((bgp::Message::Notification(n), _))) =
+            bgp::Message::decode(message, &bgp::Context::default())
+        {
+            *last = Some(n.to_string());
+        }
+    }
+}
+
+/// Message counts by type name, for `show` and metrics.
+fn by_type(counts: &[u64; 6]) -> BTreeMap<String, u64> {
+    ["", "open", "update", "notification", "keepalive", "route-refresh"]
+        .iter()
+        .zip(counts)
+        .skip(1)
+        .map(|(n, c)| (n.to_string(), *c))
+        .collect()
+}
+
 /// An interface a session is bound to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Interface {
@@ -254,6 +277,12 @@ pub struct Peer {
     /// A VM session that has sent nothing since Established gets a
     /// ROUTE-REFRESH at this time (see `NUDGE_AFTER`).
     nudge_at: Option<Instant>,
+    /// Messages sent and received, all connections, by type code.
+    sent: [u64; 6],
+    received: [u64; 6],
+    /// The last NOTIFICATION each way, as text.
+    last_sent: Option<String>,
+    last_received: Option<String>,
 }
 
 static NEXT_PEER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -284,6 +313,10 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         peer_gr: None,
         stale_until: None,
         nudge_at: None,
+        sent: [0; 6],
+        received: [0; 6],
+        last_sent: None,
+        last_received: None,
     };
     // The span goes with the task (never `enter()` across an await).
     let span = tracing::info_span!(
@@ -483,7 +516,19 @@ impl Peer {
             }
             PeerMsg::Bytes { conn, data } => {
                 if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
+                    let before = c.session.messages_received();
                     c.session.receive(now, &data);
+                    let after = c.session.messages_received();
+                    for (t, (a, b)) in after.iter().zip(before).enumerate() {
+                        self.received[t] += a - b;
+                    }
+                    if after[3] > before[3] {
+                        if let Some(session::DownReason::NotificationReceived(n)) =
+                            c.session.last_error()
+                        {
+                            self.last_received = Some(n.to_string());
+                        }
+                    }
                 }
             }
             PeerMsg::Closed { conn } => {
@@ -597,6 +642,7 @@ impl Peer {
             let mut progressed = false;
             for i in 0..self.conns.len() {
                 while let Some(b) = self.conns[i].session.poll_transmit() {
+                    count_sent(&mut self.sent, &mut self.last_sent, &b);
                     if let Some(w) = &self.conns[i].writer {
                         let _ = w.send(b);
                     }
@@ -644,6 +690,7 @@ impl Peer {
     fn flush_and_remove(&mut self, i: usize) {
         let mut c = self.conns.remove(i);
         while let Some(b) = c.session.poll_transmit() {
+            count_sent(&mut self.sent, &mut self.last_sent, &b);
             if let Some(w) = &c.writer {
                 let _ = w.send(b);
             }
@@ -684,6 +731,7 @@ impl Peer {
             Event::Disconnect => {
                 // Queued bytes (a NOTIFICATION) go out before the close.
                 while let Some(b) = self.conns[i].session.poll_transmit() {
+                    count_sent(&mut self.sent, &mut self.last_sent, &b);
                     if let Some(w) = &self.conns[i].writer {
                         let _ = w.send(b);
                     }
@@ -1189,6 +1237,20 @@ impl Peer {
             },
             flaps: self.flaps,
             last_error: s.last_error().map(|e| e.to_string()),
+            vm: self.cfg.vm.clone(),
+            group: self.cfg.group.clone(),
+            messages_received: by_type(&self.received),
+            messages_sent: by_type(&self.sent),
+            last_notification_sent: self.last_sent.clone(),
+            last_notification_received: self.last_received.clone(),
+            configured_hold_time: self.cfg.hold_time,
+            connect_retry_secs: self.cfg.connect_retry.as_secs(),
+            hold_timer_left_ms: s
+                .hold_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
+            keepalive_timer_left_ms: s
+                .keepalive_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
         }
     }
 

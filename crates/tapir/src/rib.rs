@@ -77,6 +77,8 @@ pub enum RibMsg {
         policy: Arc<Policy>,
     },
     Show(oneshot::Sender<Vec<LocRibEntry>>),
+    /// Sizes, for metrics.
+    Stats(oneshot::Sender<RibStats>),
     /// The restart deferral is over (RFC 4724 §4.1).
     DeferralOver,
     /// Drain (RFC 8326) one VM (by inventory name or tap), or all with
@@ -93,6 +95,17 @@ pub enum RibMsg {
     },
     /// The drain state of every drained VM.
     DrainStates(oneshot::Sender<BTreeMap<String, DrainState>>),
+}
+
+/// Loc-RIB sizes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RibStats {
+    pub prefixes: usize,
+    pub paths: usize,
+    /// Prefixes in the kernel.
+    pub installed: usize,
+    /// Distinct interned attribute sets.
+    pub attribute_sets: usize,
 }
 
 /// A VM being drained before a planned move (RFC 8326).
@@ -505,6 +518,14 @@ impl Rib {
             }
             RibMsg::Show(tx) => {
                 let _ = tx.send(self.show());
+            }
+            RibMsg::Stats(tx) => {
+                let _ = tx.send(RibStats {
+                    prefixes: self.table.len(),
+                    paths: self.table.values().map(Vec::len).sum(),
+                    installed: self.installed.len(),
+                    attribute_sets: self.interned.len(),
+                });
             }
         }
     }

@@ -1,0 +1,351 @@
+//! The Prometheus endpoint (`[metrics] listen`, off by default). Each
+//! scrape asks the running tasks for their state and answers with the
+//! Prometheus text format (0.0.4); nothing is kept between scrapes.
+//! docs/metrics.md lists the metrics.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use crate::bfd::BfdStatus;
+use crate::control::PeerStatus;
+use crate::rib::RibStats;
+
+type Labels = Vec<(String, String)>;
+
+/// What one scrape reports.
+pub struct Snapshot {
+    pub peers: Vec<PeerStatus>,
+    pub bfd: Vec<BfdStatus>,
+    pub rib: Option<RibStats>,
+}
+
+/// Serves `GET /metrics` on `listener`; `gather` takes a snapshot.
+pub fn serve<F, Fut>(listener: TcpListener, gather: F)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Snapshot> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            let (stream, from) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let gather = gather.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, gather).await {
+                    debug!(%from, error = %e, "metrics: client dropped");
+                }
+            });
+        }
+    });
+}
+
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
+}
+
+async fn answer<F, Fut>(mut stream: TcpStream, gather: F) -> std::io::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Snapshot>,
+{
+    // The request head, at most 8 KiB and 5 s: a scraper, not a browser.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(read, Ok(Ok(()))) {
+        return Ok(());
+    }
+    let line = String::from_utf8_lossy(&head);
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (status, ctype, body) = if method != "GET" {
+        ("405 Method Not Allowed", "text/plain", "GET only\n".to_string())
+    } else if path == "/metrics" || path.starts_with("/metrics?") {
+        let text = encode(&gather().await);
+        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
+    } else {
+        ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(reply.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, unit: Option<Unit>) -> Family<Labels, Gauge> {
+    let f = Family::<Labels, Gauge>::default();
+    match unit {
+        Some(u) => reg.register_with_unit(name, help, u, f.clone()),
+        None => reg.register(name, help, f.clone()),
+    }
+    f
+}
+
+fn counter(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+fn l(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const STATES: [&str; 6] = [
+    "Idle",
+    "Connect",
+    "Active",
+    "OpenSent",
+    "OpenConfirm",
+    "Established",
+];
+
+/// The text of one scrape.
+pub fn encode(s: &Snapshot) -> String {
+    let mut reg = Registry::with_prefix("tapir");
+    let info = gauge(&mut reg, "build_info", "tapir's version.", None);
+    info.get_or_create(&l(&[("version", env!("CARGO_PKG_VERSION"))]))
+        .set(1);
+
+    // BGP sessions.
+    let state = gauge(
+        &mut reg,
+        "bgp_session_state",
+        "1 for the session's current RFC 4271 state, 0 for the others.",
+        None,
+    );
+    let up = gauge(
+        &mut reg,
+        "bgp_session_established",
+        "1 if the session is Established.",
+        None,
+    );
+    let uptime = gauge(
+        &mut reg,
+        "bgp_session_state_duration",
+        "Time in the current state.",
+        Some(Unit::Seconds),
+    );
+    let flaps = counter(
+        &mut reg,
+        "bgp_session_flaps",
+        "Times the session left Established.",
+    );
+    let msg_in = counter(
+        &mut reg,
+        "bgp_messages_received",
+        "BGP messages received, by type.",
+    );
+    let msg_out = counter(&mut reg, "bgp_messages_sent", "BGP messages sent, by type.");
+    let pfx_in = gauge(
+        &mut reg,
+        "bgp_prefixes_received",
+        "Prefixes in the session's Adj-RIB-In.",
+        None,
+    );
+    let pfx_ok = gauge(
+        &mut reg,
+        "bgp_prefixes_accepted",
+        "Received prefixes that passed authorisation and import.",
+        None,
+    );
+    let pfx_out = gauge(
+        &mut reg,
+        "bgp_prefixes_exported",
+        "Prefixes advertised to the peer.",
+        None,
+    );
+    let refused = counter(
+        &mut reg,
+        "bgp_prefixes_rejected",
+        "Refused announcements, by reason.",
+    );
+    for p in &s.peers {
+        let iface = p.interface.clone().unwrap_or_default();
+        let base = l(&[
+            ("peer", &p.name),
+            ("address", &p.address),
+            ("interface", &iface),
+        ]);
+        for st in STATES {
+            let mut labels = base.clone();
+            labels.push(("state".into(), st.into()));
+            state
+                .get_or_create(&labels)
+                .set(i64::from(p.state == st));
+        }
+        up.get_or_create(&base)
+            .set(i64::from(p.state == "Established"));
+        uptime.get_or_create(&base).set(p.since_secs as i64);
+        flaps.get_or_create(&base).inc_by(p.flaps);
+        for (t, n) in &p.messages_received {
+            let mut labels = base.clone();
+            labels.push(("type".into(), t.clone()));
+            msg_in.get_or_create(&labels).inc_by(*n);
+        }
+        for (t, n) in &p.messages_sent {
+            let mut labels = base.clone();
+            labels.push(("type".into(), t.clone()));
+            msg_out.get_or_create(&labels).inc_by(*n);
+        }
+        pfx_in.get_or_create(&base).set(p.routes_received as i64);
+        pfx_ok.get_or_create(&base).set(p.routes_accepted as i64);
+        pfx_out.get_or_create(&base).set(p.routes_exported as i64);
+        for (reason, n) in &p.rejections {
+            let mut labels = base.clone();
+            labels.push(("reason".into(), reason.clone()));
+            refused.get_or_create(&labels).inc_by(*n);
+        }
+    }
+
+    // BFD.
+    let bfd_up = gauge(&mut reg, "bfd_session_up", "1 if the BFD session is Up.", None);
+    let bfd_flaps = counter(
+        &mut reg,
+        "bfd_session_flaps",
+        "Times the BFD session went from Up to Down.",
+    );
+    for b in &s.bfd {
+        let iface = b.interface.clone().unwrap_or_default();
+        let labels = l(&[("peer", &b.name), ("address", &b.peer), ("interface", &iface)]);
+        bfd_up.get_or_create(&labels).set(i64::from(b.state == "Up"));
+        bfd_flaps.get_or_create(&labels).inc_by(b.flaps);
+    }
+
+    // The Loc-RIB and the kernel.
+    if let Some(r) = s.rib {
+        let rib = gauge(&mut reg, "rib_prefixes", "Prefixes in the Loc-RIB.", None);
+        rib.get_or_create(&vec![]).set(r.prefixes as i64);
+        let paths = gauge(&mut reg, "rib_paths", "Paths in the Loc-RIB.", None);
+        paths.get_or_create(&vec![]).set(r.paths as i64);
+        let attrs = gauge(
+            &mut reg,
+            "rib_attribute_sets",
+            "Distinct path attribute sets held.",
+            None,
+        );
+        attrs.get_or_create(&vec![]).set(r.attribute_sets as i64);
+        let fib = gauge(
+            &mut reg,
+            "kernel_routes",
+            "Prefixes tapir has installed in the kernel.",
+            None,
+        );
+        fib.get_or_create(&vec![]).set(r.installed as i64);
+    }
+    let k = &crate::kernel::KERNEL_STATS;
+    let ops = counter(
+        &mut reg,
+        "kernel_route_operations",
+        "Route installs and removals sent to the kernel.",
+    );
+    use std::sync::atomic::Ordering::Relaxed;
+    ops.get_or_create(&l(&[("operation", "install")]))
+        .inc_by(k.installs.load(Relaxed));
+    ops.get_or_create(&l(&[("operation", "remove")]))
+        .inc_by(k.removals.load(Relaxed));
+    let errors = counter(
+        &mut reg,
+        "kernel_route_errors",
+        "Route installs the kernel refused.",
+    );
+    errors.get_or_create(&vec![]).inc_by(k.errors.load(Relaxed));
+
+    let mut out = String::new();
+    if prometheus_client::encoding::prometheus_text::encode(&mut out, &reg).is_err() {
+        warn!("metrics: encoding failed");
+    }
+    out.push_str(&process_metrics());
+    out
+}
+
+/// The standard `process_*` metrics, from /proc/self.
+fn process_metrics() -> String {
+    let mut out = String::new();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| -> Option<f64> { fields.get(n - 3)?.parse().ok() };
+    // utime (14), stime (15) and starttime (22), in clock ticks: USER_HZ,
+    // which Linux fixes at 100 for what it shows in /proc.
+    let ticks = 100.0;
+    if let (Some(u), Some(s)) = (field(14), field(15)) {
+        out.push_str(&format!(
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
+             # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n",
+            (u + s) / ticks
+        ));
+    }
+    let rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+        });
+    if let Some(kib) = rss_kib {
+        out.push_str(&format!(
+            "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+             # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n",
+            kib * 1024
+        ));
+    }
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ").map(|v| v.trim().parse::<f64>()))
+        })
+        .and_then(Result::ok);
+    if let (Some(b), Some(start)) = (boot, field(22)) {
+        out.push_str(&format!(
+            "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
+             # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}\n",
+            b + start / ticks
+        ));
+    }
+    if let Ok(d) = std::fs::read_dir("/proc/self/fd") {
+        out.push_str(&format!(
+            "# HELP process_open_fds Number of open file descriptors.\n\
+             # TYPE process_open_fds gauge\nprocess_open_fds {}\n",
+            d.count()
+        ));
+    }
+    out
+}
