@@ -85,7 +85,11 @@ where
     let mut words = line.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let (status, ctype, body) = if method != "GET" {
-        ("405 Method Not Allowed", "text/plain", "GET only\n".to_string())
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        )
     } else if path == "/metrics" || path.starts_with("/metrics?") {
         let text = encode(&gather().await);
         ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
@@ -202,9 +206,7 @@ pub fn encode(s: &Snapshot) -> String {
         for st in STATES {
             let mut labels = base.clone();
             labels.push(("state".into(), st.into()));
-            state
-                .get_or_create(&labels)
-                .set(i64::from(p.state == st));
+            state.get_or_create(&labels).set(i64::from(p.state == st));
         }
         up.get_or_create(&base)
             .set(i64::from(p.state == "Established"));
@@ -231,7 +233,12 @@ pub fn encode(s: &Snapshot) -> String {
     }
 
     // BFD.
-    let bfd_up = gauge(&mut reg, "bfd_session_up", "1 if the BFD session is Up.", None);
+    let bfd_up = gauge(
+        &mut reg,
+        "bfd_session_up",
+        "1 if the BFD session is Up.",
+        None,
+    );
     let bfd_flaps = counter(
         &mut reg,
         "bfd_session_flaps",
@@ -239,8 +246,14 @@ pub fn encode(s: &Snapshot) -> String {
     );
     for b in &s.bfd {
         let iface = b.interface.clone().unwrap_or_default();
-        let labels = l(&[("peer", &b.name), ("address", &b.peer), ("interface", &iface)]);
-        bfd_up.get_or_create(&labels).set(i64::from(b.state == "Up"));
+        let labels = l(&[
+            ("peer", &b.name),
+            ("address", &b.peer),
+            ("interface", &iface),
+        ]);
+        bfd_up
+            .get_or_create(&labels)
+            .set(i64::from(b.state == "Up"));
         bfd_flaps.get_or_create(&labels).inc_by(b.flaps);
     }
 

@@ -61,12 +61,19 @@ fn count_sent(counts: &mut [u64; 6], last: &mut Option<String>, message: &[u8]) 
 
 /// Message counts by type name, for `show` and metrics.
 fn by_type(counts: &[u64; 6]) -> BTreeMap<String, u64> {
-    ["", "open", "update", "notification", "keepalive", "route-refresh"]
-        .iter()
-        .zip(counts)
-        .skip(1)
-        .map(|(n, c)| (n.to_string(), *c))
-        .collect()
+    [
+        "",
+        "open",
+        "update",
+        "notification",
+        "keepalive",
+        "route-refresh",
+    ]
+    .iter()
+    .zip(counts)
+    .skip(1)
+    .map(|(n, c)| (n.to_string(), *c))
+    .collect()
 }
 
 /// An interface a session is bound to.
