@@ -72,6 +72,26 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// A lab tool (`crates/lab/src/bin`), found next to `sibling`, a binary of
+/// the same build (the test's tapir), and built there if missing.
+pub fn tool(sibling: &Path, name: &str) -> PathBuf {
+    let bin = sibling.with_file_name(name);
+    if !bin.exists() {
+        let release = sibling
+            .parent()
+            .and_then(|d| d.file_name())
+            .is_some_and(|d| d == "release");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "-p", "lab", "--bin", name]);
+        if release {
+            cmd.arg("--release");
+        }
+        let ok = cmd.status().is_ok_and(|s| s.success());
+        assert!(ok && bin.exists(), "cannot build the lab's {name}");
+    }
+    bin
+}
+
 /// True when running as root (needed for namespaces).
 pub fn is_root() -> bool {
     Command::new("id")
@@ -116,6 +136,21 @@ impl Lab {
     /// Whether `host` was added to this lab.
     pub fn has_host(&self, host: &str) -> bool {
         self.hosts.contains(&self.netns(host))
+    }
+
+    /// `GET path` from inside `host` (the lab's `http-get`, next to
+    /// `sibling`): the body if the answer was 200.
+    pub fn http_get(&self, host: &str, sibling: &Path, addr: &str, path: &str) -> Option<String> {
+        let bin = tool(sibling, "http-get");
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.netns(host)])
+            .arg(&bin)
+            .args([addr, path])
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
     /// Creates a host (a namespace with `lo` up and forwarding on).

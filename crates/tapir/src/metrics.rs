@@ -139,7 +139,7 @@ const STATES: [&str; 6] = [
 /// The text of one scrape.
 pub fn encode(s: &Snapshot) -> String {
     let mut reg = Registry::with_prefix("tapir");
-    let info = gauge(&mut reg, "build_info", "tapir's version.", None);
+    let info = gauge(&mut reg, "build_info", "tapir's version", None);
     info.get_or_create(&l(&[("version", env!("CARGO_PKG_VERSION"))]))
         .set(1);
 
@@ -147,54 +147,54 @@ pub fn encode(s: &Snapshot) -> String {
     let state = gauge(
         &mut reg,
         "bgp_session_state",
-        "1 for the session's current RFC 4271 state, 0 for the others.",
+        "1 for the session's current RFC 4271 state, 0 for the others",
         None,
     );
     let up = gauge(
         &mut reg,
         "bgp_session_established",
-        "1 if the session is Established.",
+        "1 if the session is Established",
         None,
     );
     let uptime = gauge(
         &mut reg,
         "bgp_session_state_duration",
-        "Time in the current state.",
+        "Time in the current state",
         Some(Unit::Seconds),
     );
     let flaps = counter(
         &mut reg,
         "bgp_session_flaps",
-        "Times the session left Established.",
+        "Times the session left Established",
     );
     let msg_in = counter(
         &mut reg,
         "bgp_messages_received",
-        "BGP messages received, by type.",
+        "BGP messages received, by type",
     );
-    let msg_out = counter(&mut reg, "bgp_messages_sent", "BGP messages sent, by type.");
+    let msg_out = counter(&mut reg, "bgp_messages_sent", "BGP messages sent, by type");
     let pfx_in = gauge(
         &mut reg,
         "bgp_prefixes_received",
-        "Prefixes in the session's Adj-RIB-In.",
+        "Prefixes in the session's Adj-RIB-In",
         None,
     );
     let pfx_ok = gauge(
         &mut reg,
         "bgp_prefixes_accepted",
-        "Received prefixes that passed authorisation and import.",
+        "Received prefixes that passed authorisation and import",
         None,
     );
     let pfx_out = gauge(
         &mut reg,
         "bgp_prefixes_exported",
-        "Prefixes advertised to the peer.",
+        "Prefixes advertised to the peer",
         None,
     );
     let refused = counter(
         &mut reg,
         "bgp_prefixes_rejected",
-        "Refused announcements, by reason.",
+        "Refused announcements, by reason",
     );
     for p in &s.peers {
         let iface = p.interface.clone().unwrap_or_default();
@@ -236,13 +236,13 @@ pub fn encode(s: &Snapshot) -> String {
     let bfd_up = gauge(
         &mut reg,
         "bfd_session_up",
-        "1 if the BFD session is Up.",
+        "1 if the BFD session is Up",
         None,
     );
     let bfd_flaps = counter(
         &mut reg,
         "bfd_session_flaps",
-        "Times the BFD session went from Up to Down.",
+        "Times the BFD session went from Up to Down",
     );
     for b in &s.bfd {
         let iface = b.interface.clone().unwrap_or_default();
@@ -259,21 +259,21 @@ pub fn encode(s: &Snapshot) -> String {
 
     // The Loc-RIB and the kernel.
     if let Some(r) = s.rib {
-        let rib = gauge(&mut reg, "rib_prefixes", "Prefixes in the Loc-RIB.", None);
+        let rib = gauge(&mut reg, "rib_prefixes", "Prefixes in the Loc-RIB", None);
         rib.get_or_create(&vec![]).set(r.prefixes as i64);
-        let paths = gauge(&mut reg, "rib_paths", "Paths in the Loc-RIB.", None);
+        let paths = gauge(&mut reg, "rib_paths", "Paths in the Loc-RIB", None);
         paths.get_or_create(&vec![]).set(r.paths as i64);
         let attrs = gauge(
             &mut reg,
             "rib_attribute_sets",
-            "Distinct path attribute sets held.",
+            "Distinct path attribute sets held",
             None,
         );
         attrs.get_or_create(&vec![]).set(r.attribute_sets as i64);
         let fib = gauge(
             &mut reg,
             "kernel_routes",
-            "Prefixes tapir has installed in the kernel.",
+            "Prefixes tapir has installed in the kernel",
             None,
         );
         fib.get_or_create(&vec![]).set(r.installed as i64);
@@ -282,7 +282,7 @@ pub fn encode(s: &Snapshot) -> String {
     let ops = counter(
         &mut reg,
         "kernel_route_operations",
-        "Route installs and removals sent to the kernel.",
+        "Route installs and removals sent to the kernel",
     );
     use std::sync::atomic::Ordering::Relaxed;
     ops.get_or_create(&l(&[("operation", "install")]))
@@ -292,7 +292,7 @@ pub fn encode(s: &Snapshot) -> String {
     let errors = counter(
         &mut reg,
         "kernel_route_errors",
-        "Route installs the kernel refused.",
+        "Route installs the kernel refused",
     );
     errors.get_or_create(&vec![]).inc_by(k.errors.load(Relaxed));
 

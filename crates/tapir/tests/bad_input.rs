@@ -16,15 +16,7 @@ const TAPIR: &str = env!("CARGO_BIN_EXE_tapir");
 
 /// The raw peer binary of the lab crate, built next to tapir.
 fn raw_peer() -> PathBuf {
-    let p = Path::new(TAPIR).with_file_name("bgp-raw-peer");
-    if !p.exists() {
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "-p", "lab", "--bin", "bgp-raw-peer"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cannot build bgp-raw-peer");
-    }
-    p
+    lab::tool(Path::new(TAPIR), "bgp-raw-peer")
 }
 
 fn hexs(b: &[u8]) -> String {

@@ -573,14 +573,7 @@ fn bfd_multihop_with_the_reference_vm() {
 /// Sends one BFD control packet from a VM's namespace with the given TTL
 /// (the lab's `bfd-send`, built next to tapir).
 fn send_bfd(lab: &Lab, vm: &str, from: &str, ttl: u8, my: u32, your: u32, state_bits: u8) {
-    let bin = Path::new(TAPIR).with_file_name("bfd-send");
-    if !bin.exists() {
-        let ok = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "lab", "--bin", "bfd-send"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cannot build bfd-send");
-    }
+    let bin = lab::tool(Path::new(TAPIR), "bfd-send");
     let args = [
         from.to_string(),
         "10.192.24.1".to_string(),

@@ -1,0 +1,187 @@
+//! What an operator runs tapir with: the metrics endpoint, checked with
+//! Prometheus' own `promtool` and against what the peers and the kernel
+//! show. Needs root and promtool (scripts/setup installs both).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use lab::reference;
+use lab::tor::{self, Kind};
+use lab::{wait_for, Lab};
+
+const TAPIR: &str = env!("CARGO_BIN_EXE_tapir");
+const WAIT: Duration = Duration::from_secs(30);
+const METRICS: &str = "127.0.0.1:9179";
+
+fn example() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml"),
+    )
+    .unwrap()
+}
+
+/// The value of the first sample of `name` whose labels include every
+/// `key="value"` of `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            return None;
+        }
+        labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            .then(|| rest.rsplit(' ').next()?.parse().ok())?
+    })
+}
+
+fn kernel_routes(lab: &Lab) -> usize {
+    ["-4", "-6"]
+        .iter()
+        .map(|fam| {
+            String::from_utf8_lossy(
+                &lab.ip("hv1", &[fam, "route", "show", "proto", "bgp"])
+                    .stdout,
+            )
+            .lines()
+            .count()
+        })
+        .sum()
+}
+
+fn promtool(text: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/setup installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+#[test]
+fn metrics_pass_promtool_and_match_what_peers_see() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 11);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let vm = lab.bird(
+        "vm11",
+        &reference::vm_bird_dual_config(11, 64613, &["10.3.0.1/32"], &["2001:db8:3::1/128"]),
+    );
+    let cfg = format!("{}\n[metrics]\nlisten = \"{METRICS}\"\n", example());
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let at_tor = wait_for(WAIT, || {
+        (tor.route("10.3.0.1/32").is_some() && tor.route("2001:db8:3::1/128").is_some())
+            .then_some(())
+    });
+    assert!(at_tor.is_some(), "{}", lab.all_logs());
+    let scrape = |lab: &Lab| lab.http_get("hv1", Path::new(TAPIR), METRICS, "/metrics");
+    let text = wait_for(WAIT, || {
+        scrape(&lab).filter(|t| {
+            sample(
+                t,
+                "tapir_bgp_prefixes_accepted",
+                &[("address", "10.192.24.11")],
+            ) == Some(1.0)
+        })
+    })
+    .unwrap_or_else(|| panic!("{:?}", scrape(&lab)));
+
+    // Prometheus' own checker: parses, and no naming lint.
+    let (ok, out) = promtool(&text);
+    assert!(ok && out.trim().is_empty(), "promtool: {out}\n{text}");
+    if std::env::var_os("SHOW_METRICS").is_some() {
+        eprintln!("{text}");
+    }
+
+    // The figures are what the peers and the kernel show.
+    let est = |peer: &str| sample(&text, "tapir_bgp_session_established", &[("peer", peer)]);
+    assert_eq!(est("tor-v4"), Some(1.0));
+    assert_eq!(est("tor-v6"), Some(1.0));
+    assert_eq!(
+        sample(
+            &text,
+            "tapir_bgp_session_state",
+            &[("peer", "tor-v4"), ("state", "Established")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tapir_bgp_session_state",
+            &[("peer", "tor-v4"), ("state", "Idle")]
+        ),
+        Some(0.0)
+    );
+    // tor has the VM's prefix from us: one exported on each upstream session.
+    assert_eq!(
+        sample(&text, "tapir_bgp_prefixes_exported", &[("peer", "tor-v4")]),
+        Some(1.0)
+    );
+    let updates_in = sample(
+        &text,
+        "tapir_bgp_messages_received_total",
+        &[("address", "10.192.24.11"), ("type", "update")],
+    );
+    assert!(updates_in.is_some_and(|n| n >= 1.0), "{text}");
+    assert_eq!(
+        sample(&text, "tapir_kernel_routes", &[]),
+        Some(kernel_routes(&lab) as f64),
+        "{text}"
+    );
+    assert!(sample(
+        &text,
+        "tapir_kernel_route_operations_total",
+        &[("operation", "install")]
+    )
+    .is_some_and(|n| n >= 2.0));
+    assert!(sample(&text, "tapir_rib_prefixes", &[]).is_some_and(|n| n >= 2.0));
+    assert!(sample(&text, "process_resident_memory_bytes", &[]).is_some_and(|n| n > 1e6));
+
+    // The VM stops: its sessions go down and count a flap.
+    lab.stop(vm.pid);
+    let text = wait_for(WAIT, || {
+        scrape(&lab).filter(|t| {
+            sample(
+                t,
+                "tapir_bgp_session_established",
+                &[("address", "10.192.24.11")],
+            ) == Some(0.0)
+        })
+    })
+    .unwrap_or_else(|| panic!("{:?}", scrape(&lab)));
+    assert_eq!(
+        sample(
+            &text,
+            "tapir_bgp_session_flaps_total",
+            &[("address", "10.192.24.11")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // Anything but /metrics is not found; the daemon is unaffected.
+    assert!(lab
+        .http_get("hv1", Path::new(TAPIR), METRICS, "/")
+        .is_none());
+    assert!(t.json("peers").as_array().is_some());
+}
