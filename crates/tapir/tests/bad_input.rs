@@ -4,7 +4,6 @@
 //! its routes, as the other peer (BIRD) sees it. Needs root.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use bgp::attribute::{AsPath, Origin, PathAttributes};
