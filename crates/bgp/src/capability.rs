@@ -233,10 +233,25 @@ impl Capability {
                     .collect::<String>()
             ),
             Capability::FourOctetAs(a) => format!("4-octet-as {a}"),
-            Capability::Unknown { code, value } => format!(
-                "unknown code {code} value {}",
-                value.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            ),
+            Capability::Unknown { code, value } => {
+                // Codes tapir does not use, by their IANA names.
+                let name = match code {
+                    6 => Some("extended-message"),
+                    9 => Some("bgp-role"),
+                    69 => Some("add-path"),
+                    70 => Some("enhanced-route-refresh"),
+                    71 => Some("long-lived-graceful-restart"),
+                    73 => Some("fqdn"),
+                    _ => None,
+                };
+                let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+                match (name, hex.is_empty()) {
+                    (Some(n), true) => n.to_string(),
+                    (Some(n), false) => format!("{n} {hex}"),
+                    (None, true) => format!("code {code}"),
+                    (None, false) => format!("code {code} value {hex}"),
+                }
+            }
         }
     }
 }

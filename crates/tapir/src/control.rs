@@ -22,6 +22,7 @@ pub enum Request {
     ShowVms,
     ShowRib,
     ShowBfd,
+    ShowStatus,
     VmAdd {
         vm: crate::inventory::Registration,
     },
@@ -119,6 +120,42 @@ pub struct RouteEntry {
     /// False if authorisation refused the route.
     pub accepted: bool,
     pub rejected_reason: Option<String>,
+    /// The session's address, its VM (inventory name) and tap.
+    #[serde(default)]
+    pub peer_address: String,
+    #[serde(default)]
+    pub vm: Option<String>,
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// This is the Loc-RIB's best path for the prefix.
+    #[serde(default)]
+    pub best: bool,
+    /// The best path, and in the kernel.
+    #[serde(default)]
+    pub installed: bool,
+}
+
+/// `tapir show status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub version: String,
+    pub router_id: String,
+    pub local_as: u32,
+    pub config: String,
+    pub uptime_secs: u64,
+    /// Static neighbors: Established and all.
+    pub neighbors_established: usize,
+    pub neighbors: usize,
+    /// VM sessions: Established and all.
+    pub vm_sessions_established: usize,
+    pub vm_sessions: usize,
+    pub rib_prefixes: usize,
+    pub rib_paths: usize,
+    pub kernel_routes: usize,
+    pub bfd_sessions_up: usize,
+    pub bfd_sessions: usize,
+    /// A graceful restart is in progress (RFC 4724).
+    pub restarting: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -138,6 +175,9 @@ pub enum Response {
     },
     Bfd {
         sessions: Vec<crate::bfd::BfdStatus>,
+    },
+    Status {
+        status: Status,
     },
     Done {
         message: String,

@@ -219,6 +219,11 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         let stop_tx = stop_tx.clone();
         let reload_tx = reload_tx.clone();
         let bfd_tx = bfd.clone();
+        let about = Arc::new(About {
+            local: local.clone(),
+            config: config_path.display().to_string(),
+            started: std::time::Instant::now(),
+        });
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = control_listener.accept().await else {
@@ -230,6 +235,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
                 let stop_tx = stop_tx.clone();
                 let reload_tx = reload_tx.clone();
                 let bfd_tx = bfd_tx.clone();
+                let about = about.clone();
                 tokio::spawn(control::serve_client(stream, move |req| {
                     let peers = peers.clone();
                     let hv = hv.clone();
@@ -237,7 +243,14 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
                     let stop_tx = stop_tx.clone();
                     let reload_tx = reload_tx.clone();
                     let bfd = bfd_tx.clone();
+                    let about = about.clone();
                     async move {
+                        if let Request::ShowStatus = req {
+                            return Response::Status {
+                                status: status(&about, &snapshot(&peers), hv.as_ref(), &rib, bfd)
+                                    .await,
+                            };
+                        }
                         if let Request::ShowBfd = req {
                             let Some(bfd) = bfd else {
                                 return Response::Bfd {
@@ -523,6 +536,58 @@ async fn all_peers(peers: &[PeerHandle], hv: Option<&mpsc::Sender<HvMsg>>) -> Ve
     all
 }
 
+/// What `show status` tells about the daemon itself.
+struct About {
+    local: Arc<Local>,
+    config: String,
+    started: std::time::Instant,
+}
+
+async fn bfd_sessions(bfd: Option<mpsc::Sender<crate::bfd::BfdMsg>>) -> Vec<crate::bfd::BfdStatus> {
+    let Some(b) = bfd else { return Vec::new() };
+    let (tx, rx) = oneshot::channel();
+    let _ = b.send(crate::bfd::BfdMsg::Show(tx)).await;
+    rx.await.unwrap_or_default()
+}
+
+async fn status(
+    about: &About,
+    peers: &[PeerHandle],
+    hv: Option<&mpsc::Sender<HvMsg>>,
+    rib: &mpsc::UnboundedSender<crate::rib::RibMsg>,
+    bfd: Option<mpsc::Sender<crate::bfd::BfdMsg>>,
+) -> control::Status {
+    let all = peer_statuses(peers, hv).await;
+    let (vms, statics): (Vec<_>, Vec<_>) = all.iter().partition(|p| p.interface.is_some());
+    let up = |v: &[&PeerStatus]| v.iter().filter(|p| p.state == "Established").count();
+    let (tx, rx) = oneshot::channel();
+    let stats = match rib.send(crate::rib::RibMsg::Stats(tx)) {
+        Ok(()) => rx.await.unwrap_or_default(),
+        Err(_) => Default::default(),
+    };
+    let bfd = bfd_sessions(bfd).await;
+    control::Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        router_id: about.local.router_id.to_string(),
+        local_as: about.local.local_as,
+        config: about.config.clone(),
+        uptime_secs: about.started.elapsed().as_secs(),
+        neighbors_established: up(&statics),
+        neighbors: statics.len(),
+        vm_sessions_established: up(&vms),
+        vm_sessions: vms.len(),
+        rib_prefixes: stats.prefixes,
+        rib_paths: stats.paths,
+        kernel_routes: stats.installed,
+        bfd_sessions_up: bfd.iter().filter(|b| b.state == "Up").count(),
+        bfd_sessions: bfd.len(),
+        restarting: about
+            .local
+            .restarting
+            .load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
 /// The status of every session, static and VM.
 async fn peer_statuses(peers: &[PeerHandle], hv: Option<&mpsc::Sender<HvMsg>>) -> Vec<PeerStatus> {
     let mut out: Vec<PeerStatus> = Vec::new();
@@ -561,6 +626,24 @@ async fn answer(
                 }
             }
             out.sort_by(|a, b| (&a.prefix, &a.peer).cmp(&(&b.prefix, &b.peer)));
+            // Which of them the Loc-RIB chose, and whether that is in the kernel.
+            let (tx, rx) = oneshot::channel();
+            if rib.send(crate::rib::RibMsg::Show(tx)).is_ok() {
+                let best: std::collections::HashMap<String, crate::rib::LocRibEntry> = rx
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| (e.prefix.clone(), e))
+                    .collect();
+                for r in &mut out {
+                    if let Some(b) = best.get(&r.prefix) {
+                        r.best = r.accepted
+                            && b.from == r.peer
+                            && b.next_hop.as_deref() == Some(r.next_hop.as_str());
+                        r.installed = r.best && b.installed;
+                    }
+                }
+            }
             Response::Routes { routes: out }
         }
         Request::ShowRib => {
@@ -615,7 +698,7 @@ async fn answer(
                 },
             }
         }
-        Request::ShowBfd => Response::Error {
+        Request::ShowBfd | Request::ShowStatus => Response::Error {
             message: "handled by the daemon loop".into(),
         },
         Request::ShowVms => {

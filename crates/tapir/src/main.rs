@@ -128,14 +128,38 @@ enum Vm {
 
 #[derive(Subcommand)]
 enum Show {
+    /// The daemon: version, router id, uptime, sessions, RIB and kernel sizes.
+    Status {
+        /// Print JSON (schema in docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// One line per session.
     Peers {
         /// Print JSON (schema in docs/json.md).
         #[arg(long)]
         json: bool,
     },
-    /// Routes received from neighbors (Adj-RIB-In), accepted or refused.
+    /// Everything about one session (or a VM's sessions): capabilities,
+    /// timers with time left, counters, last NOTIFICATIONs, BFD.
+    Peer {
+        /// A neighbor's or VM's name, or an address.
+        name: String,
+        /// Print JSON (schema in docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Routes received from neighbors (Adj-RIB-In), accepted or refused,
+    /// with the best path marked and whether it is in the kernel.
     Routes {
+        /// Only this prefix, or the prefixes that contain this address.
+        prefix: Option<String>,
+        /// Only routes from this neighbor or VM session (name or address).
+        #[arg(long)]
+        peer: Option<String>,
+        /// Only routes from this VM (inventory name or tap).
+        #[arg(long)]
+        vm: Option<String>,
         /// Print JSON (schema in docs/json.md).
         #[arg(long)]
         json: bool,
@@ -233,8 +257,31 @@ fn main() -> ExitCode {
         }
         Command::Show { what } => {
             let (req, json) = match what {
+                Show::Peer { name, json } => return show_peer(&rt, &cli.socket, &name, json),
+                Show::Routes {
+                    prefix,
+                    peer,
+                    vm,
+                    json,
+                } => {
+                    let filter = match RouteFilter::new(prefix, peer, vm) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            eprintln!("tapir: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    };
+                    return match ask(&rt, &cli.socket, &control::Request::ShowRoutes) {
+                        Ok(control::Response::Routes { mut routes }) => {
+                            routes.retain(|r| filter.matches(r));
+                            print(&control::Response::Routes { routes }, json)
+                        }
+                        Ok(other) => print(&other, json),
+                        Err(code) => code,
+                    };
+                }
+                Show::Status { json } => (control::Request::ShowStatus, json),
                 Show::Peers { json } => (control::Request::ShowPeers, json),
-                Show::Routes { json } => (control::Request::ShowRoutes, json),
                 Show::Vms { json } => (control::Request::ShowVms, json),
                 Show::Rib { json } => (control::Request::ShowRib, json),
                 Show::Bfd { json } => (control::Request::ShowBfd, json),
@@ -307,6 +354,130 @@ fn main() -> ExitCode {
     }
 }
 
+/// `show routes` filters.
+struct RouteFilter {
+    prefix: Option<bgp::Prefix>,
+    address: Option<std::net::IpAddr>,
+    peer: Option<String>,
+    vm: Option<String>,
+}
+
+impl RouteFilter {
+    fn new(
+        prefix: Option<String>,
+        peer: Option<String>,
+        vm: Option<String>,
+    ) -> Result<Self, String> {
+        let (mut p, mut a) = (None, None);
+        if let Some(s) = prefix {
+            if s.contains('/') {
+                p = Some(s.parse().map_err(|e| format!("{s}: {e}"))?);
+            } else {
+                a = Some(
+                    s.parse()
+                        .map_err(|_| format!("{s}: neither a prefix nor an address"))?,
+                );
+            }
+        }
+        Ok(RouteFilter {
+            prefix: p,
+            address: a,
+            peer,
+            vm,
+        })
+    }
+
+    fn matches(&self, r: &control::RouteEntry) -> bool {
+        let parsed: Option<bgp::Prefix> = r.prefix.parse().ok();
+        if let Some(p) = &self.prefix {
+            if parsed.as_ref() != Some(p) {
+                return false;
+            }
+        }
+        if let Some(a) = self.address {
+            let host: bgp::Prefix = match a {
+                std::net::IpAddr::V4(v) => format!("{v}/32"),
+                std::net::IpAddr::V6(v) => format!("{v}/128"),
+            }
+            .parse()
+            .expect("a host prefix");
+            if !parsed.is_some_and(|p| p.contains(&host)) {
+                return false;
+            }
+        }
+        if let Some(peer) = &self.peer {
+            if &r.peer != peer && &r.peer_address != peer {
+                return false;
+            }
+        }
+        if let Some(vm) = &self.vm {
+            if r.vm.as_ref() != Some(vm) && r.interface.as_ref() != Some(vm) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// `show peer NAME|ADDRESS`: every session with that name or address,
+/// with its BFD session.
+fn show_peer(
+    rt: &tokio::runtime::Runtime,
+    socket: &std::path::Path,
+    name: &str,
+    json: bool,
+) -> ExitCode {
+    let peers = match ask(rt, socket, &control::Request::ShowPeers) {
+        Ok(control::Response::Peers { peers }) => peers,
+        Ok(other) => return print(&other, json),
+        Err(code) => return code,
+    };
+    let bfd = match ask(rt, socket, &control::Request::ShowBfd) {
+        Ok(control::Response::Bfd { sessions }) => sessions,
+        _ => Vec::new(),
+    };
+    let bare = name.split('%').next().unwrap_or(name);
+    let found: Vec<_> = peers
+        .into_iter()
+        .filter(|p| p.name == name || p.address == bare || p.vm.as_deref() == Some(name))
+        .collect();
+    if found.is_empty() {
+        eprintln!("tapir: no session named {name} or with that address (see `tapir show peers`)");
+        return ExitCode::FAILURE;
+    }
+    if json {
+        let v: Vec<serde_json::Value> = found
+            .iter()
+            .map(|p| {
+                let mut v = serde_json::to_value(p).unwrap_or_default();
+                v["bfd"] = serde_json::to_value(bfd.iter().find(|b| b.peer == p.address))
+                    .unwrap_or_default();
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        for p in &found {
+            print!(
+                "{}",
+                show::peer(p, bfd.iter().find(|b| b.peer == p.address))
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn ask(
+    rt: &tokio::runtime::Runtime,
+    socket: &std::path::Path,
+    req: &control::Request,
+) -> Result<control::Response, ExitCode> {
+    rt.block_on(control::request(socket, req)).map_err(|e| {
+        eprintln!("tapir: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// Sends one request to the daemon and prints the answer.
 fn client(
     rt: &tokio::runtime::Runtime,
@@ -314,16 +485,17 @@ fn client(
     req: control::Request,
     json: bool,
 ) -> ExitCode {
+    match ask(rt, socket, &req) {
+        Ok(resp) => print(&resp, json),
+        Err(code) => code,
+    }
+}
+
+/// Prints an answer as a table (or text), or as JSON.
+fn print(resp: &control::Response, json: bool) -> ExitCode {
     use control::Response;
-    let resp = match rt.block_on(control::request(socket, &req)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tapir: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let pretty = |v: serde_json::Result<String>| v.unwrap_or_default() + "\n";
-    let text = match (&resp, json) {
+    let text = match (resp, json) {
         (Response::Error { message }, _) => {
             eprintln!("tapir: {message}");
             return ExitCode::FAILURE;
@@ -339,6 +511,8 @@ fn client(
         (Response::Peers { peers }, false) => show::peers(peers),
         (Response::Routes { routes }, false) => show::routes(routes),
         (Response::Vms { vms }, false) => show::vms(vms),
+        (Response::Status { status }, true) => pretty(serde_json::to_string_pretty(status)),
+        (Response::Status { status }, false) => show::status(status),
     };
     print!("{text}");
     ExitCode::SUCCESS

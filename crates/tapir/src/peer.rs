@@ -1267,6 +1267,11 @@ impl Peer {
             .map(|(p, r)| RouteEntry {
                 prefix: p.to_string(),
                 peer: self.cfg.name.clone(),
+                peer_address: self.cfg.address.to_string(),
+                vm: self.cfg.vm.clone(),
+                interface: self.cfg.interface.as_ref().map(|i| i.name.clone()),
+                best: false,
+                installed: false,
                 next_hop: r.next_hop.to_string(),
                 as_path: r
                     .attrs

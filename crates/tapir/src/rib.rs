@@ -158,6 +158,9 @@ pub struct LocRibEntry {
     pub others: Vec<String>,
     /// The best path's VM is being drained (`shutdown` or `withdrawn`).
     pub drain: Option<DrainState>,
+    /// The prefix is in the kernel (`[kernel] install`).
+    #[serde(default)]
+    pub installed: bool,
 }
 
 /// One kernel next hop: a gateway, out of an interface if known.
@@ -701,6 +704,7 @@ impl Rib {
                         .as_deref()
                         .and_then(drain_key)
                         .and_then(|k| self.drains.get(&k).map(|d| d.0)),
+                    installed: self.installed.contains_key(p),
                 })
             })
             .collect()

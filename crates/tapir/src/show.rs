@@ -94,7 +94,11 @@ pub fn routes(routes: &[RouteEntry]) -> String {
                 ));
             }
             vec![
-                r.prefix.clone(),
+                match (r.best, r.installed) {
+                    (true, true) => format!("{} *K", r.prefix),
+                    (true, false) => format!("{} *", r.prefix),
+                    _ => r.prefix.clone(),
+                },
                 r.next_hop.clone(),
                 r.peer.clone(),
                 if r.as_path.is_empty() {
@@ -110,7 +114,7 @@ pub fn routes(routes: &[RouteEntry]) -> String {
             ]
         })
         .collect();
-    table(
+    let mut out = table(
         &[
             "Prefix",
             "Next hop",
@@ -120,7 +124,144 @@ pub fn routes(routes: &[RouteEntry]) -> String {
             "Attributes",
         ],
         &rows,
-    )
+    );
+    if routes.iter().any(|r| r.best) {
+        out.push_str("(* best path, K in the kernel)\n");
+    }
+    out
+}
+
+fn ms(v: Option<u64>) -> String {
+    v.map_or("-".into(), |m| format!("{:.1} s", m as f64 / 1000.0))
+}
+
+fn counts(m: &std::collections::BTreeMap<String, u64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `show peer`: one session in full, like `birdc show protocols all`.
+pub fn peer(p: &PeerStatus, bfd: Option<&crate::bfd::BfdStatus>) -> String {
+    let mut out = format!("{} ({}", p.name, p.address);
+    if let Some(i) = &p.interface {
+        out.push_str(&format!(" on {i}"));
+    }
+    out.push_str(")\n");
+    let mut line = |k: &str, v: String| out.push_str(&format!("  {:<18}{v}\n", format!("{k}:")));
+    if p.vm.is_some() || p.group.is_some() {
+        line(
+            "VM",
+            format!(
+                "{}, group {}",
+                p.vm.as_deref().unwrap_or("(not in the inventory)"),
+                p.group.as_deref().unwrap_or("-")
+            ),
+        );
+    }
+    line("State", format!("{} for {}", p.state, since(p.since_secs)));
+    line(
+        "Remote AS",
+        match (p.asn, &p.remote_id) {
+            (Some(a), Some(id)) => format!("{a} (configured {}), router id {id}", p.remote_as),
+            _ => format!("configured {}", p.remote_as),
+        },
+    );
+    if let Some(l) = &p.local_address {
+        line("Local address", l.clone());
+    }
+    if !p.families.is_empty() {
+        line("Families", p.families.join(", "));
+    }
+    if !p.peer_capabilities.is_empty() {
+        line("Capabilities in", p.peer_capabilities.join(", "));
+    }
+    line(
+        "Hold timer",
+        match p.hold_time {
+            Some(h) => format!(
+                "{h} s (we offer {}), expires in {}",
+                p.configured_hold_time,
+                ms(p.hold_timer_left_ms)
+            ),
+            None => format!("we offer {} s", p.configured_hold_time),
+        },
+    );
+    if let Some(k) = p.keepalive {
+        line(
+            "Keepalive timer",
+            format!("{k} s, next in {}", ms(p.keepalive_timer_left_ms)),
+        );
+    }
+    line("Connect retry", format!("{} s", p.connect_retry_secs));
+    let mut routes = format!(
+        "received {}, accepted {}, exported {}",
+        p.routes_received, p.routes_accepted, p.routes_exported
+    );
+    if !p.rejections.is_empty() {
+        routes.push_str(&format!("; refused: {}", counts(&p.rejections)));
+    }
+    line("Routes", routes);
+    line("Messages in", counts(&p.messages_received));
+    line("Messages out", counts(&p.messages_sent));
+    line("Flaps", p.flaps.to_string());
+    if let Some(n) = &p.last_notification_sent {
+        line("Last sent", n.clone());
+    }
+    if let Some(n) = &p.last_notification_received {
+        line("Last received", n.clone());
+    }
+    if let Some(e) = &p.last_error {
+        line("Last error", e.clone());
+    }
+    if let Some(b) = bfd {
+        line(
+            "BFD",
+            format!(
+                "{}, interval {} ms, detection {} ms, flaps {}",
+                b.state, b.interval_ms, b.detection_ms, b.flaps
+            ),
+        );
+    }
+    out
+}
+
+/// `show status`.
+pub fn status(s: &crate::control::Status) -> String {
+    let mut out = format!(
+        "tapir {} up {}, router id {}, AS {}\n",
+        s.version,
+        since(s.uptime_secs),
+        s.router_id,
+        s.local_as
+    );
+    let mut line = |k: &str, v: String| out.push_str(&format!("  {:<15}{v}\n", format!("{k}:")));
+    line("Config", s.config.clone());
+    line(
+        "Neighbors",
+        format!("{} of {} established", s.neighbors_established, s.neighbors),
+    );
+    line(
+        "VM sessions",
+        format!(
+            "{} of {} established",
+            s.vm_sessions_established, s.vm_sessions
+        ),
+    );
+    line(
+        "Loc-RIB",
+        format!("{} prefixes, {} paths", s.rib_prefixes, s.rib_paths),
+    );
+    line("Kernel", format!("{} routes installed", s.kernel_routes));
+    line(
+        "BFD",
+        format!("{} of {} up", s.bfd_sessions_up, s.bfd_sessions),
+    );
+    if s.restarting {
+        line("Restart", "graceful restart in progress".into());
+    }
+    out
 }
 
 fn drain_text(d: Option<crate::rib::DrainState>) -> String {

@@ -185,3 +185,119 @@ fn metrics_pass_promtool_and_match_what_peers_see() {
         .is_none());
     assert!(t.json("peers").as_array().is_some());
 }
+
+/// Blanks what changes from run to run (times, counts of periodic
+/// messages, paths) so that the rest can be a snapshot.
+fn stable(text: &str) -> String {
+    let hash = |l: &str| -> String {
+        l.chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect()
+    };
+    text.lines()
+        .map(|l| {
+            let t = l.trim_start();
+            if t.starts_with("Config:") {
+                "  Config:        <config>".to_string()
+            } else if let Some(rest) = t.strip_prefix("tapir ") {
+                // tapir VERSION up HH:MM:SS, router id …
+                let (_, after) = rest.split_once(" up ").unwrap_or(("", rest));
+                let (time, tail) = after.split_once(',').unwrap_or((after, ""));
+                format!("tapir VERSION up {},{tail}", hash(time))
+            } else if [
+                "State:",
+                "Hold timer:",
+                "Keepalive timer:",
+                "Messages in:",
+                "Messages out:",
+            ]
+            .iter()
+            .any(|k| t.starts_with(k))
+            {
+                hash(l)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn cli_status_peer_and_routes_show_what_peers_see() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 11);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let _vm = lab.bird(
+        "vm11",
+        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
+    );
+    let cfg = lab.write("hv1/tapir.toml", &example());
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let at_tor = wait_for(WAIT, || tor.route("10.3.0.1/32").map(|_| ()));
+    assert!(at_tor.is_some(), "{}", lab.all_logs());
+    // tor's own routes are in too (tor-v4 and tor-v6 both up).
+    let both = wait_for(WAIT, || {
+        let s = t.json("status");
+        // recdns1001 is tried at its IPv4, IPv6 and link-local addresses;
+        // it speaks BGP on the first only. tor sends one prefix per family.
+        (s["neighbors_established"] == 2
+            && s["vm_sessions_established"] == 1
+            && s["vm_sessions"] == 3
+            && s["rib_prefixes"] == 3)
+            .then_some(s)
+    });
+    let s = both.unwrap_or_else(|| panic!("{}", t.show(&["status"])));
+    assert_eq!(s["router_id"], "10.192.21.6");
+    assert_eq!(s["local_as"], 64612);
+    assert_eq!(
+        s["kernel_routes"].as_u64(),
+        Some(kernel_routes(&lab) as u64)
+    );
+
+    // One route, chosen and in the kernel; found by prefix or by address.
+    for q in ["10.3.0.1/32", "10.3.0.1"] {
+        let (ok, out, err) = t.cli(&["show", "routes", q, "--json"]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let r = v.as_array().unwrap();
+        assert_eq!(r.len(), 1, "{out}");
+        assert_eq!(r[0]["best"], true);
+        assert_eq!(r[0]["installed"], true);
+        assert_eq!(r[0]["vm"], "recdns1001");
+    }
+    let ip =
+        String::from_utf8_lossy(&lab.ip("hv1", &["route", "show", "10.3.0.1"]).stdout).into_owned();
+    assert!(ip.contains("proto bgp"), "{ip}");
+    let (ok, out, _) = t.cli(&["show", "routes", "--peer", "tor-v4", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let prefixes: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["prefix"].as_str().unwrap())
+        .collect();
+    assert_eq!(prefixes, ["192.0.2.0/24"]);
+    let (ok, out, _) = t.cli(&["show", "routes", "--vm", "recdns1001"]);
+    assert!(ok && out.contains("10.3.0.1/32 *K"), "{out}");
+    let (ok, _, err) = t.cli(&["show", "routes", "10.3.0.300/32"]);
+    assert!(!ok && err.contains("10.3.0.300/32"), "{err}");
+
+    // One session in full. tor's BIRD offers 240 s, we 90: 90 it is.
+    let (ok, out, err) = t.cli(&["show", "peer", "tor-v4", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["hold_time"], 90);
+    assert_eq!(v[0]["keepalive"], 30);
+    assert_eq!(v[0]["messages_received"]["open"], 1);
+    assert!(v[0]["hold_timer_left_ms"]
+        .as_u64()
+        .is_some_and(|ms| ms <= 90_000));
+    let (ok, _, err) = t.cli(&["show", "peer", "nobody"]);
+    assert!(!ok && err.contains("nobody"), "{err}");
+
+    insta::assert_snapshot!("show_peer_tor_v4", stable(&t.show(&["peer", "tor-v4"])));
+    insta::assert_snapshot!("show_status", stable(&t.show(&["status"])));
+}
