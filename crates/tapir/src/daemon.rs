@@ -298,6 +298,8 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    // Listening, the control socket answering: ready.
+    crate::notify::notify("READY=1");
     let mut current = config;
     let graceful = loop {
         let reply = tokio::select! {
@@ -307,7 +309,9 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
             _ = hup.recv() => None,
             Some(tx) = reload_rx.recv() => Some(tx),
         };
+        crate::notify::notify("RELOADING=1");
         let result = reload(&mut current, config_path, &peers, &local, hv.as_ref()).await;
+        crate::notify::notify("READY=1");
         match &result {
             Ok(m) => info!(summary = %m, "config reloaded"),
             Err(e) => warn!(error = %e, "reload refused; the running config stays"),
@@ -316,6 +320,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
             let _ = tx.send(result);
         }
     };
+    crate::notify::notify("STOPPING=1");
     let config = current;
     if graceful {
         // Peers that can help keep our routes; the kernel keeps forwarding.

@@ -16,6 +16,7 @@ mod dynamic;
 mod inventory;
 mod kernel;
 mod metrics;
+mod notify;
 mod peer;
 mod policy;
 mod prefix_set;
@@ -47,6 +48,10 @@ enum Command {
         /// Log filter (tracing syntax), e.g. `info` or `tapir=debug`.
         #[arg(long, default_value = "info", env = "TAPIR_LOG")]
         log: String,
+        /// Log lines as text (for terminals and journald) or as one JSON
+        /// object per line.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
         /// Use this router id instead of the config's (one file for every
         /// hypervisor).
         #[arg(long, value_name = "A.B.C.D")]
@@ -101,6 +106,16 @@ enum Command {
         #[command(subcommand)]
         what: Vm,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -215,9 +230,25 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "tapir", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tapir: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run {
             config,
             log,
+            log_format,
             router_id,
             state_dir,
         } => {
@@ -228,10 +259,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .init();
+            init_logging(filter, log_format);
             let cfg = match config::Config::load(&config) {
                 Ok(mut c) => {
                     if let Some(id) = router_id {
@@ -351,6 +379,26 @@ fn main() -> ExitCode {
             };
             client(&rt, &cli.socket, req, false)
         }
+    }
+}
+
+/// Logs go to stderr: colours only on a terminal, and no timestamps under
+/// systemd (journald stamps every line itself).
+fn init_logging(filter: tracing_subscriber::EnvFilter, format: LogFormat) {
+    use std::io::IsTerminal;
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match (format, journald) {
+        (LogFormat::Json, _) => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        (LogFormat::Text, true) => builder.without_time().init(),
+        (LogFormat::Text, false) => builder.init(),
     }
 }
 

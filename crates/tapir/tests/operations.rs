@@ -301,3 +301,120 @@ fn cli_status_peer_and_routes_show_what_peers_see() {
     insta::assert_snapshot!("show_peer_tor_v4", stable(&t.show(&["peer", "tor-v4"])));
     insta::assert_snapshot!("show_status", stable(&t.show(&["status"])));
 }
+
+/// The systemd unit's privilege model, in the lab: tapir as `nobody` with
+/// only CAP_NET_ADMIN, CAP_NET_BIND_SERVICE and CAP_NET_RAW (what the
+/// unit grants) does the whole hypervisor job, and tells systemd it is
+/// ready (`Type=notify`) once its control socket answers.
+#[test]
+fn unprivileged_with_three_capabilities_and_systemd_readiness() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 11);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let _vm = lab.bird(
+        "vm11",
+        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
+    );
+    let cfg = lab.write("hv1/tapir.toml", &example());
+    let run = lab.dir().join("hv1/run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let notify_path = lab.dir().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let socket = run.join("tapir.sock");
+    let caps = "-all,+net_admin,+net_bind_service,+net_raw";
+    let pid = lab.spawn(
+        "hv1",
+        &[
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+            &format!("--bounding-set={caps}"),
+            "env",
+            &format!("NOTIFY_SOCKET={}", notify_path.display()),
+            TAPIR,
+            "--socket",
+            &socket.to_string_lossy(),
+            "run",
+            "--config",
+            &cfg.to_string_lossy(),
+            "--state-dir",
+            &run.join("state").to_string_lossy(),
+        ],
+        "hv1/tapir.log",
+    );
+    let mut buf = [0u8; 256];
+    let n = notify
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no READY=1 from tapir: {e}\n{}", lab.all_logs()));
+    assert_eq!(&buf[..n], b"READY=1");
+    let t = lab::tapir::Tapir {
+        bin: TAPIR.into(),
+        socket: socket.clone(),
+        pid,
+        log: "hv1/tapir.log".into(),
+    };
+    // Ready means answering.
+    let (ok, _, err) = t.cli(&["show", "status"]);
+    assert!(ok, "{err}");
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    assert_eq!(meta.uid(), 65534);
+    // Port 179, sockets on the tap, the kernel's routes: all of it works.
+    let at_tor = wait_for(WAIT, || tor.route("10.3.0.1/32").map(|_| ()));
+    assert!(at_tor.is_some(), "{}", lab.all_logs());
+    let installed = wait_for(WAIT, || {
+        let o = lab.ip("hv1", &["route", "show", "10.3.0.1", "proto", "bgp"]);
+        (!o.stdout.is_empty()).then_some(())
+    });
+    assert!(installed.is_some(), "{}", lab.all_logs());
+    // It really runs as nobody, with no other capability.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let tapir_pid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .map(|l| l.split_whitespace().nth(1) == Some("65534"));
+    assert_eq!(tapir_pid, Some(true), "{status}");
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap());
+    // CAP_NET_BIND_SERVICE 10, CAP_NET_ADMIN 12, CAP_NET_RAW 13.
+    assert_eq!(eff, Some((1 << 10) | (1 << 12) | (1 << 13)), "{status}");
+    lab.stop(pid);
+}
+
+/// The unit file parses and uses only keys systemd knows.
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/systemd/tapir.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_RAW"));
+    let dir = std::env::temp_dir().join(format!("tapir-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tapir.service");
+    std::fs::write(&path, unit.replace("/usr/bin/tapir", TAPIR)).unwrap();
+    let o = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success() && text.trim().is_empty(), "{text}");
+}
