@@ -89,6 +89,16 @@ pub fn add_vm(lab: &mut Lab, hv: &str, n: u32) {
 /// own network config would: `claimed` is the host number it configures
 /// (equal to `vm_n` unless the VM lies about its address).
 pub fn plug(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32, claimed: u32) {
+    plug_with(lab, hv, tap, vm_n, claimed, true);
+}
+
+/// As [`plug`], but the hypervisor's ifup steps are left to the caller
+/// (a hook under test): the tap is created, down, with no address.
+pub fn plug_bare(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32) {
+    plug_with(lab, hv, tap, vm_n, vm_n, false);
+}
+
+fn plug_with(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32, claimed: u32, run_ifup: bool) {
     let vm = format!("vm{vm_n}");
     let wire = format!("w{vm_n}");
     let first = !lab.has_host(&wire);
@@ -119,7 +129,7 @@ pub fn plug(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32, claimed: u32) {
         lab.ip(&wire, &["link", "set", "vm", "master", "br0"]);
         lab.up(&wire, "vm");
     }
-    connect_tap(lab, hv, tap, vm_n);
+    connect_tap(lab, hv, tap, vm_n, run_ifup);
     if !first {
         return;
     }
@@ -146,7 +156,7 @@ pub fn plug(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32, claimed: u32) {
 }
 
 /// A new tap on `hv` whose far end joins VM `vm_n`'s wire, then ifup.
-fn connect_tap(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32) {
+fn connect_tap(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32, run_ifup: bool) {
     let wire = format!("w{vm_n}");
     let port = format!("{hv}-{tap}");
     lab.link(hv, tap, &wire, &port);
@@ -154,7 +164,9 @@ fn connect_tap(lab: &mut Lab, hv: &str, tap: &str, vm_n: u32) {
     lab.ip(hv, &["link", "set", tap, "address", TAP_MAC]);
     lab.ip(&wire, &["link", "set", &port, "master", "br0"]);
     lab.up(&wire, &port);
-    ifup(lab, hv, tap, vm_n);
+    if run_ifup {
+        ifup(lab, hv, tap, vm_n);
+    }
 }
 
 /// Removes a tap from a hypervisor. The VM keeps its NIC, unconnected.
@@ -250,7 +262,7 @@ pub fn vm_bird_dual_config(n: u32, asn: u32, v4: &[&str], v6: &[&str]) -> String
 /// steps run. The VM's NIC stays up throughout.
 pub fn migrate(lab: &mut Lab, from: &str, to: &str, tap: &str, vm_n: u32) {
     unplug(lab, from, tap);
-    connect_tap(lab, to, tap, vm_n);
+    connect_tap(lab, to, tap, vm_n, true);
 }
 
 /// The hypervisor side of a VM's tap, as the ifup hook sets it up: the

@@ -550,8 +550,12 @@ impl Peer {
                 let _ = tx.send(self.routes());
             }
             PeerMsg::Policy(p) => {
+                let vm = p.entry.as_ref().map(|(n, _)| n.clone());
                 self.cfg.policy = Some(p);
                 self.judge_all();
+                if vm != self.cfg.vm {
+                    self.rename(vm);
+                }
             }
             PeerMsg::Export(changes) => self.export(changes),
             PeerMsg::BfdDown => {
@@ -1038,6 +1042,36 @@ impl Peer {
             self.insert_route(p, r);
         }
         self.rib_update(rib_announce, rib_withdraw);
+    }
+
+    /// The VM behind this session got (or lost) an inventory entry, for
+    /// example from `tapir vm add` after its tap came up: the session is
+    /// named after the VM (or its tap) from now on, in `show` and in the
+    /// Loc-RIB (drain, origin). The accepted routes go to the RIB again
+    /// under the new name; it keeps paths per session, so they are
+    /// replaced in place and nothing flaps upstream.
+    fn rename(&mut self, vm: Option<String>) {
+        let name = vm.clone().unwrap_or_else(|| {
+            self.cfg
+                .interface
+                .as_ref()
+                .map_or_else(|| self.cfg.address.to_string(), |i| i.name.clone())
+        });
+        info!(old = %self.cfg.name, new = %name, "VM session renamed");
+        self.cfg.name = name.clone();
+        self.cfg.vm = vm.clone();
+        let Some(info) = &self.info else { return };
+        let mut renamed = (**info).clone();
+        renamed.name = name;
+        renamed.vm = vm;
+        self.info = Some(Arc::new(renamed));
+        let accepted: Vec<_> = self
+            .adj_rib_in
+            .iter()
+            .filter(|(_, r)| r.rejected.is_none() && !r.stale)
+            .map(|(p, r)| (*p, r.next_hop, r.attrs.clone()))
+            .collect();
+        self.rib_update(accepted, Vec::new());
     }
 
     /// Cease / Maximum Number of Prefixes Reached (RFC 4486 §4: AFI,

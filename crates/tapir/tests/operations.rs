@@ -418,3 +418,204 @@ fn the_systemd_unit_verifies() {
     );
     assert!(o.status.success() && text.trim().is_empty(), "{text}");
 }
+
+/// Runs a contrib script inside `host` with `vars` set and `stdin` fed.
+fn hook(
+    lab: &Lab,
+    host: &str,
+    script: &str,
+    args: &[&str],
+    vars: &[(&str, &str)],
+    stdin: &str,
+) -> (bool, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../contrib")
+        .join(script);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.netns(host), "env"]);
+    for (k, v) in vars {
+        cmd.arg(format!("{k}={v}"));
+    }
+    let mut child = cmd
+        .arg("sh")
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+fn registered(t: &lab::tapir::Tapir, name: &str) -> Option<serde_json::Value> {
+    t.json("vms")
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == name && v["source"] == "registered")
+        .cloned()
+}
+
+/// The Ganeti scripts, run with the environment Ganeti gives them: the
+/// ifup hook sets up the routed tap and registers the VM from its tags,
+/// the migrate hooks drain and undrain it, ifdown forgets it. What counts
+/// is what tor sees.
+#[test]
+fn ganeti_and_libvirt_hooks() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    lab.add_host("vm12");
+    reference::plug_bare(&mut lab, "hv1", "tap12", 12);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    // 10.3.0.99/32 passes the group's filter, but the VM's tags allow it
+    // 10.3.0.2/32 only.
+    let _vm = lab.bird(
+        "vm12",
+        &reference::vm_bird_config(12, 64613, &["10.3.0.2/32", "10.3.0.99/32"]),
+    );
+    let cfg = lab.write("hv1/tapir.toml", &example());
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let socket = t.socket.to_string_lossy().into_owned();
+    let base = [("TAPIR", TAPIR), ("TAPIR_SOCKET", socket.as_str())];
+    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
+        base.iter().copied().chain(extra.iter().copied()).collect()
+    };
+
+    // A bridged NIC is not ours: refused with the reason.
+    let (ok, out) = hook(
+        &lab,
+        "hv1",
+        "ganeti/kvm-ifup-custom",
+        &[],
+        &with(&[
+            ("INSTANCE", "x"),
+            ("INTERFACE", "tap12"),
+            ("MODE", "bridged"),
+        ]),
+        "",
+    );
+    assert!(!ok && out.contains("not routed"), "{out}");
+
+    let ifup = with(&[
+        ("INSTANCE", "lb1002"),
+        ("INTERFACE", "tap12"),
+        ("MODE", "routed"),
+        ("IP", "10.192.24.12"),
+        ("MAC", "aa:00:00:00:00:12"),
+        ("TAGS", "web tapir:prefix:10.3.0.2/32 tapir:asn:64613"),
+        ("GATEWAY4", "10.192.24.1"),
+    ]);
+    let (ok, out) = hook(&lab, "hv1", "ganeti/kvm-ifup-custom", &[], &ifup, "");
+    assert!(ok, "{out}");
+    let r = wait_for(WAIT, || tor.route("10.3.0.2/32"));
+    assert!(r.is_some(), "{}\n{}", t.show(&["vms"]), lab.all_logs());
+    let vm = registered(&t, "lb1002").unwrap_or_else(|| panic!("{}", t.show(&["vms"])));
+    assert_eq!(vm["interface"], "tap12");
+    let refused = wait_for(WAIT, || {
+        t.routes_for("10.3.0.99/32")
+            .iter()
+            .any(|r| r["accepted"] == false)
+            .then_some(())
+    });
+    assert!(refused.is_some(), "{}", t.show(&["routes"]));
+    assert!(tor.route("10.3.0.99/32").is_none());
+
+    // Before a migration: only the primary drains.
+    let pre = "ganeti/hooks/instance-migrate-pre.d/50-tapir-drain";
+    let mut env = with(&[
+        ("GANETI_HOOKS_PHASE", "pre"),
+        ("GANETI_INSTANCE_NAME", "lb1002"),
+        ("GANETI_INSTANCE_PRIMARY", "hv1.example.org"),
+        ("TAPIR_NODE_NAME", "hv2.example.org"),
+    ]);
+    let (ok, out) = hook(&lab, "hv1", pre, &[], &env, "");
+    assert!(ok, "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!tor
+        .route("10.3.0.2/32")
+        .unwrap()
+        .communities
+        .contains(&"65535:0".to_string()));
+    env.pop();
+    env.push(("TAPIR_NODE_NAME", "hv1.example.org"));
+    let (ok, out) = hook(&lab, "hv1", pre, &[], &env, "");
+    assert!(ok, "{out}");
+    let drained = wait_for(WAIT, || {
+        tor.route("10.3.0.2/32")
+            .filter(|r| r.communities.contains(&"65535:0".to_string()))
+    });
+    assert!(drained.is_some(), "{:?}", tor.route("10.3.0.2/32"));
+    let post = "ganeti/hooks/instance-migrate-post.d/50-tapir-undrain";
+    let (ok, out) = hook(
+        &lab,
+        "hv1",
+        post,
+        &[],
+        &with(&[
+            ("GANETI_HOOKS_PHASE", "post"),
+            ("GANETI_INSTANCE_NAME", "lb1002"),
+        ]),
+        "",
+    );
+    assert!(ok, "{out}");
+    let undrained = wait_for(WAIT, || {
+        tor.route("10.3.0.2/32")
+            .filter(|r| !r.communities.contains(&"65535:0".to_string()))
+    });
+    assert!(undrained.is_some(), "{:?}", tor.route("10.3.0.2/32"));
+
+    // ifdown forgets the VM.
+    let (ok, out) = hook(
+        &lab,
+        "hv1",
+        "ganeti/kvm-ifdown-custom",
+        &[],
+        &with(&[
+            ("INSTANCE", "lb1002"),
+            ("INTERFACE", "tap12"),
+            ("MODE", "routed"),
+        ]),
+        "",
+    );
+    assert!(ok, "{out}");
+    assert!(registered(&t, "lb1002").is_none(), "{}", t.show(&["vms"]));
+
+    // libvirt: the domain's metadata says what to register.
+    let xml = "<domain type='kvm'>\n  <name>lb1003</name>\n  <metadata>\n    <tapir:vm xmlns:tapir=\"urn:tapir:vm:1\">\n      <tapir:address>10.192.24.13</tapir:address>\n      <tapir:prefix>10.3.0.3/32</tapir:prefix>\n      <tapir:asn>64613</tapir:asn>\n    </tapir:vm>\n  </metadata>\n  <devices>\n    <interface type='ethernet'>\n      <target dev='vnet13'/>\n    </interface>\n  </devices>\n</domain>\n";
+    let (ok, out) = hook(
+        &lab,
+        "hv1",
+        "libvirt/qemu",
+        &["lb1003", "started", "begin", "-"],
+        &with(&[]),
+        xml,
+    );
+    assert!(ok, "{out}");
+    let vm = registered(&t, "lb1003").unwrap_or_else(|| panic!("{}", t.show(&["vms"])));
+    assert_eq!(vm["interface"], "vnet13");
+    assert!(vm["allowed"].to_string().contains("10.3.0.3/32"), "{vm}");
+    let (ok, out) = hook(
+        &lab,
+        "hv1",
+        "libvirt/qemu",
+        &["lb1003", "stopped", "end", "-"],
+        &with(&[]),
+        xml,
+    );
+    assert!(ok, "{out}");
+    assert!(registered(&t, "lb1003").is_none(), "{}", t.show(&["vms"]));
+}
