@@ -1114,6 +1114,76 @@ mod tests {
         Config::parse(s, Path::new("t.toml"))
     }
 
+    /// docs/config.md lists every key the parser accepts, in its section.
+    /// The keys come from the parser itself: an unknown key in a table is
+    /// refused with the list of the keys it expected.
+    #[test]
+    fn every_key_is_documented() {
+        let doc = include_str!("../../../docs/config.md");
+        let head = "router-id = \"1.1.1.1\"\nlocal-as = 1\n";
+        let term = "[policy.X]\n[[policy.X.term]]\naction = \"accept\"\n";
+        let cases: [(&str, String); 10] = [
+            ("## Top level", format!("{head}zz-unknown = 1\n")),
+            (
+                "## `[[neighbor]]`",
+                format!("{head}[[neighbor]]\nzz-unknown = 1\n"),
+            ),
+            (
+                "## `[[group]]`",
+                format!("{head}[[group]]\nzz-unknown = 1\n"),
+            ),
+            ("## `[[vm]]`", format!("{head}[[vm]]\nzz-unknown = 1\n")),
+            (
+                "## `[policy.NAME]`",
+                format!("{head}[policy.X]\nzz-unknown = 1\n"),
+            ),
+            (
+                "### `[[policy.NAME.term]]`",
+                format!("{head}{term}zz-unknown = 1\n"),
+            ),
+            (
+                "### `match`",
+                format!("{head}{term}match = {{ zz-unknown = 1 }}\n"),
+            ),
+            ("## `[kernel]`", format!("{head}[kernel]\nzz-unknown = 1\n")),
+            (
+                "## `[graceful-restart]`",
+                format!("{head}[graceful-restart]\nzz-unknown = 1\n"),
+            ),
+            ("## `[drain]`", format!("{head}[drain]\nzz-unknown = 1\n")),
+        ];
+        let metrics = (
+            "## `[metrics]`",
+            format!("{head}[metrics]\nzz-unknown = 1\n"),
+        );
+        for (section, text) in cases.iter().chain([&metrics]) {
+            let start = doc
+                .find(&format!("\n{section}\n"))
+                .unwrap_or_else(|| panic!("docs/config.md has no section {section}"));
+            let rest = &doc[start + section.len() + 2..];
+            let end = rest.find("\n## ").unwrap_or(rest.len());
+            let end = if section.starts_with("## ") {
+                end
+            } else {
+                end.min(rest.find("\n### ").unwrap_or(rest.len()))
+            };
+            let body = &rest[..end];
+            let e = parse(text).expect_err(text).to_string();
+            let expected = e
+                .split_once("expected")
+                .unwrap_or_else(|| panic!("{section}: {e}"))
+                .1;
+            let keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            assert!(!keys.is_empty(), "{section}: {e}");
+            for k in keys {
+                assert!(
+                    body.contains(&format!("| `{k}` |")),
+                    "docs/config.md, {section}: key `{k}` is not documented"
+                );
+            }
+        }
+    }
+
     #[test]
     fn example_parses() {
         let c = Config::load(Path::new(concat!(

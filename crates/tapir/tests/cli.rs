@@ -91,3 +91,34 @@ fn socket_option_before_or_after_the_subcommand() {
         );
     }
 }
+
+/// The man page and the completions come from the CLI definition, so they
+/// name every subcommand there is.
+#[test]
+fn man_page_and_completions_cover_the_cli() {
+    let (ok, man, err) = tapir(&["man"]);
+    assert!(ok, "{err}");
+    assert!(man.contains(".TH tapir 1"), "{man}");
+    let (ok, bash, _) = tapir(&["completions", "bash"]);
+    assert!(ok);
+    for sub in [
+        "run",
+        "check",
+        "show",
+        "reload",
+        "stop",
+        "drain",
+        "undrain",
+        "vm",
+        "completions",
+        "man",
+    ] {
+        assert!(man.contains(sub), "man page lacks {sub}");
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+    }
+    for what in ["status", "peers", "peer", "routes", "rib", "vms", "bfd"] {
+        assert!(bash.contains(what), "bash completion lacks show {what}");
+    }
+    let (ok, _, err) = tapir(&["completions", "tcsh"]);
+    assert!(!ok && err.contains("tcsh"), "{err}");
+}
