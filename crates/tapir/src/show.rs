@@ -42,6 +42,7 @@ pub fn peers(peers: &[PeerStatus]) -> String {
         .map(|p| {
             vec![
                 p.name.clone(),
+                p.interface.clone().unwrap_or_else(|| "-".into()),
                 match &p.interface {
                     Some(i) if !p.address.contains('%') && p.address.starts_with("fe80") => {
                         format!("{}%{i}", p.address)
@@ -62,6 +63,7 @@ pub fn peers(peers: &[PeerStatus]) -> String {
     table(
         &[
             "Name",
+            "Interface",
             "Address",
             "AS",
             "State",

@@ -473,10 +473,13 @@ fn graceful_restart_helper_keeps_a_crashed_vms_routes_until_its_end_of_rib() {
 
 #[test]
 fn reload_applies_policy_changes_without_resetting_sessions() {
-    let (mut lab, tor, t, _vm) = setup(Kind::Bird, "strip");
+    let (mut lab, tor, t, vm) = setup(Kind::Bird, "strip");
     let cfg = lab.dir().join("hv1/tapir.toml");
     wait_tor(&lab, &tor, "10.3.0.1/32", |r| r.as_path == vec![64612]);
     wait_tor(&lab, &tor, "2001:db8:3::1/128", |_| true);
+    // The VM's own view of its sessions: BIRD's "since" must not move.
+    let vm_since = (vm.protocol("bgp1"), vm.protocol("bgp6"));
+    assert!(vm.is_established("bgp1") && vm.is_established("bgp6"));
     let flaps = |t: &lab::tapir::Tapir| -> u64 {
         t.json("peers")
             .as_array()
@@ -526,8 +529,9 @@ fn reload_applies_policy_changes_without_resetting_sessions() {
     assert!(!kernel_routes(&lab)
         .iter()
         .any(|l| l.starts_with("10.3.0.1 ")));
-    // No session was reset along the way.
+    // No session was reset along the way, as tapir and as the VM see it.
     assert_eq!(flaps(&t), 0, "{}", t.show(&["peers"]));
+    assert_eq!((vm.protocol("bgp1"), vm.protocol("bgp6")), vm_since);
     lab.stop(t.pid);
 }
 
