@@ -157,6 +157,22 @@ pub struct Group {
     pub extended_next_hop: bool,
     /// BFD with every VM of the group.
     pub bfd: Option<crate::bfd::BfdTimers>,
+    /// Limits (docs/security.md).
+    pub limits: SessionLimits,
+    /// Sessions in the whole group, and on one tap.
+    pub max_sessions: usize,
+    pub max_sessions_per_interface: usize,
+    /// New connections accepted from one tap per second (burst: twice it).
+    pub connection_rate: u32,
+}
+
+/// Per-session limits against a broken or hostile peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// RFC 9687; None: 8 minutes or twice the hold time.
+    pub send_hold_time: Option<Duration>,
+    /// Longer AS paths are treated as withdrawn.
+    pub max_as_path_length: usize,
 }
 
 impl Group {
@@ -217,6 +233,7 @@ pub struct Neighbor {
     pub kernel_import: bool,
     /// BFD (single-hop) while the session is up.
     pub bfd: Option<crate::bfd::BfdTimers>,
+    pub limits: SessionLimits,
 }
 
 /// `remote-as`: a number, `external` or `internal`.
@@ -341,6 +358,56 @@ struct RawGroup {
     bfd_interval: Spanned<u64>,
     #[serde(default = "default_bfd_multiplier")]
     bfd_multiplier: Spanned<u8>,
+    send_hold_time: Option<Spanned<u64>>,
+    #[serde(default = "default_max_as_path")]
+    max_as_path_length: Spanned<usize>,
+    #[serde(default = "default_max_sessions")]
+    max_sessions: Spanned<usize>,
+    #[serde(default = "default_max_sessions_per_interface")]
+    max_sessions_per_interface: Spanned<usize>,
+    #[serde(default = "default_connection_rate")]
+    connection_rate: Spanned<u32>,
+}
+
+fn default_max_as_path() -> Spanned<usize> {
+    Spanned::new(0..0, 256)
+}
+fn default_max_sessions() -> Spanned<usize> {
+    Spanned::new(0..0, 4096)
+}
+fn default_max_sessions_per_interface() -> Spanned<usize> {
+    Spanned::new(0..0, 8)
+}
+fn default_connection_rate() -> Spanned<u32> {
+    Spanned::new(0..0, 10)
+}
+
+/// `send-hold-time` and `max-as-path-length`, checked.
+fn session_limits(
+    send_hold: &Option<Spanned<u64>>,
+    max_as_path: &Spanned<usize>,
+    err: &ErrFn,
+) -> Result<SessionLimits, ConfigError> {
+    let send_hold_time = match send_hold {
+        None => None,
+        Some(s) if *s.get_ref() == 0 => {
+            return Err(err(
+                s.span(),
+                "send-hold-time: at least 1 second (RFC 9687 has no way to turn it off)".into(),
+            ))
+        }
+        Some(s) => Some(Duration::from_secs(*s.get_ref())),
+    };
+    if *max_as_path.get_ref() == 0 {
+        return Err(err(
+            max_as_path.span(),
+            "max-as-path-length: at least 1".into(),
+        ));
+    }
+    Ok(SessionLimits {
+        send_hold_time,
+        max_as_path_length: *max_as_path.get_ref(),
+    })
 }
 
 #[derive(Deserialize)]
@@ -395,6 +462,9 @@ struct RawNeighbor {
     bfd_interval: Spanned<u64>,
     #[serde(default = "default_bfd_multiplier")]
     bfd_multiplier: Spanned<u8>,
+    send_hold_time: Option<Spanned<u64>>,
+    #[serde(default = "default_max_as_path")]
+    max_as_path_length: Spanned<usize>,
 }
 
 fn default_bfd_interval() -> Spanned<u64> {
@@ -719,9 +789,11 @@ impl Config {
                 })?,
             };
             let bfd = bfd_timers(n.bfd, &n.bfd_interval, &n.bfd_multiplier, &err)?;
+            let limits = session_limits(&n.send_hold_time, &n.max_as_path_length, &err)?;
             neighbors.push(Neighbor {
                 export,
                 bfd,
+                limits,
                 kernel_import: n.kernel_import,
                 name,
                 address,
@@ -1061,7 +1133,26 @@ fn parse_group(
         graceful_restart_time: gr,
         extended_next_hop: g.extended_next_hop,
         bfd: bfd_timers(g.bfd, &g.bfd_interval, &g.bfd_multiplier, err)?,
+        limits: session_limits(&g.send_hold_time, &g.max_as_path_length, err)?,
+        max_sessions: at_least_one(&g.max_sessions, "max-sessions", err)?,
+        max_sessions_per_interface: at_least_one(
+            &g.max_sessions_per_interface,
+            "max-sessions-per-interface",
+            err,
+        )?,
+        connection_rate: at_least_one(&g.connection_rate, "connection-rate", err)?,
     })
+}
+
+fn at_least_one<T: Copy + PartialOrd + From<u8>>(
+    v: &Spanned<T>,
+    key: &str,
+    err: &ErrFn,
+) -> Result<T, ConfigError> {
+    if *v.get_ref() < T::from(1) {
+        return Err(err(v.span(), format!("{key}: at least 1")));
+    }
+    Ok(*v.get_ref())
 }
 
 fn parse_vm(v: &Spanned<RawVm>, err: &ErrFn) -> Result<VmEntry, ConfigError> {

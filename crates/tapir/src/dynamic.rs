@@ -99,6 +99,10 @@ pub struct Hypervisor {
     routes: HashMap<IpAddr, (u32, u8)>,
     neighbours: HashMap<u32, BTreeSet<Ipv6Addr>>,
     sessions: BTreeMap<(u32, IpAddr), DynPeer>,
+    /// Per tap: connection tokens left and when they were counted.
+    conn_tokens: HashMap<u32, (f64, std::time::Instant)>,
+    /// Limits already reported, so each is logged once (per tap or group).
+    reported: BTreeSet<(&'static str, String)>,
     probe: mpsc::UnboundedSender<(u32, String)>,
     /// Install VM routes into the kernel.
     kernel: bool,
@@ -130,6 +134,8 @@ pub fn spawn(
         routes: HashMap::new(),
         neighbours: HashMap::new(),
         sessions: BTreeMap::new(),
+        conn_tokens: HashMap::new(),
+        reported: BTreeSet::new(),
         probe,
         kernel,
     };
@@ -390,6 +396,8 @@ impl Hypervisor {
             families: vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6],
             extended_next_hop: group.extended_next_hop,
             bfd: group.bfd,
+            send_hold_time: group.limits.send_hold_time,
+            max_as_path_length: group.limits.max_as_path_length,
             export: None,
             kernel: self.kernel,
             vm: entry.map(|e| e.name.clone()),
@@ -400,7 +408,40 @@ impl Hypervisor {
         }
     }
 
-    fn spawn_session(&mut self, index: u32, addr: IpAddr, g: usize) {
+    /// Counts a limit hit; logs it the first time for `scope`.
+    fn limit_hit(&mut self, limit: crate::limits::Limit, scope: String, what: &str) {
+        crate::limits::hit(limit);
+        if self.reported.insert((limit.name(), scope.clone())) {
+            tracing::warn!(limit = limit.name(), scope = %scope, "{what}");
+        }
+    }
+
+    /// Starts a session unless the tap or the group is at its limit.
+    fn spawn_session(&mut self, index: u32, addr: IpAddr, g: usize) -> bool {
+        let group = &self.groups[g];
+        let (per_if, per_group) = (group.max_sessions_per_interface, group.max_sessions);
+        let ifname = self
+            .links
+            .get(&index)
+            .map_or_else(|| index.to_string(), |l| l.name.clone());
+        if self.sessions.keys().filter(|(i, _)| *i == index).count() >= per_if {
+            self.limit_hit(
+                crate::limits::Limit::SessionsPerInterface,
+                ifname,
+                &format!("no session for {addr}: the interface has max-sessions-per-interface ({per_if}) already"),
+            );
+            return false;
+        }
+        if self.sessions.values().filter(|d| d.group == g).count() >= per_group {
+            let name = group.name.clone();
+            self.limit_hit(
+                crate::limits::Limit::SessionsPerGroup,
+                name,
+                &format!("no session for {addr}: the group has max-sessions ({per_group}) already"),
+            );
+            return false;
+        }
+        self.reported.retain(|(_, scope)| *scope != ifname);
         let policy = Arc::new(self.policy(index, &addr, g));
         let cfg = self.peer_config(index, addr, g, policy.clone());
         info!(vm = %cfg.name, address = %addr, interface = ?cfg.interface.as_ref().map(|i| &i.name), group = %self.groups[g].name, "VM session started");
@@ -413,6 +454,23 @@ impl Hypervisor {
                 policy,
             },
         );
+        true
+    }
+
+    /// A token bucket per tap: `rate` connections a second, bursts of
+    /// twice that.
+    fn connection_allowed(&mut self, index: u32, rate: u32) -> bool {
+        let now = std::time::Instant::now();
+        let burst = f64::from(rate) * 2.0;
+        let (tokens, last) = self.conn_tokens.entry(index).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * f64::from(rate)).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// Brings the sessions in line with what is known.
@@ -437,7 +495,9 @@ impl Hypervisor {
         }
         for (&(index, addr), &(g, active)) in &want {
             match self.sessions.get(&(index, addr)) {
-                None if active => self.spawn_session(index, addr, g),
+                None if active => {
+                    self.spawn_session(index, addr, g);
+                }
                 Some(d) if d.group == g => {
                     let p = Arc::new(self.policy(index, &addr, g));
                     if *p != *d.policy {
@@ -477,8 +537,19 @@ impl Hypervisor {
             info!(from = %addr, interface = %link.name, "connection refused: no group for this interface and address");
             return;
         };
-        if !self.sessions.contains_key(&(index, addr)) {
-            self.spawn_session(index, addr, g);
+        let (rate, ifname) = (self.groups[g].connection_rate, link.name.clone());
+        if !self.connection_allowed(index, rate) {
+            self.limit_hit(
+                crate::limits::Limit::ConnectionRate,
+                ifname,
+                &format!(
+                    "connections refused: more than connection-rate ({rate}/s) from this interface"
+                ),
+            );
+            return;
+        }
+        if !self.sessions.contains_key(&(index, addr)) && !self.spawn_session(index, addr, g) {
+            return;
         }
         if let Some(d) = self.sessions.get(&(index, addr)) {
             let _ = d.handle.tx.send(PeerMsg::Incoming(stream)).await;

@@ -15,6 +15,7 @@ mod daemon;
 mod dynamic;
 mod inventory;
 mod kernel;
+mod limits;
 mod metrics;
 mod notify;
 mod peer;

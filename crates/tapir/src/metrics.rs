@@ -296,6 +296,17 @@ pub fn encode(s: &Snapshot) -> String {
     );
     errors.get_or_create(&vec![]).inc_by(k.errors.load(Relaxed));
 
+    let limits = counter(
+        &mut reg,
+        "limit_hits",
+        "Times a limit against a broken or hostile peer was hit, by limit",
+    );
+    for lim in crate::limits::Limit::ALL {
+        limits
+            .get_or_create(&l(&[("limit", lim.name())]))
+            .inc_by(crate::limits::hits(lim));
+    }
+
     let mut out = String::new();
     if prometheus_client::encoding::prometheus_text::encode(&mut out, &reg).is_err() {
         warn!("metrics: encoding failed");

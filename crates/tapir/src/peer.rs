@@ -46,6 +46,35 @@ const MAX_KEPT_REFUSED: usize = 1000;
 /// ROUTE-REFRESH (RFC 2918), which wakes it and asks for its routes anyway.
 const NUDGE_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// How a writer ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    /// The queue closed; everything went out.
+    Done,
+    /// The socket failed.
+    Failed,
+    /// A write made no progress for the send hold time (RFC 9687).
+    Stalled,
+}
+
+/// Writes the queued messages to the socket, in order, until the queue
+/// closes; a write that cannot finish within `send_hold` gives up.
+async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    send_hold: std::time::Duration,
+) -> Written {
+    while let Some(b) = rx.recv().await {
+        match tokio::time::timeout(send_hold, w.write_all(&b)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Written::Failed,
+            Err(_) => return Written::Stalled,
+        }
+    }
+    let _ = tokio::time::timeout(send_hold, w.shutdown()).await;
+    Written::Done
+}
+
 fn count_sent(counts: &mut [u64; 6], last: &mut Option<String>, message: &[u8]) {
     if let Some(n) = message.get(18).and_then(|t| counts.get_mut(*t as usize)) {
         *n += 1;
@@ -112,6 +141,10 @@ pub struct PeerConfig {
     pub extended_next_hop: bool,
     /// Run BFD with these timers while the session is up.
     pub bfd: Option<crate::bfd::BfdTimers>,
+    /// RFC 9687 send hold time; None: the default (see `send_hold_time`).
+    pub send_hold_time: Option<std::time::Duration>,
+    /// Routes with longer AS paths are treated as withdrawn.
+    pub max_as_path_length: usize,
     /// For a VM: what it may announce. Static neighbors accept everything.
     pub policy: Option<Arc<VmPolicy>>,
 }
@@ -136,6 +169,8 @@ impl From<&Neighbor> for PeerConfig {
             graceful_restart: None,
             extended_next_hop: false,
             bfd: n.bfd,
+            send_hold_time: n.limits.send_hold_time,
+            max_as_path_length: n.limits.max_as_path_length,
             policy: None,
         }
     }
@@ -180,6 +215,10 @@ pub enum PeerMsg {
     /// A reload changed what applies from the next session on: timers,
     /// BFD, the graceful restart time.
     NextSession(Box<PeerConfig>),
+    /// The writer made no progress for the send hold time (RFC 9687).
+    SendHoldExpired {
+        conn: u64,
+    },
     /// Stop without a NOTIFICATION (tapir restarts gracefully: peers keep
     /// our routes, RFC 4724 §4.1).
     Abort(oneshot::Sender<()>),
@@ -438,6 +477,15 @@ impl Peer {
         }
     }
 
+    /// RFC 9687: how long a write may make no progress before the peer is
+    /// taken to have stopped reading. The configured value, else 8 minutes
+    /// or twice the hold time, whichever is larger.
+    fn send_hold_time(&self) -> std::time::Duration {
+        self.cfg.send_hold_time.unwrap_or_else(|| {
+            std::time::Duration::from_secs(480.max(2 * u64::from(self.cfg.hold_time)))
+        })
+    }
+
     fn new_conn(&mut self) -> Conn {
         let id = self.next_id;
         self.next_id += 1;
@@ -460,18 +508,17 @@ impl Peer {
             }
         }
         conn.local = stream.local_addr().ok();
-        let (mut r, mut w) = stream.into_split();
-        let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
-        tokio::spawn(async move {
-            while let Some(b) = wrx.recv().await {
-                if w.write_all(&b).await.is_err() {
-                    return;
-                }
-            }
-            let _ = w.shutdown().await;
-        });
+        let (mut r, w) = stream.into_split();
+        let (wtx, wrx) = mpsc::unbounded_channel::<Vec<u8>>();
         let tx = self.tx.clone();
         let id = conn.id;
+        let send_hold = self.send_hold_time();
+        tokio::spawn(async move {
+            if write_loop(w, wrx, send_hold).await == Written::Stalled {
+                let _ = tx.send(PeerMsg::SendHoldExpired { conn: id }).await;
+            }
+        });
+        let tx = self.tx.clone();
         conn.reader = Some(tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
             loop {
@@ -569,8 +616,23 @@ impl Peer {
                     }
                 }
             }
+            PeerMsg::SendHoldExpired { conn } => {
+                if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
+                    warn!(
+                        send_hold_time = ?self.cfg.send_hold_time,
+                        "send hold timer expired (RFC 9687): the peer stopped reading; connection closed"
+                    );
+                    crate::limits::hit(crate::limits::Limit::SendHoldTime);
+                    // The NOTIFICATION cannot go out (the writer is stuck);
+                    // it records why the session ended.
+                    let n = Notification::new(bgp::notification::code::SEND_HOLD_TIMER_EXPIRED, 0);
+                    c.session.reset(now, n);
+                }
+            }
             PeerMsg::NextSession(c) => {
                 info!("new timers take effect at the next session");
+                self.cfg.send_hold_time = c.send_hold_time;
+                self.cfg.max_as_path_length = c.max_as_path_length;
                 self.cfg.hold_time = c.hold_time;
                 self.cfg.connect_retry = c.connect_retry;
                 self.cfg.bfd = c.bfd;
@@ -897,7 +959,7 @@ impl Peer {
         for (p, nh) in announced {
             let old = self.remove_route(&p);
             let was_accepted = old.as_ref().is_some_and(|o| o.rejected.is_none());
-            let rejected = self.judge(&p, &nh);
+            let rejected = self.judge(&p, &nh, &attrs);
             let changed = old.as_ref().map(|o| &o.rejected) != Some(&rejected);
             if let Some(r) = &rejected {
                 *self.rejections.entry(r.kind).or_default() += 1;
@@ -1006,7 +1068,30 @@ impl Peer {
     }
 
     /// The verdict on one announcement, max-prefix count included.
-    fn judge(&self, p: &Prefix, nh: &NextHop) -> Option<Box<Rejection>> {
+    fn judge(&self, p: &Prefix, nh: &NextHop, attrs: &PathAttributes) -> Option<Box<Rejection>> {
+        // Every peer: a path this long is an attack or a loop, and costs
+        // memory and CPU everywhere it goes.
+        let asns: usize = attrs.as_path.as_ref().map_or(0, |a| {
+            a.segments
+                .iter()
+                .map(|s| match s {
+                    bgp::AsSegment::Set(v)
+                    | bgp::AsSegment::Sequence(v)
+                    | bgp::AsSegment::ConfedSequence(v)
+                    | bgp::AsSegment::ConfedSet(v) => v.len(),
+                })
+                .sum()
+        });
+        if asns > self.cfg.max_as_path_length {
+            crate::limits::hit(crate::limits::Limit::AsPathLength);
+            return Some(Box::new(Rejection {
+                kind: "as-path-length",
+                reason: format!(
+                    "AS path of {asns} ASNs, more than max-as-path-length {}",
+                    self.cfg.max_as_path_length
+                ),
+            }));
+        }
         let policy = self.cfg.policy.as_ref()?;
         if let Err(r) = policy.judge(p, nh) {
             return Some(Box::new(r));
@@ -1027,7 +1112,7 @@ impl Peer {
         let mut rib_withdraw = Vec::new();
         for (p, mut r) in routes {
             let before = r.rejected.take();
-            r.rejected = self.judge(&p, &r.next_hop);
+            r.rejected = self.judge(&p, &r.next_hop, &r.attrs);
             match (&before, &r.rejected) {
                 (Some(_), None) => {
                     info!(prefix = %p, "route now accepted");
@@ -1355,4 +1440,69 @@ async fn connect(
         sock.bind(SocketAddr::new(l, 0))?;
     }
     sock.connect(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// RFC 9687: a peer that stops reading stalls our writes; after the
+    /// send hold time the writer gives up instead of queueing forever.
+    #[test]
+    fn a_peer_that_stops_reading_trips_the_send_hold_timer() {
+        rt().block_on(async {
+            // A 1 KiB pipe whose far end never reads.
+            let (ours, _theirs) = tokio::io::duplex(1024);
+            let (tx, rx) = mpsc::unbounded_channel();
+            for _ in 0..8 {
+                tx.send(vec![0u8; 4096]).unwrap();
+            }
+            let hold = std::time::Duration::from_millis(200);
+            let w = tokio::spawn(write_loop(ours, rx, hold));
+            let ended = tokio::time::timeout(std::time::Duration::from_secs(10), w)
+                .await
+                .expect("the writer must give up")
+                .unwrap();
+            assert_eq!(ended, Written::Stalled);
+        });
+    }
+
+    /// A peer that reads, however slowly, never trips it, and everything
+    /// arrives in order.
+    #[test]
+    fn a_slow_reader_gets_everything() {
+        rt().block_on(async {
+            let (ours, mut theirs) = tokio::io::duplex(1024);
+            let (tx, rx) = mpsc::unbounded_channel();
+            let mut sent = Vec::new();
+            for i in 0..16u8 {
+                let m = vec![i; 3000];
+                sent.extend_from_slice(&m);
+                tx.send(m).unwrap();
+            }
+            drop(tx);
+            let hold = std::time::Duration::from_secs(5);
+            let w = tokio::spawn(write_loop(ours, rx, hold));
+            let mut got = Vec::new();
+            let mut buf = [0u8; 700];
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                let n = theirs.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(w.await.unwrap(), Written::Done);
+            assert_eq!(got, sent);
+        });
+    }
 }

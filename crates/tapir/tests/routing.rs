@@ -478,8 +478,7 @@ fn reload_applies_policy_changes_without_resetting_sessions() {
     wait_tor(&lab, &tor, "10.3.0.1/32", |r| r.as_path == vec![64612]);
     wait_tor(&lab, &tor, "2001:db8:3::1/128", |_| true);
     // The VM's own view of its sessions: BIRD's "since" must not move.
-    let vm_since = (vm.protocol("bgp1"), vm.protocol("bgp6"));
-    assert!(vm.is_established("bgp1") && vm.is_established("bgp6"));
+    let vm_since = settled_since(&vm);
     let flaps = |t: &lab::tapir::Tapir| -> u64 {
         t.json("peers")
             .as_array()
@@ -535,6 +534,22 @@ fn reload_applies_policy_changes_without_resetting_sessions() {
     lab.stop(t.pid);
 }
 
+/// BIRD's `show protocols` lines of the VM's two sessions once both are
+/// Established and the same twice in a row, a second apart (a connection
+/// collision at start-up can move "since" by a millisecond).
+fn settled_since(vm: &lab::bird::Bird) -> (Option<String>, Option<String>) {
+    let read = || (vm.protocol("bgp1"), vm.protocol("bgp6"));
+    wait_for(WAIT, || {
+        if !(vm.is_established("bgp1") && vm.is_established("bgp6")) {
+            return None;
+        }
+        let a = read();
+        std::thread::sleep(Duration::from_secs(1));
+        (read() == a).then_some(a)
+    })
+    .expect("the VM's sessions settle")
+}
+
 /// The example without its `tor-v6` neighbor block.
 fn without_tor_v6(cfg: &str) -> String {
     let start = cfg.find("[[neighbor]]\nname = \"tor-v6\"").unwrap();
@@ -560,7 +575,7 @@ fn reload_adds_changes_and_removes_neighbors() {
         (vm.is_established("bgp1") && vm.is_established("bgp6")).then_some(())
     });
     assert!(vm_up.is_some(), "{}", lab.all_logs());
-    let vm_since = (vm.protocol("bgp1"), vm.protocol("bgp6"));
+    let vm_since = settled_since(&vm);
     // Without tor-v6, tor has no IPv6 route from hv1.
     assert!(tor.route("2001:db8:3::1/128").is_none());
 

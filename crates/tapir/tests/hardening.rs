@@ -1,0 +1,166 @@
+//! Limits against a hostile or broken VM (docs/security.md), in the lab:
+//! each limit holds, is counted, and the honest sessions next to it carry
+//! on. Needs root.
+
+use std::path::Path;
+use std::time::Duration;
+
+use lab::reference;
+use lab::tor::{self, Kind};
+use lab::{wait_for, Lab};
+
+const TAPIR: &str = env!("CARGO_BIN_EXE_tapir");
+const WAIT: Duration = Duration::from_secs(30);
+const METRICS: &str = "127.0.0.1:9179";
+
+/// The example with these lines added to its `[[group]]`, and metrics on.
+fn config(group_extra: &str) -> String {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml"),
+    )
+    .unwrap();
+    let text = text.replace(
+        "graceful-restart-time = 120",
+        &format!("graceful-restart-time = 120\n{group_extra}"),
+    );
+    format!("{text}\n[metrics]\nlisten = \"{METRICS}\"\n")
+}
+
+fn limit_hits(lab: &Lab, limit: &str) -> f64 {
+    let text = lab
+        .http_get("hv1", Path::new(TAPIR), METRICS, "/metrics")
+        .unwrap_or_default();
+    text.lines()
+        .find(|l| {
+            l.starts_with("tapir_limit_hits_total{") && l.contains(&format!("limit=\"{limit}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn long_as_paths_are_refused_and_the_rest_goes_through() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 12);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    // vm12 (no inventory entry; the group filter allows 10.3.0.0/24{32,32})
+    // sends 10.3.0.13/32 with ten more copies of its AS.
+    let prepends = "bgp_path.prepend(64613); ".repeat(10);
+    let vm = reference::vm_bird_config(12, 64613, &["10.3.0.12/32", "10.3.0.13/32"]).replace(
+        "export where source = RTS_STATIC;",
+        &format!(
+            "export filter {{ if net = 10.3.0.13/32 then {{ {prepends} }} if source = RTS_STATIC then accept; reject; }};"
+        ),
+    );
+    let _vm = lab.bird("vm12", &vm);
+    let cfg = lab.write("hv1/tapir.toml", &config("max-as-path-length = 8"));
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let ok = wait_for(WAIT, || tor.route("10.3.0.12/32"));
+    assert!(ok.is_some(), "{}", lab.all_logs());
+    let refused = wait_for(WAIT, || {
+        t.routes_for("10.3.0.13/32")
+            .into_iter()
+            .find(|r| r["accepted"] == false)
+    })
+    .unwrap_or_else(|| panic!("{}", t.show(&["routes"])));
+    assert!(
+        refused["rejected_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("max-as-path-length 8")),
+        "{refused}"
+    );
+    assert!(tor.route("10.3.0.13/32").is_none());
+    assert!(limit_hits(&lab, "as-path-length") >= 1.0);
+}
+
+#[test]
+fn a_tap_with_many_addresses_gets_only_so_many_sessions() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 11);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let vm = lab.bird(
+        "vm11",
+        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
+    );
+    // The honest VM is tried at its IPv4, IPv6 and link-local addresses:
+    // three sessions, the limit.
+    let cfg = lab.write("hv1/tapir.toml", &config("max-sessions-per-interface = 3"));
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    assert!(wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some());
+    let on_tap = |t: &lab::tapir::Tapir| {
+        t.json("peers")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["interface"] == "tap11")
+            .count()
+    };
+    let three = wait_for(WAIT, || (on_tap(&t) == 3).then_some(()));
+    assert!(three.is_some(), "{}", t.show(&["peers"]));
+    // Now the tap claims ten more addresses (a hook gone wrong, or a VM
+    // that got them routed): no more sessions.
+    for n in 50..60 {
+        lab.ip(
+            "hv1",
+            &[
+                "route",
+                "add",
+                &format!("10.192.24.{n}/32"),
+                "dev",
+                "tap11",
+                "proto",
+                "static",
+            ],
+        );
+    }
+    let hit = wait_for(WAIT, || {
+        (limit_hits(&lab, "sessions-per-interface") >= 1.0).then_some(())
+    });
+    assert!(hit.is_some(), "{}", t.show(&["peers"]));
+    assert_eq!(on_tap(&t), 3, "{}", t.show(&["peers"]));
+    // The honest session never noticed.
+    assert!(vm.is_established("bgp1"));
+    assert!(tor.route("10.3.0.1/32").is_some());
+}
+
+#[test]
+fn a_connection_flood_from_a_tap_is_cut_off() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 11);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let vm = lab.bird(
+        "vm11",
+        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
+    );
+    let cfg = lab.write("hv1/tapir.toml", &config("connection-rate = 2"));
+    let _t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    assert!(wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some());
+    // BIRD's "since" once settled (a start-up collision can move it).
+    let since = wait_for(WAIT, || {
+        let a = vm.protocol("bgp1");
+        std::thread::sleep(Duration::from_secs(1));
+        (vm.is_established("bgp1") && vm.protocol("bgp1") == a).then_some(a)
+    })
+    .unwrap();
+    // 60 connections as fast as bash opens them, from the VM's address.
+    lab.exec(
+        "vm11",
+        &[
+            "bash",
+            "-c",
+            "for i in $(seq 60); do (exec 3<>/dev/tcp/10.192.24.1/179) 2>/dev/null; done; true",
+        ],
+    );
+    let hit = wait_for(WAIT, || {
+        (limit_hits(&lab, "connection-rate") >= 1.0).then_some(())
+    });
+    assert!(hit.is_some());
+    // The honest session is the same one, up since before.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(vm.protocol("bgp1"), since);
+    assert!(vm.is_established("bgp1"));
+    assert!(tor.route("10.3.0.1/32").is_some());
+}
