@@ -159,6 +159,10 @@ pub struct Group {
     pub bfd: Option<crate::bfd::BfdTimers>,
     /// Limits (docs/security.md).
     pub limits: SessionLimits,
+    /// TCP-MD5 key (RFC 2385) for every VM in the group's ranges.
+    pub password: Option<Vec<u8>>,
+    /// GTSM (RFC 5082) with every VM: single-hop sessions only.
+    pub ttl_security: bool,
     /// Sessions in the whole group, and on one tap.
     pub max_sessions: usize,
     pub max_sessions_per_interface: usize,
@@ -234,6 +238,10 @@ pub struct Neighbor {
     /// BFD (single-hop) while the session is up.
     pub bfd: Option<crate::bfd::BfdTimers>,
     pub limits: SessionLimits,
+    /// TCP-MD5 key (RFC 2385).
+    pub password: Option<Vec<u8>>,
+    /// GTSM (RFC 5082): send with TTL 255, accept only 255.
+    pub ttl_security: bool,
 }
 
 /// `remote-as`: a number, `external` or `internal`.
@@ -367,6 +375,46 @@ struct RawGroup {
     max_sessions_per_interface: Spanned<usize>,
     #[serde(default = "default_connection_rate")]
     connection_rate: Spanned<u32>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    ttl_security: bool,
+}
+
+/// `password` or `password-file` (relative to the config's directory; one
+/// trailing newline is not part of the key).
+fn password(
+    inline: &Option<Spanned<String>>,
+    file: &Option<Spanned<PathBuf>>,
+    dir: &Path,
+    err: &ErrFn,
+) -> Result<Option<Vec<u8>>, ConfigError> {
+    let key = match (inline, file) {
+        (Some(_), Some(f)) => {
+            return Err(err(
+                f.span(),
+                "password and password-file: give one of them".into(),
+            ))
+        }
+        (Some(p), None) => (p.get_ref().as_bytes().to_vec(), p.span()),
+        (None, Some(f)) => {
+            let path = dir.join(f.get_ref());
+            let mut text = std::fs::read(&path)
+                .map_err(|e| err(f.span(), format!("password-file {}: {e}", path.display())))?;
+            if text.last() == Some(&b'\n') {
+                text.pop();
+            }
+            (text, f.span())
+        }
+        (None, None) => return Ok(None),
+    };
+    if key.0.is_empty() || key.0.len() > crate::sys::MAX_KEY_LEN {
+        return Err(err(
+            key.1,
+            format!("password: 1 to {} bytes (TCP-MD5)", crate::sys::MAX_KEY_LEN),
+        ));
+    }
+    Ok(Some(key.0))
 }
 
 fn default_max_as_path() -> Spanned<usize> {
@@ -465,6 +513,10 @@ struct RawNeighbor {
     send_hold_time: Option<Spanned<u64>>,
     #[serde(default = "default_max_as_path")]
     max_as_path_length: Spanned<usize>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    ttl_security: bool,
 }
 
 fn default_bfd_interval() -> Spanned<u64> {
@@ -790,10 +842,14 @@ impl Config {
             };
             let bfd = bfd_timers(n.bfd, &n.bfd_interval, &n.bfd_multiplier, &err)?;
             let limits = session_limits(&n.send_hold_time, &n.max_as_path_length, &err)?;
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let password = password(&n.password, &n.password_file, dir, &err)?;
             neighbors.push(Neighbor {
                 export,
                 bfd,
                 limits,
+                password,
+                ttl_security: n.ttl_security,
                 kernel_import: n.kernel_import,
                 name,
                 address,
@@ -808,7 +864,12 @@ impl Config {
         }
         let mut groups: Vec<Group> = Vec::new();
         for g in &raw.group {
-            groups.push(parse_group(g, &prefix_sets, &err)?);
+            groups.push(parse_group(
+                g,
+                &prefix_sets,
+                path.parent().unwrap_or(Path::new(".")),
+                &err,
+            )?);
         }
         // Two groups that could both claim one VM make the choice arbitrary.
         for (i, a) in groups.iter().enumerate() {
@@ -1028,6 +1089,7 @@ fn parse_policy(
 fn parse_group(
     g: &Spanned<RawGroup>,
     sets: &std::collections::BTreeMap<String, PrefixSet>,
+    dir: &Path,
     err: &ErrFn,
 ) -> Result<Group, ConfigError> {
     let g = g.get_ref();
@@ -1134,6 +1196,8 @@ fn parse_group(
         extended_next_hop: g.extended_next_hop,
         bfd: bfd_timers(g.bfd, &g.bfd_interval, &g.bfd_multiplier, err)?,
         limits: session_limits(&g.send_hold_time, &g.max_as_path_length, err)?,
+        password: password(&g.password, &g.password_file, dir, err)?,
+        ttl_security: g.ttl_security,
         max_sessions: at_least_one(&g.max_sessions, "max-sessions", err)?,
         max_sessions_per_interface: at_least_one(
             &g.max_sessions_per_interface,
@@ -1203,6 +1267,31 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn passwords_from_the_config_or_a_file() {
+        let dir = std::env::temp_dir().join(format!("tapir-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k"), "s3cret\n").unwrap();
+        let head = "router-id = \"1.1.1.1\"\nlocal-as = 1\n[[neighbor]]\naddress = \"10.0.0.1\"\nremote-as = 2\n";
+        let load = |extra: &str| Config::parse(&format!("{head}{extra}\n"), &dir.join("t.toml"));
+        let c = load("password-file = \"k\"").unwrap();
+        assert_eq!(c.neighbors[0].password.as_deref(), Some(&b"s3cret"[..]));
+        let c = load("password = \"inline\"").unwrap();
+        assert_eq!(c.neighbors[0].password.as_deref(), Some(&b"inline"[..]));
+        let e = load("password = \"a\"\npassword-file = \"k\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":7:") && e.contains("give one of them"), "{e}");
+        let e = load("password-file = \"missing\"").unwrap_err().to_string();
+        assert!(e.contains("missing") && e.contains(":6:"), "{e}");
+        let long = "x".repeat(81);
+        let e = load(&format!("password = \"{long}\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 to 80 bytes"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// docs/config.md lists every key the parser accepts, in its section.

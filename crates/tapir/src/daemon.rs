@@ -25,6 +25,18 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
     for addr in &config.listen {
         listeners.push(bind_bgp(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
     }
+    // The listeners' descriptors, for TCP-MD5 keys now and at reloads.
+    let listener_fds: Vec<(std::os::fd::OwnedFd, bool)> = listeners
+        .iter()
+        .map(|l| {
+            use std::os::fd::AsFd;
+            let v6 = l.local_addr().is_ok_and(|a| a.is_ipv6());
+            l.as_fd().try_clone_to_owned().map(|fd| (fd, v6))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("listener: {e}"))?;
+    apply_md5(&listener_fds, &Md5Keys::new(), &md5_keys(&config))?;
+    apply_listener_ttl(&listener_fds, &config);
     // A graceful restart is in progress if the last run stopped with
     // `tapir stop --graceful` within the restart time (RFC 4724 §4.1).
     let marker = config
@@ -310,7 +322,14 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
             Some(tx) = reload_rx.recv() => Some(tx),
         };
         crate::notify::notify("RELOADING=1");
-        let result = reload(&mut current, config_path, &peers, &local, hv.as_ref()).await;
+        let before = md5_keys(&current);
+        let mut result = reload(&mut current, config_path, &peers, &local, hv.as_ref()).await;
+        if result.is_ok() {
+            apply_listener_ttl(&listener_fds, &current);
+            if let Err(e) = apply_md5(&listener_fds, &before, &md5_keys(&current)) {
+                result = Err(format!("the config was applied, but {e}"));
+            }
+        }
         crate::notify::notify("READY=1");
         match &result {
             Ok(m) => info!(summary = %m, "config reloaded"),
@@ -376,6 +395,73 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
     Ok(())
 }
 
+/// TCP-MD5 keys the listeners hold: an address, or a prefix (a group's
+/// range, so that any VM in it can use the group's key), and its key.
+type Md5Keys = std::collections::BTreeMap<(std::net::IpAddr, Option<u8>), Vec<u8>>;
+
+fn md5_keys(config: &Config) -> Md5Keys {
+    let mut keys = Md5Keys::new();
+    for n in &config.neighbors {
+        if let Some(k) = &n.password {
+            keys.insert((n.address, None), k.clone());
+        }
+    }
+    for g in &config.groups {
+        if let Some(k) = &g.password {
+            for r in &g.ranges {
+                keys.insert((r.addr(), Some(r.len())), k.clone());
+            }
+        }
+    }
+    keys
+}
+
+/// With GTSM anywhere, the listeners answer with TTL 255 (our SYN-ACK must
+/// pass the peer's check); the minimum is set per session after accept.
+fn apply_listener_ttl(listeners: &[(std::os::fd::OwnedFd, bool)], config: &Config) {
+    let wanted = config.neighbors.iter().any(|n| n.ttl_security)
+        || config.groups.iter().any(|g| g.ttl_security);
+    if !wanted {
+        return;
+    }
+    for (fd, v6) in listeners {
+        let s = socket2::SockRef::from(fd);
+        if *v6 {
+            let _ = s.set_unicast_hops_v6(255);
+        }
+        let _ = s.set_ttl_v4(255);
+    }
+}
+
+/// Puts `new`'s keys on every listener and takes off `old`'s that are gone.
+fn apply_md5(
+    listeners: &[(std::os::fd::OwnedFd, bool)],
+    old: &Md5Keys,
+    new: &Md5Keys,
+) -> Result<(), String> {
+    for (fd, v6) in listeners {
+        for ((addr, len), key) in new {
+            let fits = *v6 || addr.is_ipv4();
+            if !fits || old.get(&(*addr, *len)) == Some(key) {
+                continue;
+            }
+            crate::sys::set_tcp_md5(fd, *v6, *addr, *len, key).map_err(|e| {
+                format!(
+                    "TCP-MD5 key for {addr}{}: {e} (does the kernel have CONFIG_TCP_MD5SIG?)",
+                    len.map(|l| format!("/{l}")).unwrap_or_default()
+                )
+            })?;
+        }
+        for (addr, len) in old.keys() {
+            let fits = *v6 || addr.is_ipv4();
+            if fits && !new.contains_key(&(*addr, *len)) {
+                let _ = crate::sys::set_tcp_md5(fd, *v6, *addr, *len, b"");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The static neighbors' tasks, in the order of the config's neighbors.
 type Peers = Arc<std::sync::RwLock<Vec<PeerHandle>>>;
 
@@ -393,6 +479,8 @@ fn session_changed(a: &crate::config::Neighbor, b: &crate::config::Neighbor) -> 
         || a.passive != b.passive
         || a.families != b.families
         || a.kernel_import != b.kernel_import
+        || a.password != b.password
+        || a.ttl_security != b.ttl_security
 }
 
 async fn stop_peer(h: &PeerHandle, subcode: u8) {

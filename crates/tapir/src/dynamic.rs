@@ -398,6 +398,8 @@ impl Hypervisor {
             bfd: group.bfd,
             send_hold_time: group.limits.send_hold_time,
             max_as_path_length: group.limits.max_as_path_length,
+            password: group.password.as_deref().map(Arc::from),
+            ttl_security: group.ttl_security,
             export: None,
             kernel: self.kernel,
             vm: entry.map(|e| e.name.clone()),

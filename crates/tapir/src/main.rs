@@ -5,7 +5,7 @@
 //! - [`daemon`]: `tapir run`, the listener, signals;
 //! - [`control`]: the control socket and its JSON; [`show`]: its tables.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod authorisation;
 mod bfd;
@@ -24,6 +24,7 @@ mod prefix_set;
 mod probe;
 mod rib;
 mod show;
+mod sys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -46,6 +46,18 @@ const MAX_KEPT_REFUSED: usize = 1000;
 /// ROUTE-REFRESH (RFC 2918), which wakes it and asks for its routes anyway.
 const NUDGE_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// GTSM (RFC 5082): our packets leave with TTL 255, and the kernel drops
+/// the peer's that arrive with less (it is more than one hop away).
+fn gtsm(sock: &impl std::os::fd::AsFd, ipv6: bool) -> std::io::Result<()> {
+    let s = socket2::SockRef::from(sock);
+    if ipv6 {
+        s.set_unicast_hops_v6(255)?;
+    }
+    // Also for IPv4 on an IPv6 socket (mapped addresses).
+    let _ = s.set_ttl_v4(255);
+    crate::sys::set_min_ttl(sock, ipv6, 255)
+}
+
 /// How a writer ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Written {
@@ -145,6 +157,10 @@ pub struct PeerConfig {
     pub send_hold_time: Option<std::time::Duration>,
     /// Routes with longer AS paths are treated as withdrawn.
     pub max_as_path_length: usize,
+    /// TCP-MD5 key (RFC 2385) for this session's connections.
+    pub password: Option<Arc<[u8]>>,
+    /// GTSM (RFC 5082).
+    pub ttl_security: bool,
     /// For a VM: what it may announce. Static neighbors accept everything.
     pub policy: Option<Arc<VmPolicy>>,
 }
@@ -171,6 +187,8 @@ impl From<&Neighbor> for PeerConfig {
             bfd: n.bfd,
             send_hold_time: n.limits.send_hold_time,
             max_as_path_length: n.limits.max_as_path_length,
+            password: n.password.as_deref().map(Arc::from),
+            ttl_security: n.ttl_security,
             policy: None,
         }
     }
@@ -500,6 +518,12 @@ impl Peer {
 
     fn attach(&self, conn: &mut Conn, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
+        if self.cfg.ttl_security {
+            let v6 = stream.local_addr().is_ok_and(|a| a.is_ipv6());
+            if let Err(e) = gtsm(&stream, v6) {
+                warn!(error = %e, "cannot set up GTSM (RFC 5082) on the connection");
+            }
+        }
         if let Some(i) = &self.cfg.interface {
             // The session lives on its tap: replies never leave by another
             // interface, even if routes change.
@@ -789,15 +813,21 @@ impl Peer {
                 let local = self.cfg.local_address;
                 let device = self.cfg.interface.as_ref().map(|i| i.name.clone());
                 let timeout = self.cfg.connect_retry;
+                let password = self.cfg.password.clone();
+                let gtsm = self.cfg.ttl_security;
                 self.connecting = Some(tokio::spawn(async move {
-                    let result =
-                        match tokio::time::timeout(timeout, connect(addr, local, device)).await {
-                            Ok(r) => r,
-                            Err(_) => Err(std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                "connect timed out",
-                            )),
-                        };
+                    let result = match tokio::time::timeout(
+                        timeout,
+                        connect(addr, local, device, password.as_deref(), gtsm),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "connect timed out",
+                        )),
+                    };
                     let _ = tx.send(PeerMsg::Connected { conn: id, result }).await;
                 }));
             }
@@ -1428,11 +1458,19 @@ async fn connect(
     addr: SocketAddr,
     local: Option<IpAddr>,
     device: Option<String>,
+    password: Option<&[u8]>,
+    ttl_security: bool,
 ) -> std::io::Result<TcpStream> {
     let sock = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
+    if ttl_security {
+        gtsm(&sock, addr.is_ipv6())?;
+    }
+    if let Some(key) = password {
+        crate::sys::set_tcp_md5(&sock, addr.is_ipv6(), addr.ip(), None, key)?;
+    }
     if let Some(d) = device {
         sock.bind_device(Some(d.as_bytes()))?;
     }

@@ -164,3 +164,105 @@ fn a_connection_flood_from_a_tap_is_cut_off() {
     assert!(vm.is_established("bgp1"));
     assert!(tor.route("10.3.0.1/32").is_some());
 }
+
+/// TCP-MD5 (RFC 2385) with BIRD: a group key that any VM in the group's
+/// ranges uses, and a static neighbor's key from a file. A VM with the
+/// wrong key, or none, gets no session; the others do not notice.
+#[test]
+fn tcp_md5_with_bird_for_groups_and_neighbors() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    for n in [11, 12, 13] {
+        reference::add_vm(&mut lab, "hv1", n);
+    }
+    // vm14 is a static neighbor on a tap outside the group, passive on our
+    // side: its connections meet the listener's key.
+    lab.add_host("vm14");
+    reference::plug(&mut lab, "hv1", "ext14", 14, 14);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let good = lab.bird(
+        "vm11",
+        &reference::vm_bird_config_with(11, 64613, &["10.3.0.1/32"], "password \"vm-secret\";"),
+    );
+    let wrong = lab.bird(
+        "vm12",
+        &reference::vm_bird_config_with(12, 64613, &["10.3.0.12/32"], "password \"guess\";"),
+    );
+    let none = lab.bird(
+        "vm13",
+        &reference::vm_bird_config(13, 64613, &["10.3.0.13/32"]),
+    );
+    let nbr = lab.bird(
+        "vm14",
+        &reference::vm_bird_config_with(14, 65014, &["10.9.0.0/24"], "password \"nbr-secret\";"),
+    );
+    lab.write("hv1/nbr.key", "nbr-secret\n");
+    let cfg = config("password = \"vm-secret\"").replace(
+        "[[neighbor]]\nname = \"tor-v4\"",
+        "[[neighbor]]\nname = \"md5-peer\"\naddress = \"10.192.24.14\"\nremote-as = 65014\npassword-file = \"nbr.key\"\npassive = true\n\n[[neighbor]]\nname = \"tor-v4\"",
+    );
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let up = wait_for(WAIT, || {
+        (good.is_established("bgp1") && nbr.is_established("bgp1")).then_some(())
+    });
+    assert!(up.is_some(), "{}\n{}", t.show(&["peers"]), lab.all_logs());
+    assert!(wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some());
+    // Both others kept trying all along; give them a few more rounds.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !wrong.is_established("bgp1"),
+        "{:?}",
+        wrong.protocol("bgp1")
+    );
+    assert!(!none.is_established("bgp1"), "{:?}", none.protocol("bgp1"));
+    assert!(tor.route("10.3.0.12/32").is_none());
+    assert!(tor.route("10.3.0.13/32").is_none());
+    let peer = t.json("peers");
+    let state = |addr: &str| {
+        peer.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["address"] == addr)
+            .map(|p| p["state"].clone())
+    };
+    assert_eq!(state("10.192.24.14"), Some("Established".into()), "{peer}");
+    assert_ne!(state("10.192.24.12"), Some("Established".into()), "{peer}");
+}
+
+/// GTSM (RFC 5082) for a single-hop group, with BIRD's `ttl security on`:
+/// a link-local guest that uses it gets its session; one that sends with
+/// a TTL below 255 does not.
+#[test]
+fn gtsm_for_a_single_hop_group_with_bird() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 12);
+    reference::add_vm(&mut lab, "hv1", 13);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let good = lab.bird(
+        "vm12",
+        &reference::vm_bird_link_local_config(
+            12,
+            64613,
+            &["2001:db8:3::12/128"],
+            "ttl security on;",
+        ),
+    );
+    let plain = lab.bird(
+        "vm13",
+        &reference::vm_bird_link_local_config(13, 64613, &["2001:db8:3::13/128"], ""),
+    );
+    let cfg = lab.write("hv1/tapir.toml", &config("ttl-security = true"));
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let up = wait_for(WAIT, || good.is_established("bgp1").then_some(()));
+    assert!(up.is_some(), "{}\n{}", t.show(&["peers"]), lab.all_logs());
+    assert!(wait_for(WAIT, || tor.route("2001:db8:3::12/128")).is_some());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !plain.is_established("bgp1"),
+        "{:?}",
+        plain.protocol("bgp1")
+    );
+    assert!(tor.route("2001:db8:3::13/128").is_none());
+}

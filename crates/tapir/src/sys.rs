@@ -1,0 +1,193 @@
+//! The one module with `unsafe`: socket options that neither std,
+//! socket2 nor nix wrap: TCP-MD5 (RFC 2385, Linux `TCP_MD5SIG` and
+//! `TCP_MD5SIG_EXT`) and GTSM's minimum TTL (RFC 5082, `IP_MINTTL`,
+//! `IPV6_MINHOPCOUNT`). Everything unsafe is a `setsockopt` call on a
+//! descriptor the caller owns, with a buffer built here.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
+
+/// `struct tcp_md5sig` of linux/tcp.h.
+#[repr(C)]
+struct TcpMd5Sig {
+    addr: libc::sockaddr_storage,
+    flags: u8,
+    prefixlen: u8,
+    keylen: u16,
+    ifindex: libc::c_int,
+    key: [u8; MAX_KEY_LEN],
+}
+
+/// `TCP_MD5SIG_MAXKEYLEN`.
+pub const MAX_KEY_LEN: usize = 80;
+const TCP_MD5SIG: libc::c_int = 14;
+const TCP_MD5SIG_EXT: libc::c_int = 32;
+const TCP_MD5SIG_FLAG_PREFIX: u8 = 1;
+
+/// Sets (or, with an empty key, removes) the TCP-MD5 key for connections
+/// with `peer`, or with every address in `peer/prefix_len`.
+///
+/// `ipv6_socket`: the socket is AF_INET6 (a dual-stack listener), so IPv4
+/// peers are given as IPv4-mapped addresses; the kernel files them as
+/// IPv4 keys.
+pub fn set_tcp_md5(
+    sock: &impl AsFd,
+    ipv6_socket: bool,
+    peer: IpAddr,
+    prefix_len: Option<u8>,
+    key: &[u8],
+) -> io::Result<()> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a TCP-MD5 key has at most {MAX_KEY_LEN} bytes"),
+        ));
+    }
+    // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid
+    // (AF_UNSPEC) value, overwritten below.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let v6 = match peer {
+        IpAddr::V4(a) if ipv6_socket => Some(a.to_ipv6_mapped()),
+        IpAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for
+            // sockaddr_in; this writes one value at its start.
+            unsafe {
+                std::ptr::write(
+                    std::ptr::addr_of_mut!(storage).cast::<libc::sockaddr_in>(),
+                    sin,
+                )
+            };
+            None
+        }
+        IpAddr::V6(a) => Some(a),
+    };
+    if let Some(a) = v6 {
+        let sin6 = libc::sockaddr_in6 {
+            sin6_family: libc::AF_INET6 as libc::sa_family_t,
+            sin6_port: 0,
+            sin6_flowinfo: 0,
+            sin6_addr: libc::in6_addr {
+                s6_addr: a.octets(),
+            },
+            sin6_scope_id: 0,
+        };
+        // SAFETY: as above, for sockaddr_in6.
+        unsafe {
+            std::ptr::write(
+                std::ptr::addr_of_mut!(storage).cast::<libc::sockaddr_in6>(),
+                sin6,
+            )
+        };
+    }
+    let mut sig = TcpMd5Sig {
+        addr: storage,
+        flags: 0,
+        prefixlen: 0,
+        keylen: key.len() as u16,
+        ifindex: 0,
+        key: [0; MAX_KEY_LEN],
+    };
+    sig.key[..key.len()].copy_from_slice(key);
+    let opt = match prefix_len {
+        Some(len) => {
+            sig.flags = TCP_MD5SIG_FLAG_PREFIX;
+            sig.prefixlen = len;
+            TCP_MD5SIG_EXT
+        }
+        None => TCP_MD5SIG,
+    };
+    // SAFETY: `sig` lives across the call and its size is passed; the
+    // kernel reads at most that many bytes. The descriptor is borrowed
+    // from a live socket.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            opt,
+            std::ptr::addr_of!(sig).cast(),
+            std::mem::size_of::<TcpMd5Sig>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+const IP_MINTTL: libc::c_int = 21;
+const IPV6_MINHOPCOUNT: libc::c_int = 73;
+
+/// GTSM (RFC 5082): packets that arrive with a TTL (hop limit) below
+/// `min` are dropped by the kernel. For an IPv6 socket that also carries
+/// IPv4 (mapped), both options are set.
+pub fn set_min_ttl(sock: &impl AsFd, ipv6_socket: bool, min: u8) -> io::Result<()> {
+    let v = libc::c_int::from(min);
+    let set = |level: libc::c_int, opt: libc::c_int| -> io::Result<()> {
+        // SAFETY: an int option, passed by pointer with its size, on a
+        // descriptor borrowed from a live socket.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_fd().as_raw_fd(),
+                level,
+                opt,
+                std::ptr::addr_of!(v).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    if ipv6_socket {
+        set(libc::IPPROTO_IPV6, IPV6_MINHOPCOUNT)?;
+    }
+    set(libc::IPPROTO_IP, IP_MINTTL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_struct_has_the_kernels_layout() {
+        // 128 (sockaddr_storage) + 1 + 1 + 2 + 4 + 80.
+        assert_eq!(std::mem::size_of::<TcpMd5Sig>(), 216);
+    }
+
+    #[test]
+    fn keys_go_on_sockets_and_long_ones_are_refused() {
+        let v6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+        set_tcp_md5(&v6, true, "10.0.0.1".parse().unwrap(), None, b"secret").unwrap();
+        set_tcp_md5(&v6, true, "10.0.0.0".parse().unwrap(), Some(24), b"secret").unwrap();
+        set_tcp_md5(
+            &v6,
+            true,
+            "2001:db8::".parse().unwrap(),
+            Some(64),
+            b"secret",
+        )
+        .unwrap();
+        // Removing a key that exists.
+        set_tcp_md5(&v6, true, "10.0.0.1".parse().unwrap(), None, b"").unwrap();
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        set_tcp_md5(&v4, false, "10.0.0.1".parse().unwrap(), None, b"secret").unwrap();
+        set_min_ttl(&v6, true, 255).unwrap();
+        set_min_ttl(&v4, false, 255).unwrap();
+        let long = [b'x'; MAX_KEY_LEN + 1];
+        assert!(set_tcp_md5(&v4, false, "10.0.0.1".parse().unwrap(), None, &long).is_err());
+    }
+}
