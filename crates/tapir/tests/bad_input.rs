@@ -271,3 +271,210 @@ fn malformed_attribute_is_treat_as_withdraw_without_reset() {
     );
     b.assert_tor_unaffected();
 }
+
+// ---- The malformed-input suite: one lab per class, in parallel. ----
+
+const ORIGIN_IGP: [u8; 4] = [0x40, 1, 1, 0];
+/// AS_PATH: one AS_SEQUENCE of 65099 (4-octet ASNs, as negotiated).
+const AS_PATH_65099: [u8; 9] = [0x40, 2, 6, 2, 1, 0, 0, 0xfe, 0x4b];
+const NEXT_HOP_RAW: [u8; 7] = [0x40, 3, 4, 10, 99, 0, 2];
+const NLRI_10_66: [u8; 4] = [24, 10, 66, 0];
+
+/// An UPDATE with these path attributes (raw) and NLRI.
+fn raw_update(attrs: &[&[u8]], nlri: &[u8]) -> Vec<u8> {
+    let attrs: Vec<u8> = attrs.concat();
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    body.extend_from_slice(&attrs);
+    body.extend_from_slice(nlri);
+    bgp::message::frame(2, &body)
+}
+
+/// The raw peer announces 10.66.0.0/24 well formed, then sends `bad`.
+/// Returns whether tapir still has the route afterwards, having checked
+/// that the session stayed up and no NOTIFICATION came.
+fn after_good_then(bad: &[u8]) -> bool {
+    let b = Bench::new();
+    let good = raw_update(&[&ORIGIN_IGP, &AS_PATH_65099, &NEXT_HOP_RAW], &NLRI_10_66);
+    // A marker after the bad message: once it is in, the bad one was read.
+    let marker = raw_update(
+        &[&ORIGIN_IGP, &AS_PATH_65099, &NEXT_HOP_RAW],
+        &[24, 10, 77, 0],
+    );
+    let (lines, kept) = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            b.raw(&[
+                "--send",
+                &hexs(&good),
+                "--send",
+                &hexs(bad),
+                "--send",
+                &hexs(&marker),
+                "--pause-ms",
+                "300",
+                "--linger-ms",
+                "3000",
+            ])
+        });
+        let marked = wait_for(Duration::from_secs(5), || {
+            (!b.tapir.routes_for("10.77.0.0/24").is_empty()).then_some(())
+        });
+        assert!(marked.is_some(), "the marker never arrived");
+        let kept = !b.tapir.routes_for("10.66.0.0/24").is_empty();
+        assert_eq!(b.tapir.peer_state("raw").as_deref(), Some("Established"));
+        (h.join().unwrap(), kept)
+    });
+    assert!(
+        !lines.iter().any(|l| l.starts_with("NOTIFICATION")),
+        "{lines:?}"
+    );
+    b.assert_tor_unaffected();
+    kept
+}
+
+/// The raw peer sends `args`; the NOTIFICATION it gets must start with
+/// `expect` ("CODE SUBCODE [DATA]"); tor is unaffected.
+fn resets_with(args: &[&str], expect: &str) {
+    let b = Bench::new();
+    let out = b.raw(args);
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with(&format!("NOTIFICATION {expect}"))),
+        "expected NOTIFICATION {expect}: {out:?}"
+    );
+    b.assert_tor_unaffected();
+}
+
+// RFC 7606 treat-as-withdraw: the route goes, the session stays.
+
+#[test]
+fn taw_missing_origin() {
+    let bad = raw_update(&[&AS_PATH_65099, &NEXT_HOP_RAW], &NLRI_10_66);
+    assert!(!after_good_then(&bad));
+}
+
+#[test]
+fn taw_origin_value_out_of_range() {
+    let bad = raw_update(
+        &[&[0x40, 1, 1, 5], &AS_PATH_65099, &NEXT_HOP_RAW],
+        &NLRI_10_66,
+    );
+    assert!(!after_good_then(&bad));
+}
+
+#[test]
+fn taw_as_path_segment_overruns() {
+    // The segment says 3 ASNs; 1 follows.
+    let path = [0x40, 2, 6, 2, 3, 0, 0, 0xfe, 0x4b];
+    let bad = raw_update(&[&ORIGIN_IGP, &path, &NEXT_HOP_RAW], &NLRI_10_66);
+    assert!(!after_good_then(&bad));
+}
+
+#[test]
+fn taw_next_hop_of_the_wrong_length() {
+    let nh = [0x40, 3, 5, 10, 99, 0, 2, 0];
+    let bad = raw_update(&[&ORIGIN_IGP, &AS_PATH_65099, &nh], &NLRI_10_66);
+    assert!(!after_good_then(&bad));
+}
+
+#[test]
+fn taw_well_known_attribute_flagged_optional() {
+    let origin = [0xc0, 1, 1, 0];
+    let bad = raw_update(&[&origin, &AS_PATH_65099, &NEXT_HOP_RAW], &NLRI_10_66);
+    assert!(!after_good_then(&bad));
+}
+
+#[test]
+fn taw_attribute_length_overruns_the_list() {
+    // The last attribute claims 200 bytes; the list ends after 4.
+    let community = [0xc0, 8, 200, 0, 1, 0, 1];
+    let bad = raw_update(
+        &[&ORIGIN_IGP, &AS_PATH_65099, &NEXT_HOP_RAW, &community],
+        &NLRI_10_66,
+    );
+    assert!(!after_good_then(&bad));
+}
+
+// RFC 7606 §3.g: a repeated attribute is dropped, the route stands.
+
+#[test]
+fn duplicate_attribute_is_discarded_and_the_route_kept() {
+    let bad = raw_update(
+        &[&ORIGIN_IGP, &ORIGIN_IGP, &AS_PATH_65099, &NEXT_HOP_RAW],
+        &NLRI_10_66,
+    );
+    assert!(after_good_then(&bad));
+}
+
+// Session reset, with the NOTIFICATION the RFCs give.
+
+#[test]
+fn reset_header_length_below_19() {
+    let mut m = Message::Keepalive.encode(&Context::default());
+    m[16..18].copy_from_slice(&18u16.to_be_bytes());
+    resets_with(&["--send", &hexs(&m)], "1 2 0012");
+}
+
+#[test]
+fn reset_header_length_above_4096() {
+    let mut m = bgp::message::frame(2, &[0, 0, 0, 0]);
+    m[16..18].copy_from_slice(&5000u16.to_be_bytes());
+    resets_with(&["--send", &hexs(&m)], "1 2 1388");
+}
+
+#[test]
+fn reset_duplicate_mp_reach() {
+    // Two MP_REACH_NLRI (IPv4 unicast, next hop 10.99.0.2, no NLRI).
+    let mp = [0x80, 14, 9, 0, 1, 1, 4, 10, 99, 0, 2, 0];
+    let bad = raw_update(&[&ORIGIN_IGP, &AS_PATH_65099, &mp, &mp], &[]);
+    resets_with(&["--send", &hexs(&bad)], "3 1");
+}
+
+#[test]
+fn reset_truncated_mp_reach() {
+    // MP_REACH_NLRI for IPv6 announcing a 16-byte next hop with 3 bytes.
+    let mp = [0x80, 14, 7, 0, 2, 1, 16, 0x20, 0x01, 0x0d];
+    let bad = raw_update(&[&ORIGIN_IGP, &AS_PATH_65099, &mp], &[]);
+    resets_with(&["--send", &hexs(&bad)], "3 9");
+}
+
+#[test]
+fn reset_open_with_bgp_identifier_zero() {
+    let open = bgp::Message::Open(bgp::Open::new(
+        65099,
+        90,
+        "0.0.0.0".parse().unwrap(),
+        vec![],
+    ))
+    .encode(&Context::default());
+    resets_with(&["--open-hex", &hexs(&open)], "2 3");
+}
+
+#[test]
+fn reset_open_with_an_unknown_optional_parameter() {
+    // Version 4, AS 65099, hold 90, id 10.99.0.2, and one optional
+    // parameter of type 99 (RFC 5492 knows only type 2, capabilities).
+    let mut body = vec![4];
+    body.extend_from_slice(&65099u16.to_be_bytes());
+    body.extend_from_slice(&90u16.to_be_bytes());
+    body.extend_from_slice(&[10, 99, 0, 2]);
+    body.extend_from_slice(&[3, 99, 1, 0]);
+    let open = bgp::message::frame(1, &body);
+    resets_with(&["--open-hex", &hexs(&open)], "2 4");
+}
+
+#[test]
+fn reset_update_before_established() {
+    // An UPDATE instead of the KEEPALIVE that should follow the OPENs.
+    let good = raw_update(&[&ORIGIN_IGP, &AS_PATH_65099, &NEXT_HOP_RAW], &NLRI_10_66);
+    let open = bgp::Message::Open(bgp::Open::new(
+        65099,
+        90,
+        "10.99.0.2".parse().unwrap(),
+        vec![],
+    ))
+    .encode(&Context::default());
+    let mut both = open.clone();
+    both.extend_from_slice(&good);
+    resets_with(&["--open-hex", &hexs(&both)], "5 ");
+}
