@@ -71,14 +71,33 @@ impl Bird {
             .map(str::to_string)
     }
 
+    /// When the protocol entered its state, in milliseconds of the day,
+    /// from `show protocols` (`up 16:40:01.123`). BIRD derives the printed
+    /// time anew each time, so two reads of one instant can differ by a
+    /// millisecond: compare with [`same_instant`].
+    pub fn since_ms(&self, name: &str) -> Option<u64> {
+        let line = self.protocol(name)?;
+        let t = line.split_whitespace().nth(4)?;
+        let (hms, ms) = t.split_once('.').unwrap_or((t, "0"));
+        let mut f = hms.split(':').map(|x| x.parse::<u64>().ok());
+        let (h, m, s) = (f.next()??, f.next()??, f.next()??);
+        Some(((h * 60 + m) * 60 + s) * 1000 + ms.parse::<u64>().ok()?)
+    }
+
     pub fn is_established(&self, name: &str) -> bool {
         self.protocol(name)
             .is_some_and(|l| l.trim_end().ends_with("Established"))
     }
 
     /// `show route PREFIX all` if BIRD has a route for exactly that prefix.
+    /// (See also [`same_instant`] for comparing `since_ms` values.)
     pub fn route(&self, prefix: &str) -> Option<String> {
         let out = self.try_cmd(&["show", "route", prefix, "all"])?;
         out.lines().any(|l| l.starts_with(prefix)).then_some(out)
     }
+}
+
+/// Two `since_ms` readings of the same instant (within 5 ms).
+pub fn same_instant(a: Option<u64>, b: Option<u64>) -> bool {
+    matches!((a, b), (Some(a), Some(b)) if a.abs_diff(b) <= 5)
 }

@@ -313,8 +313,14 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
     // Listening, the control socket answering: ready.
     crate::notify::notify("READY=1");
     let mut current = config;
+    // Session tasks that failed (a bug) are started afresh.
+    let mut health = tokio::time::interval(std::time::Duration::from_secs(2));
     let graceful = loop {
         let reply = tokio::select! {
+            _ = health.tick() => {
+                respawn_failed(&peers, &current, &local);
+                continue;
+            }
             _ = term.recv() => { info!("SIGTERM: shutting down"); break false }
             _ = int.recv() => { info!("SIGINT: shutting down"); break false }
             Some(g) = stop_rx.recv() => { info!(graceful = g, "stop requested"); break g }
@@ -393,6 +399,21 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Starts a static neighbor's task again if it ended without being told
+/// to (it failed), from the current configuration.
+fn respawn_failed(peers: &Peers, config: &Config, local: &Arc<Local>) {
+    let mut v = peers.write().unwrap_or_else(|e| e.into_inner());
+    for (i, n) in config.neighbors.iter().enumerate() {
+        if v.get(i).is_some_and(|h| h.tx.is_closed()) {
+            warn!(neighbor = %n.name, "the neighbor's session task had failed: started again");
+            v[i] = peer::spawn(
+                peer::PeerConfig::from_neighbor(n, config.graceful_restart.restart_time),
+                local.clone(),
+            );
+        }
+    }
 }
 
 /// TCP-MD5 keys the listeners hold: an address, or a prefix (a group's

@@ -145,7 +145,30 @@ pub fn spawn(
 
 impl Hypervisor {
     async fn run(mut self, mut rx: mpsc::Receiver<HvMsg>) {
-        while let Some(msg) = rx.recv().await {
+        let mut health = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = health.tick() => {
+                    // A VM session task that failed (a bug) ended: start it
+                    // afresh, with the current policy.
+                    let failed: Vec<_> = self
+                        .sessions
+                        .iter()
+                        .filter(|(_, d)| d.handle.tx.is_closed())
+                        .map(|(k, _)| *k)
+                        .collect();
+                    if !failed.is_empty() {
+                        for k in &failed {
+                            tracing::warn!(address = %k.1, "a VM session task had failed: starting it again");
+                            self.sessions.remove(k);
+                        }
+                        self.reconcile().await;
+                    }
+                    continue;
+                }
+            };
+            let Some(msg) = msg else { break };
             match msg {
                 HvMsg::Kernel(e) => {
                     self.kernel(e);

@@ -389,7 +389,35 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         address = %peer.cfg.address,
         interface = peer.cfg.interface.as_ref().map(|i| i.name.as_str()).unwrap_or("")
     );
-    tokio::spawn(tracing::Instrument::instrument(peer.run(rx), span));
+    // A bug that panics in one session ends that session, not the daemon:
+    // its routes leave the RIB, and the task's end closes its handle, which
+    // the daemon (static neighbors) or the hypervisor task (VMs) notice and
+    // start it afresh from the current configuration.
+    let (id, local) = (peer.id, peer.local.clone());
+    let bfd_key = peer.cfg.bfd.map(|_| {
+        (
+            peer.cfg.address,
+            peer.cfg.interface.as_ref().map(|i| i.index),
+        )
+    });
+    let supervised = async move {
+        use futures_util::FutureExt;
+        let run = std::panic::AssertUnwindSafe(peer.run(rx)).catch_unwind();
+        if let Err(p) = run.await {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "session task failed: the session ends and its routes are withdrawn");
+            let _ = local.rib.send(RibMsg::PeerDown(id));
+            let _ = local.rib.send(RibMsg::Unsubscribe(id));
+            if let (Some(key), Some(bfd)) = (bfd_key, &local.bfd) {
+                let _ = bfd.try_send(crate::bfd::BfdMsg::Remove(key));
+            }
+        }
+    };
+    tokio::spawn(tracing::Instrument::instrument(supervised, span));
     handle
 }
 
@@ -956,6 +984,16 @@ impl Peer {
     }
 
     fn apply_update(&mut self, u: &bgp::Update) {
+        // Test builds only: `TAPIR_FAILPOINT=panic-on-prefix:P` makes a
+        // session task fail on an announcement of P (the robustness test).
+        #[cfg(debug_assertions)]
+        if let Ok(fp) = std::env::var("TAPIR_FAILPOINT") {
+            if let Some(p) = fp.strip_prefix("panic-on-prefix:") {
+                if u.announced().iter().any(|(q, _)| q.to_string() == p) {
+                    panic!("failpoint: announcement of {p}");
+                }
+            }
+        }
         for p in &u.problems {
             warn!(
                 attribute = p.type_code,
