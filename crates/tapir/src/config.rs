@@ -177,6 +177,8 @@ pub struct SessionLimits {
     pub send_hold_time: Option<Duration>,
     /// Longer AS paths are treated as withdrawn.
     pub max_as_path_length: usize,
+    /// Bytes queued for the peer beyond which the connection is closed.
+    pub max_send_queue: usize,
 }
 
 impl Group {
@@ -369,6 +371,8 @@ struct RawGroup {
     send_hold_time: Option<Spanned<u64>>,
     #[serde(default = "default_max_as_path")]
     max_as_path_length: Spanned<usize>,
+    #[serde(default = "default_max_send_queue")]
+    max_send_queue: Spanned<usize>,
     #[serde(default = "default_max_sessions")]
     max_sessions: Spanned<usize>,
     #[serde(default = "default_max_sessions_per_interface")]
@@ -417,6 +421,9 @@ fn password(
     Ok(Some(key.0))
 }
 
+fn default_max_send_queue() -> Spanned<usize> {
+    Spanned::new(0..0, 64 << 20)
+}
 fn default_max_as_path() -> Spanned<usize> {
     Spanned::new(0..0, 256)
 }
@@ -434,8 +441,15 @@ fn default_connection_rate() -> Spanned<u32> {
 fn session_limits(
     send_hold: &Option<Spanned<u64>>,
     max_as_path: &Spanned<usize>,
+    max_send_queue: &Spanned<usize>,
     err: &ErrFn,
 ) -> Result<SessionLimits, ConfigError> {
+    if *max_send_queue.get_ref() < 65536 {
+        return Err(err(
+            max_send_queue.span(),
+            "max-send-queue: at least 65536 bytes".into(),
+        ));
+    }
     let send_hold_time = match send_hold {
         None => None,
         Some(s) if *s.get_ref() == 0 => {
@@ -455,6 +469,7 @@ fn session_limits(
     Ok(SessionLimits {
         send_hold_time,
         max_as_path_length: *max_as_path.get_ref(),
+        max_send_queue: *max_send_queue.get_ref(),
     })
 }
 
@@ -513,6 +528,8 @@ struct RawNeighbor {
     send_hold_time: Option<Spanned<u64>>,
     #[serde(default = "default_max_as_path")]
     max_as_path_length: Spanned<usize>,
+    #[serde(default = "default_max_send_queue")]
+    max_send_queue: Spanned<usize>,
     password: Option<Spanned<String>>,
     password_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
@@ -841,7 +858,12 @@ impl Config {
                 })?,
             };
             let bfd = bfd_timers(n.bfd, &n.bfd_interval, &n.bfd_multiplier, &err)?;
-            let limits = session_limits(&n.send_hold_time, &n.max_as_path_length, &err)?;
+            let limits = session_limits(
+                &n.send_hold_time,
+                &n.max_as_path_length,
+                &n.max_send_queue,
+                &err,
+            )?;
             let dir = path.parent().unwrap_or(Path::new("."));
             let password = password(&n.password, &n.password_file, dir, &err)?;
             neighbors.push(Neighbor {
@@ -1195,7 +1217,12 @@ fn parse_group(
         graceful_restart_time: gr,
         extended_next_hop: g.extended_next_hop,
         bfd: bfd_timers(g.bfd, &g.bfd_interval, &g.bfd_multiplier, err)?,
-        limits: session_limits(&g.send_hold_time, &g.max_as_path_length, err)?,
+        limits: session_limits(
+            &g.send_hold_time,
+            &g.max_as_path_length,
+            &g.max_send_queue,
+            err,
+        )?,
         password: password(&g.password, &g.password_file, dir, err)?,
         ttl_security: g.ttl_security,
         max_sessions: at_least_one(&g.max_sessions, "max-sessions", err)?,

@@ -421,6 +421,7 @@ impl Hypervisor {
             bfd: group.bfd,
             send_hold_time: group.limits.send_hold_time,
             max_as_path_length: group.limits.max_as_path_length,
+            max_send_queue: group.limits.max_send_queue,
             password: group.password.as_deref().map(Arc::from),
             ttl_security: group.ttl_security,
             export: None,

@@ -15,15 +15,18 @@ pub enum Limit {
     SessionsPerGroup,
     /// Connections from one tap faster than `connection-rate`.
     ConnectionRate,
+    /// More bytes queued for a peer than `max-send-queue`.
+    SendQueue,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 5] = [
+    pub const ALL: [Limit; 6] = [
         Limit::SendHoldTime,
         Limit::AsPathLength,
         Limit::SessionsPerInterface,
         Limit::SessionsPerGroup,
         Limit::ConnectionRate,
+        Limit::SendQueue,
     ];
 
     /// The metric label.
@@ -34,11 +37,13 @@ impl Limit {
             Limit::SessionsPerInterface => "sessions-per-interface",
             Limit::SessionsPerGroup => "sessions-per-group",
             Limit::ConnectionRate => "connection-rate",
+            Limit::SendQueue => "send-queue",
         }
     }
 }
 
-static HITS: [AtomicU64; 5] = [
+static HITS: [AtomicU64; 6] = [
+    AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),

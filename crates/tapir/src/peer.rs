@@ -16,6 +16,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use bgp::collision::{self, Loser};
 use bgp::notification::{cease, Notification};
 use bgp::session::{self, Event, Session, State};
@@ -75,10 +77,13 @@ async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     mut w: W,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     send_hold: std::time::Duration,
+    queued: &std::sync::atomic::AtomicUsize,
 ) -> Written {
     while let Some(b) = rx.recv().await {
         match tokio::time::timeout(send_hold, w.write_all(&b)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                queued.fetch_sub(b.len(), Relaxed);
+            }
             Ok(Err(_)) => return Written::Failed,
             Err(_) => return Written::Stalled,
         }
@@ -157,6 +162,8 @@ pub struct PeerConfig {
     pub send_hold_time: Option<std::time::Duration>,
     /// Routes with longer AS paths are treated as withdrawn.
     pub max_as_path_length: usize,
+    /// Bytes queued for the socket beyond which the connection is closed.
+    pub max_send_queue: usize,
     /// TCP-MD5 key (RFC 2385) for this session's connections.
     pub password: Option<Arc<[u8]>>,
     /// GTSM (RFC 5082).
@@ -187,6 +194,7 @@ impl From<&Neighbor> for PeerConfig {
             bfd: n.bfd,
             send_hold_time: n.limits.send_hold_time,
             max_as_path_length: n.limits.max_as_path_length,
+            max_send_queue: n.limits.max_send_queue,
             password: n.password.as_deref().map(Arc::from),
             ttl_security: n.ttl_security,
             policy: None,
@@ -286,6 +294,9 @@ struct Conn {
     writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
     reader: Option<tokio::task::JoinHandle<()>>,
     local: Option<SocketAddr>,
+    /// Bytes handed to the writer and not yet written to the socket.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    writer_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Conn {
@@ -541,6 +552,8 @@ impl Peer {
             writer: None,
             reader: None,
             local: None,
+            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            writer_task: None,
         }
     }
 
@@ -565,11 +578,12 @@ impl Peer {
         let tx = self.tx.clone();
         let id = conn.id;
         let send_hold = self.send_hold_time();
-        tokio::spawn(async move {
-            if write_loop(w, wrx, send_hold).await == Written::Stalled {
+        let queued = conn.queued.clone();
+        conn.writer_task = Some(tokio::spawn(async move {
+            if write_loop(w, wrx, send_hold, &queued).await == Written::Stalled {
                 let _ = tx.send(PeerMsg::SendHoldExpired { conn: id }).await;
             }
-        });
+        }));
         let tx = self.tx.clone();
         conn.reader = Some(tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
@@ -685,6 +699,7 @@ impl Peer {
                 info!("new timers take effect at the next session");
                 self.cfg.send_hold_time = c.send_hold_time;
                 self.cfg.max_as_path_length = c.max_as_path_length;
+                self.cfg.max_send_queue = c.max_send_queue;
                 self.cfg.hold_time = c.hold_time;
                 self.cfg.connect_retry = c.connect_retry;
                 self.cfg.bfd = c.bfd;
@@ -768,8 +783,29 @@ impl Peer {
             for i in 0..self.conns.len() {
                 while let Some(b) = self.conns[i].session.poll_transmit() {
                     count_sent(&mut self.sent, &mut self.last_sent, &b);
-                    if let Some(w) = &self.conns[i].writer {
+                    let c = &mut self.conns[i];
+                    if let Some(w) = &c.writer {
+                        let total = c.queued.fetch_add(b.len(), Relaxed) + b.len();
                         let _ = w.send(b);
+                        if total > self.cfg.max_send_queue {
+                            // The peer reads slower than we produce: drop
+                            // what is queued rather than grow without end.
+                            warn!(
+                                queued = total,
+                                limit = self.cfg.max_send_queue,
+                                "send queue over max-send-queue: connection closed (Cease, Out of Resources)"
+                            );
+                            crate::limits::hit(crate::limits::Limit::SendQueue);
+                            if let Some(t) = c.writer_task.take() {
+                                t.abort();
+                            }
+                            c.writer = None;
+                            let n = Notification::new(
+                                bgp::notification::code::CEASE,
+                                cease::OUT_OF_RESOURCES,
+                            );
+                            c.session.reset(Instant::now(), n);
+                        }
                     }
                     progressed = true;
                 }
@@ -1542,11 +1578,11 @@ mod tests {
                 tx.send(vec![0u8; 4096]).unwrap();
             }
             let hold = std::time::Duration::from_millis(200);
-            let w = tokio::spawn(write_loop(ours, rx, hold));
+            let q = std::sync::atomic::AtomicUsize::new(0);
+            let w = write_loop(ours, rx, hold, &q);
             let ended = tokio::time::timeout(std::time::Duration::from_secs(10), w)
                 .await
-                .expect("the writer must give up")
-                .unwrap();
+                .expect("the writer must give up");
             assert_eq!(ended, Written::Stalled);
         });
     }
@@ -1566,7 +1602,9 @@ mod tests {
             }
             drop(tx);
             let hold = std::time::Duration::from_secs(5);
-            let w = tokio::spawn(write_loop(ours, rx, hold));
+            let q = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(sent.len()));
+            let q2 = q.clone();
+            let w = tokio::spawn(async move { write_loop(ours, rx, hold, &q2).await });
             let mut got = Vec::new();
             let mut buf = [0u8; 700];
             loop {
@@ -1579,6 +1617,8 @@ mod tests {
             }
             assert_eq!(w.await.unwrap(), Written::Done);
             assert_eq!(got, sent);
+            // Every byte written is off the queue count.
+            assert_eq!(q.load(Relaxed), 0);
         });
     }
 }
