@@ -163,6 +163,8 @@ pub struct Group {
     pub password: Option<Vec<u8>>,
     /// GTSM (RFC 5082) with every VM: single-hop sessions only.
     pub ttl_security: bool,
+    /// TCP-AO (RFC 5925) key for every VM in the group's ranges.
+    pub tcp_ao: Option<crate::sys::AoKey>,
     /// Sessions in the whole group, and on one tap.
     pub max_sessions: usize,
     pub max_sessions_per_interface: usize,
@@ -244,6 +246,8 @@ pub struct Neighbor {
     pub password: Option<Vec<u8>>,
     /// GTSM (RFC 5082): send with TTL 255, accept only 255.
     pub ttl_security: bool,
+    /// TCP-AO (RFC 5925) key.
+    pub tcp_ao: Option<crate::sys::AoKey>,
 }
 
 /// `remote-as`: a number, `external` or `internal`.
@@ -383,6 +387,65 @@ struct RawGroup {
     password_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     ttl_security: bool,
+    tcp_ao: Option<Spanned<RawAo>>,
+}
+
+/// `tcp-ao = { … }`.
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawAo {
+    key: Option<Spanned<String>>,
+    key_file: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_ao_algorithm")]
+    algorithm: String,
+    #[serde(default)]
+    send_id: u8,
+    #[serde(default)]
+    recv_id: u8,
+    #[serde(default = "default_ao_mac_length")]
+    mac_length: u8,
+}
+
+fn default_ao_algorithm() -> String {
+    "hmac(sha1)".into()
+}
+fn default_ao_mac_length() -> u8 {
+    12
+}
+
+/// A TCP-AO key; not together with a TCP-MD5 `password` (RFC 5925 §7.1).
+fn tcp_ao(
+    raw: &Option<Spanned<RawAo>>,
+    md5: bool,
+    dir: &Path,
+    err: &ErrFn,
+) -> Result<Option<crate::sys::AoKey>, ConfigError> {
+    let Some(r) = raw else { return Ok(None) };
+    if md5 {
+        return Err(err(
+            r.span(),
+            "tcp-ao and password: one or the other".into(),
+        ));
+    }
+    let a = r.get_ref();
+    let key = password(&a.key, &a.key_file, dir, err)?
+        .ok_or_else(|| err(r.span(), "tcp-ao: a key or a key-file is needed".into()))?;
+    if a.algorithm.is_empty() || a.algorithm.len() >= 64 {
+        return Err(err(
+            r.span(),
+            "tcp-ao: algorithm, e.g. \"hmac(sha1)\" or \"cmac(aes128)\"".into(),
+        ));
+    }
+    if !(4..=20).contains(&a.mac_length) {
+        return Err(err(r.span(), "tcp-ao: mac-length 4 to 20 bytes".into()));
+    }
+    Ok(Some(crate::sys::AoKey {
+        key,
+        algorithm: a.algorithm.clone(),
+        send_id: a.send_id,
+        recv_id: a.recv_id,
+        mac_len: a.mac_length,
+    }))
 }
 
 /// `password` or `password-file` (relative to the config's directory; one
@@ -534,6 +597,7 @@ struct RawNeighbor {
     password_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     ttl_security: bool,
+    tcp_ao: Option<Spanned<RawAo>>,
 }
 
 fn default_bfd_interval() -> Spanned<u64> {
@@ -866,12 +930,14 @@ impl Config {
             )?;
             let dir = path.parent().unwrap_or(Path::new("."));
             let password = password(&n.password, &n.password_file, dir, &err)?;
+            let tcp_ao = tcp_ao(&n.tcp_ao, password.is_some(), dir, &err)?;
             neighbors.push(Neighbor {
                 export,
                 bfd,
                 limits,
                 password,
                 ttl_security: n.ttl_security,
+                tcp_ao,
                 kernel_import: n.kernel_import,
                 name,
                 address,
@@ -1223,6 +1289,12 @@ fn parse_group(
             &g.max_send_queue,
             err,
         )?,
+        tcp_ao: tcp_ao(
+            &g.tcp_ao,
+            g.password.is_some() || g.password_file.is_some(),
+            dir,
+            err,
+        )?,
         password: password(&g.password, &g.password_file, dir, err)?,
         ttl_security: g.ttl_security,
         max_sessions: at_least_one(&g.max_sessions, "max-sessions", err)?,
@@ -1363,7 +1435,11 @@ mod tests {
             "## `[metrics]`",
             format!("{head}[metrics]\nzz-unknown = 1\n"),
         );
-        for (section, text) in cases.iter().chain([&metrics]) {
+        let ao = (
+            "### `tcp-ao`",
+            format!("{head}[[neighbor]]\naddress = \"10.0.0.1\"\nremote-as = 2\ntcp-ao = {{ zz-unknown = 1 }}\n"),
+        );
+        for (section, text) in cases.iter().chain([&metrics, &ao]) {
             let start = doc
                 .find(&format!("\n{section}\n"))
                 .unwrap_or_else(|| panic!("docs/config.md has no section {section}"));

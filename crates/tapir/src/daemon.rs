@@ -36,6 +36,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         .collect::<Result<_, _>>()
         .map_err(|e| format!("listener: {e}"))?;
     apply_md5(&listener_fds, &Md5Keys::new(), &md5_keys(&config))?;
+    apply_ao(&listener_fds, &AoKeys::new(), &ao_keys(&config))?;
     apply_listener_ttl(&listener_fds, &config);
     // A graceful restart is in progress if the last run stopped with
     // `tapir stop --graceful` within the restart time (RFC 4724 §4.1).
@@ -329,10 +330,13 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         };
         crate::notify::notify("RELOADING=1");
         let before = md5_keys(&current);
+        let ao_before = ao_keys(&current);
         let mut result = reload(&mut current, config_path, &peers, &local, hv.as_ref()).await;
         if result.is_ok() {
             apply_listener_ttl(&listener_fds, &current);
-            if let Err(e) = apply_md5(&listener_fds, &before, &md5_keys(&current)) {
+            if let Err(e) = apply_md5(&listener_fds, &before, &md5_keys(&current))
+                .and_then(|()| apply_ao(&listener_fds, &ao_before, &ao_keys(&current)))
+            {
                 result = Err(format!("the config was applied, but {e}"));
             }
         }
@@ -454,6 +458,50 @@ fn apply_listener_ttl(listeners: &[(std::os::fd::OwnedFd, bool)], config: &Confi
     }
 }
 
+/// TCP-AO keys the listeners hold, as for TCP-MD5.
+type AoKeys = std::collections::BTreeMap<(std::net::IpAddr, Option<u8>), crate::sys::AoKey>;
+
+fn ao_keys(config: &Config) -> AoKeys {
+    let mut keys = AoKeys::new();
+    for n in &config.neighbors {
+        if let Some(k) = &n.tcp_ao {
+            keys.insert((n.address, None), k.clone());
+        }
+    }
+    for g in &config.groups {
+        if let Some(k) = &g.tcp_ao {
+            for r in &g.ranges {
+                keys.insert((r.addr(), Some(r.len())), k.clone());
+            }
+        }
+    }
+    keys
+}
+
+/// Adds `new`'s TCP-AO keys that `old` did not have to every listener. A
+/// key taken out of the config stays on the listeners until the restart.
+fn apply_ao(
+    listeners: &[(std::os::fd::OwnedFd, bool)],
+    old: &AoKeys,
+    new: &AoKeys,
+) -> Result<(), String> {
+    for (fd, v6) in listeners {
+        for ((addr, len), key) in new {
+            let fits = *v6 || addr.is_ipv4();
+            if !fits || old.get(&(*addr, *len)) == Some(key) {
+                continue;
+            }
+            crate::sys::add_tcp_ao(fd, *v6, *addr, *len, key).map_err(|e| {
+                format!(
+                    "TCP-AO key for {addr}{}: {e}",
+                    len.map(|l| format!("/{l}")).unwrap_or_default()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Puts `new`'s keys on every listener and takes off `old`'s that are gone.
 fn apply_md5(
     listeners: &[(std::os::fd::OwnedFd, bool)],
@@ -502,6 +550,7 @@ fn session_changed(a: &crate::config::Neighbor, b: &crate::config::Neighbor) -> 
         || a.kernel_import != b.kernel_import
         || a.password != b.password
         || a.ttl_security != b.ttl_security
+        || a.tcp_ao != b.tcp_ao
 }
 
 async fn stop_peer(h: &PeerHandle, subcode: u8) {

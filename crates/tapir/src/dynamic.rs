@@ -424,6 +424,7 @@ impl Hypervisor {
             max_send_queue: group.limits.max_send_queue,
             password: group.password.as_deref().map(Arc::from),
             ttl_security: group.ttl_security,
+            tcp_ao: group.tcp_ao.clone().map(Arc::new),
             export: None,
             kernel: self.kernel,
             vm: entry.map(|e| e.name.clone()),

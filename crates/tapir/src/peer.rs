@@ -168,6 +168,8 @@ pub struct PeerConfig {
     pub password: Option<Arc<[u8]>>,
     /// GTSM (RFC 5082).
     pub ttl_security: bool,
+    /// TCP-AO (RFC 5925) key for this session's connections.
+    pub tcp_ao: Option<Arc<crate::sys::AoKey>>,
     /// For a VM: what it may announce. Static neighbors accept everything.
     pub policy: Option<Arc<VmPolicy>>,
 }
@@ -197,6 +199,7 @@ impl From<&Neighbor> for PeerConfig {
             max_send_queue: n.limits.max_send_queue,
             password: n.password.as_deref().map(Arc::from),
             ttl_security: n.ttl_security,
+            tcp_ao: n.tcp_ao.clone().map(Arc::new),
             policy: None,
         }
     }
@@ -879,10 +882,18 @@ impl Peer {
                 let timeout = self.cfg.connect_retry;
                 let password = self.cfg.password.clone();
                 let gtsm = self.cfg.ttl_security;
+                let ao = self.cfg.tcp_ao.clone();
                 self.connecting = Some(tokio::spawn(async move {
                     let result = match tokio::time::timeout(
                         timeout,
-                        connect(addr, local, device, password.as_deref(), gtsm),
+                        connect(
+                            addr,
+                            local,
+                            device,
+                            password.as_deref(),
+                            gtsm,
+                            ao.as_deref(),
+                        ),
                     )
                     .await
                     {
@@ -1534,6 +1545,7 @@ async fn connect(
     device: Option<String>,
     password: Option<&[u8]>,
     ttl_security: bool,
+    tcp_ao: Option<&crate::sys::AoKey>,
 ) -> std::io::Result<TcpStream> {
     let sock = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -1544,6 +1556,9 @@ async fn connect(
     }
     if let Some(key) = password {
         crate::sys::set_tcp_md5(&sock, addr.is_ipv6(), addr.ip(), None, key)?;
+    }
+    if let Some(k) = tcp_ao {
+        crate::sys::add_tcp_ao(&sock, addr.is_ipv6(), addr.ip(), None, k)?;
     }
     if let Some(d) = device {
         sock.bind_device(Some(d.as_bytes()))?;

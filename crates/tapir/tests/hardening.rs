@@ -348,3 +348,63 @@ fn a_panicking_session_task_takes_nothing_else_down() {
     assert!(tor.route("10.3.0.66/32").is_none());
     lab.stop(pid);
 }
+
+/// TCP-AO (RFC 5925) needs Linux 6.7 built with CONFIG_TCP_AO. On such a
+/// kernel tapir puts the group's key on its listeners and runs; on another
+/// (this project's CI machine has none) it refuses to start and says why,
+/// rather than run without the authentication the config asks for.
+#[test]
+fn tcp_ao_runs_where_the_kernel_has_it_and_says_so_where_not() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    let cfg = config(
+        "tcp-ao = { key = \"ao-secret\", algorithm = \"hmac(sha1)\", send-id = 1, recv-id = 1 }",
+    );
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let (ok, out, err) = lab::tapir::Tapir {
+        bin: TAPIR.into(),
+        socket: lab.dir().join("none.sock"),
+        pid: 0,
+        log: String::new(),
+    }
+    .cli(&["check", "--config", &cfg.to_string_lossy()]);
+    assert!(ok, "{out}{err}");
+    let socket = lab.dir().join("hv1/tapir.sock");
+    let pid = lab.spawn(
+        "hv1",
+        &[
+            TAPIR,
+            "--socket",
+            &socket.to_string_lossy(),
+            "run",
+            "--config",
+            &cfg.to_string_lossy(),
+        ],
+        "hv1/tapir.log",
+    );
+    let t = lab::tapir::Tapir {
+        bin: TAPIR.into(),
+        socket,
+        pid,
+        log: "hv1/tapir.log".into(),
+    };
+    let outcome = wait_for(WAIT, || {
+        if t.cli(&["show", "status"]).0 {
+            return Some(true);
+        }
+        let log = lab.log(&t.log);
+        log.contains("TCP-AO key for 10.192.24.0/23")
+            .then_some(false)
+    });
+    match outcome {
+        Some(true) => {} // a kernel with TCP-AO: running with the keys on
+        Some(false) => {
+            let log = lab.log(&t.log);
+            assert!(log.contains("CONFIG_TCP_AO"), "{log}");
+            // It did not stay up without its authentication.
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(!t.cli(&["show", "status"]).0);
+        }
+        None => panic!("neither running nor a clear error:\n{}", lab.log(&t.log)),
+    }
+}
