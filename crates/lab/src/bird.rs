@@ -44,7 +44,7 @@ impl Lab {
 }
 
 impl Bird {
-    fn try_cmd(&self, args: &[&str]) -> Option<String> {
+    pub fn try_cmd(&self, args: &[&str]) -> Option<String> {
         let o = Command::new("birdc")
             .arg("-s")
             .arg(&self.socket)
