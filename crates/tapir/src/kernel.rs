@@ -131,12 +131,27 @@ fn translate(msg: RouteNetlinkMessage) -> Option<KernelEvent> {
 /// Follows the kernel until `tx` closes. Errors are startup errors (no
 /// netlink socket); later trouble is logged.
 pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
-    let (conn, handle, mut messages) = rtnetlink::new_multicast_connection(&[
+    let (mut conn, handle, mut messages) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
         MulticastGroup::Ipv4Route,
         MulticastGroup::Ipv6Route,
         MulticastGroup::Neigh,
     ])?;
+    // A burst of link and route changes (a hypervisor starting hundreds of
+    // VMs) must not overrun the socket: 8 MiB, where the default is ~200 KiB.
+    {
+        use netlink_sys::AsyncSocket;
+        // SO_RCVBUFFORCE: past net.core.rmem_max (tapir has CAP_NET_ADMIN).
+        let sock = conn.socket_mut().socket_mut();
+        let r = nix::sys::socket::setsockopt(
+            &*sock,
+            nix::sys::socket::sockopt::RcvBufForce,
+            &(8 << 20),
+        );
+        if let Err(e) = r {
+            warn!(error = %e, "cannot enlarge the netlink receive buffer");
+        }
+    }
     tokio::spawn(conn);
     let tx2 = tx.clone();
     tokio::spawn(async move {
