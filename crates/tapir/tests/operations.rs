@@ -619,3 +619,53 @@ fn ganeti_and_libvirt_hooks() {
     assert!(ok, "{out}");
     assert!(registered(&t, "lb1003").is_none(), "{}", t.show(&["vms"]));
 }
+
+/// A control-socket client that sends requests and never reads the answers
+/// (its socket buffer fills), or sends one endless line, holds up nobody
+/// else: another client is answered at once, and the sessions carry on.
+#[test]
+fn stuck_control_clients_hold_up_nobody() {
+    use std::os::unix::net::UnixStream;
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 11);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let _vm = lab.bird(
+        "vm11",
+        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
+    );
+    let cfg = lab.write("hv1/tapir.toml", &example());
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    assert!(wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some());
+    // One client asks again and again and reads nothing.
+    let mut greedy = UnixStream::connect(&t.socket).unwrap();
+    greedy
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let req = b"{\"command\":\"show-peers\"}\n";
+    for _ in 0..20_000 {
+        if greedy.write_all(req).is_err() {
+            break; // its buffers are full both ways
+        }
+    }
+    // Another sends a line that never ends.
+    let mut endless = UnixStream::connect(&t.socket).unwrap();
+    endless
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let junk = vec![b'x'; 64 * 1024];
+    for _ in 0..64 {
+        if endless.write_all(&junk).is_err() {
+            break;
+        }
+    }
+    // Everyone else is served.
+    let (ok, out, err) = t.cli(&["show", "status"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Neighbors:"), "{out}");
+    assert!(tor.route("10.3.0.1/32").is_some());
+    drop(greedy);
+    drop(endless);
+    let (ok, _, err) = t.cli(&["show", "peers"]);
+    assert!(ok, "{err}");
+}
