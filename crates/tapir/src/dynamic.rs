@@ -238,6 +238,27 @@ impl Hypervisor {
                 }
                 self.links.insert(index, Link { name, up });
             }
+            KernelEvent::Snapshot(s) => {
+                // Neighbours are left alone: the probe finds some that the
+                // kernel's table does not hold.
+                let links: Vec<(u32, String, bool)> = self
+                    .links
+                    .iter()
+                    .map(|(i, l)| (*i, l.name.clone(), l.up))
+                    .collect();
+                let routes: Vec<(IpAddr, u32, u8)> =
+                    self.routes.iter().map(|(a, (i, p))| (*a, *i, *p)).collect();
+                let missed = s.missed(&links, &routes);
+                if !missed.is_empty() {
+                    tracing::warn!(
+                        changes = missed.len(),
+                        "netlink resync: notifications had been lost; catching up"
+                    );
+                    for e in missed {
+                        self.kernel(e);
+                    }
+                }
+            }
             KernelEvent::LinkGone { index } => {
                 self.links.remove(&index);
                 self.neighbours.remove(&index);

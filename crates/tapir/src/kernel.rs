@@ -49,6 +49,100 @@ pub enum KernelEvent {
         addr: Ipv6Addr,
         index: u32,
     },
+    /// A fresh dump of links and host routes, for a resync: notifications
+    /// lost to a socket overrun are found as differences from it.
+    Snapshot(Box<Snapshot>),
+}
+
+/// Links and host routes as the kernel has them now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// index → (name, up).
+    pub links: std::collections::BTreeMap<u32, (String, bool)>,
+    /// address → (index, protocol).
+    pub routes: std::collections::BTreeMap<IpAddr, (u32, u8)>,
+}
+
+impl Snapshot {
+    /// The events that turn `links` and `routes` (what a follower of the
+    /// notifications holds) into this snapshot.
+    pub fn missed(
+        &self,
+        known_links: &[(u32, String, bool)],
+        known_routes: &[(IpAddr, u32, u8)],
+    ) -> Vec<KernelEvent> {
+        let mut out = Vec::new();
+        for (index, _, _) in known_links {
+            if !self.links.contains_key(index) {
+                out.push(KernelEvent::LinkGone { index: *index });
+            }
+        }
+        for (index, (name, up)) in &self.links {
+            let same = known_links
+                .iter()
+                .any(|(i, n, u)| i == index && n == name && u == up);
+            if !same {
+                out.push(KernelEvent::Link {
+                    index: *index,
+                    name: name.clone(),
+                    up: *up,
+                });
+            }
+        }
+        for (addr, index, protocol) in known_routes {
+            if self.routes.get(addr) != Some(&(*index, *protocol)) {
+                out.push(KernelEvent::HostRoute {
+                    add: false,
+                    addr: *addr,
+                    index: *index,
+                    protocol: *protocol,
+                });
+            }
+        }
+        for (addr, (index, protocol)) in &self.routes {
+            if !known_routes.contains(&(*addr, *index, *protocol)) {
+                out.push(KernelEvent::HostRoute {
+                    add: true,
+                    addr: *addr,
+                    index: *index,
+                    protocol: *protocol,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// How often the watcher compares its view with a fresh dump.
+const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn snapshot(handle: &rtnetlink::Handle) -> Snapshot {
+    let mut s = Snapshot::default();
+    let mut links = handle.link().get().execute();
+    while let Ok(Some(m)) = links.try_next().await {
+        if let Some(KernelEvent::Link { index, name, up }) = link_event(&m, false) {
+            s.links.insert(index, (name, up));
+        }
+    }
+    for v in [IpVersion::V4, IpVersion::V6] {
+        let msg = match v {
+            IpVersion::V4 => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            IpVersion::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
+        let mut routes = handle.route().get(msg).execute();
+        while let Ok(Some(m)) = routes.try_next().await {
+            if let Some(KernelEvent::HostRoute {
+                add: true,
+                addr,
+                index,
+                protocol,
+            }) = route_event(&m, true)
+            {
+                s.routes.insert(addr, (index, protocol));
+            }
+        }
+    }
+    s
 }
 
 fn link_event(m: &LinkMessage, gone: bool) -> Option<KernelEvent> {
@@ -190,6 +284,14 @@ pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
         while let Ok(Some(m)) = neigh.try_next().await {
             if let Some(e) = neighbour_event(&m, true) {
                 let _ = tx2.send(e).await;
+            }
+        }
+        // From now on, a resync now and then.
+        loop {
+            tokio::time::sleep(RESYNC_EVERY).await;
+            let s = snapshot(&handle).await;
+            if tx2.send(KernelEvent::Snapshot(Box::new(s))).await.is_err() {
+                return;
             }
         }
     });
@@ -379,5 +481,64 @@ async fn apply(handle: rtnetlink::Handle, ch: FibChange, protocol: u8, metric: u
                 tracing::debug!(%prefix, error = %e, "route already gone from the kernel");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod resync_tests {
+    use super::*;
+
+    /// What was missed is exactly the difference, both ways.
+    #[test]
+    fn a_snapshot_yields_the_missed_changes() {
+        let a: IpAddr = "10.192.24.11".parse().unwrap();
+        let b: IpAddr = "10.192.24.12".parse().unwrap();
+        let c: IpAddr = "10.192.24.13".parse().unwrap();
+        let known_links = vec![
+            (5, "tap11".to_string(), true),
+            (6, "tap12".to_string(), true),
+        ];
+        let known_routes = vec![(a, 5, 4), (b, 6, 4)];
+        let mut s = Snapshot::default();
+        // tap12 went away unnoticed; tap11 went down; tap13 came.
+        s.links.insert(5, ("tap11".into(), false));
+        s.links.insert(7, ("tap13".into(), true));
+        s.routes.insert(a, (5, 4));
+        s.routes.insert(c, (7, 4));
+        let missed = s.missed(&known_links, &known_routes);
+        assert_eq!(
+            missed,
+            vec![
+                KernelEvent::LinkGone { index: 6 },
+                KernelEvent::Link {
+                    index: 5,
+                    name: "tap11".into(),
+                    up: false
+                },
+                KernelEvent::Link {
+                    index: 7,
+                    name: "tap13".into(),
+                    up: true
+                },
+                KernelEvent::HostRoute {
+                    add: false,
+                    addr: b,
+                    index: 6,
+                    protocol: 4
+                },
+                KernelEvent::HostRoute {
+                    add: true,
+                    addr: c,
+                    index: 7,
+                    protocol: 4
+                },
+            ]
+        );
+        // Nothing missed: nothing to do.
+        let same = s.missed(
+            &[(5, "tap11".into(), false), (7, "tap13".into(), true)],
+            &[(a, 5, 4), (c, 7, 4)],
+        );
+        assert!(same.is_empty());
     }
 }
