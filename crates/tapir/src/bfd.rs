@@ -226,7 +226,15 @@ fn tx_socket(
 async fn run(mut rx: mpsc::Receiver<BfdMsg>, sockets: [UdpSocket; 4]) {
     let [v4, v6, mv4, mv6] = sockets;
     let mut sessions: HashMap<Key, Entry> = HashMap::new();
-    let mut next_discr: u32 = 1 + (std::process::id() % 1000) * 1000;
+    // Random, so that two hypervisors (a VM's old and new one) are unlikely
+    // to hand out the same discriminators.
+    let mut next_discr: u32 = {
+        use std::hash::{BuildHasher, Hasher};
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish() as u32;
+        r.max(1)
+    };
     let mut next_port: u16 = 49152;
     loop {
         let deadline = sessions
@@ -337,10 +345,13 @@ async fn deliver(sessions: &mut HashMap<Key, Entry>, r: std::io::Result<Rx>) {
         debug!(from = %r.from, "malformed BFD packet dropped");
         return;
     };
-    let known = pkt.your_discriminator != 0
-        && sessions
-            .values()
-            .any(|e| e.session.local_discriminator() == pkt.your_discriminator);
+    // A discriminator names one of our sessions only if it is that peer's:
+    // another system's discriminator (the hypervisor a VM left) may equal
+    // one we gave an unrelated session.
+    let ours = |k: &Key, e: &Entry| {
+        e.session.local_discriminator() == pkt.your_discriminator && k.0 == r.from
+    };
+    let known = pkt.your_discriminator != 0 && sessions.iter().any(|(k, e)| ours(k, e));
     if pkt.your_discriminator != 0 && !known {
         // Not ours: perhaps a VM that migrated here, still Up with its
         // previous hypervisor (same gateway address). A fresh session
@@ -368,8 +379,9 @@ async fn deliver(sessions: &mut HashMap<Key, Entry>, r: std::io::Result<Rx>) {
     }
     let entry = if pkt.your_discriminator != 0 {
         sessions
-            .values_mut()
-            .find(|e| e.session.local_discriminator() == pkt.your_discriminator)
+            .iter_mut()
+            .find(|(k, e)| ours(k, e))
+            .map(|(_, e)| e)
     } else {
         let lookup = if crate::authorisation::is_link_local(match r.from {
             IpAddr::V6(a) => a,

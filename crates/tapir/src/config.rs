@@ -976,6 +976,17 @@ impl Config {
                         format!("group `{}` overlaps group `{}`: both match the same interfaces and addresses", a.name, b.name),
                     ));
                 }
+                // The listeners hold one TCP-MD5/TCP-AO key per address.
+                if range && (a.password != b.password || a.tcp_ao != b.tcp_ao) {
+                    return Err(err(
+                        raw.group[i].span(),
+                        format!(
+                            "groups `{}` and `{}` share addresses but not their password or tcp-ao key: \
+                             the listening socket holds one key per address",
+                            a.name, b.name
+                        ),
+                    ));
+                }
             }
         }
         let mut vms: Vec<VmEntry> = Vec::new();
@@ -1366,6 +1377,27 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn groups_sharing_addresses_share_their_key() {
+        let group = |name: &str, iface: &str, extra: &str| {
+            format!("[[group]]\nname = \"{name}\"\ninterfaces = [\"{iface}\"]\nranges = [\"10.192.24.0/23\"]\nremote-as = \"external\"\n{extra}\n")
+        };
+        let head = "router-id = \"1.1.1.1\"\nlocal-as = 1\n";
+        let same = format!(
+            "{head}{}{}",
+            group("a", "tap*", "password = \"k\""),
+            group("b", "vnet*", "password = \"k\"")
+        );
+        assert!(parse(&same).is_ok());
+        let differ = format!(
+            "{head}{}{}",
+            group("a", "tap*", "password = \"k\""),
+            group("b", "vnet*", "")
+        );
+        let e = parse(&differ).unwrap_err().to_string();
+        assert!(e.contains("share addresses but not their password"), "{e}");
     }
 
     #[test]

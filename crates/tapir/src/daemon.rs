@@ -485,13 +485,20 @@ fn apply_ao(
     old: &AoKeys,
     new: &AoKeys,
 ) -> Result<(), String> {
+    for ((addr, len), key) in new {
+        if old.get(&(*addr, *len)).is_some_and(|k| k != key) {
+            return Err(format!(
+                "the TCP-AO key for {addr} changed: that takes a restart (tapir does not replace listener keys yet)"
+            ));
+        }
+    }
     for (fd, v6) in listeners {
         for ((addr, len), key) in new {
             let fits = *v6 || addr.is_ipv4();
             if !fits || old.get(&(*addr, *len)) == Some(key) {
                 continue;
             }
-            crate::sys::add_tcp_ao(fd, *v6, *addr, *len, key).map_err(|e| {
+            crate::sys::add_tcp_ao(fd, *v6, *addr, *len, key, true).map_err(|e| {
                 format!(
                     "TCP-AO key for {addr}{}: {e}",
                     len.map(|l| format!("/{l}")).unwrap_or_default()
@@ -636,6 +643,7 @@ async fn reload(
                 if o.hold_time != n.hold_time
                     || o.connect_retry != n.connect_retry
                     || o.bfd != n.bfd
+                    || o.limits != n.limits
                     || current.graceful_restart.restart_time != restart_time
                 {
                     let _ = h.tx.send(PeerMsg::NextSession(Box::new(cfg))).await;

@@ -355,6 +355,8 @@ pub struct Peer {
     /// A VM session that has sent nothing since Established gets a
     /// ROUTE-REFRESH at this time (see `NUDGE_AFTER`).
     nudge_at: Option<Instant>,
+    /// The BFD session started for this session: (peer, interface index).
+    bfd_registered: Option<(IpAddr, Option<u32>)>,
     /// Messages sent and received, all connections, by type code.
     sent: [u64; 6],
     received: [u64; 6],
@@ -391,6 +393,7 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         peer_gr: None,
         stale_until: None,
         nudge_at: None,
+        bfd_registered: None,
         sent: [0; 6],
         received: [0; 6],
         last_sent: None,
@@ -581,6 +584,9 @@ impl Peer {
         let tx = self.tx.clone();
         let id = conn.id;
         let send_hold = self.send_hold_time();
+        // A fresh count for this connection: what a dead one left queued
+        // is gone with it.
+        conn.queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let queued = conn.queued.clone();
         conn.writer_task = Some(tokio::spawn(async move {
             if write_loop(w, wrx, send_hold, &queued).await == Written::Stalled {
@@ -953,6 +959,10 @@ impl Peer {
                 }));
                 self.peer_gr = n.peer_graceful_restart.clone();
                 if let (Some(timers), Some(bfd)) = (self.cfg.bfd, &self.local.bfd) {
+                    self.bfd_registered = Some((
+                        self.cfg.address,
+                        self.cfg.interface.as_ref().map(|i| i.index),
+                    ));
                     let _ = bfd.try_send(crate::bfd::BfdMsg::Add {
                         peer: self.cfg.address,
                         interface: self.cfg.interface.clone(),
@@ -965,7 +975,7 @@ impl Peer {
                 for f in families {
                     self.send_family(i, f);
                 }
-                if self.cfg.vm.is_some() {
+                if self.cfg.interface.is_some() {
                     self.nudge_at = Some(Instant::now() + NUDGE_AFTER);
                 }
             }
@@ -1288,12 +1298,10 @@ impl Peer {
         }
     }
 
-    fn bfd_remove(&self) {
-        if let (Some(_), Some(bfd)) = (self.cfg.bfd, &self.local.bfd) {
-            let key = (
-                self.cfg.address,
-                self.cfg.interface.as_ref().map(|i| i.index),
-            );
+    /// Ends the BFD session this session started, if any (by what was
+    /// registered: a reload may have turned BFD off since).
+    fn bfd_remove(&mut self) {
+        if let (Some(key), Some(bfd)) = (self.bfd_registered.take(), &self.local.bfd) {
             let _ = bfd.try_send(crate::bfd::BfdMsg::Remove(key));
         }
     }
@@ -1558,7 +1566,7 @@ async fn connect(
         crate::sys::set_tcp_md5(&sock, addr.is_ipv6(), addr.ip(), None, key)?;
     }
     if let Some(k) = tcp_ao {
-        crate::sys::add_tcp_ao(&sock, addr.is_ipv6(), addr.ip(), None, k)?;
+        crate::sys::add_tcp_ao(&sock, addr.is_ipv6(), addr.ip(), None, k, false)?;
     }
     if let Some(d) = device {
         sock.bind_device(Some(d.as_bytes()))?;

@@ -159,7 +159,9 @@ pub struct AoKey {
 }
 
 /// Adds a TCP-AO key for connections with `peer` (or every address in
-/// `peer/prefix_len`), as the current key. Needs Linux 6.7 or later with
+/// `peer/prefix_len`). On a socket about to connect it becomes the current
+/// key; a listening socket has no current key (the kernel refuses one), so
+/// `listening` leaves that out. Needs Linux 6.7 or later with
 /// CONFIG_TCP_AO; older kernels answer ENOPROTOOPT.
 pub fn add_tcp_ao(
     sock: &impl AsFd,
@@ -167,6 +169,7 @@ pub fn add_tcp_ao(
     peer: IpAddr,
     prefix_len: Option<u8>,
     k: &AoKey,
+    listening: bool,
 ) -> io::Result<()> {
     if k.key.is_empty() || k.key.len() > MAX_KEY_LEN || k.algorithm.len() >= 64 {
         return Err(io::Error::new(
@@ -179,7 +182,9 @@ pub fn add_tcp_ao(
         addr: storage,
         alg_name: [0; 64],
         ifindex: 0,
-        flags: 0b11,
+        // set_current and set_rnext, the two lowest bits of the C
+        // bitfield on the little-endian machines Linux/tapir target.
+        flags: if listening { 0 } else { 0b11 },
         reserved2: 0,
         prefix: prefix_len.unwrap_or(full),
         sndid: k.send_id,
@@ -325,7 +330,7 @@ mod tests {
             recv_id: 1,
             mac_len: 12,
         };
-        match add_tcp_ao(&v6, true, "10.0.0.0".parse().unwrap(), Some(24), &k) {
+        match add_tcp_ao(&v6, true, "10.0.0.0".parse().unwrap(), Some(24), &k, true) {
             Ok(()) => {
                 let bad = AoKey {
                     algorithm: "no-such-hash".into(),
@@ -333,7 +338,7 @@ mod tests {
                     recv_id: 2,
                     ..k
                 };
-                let r = add_tcp_ao(&v6, true, "10.0.1.0".parse().unwrap(), Some(24), &bad);
+                let r = add_tcp_ao(&v6, true, "10.0.1.0".parse().unwrap(), Some(24), &bad, true);
                 assert!(r.is_err());
             }
             // A kernel without TCP-AO: the error says so.
