@@ -1,30 +1,9 @@
-//! tapir: a BGP daemon for routed hypervisors.
-//!
-//! - [`config`]: the TOML configuration, checked with line and column;
-//! - [`peer`]: one task per neighbor driving the sans-IO `bgp` session;
-//! - [`daemon`]: `tapir run`, the listener, signals;
-//! - [`control`]: the control socket and its JSON; [`show`]: its tables.
+//! tapir's command line: `tapir run` starts the daemon (the `tapir`
+//! library); the other commands talk to it over its control socket.
 
 #![deny(unsafe_code)]
 
-mod authorisation;
-mod bfd;
-mod config;
-mod control;
-mod daemon;
-mod dynamic;
-mod inventory;
-mod kernel;
-mod limits;
-mod metrics;
-mod notify;
-mod peer;
-mod policy;
-mod prefix_set;
-mod probe;
-mod rib;
-mod show;
-mod sys;
+use tapir::{config, control, daemon, inventory, show};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
