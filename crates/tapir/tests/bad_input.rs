@@ -478,3 +478,74 @@ fn reset_update_before_established() {
     both.extend_from_slice(&good);
     resets_with(&["--open-hex", &hexs(&both)], "5 ");
 }
+
+// RFC 7606 §7.7 and RFC 6793: attributes that are discarded, the route
+// standing.
+
+#[test]
+fn aggregator_of_the_wrong_length_is_discarded_and_the_route_kept() {
+    // 4-octet AS negotiated: AGGREGATOR must be 8 bytes; this one is 6.
+    let aggregator = [0xc0, 7, 6, 0xfe, 0x4b, 10, 99, 0, 2];
+    let bad = raw_update(
+        &[&ORIGIN_IGP, &AS_PATH_65099, &NEXT_HOP_RAW, &aggregator],
+        &NLRI_10_66,
+    );
+    assert!(after_good_then(&bad));
+}
+
+#[test]
+fn as4_path_from_a_4_octet_speaker_is_discarded_and_the_route_kept() {
+    // A 4-octet speaker must not send AS4_PATH (RFC 6793 §4.2.3).
+    let as4 = [0xc0, 17, 6, 2, 1, 0, 0, 0xfe, 0x4b];
+    let bad = raw_update(
+        &[&ORIGIN_IGP, &AS_PATH_65099, &NEXT_HOP_RAW, &as4],
+        &NLRI_10_66,
+    );
+    assert!(after_good_then(&bad));
+}
+
+// RFC 7606 §7.11 (and RFC 4760): MP_UNREACH_NLRI.
+
+#[test]
+fn mp_unreach_withdraws_and_a_malformed_one_resets() {
+    // Well formed: IPv4 unicast, 10.66.0.0/24 withdrawn.
+    let unreach = [0x80, 15, 7, 0, 1, 1, 24, 10, 66, 0];
+    assert!(!after_good_then(&raw_update(&[&unreach], &[])));
+    // Its prefix runs past the attribute: session reset, Optional
+    // Attribute Error.
+    let broken = [0x80, 15, 5, 0, 1, 1, 24, 10];
+    resets_with(&["--send", &hexs(&raw_update(&[&broken], &[]))], "3 9");
+}
+
+// A NOTIFICATION from the peer (RFC 4271 §6.4): the session closes, nothing
+// is sent back, and the reason is what tapir reports.
+
+#[test]
+fn a_notification_from_the_peer_closes_the_session_quietly() {
+    let b = Bench::new();
+    let n = bgp::Message::Notification(bgp::Notification::new(6, 2)).encode(&Context::default());
+    let out = b.raw(&["--send", &hexs(&n), "--linger-ms", "1500"]);
+    assert!(
+        !out.iter().any(|l| l.starts_with("NOTIFICATION")),
+        "tapir answered a NOTIFICATION: {out:?}"
+    );
+    let raw = wait_for(Duration::from_secs(5), || {
+        let peers = b.tapir.json("peers");
+        peers
+            .as_array()?
+            .iter()
+            .find(|p| {
+                p["name"] == "raw"
+                    && p["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("received"))
+            })
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("{}", b.tapir.show(&["peers"])));
+    assert!(
+        raw["last_error"].as_str().unwrap().contains("(6/2)"),
+        "{raw}"
+    );
+    b.assert_tor_unaffected();
+}
