@@ -35,8 +35,11 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         })
         .collect::<Result<_, _>>()
         .map_err(|e| format!("listener: {e}"))?;
-    apply_md5(&listener_fds, &Md5Keys::new(), &md5_keys(&config))?;
-    apply_ao(&listener_fds, &AoKeys::new(), &ao_keys(&config))?;
+    // What the listeners hold, for the reloads.
+    let mut md5_applied = Md5Keys::new();
+    let mut ao_applied = AoKeys::new();
+    apply_md5(&listener_fds, &mut md5_applied, &md5_keys(&config))?;
+    apply_ao(&listener_fds, &mut ao_applied, &ao_keys(&config))?;
     apply_listener_ttl(&listener_fds, &config);
     // A graceful restart is in progress if the last run stopped with
     // `tapir stop --graceful` within the restart time (RFC 4724 §4.1).
@@ -329,13 +332,11 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
             Some(tx) = reload_rx.recv() => Some(tx),
         };
         crate::notify::notify("RELOADING=1");
-        let before = md5_keys(&current);
-        let ao_before = ao_keys(&current);
         let mut result = reload(&mut current, config_path, &peers, &local, hv.as_ref()).await;
         if result.is_ok() {
             apply_listener_ttl(&listener_fds, &current);
-            if let Err(e) = apply_md5(&listener_fds, &before, &md5_keys(&current))
-                .and_then(|()| apply_ao(&listener_fds, &ao_before, &ao_keys(&current)))
+            if let Err(e) = apply_md5(&listener_fds, &mut md5_applied, &md5_keys(&current))
+                .and_then(|()| apply_ao(&listener_fds, &mut ao_applied, &ao_keys(&current)))
             {
                 result = Err(format!("the config was applied, but {e}"));
             }
@@ -478,24 +479,28 @@ fn ao_keys(config: &Config) -> AoKeys {
     keys
 }
 
-/// Adds `new`'s TCP-AO keys that `old` did not have to every listener. A
-/// key taken out of the config stays on the listeners until the restart.
+/// Adds `new`'s TCP-AO keys that are not on the listeners yet; `applied`
+/// is what they hold, kept up to date even when a key fails (a later
+/// reload tries it again). A key taken out of the config stays on the
+/// listeners until the restart, and a changed one needs a restart.
 fn apply_ao(
     listeners: &[(std::os::fd::OwnedFd, bool)],
-    old: &AoKeys,
+    applied: &mut AoKeys,
     new: &AoKeys,
 ) -> Result<(), String> {
     for ((addr, len), key) in new {
-        if old.get(&(*addr, *len)).is_some_and(|k| k != key) {
+        if applied.get(&(*addr, *len)).is_some_and(|k| k != key) {
             return Err(format!(
                 "the TCP-AO key for {addr} changed: that takes a restart (tapir does not replace listener keys yet)"
             ));
         }
     }
-    for (fd, v6) in listeners {
-        for ((addr, len), key) in new {
-            let fits = *v6 || addr.is_ipv4();
-            if !fits || old.get(&(*addr, *len)) == Some(key) {
+    for ((addr, len), key) in new {
+        if applied.get(&(*addr, *len)) == Some(key) {
+            continue;
+        }
+        for (fd, v6) in listeners {
+            if !(*v6 || addr.is_ipv4()) {
                 continue;
             }
             crate::sys::add_tcp_ao(fd, *v6, *addr, *len, key, true).map_err(|e| {
@@ -505,20 +510,38 @@ fn apply_ao(
                 )
             })?;
         }
+        applied.insert((*addr, *len), key.clone());
     }
     Ok(())
 }
 
-/// Puts `new`'s keys on every listener and takes off `old`'s that are gone.
+/// Brings the listeners' TCP-MD5 keys to `new`; `applied` is what they
+/// hold, kept up to date even when a key fails part-way (a later reload
+/// tries it again).
 fn apply_md5(
     listeners: &[(std::os::fd::OwnedFd, bool)],
-    old: &Md5Keys,
+    applied: &mut Md5Keys,
     new: &Md5Keys,
 ) -> Result<(), String> {
-    for (fd, v6) in listeners {
-        for ((addr, len), key) in new {
-            let fits = *v6 || addr.is_ipv4();
-            if !fits || old.get(&(*addr, *len)) == Some(key) {
+    let gone: Vec<(std::net::IpAddr, Option<u8>)> = applied
+        .keys()
+        .filter(|k| !new.contains_key(k))
+        .copied()
+        .collect();
+    for (addr, len) in gone {
+        for (fd, v6) in listeners {
+            if *v6 || addr.is_ipv4() {
+                let _ = crate::sys::set_tcp_md5(fd, *v6, addr, len, b"");
+            }
+        }
+        applied.remove(&(addr, len));
+    }
+    for ((addr, len), key) in new {
+        if applied.get(&(*addr, *len)) == Some(key) {
+            continue;
+        }
+        for (fd, v6) in listeners {
+            if !(*v6 || addr.is_ipv4()) {
                 continue;
             }
             crate::sys::set_tcp_md5(fd, *v6, *addr, *len, key).map_err(|e| {
@@ -528,12 +551,7 @@ fn apply_md5(
                 )
             })?;
         }
-        for (addr, len) in old.keys() {
-            let fits = *v6 || addr.is_ipv4();
-            if fits && !new.contains_key(&(*addr, *len)) {
-                let _ = crate::sys::set_tcp_md5(fd, *v6, *addr, *len, b"");
-            }
-        }
+        applied.insert((*addr, *len), key.clone());
     }
     Ok(())
 }
