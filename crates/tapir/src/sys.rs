@@ -46,50 +46,7 @@ pub fn set_tcp_md5(
             format!("a TCP-MD5 key has at most {MAX_KEY_LEN} bytes"),
         ));
     }
-    // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid
-    // (AF_UNSPEC) value, overwritten below.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let v6 = match peer {
-        IpAddr::V4(a) if ipv6_socket => Some(a.to_ipv6_mapped()),
-        IpAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for
-            // sockaddr_in; this writes one value at its start.
-            unsafe {
-                std::ptr::write(
-                    std::ptr::addr_of_mut!(storage).cast::<libc::sockaddr_in>(),
-                    sin,
-                )
-            };
-            None
-        }
-        IpAddr::V6(a) => Some(a),
-    };
-    if let Some(a) = v6 {
-        let sin6 = libc::sockaddr_in6 {
-            sin6_family: libc::AF_INET6 as libc::sa_family_t,
-            sin6_port: 0,
-            sin6_flowinfo: 0,
-            sin6_addr: libc::in6_addr {
-                s6_addr: a.octets(),
-            },
-            sin6_scope_id: 0,
-        };
-        // SAFETY: as above, for sockaddr_in6.
-        unsafe {
-            std::ptr::write(
-                std::ptr::addr_of_mut!(storage).cast::<libc::sockaddr_in6>(),
-                sin6,
-            )
-        };
-    }
+    let (storage, _) = sockaddr(ipv6_socket, peer);
     let mut sig = TcpMd5Sig {
         addr: storage,
         flags: 0,
@@ -107,23 +64,7 @@ pub fn set_tcp_md5(
         }
         None => TCP_MD5SIG,
     };
-    // SAFETY: `sig` lives across the call and its size is passed; the
-    // kernel reads at most that many bytes. The descriptor is borrowed
-    // from a live socket.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_fd().as_raw_fd(),
-            libc::IPPROTO_TCP,
-            opt,
-            std::ptr::addr_of!(sig).cast(),
-            std::mem::size_of::<TcpMd5Sig>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    setsockopt(sock, libc::IPPROTO_TCP, opt, &sig)
 }
 
 /// `struct tcp_ao_add` of linux/tcp.h (Linux 6.7 and later).
@@ -196,29 +137,41 @@ pub fn add_tcp_ao(
     };
     add.alg_name[..k.algorithm.len()].copy_from_slice(k.algorithm.as_bytes());
     add.key[..k.key.len()].copy_from_slice(&k.key);
-    // SAFETY: `add` lives across the call and its size is passed; the
-    // kernel reads at most that many bytes. The descriptor is borrowed
-    // from a live socket.
+    setsockopt(sock, libc::IPPROTO_TCP, TCP_AO_ADD_KEY, &add).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOPROTOOPT) {
+            io::Error::new(
+                e.kind(),
+                "this kernel has no TCP-AO (Linux 6.7 or later, CONFIG_TCP_AO)",
+            )
+        } else {
+            e
+        }
+    })
+}
+
+/// `setsockopt(2)` with `value` as the option's bytes.
+fn setsockopt<T>(
+    sock: &impl AsFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live, initialised `T` for the whole call, and
+    // exactly its size is passed, so the kernel reads only its bytes. The
+    // descriptor is borrowed from a live socket.
     let r = unsafe {
         libc::setsockopt(
             sock.as_fd().as_raw_fd(),
-            libc::IPPROTO_TCP,
-            TCP_AO_ADD_KEY,
-            std::ptr::addr_of!(add).cast(),
-            std::mem::size_of::<TcpAoAdd>() as libc::socklen_t,
+            level,
+            opt,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if r == 0 {
         Ok(())
     } else {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOPROTOOPT) {
-            return Err(io::Error::new(
-                e.kind(),
-                "this kernel has no TCP-AO (Linux 6.7 or later, CONFIG_TCP_AO)",
-            ));
-        }
-        Err(e)
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -280,28 +233,10 @@ const IPV6_MINHOPCOUNT: libc::c_int = 73;
 /// IPv4 (mapped), both options are set.
 pub fn set_min_ttl(sock: &impl AsFd, ipv6_socket: bool, min: u8) -> io::Result<()> {
     let v = libc::c_int::from(min);
-    let set = |level: libc::c_int, opt: libc::c_int| -> io::Result<()> {
-        // SAFETY: an int option, passed by pointer with its size, on a
-        // descriptor borrowed from a live socket.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_fd().as_raw_fd(),
-                level,
-                opt,
-                std::ptr::addr_of!(v).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    };
     if ipv6_socket {
-        set(libc::IPPROTO_IPV6, IPV6_MINHOPCOUNT)?;
+        setsockopt(sock, libc::IPPROTO_IPV6, IPV6_MINHOPCOUNT, &v)?;
     }
-    set(libc::IPPROTO_IP, IP_MINTTL)
+    setsockopt(sock, libc::IPPROTO_IP, IP_MINTTL, &v)
 }
 
 #[cfg(test)]

@@ -52,18 +52,24 @@ fn kernel_routes(lab: &Lab) -> usize {
 }
 
 fn promtool(text: &str) -> (bool, String) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
+    let mut cmd = Command::new("promtool");
+    cmd.args(["check", "metrics"]);
+    run_with_stdin(&mut cmd, text)
+}
+
+/// Runs `cmd` with `stdin` fed; success and everything it printed.
+fn run_with_stdin(cmd: &mut Command, stdin: &str) -> (bool, String) {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool (scripts/setup installs it)");
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup installs what the tests need)"));
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(text.as_bytes())
+        .write_all(stdin.as_bytes())
         .unwrap();
     let o = child.wait_with_output().unwrap();
     (
@@ -436,30 +442,8 @@ fn hook(
     for (k, v) in vars {
         cmd.arg(format!("{k}={v}"));
     }
-    let mut child = cmd
-        .arg("sh")
-        .arg(&path)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
+    cmd.arg("sh").arg(&path).args(args);
+    run_with_stdin(&mut cmd, stdin)
 }
 
 fn registered(t: &lab::tapir::Tapir, name: &str) -> Option<serde_json::Value> {
