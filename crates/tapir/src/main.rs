@@ -52,9 +52,10 @@ enum Command {
         #[command(subcommand)]
         what: Show,
     },
-    /// Read the config file again: policies, VM groups and the inventory
-    /// change without resetting sessions; a bad file changes nothing
-    /// (also on SIGHUP).
+    /// Read the config file again and apply it as a diff: neighbors are
+    /// added, removed or restarted, policies, VM groups and the inventory
+    /// change without resetting sessions; a bad file changes nothing (also
+    /// on SIGHUP).
     Reload,
     /// Stop the daemon: Cease to every peer and our routes out of the
     /// kernel, or with --graceful keep forwarding and let peers keep our
