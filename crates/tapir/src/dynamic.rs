@@ -250,6 +250,9 @@ impl Hypervisor {
                     self.routes.iter().map(|(a, (i, p))| (*a, *i, *p)).collect();
                 let missed = s.missed(&links, &routes);
                 if !missed.is_empty() {
+                    crate::kernel::KERNEL_STATS
+                        .resync_changes
+                        .fetch_add(missed.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(
                         changes = missed.len(),
                         "netlink resync: notifications had been lost; catching up"

@@ -7,6 +7,7 @@
 //! reduced to [`KernelEvent`]s for the hypervisor task.
 
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
 
 use futures_util::stream::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::NetlinkPayload;
@@ -115,6 +116,8 @@ impl Snapshot {
 
 /// How often the watcher compares its view with a fresh dump.
 const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// After an overrun, the resync waits this long for the burst to pass.
+const OVERRUN_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
 
 async fn snapshot(handle: &rtnetlink::Handle) -> Snapshot {
     let mut s = Snapshot::default();
@@ -235,18 +238,30 @@ pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
     // VMs) must not overrun the socket: 8 MiB, where the default is ~200 KiB.
     {
         use netlink_sys::AsyncSocket;
+        // Test builds only: `TAPIR_NETLINK_RCVBUF` makes it small, so
+        // that the lab can provoke an overrun.
+        let mut size: usize = 8 << 20;
+        #[cfg(debug_assertions)]
+        if let Some(n) = std::env::var("TAPIR_NETLINK_RCVBUF")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            size = n;
+        }
         // SO_RCVBUFFORCE: past net.core.rmem_max (tapir has CAP_NET_ADMIN).
         let sock = conn.socket_mut().socket_mut();
-        let r = nix::sys::socket::setsockopt(
-            &*sock,
-            nix::sys::socket::sockopt::RcvBufForce,
-            &(8 << 20),
-        );
+        let r = nix::sys::socket::setsockopt(&*sock, nix::sys::socket::sockopt::RcvBufForce, &size);
         if let Err(e) = r {
             warn!(error = %e, "cannot enlarge the netlink receive buffer");
         }
     }
     tokio::spawn(conn);
+    // Set when notifications were lost (the socket overran): resync now
+    // rather than at the next tick.
+    let overrun = Arc::new(tokio::sync::Notify::new());
+    let overrun2 = overrun.clone();
+    let pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pending2 = pending.clone();
     let tx2 = tx.clone();
     tokio::spawn(async move {
         let mut links = handle.link().get().execute();
@@ -288,7 +303,15 @@ pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
         }
         // From now on, a resync now and then.
         loop {
-            tokio::time::sleep(RESYNC_EVERY).await;
+            tokio::select! {
+                _ = tokio::time::sleep(RESYNC_EVERY) => {}
+                _ = overrun2.notified() => {
+                    // Let the burst that overran the socket pass first.
+                    tokio::time::sleep(OVERRUN_SETTLE).await;
+                }
+            }
+            // An overrun from here on needs another resync.
+            pending2.store(false, Relaxed);
             let s = snapshot(&handle).await;
             if tx2.send(KernelEvent::Snapshot(Box::new(s))).await.is_err() {
                 return;
@@ -297,12 +320,23 @@ pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
     });
     tokio::spawn(async move {
         while let Some((m, _)) = messages.next().await {
-            if let NetlinkPayload::InnerMessage(inner) = m.payload {
-                if let Some(e) = translate(inner) {
-                    if tx.send(e).await.is_err() {
-                        return;
+            match m.payload {
+                NetlinkPayload::InnerMessage(inner) => {
+                    if let Some(e) = translate(inner) {
+                        if tx.send(e).await.is_err() {
+                            return;
+                        }
                     }
                 }
+                NetlinkPayload::Overrun(_) => {
+                    KERNEL_STATS.overruns.fetch_add(1, Relaxed);
+                    // Logged once per burst: the resync clears the flag.
+                    if !pending.swap(true, Relaxed) {
+                        warn!("netlink notifications lost (socket overrun): resyncing");
+                        overrun.notify_one();
+                    }
+                }
+                _ => {}
             }
         }
         warn!("netlink notifications ended");
@@ -390,12 +424,18 @@ pub struct KernelStats {
     /// Requests the kernel refused (a removal of a route already gone is
     /// not counted).
     pub errors: std::sync::atomic::AtomicU64,
+    /// Times the notification socket overran (notifications were lost).
+    pub overruns: std::sync::atomic::AtomicU64,
+    /// Changes a resync found that notifications had not told.
+    pub resync_changes: std::sync::atomic::AtomicU64,
 }
 
 pub static KERNEL_STATS: KernelStats = KernelStats {
     installs: std::sync::atomic::AtomicU64::new(0),
     removals: std::sync::atomic::AtomicU64::new(0),
     errors: std::sync::atomic::AtomicU64::new(0),
+    overruns: std::sync::atomic::AtomicU64::new(0),
+    resync_changes: std::sync::atomic::AtomicU64::new(0),
 };
 
 pub fn spawn_writer(

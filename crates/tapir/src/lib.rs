@@ -9,6 +9,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod adj_rib_in;
 pub mod authorisation;
 pub mod bfd;
 pub mod config;

@@ -295,6 +295,22 @@ pub fn encode(s: &Snapshot) -> String {
         "Route installs the kernel refused",
     );
     errors.get_or_create(&vec![]).inc_by(k.errors.load(Relaxed));
+    let overruns = counter(
+        &mut reg,
+        "kernel_netlink_overruns",
+        "Times the kernel notification socket overran and notifications were lost",
+    );
+    overruns
+        .get_or_create(&vec![])
+        .inc_by(k.overruns.load(Relaxed));
+    let resync = counter(
+        &mut reg,
+        "kernel_resync_changes",
+        "Link and route changes a resync found that notifications had missed",
+    );
+    resync
+        .get_or_create(&vec![])
+        .inc_by(k.resync_changes.load(Relaxed));
 
     let limits = counter(
         &mut reg,

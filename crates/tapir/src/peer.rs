@@ -28,8 +28,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::authorisation::{Rejection, VmPolicy};
-use crate::config::{MaxPrefixAction, Neighbor, RemoteAsConfig};
+use crate::adj_rib_in::{AdjRibIn, Judge};
+use crate::authorisation::VmPolicy;
+use crate::config::{Neighbor, RemoteAsConfig};
 use crate::control::{PeerStatus, RouteEntry};
 use crate::policy::Policy;
 use crate::rib::{PeerId, PeerInfo, RibMsg};
@@ -37,9 +38,6 @@ use crate::rib::{PeerId, PeerInfo, RibMsg};
 /// How long a closed connection is drained before it is cut off.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Refused routes kept for display and re-judging, beyond which more are
-/// only counted (a VM must not grow our memory by announcing junk).
-const MAX_KEPT_REFUSED: usize = 1000;
 /// BIRD (2.0.12 at least) sometimes sends nothing for up to 3 s after it
 /// accepts a new session from the VM's hypervisor in place of an old one
 /// (a graceful-restart takeover after a migration): the export is queued,
@@ -277,19 +275,6 @@ pub struct PeerHandle {
     pub tx: mpsc::Sender<PeerMsg>,
 }
 
-/// A route learned from the neighbor.
-#[derive(Clone, Debug)]
-struct RouteIn {
-    next_hop: NextHop,
-    attrs: Arc<PathAttributes>,
-    /// Why the route is refused, if it is.
-    /// (Boxed: most routes are accepted, and this keeps them small.)
-    rejected: Option<Box<Rejection>>,
-    /// Kept from before the peer restarted (RFC 4724 §4.2), until it
-    /// announces again or sends End-of-RIB.
-    stale: bool,
-}
-
 /// One TCP connection and the session that runs on it.
 struct Conn {
     id: u64,
@@ -333,13 +318,9 @@ pub struct Peer {
     conns: Vec<Conn>,
     next_id: u64,
     connecting: Option<tokio::task::JoinHandle<()>>,
-    adj_rib_in: BTreeMap<Prefix, RouteIn>,
-    /// Routes in the Adj-RIB-In that are accepted.
-    accepted: usize,
+    adj_rib_in: AdjRibIn,
     state_since: Instant,
     flaps: u64,
-    /// Refusals by kind, counted per refused announcement.
-    rejections: BTreeMap<&'static str, u64>,
     /// This peer's identity in the Loc-RIB.
     id: PeerId,
     /// Set while Established: what the Loc-RIB knows of this peer.
@@ -381,11 +362,9 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         conns: Vec::new(),
         next_id: 1,
         connecting: None,
-        adj_rib_in: BTreeMap::new(),
-        accepted: 0,
+        adj_rib_in: AdjRibIn::default(),
         state_since: Instant::now(),
         flaps: 0,
-        rejections: BTreeMap::new(),
         id: NEXT_PEER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         info: None,
         adj_rib_out: BTreeMap::new(),
@@ -993,17 +972,13 @@ impl Peer {
                 if helper && !self.adj_rib_in.is_empty() {
                     let t = self.peer_gr.as_ref().map_or(0, |g| g.restart_time);
                     warn!(reason = %reason, routes = self.adj_rib_in.len(), restart_time = t, "session down, routes kept as stale (graceful restart)");
-                    for r in self.adj_rib_in.values_mut() {
-                        r.stale = true;
-                    }
+                    self.adj_rib_in.mark_stale();
                     self.stale_until =
                         Some(Instant::now() + std::time::Duration::from_secs(t as u64));
                     return;
                 }
                 warn!(reason = %reason, routes = self.adj_rib_in.len(), "session down, routes withdrawn");
-                self.rejections.clear();
                 self.adj_rib_in.clear();
-                self.accepted = 0;
                 self.info = None;
                 self.stale_until = None;
                 self.to_rib(RibMsg::PeerDown(self.id));
@@ -1066,78 +1041,24 @@ impl Peer {
             }
             return;
         }
-        let mut rib_announce = Vec::new();
-        let mut rib_withdraw = Vec::new();
-        for p in u.withdrawn_all() {
-            if self.remove_route(&p).is_some_and(|o| o.rejected.is_none()) {
-                rib_withdraw.push(p);
-            }
-        }
-        let announced = u.announced();
-        let mut attrs = u.attributes.clone();
         let ebgp = self.info.as_ref().is_none_or(|i| i.ebgp);
-        if ebgp {
-            // RFC 4271 §5.1.5: LOCAL_PREF from an external peer is ignored.
-            attrs.local_pref = None;
+        let policy = self.cfg.policy.clone();
+        let judge = Judge {
+            max_as_path_length: self.cfg.max_as_path_length,
+            policy: policy.as_deref(),
+        };
+        let changes = self.adj_rib_in.apply(u, ebgp, &judge);
+        self.rib_update(changes.announce, changes.withdraw);
+        if let Some((p, limit)) = changes.teardown {
+            self.teardown_max_prefixes(&p, limit);
         }
-        let attrs = Arc::new(attrs);
-        for (p, nh) in announced {
-            let old = self.remove_route(&p);
-            let was_accepted = old.as_ref().is_some_and(|o| o.rejected.is_none());
-            let rejected = self.judge(&p, &nh, &attrs);
-            let changed = old.as_ref().map(|o| &o.rejected) != Some(&rejected);
-            if let Some(r) = &rejected {
-                *self.rejections.entry(r.kind).or_default() += 1;
-                if changed {
-                    info!(prefix = %p, reason = %r.reason, kind = r.kind, "route refused");
-                }
-                if was_accepted {
-                    rib_withdraw.push(p);
-                }
-                if r.kind == "max-prefixes" {
-                    if let Some(pol) = self.cfg.policy.clone() {
-                        if pol.max_prefixes_action == MaxPrefixAction::Teardown {
-                            self.rib_update(rib_announce, rib_withdraw);
-                            self.teardown_max_prefixes(&p, pol.max_prefixes);
-                            return;
-                        }
-                    }
-                }
-                if self.adj_rib_in.len() - self.accepted >= MAX_KEPT_REFUSED {
-                    continue;
-                }
-            } else {
-                rib_announce.push((p, nh, attrs.clone()));
-            }
-            self.insert_route(
-                p,
-                RouteIn {
-                    next_hop: nh,
-                    attrs: attrs.clone(),
-                    rejected,
-                    stale: false,
-                },
-            );
-        }
-        self.rib_update(rib_announce, rib_withdraw);
     }
 
     /// Removes routes still stale (of one family, or all), as after the
     /// peer's End-of-RIB or its restart time (RFC 4724 §4.2).
     fn flush_stale(&mut self, afi: Option<bgp::Afi>) {
-        let gone: Vec<Prefix> = self
-            .adj_rib_in
-            .iter()
-            .filter(|(p, r)| r.stale && afi.is_none_or(|a| p.afi() == a))
-            .map(|(p, _)| *p)
-            .collect();
-        let mut withdraw = Vec::new();
-        for p in gone {
-            if self.remove_route(&p).is_some_and(|r| r.rejected.is_none()) {
-                withdraw.push(p);
-            }
-        }
-        if !self.adj_rib_in.values().any(|r| r.stale) {
+        let withdraw = self.adj_rib_in.flush_stale(afi);
+        if !self.adj_rib_in.has_stale() {
             self.stale_until = None;
         }
         if !withdraw.is_empty() {
@@ -1173,85 +1094,15 @@ impl Peer {
         }
     }
 
-    fn insert_route(&mut self, p: Prefix, r: RouteIn) {
-        if r.rejected.is_none() {
-            self.accepted += 1;
-        }
-        if let Some(old) = self.adj_rib_in.insert(p, r) {
-            if old.rejected.is_none() {
-                self.accepted -= 1;
-            }
-        }
-    }
-
-    fn remove_route(&mut self, p: &Prefix) -> Option<RouteIn> {
-        let old = self.adj_rib_in.remove(p);
-        if old.as_ref().is_some_and(|o| o.rejected.is_none()) {
-            self.accepted -= 1;
-        }
-        old
-    }
-
-    /// The verdict on one announcement, max-prefix count included.
-    fn judge(&self, p: &Prefix, nh: &NextHop, attrs: &PathAttributes) -> Option<Box<Rejection>> {
-        // Every peer: a path this long is an attack or a loop, and costs
-        // memory and CPU everywhere it goes.
-        let asns: usize = attrs.as_path.as_ref().map_or(0, |a| {
-            a.segments
-                .iter()
-                .map(|s| match s {
-                    bgp::AsSegment::Set(v)
-                    | bgp::AsSegment::Sequence(v)
-                    | bgp::AsSegment::ConfedSequence(v)
-                    | bgp::AsSegment::ConfedSet(v) => v.len(),
-                })
-                .sum()
-        });
-        if asns > self.cfg.max_as_path_length {
-            crate::limits::hit(crate::limits::Limit::AsPathLength);
-            return Some(Box::new(Rejection {
-                kind: "as-path-length",
-                reason: format!(
-                    "AS path of {asns} ASNs, more than max-as-path-length {}",
-                    self.cfg.max_as_path_length
-                ),
-            }));
-        }
-        let policy = self.cfg.policy.as_ref()?;
-        if let Err(r) = policy.judge(p, nh) {
-            return Some(Box::new(r));
-        }
-        (self.accepted >= policy.max_prefixes).then(|| {
-            Box::new(Rejection {
-                kind: "max-prefixes",
-                reason: format!("more than {} prefixes (max-prefixes)", policy.max_prefixes),
-            })
-        })
-    }
-
     /// Judges every route again (a new policy snapshot).
     fn judge_all(&mut self) {
-        let routes = std::mem::take(&mut self.adj_rib_in);
-        self.accepted = 0;
-        let mut rib_announce = Vec::new();
-        let mut rib_withdraw = Vec::new();
-        for (p, mut r) in routes {
-            let before = r.rejected.take();
-            r.rejected = self.judge(&p, &r.next_hop, &r.attrs);
-            match (&before, &r.rejected) {
-                (Some(_), None) => {
-                    info!(prefix = %p, "route now accepted");
-                    rib_announce.push((p, r.next_hop, r.attrs.clone()));
-                }
-                (None, Some(x)) => {
-                    info!(prefix = %p, reason = %x.reason, kind = x.kind, "route refused");
-                    rib_withdraw.push(p);
-                }
-                _ => {}
-            }
-            self.insert_route(p, r);
-        }
-        self.rib_update(rib_announce, rib_withdraw);
+        let policy = self.cfg.policy.clone();
+        let judge = Judge {
+            max_as_path_length: self.cfg.max_as_path_length,
+            policy: policy.as_deref(),
+        };
+        let changes = self.adj_rib_in.rejudge(&judge);
+        self.rib_update(changes.announce, changes.withdraw);
     }
 
     /// The VM behind this session got (or lost) an inventory entry, for
@@ -1275,12 +1126,7 @@ impl Peer {
         renamed.name = name;
         renamed.vm = vm;
         self.info = Some(Arc::new(renamed));
-        let accepted: Vec<_> = self
-            .adj_rib_in
-            .iter()
-            .filter(|(_, r)| r.rejected.is_none() && !r.stale)
-            .map(|(p, r)| (*p, r.next_hop, r.attrs.clone()))
-            .collect();
+        let accepted = self.adj_rib_in.accepted_routes();
         self.rib_update(accepted, Vec::new());
     }
 
@@ -1468,9 +1314,10 @@ impl Peer {
                 .map(|n| n.peer_capabilities.iter().map(|c| c.describe()).collect())
                 .unwrap_or_default(),
             routes_received: self.adj_rib_in.len(),
-            routes_accepted: self.accepted,
+            routes_accepted: self.adj_rib_in.accepted(),
             rejections: self
-                .rejections
+                .adj_rib_in
+                .rejections()
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),

@@ -295,31 +295,11 @@ fn a_panicking_session_task_takes_nothing_else_down() {
         ),
     );
     let cfg = lab.write("hv1/tapir.toml", &config(""));
-    let socket = lab.dir().join("hv1/tapir.sock");
-    let pid = lab.spawn(
-        "hv1",
-        &[
-            "env",
-            "TAPIR_FAILPOINT=panic-on-prefix:10.3.0.66/32",
-            TAPIR,
-            "--socket",
-            &socket.to_string_lossy(),
-            "run",
-            "--config",
-            &cfg.to_string_lossy(),
-            "--log",
-            "info",
-            "--state-dir",
-            &lab.dir().join("hv1/state").to_string_lossy(),
-        ],
-        "hv1/tapir.log",
+    let t = tapir_with_env(
+        &mut lab,
+        "TAPIR_FAILPOINT=panic-on-prefix:10.3.0.66/32",
+        &cfg,
     );
-    let t = lab::tapir::Tapir {
-        bin: TAPIR.into(),
-        socket,
-        pid,
-        log: "hv1/tapir.log".into(),
-    };
     assert!(
         wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some(),
         "{}",
@@ -346,7 +326,135 @@ fn a_panicking_session_task_takes_nothing_else_down() {
     );
     assert!(tor.route("10.3.0.1/32").is_some());
     assert!(tor.route("10.3.0.66/32").is_none());
-    lab.stop(pid);
+    lab.stop(t.pid);
+}
+
+/// Starts tapir on hv1 with extra environment (test-build switches).
+fn tapir_with_env(lab: &mut Lab, env: &str, cfg: &Path) -> lab::tapir::Tapir {
+    let socket = lab.dir().join("hv1/tapir.sock");
+    let pid = lab.spawn(
+        "hv1",
+        &[
+            "env",
+            env,
+            TAPIR,
+            "--socket",
+            &socket.to_string_lossy(),
+            "run",
+            "--config",
+            &cfg.to_string_lossy(),
+            "--log",
+            "info",
+            "--state-dir",
+            &lab.dir().join("hv1/state").to_string_lossy(),
+        ],
+        "hv1/tapir.log",
+    );
+    lab::tapir::Tapir {
+        bin: TAPIR.into(),
+        socket,
+        pid,
+        log: "hv1/tapir.log".into(),
+    }
+}
+
+fn metric(lab: &Lab, name: &str) -> f64 {
+    let text = lab
+        .http_get("hv1", Path::new(TAPIR), METRICS, "/metrics")
+        .unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The kernel drops notifications when tapir's netlink socket is full (a
+/// burst of link changes). Here the socket is made tiny (a test-build
+/// switch), tapir is paused, and a burst of 400 link changes hides a VM's
+/// new host route among them, past the point where the socket is full:
+/// tapir sees the overrun, resyncs at once (not at its 60 s tick), finds
+/// the route and peers with the VM, whose prefix reaches tor.
+#[test]
+fn a_netlink_overrun_is_caught_up_at_once() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 11);
+    // vm12's tap is up with the gateway address, but the hypervisor has
+    // not routed its address yet: no session.
+    lab.add_host("vm12");
+    reference::plug_bare(&mut lab, "hv1", "tap12", 12);
+    lab.up("hv1", "tap12");
+    lab.ip(
+        "hv1",
+        &[
+            "addr",
+            "add",
+            "10.192.24.1/32",
+            "dev",
+            "tap12",
+            "scope",
+            "link",
+        ],
+    );
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let good = lab.bird(
+        "vm11",
+        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
+    );
+    let _vm12 = lab.bird(
+        "vm12",
+        &reference::vm_bird_config_with(
+            12,
+            64613,
+            &["10.3.0.2/32"],
+            "connect delay time 1; connect retry time 1; error wait time 1, 2;",
+        ),
+    );
+    let cfg = lab.write("hv1/tapir.toml", &config(""));
+    let t = tapir_with_env(&mut lab, "TAPIR_NETLINK_RCVBUF=1024", &cfg);
+    assert!(
+        wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some(),
+        "{}",
+        lab.all_logs()
+    );
+    let since = good.since_ms("bgp1");
+    assert!(tor.route("10.3.0.2/32").is_none());
+    let mut batch = String::new();
+    for i in 0..200 {
+        batch += &format!("link add noise{i} type bridge\n");
+    }
+    batch += "route replace 10.192.24.12/32 proto static dev tap12\n";
+    for i in 0..200 {
+        batch += &format!("link del noise{i}\n");
+    }
+    let file = lab.write("hv1/burst", &batch);
+    // tapir is stopped while the burst runs, so that the socket fills
+    // before the route's notification comes: it is certainly lost.
+    let signal = |s: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([s, &t.pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    let out = lab.exec("hv1", &["ip", "-batch", &file.to_string_lossy()]);
+    signal("-CONT");
+    assert!(out.status.success(), "{out:?}");
+    // Well before the periodic resync (60 s after start).
+    let caught_up = wait_for(Duration::from_secs(15), || tor.route("10.3.0.2/32"));
+    assert!(caught_up.is_some(), "{}", lab.log(&t.log));
+    assert!(metric(&lab, "tapir_kernel_netlink_overruns_total") >= 1.0);
+    let log = lab.log(&t.log);
+    assert!(log.contains("socket overrun"), "{log}");
+    assert!(
+        log.contains("notifications had been lost; catching up"),
+        "{log}"
+    );
+    // Nothing else moved.
+    assert!(same_instant(good.since_ms("bgp1"), since));
+    assert!(tor.route("10.3.0.1/32").is_some());
+    lab.stop(t.pid);
 }
 
 /// TCP-AO (RFC 5925) needs Linux 6.7 built with CONFIG_TCP_AO. On such a

@@ -1,0 +1,419 @@
+//! A neighbor's Adj-RIB-In, sans-IO: every route the neighbor announced,
+//! with the verdict on it (accepted, or refused and why), and what each
+//! change means for the Loc-RIB.
+//!
+//! The peer task owns one and hands it decoded UPDATEs; the fuzz target
+//! `update_to_rib` drives the same code with arbitrary ones.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bgp::{NextHop, PathAttributes, Prefix, Update};
+use tracing::info;
+
+use crate::authorisation::{Rejection, VmPolicy};
+use crate::config::MaxPrefixAction;
+
+/// Refused routes kept for display and re-judging, beyond which more are
+/// only counted (a VM must not grow our memory by announcing junk).
+pub const MAX_KEPT_REFUSED: usize = 1000;
+
+/// A route learned from the neighbor.
+#[derive(Clone, Debug)]
+pub struct RouteIn {
+    pub next_hop: NextHop,
+    pub attrs: Arc<PathAttributes>,
+    /// Why the route is refused, if it is.
+    /// (Boxed: most routes are accepted, and this keeps them small.)
+    pub rejected: Option<Box<Rejection>>,
+    /// Kept from before the peer restarted (RFC 4724 §4.2), until it
+    /// announces again or sends End-of-RIB.
+    pub stale: bool,
+}
+
+/// What routes are judged by.
+#[derive(Clone, Copy, Debug)]
+pub struct Judge<'a> {
+    /// Every peer: longer AS paths are refused.
+    pub max_as_path_length: usize,
+    /// VM sessions: the authorisation snapshot.
+    pub policy: Option<&'a VmPolicy>,
+}
+
+/// What changed among the accepted routes, for the Loc-RIB.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub announce: Vec<(Prefix, NextHop, Arc<PathAttributes>)>,
+    pub withdraw: Vec<Prefix>,
+    /// `max-prefixes` was passed and the session must go (Cease 6/1):
+    /// the prefix that passed it and the limit. Nothing after it in the
+    /// UPDATE was applied.
+    pub teardown: Option<(Prefix, usize)>,
+}
+
+#[derive(Debug, Default)]
+pub struct AdjRibIn {
+    routes: BTreeMap<Prefix, RouteIn>,
+    /// Routes that are accepted.
+    accepted: usize,
+    /// Refusals by kind, counted per refused announcement.
+    rejections: BTreeMap<&'static str, u64>,
+}
+
+impl AdjRibIn {
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Routes that are accepted.
+    pub fn accepted(&self) -> usize {
+        self.accepted
+    }
+
+    pub fn rejections(&self) -> &BTreeMap<&'static str, u64> {
+        &self.rejections
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Prefix, &RouteIn)> {
+        self.routes.iter()
+    }
+
+    /// The accepted routes that are not stale, as the Loc-RIB has them.
+    pub fn accepted_routes(&self) -> Vec<(Prefix, NextHop, Arc<PathAttributes>)> {
+        self.routes
+            .iter()
+            .filter(|(_, r)| r.rejected.is_none() && !r.stale)
+            .map(|(p, r)| (*p, r.next_hop, r.attrs.clone()))
+            .collect()
+    }
+
+    /// The session is gone and its routes with it.
+    pub fn clear(&mut self) {
+        self.routes.clear();
+        self.rejections.clear();
+        self.accepted = 0;
+    }
+
+    /// The session is gone but the peer restarts gracefully: its routes
+    /// stay, marked stale.
+    pub fn mark_stale(&mut self) {
+        for r in self.routes.values_mut() {
+            r.stale = true;
+        }
+    }
+
+    pub fn has_stale(&self) -> bool {
+        self.routes.values().any(|r| r.stale)
+    }
+
+    /// Applies one UPDATE (not an End-of-RIB: see [`Self::flush_stale`]).
+    /// From an external peer LOCAL_PREF is ignored (RFC 4271 §5.1.5).
+    pub fn apply(&mut self, u: &Update, ebgp: bool, judge: &Judge) -> Changes {
+        let mut out = Changes::default();
+        for p in u.withdrawn_all() {
+            if self.remove(&p).is_some_and(|o| o.rejected.is_none()) {
+                out.withdraw.push(p);
+            }
+        }
+        let mut attrs = u.attributes.clone();
+        if ebgp {
+            attrs.local_pref = None;
+        }
+        let attrs = Arc::new(attrs);
+        for (p, nh) in u.announced() {
+            let old = self.remove(&p);
+            let was_accepted = old.as_ref().is_some_and(|o| o.rejected.is_none());
+            let rejected = self.judge(&p, &nh, &attrs, judge);
+            let changed = old.as_ref().map(|o| &o.rejected) != Some(&rejected);
+            if let Some(r) = &rejected {
+                *self.rejections.entry(r.kind).or_default() += 1;
+                if changed {
+                    info!(prefix = %p, reason = %r.reason, kind = r.kind, "route refused");
+                }
+                if was_accepted {
+                    out.withdraw.push(p);
+                }
+                if r.kind == "max-prefixes" {
+                    if let Some(pol) = judge.policy {
+                        if pol.max_prefixes_action == MaxPrefixAction::Teardown {
+                            out.teardown = Some((p, pol.max_prefixes));
+                            return out;
+                        }
+                    }
+                }
+                if self.routes.len() - self.accepted >= MAX_KEPT_REFUSED {
+                    continue;
+                }
+            } else {
+                out.announce.push((p, nh, attrs.clone()));
+            }
+            self.insert(
+                p,
+                RouteIn {
+                    next_hop: nh,
+                    attrs: attrs.clone(),
+                    rejected,
+                    stale: false,
+                },
+            );
+        }
+        out
+    }
+
+    /// Removes routes still stale (of one family, or all), as after the
+    /// peer's End-of-RIB or its restart time (RFC 4724 §4.2); returns the
+    /// accepted ones, which the Loc-RIB must forget.
+    pub fn flush_stale(&mut self, afi: Option<bgp::Afi>) -> Vec<Prefix> {
+        let gone: Vec<Prefix> = self
+            .routes
+            .iter()
+            .filter(|(p, r)| r.stale && afi.is_none_or(|a| p.afi() == a))
+            .map(|(p, _)| *p)
+            .collect();
+        gone.into_iter()
+            .filter(|p| self.remove(p).is_some_and(|r| r.rejected.is_none()))
+            .collect()
+    }
+
+    /// Judges every route again (a new policy snapshot).
+    pub fn rejudge(&mut self, judge: &Judge) -> Changes {
+        let routes = std::mem::take(&mut self.routes);
+        self.accepted = 0;
+        let mut out = Changes::default();
+        for (p, mut r) in routes {
+            let before = r.rejected.take();
+            r.rejected = self.judge(&p, &r.next_hop, &r.attrs, judge);
+            match (&before, &r.rejected) {
+                (Some(_), None) => {
+                    info!(prefix = %p, "route now accepted");
+                    out.announce.push((p, r.next_hop, r.attrs.clone()));
+                }
+                (None, Some(x)) => {
+                    info!(prefix = %p, reason = %x.reason, kind = x.kind, "route refused");
+                    out.withdraw.push(p);
+                }
+                _ => {}
+            }
+            self.insert(p, r);
+        }
+        out
+    }
+
+    fn insert(&mut self, p: Prefix, r: RouteIn) {
+        if r.rejected.is_none() {
+            self.accepted += 1;
+        }
+        if let Some(old) = self.routes.insert(p, r) {
+            if old.rejected.is_none() {
+                self.accepted -= 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, p: &Prefix) -> Option<RouteIn> {
+        let old = self.routes.remove(p);
+        if old.as_ref().is_some_and(|o| o.rejected.is_none()) {
+            self.accepted -= 1;
+        }
+        old
+    }
+
+    /// The verdict on one announcement, max-prefix count included.
+    fn judge(
+        &self,
+        p: &Prefix,
+        nh: &NextHop,
+        attrs: &PathAttributes,
+        judge: &Judge,
+    ) -> Option<Box<Rejection>> {
+        // Every peer: a path this long is an attack or a loop, and costs
+        // memory and CPU everywhere it goes.
+        let asns: usize = attrs.as_path.as_ref().map_or(0, |a| {
+            a.segments
+                .iter()
+                .map(|s| match s {
+                    bgp::AsSegment::Set(v)
+                    | bgp::AsSegment::Sequence(v)
+                    | bgp::AsSegment::ConfedSequence(v)
+                    | bgp::AsSegment::ConfedSet(v) => v.len(),
+                })
+                .sum()
+        });
+        if asns > judge.max_as_path_length {
+            crate::limits::hit(crate::limits::Limit::AsPathLength);
+            return Some(Box::new(Rejection {
+                kind: "as-path-length",
+                reason: format!(
+                    "AS path of {asns} ASNs, more than max-as-path-length {}",
+                    judge.max_as_path_length
+                ),
+            }));
+        }
+        let policy = judge.policy?;
+        if let Err(r) = policy.judge(p, nh) {
+            return Some(Box::new(r));
+        }
+        (self.accepted >= policy.max_prefixes).then(|| {
+            Box::new(Rejection {
+                kind: "max-prefixes",
+                reason: format!("more than {} prefixes (max-prefixes)", policy.max_prefixes),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn policy(max_prefixes: usize, action: MaxPrefixAction) -> VmPolicy {
+        VmPolicy {
+            group: "vms".into(),
+            entry: Some(("vm".into(), vec!["10.3.0.0/24{24,32}".parse().unwrap()])),
+            group_filter: None,
+            owned_elsewhere: Vec::new(),
+            own_addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 192, 24, 4))],
+            max_prefixes,
+            max_prefixes_action: action,
+        }
+    }
+
+    fn announce(prefixes: &[&str], nh: [u8; 4], path_len: usize) -> Update {
+        Update {
+            attributes: PathAttributes {
+                origin: Some(bgp::Origin::Igp),
+                as_path: Some(bgp::AsPath {
+                    segments: vec![bgp::AsSegment::Sequence(vec![64613; path_len])],
+                }),
+                next_hop: Some(Ipv4Addr::from(nh)),
+                local_pref: Some(500),
+                ..Default::default()
+            },
+            nlri: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn withdraw(prefixes: &[&str]) -> Update {
+        Update {
+            withdrawn: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn names(v: &[(Prefix, NextHop, Arc<PathAttributes>)]) -> Vec<String> {
+        v.iter().map(|(p, _, _)| p.to_string()).collect()
+    }
+
+    #[test]
+    fn refused_routes_are_kept_apart_and_withdrawals_only_name_accepted_ones() {
+        let pol = policy(100, MaxPrefixAction::Reject);
+        let judge = Judge {
+            max_as_path_length: 4,
+            policy: Some(&pol),
+        };
+        let mut adj = AdjRibIn::default();
+        let c = adj.apply(
+            &announce(&["10.3.0.1/32", "10.4.0.1/32"], [10, 192, 24, 4], 1),
+            true,
+            &judge,
+        );
+        assert_eq!(names(&c.announce), ["10.3.0.1/32"]);
+        // eBGP: LOCAL_PREF is ignored.
+        assert_eq!(c.announce[0].2.local_pref, None);
+        assert_eq!((adj.len(), adj.accepted()), (2, 1));
+        assert_eq!(
+            adj.rejections().get("not-in-inventory"),
+            Some(&1),
+            "{:?}",
+            adj.rejections()
+        );
+        // Too long a path, or somebody else's next hop: refused, and the
+        // accepted route it replaces is withdrawn.
+        let c = adj.apply(
+            &announce(&["10.3.0.1/32"], [10, 192, 24, 4], 5),
+            true,
+            &judge,
+        );
+        assert!(c.announce.is_empty());
+        assert_eq!(c.withdraw, ["10.3.0.1/32".parse::<Prefix>().unwrap()]);
+        let c = adj.apply(&withdraw(&["10.3.0.1/32", "10.4.0.1/32"]), true, &judge);
+        assert!(
+            c.withdraw.is_empty(),
+            "neither was accepted: {:?}",
+            c.withdraw
+        );
+        assert!(adj.is_empty());
+        let c = adj.apply(
+            &announce(&["10.3.0.2/32"], [10, 192, 24, 5], 1),
+            true,
+            &judge,
+        );
+        assert!(c.announce.is_empty());
+        assert_eq!(adj.rejections().get("next-hop"), Some(&1));
+    }
+
+    #[test]
+    fn max_prefixes_refuses_or_tears_down() {
+        let pol = policy(2, MaxPrefixAction::Reject);
+        let judge = Judge {
+            max_as_path_length: 64,
+            policy: Some(&pol),
+        };
+        let mut adj = AdjRibIn::default();
+        let three = announce(
+            &["10.3.0.1/32", "10.3.0.2/32", "10.3.0.3/32"],
+            [10, 192, 24, 4],
+            1,
+        );
+        let c = adj.apply(&three, true, &judge);
+        assert_eq!(names(&c.announce), ["10.3.0.1/32", "10.3.0.2/32"]);
+        assert!(c.teardown.is_none());
+        // One goes: the refused one is accepted when judged again.
+        adj.apply(&withdraw(&["10.3.0.1/32"]), true, &judge);
+        let c = adj.rejudge(&judge);
+        assert_eq!(names(&c.announce), ["10.3.0.3/32"]);
+
+        let pol = policy(2, MaxPrefixAction::Teardown);
+        let judge = Judge {
+            max_as_path_length: 64,
+            policy: Some(&pol),
+        };
+        let mut adj = AdjRibIn::default();
+        let c = adj.apply(&three, true, &judge);
+        assert_eq!(c.teardown, Some(("10.3.0.3/32".parse().unwrap(), 2)));
+        assert_eq!(names(&c.announce), ["10.3.0.1/32", "10.3.0.2/32"]);
+    }
+
+    #[test]
+    fn stale_routes_go_at_end_of_rib_unless_announced_again() {
+        let judge = Judge {
+            max_as_path_length: 64,
+            policy: None,
+        };
+        let mut adj = AdjRibIn::default();
+        adj.apply(
+            &announce(&["10.3.0.1/32", "10.3.0.2/32"], [10, 192, 24, 4], 1),
+            false,
+            &judge,
+        );
+        adj.mark_stale();
+        assert!(adj.has_stale());
+        let c = adj.apply(
+            &announce(&["10.3.0.2/32"], [10, 192, 24, 4], 1),
+            false,
+            &judge,
+        );
+        // iBGP keeps LOCAL_PREF.
+        assert_eq!(c.announce[0].2.local_pref, Some(500));
+        let gone = adj.flush_stale(Some(bgp::Afi::Ipv4));
+        assert_eq!(gone, ["10.3.0.1/32".parse::<Prefix>().unwrap()]);
+        assert!(!adj.has_stale());
+        assert_eq!(names(&adj.accepted_routes()), ["10.3.0.2/32"]);
+    }
+}
