@@ -174,6 +174,19 @@ pub fn unplug(lab: &mut Lab, hv: &str, tap: &str) {
     lab.ip(hv, &["link", "del", tap]);
 }
 
+/// BIRD on a hypervisor with the reference config (DESIGN §5) verbatim,
+/// the group filter, and the export to tor: the baseline tapir replaces.
+pub fn hv_bird_config(router_id: &str) -> String {
+    format!(
+        "router id {router_id};\nprotocol device {{ }}\n\
+         filter BGP_FROM_VMS {{ if net ~ [ 10.3.0.0/24{{32,32}} ] then accept; reject; }}\n\
+         protocol bgp vms {{\n  ipv4 {{ import filter BGP_FROM_VMS; export none; }};\n  \
+           local {GATEWAY_V4} as {HV_AS};\n  neighbor range 10.192.24.0/23 external;\n  multihop;\n}}\n\
+         protocol bgp tor {{ local {router_id} as {HV_AS}; neighbor 10.192.21.1 as 65020;\n  \
+           ipv4 {{ import none; export where source = RTS_BGP; }}; }}\n"
+    )
+}
+
 /// The reference VM's BIRD config (DESIGN §5), with the `protocol bgp`
 /// block verbatim and the VM's service prefixes as static routes exported
 /// to the hypervisor. `extra` goes inside the `protocol bgp` block (timers).

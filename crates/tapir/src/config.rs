@@ -79,6 +79,77 @@ pub struct Config {
     /// Where the Prometheus endpoint listens (`[metrics] listen`); off
     /// without.
     pub metrics: Option<SocketAddr>,
+    /// The guest role (`[gateway]`): tapir inside a VM.
+    pub gateway: Option<GatewayConfig>,
+    /// Health-checked announcements (`[[service]]`).
+    pub services: Vec<Service>,
+}
+
+/// `[gateway]`: the guest role's neighbor, the VM's default gateway as the
+/// kernel has it (or explicit addresses). One session per family.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewayConfig {
+    /// Everything but the address (and name), which discovery fills in.
+    pub template: Neighbor,
+    /// Only gateways out of this interface (default: any).
+    pub interface: Option<String>,
+    /// Explicit gateway addresses instead of discovery (a link-local one
+    /// needs `interface`).
+    pub addresses: Vec<IpAddr>,
+}
+
+/// `[[service]]`: prefixes announced while their checks pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub prefixes: Vec<Prefix>,
+    pub checks: Vec<Check>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes before the prefixes are announced.
+    pub rise: u32,
+    /// Consecutive failures before they are withdrawn.
+    pub fall: u32,
+    /// Each prefix's address must be configured on a local interface.
+    pub require_address: bool,
+}
+
+/// One health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Runs a program (no shell); exit status 0 passes.
+    Command(Vec<String>),
+    /// A TCP connection is accepted.
+    Tcp(SocketAddr),
+    /// `GET path` answers with this status.
+    Http {
+        address: SocketAddr,
+        host: String,
+        path: String,
+        status: u16,
+    },
+    /// A DNS query over UDP is answered (NOERROR, at least one answer).
+    Dns {
+        server: SocketAddr,
+        name: String,
+        record: u16,
+    },
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Check::Command(argv) => write!(f, "command {}", argv.join(" ")),
+            Check::Tcp(a) => write!(f, "tcp {a}"),
+            Check::Http {
+                address,
+                path,
+                status,
+                ..
+            } => write!(f, "http {address}{path} = {status}"),
+            Check::Dns { server, name, .. } => write!(f, "dns {name} @{server}"),
+        }
+    }
 }
 
 /// `[graceful-restart]`: tapir as restarting speaker and as helper.
@@ -321,6 +392,87 @@ struct RawConfig {
     graceful_restart: Option<RawGracefulRestart>,
     drain: Option<RawDrain>,
     metrics: Option<RawMetrics>,
+    gateway: Option<Spanned<RawGateway>>,
+    #[serde(default)]
+    service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawGateway {
+    remote_as: Spanned<RawRemoteAs>,
+    interface: Option<String>,
+    #[serde(default)]
+    addresses: Vec<Spanned<IpAddr>>,
+    families: Option<Vec<Spanned<String>>>,
+    #[serde(default = "default_hold_time")]
+    hold_time: Spanned<u16>,
+    #[serde(default = "default_gateway_connect_retry")]
+    connect_retry: Spanned<u64>,
+    export: Option<Spanned<String>>,
+    #[serde(default)]
+    bfd: bool,
+    #[serde(default = "default_bfd_interval")]
+    bfd_interval: Spanned<u64>,
+    #[serde(default = "default_bfd_multiplier")]
+    bfd_multiplier: Spanned<u8>,
+    send_hold_time: Option<Spanned<u64>>,
+    #[serde(default = "default_max_as_path")]
+    max_as_path_length: Spanned<usize>,
+    #[serde(default = "default_max_send_queue")]
+    max_send_queue: Spanned<usize>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    ttl_security: bool,
+}
+
+fn default_gateway_connect_retry() -> Spanned<u64> {
+    Spanned::new(0..0, 1)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawService {
+    name: Option<String>,
+    prefixes: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    check: Vec<Spanned<RawCheck>>,
+    #[serde(default = "default_check_interval")]
+    interval: Spanned<f64>,
+    #[serde(default = "default_check_timeout")]
+    timeout: Spanned<f64>,
+    #[serde(default = "default_rise_fall")]
+    rise: Spanned<u32>,
+    #[serde(default = "default_rise_fall")]
+    fall: Spanned<u32>,
+    #[serde(default)]
+    require_address: bool,
+}
+
+fn default_check_interval() -> Spanned<f64> {
+    Spanned::new(0..0, 2.0)
+}
+fn default_check_timeout() -> Spanned<f64> {
+    Spanned::new(0..0, 1.0)
+}
+fn default_rise_fall() -> Spanned<u32> {
+    Spanned::new(0..0, 2)
+}
+
+/// `check = [{ type = "…", … }]`.
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawCheck {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    command: Option<Vec<String>>,
+    address: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    status: Option<u16>,
+    server: Option<Spanned<String>>,
+    name: Option<String>,
+    record: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1012,6 +1164,37 @@ impl Config {
                 vms.push(parse_vm(v, &ierr)?);
             }
         }
+        let gateway = match &raw.gateway {
+            None => None,
+            Some(g) => Some(parse_gateway(g, &policies, path, &err)?),
+        };
+        if gateway.is_some() && !groups.is_empty() {
+            return Err(err(
+                raw.gateway.as_ref().map_or(0..0, |g| g.span()),
+                "[gateway] (the guest role, inside a VM) and [[group]] (the hypervisor role) \
+                 cannot be in one config"
+                    .into(),
+            ));
+        }
+        let mut services: Vec<Service> = Vec::new();
+        for (i, sv) in raw.service.iter().enumerate() {
+            let s = parse_service(sv, i, &err)?;
+            if services.iter().any(|o| o.name == s.name) {
+                return Err(err(
+                    sv.span(),
+                    format!("service name `{}` is used twice", s.name),
+                ));
+            }
+            for p in &s.prefixes {
+                if raw.announce.contains(p) || services.iter().any(|o| o.prefixes.contains(p)) {
+                    return Err(err(
+                        sv.get_ref().prefixes.span(),
+                        format!("{p} is announced twice (by `announce` or another service)"),
+                    ));
+                }
+            }
+            services.push(s);
+        }
         let check = crate::inventory::Inventory::new(Vec::new(), None);
         let mut check = check;
         for (i, v) in vms.iter().enumerate() {
@@ -1045,11 +1228,319 @@ impl Config {
                 },
             },
             metrics: raw.metrics.map(|m| m.listen),
+            gateway,
+            services,
         })
     }
 }
 
 type ErrFn<'a> = dyn Fn(Range<usize>, String) -> ConfigError + 'a;
+
+fn parse_gateway(
+    g: &Spanned<RawGateway>,
+    policies: &std::collections::BTreeMap<String, Arc<Policy>>,
+    path: &Path,
+    err: &ErrFn,
+) -> Result<GatewayConfig, ConfigError> {
+    let r = g.get_ref();
+    let remote_as = remote_as(r.remote_as.get_ref()).map_err(|m| err(r.remote_as.span(), m))?;
+    let (hold_time, connect_retry) = timers(&r.hold_time, &r.connect_retry, err)?;
+    let mut families = Vec::new();
+    for f in r.families.iter().flatten() {
+        families.push(match f.get_ref().as_str() {
+            "ipv4" => Afi::Ipv4,
+            "ipv6" => Afi::Ipv6,
+            other => {
+                return Err(err(
+                    f.span(),
+                    format!(
+                        "gateway.families: unknown family `{other}` (expected `ipv4` or `ipv6`)"
+                    ),
+                ))
+            }
+        });
+    }
+    if r.families.is_some() && families.is_empty() {
+        return Err(err(
+            g.span(),
+            "gateway.families: at least one family is needed".into(),
+        ));
+    }
+    if families.is_empty() {
+        families = vec![Afi::Ipv4, Afi::Ipv6];
+    }
+    let mut addresses = Vec::new();
+    for a in &r.addresses {
+        let ip = *a.get_ref();
+        if let IpAddr::V6(v6) = ip {
+            if crate::authorisation::is_link_local(v6) && r.interface.is_none() {
+                return Err(err(
+                    a.span(),
+                    format!("gateway.addresses: {ip} is link-local: set gateway.interface too"),
+                ));
+            }
+        }
+        addresses.push(ip);
+    }
+    let export = match &r.export {
+        None => Arc::new(Policy::guest_default()),
+        Some(e) => policies.get(e.get_ref()).cloned().ok_or_else(|| {
+            err(
+                e.span(),
+                format!("gateway.export: no policy `{}` in [policy]", e.get_ref()),
+            )
+        })?,
+    };
+    let bfd = bfd_timers(r.bfd, &r.bfd_interval, &r.bfd_multiplier, err)?;
+    let limits = session_limits(
+        &r.send_hold_time,
+        &r.max_as_path_length,
+        &r.max_send_queue,
+        err,
+    )?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let password = password(&r.password, &r.password_file, dir, err)?;
+    Ok(GatewayConfig {
+        template: Neighbor {
+            name: "gateway".into(),
+            address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 179,
+            remote_as,
+            local_address: None,
+            hold_time,
+            connect_retry: Duration::from_secs(connect_retry),
+            passive: false,
+            families,
+            export,
+            kernel_import: false,
+            bfd,
+            limits,
+            password,
+            ttl_security: r.ttl_security,
+            tcp_ao: None,
+        },
+        interface: r.interface.clone(),
+        addresses,
+    })
+}
+
+fn parse_service(sv: &Spanned<RawService>, i: usize, err: &ErrFn) -> Result<Service, ConfigError> {
+    let r = sv.get_ref();
+    let name = r
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("service{}", i + 1));
+    let mut prefixes = Vec::new();
+    for p in r.prefixes.get_ref() {
+        prefixes.push(
+            p.get_ref()
+                .parse::<Prefix>()
+                .map_err(|e| err(p.span(), format!("service `{name}`: prefixes: {e}")))?,
+        );
+    }
+    if prefixes.is_empty() {
+        return Err(err(
+            r.prefixes.span(),
+            format!("service `{name}`: at least one prefix is needed"),
+        ));
+    }
+    let secs = |v: &Spanned<f64>, key: &str, max: f64| -> Result<Duration, ConfigError> {
+        let x = *v.get_ref();
+        if !(0.1..=max).contains(&x) {
+            return Err(err(
+                v.span(),
+                format!("service `{name}`: {key}: 0.1 to {max} seconds"),
+            ));
+        }
+        Ok(Duration::from_secs_f64(x))
+    };
+    if r.require_address {
+        if let Some(p) = prefixes
+            .iter()
+            .find(|p| p.len() != if p.addr().is_ipv4() { 32 } else { 128 })
+        {
+            return Err(err(
+                r.prefixes.span(),
+                format!("service `{name}`: require-address needs host prefixes (/32, /128); {p} is not one"),
+            ));
+        }
+    }
+    let interval = secs(&r.interval, "interval", 3600.0)?;
+    let timeout = secs(&r.timeout, "timeout", 60.0)?;
+    for (v, key) in [(&r.rise, "rise"), (&r.fall, "fall")] {
+        if !(1..=100).contains(v.get_ref()) {
+            return Err(err(v.span(), format!("service `{name}`: {key}: 1 to 100")));
+        }
+    }
+    let mut checks = Vec::new();
+    for c in &r.check {
+        checks.push(parse_check(c, &name, err)?);
+    }
+    if checks.is_empty() && !r.require_address {
+        return Err(err(
+            sv.span(),
+            format!("service `{name}`: no check and no require-address: use `announce` for prefixes announced unconditionally"),
+        ));
+    }
+    Ok(Service {
+        name,
+        prefixes,
+        checks,
+        interval,
+        timeout,
+        rise: *r.rise.get_ref(),
+        fall: *r.fall.get_ref(),
+        require_address: r.require_address,
+    })
+}
+
+/// `ADDRESS:PORT`, `ADDRESS` (then `port`), `[V6]:PORT` or a bare IPv6.
+fn socket_address(s: &str, port: u16) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(|a| SocketAddr::new(a, port)))
+}
+
+fn parse_check(c: &Spanned<RawCheck>, service: &str, err: &ErrFn) -> Result<Check, ConfigError> {
+    let r = c.get_ref();
+    let at = |span: Range<usize>, m: String| err(span, format!("service `{service}`: check: {m}"));
+    let kind = r.kind.get_ref().as_str();
+    // Keys that belong to other kinds of check are mistakes.
+    let allowed: &[&str] = match kind {
+        "command" => &["command"],
+        "tcp" => &["address"],
+        "http" => &["url", "status"],
+        "dns" => &["server", "name", "record"],
+        other => {
+            return Err(at(
+                r.kind.span(),
+                format!("unknown type `{other}` (expected `command`, `tcp`, `http` or `dns`)"),
+            ))
+        }
+    };
+    let given = [
+        ("command", r.command.is_some()),
+        ("address", r.address.is_some()),
+        ("url", r.url.is_some()),
+        ("status", r.status.is_some()),
+        ("server", r.server.is_some()),
+        ("name", r.name.is_some()),
+        ("record", r.record.is_some()),
+    ];
+    if let Some((k, _)) = given.iter().find(|(k, g)| *g && !allowed.contains(k)) {
+        return Err(at(
+            c.span(),
+            format!("`{k}` does not apply to a `{kind}` check"),
+        ));
+    }
+    match kind {
+        "command" => {
+            let argv = r.command.clone().unwrap_or_default();
+            if argv.is_empty() || argv[0].is_empty() {
+                return Err(at(
+                    c.span(),
+                    "a command check needs `command = [\"PROGRAM\", \"ARG\"…]`".into(),
+                ));
+            }
+            Ok(Check::Command(argv))
+        }
+        "tcp" => {
+            let a = r
+                .address
+                .as_ref()
+                .ok_or_else(|| at(c.span(), "a tcp check needs `address = \"IP:PORT\"`".into()))?;
+            let addr = a
+                .get_ref()
+                .parse::<SocketAddr>()
+                .map_err(|_| at(a.span(), format!("`{}` is not IP:PORT", a.get_ref())))?;
+            Ok(Check::Tcp(addr))
+        }
+        "http" => {
+            let u = r.url.as_ref().ok_or_else(|| {
+                at(
+                    c.span(),
+                    "an http check needs `url = \"http://IP[:PORT]/PATH\"`".into(),
+                )
+            })?;
+            let bad = || {
+                at(
+                    u.span(),
+                    format!(
+                        "`{}`: expected http://IP[:PORT]/PATH (an address, not a name: checks do not resolve names)",
+                        u.get_ref()
+                    ),
+                )
+            };
+            let rest = u.get_ref().strip_prefix("http://").ok_or_else(bad)?;
+            let (hostport, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            let address = socket_address(hostport, 80)
+                .or_else(|| {
+                    hostport
+                        .strip_prefix('[')
+                        .and_then(|h| h.strip_suffix(']'))
+                        .and_then(|h| socket_address(h, 80))
+                })
+                .ok_or_else(bad)?;
+            Ok(Check::Http {
+                address,
+                host: hostport.to_string(),
+                path: path.to_string(),
+                status: r.status.unwrap_or(200),
+            })
+        }
+        _ => {
+            let s = r.server.as_ref().ok_or_else(|| {
+                at(
+                    c.span(),
+                    "a dns check needs `server = \"IP\"` and `name`".into(),
+                )
+            })?;
+            let server = socket_address(s.get_ref(), 53)
+                .ok_or_else(|| at(s.span(), format!("`{}` is not an IP address", s.get_ref())))?;
+            let name = r
+                .name
+                .clone()
+                .ok_or_else(|| at(c.span(), "a dns check needs `name = \"DOMAIN\"`".into()))?;
+            if name.is_empty()
+                || name.len() > 253
+                || name
+                    .trim_end_matches('.')
+                    .split('.')
+                    .any(|l| l.is_empty() || l.len() > 63)
+            {
+                return Err(at(c.span(), format!("`{name}` is not a domain name")));
+            }
+            let record = match &r.record {
+                None => 1,
+                Some(t) => match t.get_ref().to_ascii_uppercase().as_str() {
+                    "A" => 1,
+                    "NS" => 2,
+                    "CNAME" => 5,
+                    "SOA" => 6,
+                    "PTR" => 12,
+                    "MX" => 15,
+                    "TXT" => 16,
+                    "AAAA" => 28,
+                    "SRV" => 33,
+                    other => return Err(at(
+                        t.span(),
+                        format!(
+                            "record `{other}`: one of A, AAAA, NS, CNAME, SOA, PTR, MX, TXT, SRV"
+                        ),
+                    )),
+                },
+            };
+            Ok(Check::Dns {
+                server,
+                name,
+                record,
+            })
+        }
+    }
+}
 
 /// `hold-time` (0 or at least 3 s, RFC 4271 §4.2) and `connect-retry`
 /// (at least 1 s), for neighbors and groups alike.
@@ -1471,7 +1962,21 @@ mod tests {
             "### `tcp-ao`",
             format!("{head}[[neighbor]]\naddress = \"10.0.0.1\"\nremote-as = 2\ntcp-ao = {{ zz-unknown = 1 }}\n"),
         );
-        for (section, text) in cases.iter().chain([&metrics, &ao]) {
+        let guest = [
+            (
+                "## `[gateway]`",
+                format!("{head}[gateway]\nzz-unknown = 1\n"),
+            ),
+            (
+                "## `[[service]]`",
+                format!("{head}[[service]]\nzz-unknown = 1\n"),
+            ),
+            (
+                "### `check`",
+                format!("{head}[[service]]\nprefixes = []\ncheck = [{{ zz-unknown = 1 }}]\n"),
+            ),
+        ];
+        for (section, text) in cases.iter().chain([&metrics, &ao]).chain(guest.iter()) {
             let start = doc
                 .find(&format!("\n{section}\n"))
                 .unwrap_or_else(|| panic!("docs/config.md has no section {section}"));

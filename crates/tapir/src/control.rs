@@ -23,6 +23,8 @@ pub enum Request {
     ShowRib,
     ShowBfd,
     ShowStatus,
+    /// The guest role's health-checked services.
+    ShowServices,
     VmAdd {
         vm: crate::inventory::Registration,
     },
@@ -178,6 +180,9 @@ pub enum Response {
     },
     Status {
         status: Status,
+    },
+    Services {
+        services: Vec<crate::health::ServiceStatus>,
     },
     Done {
         message: String,

@@ -109,7 +109,11 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         config.drain,
     );
     let wants_bfd = config.neighbors.iter().any(|n| n.bfd.is_some())
-        || config.groups.iter().any(|g| g.bfd.is_some());
+        || config.groups.iter().any(|g| g.bfd.is_some())
+        || config
+            .gateway
+            .as_ref()
+            .is_some_and(|g| g.template.bfd.is_some());
     let bfd = if wants_bfd {
         Some(crate::bfd::spawn().map_err(|e| format!("BFD sockets (UDP 3784): {e}"))?)
     } else {
@@ -124,19 +128,31 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
     });
     let mut inventory = Inventory::new(config.vms.clone(), config.state_dir.as_deref());
     let registered = inventory.load_registrations()?;
-    let hv: Option<mpsc::Sender<HvMsg>> = if config.groups.is_empty() {
+    // Health-checked services: their prefixes come and go in the Loc-RIB.
+    let services = crate::health::spawn(&config.services, local.rib.clone());
+    let hv: Option<mpsc::Sender<HvMsg>> = if config.groups.is_empty() && config.gateway.is_none() {
         None
     } else {
-        let hv = dynamic::spawn(
-            config.groups.clone(),
-            inventory,
-            local.clone(),
-            config.kernel.install,
-        );
+        let hv = match &config.gateway {
+            Some(g) => {
+                info!("guest role: following the default gateway");
+                crate::guest::spawn(
+                    g.clone(),
+                    config.graceful_restart.restart_time,
+                    local.clone(),
+                )
+            }
+            None => dynamic::spawn(
+                config.groups.clone(),
+                inventory,
+                local.clone(),
+                config.kernel.install,
+            ),
+        };
         let (ktx, mut krx) = mpsc::channel(1024);
-        crate::kernel::watch(ktx)
-            .await
-            .map_err(|e| format!("netlink: {e} (tapir needs CAP_NET_ADMIN to follow taps)"))?;
+        crate::kernel::watch(ktx).await.map_err(|e| {
+            format!("netlink: {e} (tapir needs CAP_NET_ADMIN to follow taps and routes)")
+        })?;
         let hv2 = hv.clone();
         tokio::spawn(async move {
             while let Some(e) = krx.recv().await {
@@ -145,10 +161,12 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
                 }
             }
         });
-        info!(
-            groups = config.groups.len(),
-            registered, "hypervisor role: following taps"
-        );
+        if config.gateway.is_none() {
+            info!(
+                groups = config.groups.len(),
+                registered, "hypervisor role: following taps"
+            );
+        }
         Some(hv)
     };
     // The static neighbors, in the config's order; a reload changes them.
@@ -204,8 +222,10 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         let listener =
             crate::metrics::bind(addr).map_err(|e| format!("metrics listener {addr}: {e}"))?;
         let (peers, hv, rib, bfd) = (peers.clone(), hv.clone(), local.rib.clone(), bfd.clone());
+        let services = services.clone();
         crate::metrics::serve(listener, move || {
             let (peers, hv, rib, bfd) = (snapshot(&peers), hv.clone(), rib.clone(), bfd.clone());
+            let services = services.lock().unwrap_or_else(|e| e.into_inner()).clone();
             async move {
                 let peers = peer_statuses(&peers, hv.as_ref()).await;
                 let bfd = match bfd {
@@ -221,7 +241,12 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
                     Ok(()) => rx.await.ok(),
                     Err(_) => None,
                 };
-                crate::metrics::Snapshot { peers, bfd, rib }
+                crate::metrics::Snapshot {
+                    peers,
+                    bfd,
+                    rib,
+                    services,
+                }
             }
         });
         info!(listen = %addr, "metrics endpoint up");
@@ -235,6 +260,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         let stop_tx = stop_tx.clone();
         let reload_tx = reload_tx.clone();
         let bfd_tx = bfd.clone();
+        let services = services.clone();
         let about = Arc::new(About {
             local: local.clone(),
             config: config_path.display().to_string(),
@@ -252,6 +278,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
                 let reload_tx = reload_tx.clone();
                 let bfd_tx = bfd_tx.clone();
                 let about = about.clone();
+                let services = services.clone();
                 tokio::spawn(control::serve_client(stream, move |req| {
                     let peers = peers.clone();
                     let hv = hv.clone();
@@ -260,7 +287,11 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
                     let reload_tx = reload_tx.clone();
                     let bfd = bfd_tx.clone();
                     let about = about.clone();
+                    let services = services.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     async move {
+                        if let Request::ShowServices = req {
+                            return Response::Services { services };
+                        }
                         if let Request::ShowStatus = req {
                             return Response::Status {
                                 status: status(&about, &snapshot(&peers), hv.as_ref(), &rib, bfd)
@@ -887,7 +918,7 @@ async fn answer(
                 },
             }
         }
-        Request::ShowBfd | Request::ShowStatus => Response::Error {
+        Request::ShowBfd | Request::ShowStatus | Request::ShowServices => Response::Error {
             message: "handled by the daemon loop".into(),
         },
         Request::ShowVms => {

@@ -292,6 +292,8 @@ impl Hypervisor {
             } => {
                 self.neighbours.entry(index).or_default().insert(addr);
             }
+            // The guest role's business.
+            KernelEvent::DefaultRoute { .. } => {}
             KernelEvent::Neighbour {
                 add: false,
                 addr,
@@ -456,6 +458,8 @@ impl Hypervisor {
             graceful_restart: (group.graceful_restart_time > 0)
                 .then_some(group.graceful_restart_time),
             policy: Some(policy),
+            global_v6_from: None,
+            takeover: false,
         }
     }
 
@@ -689,7 +693,7 @@ fn display_addr(addr: &IpAddr, ifname: Option<&str>) -> String {
     }
 }
 
-async fn stop(h: &PeerHandle, why: &str) {
+pub(crate) async fn stop(h: &PeerHandle, why: &str) {
     let (tx, rx) = oneshot::channel();
     if h.tx
         .send(PeerMsg::Shutdown(

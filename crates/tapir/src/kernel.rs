@@ -44,6 +44,14 @@ pub enum KernelEvent {
         index: u32,
         protocol: u8,
     },
+    /// A default route via a gateway in the main table (the guest role's
+    /// gateway); `metric` tells two defaults apart, as the kernel does.
+    DefaultRoute {
+        add: bool,
+        gateway: IpAddr,
+        index: u32,
+        metric: u32,
+    },
     /// A usable IPv6 link-local neighbour on an interface.
     Neighbour {
         add: bool,
@@ -170,16 +178,36 @@ fn route_event(m: &RouteMessage, add: bool) -> Option<KernelEvent> {
     let mut table = h.table as u32;
     let mut dst = None;
     let mut oif = None;
+    let mut gateway = None;
+    let mut metric = 0;
     for a in &m.attributes {
         match a {
             RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
             RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
             RouteAttribute::Oif(i) => oif = Some(*i),
-            // A route via a gateway is not a VM's own route.
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(IpAddr::V4(*a)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gateway = Some(IpAddr::V6(*a)),
+            RouteAttribute::Priority(p) => metric = *p,
             RouteAttribute::Gateway(_) | RouteAttribute::MultiPath(_) => return None,
             _ => {}
         }
+    }
+    if h.destination_prefix_length == 0 && dst.is_none() {
+        // A default route: the guest role's gateway.
+        if table != RT_TABLE_MAIN {
+            return None;
+        }
+        return Some(KernelEvent::DefaultRoute {
+            add,
+            gateway: gateway?,
+            index: oif?,
+            metric,
+        });
+    }
+    // A route via a gateway is not a VM's own route.
+    if gateway.is_some() {
+        return None;
     }
     let addr = dst?;
     let host_len = if addr.is_ipv4() { 32 } else { 128 };

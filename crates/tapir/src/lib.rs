@@ -16,6 +16,8 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dynamic;
+pub mod guest;
+pub mod health;
 pub mod inventory;
 pub mod kernel;
 pub mod limits;

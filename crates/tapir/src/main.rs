@@ -167,6 +167,13 @@ enum Show {
         #[arg(long)]
         json: bool,
     },
+    /// Health-checked services (guest role): healthy or not, the checks,
+    /// the last error.
+    Services {
+        /// Print JSON (schema in docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// The Loc-RIB: the best path of every prefix and where it came from.
     Rib {
         /// Print JSON (schema in docs/json.md).
@@ -295,6 +302,7 @@ fn main() -> ExitCode {
                 Show::Vms { json } => (control::Request::ShowVms, json),
                 Show::Rib { json } => (control::Request::ShowRib, json),
                 Show::Bfd { json } => (control::Request::ShowBfd, json),
+                Show::Services { json } => (control::Request::ShowServices, json),
             };
             client(&rt, &cli.socket, req, json)
         }
@@ -543,6 +551,8 @@ fn print(resp: &control::Response, json: bool) -> ExitCode {
         (Response::Vms { vms }, false) => show::vms(vms),
         (Response::Status { status }, true) => pretty(serde_json::to_string_pretty(status)),
         (Response::Status { status }, false) => show::status(status),
+        (Response::Services { services }, true) => pretty(serde_json::to_string_pretty(services)),
+        (Response::Services { services }, false) => show::services(services),
     };
     print!("{text}");
     ExitCode::SUCCESS

@@ -25,6 +25,7 @@ pub struct Snapshot {
     pub peers: Vec<PeerStatus>,
     pub bfd: Vec<BfdStatus>,
     pub rib: Option<RibStats>,
+    pub services: Vec<crate::health::ServiceStatus>,
 }
 
 /// Serves `GET /metrics` on `listener`; `gather` takes a snapshot.
@@ -312,6 +313,24 @@ pub fn encode(s: &Snapshot) -> String {
         .get_or_create(&vec![])
         .inc_by(k.resync_changes.load(Relaxed));
 
+    if !s.services.is_empty() {
+        let healthy = gauge(
+            &mut reg,
+            "service_healthy",
+            "1 while a health-checked service is announced (guest role)",
+            None,
+        );
+        let transitions = counter(
+            &mut reg,
+            "service_transitions",
+            "Times a health-checked service was announced or withdrawn",
+        );
+        for sv in &s.services {
+            let labels = l(&[("service", &sv.name)]);
+            healthy.get_or_create(&labels).set(sv.healthy as i64);
+            transitions.get_or_create(&labels).inc_by(sv.transitions);
+        }
+    }
     let limits = counter(
         &mut reg,
         "limit_hits",

@@ -170,6 +170,16 @@ pub struct PeerConfig {
     pub tcp_ao: Option<Arc<crate::sys::AoKey>>,
     /// For a VM: what it may announce. Static neighbors accept everything.
     pub policy: Option<Arc<VmPolicy>>,
+    /// A session over IPv6 link-local announces a global address of this
+    /// interface (by index) as its IPv6 next hop, beside the link-local one
+    /// (RFC 2545), looked up when routes go out; without one, IPv6 routes
+    /// cannot be announced over link-local.
+    pub global_v6_from: Option<u32>,
+    /// A new connection from the peer while the session is up takes the
+    /// session over (RFC 4724 §4.2) if the peer can restart gracefully.
+    /// Set for a VM's gateway: after a migration the new hypervisor opens
+    /// that connection, and the old one leads to nobody.
+    pub takeover: bool,
 }
 
 impl From<&Neighbor> for PeerConfig {
@@ -199,6 +209,8 @@ impl From<&Neighbor> for PeerConfig {
             ttl_security: n.ttl_security,
             tcp_ao: n.tcp_ao.clone().map(Arc::new),
             policy: None,
+            global_v6_from: None,
+            takeover: false,
         }
     }
 }
@@ -724,6 +736,20 @@ impl Peer {
     }
 
     fn incoming(&mut self, now: Instant, stream: TcpStream) {
+        // RFC 4724 §4.2: a peer that can restart gracefully and opens a new
+        // connection while the session is up has restarted; for a VM's
+        // gateway, it is the new hypervisor after a migration. The old
+        // connection is closed (its routes kept as stale for the restart
+        // time) and the new one takes its place at once, as BIRD does.
+        if self.cfg.takeover
+            && self.conns.len() == 1
+            && self.conns[0].session.state() == State::Established
+            && self.peer_gr.is_some()
+        {
+            info!("new connection while Established from a graceful-restart peer: it takes the session over (RFC 4724 §4.2)");
+            self.conns[0].session.closed(now);
+            self.process();
+        }
         let state = self.conns[0].session.state();
         match state {
             State::Idle | State::Connect | State::Active => {
@@ -954,7 +980,7 @@ impl Peer {
                 for f in families {
                     self.send_family(i, f);
                 }
-                if self.cfg.interface.is_some() {
+                if self.cfg.group.is_some() {
                     self.nudge_at = Some(Instant::now() + NUDGE_AFTER);
                 }
             }
@@ -1185,6 +1211,14 @@ impl Peer {
                         link_local: None,
                     })
                 }
+                (bgp::Afi::Ipv6, IpAddr::V6(a)) => self
+                    .cfg
+                    .global_v6_from
+                    .and_then(crate::guest::global_address)
+                    .map(|g| NextHop::V6 {
+                        global: g,
+                        link_local: Some(a),
+                    }),
                 _ => None,
             })
     }

@@ -192,6 +192,20 @@ impl Policy {
         }
     }
 
+    /// The default for the guest role's gateway: tapir's own routes only
+    /// (the services), never something learned.
+    pub fn guest_default() -> Policy {
+        Policy {
+            name: "default".into(),
+            as_path: AsPathMode::Keep,
+            default_accept: false,
+            terms: vec![Term::accept(Match {
+                source: Some(Source::Local),
+                ..Default::default()
+            })],
+        }
+    }
+
     /// The attributes to send for this route to an eBGP (`ebgp`) or iBGP
     /// neighbor, or `None` if the policy rejects it. The next hop is the
     /// session's own (next-hop-self), set when the UPDATE is built.

@@ -77,6 +77,12 @@ pub enum RibMsg {
         policy: Arc<Policy>,
     },
     Show(oneshot::Sender<Vec<LocRibEntry>>),
+    /// tapir's own routes that come and go (the guest role's services,
+    /// as their health checks pass and fail).
+    Local {
+        announce: Vec<Prefix>,
+        withdraw: Vec<Prefix>,
+    },
     /// Sizes, for metrics.
     Stats(oneshot::Sender<RibStats>),
     /// The restart deferral is over (RFC 4724 §4.1).
@@ -385,6 +391,33 @@ impl Rib {
                         attrs,
                     });
                     changed.push(p);
+                }
+            }
+            RibMsg::Local { announce, withdraw } => {
+                for p in withdraw {
+                    if let Some(v) = self.table.get_mut(&p) {
+                        v.retain(|x| x.peer.is_some());
+                        if v.is_empty() {
+                            self.table.remove(&p);
+                        }
+                        changed.push(p);
+                    }
+                }
+                let attrs = self.intern(PathAttributes {
+                    origin: Some(bgp::Origin::Igp),
+                    as_path: Some(bgp::AsPath::default()),
+                    ..Default::default()
+                });
+                for p in announce {
+                    let v = self.table.entry(p).or_default();
+                    if !v.iter().any(|x| x.peer.is_none()) {
+                        v.push(Path {
+                            peer: None,
+                            next_hop: None,
+                            attrs: attrs.clone(),
+                        });
+                        changed.push(p);
+                    }
                 }
             }
             RibMsg::PeerDown(id) => {

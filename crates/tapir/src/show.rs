@@ -335,6 +335,29 @@ pub fn bfd(s: &[crate::bfd::BfdStatus]) -> String {
     )
 }
 
+pub fn services(s: &[crate::health::ServiceStatus]) -> String {
+    let rows: Vec<Vec<String>> = s
+        .iter()
+        .map(|x| {
+            vec![
+                x.name.clone(),
+                x.prefixes.join(" "),
+                if x.healthy { "announced" } else { "withdrawn" }.to_string(),
+                if x.streak >= 0 {
+                    format!("{} passed", x.streak)
+                } else {
+                    format!("{} failed", -x.streak)
+                },
+                x.last_error.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["Service", "Prefixes", "State", "In a row", "Last error"],
+        &rows,
+    )
+}
+
 pub fn vms(vms: &[VmStatus]) -> String {
     let rows: Vec<Vec<String>> = vms
         .iter()

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use lab::reference::{self, HV_AS};
+use lab::reference;
 use lab::tor::{self, Kind, Tor};
 use lab::Lab;
 
@@ -94,18 +94,6 @@ fn until(
         std::thread::sleep(Duration::from_millis(5));
     }
     None
-}
-
-fn bird_hypervisor(id: &str) -> String {
-    // The reference hypervisor config (DESIGN §5), and the export to tor.
-    format!(
-        "router id {id};\nprotocol device {{ }}\n\
-         filter BGP_FROM_VMS {{ if net ~ [ 10.3.0.0/24{{32,32}} ] then accept; reject; }}\n\
-         protocol bgp vms {{\n  ipv4 {{ import filter BGP_FROM_VMS; export none; }};\n  \
-           local 10.192.24.1 as {HV_AS};\n  neighbor range 10.192.24.0/23 external;\n  multihop;\n}}\n\
-         protocol bgp tor {{ local {id} as {HV_AS}; neighbor 10.192.21.1 as 65020;\n  \
-           ipv4 {{ import none; export where source = RTS_BGP; }}; }}\n"
-    )
 }
 
 struct Setup {
@@ -220,7 +208,7 @@ fn setup(daemon: &str, tapir: &std::path::Path, example: &str, guest: Guest) -> 
             let path = lab.write(&format!("{hv}/tapir.toml"), &cfg);
             lab.tapir_with_log(hv, tapir, &path, "info");
         } else {
-            lab.bird(hv, &bird_hypervisor(id));
+            lab.bird(hv, &lab::reference::hv_bird_config(id));
         }
     }
     Setup {

@@ -1,0 +1,443 @@
+//! The guest role (DESIGN C12): tapir inside a VM. Its neighbor is the
+//! VM's default gateway, found in the kernel's routing table and followed
+//! when it changes: the IPv4 default route's next hop (on-link, no shared
+//! subnet) and the IPv6 one (the hypervisor's link-local address, from a
+//! static route or a router advertisement). One session per family, bound
+//! to the interface, single-hop; no `multihop` anywhere.
+//!
+//! After a live migration the gateway has the same addresses on the new
+//! hypervisor. The new hypervisor opens a session to the VM, which takes
+//! the old one over at once (RFC 4724 §4.2, `PeerConfig::takeover`); BFD
+//! failure or a reset from the new host end it otherwise, and the session
+//! is retried after `connect-retry` (1 s), with no back-off.
+//!
+//! The task speaks the hypervisor role's [`HvMsg`], so that the listener,
+//! `show` and metrics treat both roles alike.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use bgp::Afi;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::GatewayConfig;
+use crate::dynamic::HvMsg;
+use crate::kernel::KernelEvent;
+use crate::peer::{self, Interface, Local, PeerConfig, PeerHandle, PeerMsg};
+
+/// One gateway: its address and the interface it is reached on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Gateway {
+    pub address: IpAddr,
+    pub index: u32,
+}
+
+struct Running {
+    gateway: Gateway,
+    handle: PeerHandle,
+}
+
+struct Guest {
+    cfg: GatewayConfig,
+    restart_time: u16,
+    local: Arc<Local>,
+    /// index → name.
+    links: BTreeMap<u32, String>,
+    /// (family, interface, metric) → gateway, as the kernel has them.
+    defaults: BTreeMap<(bool, u32, u32), IpAddr>,
+    running: Vec<Running>,
+}
+
+pub fn spawn(cfg: GatewayConfig, restart_time: u16, local: Arc<Local>) -> mpsc::Sender<HvMsg> {
+    let (tx, mut rx) = mpsc::channel(1024);
+    let mut g = Guest {
+        cfg,
+        restart_time,
+        local,
+        links: BTreeMap::new(),
+        defaults: BTreeMap::new(),
+        running: Vec::new(),
+    };
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            match m {
+                HvMsg::Kernel(e) => {
+                    if g.kernel(e) {
+                        g.follow().await;
+                    }
+                }
+                HvMsg::Incoming(stream, from) => g.incoming(stream, from).await,
+                HvMsg::Peers(tx) => {
+                    let _ = tx.send(g.running.iter().map(|r| r.handle.clone()).collect());
+                }
+                HvMsg::ShowVms(tx) => {
+                    let _ = tx.send(Vec::new());
+                }
+                HvMsg::VmAdd(_, tx) | HvMsg::VmRemove(_, tx) => {
+                    let _ = tx.send(Err(
+                        "this tapir runs in the guest role ([gateway]): it has no VMs".into(),
+                    ));
+                }
+                HvMsg::Reload { done, .. } => {
+                    let _ = done.send(Ok(()));
+                }
+                HvMsg::Shutdown { graceful, done } => {
+                    for r in std::mem::take(&mut g.running) {
+                        if graceful {
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            if r.handle.tx.send(PeerMsg::Abort(tx)).await.is_ok() {
+                                let _ = rx.await;
+                            }
+                        } else {
+                            crate::dynamic::stop(&r.handle, "tapir shutting down").await;
+                        }
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    });
+    tx
+}
+
+impl Guest {
+    /// Takes a kernel event in; true if the gateways may have changed.
+    fn kernel(&mut self, e: KernelEvent) -> bool {
+        match e {
+            KernelEvent::Link { index, name, .. } => {
+                let new = self.links.get(&index) != Some(&name);
+                self.links.insert(index, name);
+                new
+            }
+            KernelEvent::LinkGone { index } => {
+                self.links.remove(&index);
+                self.defaults.retain(|(_, i, _), _| *i != index);
+                true
+            }
+            KernelEvent::DefaultRoute {
+                add,
+                gateway,
+                index,
+                metric,
+            } => {
+                let key = (gateway.is_ipv4(), index, metric);
+                if add {
+                    self.defaults.insert(key, gateway) != Some(gateway)
+                } else if self.defaults.get(&key) == Some(&gateway) {
+                    self.defaults.remove(&key);
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// The gateways there should be sessions with.
+    fn wanted(&self) -> Vec<Gateway> {
+        let iface_index = |name: &str| {
+            self.links
+                .iter()
+                .find(|(_, n)| n.as_str() == name)
+                .map(|(i, _)| *i)
+        };
+        let families = &self.cfg.template.families;
+        let mut out = Vec::new();
+        if !self.cfg.addresses.is_empty() {
+            let index = self.cfg.interface.as_deref().and_then(iface_index);
+            for a in &self.cfg.addresses {
+                match (self.cfg.interface.is_some(), index) {
+                    (true, None) => {} // the interface is not there (yet)
+                    (_, i) => out.push(Gateway {
+                        address: *a,
+                        index: i.unwrap_or(0),
+                    }),
+                }
+            }
+            return out;
+        }
+        // Per family, the default route the kernel uses: the lowest metric.
+        let mut best: BTreeMap<bool, (u32, Gateway)> = BTreeMap::new();
+        for ((v4, index, metric), gw) in &self.defaults {
+            let afi = if *v4 { Afi::Ipv4 } else { Afi::Ipv6 };
+            if !families.contains(&afi) {
+                continue;
+            }
+            let Some(name) = self.links.get(index) else {
+                continue;
+            };
+            if self.cfg.interface.as_ref().is_some_and(|i| i != name) {
+                continue;
+            }
+            if best.get(v4).is_none_or(|(m, _)| metric < m) {
+                let g = Gateway {
+                    address: *gw,
+                    index: *index,
+                };
+                best.insert(*v4, (*metric, g));
+            }
+        }
+        out.extend(best.into_values().map(|(_, g)| g));
+        out.sort();
+        out
+    }
+
+    /// Starts and stops sessions to match the gateways.
+    async fn follow(&mut self) {
+        let wanted = self.wanted();
+        let mut keep = Vec::new();
+        for r in std::mem::take(&mut self.running) {
+            if wanted.contains(&r.gateway) {
+                keep.push(r);
+            } else {
+                info!(gateway = %r.gateway.address, "gateway gone: session stopped");
+                crate::dynamic::stop(&r.handle, "the gateway changed").await;
+            }
+        }
+        self.running = keep;
+        for g in wanted {
+            if self.running.iter().any(|r| r.gateway == g) {
+                continue;
+            }
+            let cfg = self.peer_config(&g);
+            info!(gateway = %g.address, interface = ?cfg.interface.as_ref().map(|i| &i.name), families = ?cfg.families, "gateway found: session started");
+            let handle = peer::spawn(cfg, self.local.clone());
+            self.running.push(Running { gateway: g, handle });
+        }
+    }
+
+    fn peer_config(&self, g: &Gateway) -> PeerConfig {
+        let mut n = self.cfg.template.clone();
+        n.address = g.address;
+        let afi = if g.address.is_ipv4() {
+            Afi::Ipv4
+        } else {
+            Afi::Ipv6
+        };
+        n.families = vec![afi];
+        n.name = match afi {
+            Afi::Ipv4 => "gateway-v4".into(),
+            Afi::Ipv6 => "gateway-v6".into(),
+        };
+        let mut c = PeerConfig::from_neighbor(&n, self.restart_time);
+        c.interface = self.links.get(&g.index).map(|name| Interface {
+            name: name.clone(),
+            index: g.index,
+        });
+        c.takeover = true;
+        if let IpAddr::V6(a) = g.address {
+            if crate::authorisation::is_link_local(a) {
+                c.global_v6_from = Some(g.index);
+                if global_address(g.index).is_none() {
+                    warn!(interface = ?c.interface.as_ref().map(|i| &i.name), "no global IPv6 address on the gateway's interface (yet): IPv6 routes need one as their next hop");
+                }
+            }
+        }
+        c
+    }
+
+    async fn incoming(&mut self, stream: TcpStream, from: SocketAddr) {
+        let ip = from.ip().to_canonical();
+        let scope = match from {
+            SocketAddr::V6(a) => a.scope_id(),
+            SocketAddr::V4(_) => 0,
+        };
+        let found = self.running.iter().find(|r| {
+            r.gateway.address == ip
+                && match ip {
+                    IpAddr::V6(a) if crate::authorisation::is_link_local(a) => {
+                        scope == r.gateway.index
+                    }
+                    _ => true,
+                }
+        });
+        match found {
+            Some(r) => {
+                let _ = r.handle.tx.send(PeerMsg::Incoming(stream)).await;
+            }
+            None => info!(from = %ip, "connection from an address that is not the gateway refused"),
+        }
+    }
+}
+
+/// A global, usable IPv6 address on an interface, from
+/// `/proc/net/if_inet6` (address, index, prefix length, scope, flags).
+pub fn global_address(index: u32) -> Option<Ipv6Addr> {
+    let text = std::fs::read_to_string("/proc/net/if_inet6").ok()?;
+    parse_if_inet6(&text, index)
+}
+
+fn parse_if_inet6(text: &str, index: u32) -> Option<Ipv6Addr> {
+    // IFA_F_TENTATIVE, IFA_F_DEPRECATED, IFA_F_DADFAILED.
+    const UNUSABLE: u32 = 0x40 | 0x20 | 0x08;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 5 {
+            return None;
+        }
+        let idx = u32::from_str_radix(f[1], 16).ok()?;
+        let scope = u32::from_str_radix(f[3], 16).ok()?;
+        let flags = u32::from_str_radix(f[4], 16).ok()?;
+        if idx != index || scope != 0 || flags & UNUSABLE != 0 || f[0].len() != 32 {
+            return None;
+        }
+        let n = u128::from_str_radix(f[0], 16).ok()?;
+        Some(Ipv6Addr::from(n))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_address_from_proc() {
+        let text = "\
+fe802022ffff00000000000000000001 03 40 20 80     eth0
+20010db8014000000000000000000011 03 80 00 80     eth0
+20010db8014000000000000000000099 03 80 00 20     eth0
+20010db8000300000000000000000001 01 80 00 80       lo
+00000000000000000000000000000001 01 80 10 80       lo
+";
+        assert_eq!(
+            parse_if_inet6(text, 3),
+            Some("2001:db8:140::11".parse().unwrap())
+        );
+        assert_eq!(
+            parse_if_inet6(text, 1),
+            Some("2001:db8:3::1".parse().unwrap())
+        );
+        assert_eq!(parse_if_inet6(text, 7), None);
+        // Deprecated addresses are skipped.
+        let only_deprecated = "20010db8014000000000000000000099 03 80 00 20 eth0\n";
+        assert_eq!(parse_if_inet6(only_deprecated, 3), None);
+    }
+
+    fn guest(cfg: GatewayConfig) -> Guest {
+        let (rib, _) = mpsc::unbounded_channel();
+        Guest {
+            cfg,
+            restart_time: 120,
+            local: Arc::new(Local {
+                router_id: "10.192.24.11".parse().unwrap(),
+                local_as: 64613,
+                rib,
+                bfd: None,
+                restarting: Arc::new(false.into()),
+            }),
+            links: BTreeMap::new(),
+            defaults: BTreeMap::new(),
+            running: Vec::new(),
+        }
+    }
+
+    fn config(extra: &str) -> GatewayConfig {
+        let text = format!(
+            "router-id = \"10.192.24.11\"\nlocal-as = 64613\n[gateway]\nremote-as = 64612\n{extra}"
+        );
+        crate::config::Config::parse(&text, std::path::Path::new("/x.toml"))
+            .unwrap()
+            .gateway
+            .unwrap()
+    }
+
+    #[test]
+    fn gateways_follow_the_default_routes() {
+        let mut g = guest(config(""));
+        g.kernel(KernelEvent::Link {
+            index: 2,
+            name: "eth0".into(),
+            up: true,
+        });
+        let v4: IpAddr = "10.192.24.1".parse().unwrap();
+        let ll: IpAddr = "fe80::2022:22ff:fe22:2201".parse().unwrap();
+        assert!(g.kernel(KernelEvent::DefaultRoute {
+            add: true,
+            gateway: v4,
+            index: 2,
+            metric: 0
+        }));
+        assert!(g.kernel(KernelEvent::DefaultRoute {
+            add: true,
+            gateway: ll,
+            index: 2,
+            metric: 1024
+        }));
+        let gw = |address| Gateway { address, index: 2 };
+        assert_eq!(g.wanted(), [gw(v4), gw(ll)]);
+        // `ip route replace default via …`: one NEWROUTE, the old gone.
+        let other: IpAddr = "10.192.24.254".parse().unwrap();
+        assert!(g.kernel(KernelEvent::DefaultRoute {
+            add: true,
+            gateway: other,
+            index: 2,
+            metric: 0
+        }));
+        assert_eq!(g.wanted(), [gw(other), gw(ll)]);
+        // A removal of a route that is not there changes nothing.
+        assert!(!g.kernel(KernelEvent::DefaultRoute {
+            add: false,
+            gateway: v4,
+            index: 2,
+            metric: 0
+        }));
+        g.kernel(KernelEvent::LinkGone { index: 2 });
+        assert!(g.wanted().is_empty());
+
+        // IPv6 only, and only out of eth1.
+        let mut g = guest(config("families = [\"ipv6\"]\ninterface = \"eth1\"\n"));
+        for (index, name) in [(2, "eth0"), (3, "eth1")] {
+            g.kernel(KernelEvent::Link {
+                index,
+                name: name.into(),
+                up: true,
+            });
+            for gateway in [v4, ll] {
+                g.kernel(KernelEvent::DefaultRoute {
+                    add: true,
+                    gateway,
+                    index,
+                    metric: 0,
+                });
+            }
+        }
+        assert_eq!(
+            g.wanted(),
+            [Gateway {
+                address: ll,
+                index: 3
+            }]
+        );
+        let c = g.peer_config(&g.wanted()[0]);
+        assert_eq!(c.name, "gateway-v6");
+        assert_eq!(c.families, [Afi::Ipv6]);
+        assert_eq!(c.interface.as_ref().map(|i| i.name.as_str()), Some("eth1"));
+        assert!(c.takeover);
+    }
+
+    #[test]
+    fn explicit_gateways() {
+        let mut g = guest(config(
+            "addresses = [\"10.192.24.1\", \"fe80::1\"]\ninterface = \"eth0\"\n",
+        ));
+        assert!(g.wanted().is_empty(), "eth0 is not there yet");
+        g.kernel(KernelEvent::Link {
+            index: 4,
+            name: "eth0".into(),
+            up: true,
+        });
+        let w: Vec<IpAddr> = g.wanted().iter().map(|g| g.address).collect();
+        assert_eq!(
+            w,
+            [
+                "10.192.24.1".parse::<IpAddr>().unwrap(),
+                "fe80::1".parse().unwrap()
+            ]
+        );
+    }
+}

@@ -1,0 +1,440 @@
+//! Health-checked announcements (the guest role, DESIGN C12): each
+//! `[[service]]` runs its checks every `interval`; after `rise` passes in a
+//! row its prefixes go into the Loc-RIB as tapir's own routes, after
+//! `fall` failures they leave it. What BIRD plus anycast-healthchecker do
+//! in a VM today.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::{Check, Service};
+use crate::rib::RibMsg;
+
+/// One service, as `tapir show services` prints it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub prefixes: Vec<String>,
+    /// The prefixes are announced.
+    pub healthy: bool,
+    /// Passes (positive) or failures (negative) in a row.
+    pub streak: i64,
+    /// What the last failed check said (empty after a pass).
+    pub last_error: String,
+    pub checks: Vec<String>,
+    /// Times the service went up or down.
+    pub transitions: u64,
+}
+
+/// Every service's status, shared with the control socket and metrics.
+pub type Statuses = Arc<Mutex<Vec<ServiceStatus>>>;
+
+/// Starts one task per service; they run until the RIB goes away.
+pub fn spawn(services: &[Service], rib: mpsc::UnboundedSender<RibMsg>) -> Statuses {
+    let statuses: Statuses = Arc::new(Mutex::new(
+        services
+            .iter()
+            .map(|s| ServiceStatus {
+                name: s.name.clone(),
+                prefixes: s.prefixes.iter().map(|p| p.to_string()).collect(),
+                checks: s.checks.iter().map(|c| c.to_string()).collect(),
+                ..Default::default()
+            })
+            .collect(),
+    ));
+    for (i, s) in services.iter().enumerate() {
+        tokio::spawn(run(s.clone(), i, statuses.clone(), rib.clone()));
+    }
+    statuses
+}
+
+/// The up/down decision, apart from the IO: `rise` passes in a row bring
+/// a service up, `fall` failures take it down. A service starts down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hysteresis {
+    pub up: bool,
+    /// Passes (positive) or failures (negative) in a row.
+    pub streak: i64,
+}
+
+impl Hysteresis {
+    /// Records one round; returns true if `up` changed.
+    pub fn record(&mut self, pass: bool, rise: u32, fall: u32) -> bool {
+        self.streak = match (pass, self.streak) {
+            (true, n) if n > 0 => n + 1,
+            (true, _) => 1,
+            (false, n) if n < 0 => n - 1,
+            (false, _) => -1,
+        };
+        let flip = if self.up {
+            self.streak <= -(fall as i64)
+        } else {
+            self.streak >= rise as i64
+        };
+        if flip {
+            self.up = !self.up;
+        }
+        flip
+    }
+}
+
+async fn run(s: Service, i: usize, statuses: Statuses, rib: mpsc::UnboundedSender<RibMsg>) {
+    let mut state = Hysteresis::default();
+    let mut tick = tokio::time::interval(s.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = round(&s).await;
+        let flip = state.record(result.is_ok(), s.rise, s.fall);
+        if flip {
+            if state.up {
+                info!(service = %s.name, prefixes = ?s.prefixes, "service healthy: announced");
+            } else {
+                warn!(service = %s.name, error = %result.as_ref().err().cloned().unwrap_or_default(), "service unhealthy: withdrawn");
+            }
+            let (announce, withdraw) = if state.up {
+                (s.prefixes.clone(), Vec::new())
+            } else {
+                (Vec::new(), s.prefixes.clone())
+            };
+            if rib.send(RibMsg::Local { announce, withdraw }).is_err() {
+                return;
+            }
+        }
+        let mut all = statuses.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut all[i];
+        st.healthy = state.up;
+        st.streak = state.streak;
+        if flip {
+            st.transitions += 1;
+        }
+        st.last_error = result.err().unwrap_or_default();
+    }
+}
+
+/// One round: the address check, then every check; the first failure is
+/// the answer.
+async fn round(s: &Service) -> Result<(), String> {
+    if s.require_address {
+        for p in &s.prefixes {
+            if !is_local_address(p.addr()) {
+                return Err(format!("{} is not configured on any interface", p.addr()));
+            }
+        }
+    }
+    for c in &s.checks {
+        match tokio::time::timeout(s.timeout, check(c)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("{c}: {e}")),
+            Err(_) => return Err(format!("{c}: no answer within {:?}", s.timeout)),
+        }
+    }
+    Ok(())
+}
+
+/// True if the address is configured here: binding a socket to it works
+/// only then (no IP_FREEBIND).
+fn is_local_address(a: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(a, 0)).is_ok()
+}
+
+pub async fn check(c: &Check) -> Result<(), String> {
+    match c {
+        Check::Command(argv) => {
+            let out = tokio::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .status()
+                .await
+                .map_err(|e| format!("cannot run: {e}"))?;
+            if out.success() {
+                Ok(())
+            } else {
+                Err(format!("exited with {out}"))
+            }
+        }
+        Check::Tcp(a) => tokio::net::TcpStream::connect(a)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Check::Http {
+            address,
+            host,
+            path,
+            status,
+        } => {
+            let got = http_status(*address, host, path).await?;
+            if got == *status {
+                Ok(())
+            } else {
+                Err(format!("status {got}"))
+            }
+        }
+        Check::Dns {
+            server,
+            name,
+            record,
+        } => dns(*server, name, *record).await,
+    }
+}
+
+async fn http_status(address: SocketAddr, host: &str, path: &str) -> Result<u16, String> {
+    let mut s = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tapir-health\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    // The status line is all that matters; read until it is complete.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !buf.contains(&b'\n') && buf.len() < 4096 {
+        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    parse_status_line(&buf).ok_or_else(|| "not an HTTP response".to_string())
+}
+
+/// `HTTP/1.x NNN …` → NNN.
+pub fn parse_status_line(buf: &[u8]) -> Option<u16> {
+    let line = buf.split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split_whitespace();
+    if !parts.next()?.starts_with("HTTP/") {
+        return None;
+    }
+    let code = parts.next()?;
+    (code.len() == 3).then_some(())?;
+    code.parse().ok()
+}
+
+/// A DNS query (RFC 1035 §4.1) for `name`, type `record`, class IN, with
+/// recursion desired.
+pub fn dns_query(id: u16, name: &str, record: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(18 + name.len());
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&record.to_be_bytes());
+    q.extend_from_slice(&1u16.to_be_bytes());
+    q
+}
+
+/// Judges an answer to `dns_query(id, …)`: None if it is not one (wrong
+/// id, not a response), else whether it answered.
+pub fn dns_answered(id: u16, reply: &[u8]) -> Option<Result<(), String>> {
+    if reply.len() < 12 || u16::from_be_bytes([reply[0], reply[1]]) != id {
+        return None;
+    }
+    if reply[2] & 0x80 == 0 {
+        return None;
+    }
+    let rcode = reply[3] & 0x0f;
+    let answers = u16::from_be_bytes([reply[6], reply[7]]);
+    Some(match (rcode, answers) {
+        (0, 0) => Err("no answer records".into()),
+        (0, _) => Ok(()),
+        (2, _) => Err("SERVFAIL".into()),
+        (3, _) => Err("NXDOMAIN".into()),
+        (5, _) => Err("REFUSED".into()),
+        (r, _) => Err(format!("rcode {r}")),
+    })
+}
+
+async fn dns(server: SocketAddr, name: &str, record: u16) -> Result<(), String> {
+    let any: SocketAddr = match server {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let sock = tokio::net::UdpSocket::bind(any)
+        .await
+        .map_err(|e| e.to_string())?;
+    sock.connect(server).await.map_err(|e| e.to_string())?;
+    let id: u16 = rand_id();
+    sock.send(&dns_query(id, name, record))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1500];
+    loop {
+        let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
+        if let Some(r) = dns_answered(id, &buf[..n]) {
+            return r;
+        }
+    }
+}
+
+/// A query id nobody off the path can guess easily.
+fn rand_id() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rise_and_fall() {
+        let mut h = Hysteresis::default();
+        // Starts down; two passes bring it up.
+        assert!(!h.record(true, 2, 3));
+        assert!(h.record(true, 2, 3));
+        assert!(h.up);
+        // A failure between passes resets the count.
+        assert!(!h.record(false, 2, 3));
+        assert!(!h.record(true, 2, 3));
+        assert!(!h.record(false, 2, 3));
+        assert!(!h.record(false, 2, 3));
+        assert!(h.record(false, 2, 3));
+        assert!(!h.up);
+        assert_eq!(h.streak, -3);
+        // rise = 1: the first pass.
+        assert!(h.record(true, 1, 1));
+    }
+
+    #[test]
+    fn dns_query_and_answers() {
+        let q = dns_query(0x1234, "example.org.", 28);
+        assert_eq!(
+            q,
+            [
+                0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 7, b'e', b'x', b'a', b'm', b'p', b'l',
+                b'e', 3, b'o', b'r', b'g', 0, 0, 28, 0, 1
+            ]
+        );
+        let mut reply = q.clone();
+        reply[2] |= 0x80;
+        assert_eq!(
+            dns_answered(0x1234, &reply),
+            Some(Err("no answer records".into()))
+        );
+        reply[7] = 1;
+        assert_eq!(dns_answered(0x1234, &reply), Some(Ok(())));
+        reply[3] = 3;
+        assert_eq!(dns_answered(0x1234, &reply), Some(Err("NXDOMAIN".into())));
+        assert_eq!(dns_answered(0x4321, &reply), None, "another query's answer");
+        assert_eq!(dns_answered(0x1234, &q), None, "not a response");
+        assert_eq!(dns_answered(0x1234, &reply[..5]), None);
+    }
+
+    #[test]
+    fn http_status_lines() {
+        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(
+            parse_status_line(b"HTTP/1.0 503 Service Unavailable\r\n"),
+            Some(503)
+        );
+        assert_eq!(parse_status_line(b"SSH-2.0-OpenSSH\r\n"), None);
+        assert_eq!(parse_status_line(b"HTTP/1.1 2000\r\n"), None);
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Every kind of check against real sockets on loopback.
+    #[test]
+    fn checks_against_local_servers() {
+        rt().block_on(async {
+            let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let tcp_addr = tcp.local_addr().unwrap();
+            // An HTTP server answering 200 to /ok and 503 otherwise.
+            tokio::spawn(async move {
+                loop {
+                    let (mut s, _) = tcp.accept().await.unwrap();
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 1024];
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                        let reply = if req.starts_with("GET /ok ") && req.contains("Host: h\r\n") {
+                            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                        } else {
+                            "HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"
+                        };
+                        let _ = s.write_all(reply.as_bytes()).await;
+                    });
+                }
+            });
+            assert_eq!(check(&Check::Tcp(tcp_addr)).await, Ok(()));
+            let http = |path: &str| Check::Http {
+                address: tcp_addr,
+                host: "h".into(),
+                path: path.into(),
+                status: 200,
+            };
+            assert_eq!(check(&http("/ok")).await, Ok(()));
+            assert_eq!(check(&http("/down")).await, Err("status 503".into()));
+            // Nothing listens there any more.
+            let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let closed_addr = closed.local_addr().unwrap();
+            drop(closed);
+            assert!(check(&Check::Tcp(closed_addr)).await.is_err());
+
+            // A DNS server that knows one name.
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let dns_addr = udp.local_addr().unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                loop {
+                    let (n, from) = udp.recv_from(&mut buf).await.unwrap();
+                    let mut r = buf[..n].to_vec();
+                    r[2] |= 0x80;
+                    if r[12..].starts_with(b"\x04good") {
+                        r[7] = 1;
+                    } else {
+                        r[3] = 3;
+                    }
+                    udp.send_to(&r, from).await.unwrap();
+                }
+            });
+            let dns = |name: &str| Check::Dns {
+                server: dns_addr,
+                name: name.into(),
+                record: 1,
+            };
+            assert_eq!(check(&dns("good.example")).await, Ok(()));
+            assert_eq!(check(&dns("bad.example")).await, Err("NXDOMAIN".into()));
+
+            assert_eq!(check(&Check::Command(vec!["true".into()])).await, Ok(()));
+            assert!(check(&Check::Command(vec!["false".into()])).await.is_err());
+            assert!(check(&Check::Command(vec!["/nonexistent/x".into()]))
+                .await
+                .unwrap_err()
+                .contains("cannot run"));
+        });
+    }
+
+    #[test]
+    fn local_addresses() {
+        assert!(is_local_address("127.0.0.1".parse().unwrap()));
+        // TEST-NET-3 is nobody's here.
+        assert!(!is_local_address("203.0.113.77".parse().unwrap()));
+    }
+}
