@@ -1525,12 +1525,14 @@ fn parse_check(c: &Spanned<RawCheck>, service: &str, err: &ErrFn) -> Result<Chec
                     "TXT" => 16,
                     "AAAA" => 28,
                     "SRV" => 33,
-                    other => return Err(at(
-                        t.span(),
-                        format!(
+                    other => {
+                        return Err(at(
+                            t.span(),
+                            format!(
                             "record `{other}`: one of A, AAAA, NS, CNAME, SOA, PTR, MX, TXT, SRV"
                         ),
-                    )),
+                        ))
+                    }
                 },
             };
             Ok(Check::Dns {

@@ -202,6 +202,25 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { config } => match config::Config::load(&config) {
+            Ok(c) if c.gateway.is_some() => {
+                println!(
+                    "{}: ok (guest role: router id {}, AS {}, gateway {}, {} services, {} neighbors)",
+                    config.display(),
+                    c.router_id,
+                    c.local_as,
+                    c.gateway
+                        .as_ref()
+                        .filter(|g| !g.addresses.is_empty())
+                        .map_or("from the default routes".to_string(), |g| {
+                            let a: Vec<String> =
+                                g.addresses.iter().map(|a| a.to_string()).collect();
+                            a.join(", ")
+                        }),
+                    c.services.len(),
+                    c.neighbors.len(),
+                );
+                ExitCode::SUCCESS
+            }
             Ok(c) => {
                 println!(
                     "{}: ok (router id {}, AS {}, {} neighbors, {} VM groups, {} VMs in the inventory)",

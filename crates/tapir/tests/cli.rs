@@ -38,6 +38,64 @@ fn check_accepts_the_example() {
 }
 
 #[test]
+fn check_accepts_the_guest_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/guest.toml");
+    let (ok, out, err) = tapir(&["check", "--config", example]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("ok (guest role: router id 10.192.24.11, AS 64613, gateway from the default routes, 1 services, 0 neighbors)"),
+        "{out}"
+    );
+}
+
+/// Mistakes in the guest role's sections, each named with its place.
+#[test]
+fn check_reports_guest_mistakes() {
+    let head = "router-id = \"10.192.24.11\"\nlocal-as = 64613\n[gateway]\nremote-as = 64612\n";
+    let cases = [
+        (
+            "[[service]]\nprefixes = [\"10.3.0.1/32\"]\ncheck = [{ type = \"ping\" }]\n",
+            "7:19: error: service `service1`: check: unknown type `ping` (expected `command`, `tcp`, `http` or `dns`)",
+        ),
+        (
+            "[[service]]\nprefixes = [\"10.3.0.1/32\"]\ncheck = [{ type = \"tcp\", url = \"http://10.3.0.1/\" }]\n",
+            "7:10: error: service `service1`: check: `url` does not apply to a `tcp` check",
+        ),
+        (
+            "[[service]]\nprefixes = [\"10.3.0.1/32\"]\ncheck = [{ type = \"http\", url = \"http://dns.example/\" }]\n",
+            "checks do not resolve names",
+        ),
+        (
+            "[[service]]\nprefixes = [\"10.3.0.0/24\"]\nrequire-address = true\n",
+            "6:12: error: service `service1`: require-address needs host prefixes (/32, /128); 10.3.0.0/24 is not one",
+        ),
+        (
+            "[[service]]\nprefixes = [\"10.3.0.1/32\"]\n",
+            "no check and no require-address",
+        ),
+        (
+            "[[service]]\nprefixes = [\"10.3.0.1/32\"]\nrequire-address = true\nrise = 0\n",
+            "8:8: error: service `service1`: rise: 1 to 100",
+        ),
+        (
+            "addresses = [\"fe80::1\"]\n",
+            "5:14: error: gateway.addresses: fe80::1 is link-local: set gateway.interface too",
+        ),
+        (
+            "[[group]]\nname = \"vms\"\ninterfaces = [\"tap*\"]\nranges = [\"10.0.0.0/8\"]\nremote-as = \"external\"\n",
+            "cannot be in one config",
+        ),
+    ];
+    for (i, (tail, want)) in cases.iter().enumerate() {
+        let p = temp(&format!("guest{i}.toml"), &format!("{head}{tail}"));
+        let (ok, _, err) = tapir(&["check", "--config", p.to_str().unwrap()]);
+        assert!(!ok, "{tail}");
+        assert!(err.contains(want), "{tail}\n{err}");
+        assert!(err.starts_with(&format!("{}:", p.display())), "{err}");
+    }
+}
+
+#[test]
 fn check_reports_file_line_and_column() {
     let p = temp(
         "bad.toml",

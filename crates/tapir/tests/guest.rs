@@ -45,6 +45,14 @@ fn dns_server(lab: &mut Lab) -> u32 {
     )
 }
 
+/// `tapir_service_healthy{service="recdns"}` from the guest's metrics.
+fn healthy_metric(lab: &Lab) -> Option<f64> {
+    let text = lab.http_get("vm11", Path::new(TAPIR), "127.0.0.1:9179", "/metrics")?;
+    text.lines()
+        .find(|l| l.starts_with("tapir_service_healthy{service=\"recdns\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 fn via(tor: &Tor, prefix: &str) -> Vec<String> {
     tor.next_hops(prefix)
 }
@@ -80,7 +88,8 @@ fn guest_with_a_bird_hypervisor_and_a_health_check() {
         .replace(
             "{ type = \"dns\", server = \"10.3.0.1\", name = \"www.wikimedia.org\", record = \"A\" },",
             &format!("{{ type = \"command\", command = [\"test\", \"-e\", \"{}\"] }},", flag.display()),
-        );
+        )
+        + "\n[metrics]\nlisten = \"127.0.0.1:9179\"\n";
     let cfg = lab.write("vm11/tapir.toml", &cfg);
     let guest = lab.tapir("vm11", Path::new(TAPIR), &cfg);
     // The session comes up; the check fails (no flag): nothing at tor.
@@ -112,6 +121,7 @@ fn guest_with_a_bird_hypervisor_and_a_health_check() {
     // The hypervisor learned it from the VM's own address.
     let r = hv.route("10.3.0.1/32").unwrap_or_default();
     assert!(r.contains("10.192.24.11"), "{r}");
+    assert_eq!(healthy_metric(&lab), Some(1.0));
 
     std::fs::remove_file(&flag).unwrap();
     let gone = wait_for(WAIT, || tor.route("10.3.0.1/32").is_none().then_some(()));
@@ -125,6 +135,7 @@ fn guest_with_a_bird_hypervisor_and_a_health_check() {
             .contains("exited"),
         "{services}"
     );
+    assert_eq!(healthy_metric(&lab), Some(0.0));
     // Back once more: the session never went down meanwhile.
     std::fs::write(&flag, "").unwrap();
     assert!(wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some());

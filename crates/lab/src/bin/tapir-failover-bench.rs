@@ -32,6 +32,9 @@ use lab::reference;
 use lab::tor::{self, Kind, Tor};
 use lab::Lab;
 
+/// `guest.toml` beside the `--example` file: the tapir guest's config.
+static GUEST_EXAMPLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
@@ -45,12 +48,15 @@ enum Guest {
     Reference,
     /// IPv6 link-local single-hop with `bfd on` (300 ms x 3).
     LinkLocalBfd,
+    /// tapir's guest role (`examples/guest.toml`): both families, BFD, a
+    /// DNS health check; IPv4 is timed.
+    Tapir,
 }
 
 impl Guest {
     fn prefix(self) -> &'static str {
         match self {
-            Guest::Reference => "10.3.0.1/32",
+            Guest::Reference | Guest::Tapir => "10.3.0.1/32",
             Guest::LinkLocalBfd => "2001:db8:3::1/128",
         }
     }
@@ -59,14 +65,16 @@ impl Guest {
     fn via(self, hv: &str) -> String {
         let (v4, v6) = reference::hv_addresses(hv);
         match self {
-            Guest::Reference => v4,
+            Guest::Reference | Guest::Tapir => v4,
             Guest::LinkLocalBfd => v6,
         }
     }
 
     fn bird_config(self) -> String {
         match self {
-            Guest::Reference => reference::vm_bird_config(11, 64613, &[self.prefix()]),
+            Guest::Reference | Guest::Tapir => {
+                reference::vm_bird_config(11, 64613, &[self.prefix()])
+            }
             Guest::LinkLocalBfd => {
                 reference::vm_bird_link_local_config(11, 64613, &[self.prefix()], "bfd on;")
                     .replace("protocol device { }", BIRD_BFD)
@@ -177,7 +185,30 @@ fn setup(daemon: &str, tapir: &std::path::Path, example: &str, guest: Guest) -> 
         ("hv1", Monitor::start(&mut lab, "hv1", "link")),
         ("hv2", Monitor::start(&mut lab, "hv2", "link")),
     ];
-    lab.bird("vm11", &guest.bird_config());
+    if guest == Guest::Tapir {
+        // The reference VM in the guest role: its service addresses on
+        // lo, a DNS server for the health check, tapir with the example.
+        lab.addr("vm11", "lo", "10.3.0.1/32");
+        lab.addr("vm11", "lo", "2001:db8:3::1/128");
+        lab.up("vm11", "lo");
+        std::fs::create_dir_all(lab.dir().join("vm11")).expect("vm11 directory");
+        let dns = lab::tool(tapir, "dns-answer");
+        lab.spawn(
+            "vm11",
+            &[
+                &dns.to_string_lossy(),
+                "10.3.0.1:53",
+                "www.wikimedia.org",
+                "10.3.0.1",
+            ],
+            "vm11/dns.log",
+        );
+        let guest_example = GUEST_EXAMPLE.get().expect("guest.toml beside --example");
+        let path = lab.write("vm11/tapir.toml", guest_example);
+        lab.tapir_with_log("vm11", tapir, &path, "info");
+    } else {
+        lab.bird("vm11", &guest.bird_config());
+    }
     // For digging into a slow migration: every packet on the VM's link.
     if let Some(pcap) = std::env::var_os("TAPIR_BENCH_PCAP") {
         let pcap = format!("{}-{daemon}.pcap", pcap.to_string_lossy());
@@ -202,7 +233,7 @@ fn setup(daemon: &str, tapir: &std::path::Path, example: &str, guest: Guest) -> 
                 "router-id = \"10.192.21.6\"",
                 &format!("router-id = \"{id}\""),
             );
-            if guest == Guest::LinkLocalBfd {
+            if guest != Guest::Reference {
                 cfg = cfg.replace("# bfd = true", "bfd = true");
             }
             let path = lab.write(&format!("{hv}/tapir.toml"), &cfg);
@@ -386,6 +417,16 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let tapir = PathBuf::from(tapir);
+    let guest_path = std::path::Path::new(&example).with_file_name("guest.toml");
+    match std::fs::read_to_string(&guest_path) {
+        Ok(g) => {
+            let _ = GUEST_EXAMPLE.set(g);
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", guest_path.display());
+            return ExitCode::FAILURE;
+        }
+    }
     let example = match std::fs::read_to_string(&example) {
         Ok(e) => e,
         Err(e) => {
@@ -429,6 +470,10 @@ fn main() -> ExitCode {
     );
     stats("B2 birdc", &mut l.b2);
     stats("B2 kernel", &mut l.k2);
+    println!("tapir, guest tapir (examples/guest.toml: IPv4 + IPv6 link-local, BFD, DNS check)");
+    let mut g = run("tapir", &tapir, &example, Guest::Tapir, reps, false, limit);
+    stats("B2 birdc", &mut g.b2);
+    stats("B2 kernel", &mut g.k2);
     if !flag("--skip-bfd") {
         println!("tapir, BFD detection: guest frozen (SIGSTOP) -> withdrawn at tor");
         let mut d = bfd_detection(&tapir, &example, reps.min(10));
