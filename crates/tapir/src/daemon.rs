@@ -641,10 +641,22 @@ async fn reload(
     {
         later.push("listen/kernel/announce");
     }
-    let wants_bfd =
-        new.neighbors.iter().any(|n| n.bfd.is_some()) || new.groups.iter().any(|g| g.bfd.is_some());
+    let wants_bfd = new.neighbors.iter().any(|n| n.bfd.is_some())
+        || new.groups.iter().any(|g| g.bfd.is_some())
+        || new
+            .gateway
+            .as_ref()
+            .is_some_and(|g| g.template.bfd.is_some());
     if wants_bfd && local.bfd.is_none() {
         later.push("BFD (it was off at start)");
+    }
+    if new.gateway.is_some() != current.gateway.is_some() {
+        return Err(
+            "[gateway] (the guest role) was added or removed: restart tapir to change roles".into(),
+        );
+    }
+    if new.gateway != current.gateway || new.services != current.services {
+        later.push("[gateway]/[[service]]");
     }
     if new.groups.is_empty() != current.groups.is_empty() {
         return Err(
