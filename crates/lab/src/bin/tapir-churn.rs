@@ -310,6 +310,14 @@ fn main() -> ExitCode {
             }
         }
         violation_count += v.len();
+        // RSS along the way: a plateau is allocator growth, a slope a leak.
+        if round % 10 == 0 {
+            let rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+            println!(
+                "  after {done} operations: RSS hv1 {} KiB, hv2 {} KiB",
+                rss[0], rss[1]
+            );
+        }
     }
     let rss_end: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
     settle_times.sort();

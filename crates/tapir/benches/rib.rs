@@ -1,0 +1,148 @@
+//! RIB hot paths (issue 9): a neighbor's Adj-RIB-In taking a table, and
+//! the Loc-RIB taking it and exporting it to one upstream neighbor.
+//! `cargo bench -p tapir`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use bgp::{AsPath, AsSegment, NextHop, Origin, PathAttributes, Prefix, Update};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use tapir::adj_rib_in::{AdjRibIn, Judge};
+use tapir::peer::PeerMsg;
+use tapir::policy::Policy;
+use tapir::rib::{self, DrainConfig, PeerInfo, RibMsg};
+use tokio::sync::{mpsc, oneshot};
+
+const N: u32 = 100_000;
+
+/// N /24s in UPDATEs of 16 prefixes, each with its own attribute set.
+fn updates() -> Vec<Update> {
+    (0..N / 16)
+        .map(|u| Update {
+            attributes: PathAttributes {
+                origin: Some(Origin::Igp),
+                as_path: Some(AsPath {
+                    segments: vec![AsSegment::Sequence(vec![65001, 64000 + u % 1000, u])],
+                }),
+                next_hop: Some(Ipv4Addr::new(192, 0, 2, 1)),
+                communities: vec![65001 << 16 | (u % 7)],
+                ..Default::default()
+            },
+            nlri: (0..16)
+                .map(|i| {
+                    let n = (u * 16 + i) << 8;
+                    Prefix::new(Ipv4Addr::from((10 << 24) | n).into(), 24).unwrap()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn adj_rib_in(c: &mut Criterion) {
+    let ups = updates();
+    let judge = Judge {
+        max_as_path_length: 64,
+        policy: None,
+    };
+    let mut g = c.benchmark_group("adj-rib-in");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("apply 100k prefixes", |b| {
+        b.iter_batched(
+            AdjRibIn::default,
+            |mut adj| {
+                for u in &ups {
+                    adj.apply(u, true, &judge);
+                }
+                assert_eq!(adj.accepted(), N as usize);
+                adj
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+fn loc_rib(c: &mut Criterion) {
+    let ups = updates();
+    let batches: Vec<Vec<(Prefix, NextHop, Arc<PathAttributes>)>> = ups
+        .iter()
+        .map(|u| {
+            let a = Arc::new(u.attributes.clone());
+            u.announced()
+                .into_iter()
+                .map(|(p, nh)| (p, nh, a.clone()))
+                .collect()
+        })
+        .collect();
+    let peer = Arc::new(PeerInfo {
+        id: 1,
+        name: "injector".into(),
+        address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        asn: 65001,
+        router_id: Ipv4Addr::new(192, 0, 2, 1),
+        ebgp: true,
+        vm: None,
+        group: None,
+        interface: None,
+        kernel: false,
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("loc-rib");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("100k prefixes in, exported to one neighbor", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let rib = rib::spawn(
+                    64612,
+                    Vec::new(),
+                    None,
+                    false,
+                    None,
+                    DrainConfig {
+                        local_pref: 0,
+                        withdraw_after: None,
+                    },
+                );
+                let (tx, mut rx) = mpsc::channel(1 << 20);
+                let mut accept_all = Policy::hypervisor_default();
+                accept_all.default_accept = true;
+                rib.send(RibMsg::Subscribe {
+                    peer: 2,
+                    asn: Some(65002),
+                    ebgp: true,
+                    policy: Arc::new(accept_all),
+                    tx,
+                })
+                .unwrap();
+                for announce in &batches {
+                    rib.send(RibMsg::Update {
+                        peer: peer.clone(),
+                        announce: announce.clone(),
+                        withdraw: Vec::new(),
+                    })
+                    .unwrap();
+                }
+                let (done, wait) = oneshot::channel();
+                rib.send(RibMsg::Show(done)).unwrap();
+                let table = wait.await.unwrap();
+                assert_eq!(table.len(), N as usize);
+                let mut exported = 0;
+                while let Ok(m) = rx.try_recv() {
+                    if let PeerMsg::Export(v) = m {
+                        exported += v.len();
+                    }
+                }
+                assert_eq!(exported, N as usize);
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, adj_rib_in, loc_rib);
+criterion_main!(benches);
