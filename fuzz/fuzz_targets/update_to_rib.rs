@@ -1,15 +1,25 @@
 //! UPDATE processing from the wire through authorisation and policy into
 //! the Loc-RIB, the kernel and the export to an upstream neighbor: the
 //! path a hostile VM's bytes take. A VM ("vm-a", allowed 10.3.0.0/24 and
-//! 2001:db8:3::/48, next hop its own address) sends a stream of arbitrary
+//! 2001:db8:3::/48 by its inventory entry or, after some policy steps, by
+//! the group filter; next hop its own address) sends a stream of arbitrary
 //! messages, loses its session with or without graceful restart, and gets
-//! new policy snapshots. Beside it, "vm-b" owns 10.9.0.1/32.
+//! new policy snapshots. Beside it, "vm-b" owns 10.3.0.77/32, inside
+//! vm-a's range.
 //!
 //! After every step, whatever the input:
 //! - the Loc-RIB holds exactly vm-a's accepted routes, plus vm-b's;
-//! - each of vm-a's routes there is one the current policy allows;
+//! - each of vm-a's routes passes an oracle written apart from the
+//!   authorisation code: inside vm-a's space, not vm-b's, a next hop of
+//!   vm-a's own, an AS path within the limit, no more than max-prefixes;
+//! - refused routes kept stay within `MAX_KEPT_REFUSED`;
 //! - the kernel and the upstream neighbor were told exactly that set;
-//! - vm-b's route never moved.
+//! - vm-b's route stays vm-b's, in the RIB, the kernel and upstream.
+//!
+//! The steps between messages (a teardown ends in PeerDown, a lost session
+//! marks routes stale or withdraws them) mirror what the peer task does
+//! with the Adj-RIB-In's answers; the Adj-RIB-In and the Loc-RIB are the
+//! daemon's own.
 //!
 //! Input: one byte of negotiated context, then steps, each one byte of
 //! kind followed by what it needs.
@@ -22,7 +32,7 @@ use std::sync::Arc;
 
 use bgp::{AfiSafi, Context, Message, NextHop, PathAttributes, Prefix};
 use libfuzzer_sys::fuzz_target;
-use tapir::adj_rib_in::{AdjRibIn, Judge};
+use tapir::adj_rib_in::{AdjRibIn, Judge, MAX_KEPT_REFUSED};
 use tapir::authorisation::VmPolicy;
 use tapir::config::MaxPrefixAction;
 use tapir::peer::{Interface, PeerMsg};
@@ -51,22 +61,32 @@ fn vm(id: u64, name: &str, address: IpAddr, index: u32) -> Arc<PeerInfo> {
     })
 }
 
-fn policy(max_prefixes: usize, teardown: bool, b_owns_more: bool) -> VmPolicy {
-    let mut owned_elsewhere = vec![("10.9.0.1/32".parse().unwrap(), "vm-b".to_string())];
+fn policy(max_prefixes: usize, teardown: bool, b_owns_more: bool, entry: bool) -> VmPolicy {
+    let mut owned_elsewhere = vec![("10.3.0.77/32".parse().unwrap(), "vm-b".to_string())];
     if b_owns_more {
         // A registration moved part of vm-a's space to vm-b.
-        owned_elsewhere.push(("10.3.0.128/25".parse().unwrap(), "vm-b".to_string()));
+        owned_elsewhere.push(("10.3.0.128/25{25,32}".parse().unwrap(), "vm-b".to_string()));
     }
+    let set = |v: &[&str]| tapir::prefix_set::PrefixSet {
+        patterns: v.iter().map(|p| p.parse().unwrap()).collect(),
+    };
     VmPolicy {
         group: "vms".into(),
-        entry: Some((
-            "vm-a".into(),
-            vec![
-                "10.3.0.0/24{24,32}".parse().unwrap(),
-                "2001:db8:3::/48{48,128}".parse().unwrap(),
-            ],
-        )),
-        group_filter: None,
+        entry: entry.then(|| {
+            (
+                "vm-a".into(),
+                vec![
+                    "10.3.0.0/24{24,32}".parse().unwrap(),
+                    "2001:db8:3::/48{48,128}".parse().unwrap(),
+                ],
+            )
+        }),
+        group_filter: (!entry).then(|| {
+            (
+                "BGP-FROM-VMS".into(),
+                set(&["10.3.0.0/24{32,32}", "2001:db8:3::/48{128,128}"]),
+            )
+        }),
         owned_elsewhere,
         own_addresses: vec![
             IpAddr::V4(Ipv4Addr::new(10, 192, 24, 4)),
@@ -80,6 +100,34 @@ fn policy(max_prefixes: usize, teardown: bool, b_owns_more: bool) -> VmPolicy {
             MaxPrefixAction::Reject
         },
     }
+}
+
+/// What vm-a may have accepted, written apart from `VmPolicy::judge`.
+fn allowed(p: &Prefix, nh: &NextHop, pol: &VmPolicy) -> bool {
+    let inside = |base: &str, min: u8, max: u8| {
+        let b: Prefix = base.parse().unwrap();
+        b.contains(p) && (min..=max).contains(&p.len())
+    };
+    let (v4_min, v6_min) = if pol.entry.is_some() {
+        (24, 48)
+    } else {
+        (32, 128)
+    };
+    let space = inside("10.3.0.0/24", v4_min, 32) || inside("2001:db8:3::/48", v6_min, 128);
+    let b_owns_more = pol.owned_elsewhere.len() > 1;
+    let vm_b = p.to_string() == "10.3.0.77/32" || (b_owns_more && inside("10.3.0.128/25", 25, 32));
+    let own_v6 = |a: Ipv6Addr| {
+        a == "2001:db8::4".parse::<Ipv6Addr>().unwrap()
+            || a == "fe80::4".parse::<Ipv6Addr>().unwrap()
+    };
+    let hop = match *nh {
+        NextHop::V4(a) => a == Ipv4Addr::new(10, 192, 24, 4),
+        NextHop::V6 { global, link_local } => {
+            (own_v6(global) || global.is_unspecified() && link_local.is_some())
+                && link_local.is_none_or(own_v6)
+        }
+    };
+    space && !vm_b && hop
 }
 
 struct World {
@@ -142,13 +190,18 @@ impl World {
             .map(|(p, r)| (*p, r.next_hop))
             .collect();
         // Every accepted route, stale ones too (a new snapshot judges them
-        // all), passes the current policy and the limits.
+        // all), passes the oracle and the limits.
         for (p, nh) in &want {
             assert!(
-                pol.judge(p, nh).is_ok(),
+                allowed(p, nh, pol),
                 "{p} via {nh} accepted against the policy"
             );
         }
+        assert!(
+            adj.len() - adj.accepted() <= MAX_KEPT_REFUSED,
+            "{} refused routes kept",
+            adj.len() - adj.accepted()
+        );
         assert!(
             want.len() <= pol.max_prefixes,
             "more than max-prefixes accepted"
@@ -164,6 +217,7 @@ impl World {
                 "{p}: AS path of {asns} accepted"
             );
         }
+        assert!(!want.contains_key(&b_prefix), "vm-a got vm-b's prefix");
         want.insert(b_prefix, NextHop::V4(Ipv4Addr::new(10, 192, 24, 9)));
         let in_rib: BTreeMap<String, String> = table
             .iter()
@@ -253,7 +307,7 @@ fn run(data: &[u8]) {
         .unwrap();
         let a = vm(1, "vm-a", IpAddr::V4(Ipv4Addr::new(10, 192, 24, 4)), 4);
         let b = vm(2, "vm-b", IpAddr::V4(Ipv4Addr::new(10, 192, 24, 9)), 9);
-        let b_prefix: Prefix = "10.9.0.1/32".parse().unwrap();
+        let b_prefix: Prefix = "10.3.0.77/32".parse().unwrap();
         rib.send(RibMsg::Update {
             peer: b,
             announce: vec![(
@@ -275,7 +329,7 @@ fn run(data: &[u8]) {
             fib: BTreeMap::new(),
             exported: BTreeMap::new(),
         };
-        let mut pol = policy(max_prefixes, teardown, false);
+        let mut pol = policy(max_prefixes, teardown, false, true);
         let mut adj = AdjRibIn::default();
         world.check(&adj, &pol, max_as_path_length, b_prefix).await;
 
@@ -293,7 +347,7 @@ fn run(data: &[u8]) {
             match kind % 8 {
                 // A new policy snapshot (a registration changed).
                 6 => {
-                    pol = policy(max_prefixes, teardown, kind & 0x80 != 0);
+                    pol = policy(max_prefixes, teardown, kind & 0x80 != 0, kind & 0x40 == 0);
                     let judge = Judge {
                         max_as_path_length,
                         policy: Some(&pol),

@@ -38,7 +38,14 @@ pub struct Gateway {
 struct Running {
     gateway: Gateway,
     handle: PeerHandle,
+    /// Since when the kernel no longer shows this gateway.
+    gone_since: Option<std::time::Instant>,
 }
+
+/// A gateway that leaves the routing table this long is given up: a
+/// DHCP client or network manager that removes and re-adds the default
+/// route must not cost the hypervisor a withdrawal of everything.
+const GONE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Guest {
     cfg: GatewayConfig,
@@ -46,8 +53,11 @@ struct Guest {
     local: Arc<Local>,
     /// index → name.
     links: BTreeMap<u32, String>,
-    /// (family, interface, metric) → gateway, as the kernel has them.
-    defaults: BTreeMap<(bool, u32, u32), IpAddr>,
+    /// Default routes as the kernel has them: (family, interface,
+    /// metric, gateway). An IPv4 default is one per (interface, metric):
+    /// a new one replaces it, as `ip route replace` does; IPv6 routers
+    /// (router advertisements) each have their own.
+    defaults: std::collections::BTreeSet<(bool, u32, u32, IpAddr)>,
     running: Vec<Running>,
 }
 
@@ -58,11 +68,22 @@ pub fn spawn(cfg: GatewayConfig, restart_time: u16, local: Arc<Local>) -> mpsc::
         restart_time,
         local,
         links: BTreeMap::new(),
-        defaults: BTreeMap::new(),
+        defaults: Default::default(),
         running: Vec::new(),
     };
     tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            let m = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    g.tick().await;
+                    continue;
+                }
+            };
             match m {
                 HvMsg::Kernel(e) => {
                     if g.kernel(e) {
@@ -115,7 +136,7 @@ impl Guest {
             }
             KernelEvent::LinkGone { index } => {
                 self.links.remove(&index);
-                self.defaults.retain(|(_, i, _), _| *i != index);
+                self.defaults.retain(|(_, i, _, _)| *i != index);
                 true
             }
             KernelEvent::DefaultRoute {
@@ -124,15 +145,33 @@ impl Guest {
                 index,
                 metric,
             } => {
-                let key = (gateway.is_ipv4(), index, metric);
+                let v4 = gateway.is_ipv4();
+                let key = (v4, index, metric, gateway);
                 if add {
-                    self.defaults.insert(key, gateway) != Some(gateway)
-                } else if self.defaults.get(&key) == Some(&gateway) {
-                    self.defaults.remove(&key);
-                    true
+                    if v4 {
+                        self.defaults
+                            .retain(|(f, i, m, _)| !(*f && *i == index && *m == metric));
+                    }
+                    self.defaults.insert(key)
                 } else {
-                    false
+                    self.defaults.remove(&key)
                 }
+            }
+            // What notifications were lost: the kernel's tables afresh.
+            KernelEvent::Snapshot(snap) => {
+                let links: BTreeMap<u32, String> = snap
+                    .links
+                    .iter()
+                    .map(|(i, (n, _))| (*i, n.clone()))
+                    .collect();
+                let defaults = snap.defaults.iter().copied().collect();
+                let changed = links != self.links || defaults != self.defaults;
+                if changed {
+                    warn!("kernel resync: the gateways' routes had changed unseen; following them");
+                }
+                self.links = links;
+                self.defaults = defaults;
+                changed
             }
             _ => false,
         }
@@ -151,6 +190,10 @@ impl Guest {
         if !self.cfg.addresses.is_empty() {
             let index = self.cfg.interface.as_deref().and_then(iface_index);
             for a in &self.cfg.addresses {
+                let afi = if a.is_ipv4() { Afi::Ipv4 } else { Afi::Ipv6 };
+                if !families.contains(&afi) {
+                    continue;
+                }
                 match (self.cfg.interface.is_some(), index) {
                     (true, None) => {} // the interface is not there (yet)
                     (_, i) => out.push(Gateway {
@@ -163,7 +206,7 @@ impl Guest {
         }
         // Per family, the default route the kernel uses: the lowest metric.
         let mut best: BTreeMap<bool, (u32, Gateway)> = BTreeMap::new();
-        for ((v4, index, metric), gw) in &self.defaults {
+        for (v4, index, metric, gw) in &self.defaults {
             let afi = if *v4 { Afi::Ipv4 } else { Afi::Ipv6 };
             if !families.contains(&afi) {
                 continue;
@@ -188,11 +231,20 @@ impl Guest {
     }
 
     /// Starts and stops sessions to match the gateways.
+    /// A gateway gone for longer than `GONE_GRACE` loses its session; one
+    /// that is back keeps it.
     async fn follow(&mut self) {
         let wanted = self.wanted();
+        let now = std::time::Instant::now();
         let mut keep = Vec::new();
-        for r in std::mem::take(&mut self.running) {
+        for mut r in std::mem::take(&mut self.running) {
             if wanted.contains(&r.gateway) {
+                r.gone_since = None;
+                keep.push(r);
+                continue;
+            }
+            let since = *r.gone_since.get_or_insert(now);
+            if now.duration_since(since) < GONE_GRACE {
                 keep.push(r);
             } else {
                 info!(gateway = %r.gateway.address, "gateway gone: session stopped");
@@ -207,7 +259,27 @@ impl Guest {
             let cfg = self.peer_config(&g);
             info!(gateway = %g.address, interface = ?cfg.interface.as_ref().map(|i| &i.name), families = ?cfg.families, "gateway found: session started");
             let handle = peer::spawn(cfg, self.local.clone());
-            self.running.push(Running { gateway: g, handle });
+            self.running.push(Running {
+                gateway: g,
+                handle,
+                gone_since: None,
+            });
+        }
+    }
+
+    /// Every second: sessions whose task failed (a bug) start again, and
+    /// gateways gone past their grace lose their session.
+    async fn tick(&mut self) {
+        let before = self.running.len();
+        self.running.retain(|r| {
+            let failed = r.handle.tx.is_closed();
+            if failed {
+                warn!(gateway = %r.gateway.address, "the gateway's session task had failed: starting it again");
+            }
+            !failed
+        });
+        if self.running.len() != before || self.running.iter().any(|r| r.gone_since.is_some()) {
+            self.follow().await;
         }
     }
 
@@ -224,6 +296,15 @@ impl Guest {
             Afi::Ipv4 => "gateway-v4".into(),
             Afi::Ipv6 => "gateway-v6".into(),
         };
+        // Explicit gateways may be several of a family.
+        let same_family = self
+            .running
+            .iter()
+            .filter(|r| r.gateway.address.is_ipv4() == g.address.is_ipv4())
+            .count();
+        if same_family > 0 {
+            n.name = format!("{}-{}", n.name, same_family + 1);
+        }
         let mut c = PeerConfig::from_neighbor(&n, self.restart_time);
         c.interface = self.links.get(&g.index).map(|name| Interface {
             name: name.clone(),
@@ -273,8 +354,9 @@ pub fn global_address(index: u32) -> Option<Ipv6Addr> {
 }
 
 fn parse_if_inet6(text: &str, index: u32) -> Option<Ipv6Addr> {
-    // IFA_F_TENTATIVE, IFA_F_DEPRECATED, IFA_F_DADFAILED.
-    const UNUSABLE: u32 = 0x40 | 0x20 | 0x08;
+    // IFA_F_TENTATIVE, IFA_F_DEPRECATED, IFA_F_DADFAILED, and
+    // IFA_F_TEMPORARY (privacy addresses: not the VM's known address).
+    const UNUSABLE: u32 = 0x40 | 0x20 | 0x08 | 0x01;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         if f.len() < 5 {
@@ -331,7 +413,7 @@ fe802022ffff00000000000000000001 03 40 20 80     eth0
                 restarting: Arc::new(false.into()),
             }),
             links: BTreeMap::new(),
-            defaults: BTreeMap::new(),
+            defaults: Default::default(),
             running: Vec::new(),
         }
     }

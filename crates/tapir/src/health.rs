@@ -137,10 +137,17 @@ async fn round(s: &Service) -> Result<(), String> {
     Ok(())
 }
 
-/// True if the address is configured here: binding a socket to it works
-/// only then (no IP_FREEBIND).
+/// True if the address is configured on an interface here. (Not by
+/// binding a socket to it: with `ip_nonlocal_bind`, common on anycast
+/// hosts, that works for any address.)
 fn is_local_address(a: IpAddr) -> bool {
-    std::net::UdpSocket::bind(SocketAddr::new(a, 0)).is_ok()
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return false;
+    };
+    addrs.filter_map(|i| i.address).any(|sa| match a {
+        IpAddr::V4(x) => sa.as_sockaddr_in().is_some_and(|s| s.ip() == x),
+        IpAddr::V6(x) => sa.as_sockaddr_in6().is_some_and(|s| s.ip() == x),
+    })
 }
 
 pub async fn check(c: &Check) -> Result<(), String> {

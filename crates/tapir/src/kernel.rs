@@ -70,6 +70,8 @@ pub struct Snapshot {
     pub links: std::collections::BTreeMap<u32, (String, bool)>,
     /// address → (index, protocol).
     pub routes: std::collections::BTreeMap<IpAddr, (u32, u8)>,
+    /// Default routes: (IPv4, index, metric, gateway), for the guest role.
+    pub defaults: std::collections::BTreeSet<(bool, u32, u32, IpAddr)>,
 }
 
 impl Snapshot {
@@ -142,14 +144,25 @@ async fn snapshot(handle: &rtnetlink::Handle) -> Snapshot {
         };
         let mut routes = handle.route().get(msg).execute();
         while let Ok(Some(m)) = routes.try_next().await {
-            if let Some(KernelEvent::HostRoute {
-                add: true,
-                addr,
-                index,
-                protocol,
-            }) = route_event(&m, true)
-            {
-                s.routes.insert(addr, (index, protocol));
+            match route_event(&m, true) {
+                Some(KernelEvent::HostRoute {
+                    add: true,
+                    addr,
+                    index,
+                    protocol,
+                }) => {
+                    s.routes.insert(addr, (index, protocol));
+                }
+                Some(KernelEvent::DefaultRoute {
+                    gateway,
+                    index,
+                    metric,
+                    ..
+                }) => {
+                    s.defaults
+                        .insert((gateway.is_ipv4(), index, metric, gateway));
+                }
+                _ => {}
             }
         }
     }
@@ -268,14 +281,14 @@ pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
         use netlink_sys::AsyncSocket;
         // Test builds only: `TAPIR_NETLINK_RCVBUF` makes it small, so
         // that the lab can provoke an overrun.
-        let mut size: usize = 8 << 20;
-        #[cfg(debug_assertions)]
-        if let Some(n) = std::env::var("TAPIR_NETLINK_RCVBUF")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            size = n;
-        }
+        let test_size: Option<usize> = if cfg!(debug_assertions) {
+            std::env::var("TAPIR_NETLINK_RCVBUF")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        } else {
+            None
+        };
+        let size = test_size.unwrap_or(8 << 20);
         // SO_RCVBUFFORCE: past net.core.rmem_max (tapir has CAP_NET_ADMIN).
         let sock = conn.socket_mut().socket_mut();
         let r = nix::sys::socket::setsockopt(&*sock, nix::sys::socket::sockopt::RcvBufForce, &size);

@@ -348,6 +348,10 @@ pub struct Peer {
     /// A VM session that has sent nothing since Established gets a
     /// ROUTE-REFRESH at this time (see `NUDGE_AFTER`).
     nudge_at: Option<Instant>,
+    /// IPv6 routes went unannounced for want of a global next hop (a
+    /// link-local session whose interface has no usable global address
+    /// yet): the family is sent again at this time.
+    resend_v6_at: Option<Instant>,
     /// The BFD session started for this session: (peer, interface index).
     bfd_registered: Option<(IpAddr, Option<u32>)>,
     /// Messages sent and received, all connections, by type code.
@@ -384,6 +388,7 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         peer_gr: None,
         stale_until: None,
         nudge_at: None,
+        resend_v6_at: None,
         bfd_registered: None,
         sent: [0; 6],
         received: [0; 6],
@@ -481,6 +486,7 @@ impl Peer {
                 .filter_map(|c| c.session.poll_timeout())
                 .chain(self.stale_until)
                 .chain(self.nudge_at)
+                .chain(self.resend_v6_at)
                 .min();
             let msg = match deadline {
                 Some(d) => tokio::select! {
@@ -495,6 +501,16 @@ impl Peer {
                         }
                         if self.nudge_at.is_some_and(|t| t <= now) {
                             self.nudge();
+                        }
+                        if self.resend_v6_at.is_some_and(|t| t <= now) {
+                            self.resend_v6_at = None;
+                            if let Some(i) = self
+                                .conns
+                                .iter()
+                                .position(|c| c.session.state() == State::Established)
+                            {
+                                self.send_family(i, AfiSafi::IPV6_UNICAST);
+                            }
                         }
                         self.process();
                         continue;
@@ -650,6 +666,7 @@ impl Peer {
                         }
                     }
                 }
+                self.take_over(now);
             }
             PeerMsg::Closed { conn } => {
                 if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
@@ -736,20 +753,6 @@ impl Peer {
     }
 
     fn incoming(&mut self, now: Instant, stream: TcpStream) {
-        // RFC 4724 §4.2: a peer that can restart gracefully and opens a new
-        // connection while the session is up has restarted; for a VM's
-        // gateway, it is the new hypervisor after a migration. The old
-        // connection is closed (its routes kept as stale for the restart
-        // time) and the new one takes its place at once, as BIRD does.
-        if self.cfg.takeover
-            && self.conns.len() == 1
-            && self.conns[0].session.state() == State::Established
-            && self.peer_gr.is_some()
-        {
-            info!("new connection while Established from a graceful-restart peer: it takes the session over (RFC 4724 §4.2)");
-            self.conns[0].session.closed(now);
-            self.process();
-        }
         let state = self.conns[0].session.state();
         match state {
             State::Idle | State::Connect | State::Active => {
@@ -765,6 +768,20 @@ impl Peer {
                 self.attach(&mut c, stream);
                 c.session.accepted(now);
                 self.conns.insert(0, c);
+            }
+            // RFC 4724 §4.2: a peer that can restart gracefully and opens a
+            // new connection while the session is up may have restarted; for
+            // a VM's gateway it may be the new hypervisor after a migration.
+            // The connection runs beside the session until its OPEN says
+            // which (`take_over`).
+            State::Established
+                if self.cfg.takeover && self.conns.len() == 1 && self.peer_gr.is_some() =>
+            {
+                debug!("new connection while Established: its OPEN decides (RFC 4724 §4.2)");
+                let mut c = self.new_conn();
+                self.attach(&mut c, stream);
+                c.session.accepted(now);
+                self.conns.push(c);
             }
             State::OpenSent | State::OpenConfirm if self.conns.len() == 1 => {
                 // A collision in the making (§6.8): run both until the
@@ -788,6 +805,44 @@ impl Peer {
                 });
             }
         }
+    }
+
+    /// A new connection while the session is up (see `incoming`), once
+    /// its OPEN is in. A different BGP identifier (another hypervisor,
+    /// after a migration) or the Restart State bit (the same one,
+    /// restarted) means the peer restarted: the old connection is closed as
+    /// if lost, its routes kept as stale, and the new one carries on (RFC
+    /// 4724 §4.2). Otherwise it is a plain collision with an Established
+    /// session, which the session wins (RFC 4271 §6.8).
+    fn take_over(&mut self, now: Instant) {
+        if !self.takeover_candidate() {
+            return;
+        }
+        let Some(open) = self.conns[1].session.remote_open() else {
+            return;
+        };
+        let old_id = self.conns[0].session.remote_open().map(|o| o.bgp_id);
+        let restarted = open
+            .capabilities
+            .iter()
+            .any(|c| matches!(c, bgp::capability::Capability::GracefulRestart(g) if g.restarting));
+        if old_id != Some(open.bgp_id) || restarted {
+            info!(old = ?old_id, new = %open.bgp_id, restarted, "peer restarted: the new connection takes the session over (RFC 4724 §4.2)");
+            self.conns[0].session.closed(now);
+        } else {
+            info!("connection collision with the Established session: the new connection is closed (RFC 4271 §6.8)");
+            self.conns[1].session.close_collision(now);
+        }
+    }
+
+    /// A second, inbound connection beside an Established session that
+    /// may take it over (`take_over`).
+    fn takeover_candidate(&self) -> bool {
+        self.cfg.takeover
+            && self.peer_gr.is_some()
+            && self.conns.len() == 2
+            && self.conns[0].session.state() == State::Established
+            && self.conns[1].session.is_inbound()
     }
 
     /// Moves bytes and events out of the sessions until there are none.
@@ -828,7 +883,13 @@ impl Peer {
                     self.event(i, ev);
                 }
             }
-            if self.conns.len() == 2 {
+            // A possible takeover waits for the new connection's OPEN.
+            let undecided = self.takeover_candidate()
+                && matches!(
+                    self.conns[1].session.state(),
+                    State::Active | State::Connect | State::OpenSent
+                );
+            if self.conns.len() == 2 && !undecided {
                 if let Some(loser) =
                     collision::resolve(&self.conns[0].session, &self.conns[1].session)
                 {
@@ -1256,7 +1317,16 @@ impl Peer {
                     continue;
                 }
                 let Some(nh) = self.next_hop_self(i, afi) else {
-                    warn!(family = ?afi, "no usable local address for the next hop; routes not announced");
+                    if afi == bgp::Afi::Ipv6 && self.cfg.global_v6_from.is_some() {
+                        // The address may still be in duplicate address
+                        // detection: try again shortly.
+                        if self.resend_v6_at.is_none() {
+                            warn!("no usable global IPv6 address on the interface for the next hop yet: IPv6 routes wait");
+                        }
+                        self.resend_v6_at = Some(now + std::time::Duration::from_secs(1));
+                    } else {
+                        warn!(family = ?afi, "no usable local address for the next hop; routes not announced");
+                    }
                     continue;
                 };
                 for m in encode_announce(&attrs, nh, &ps, &cxt) {

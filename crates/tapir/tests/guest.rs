@@ -270,5 +270,7 @@ fn guest_migration_between_tapir_hypervisors() {
         }
         eprintln!("{from} -> {to}: tor follows in {:?}", start.elapsed());
     }
-    assert!(lab.log(&guest.log).contains("it takes the session over"));
+    assert!(lab
+        .log(&guest.log)
+        .contains("the new connection takes the session over"));
 }
