@@ -1292,18 +1292,20 @@ impl Peer {
             return;
         }
         let cxt = self.conns[i].session.context();
+        // The Loc-RIB interns attribute sets: equal ones are one Arc, so
+        // the pointer groups them (in the order they first appear).
         let mut groups: Vec<(Arc<PathAttributes>, Vec<Prefix>)> = Vec::new();
+        let mut index: std::collections::HashMap<*const PathAttributes, usize> =
+            std::collections::HashMap::new();
         for (p, a) in items {
             if !cxt.has_family(AfiSafi::unicast(p.afi())) {
                 continue;
             }
-            match groups
-                .iter_mut()
-                .find(|(g, _)| Arc::ptr_eq(g, a) || **g == **a)
-            {
-                Some((_, v)) => v.push(*p),
-                None => groups.push((a.clone(), vec![*p])),
-            }
+            let i = *index.entry(Arc::as_ptr(a)).or_insert_with(|| {
+                groups.push((a.clone(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push(*p);
         }
         let now = Instant::now();
         for (attrs, prefixes) in groups {

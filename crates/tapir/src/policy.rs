@@ -192,6 +192,12 @@ impl Policy {
         }
     }
 
+    /// True if a term looks at the prefix: then what goes out may differ
+    /// between prefixes with the same attributes and origin.
+    pub fn matches_prefixes(&self) -> bool {
+        self.terms.iter().any(|t| t.matches.prefix_set.is_some())
+    }
+
     /// The default for the guest role's gateway: tapir's own routes only
     /// (the services), never something learned.
     pub fn guest_default() -> Policy {

@@ -209,6 +209,8 @@ pub struct Rib {
     /// Kernel routes kept from before a restart, not yet confirmed.
     stale: Vec<Prefix>,
     drains: BTreeMap<String, (DrainState, u64)>,
+    /// The interned set is swept of unused entries past this size.
+    sweep_at: usize,
     drain_cfg: DrainConfig,
     drain_generation: u64,
     self_tx: mpsc::UnboundedSender<RibMsg>,
@@ -256,6 +258,7 @@ pub fn spawn(
         stale,
         restarting,
         drains: BTreeMap::new(),
+        sweep_at: 1024,
         drain_cfg,
         drain_generation: 0,
         self_tx: tx.clone(),
@@ -266,7 +269,7 @@ pub fn spawn(
         ..Default::default()
     });
     for p in local_routes {
-        rib.table.entry(p).or_default().push(Path {
+        rib.table.entry(p).or_insert_with(one_path).push(Path {
             peer: None,
             next_hop: None,
             attrs: attrs.clone(),
@@ -315,18 +318,80 @@ pub fn compare_for_multipath(a: &Path, b: &Path) -> Ordering {
         .then_with(|| pb.ebgp.cmp(&pa.ebgp))
 }
 
+/// A prefix's path list: most have one path, and a `Vec`'s first push
+/// would make room for four (224 bytes a prefix, most of a full table).
+fn one_path() -> Vec<Path> {
+    Vec::with_capacity(1)
+}
+
+/// Interns into `set` (see `Rib::intern`), for when `self` is borrowed.
+fn intern_into(
+    set: &mut HashSet<Arc<PathAttributes>>,
+    attrs: PathAttributes,
+) -> Arc<PathAttributes> {
+    if let Some(a) = set.get(&attrs) {
+        return a.clone();
+    }
+    let a = Arc::new(attrs);
+    set.insert(a.clone());
+    a
+}
+
+/// What goes to neighbor `peer` for a best path `b` of `p`, if anything.
+#[allow(clippy::too_many_arguments)]
+fn export_attrs(
+    b: &Path,
+    p: &Prefix,
+    peer: PeerId,
+    asn: Option<u32>,
+    ebgp: bool,
+    policy: &Policy,
+    local_as: u32,
+    drains: &BTreeMap<String, (DrainState, u64)>,
+    drain_cfg: DrainConfig,
+) -> Option<PathAttributes> {
+    // Never back to where it came from; never to a neighbor whose AS is
+    // in the path (it would drop it anyway).
+    if b.peer.as_ref().is_some_and(|q| q.id == peer) {
+        return None;
+    }
+    if let (Some(asn), Some(path)) = (asn, &b.attrs.as_path) {
+        if path.segments.iter().any(|s| s.asns().contains(&asn)) {
+            return None;
+        }
+    }
+    let facts = RouteFacts {
+        prefix: p,
+        attrs: &b.attrs,
+        from: b.peer.as_deref(),
+    };
+    let mut a = policy.export(&facts, local_as, ebgp)?;
+    // RFC 8326: a draining VM's routes go out with GRACEFUL_SHUTDOWN (and
+    // low local-pref inside the AS), or not at all once withdrawn.
+    if let Some(key) = b.peer.as_deref().and_then(drain_key) {
+        match drains.get(&key).map(|d| d.0) {
+            Some(DrainState::Withdrawn) => return None,
+            Some(DrainState::Shutdown) => {
+                if !a.communities.contains(&GRACEFUL_SHUTDOWN) {
+                    a.communities.push(GRACEFUL_SHUTDOWN);
+                }
+                if !ebgp {
+                    a.local_pref = Some(drain_cfg.local_pref);
+                }
+            }
+            None => {}
+        }
+    }
+    Some(a)
+}
+
 fn best(paths: &[Path]) -> Option<&Path> {
     paths.iter().min_by(|a, b| compare(a, b))
 }
 
 impl Rib {
     fn intern(&mut self, attrs: PathAttributes) -> Arc<PathAttributes> {
-        if let Some(a) = self.interned.get(&attrs) {
-            return a.clone();
-        }
-        let a = Arc::new(attrs);
-        self.interned.insert(a.clone());
-        a
+        intern_into(&mut self.interned, attrs)
     }
 
     /// Interns an attribute set that already sits behind an `Arc` (the
@@ -358,9 +423,12 @@ impl Rib {
             changed.sort();
             changed.dedup();
             self.propagate(&changed).await;
-            // Drop attribute sets nobody uses any more.
-            if self.interned.len() > 1024 {
+            // Drop attribute sets nobody uses any more, once the set has
+            // doubled since the last sweep (a sweep per batch would make a
+            // table transfer quadratic).
+            if self.interned.len() > self.sweep_at {
                 self.interned.retain(|a| Arc::strong_count(a) > 1);
+                self.sweep_at = (2 * self.interned.len()).max(1024);
             }
         }
     }
@@ -381,9 +449,18 @@ impl Rib {
                         changed.push(p);
                     }
                 }
+                // The prefixes of one UPDATE share one Arc: intern it once.
+                let mut last: Option<(Arc<PathAttributes>, Arc<PathAttributes>)> = None;
                 for (p, nh, attrs) in announce {
-                    let attrs = self.intern_arc(attrs);
-                    let v = self.table.entry(p).or_default();
+                    let attrs = match &last {
+                        Some((from, to)) if Arc::ptr_eq(from, &attrs) => to.clone(),
+                        _ => {
+                            let to = self.intern_arc(attrs.clone());
+                            last = Some((attrs, to.clone()));
+                            to
+                        }
+                    };
+                    let v = self.table.entry(p).or_insert_with(one_path);
                     v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
                     v.push(Path {
                         peer: Some(peer.clone()),
@@ -409,7 +486,7 @@ impl Rib {
                     ..Default::default()
                 });
                 for p in announce {
-                    let v = self.table.entry(p).or_default();
+                    let v = self.table.entry(p).or_insert_with(one_path);
                     if !v.iter().any(|x| x.peer.is_none()) {
                         v.push(Path {
                             peer: None,
@@ -582,70 +659,62 @@ impl Rib {
         let Some(sub) = self.subscribers.get(&peer) else {
             return;
         };
+        let (asn, ebgp, policy) = (sub.asn, sub.ebgp, sub.policy.clone());
+        // Without prefix matches, what goes out depends only on the best
+        // path's attribute set and where it came from: computed (and
+        // interned) once per pair, not once per prefix.
+        let per_prefix = policy.matches_prefixes();
+        let mut cache: HashMap<(usize, Option<PeerId>), Option<Arc<PathAttributes>>> =
+            HashMap::new();
         let mut out: Vec<(Prefix, Option<Arc<PathAttributes>>)> = Vec::new();
-        let mut new_attrs = Vec::new();
+        let sent = self.sent.entry(peer).or_default();
         for p in prefixes {
-            let export = self.table.get(p).and_then(|v| best(v)).and_then(|b| {
-                // Never back to where it came from; never to a neighbor
-                // whose AS is in the path (it would drop it anyway).
-                if b.peer.as_ref().is_some_and(|q| q.id == peer) {
-                    return None;
-                }
-                if let (Some(asn), Some(path)) = (sub.asn, &b.attrs.as_path) {
-                    if path.segments.iter().any(|s| s.asns().contains(&asn)) {
-                        return None;
-                    }
-                }
-                let facts = RouteFacts {
-                    prefix: p,
-                    attrs: &b.attrs,
-                    from: b.peer.as_deref(),
-                };
-                let mut a = sub.policy.export(&facts, self.local_as, sub.ebgp)?;
-                // RFC 8326: a draining VM's routes go out with
-                // GRACEFUL_SHUTDOWN (and low local-pref inside the AS), or
-                // not at all once withdrawn.
-                if let Some(key) = b.peer.as_deref().and_then(drain_key) {
-                    match self.drains.get(&key).map(|d| d.0) {
-                        Some(DrainState::Withdrawn) => return None,
-                        Some(DrainState::Shutdown) => {
-                            if !a.communities.contains(&GRACEFUL_SHUTDOWN) {
-                                a.communities.push(GRACEFUL_SHUTDOWN);
+            let export = match self.table.get(p).and_then(|v| best(v)) {
+                None => None,
+                Some(b) => {
+                    let key = (
+                        Arc::as_ptr(&b.attrs) as usize,
+                        b.peer.as_ref().map(|q| q.id),
+                    );
+                    match cache.get(&key) {
+                        Some(a) if !per_prefix => a.clone(),
+                        _ => {
+                            let a = export_attrs(
+                                b,
+                                p,
+                                peer,
+                                asn,
+                                ebgp,
+                                &policy,
+                                self.local_as,
+                                &self.drains,
+                                self.drain_cfg,
+                            )
+                            .map(|a| intern_into(&mut self.interned, a));
+                            if !per_prefix {
+                                cache.insert(key, a.clone());
                             }
-                            if !sub.ebgp {
-                                a.local_pref = Some(self.drain_cfg.local_pref);
-                            }
+                            a
                         }
-                        None => {}
                     }
                 }
-                Some(a)
-            });
-            let before = self.sent.get(&peer).and_then(|s| s.get(p));
-            match (export, before) {
-                (Some(a), Some(b)) if **b == a => {}
-                (Some(a), _) => new_attrs.push((*p, a)),
-                (None, Some(_)) => out.push((*p, None)),
+            };
+            match (export, sent.get(p)) {
+                // Interned: the same attributes are the same Arc.
+                (Some(a), Some(b)) if Arc::ptr_eq(&a, b) || *a == **b => {}
+                (Some(a), _) => {
+                    sent.insert(*p, a.clone());
+                    out.push((*p, Some(a)));
+                }
+                (None, Some(_)) => {
+                    sent.remove(p);
+                    out.push((*p, None));
+                }
                 (None, None) => {}
             }
         }
-        for (p, a) in new_attrs {
-            let a = self.intern(a);
-            out.push((p, Some(a)));
-        }
         if out.is_empty() {
             return;
-        }
-        let sent = self.sent.entry(peer).or_default();
-        for (p, a) in &out {
-            match a {
-                Some(a) => {
-                    sent.insert(*p, a.clone());
-                }
-                None => {
-                    sent.remove(p);
-                }
-            }
         }
         if let Some(sub) = self.subscribers.get(&peer) {
             let _ = sub.tx.send(PeerMsg::Export(out)).await;
