@@ -303,6 +303,7 @@ fn run(data: &[u8]) {
             ebgp: true,
             policy: Arc::new(Policy::hypervisor_default()),
             tx: export_tx,
+            out: Default::default(),
         })
         .unwrap();
         let a = vm(1, "vm-a", IpAddr::V4(Ipv4Addr::new(10, 192, 24, 4)), 4);

@@ -117,6 +117,7 @@ fn loc_rib(c: &mut Criterion) {
                     ebgp: true,
                     policy: Arc::new(accept_all),
                     tx,
+                    out: Default::default(),
                 })
                 .unwrap();
                 for announce in &batches {

@@ -338,7 +338,7 @@ pub struct Peer {
     /// Set while Established: what the Loc-RIB knows of this peer.
     info: Option<Arc<PeerInfo>>,
     /// What we announce to the peer (upstream neighbors only).
-    adj_rib_out: BTreeMap<Prefix, Arc<PathAttributes>>,
+    adj_rib_out: crate::rib::AdjRibOut,
     /// End-of-RIB may go out (false while a restart's deferral runs).
     rib_ready: bool,
     /// The peer's graceful restart capability from the last session.
@@ -383,7 +383,7 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         flaps: 0,
         id: NEXT_PEER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         info: None,
-        adj_rib_out: BTreeMap::new(),
+        adj_rib_out: Default::default(),
         rib_ready,
         peer_gr: None,
         stale_until: None,
@@ -462,6 +462,7 @@ impl Peer {
                 ebgp: !matches!(self.cfg.remote_as, RemoteAsConfig::Internal),
                 policy,
                 tx: self.tx.clone(),
+                out: self.adj_rib_out.clone(),
             });
         }
         let mut primary = self.new_conn();
@@ -1346,6 +1347,8 @@ impl Peer {
         };
         let items: Vec<(Prefix, Arc<PathAttributes>)> = self
             .adj_rib_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|(p, _)| p.afi() == afi)
             .map(|(p, a)| (*p, a.clone()))
@@ -1356,21 +1359,16 @@ impl Peer {
             .send(Instant::now(), encode_end_of_rib(family));
     }
 
-    /// Applies a batch of export changes from the Loc-RIB.
+    /// Sends a batch of export changes from the Loc-RIB (which has
+    /// already written them into the Adj-RIB-Out, and sends a withdrawal
+    /// only for what it had exported).
     fn export(&mut self, changes: Vec<(Prefix, Option<Arc<PathAttributes>>)>) {
         let mut announce = Vec::new();
         let mut withdraw = Vec::new();
         for (p, a) in changes {
             match a {
-                Some(a) => {
-                    self.adj_rib_out.insert(p, a.clone());
-                    announce.push((p, a));
-                }
-                None => {
-                    if self.adj_rib_out.remove(&p).is_some() {
-                        withdraw.push(p);
-                    }
-                }
+                Some(a) => announce.push((p, a)),
+                None => withdraw.push(p),
             }
         }
         let Some(i) = self
@@ -1431,6 +1429,8 @@ impl Peer {
             routes_exported: if s.state() == State::Established {
                 let fams = s.context().families;
                 self.adj_rib_out
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
                     .keys()
                     .filter(|p| fams.contains(&AfiSafi::unicast(p.afi())))
                     .count()

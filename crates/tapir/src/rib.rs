@@ -25,6 +25,13 @@ use crate::policy::{Policy, RouteFacts};
 
 pub type PeerId = u64;
 
+/// A neighbor's Adj-RIB-Out: what the Loc-RIB has exported to it. The RIB
+/// writes it (and sends the changes as `PeerMsg::Export`); the neighbor's
+/// task reads it to send the whole table again (a new session, a
+/// ROUTE-REFRESH). One copy, where a table transfer would otherwise keep
+/// two.
+pub type AdjRibOut = Arc<std::sync::Mutex<BTreeMap<Prefix, Arc<PathAttributes>>>>;
+
 /// The peer a path came from, as best-path selection and policy see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
@@ -69,6 +76,8 @@ pub enum RibMsg {
         ebgp: bool,
         policy: Arc<Policy>,
         tx: mpsc::Sender<PeerMsg>,
+        /// Where the RIB keeps what it exported to this neighbor.
+        out: AdjRibOut,
     },
     Unsubscribe(PeerId),
     /// A reload changed a neighbor's export policy: send it the difference.
@@ -198,7 +207,7 @@ pub struct Rib {
     interned: HashSet<Arc<PathAttributes>>,
     subscribers: HashMap<PeerId, Subscriber>,
     /// What each subscriber was last sent, to send only changes.
-    sent: HashMap<PeerId, BTreeMap<Prefix, Arc<PathAttributes>>>,
+    sent: HashMap<PeerId, AdjRibOut>,
     fib: Option<mpsc::UnboundedSender<Vec<FibChange>>>,
     /// What the kernel was told, per prefix.
     installed: BTreeMap<Prefix, Vec<FibHop>>,
@@ -513,6 +522,7 @@ impl Rib {
                 ebgp,
                 policy,
                 tx,
+                out,
             } => {
                 let ready_tx = tx.clone();
                 self.subscribers.insert(
@@ -524,7 +534,8 @@ impl Rib {
                         tx,
                     },
                 );
-                self.sent.insert(peer, BTreeMap::new());
+                out.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                self.sent.insert(peer, out);
                 // A full table for the newcomer.
                 let all: Vec<Prefix> = self.table.keys().copied().collect();
                 self.export_to(peer, &all).await;
@@ -667,50 +678,56 @@ impl Rib {
         let mut cache: HashMap<(usize, Option<PeerId>), Option<Arc<PathAttributes>>> =
             HashMap::new();
         let mut out: Vec<(Prefix, Option<Arc<PathAttributes>>)> = Vec::new();
-        let sent = self.sent.entry(peer).or_default();
-        for p in prefixes {
-            let export = match self.table.get(p).and_then(|v| best(v)) {
-                None => None,
-                Some(b) => {
-                    let key = (
-                        Arc::as_ptr(&b.attrs) as usize,
-                        b.peer.as_ref().map(|q| q.id),
-                    );
-                    match cache.get(&key) {
-                        Some(a) if !per_prefix => a.clone(),
-                        _ => {
-                            let a = export_attrs(
-                                b,
-                                p,
-                                peer,
-                                asn,
-                                ebgp,
-                                &policy,
-                                self.local_as,
-                                &self.drains,
-                                self.drain_cfg,
-                            )
-                            .map(|a| intern_into(&mut self.interned, a));
-                            if !per_prefix {
-                                cache.insert(key, a.clone());
+        let Some(shared) = self.sent.get(&peer).cloned() else {
+            return;
+        };
+        // The lock is not held across the send below.
+        {
+            let mut sent = shared.lock().unwrap_or_else(|e| e.into_inner());
+            for p in prefixes {
+                let export = match self.table.get(p).and_then(|v| best(v)) {
+                    None => None,
+                    Some(b) => {
+                        let key = (
+                            Arc::as_ptr(&b.attrs) as usize,
+                            b.peer.as_ref().map(|q| q.id),
+                        );
+                        match cache.get(&key) {
+                            Some(a) if !per_prefix => a.clone(),
+                            _ => {
+                                let a = export_attrs(
+                                    b,
+                                    p,
+                                    peer,
+                                    asn,
+                                    ebgp,
+                                    &policy,
+                                    self.local_as,
+                                    &self.drains,
+                                    self.drain_cfg,
+                                )
+                                .map(|a| intern_into(&mut self.interned, a));
+                                if !per_prefix {
+                                    cache.insert(key, a.clone());
+                                }
+                                a
                             }
-                            a
                         }
                     }
+                };
+                match (export, sent.get(p)) {
+                    // Interned: the same attributes are the same Arc.
+                    (Some(a), Some(b)) if Arc::ptr_eq(&a, b) || *a == **b => {}
+                    (Some(a), _) => {
+                        sent.insert(*p, a.clone());
+                        out.push((*p, Some(a)));
+                    }
+                    (None, Some(_)) => {
+                        sent.remove(p);
+                        out.push((*p, None));
+                    }
+                    (None, None) => {}
                 }
-            };
-            match (export, sent.get(p)) {
-                // Interned: the same attributes are the same Arc.
-                (Some(a), Some(b)) if Arc::ptr_eq(&a, b) || *a == **b => {}
-                (Some(a), _) => {
-                    sent.insert(*p, a.clone());
-                    out.push((*p, Some(a)));
-                }
-                (None, Some(_)) => {
-                    sent.remove(p);
-                    out.push((*p, None));
-                }
-                (None, None) => {}
             }
         }
         if out.is_empty() {

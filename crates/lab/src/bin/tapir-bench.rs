@@ -237,6 +237,8 @@ struct Result {
     daemon: String,
     secs: f64,
     rss_mib: f64,
+    /// RSS 2 s after the last prefix arrived.
+    settled_mib: f64,
 }
 
 fn wait_line(lab: &Lab, log: &str, key: &str, timeout: Duration) -> Option<u128> {
@@ -404,10 +406,21 @@ fn bench_one(
             .ok_or_else(|| format!("{daemon}: not all prefixes arrived in 600 s"))?
     };
     let rss = Lab::peak_rss_kib(pid).unwrap_or(0);
+    // What stays once the burst is over: the tables themselves.
+    std::thread::sleep(Duration::from_secs(2));
+    let settled = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
     Ok(Result {
         daemon: daemon.to_string(),
         secs: (done.saturating_sub(start)) as f64 / 1e9,
         rss_mib: rss as f64 / 1024.0,
+        settled_mib: settled as f64 / 1024.0,
     })
 }
 
@@ -446,11 +459,12 @@ fn run(args: &[String]) -> ExitCode {
         match bench_one(d, &tapir, n, &me, kernel) {
             Ok(r) => {
                 println!(
-                    "  {:<6} {:>8.2} s  {:>8.0} prefixes/s  peak RSS {:>7.1} MiB",
+                    "  {:<6} {:>8.2} s  {:>8.0} prefixes/s  peak RSS {:>7.1} MiB  settled {:>7.1} MiB",
                     r.daemon,
                     r.secs,
                     n as f64 / r.secs,
-                    r.rss_mib
+                    r.rss_mib,
+                    r.settled_mib
                 );
                 results.push(r);
             }
