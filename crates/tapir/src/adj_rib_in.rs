@@ -18,17 +18,34 @@ use crate::config::MaxPrefixAction;
 /// only counted (a VM must not grow our memory by announcing junk).
 pub const MAX_KEPT_REFUSED: usize = 1000;
 
-/// A route learned from the neighbor.
-#[derive(Clone, Debug)]
-pub struct RouteIn {
+/// What the prefixes of one UPDATE (with one next hop) share.
+#[derive(Debug, PartialEq)]
+pub struct Learned {
     pub next_hop: NextHop,
     pub attrs: Arc<PathAttributes>,
+}
+
+/// A route learned from the neighbor: 24 bytes, the rest shared with the
+/// other prefixes of its UPDATE (a full table is a million of these).
+#[derive(Clone, Debug)]
+pub struct RouteIn {
+    pub learned: Arc<Learned>,
     /// Why the route is refused, if it is.
     /// (Boxed: most routes are accepted, and this keeps them small.)
     pub rejected: Option<Box<Rejection>>,
     /// Kept from before the peer restarted (RFC 4724 §4.2), until it
     /// announces again or sends End-of-RIB.
     pub stale: bool,
+}
+
+impl RouteIn {
+    pub fn next_hop(&self) -> NextHop {
+        self.learned.next_hop
+    }
+
+    pub fn attrs(&self) -> &Arc<PathAttributes> {
+        &self.learned.attrs
+    }
 }
 
 /// What routes are judged by.
@@ -87,7 +104,7 @@ impl AdjRibIn {
         self.routes
             .iter()
             .filter(|(_, r)| r.rejected.is_none() && !r.stale)
-            .map(|(p, r)| (*p, r.next_hop, r.attrs.clone()))
+            .map(|(p, r)| (*p, r.next_hop(), r.attrs().clone()))
             .collect()
     }
 
@@ -124,6 +141,7 @@ impl AdjRibIn {
             attrs.local_pref = None;
         }
         let attrs = Arc::new(attrs);
+        let mut learned: Option<Arc<Learned>> = None;
         for (p, nh) in u.announced() {
             let old = self.remove(&p);
             let was_accepted = old.as_ref().is_some_and(|o| o.rejected.is_none());
@@ -151,11 +169,21 @@ impl AdjRibIn {
             } else {
                 out.announce.push((p, nh, attrs.clone()));
             }
+            let shared = match &learned {
+                Some(l) if l.next_hop == nh => l.clone(),
+                _ => {
+                    let l = Arc::new(Learned {
+                        next_hop: nh,
+                        attrs: attrs.clone(),
+                    });
+                    learned = Some(l.clone());
+                    l
+                }
+            };
             self.insert(
                 p,
                 RouteIn {
-                    next_hop: nh,
-                    attrs: attrs.clone(),
+                    learned: shared,
                     rejected,
                     stale: false,
                 },
@@ -186,11 +214,11 @@ impl AdjRibIn {
         let mut out = Changes::default();
         for (p, mut r) in routes {
             let before = r.rejected.take();
-            r.rejected = self.judge(&p, &r.next_hop, &r.attrs, judge);
+            r.rejected = self.judge(&p, &r.next_hop(), r.attrs(), judge);
             match (&before, &r.rejected) {
                 (Some(_), None) => {
                     info!(prefix = %p, "route now accepted");
-                    out.announce.push((p, r.next_hop, r.attrs.clone()));
+                    out.announce.push((p, r.next_hop(), r.attrs().clone()));
                 }
                 (None, Some(x)) => {
                     info!(prefix = %p, reason = %x.reason, kind = x.kind, "route refused");

@@ -1467,28 +1467,28 @@ impl Peer {
                 interface: self.cfg.interface.as_ref().map(|i| i.name.clone()),
                 best: false,
                 installed: false,
-                next_hop: r.next_hop.to_string(),
+                next_hop: r.next_hop().to_string(),
                 as_path: r
-                    .attrs
+                    .attrs()
                     .as_path
                     .as_ref()
                     .map(|p| p.to_string())
                     .unwrap_or_default(),
                 origin: r
-                    .attrs
+                    .attrs()
                     .origin
                     .map(|o| o.name().to_string())
                     .unwrap_or_default(),
-                med: r.attrs.med,
-                local_pref: r.attrs.local_pref,
+                med: r.attrs().med,
+                local_pref: r.attrs().local_pref,
                 communities: r
-                    .attrs
+                    .attrs()
                     .communities
                     .iter()
                     .map(|c| format!("{}:{}", c >> 16, c & 0xffff))
                     .collect(),
                 large_communities: r
-                    .attrs
+                    .attrs()
                     .large_communities
                     .iter()
                     .map(|c| format!("{}:{}:{}", c.global, c.local1, c.local2))
