@@ -50,13 +50,97 @@ pub struct PeerInfo {
     pub kernel: bool,
 }
 
-/// A candidate path for a prefix.
+/// A candidate path for a prefix: 16 bytes, its next hop and attributes
+/// shared with the other prefixes of the UPDATE it came in.
 #[derive(Clone, Debug)]
 pub struct Path {
     /// `None` for a route tapir originates (`announce` in the config).
     pub peer: Option<Arc<PeerInfo>>,
+    pub route: Arc<Route>,
+}
+
+/// What paths share: the next hop and the (interned) attributes.
+#[derive(Debug, PartialEq)]
+pub struct Route {
     pub next_hop: Option<NextHop>,
     pub attrs: Arc<PathAttributes>,
+}
+
+impl Path {
+    pub fn new(
+        peer: Option<Arc<PeerInfo>>,
+        next_hop: Option<NextHop>,
+        attrs: Arc<PathAttributes>,
+    ) -> Path {
+        Path {
+            peer,
+            route: Arc::new(Route { next_hop, attrs }),
+        }
+    }
+
+    pub fn attrs(&self) -> &Arc<PathAttributes> {
+        &self.route.attrs
+    }
+
+    pub fn next_hop(&self) -> Option<NextHop> {
+        self.route.next_hop
+    }
+}
+
+/// A prefix's candidate paths. Nearly every prefix has one, kept inline: a
+/// `Vec` would cost an allocation a prefix.
+#[derive(Clone, Debug)]
+pub enum Paths {
+    One(Path),
+    Many(Vec<Path>),
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths::Many(Vec::new())
+    }
+}
+
+impl std::ops::Deref for Paths {
+    type Target = [Path];
+    fn deref(&self) -> &[Path] {
+        match self {
+            Paths::One(p) => std::slice::from_ref(p),
+            Paths::Many(v) => v,
+        }
+    }
+}
+
+impl Paths {
+    pub fn push(&mut self, p: Path) {
+        match self {
+            Paths::Many(v) if v.is_empty() => *self = Paths::One(p),
+            Paths::Many(v) => v.push(p),
+            Paths::One(_) => {
+                let Paths::One(first) = std::mem::take(self) else {
+                    unreachable!()
+                };
+                *self = Paths::Many(vec![first, p]);
+            }
+        }
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&Path) -> bool) {
+        match self {
+            Paths::One(p) => {
+                if !keep(p) {
+                    *self = Paths::default();
+                }
+            }
+            Paths::Many(v) => {
+                v.retain(|p| keep(p));
+                if v.len() == 1 {
+                    let p = v.pop().expect("one path");
+                    *self = Paths::One(p);
+                }
+            }
+        }
+    }
 }
 
 pub enum RibMsg {
@@ -203,7 +287,7 @@ struct Subscriber {
 
 pub struct Rib {
     local_as: u32,
-    table: BTreeMap<Prefix, Vec<Path>>,
+    table: BTreeMap<Prefix, Paths>,
     interned: HashSet<Arc<PathAttributes>>,
     subscribers: HashMap<PeerId, Subscriber>,
     /// What each subscriber was last sent, to send only changes.
@@ -277,11 +361,14 @@ pub fn spawn(
         as_path: Some(bgp::AsPath::default()),
         ..Default::default()
     });
+    let local = Arc::new(Route {
+        next_hop: None,
+        attrs,
+    });
     for p in local_routes {
-        rib.table.entry(p).or_insert_with(one_path).push(Path {
+        rib.table.entry(p).or_default().push(Path {
             peer: None,
-            next_hop: None,
-            attrs: attrs.clone(),
+            route: local.clone(),
         });
     }
     tokio::spawn(rib.run(rx));
@@ -308,10 +395,10 @@ pub fn compare_for_multipath(a: &Path, b: &Path) -> Ordering {
         (Some(_), None) => return Ordering::Greater,
         (Some(x), Some(y)) => (x, y),
     };
-    let lp = |p: &Path| p.attrs.local_pref.unwrap_or(100);
-    let len = |p: &Path| p.attrs.as_path.as_ref().map_or(0, |x| x.length());
-    let origin = |p: &Path| p.attrs.origin.map_or(2, |o| o as u8);
-    let neighbor_as = |p: &Path| p.attrs.as_path.as_ref().and_then(|x| x.first_asn());
+    let lp = |p: &Path| p.attrs().local_pref.unwrap_or(100);
+    let len = |p: &Path| p.attrs().as_path.as_ref().map_or(0, |x| x.length());
+    let origin = |p: &Path| p.attrs().origin.map_or(2, |o| o as u8);
+    let neighbor_as = |p: &Path| p.attrs().as_path.as_ref().and_then(|x| x.first_asn());
     lp(b)
         .cmp(&lp(a))
         .then_with(|| len(a).cmp(&len(b)))
@@ -319,18 +406,12 @@ pub fn compare_for_multipath(a: &Path, b: &Path) -> Ordering {
         .then_with(|| {
             // MED only between routes from the same neighbor AS.
             if neighbor_as(a) == neighbor_as(b) {
-                a.attrs.med.unwrap_or(0).cmp(&b.attrs.med.unwrap_or(0))
+                a.attrs().med.unwrap_or(0).cmp(&b.attrs().med.unwrap_or(0))
             } else {
                 Ordering::Equal
             }
         })
         .then_with(|| pb.ebgp.cmp(&pa.ebgp))
-}
-
-/// A prefix's path list: most have one path, and a `Vec`'s first push
-/// would make room for four (224 bytes a prefix, most of a full table).
-fn one_path() -> Vec<Path> {
-    Vec::with_capacity(1)
 }
 
 /// Interns into `set` (see `Rib::intern`), for when `self` is borrowed.
@@ -364,14 +445,14 @@ fn export_attrs(
     if b.peer.as_ref().is_some_and(|q| q.id == peer) {
         return None;
     }
-    if let (Some(asn), Some(path)) = (asn, &b.attrs.as_path) {
+    if let (Some(asn), Some(path)) = (asn, &b.attrs().as_path) {
         if path.segments.iter().any(|s| s.asns().contains(&asn)) {
             return None;
         }
     }
     let facts = RouteFacts {
         prefix: p,
-        attrs: &b.attrs,
+        attrs: b.attrs(),
         from: b.peer.as_deref(),
     };
     let mut a = policy.export(&facts, local_as, ebgp)?;
@@ -458,23 +539,30 @@ impl Rib {
                         changed.push(p);
                     }
                 }
-                // The prefixes of one UPDATE share one Arc: intern it once.
-                let mut last: Option<(Arc<PathAttributes>, Arc<PathAttributes>)> = None;
+                // The prefixes of one UPDATE share one attribute Arc and
+                // next hop: interned once, one `Route` for all of them.
+                let mut last: Option<(Arc<PathAttributes>, Arc<Route>)> = None;
                 for (p, nh, attrs) in announce {
-                    let attrs = match &last {
-                        Some((from, to)) if Arc::ptr_eq(from, &attrs) => to.clone(),
+                    let route = match &last {
+                        Some((from, to))
+                            if Arc::ptr_eq(from, &attrs) && to.next_hop == Some(nh) =>
+                        {
+                            to.clone()
+                        }
                         _ => {
-                            let to = self.intern_arc(attrs.clone());
+                            let to = Arc::new(Route {
+                                next_hop: Some(nh),
+                                attrs: self.intern_arc(attrs.clone()),
+                            });
                             last = Some((attrs, to.clone()));
                             to
                         }
                     };
-                    let v = self.table.entry(p).or_insert_with(one_path);
+                    let v = self.table.entry(p).or_default();
                     v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
                     v.push(Path {
                         peer: Some(peer.clone()),
-                        next_hop: Some(nh),
-                        attrs,
+                        route,
                     });
                     changed.push(p);
                 }
@@ -494,13 +582,16 @@ impl Rib {
                     as_path: Some(bgp::AsPath::default()),
                     ..Default::default()
                 });
+                let local = Arc::new(Route {
+                    next_hop: None,
+                    attrs,
+                });
                 for p in announce {
-                    let v = self.table.entry(p).or_insert_with(one_path);
+                    let v = self.table.entry(p).or_default();
                     if !v.iter().any(|x| x.peer.is_none()) {
                         v.push(Path {
                             peer: None,
-                            next_hop: None,
-                            attrs: attrs.clone(),
+                            route: local.clone(),
                         });
                         changed.push(p);
                     }
@@ -580,7 +671,7 @@ impl Rib {
                 let known: std::collections::BTreeSet<String> = self
                     .table
                     .values()
-                    .flatten()
+                    .flat_map(|v| v.iter())
                     .filter_map(|x| x.peer.as_deref().and_then(drain_key))
                     .collect();
                 let targets: Vec<String> = match &vm {
@@ -646,7 +737,7 @@ impl Rib {
             RibMsg::Stats(tx) => {
                 let _ = tx.send(RibStats {
                     prefixes: self.table.len(),
-                    paths: self.table.values().map(Vec::len).sum(),
+                    paths: self.table.values().map(|v| v.len()).sum(),
                     installed: self.installed.len(),
                     attribute_sets: self.interned.len(),
                 });
@@ -689,7 +780,7 @@ impl Rib {
                     None => None,
                     Some(b) => {
                         let key = (
-                            Arc::as_ptr(&b.attrs) as usize,
+                            Arc::as_ptr(b.attrs()) as usize,
                             b.peer.as_ref().map(|q| q.id),
                         );
                         match cache.get(&key) {
@@ -744,7 +835,7 @@ impl Rib {
         let Some(fib) = &self.fib else { return };
         let hop = |b: &Path| -> Option<FibHop> {
             let peer = b.peer.as_ref().filter(|q| q.kernel)?;
-            let via = match b.next_hop? {
+            let via = match b.next_hop()? {
                 NextHop::V4(a) => IpAddr::V4(a),
                 // The kernel wants the link-local gateway when there is
                 // one (RFC 2545): it is what is on the tap.
@@ -806,9 +897,9 @@ impl Rib {
                 Some(LocRibEntry {
                     prefix: p.to_string(),
                     from: origin(b),
-                    next_hop: b.next_hop.map(|n| n.to_string()),
+                    next_hop: b.next_hop().map(|n| n.to_string()),
                     as_path: b
-                        .attrs
+                        .attrs()
                         .as_path
                         .as_ref()
                         .map(|a| a.to_string())
@@ -857,11 +948,7 @@ mod tests {
             ..Default::default()
         };
         f(&mut a);
-        Path {
-            peer: Some(peer),
-            next_hop: None,
-            attrs: Arc::new(a),
-        }
+        Path::new(Some(peer), None, Arc::new(a))
     }
 
     #[test]
@@ -901,11 +988,53 @@ mod tests {
             Ordering::Less
         );
         // Local routes beat everything.
-        let local = Path {
-            peer: None,
-            next_hop: None,
-            attrs: Arc::new(PathAttributes::default()),
-        };
+        let local = Path::new(None, None, Arc::new(PathAttributes::default()));
         assert_eq!(compare(&local, &x), Ordering::Less);
+    }
+}
+
+#[cfg(test)]
+mod paths_tests {
+    use super::*;
+
+    fn p(id: u64) -> Path {
+        let peer = Arc::new(PeerInfo {
+            id,
+            name: format!("p{id}"),
+            address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8)),
+            asn: 65000,
+            router_id: Ipv4Addr::new(10, 0, 0, id as u8),
+            ebgp: true,
+            vm: None,
+            group: None,
+            interface: None,
+            kernel: false,
+        });
+        Path::new(Some(peer), None, Arc::new(PathAttributes::default()))
+    }
+
+    fn ids(v: &Paths) -> Vec<u64> {
+        v.iter().map(|x| x.peer.as_ref().unwrap().id).collect()
+    }
+
+    #[test]
+    fn one_path_inline_then_many_then_back() {
+        let mut v = Paths::default();
+        assert!(v.is_empty());
+        v.push(p(1));
+        assert!(matches!(v, Paths::One(_)));
+        v.push(p(2));
+        v.push(p(3));
+        assert_eq!(ids(&v), [1, 2, 3]);
+        v.retain(|x| x.peer.as_ref().unwrap().id != 2);
+        assert_eq!(ids(&v), [1, 3]);
+        v.retain(|x| x.peer.as_ref().unwrap().id == 3);
+        assert!(matches!(v, Paths::One(_)));
+        assert_eq!(ids(&v), [3]);
+        v.retain(|_| false);
+        assert!(v.is_empty());
+        // A path is two pointers; one inline costs no more than a Vec.
+        assert_eq!(std::mem::size_of::<Path>(), 16);
+        assert!(std::mem::size_of::<Paths>() <= 32);
     }
 }
