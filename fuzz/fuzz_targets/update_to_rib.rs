@@ -156,7 +156,7 @@ impl World {
             for c in changes {
                 match c {
                     FibChange::Install { prefix, hops } => {
-                        self.fib.insert(prefix, hops);
+                        self.fib.insert(prefix, hops.to_vec());
                     }
                     FibChange::Remove { prefix } => {
                         assert!(

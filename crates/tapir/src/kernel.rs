@@ -483,32 +483,24 @@ pub fn spawn_writer(
     protocol: u8,
     metric: u32,
 ) -> std::io::Result<mpsc::UnboundedSender<Vec<FibChange>>> {
-    let (conn, handle, _) = rtnetlink::new_connection()?;
-    tokio::spawn(conn);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<FibChange>>();
-    tokio::spawn(async move {
-        while let Some(batch) = rx.recv().await {
-            // One prefix appears once per batch, so the changes of a batch
-            // are independent: send them in parallel, 64 requests in flight,
-            // instead of waiting for each answer in turn.
-            for chunk in batch.chunks(64) {
-                let jobs = chunk
-                    .iter()
-                    .cloned()
-                    .map(|ch| apply(handle.clone(), ch, protocol, metric));
-                futures_util::future::join_all(jobs).await;
-            }
-        }
-    });
+    let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    let (tx, rx) = mpsc::unbounded_channel::<Vec<FibChange>>();
+    std::thread::Builder::new()
+        .name("tapir-fib".into())
+        .spawn(move || write_batches(sock, rx, protocol, metric))?;
     Ok(tx)
 }
 
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Applies one FIB change.
-async fn apply(handle: rtnetlink::Handle, ch: FibChange, protocol: u8, metric: u32) {
+/// The netlink message for one FIB change (None: nothing to send).
+fn change_message(ch: &FibChange, protocol: u8, metric: u32) -> Option<(RouteNetlinkMessage, u16)> {
+    use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
     match ch {
         FibChange::Install { prefix, hops } => {
+            let prefix = *prefix;
             let mut m = route_message(&prefix, protocol, metric);
             let gw = |via: IpAddr| match (prefix, via) {
                 (Prefix::V4(..), IpAddr::V4(g)) => {
@@ -524,12 +516,12 @@ async fn apply(handle: rtnetlink::Handle, ch: FibChange, protocol: u8, metric: u
                 )),
                 (Prefix::V6(..), IpAddr::V4(_)) => None,
             };
-            match hops.as_slice() {
-                [] => return,
+            match &hops[..] {
+                [] => return None,
                 [(via, dev)] => {
                     let Some(a) = gw(*via) else {
                         warn!(%prefix, "IPv6 prefix with an IPv4 next hop not installed");
-                        return;
+                        return None;
                     };
                     m.attributes.push(a);
                     if let Some(d) = dev {
@@ -549,18 +541,108 @@ async fn apply(handle: rtnetlink::Handle, ch: FibChange, protocol: u8, metric: u
                     m.attributes.push(RouteAttribute::MultiPath(hops));
                 }
             }
-            KERNEL_STATS.installs.fetch_add(1, Relaxed);
-            if let Err(e) = handle.route().add(m).replace().execute().await {
-                KERNEL_STATS.errors.fetch_add(1, Relaxed);
-                warn!(%prefix, error = %e, "kernel refused a route");
-            }
+            Some((
+                RouteNetlinkMessage::NewRoute(m),
+                NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE,
+            ))
         }
-        FibChange::Remove { prefix } => {
-            let m = route_message(&prefix, protocol, metric);
-            KERNEL_STATS.removals.fetch_add(1, Relaxed);
-            if let Err(e) = handle.route().del(m).execute().await {
-                tracing::debug!(%prefix, error = %e, "route already gone from the kernel");
+        FibChange::Remove { prefix } => Some((
+            RouteNetlinkMessage::DelRoute(route_message(prefix, protocol, metric)),
+            NLM_F_REQUEST,
+        )),
+    }
+}
+
+/// Writes batches of FIB changes on its own thread: many requests in one
+/// `sendmsg`, no acknowledgement asked (the kernel answers only errors,
+/// read between writes). A million routes go in at the kernel's pace, not
+/// one round trip each.
+fn write_batches(
+    sock: netlink_sys::Socket,
+    mut rx: mpsc::UnboundedReceiver<Vec<FibChange>>,
+    protocol: u8,
+    metric: u32,
+) {
+    use rtnetlink::packet_core::{NetlinkHeader, NetlinkMessage};
+    // Sequence numbers: odd for installs, even for removals, so that an
+    // error says which it was.
+    let mut seq: u32 = 0;
+    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK + 4096);
+    let mut reply: Vec<u8> = Vec::with_capacity(65536);
+    let mut logged = 0u32;
+    while let Some(batch) = rx.blocking_recv() {
+        for ch in &batch {
+            let Some((msg, flags)) = change_message(ch, protocol, metric) else {
+                continue;
+            };
+            let install = matches!(ch, FibChange::Install { .. });
+            if install {
+                KERNEL_STATS.installs.fetch_add(1, Relaxed);
+            } else {
+                KERNEL_STATS.removals.fetch_add(1, Relaxed);
             }
+            seq = seq.wrapping_add(1);
+            let mut header = NetlinkHeader::default();
+            header.flags = flags;
+            header.sequence_number = (seq << 1) | install as u32;
+            let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+            m.finalize();
+            let len = m.buffer_len();
+            if buf.len() + len > WRITE_CHUNK {
+                flush(&sock, &mut buf, &mut reply, &mut logged);
+            }
+            let at = buf.len();
+            buf.resize(at + len, 0);
+            m.serialize(&mut buf[at..]);
+        }
+        flush(&sock, &mut buf, &mut reply, &mut logged);
+    }
+}
+
+/// Bytes of requests per `sendmsg`.
+const WRITE_CHUNK: usize = 60 * 1024;
+
+/// Sends what `buf` holds, then reads the errors the kernel sent back.
+fn flush(sock: &netlink_sys::Socket, buf: &mut Vec<u8>, reply: &mut Vec<u8>, logged: &mut u32) {
+    use rtnetlink::packet_core::NetlinkMessage;
+    if buf.is_empty() {
+        return;
+    }
+    if let Err(e) = sock.send(buf, 0) {
+        KERNEL_STATS.errors.fetch_add(1, Relaxed);
+        warn!(error = %e, "netlink write of route changes failed");
+    }
+    buf.clear();
+    loop {
+        reply.clear();
+        match sock.recv(reply, libc::MSG_DONTWAIT) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let mut at = 0;
+        while at + 16 <= reply.len() {
+            let len = u32::from_ne_bytes([reply[at], reply[at + 1], reply[at + 2], reply[at + 3]])
+                as usize;
+            if len < 16 || at + len > reply.len() {
+                break;
+            }
+            if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[at..at + len])
+            {
+                if let NetlinkPayload::Error(e) = m.payload {
+                    let install = m.header.sequence_number & 1 == 1;
+                    if let Some(code) = e.code {
+                        // A removal of a route already gone is no error.
+                        if install {
+                            KERNEL_STATS.errors.fetch_add(1, Relaxed);
+                            if *logged < 10 {
+                                *logged += 1;
+                                warn!(error = %std::io::Error::from_raw_os_error(-code.get()), "kernel refused a route");
+                            }
+                        }
+                    }
+                }
+            }
+            at += (len + 3) & !3;
         }
     }
 }

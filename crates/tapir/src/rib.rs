@@ -265,13 +265,47 @@ pub struct LocRibEntry {
 /// One kernel next hop: a gateway, out of an interface if known.
 pub type FibHop = (IpAddr, Option<u32>);
 
+/// A kernel route's next hops: nearly always one, kept inline (a table of
+/// a million routes must not cost a million allocations).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hops {
+    One(FibHop),
+    Many(Box<[FibHop]>),
+}
+
+impl Default for Hops {
+    fn default() -> Self {
+        Hops::Many(Box::new([]))
+    }
+}
+
+impl std::ops::Deref for Hops {
+    type Target = [FibHop];
+    fn deref(&self) -> &[FibHop] {
+        match self {
+            Hops::One(h) => std::slice::from_ref(h),
+            Hops::Many(v) => v,
+        }
+    }
+}
+
+impl From<Vec<FibHop>> for Hops {
+    fn from(mut v: Vec<FibHop>) -> Hops {
+        if v.len() == 1 {
+            Hops::One(v.pop().expect("one hop"))
+        } else {
+            Hops::Many(v.into_boxed_slice())
+        }
+    }
+}
+
 /// A route change for the kernel writer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FibChange {
     /// Several hops make an ECMP route.
     Install {
         prefix: Prefix,
-        hops: Vec<FibHop>,
+        hops: Hops,
     },
     Remove {
         prefix: Prefix,
@@ -294,7 +328,7 @@ pub struct Rib {
     sent: HashMap<PeerId, AdjRibOut>,
     fib: Option<mpsc::UnboundedSender<Vec<FibChange>>>,
     /// What the kernel was told, per prefix.
-    installed: BTreeMap<Prefix, Vec<FibHop>>,
+    installed: BTreeMap<Prefix, Hops>,
     /// Install all equally good paths as one ECMP route.
     multipath: bool,
     /// False while a graceful restart's deferral runs.
@@ -328,7 +362,7 @@ pub fn spawn(
             // The kernel still has these; an empty hop list stands for
             // "there, from before" so that any new choice replaces it.
             for p in &r.stale {
-                installed.insert(*p, Vec::new());
+                installed.insert(*p, Hops::default());
             }
             let t = tx.clone();
             tokio::spawn(async move {
@@ -849,8 +883,8 @@ impl Rib {
         };
         let mut ops = Vec::new();
         for p in changed {
-            let want: Vec<FibHop> = match self.table.get(p).and_then(|v| best(v).map(|b| (v, b))) {
-                None => Vec::new(),
+            let want: Hops = match self.table.get(p).and_then(|v| best(v).map(|b| (v, b))) {
+                None => Hops::default(),
                 Some((v, b)) if self.multipath => {
                     let mut hops: Vec<FibHop> = v
                         .iter()
@@ -859,9 +893,12 @@ impl Rib {
                         .collect();
                     hops.sort();
                     hops.dedup();
-                    hops
+                    hops.into()
                 }
-                Some((_, b)) => hop(b).into_iter().collect(),
+                Some((_, b)) => match hop(b) {
+                    Some(h) => Hops::One(h),
+                    None => Hops::default(),
+                },
             };
             match (want.is_empty(), self.installed.get(p)) {
                 (false, Some(h)) if *h == want => {}
