@@ -168,6 +168,18 @@ impl Lab {
         }
     }
 
+    /// Many hosts at once (a scale benchmark's VMs): one `ip -batch`, no
+    /// sysctls. Removed with the lab like the others.
+    pub fn add_hosts(&mut self, hosts: &[String]) {
+        let names: Vec<String> = hosts.iter().map(|h| self.netns(h)).collect();
+        let batch: String = names.iter().map(|n| format!("netns add {n}\n")).collect();
+        let file = self.dir.join("netns.batch");
+        std::fs::write(&file, batch).expect("batch file");
+        // Registered first: a failure half-way still cleans up.
+        self.hosts.extend(names);
+        run("ip", &["-batch", &file.to_string_lossy()]);
+    }
+
     /// A veth pair between `a:a_if` and `b:b_if`, created inside the
     /// namespaces so that names never clash between labs.
     pub fn link(&mut self, a: &str, a_if: &str, b: &str, b_if: &str) {

@@ -1,0 +1,336 @@
+//! Benchmark B4 (DESIGN §6): N VM sessions on one hypervisor. Each VM is a
+//! network namespace behind its own tap, with the reference addressing
+//! (its /32 routed `dev tapK proto static`, the gateway 10.192.24.1 on
+//! every tap) and a small BGP speaker (this program, `peer`) that connects
+//! to the gateway as BIRD's reference VM config does, and keeps the session
+//! up. Prints the time from the daemon's start until all N are
+//! Established, the daemon's memory per session, and its idle CPU; tapir
+//! and BIRD (the reference hypervisor config) in the same run. Asserts
+//! nothing about time.
+//!
+//! ```text
+//! tapir-scale run --tapir PATH [--vms 1000] [--daemons tapir,bird] [--idle 20] [--neigh-limits]
+//! ```
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bgp::capability::Capability;
+use bgp::{AfiSafi, Context, Message, Open};
+use lab::{wait_for, Lab};
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// VM k's address: 10.192.X.Y inside 10.192.0.0/16, never .24.1.
+fn vm_addr(k: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 192, 32, 0)) + k)
+}
+
+/// `peer --id ADDR`: connects to 10.192.24.1:179 as AS 64613, answers the
+/// OPEN, sends a KEEPALIVE every 30 s; reconnects a second after a loss.
+fn peer(args: &[String]) -> ExitCode {
+    let id: Ipv4Addr = match arg(args, "--id").and_then(|v| v.parse().ok()) {
+        Some(i) => i,
+        None => {
+            eprintln!("peer: --id ADDRESS");
+            return ExitCode::FAILURE;
+        }
+    };
+    let open = Message::Open(Open::new(
+        64613,
+        90,
+        id,
+        vec![Capability::Multiprotocol(AfiSafi::IPV4_UNICAST)],
+    ))
+    .encode(&Context::default());
+    let keepalive = Message::Keepalive.encode(&Context::default());
+    loop {
+        if let Ok(mut s) = TcpStream::connect("10.192.24.1:179") {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+            if s.write_all(&open).is_ok() {
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match s.read(&mut chunk) {
+                        Ok(0) => break,
+                        // Anything (their OPEN, KEEPALIVEs) or a quiet
+                        // 30 s: a KEEPALIVE back keeps the session up.
+                        Ok(_) | Err(_) => {
+                            if s.write_all(&keepalive).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// /proc/PID/stat utime + stime, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// hv and N VMs, each with its tap, addresses and routes as the ifup hook
+/// makes them, and its peer running.
+fn build(n: u32, me: &Path) -> Lab {
+    let mut lab = Lab::new();
+    lab.add_host("hv");
+
+    let vms: Vec<String> = (1..=n).map(|k| format!("s{k}")).collect();
+    lab.add_hosts(&vms);
+    let mut hv = String::new();
+    for k in 1..=n {
+        let tap = format!("tap{k}");
+        hv += &format!(
+            "link add {tap} type veth peer name eth0 netns {}\n",
+            lab.netns(&format!("s{k}"))
+        );
+        hv += &format!("link set {tap} address 22:22:22:22:22:01\n");
+        hv += &format!("link set {tap} up\n");
+        hv += &format!("addr add 10.192.24.1/32 dev {tap} scope link\n");
+        hv += &format!("route replace {}/32 dev {tap} proto static\n", vm_addr(k));
+    }
+    let file = lab.write("hv.batch", &hv);
+    lab::run(
+        "ip",
+        &["-n", &lab.netns("hv"), "-batch", &file.to_string_lossy()],
+    );
+    for k in 1..=n {
+        let a = vm_addr(k);
+        let vm = format!(
+            "link set lo up\nlink set eth0 up\naddr add {a}/32 dev eth0\n\
+             route add 10.192.24.1/32 dev eth0 scope link\n\
+             route add default via 10.192.24.1 dev eth0 onlink\n"
+        );
+        let file = lab.write(&format!("vm{k}.batch"), &vm);
+        lab::run(
+            "ip",
+            &[
+                "-n",
+                &lab.netns(&format!("s{k}")),
+                "-batch",
+                &file.to_string_lossy(),
+            ],
+        );
+    }
+    std::fs::create_dir_all(lab.dir().join("peers")).expect("peers dir");
+    for k in 1..=n {
+        lab.spawn(
+            &format!("s{k}"),
+            &[
+                &me.to_string_lossy(),
+                "peer",
+                "--id",
+                &vm_addr(k).to_string(),
+            ],
+            &format!("peers/{k}.log"),
+        );
+    }
+    lab
+}
+
+const TAPIR_CONFIG: &str = r#"router-id = "10.192.21.6"
+local-as = 64612
+listen = ["[::]:179"]
+
+[prefix-sets]
+BGP-FROM-VMS = ["10.3.0.0/16{32,32}"]
+
+[kernel]
+install = false
+
+[[group]]
+name = "vms"
+interfaces = ["tap*"]
+ranges = ["10.192.0.0/16"]
+remote-as = "external"
+hold-time = 90
+import = "BGP-FROM-VMS"
+route-protocols = ["static"]
+max-sessions = 4096
+"#;
+
+const BIRD_CONFIG: &str = "router id 10.192.21.6;\nprotocol device { }\n\
+    protocol bgp vms {\n  ipv4 { import all; export none; };\n  \
+    local 10.192.24.1 as 64612;\n  neighbor range 10.192.0.0/16 external;\n  multihop;\n}\n";
+
+struct Figures {
+    up: Option<Duration>,
+    /// Sessions up when the wait ended.
+    established: usize,
+    rss_kib: u64,
+    cpu_percent: f64,
+}
+
+fn measure(daemon: &str, tapir: &Path, me: &Path, n: u32, idle: u64) -> Figures {
+    let mut lab = build(n, me);
+    let start = Instant::now();
+    let (pid, count): (u32, Box<dyn Fn() -> usize>) = match daemon {
+        "tapir" => {
+            let cfg = lab.write("hv/tapir.toml", TAPIR_CONFIG);
+            let t = lab.tapir_with_log("hv", tapir, &cfg, "warn");
+            let pid = t.pid;
+            (
+                pid,
+                Box::new(move || {
+                    t.json("peers").as_array().map_or(0, |a| {
+                        a.iter().filter(|p| p["state"] == "Established").count()
+                    })
+                }),
+            )
+        }
+        _ => {
+            let b = lab.bird("hv", BIRD_CONFIG);
+            let pid = b.pid;
+            (
+                pid,
+                Box::new(move || {
+                    b.try_cmd(&["show", "protocols"]).map_or(0, |o| {
+                        o.lines().filter(|l| l.contains("Established")).count()
+                    })
+                }),
+            )
+        }
+    };
+    let up = wait_for(Duration::from_secs(120), || {
+        (count() >= n as usize).then(|| start.elapsed())
+    });
+    let established = count();
+    // Idle: every session up, nothing to do but keepalives.
+    let t0 = cpu_ticks(pid).unwrap_or(0);
+    let w0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(idle));
+    let ticks = cpu_ticks(pid).unwrap_or(0).saturating_sub(t0);
+    // Clock ticks are 1/100 s on Linux.
+    let cpu_percent = ticks as f64 / w0.elapsed().as_secs_f64();
+    let rss = rss_kib(pid);
+    drop(lab);
+    Figures {
+        up,
+        established,
+        rss_kib: rss,
+        cpu_percent,
+    }
+}
+
+/// The kernel's neighbour tables are shared by all namespaces, and each
+/// VM costs two entries (the VM on its tap, the gateway in the VM): past
+/// `gc_thresh3` (1024 by default) the kernel drops entries and sessions
+/// fail, for every daemon alike. A hypervisor with that many VMs raises
+/// it; so does this bench, with `--neigh-limits`, and puts it back after.
+struct NeighLimits(Vec<(String, String)>);
+
+impl NeighLimits {
+    fn raise(n: u32) -> std::io::Result<NeighLimits> {
+        let mut old = Vec::new();
+        for v in ["ipv4", "ipv6"] {
+            for (k, x) in [("gc_thresh1", 2), ("gc_thresh2", 4), ("gc_thresh3", 8)] {
+                let path = format!("/proc/sys/net/{v}/neigh/default/{k}");
+                let before = std::fs::read_to_string(&path)?.trim().to_string();
+                std::fs::write(&path, (n * x).max(1024).to_string())?;
+                old.push((path, before));
+            }
+        }
+        Ok(NeighLimits(old))
+    }
+}
+
+impl Drop for NeighLimits {
+    fn drop(&mut self) {
+        for (path, v) in &self.0 {
+            let _ = std::fs::write(path, v);
+        }
+    }
+}
+
+fn run(args: &[String]) -> ExitCode {
+    let Some(tapir) = arg(args, "--tapir").map(PathBuf::from) else {
+        eprintln!("usage: tapir-scale run --tapir PATH [--vms 1000] [--daemons tapir,bird] [--idle 20] [--neigh-limits]");
+        return ExitCode::FAILURE;
+    };
+    let n: u32 = arg(args, "--vms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    if !(1..=4000).contains(&n) {
+        eprintln!("--vms: 1 to 4000");
+        return ExitCode::FAILURE;
+    }
+    let idle: u64 = arg(args, "--idle")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let daemons = arg(args, "--daemons").unwrap_or_else(|| "tapir,bird".into());
+    let me = std::env::current_exe().expect("own path");
+    let limit: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1024);
+    let _limits = if args.iter().any(|a| a == "--neigh-limits") {
+        match NeighLimits::raise(n) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("--neigh-limits: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        if 2 * n + 64 > limit {
+            eprintln!(
+                "{n} VMs need about {} neighbour entries, more than net.ipv4.neigh.default.gc_thresh3 = {limit}: \
+                 add --neigh-limits to raise it for the run",
+                2 * n
+            );
+            return ExitCode::FAILURE;
+        }
+        None
+    };
+    println!("B4 scale: {n} VM sessions on one hypervisor (each VM its own namespace and tap)");
+    for d in daemons.split(',') {
+        let f = measure(d, &tapir, &me, n, idle);
+        let up =
+            f.up.map_or(format!("({} only, 120 s)", f.established), |t| {
+                format!("{:.2} s", t.as_secs_f64())
+            });
+        println!(
+            "  {d:<6} all Established after {up:<22} RSS {:>7.1} MiB ({:.1} KiB/session)  idle CPU {:.2} % of a core over {idle} s",
+            f.rss_kib as f64 / 1024.0,
+            f.rss_kib as f64 / n as f64,
+            f.cpu_percent
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("run") => run(&args[2..]),
+        Some("peer") => peer(&args[2..]),
+        _ => {
+            eprintln!("usage: tapir-scale run --tapir PATH [--vms 1000] [--daemons tapir,bird] [--idle 20] [--neigh-limits]");
+            ExitCode::FAILURE
+        }
+    }
+}
