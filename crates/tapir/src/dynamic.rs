@@ -79,6 +79,7 @@ pub struct VmSession {
     pub routes_rejected: usize,
 }
 
+#[derive(Clone, PartialEq)]
 struct Link {
     name: String,
     up: bool,
@@ -171,8 +172,11 @@ impl Hypervisor {
             let Some(msg) = msg else { break };
             match msg {
                 HvMsg::Kernel(e) => {
-                    self.kernel(e);
-                    self.reconcile().await;
+                    // Neighbour entries change state all the time on a
+                    // thousand taps: only a real change costs a reconcile.
+                    if self.kernel(e) {
+                        self.reconcile().await;
+                    }
                 }
                 HvMsg::Incoming(stream, from) => self.incoming(stream, from).await,
                 HvMsg::ShowVms(tx) => {
@@ -225,7 +229,8 @@ impl Hypervisor {
         }
     }
 
-    fn kernel(&mut self, e: KernelEvent) {
+    /// Takes a kernel event in; true if it changed what tapir holds.
+    fn kernel(&mut self, e: KernelEvent) -> bool {
         match e {
             KernelEvent::Link { index, name, up } => {
                 let was_up = self.links.get(&index).is_some_and(|l| l.up);
@@ -236,7 +241,8 @@ impl Hypervisor {
                 if was_up != up {
                     info!(interface = %name, up, "interface state");
                 }
-                self.links.insert(index, Link { name, up });
+                let new = Link { name, up };
+                self.links.insert(index, new.clone()) != Some(new)
             }
             KernelEvent::Snapshot(s) => {
                 // Neighbours are left alone: the probe finds some that the
@@ -260,49 +266,49 @@ impl Hypervisor {
                     for e in missed {
                         self.kernel(e);
                     }
+                    return true;
                 }
+                false
             }
             KernelEvent::LinkGone { index } => {
                 self.links.remove(&index);
                 self.neighbours.remove(&index);
                 self.routes.retain(|_, (i, _)| *i != index);
+                true
             }
             KernelEvent::HostRoute {
                 add: true,
                 addr,
                 index,
                 protocol,
-            } => {
-                self.routes.insert(addr, (index, protocol));
-            }
+            } => self.routes.insert(addr, (index, protocol)) != Some((index, protocol)),
             KernelEvent::HostRoute {
                 add: false,
                 addr,
                 index,
                 ..
             } => {
-                if self.routes.get(&addr).is_some_and(|(i, _)| *i == index) {
+                let ours = self.routes.get(&addr).is_some_and(|(i, _)| *i == index);
+                if ours {
                     self.routes.remove(&addr);
                 }
+                ours
             }
             KernelEvent::Neighbour {
                 add: true,
                 addr,
                 index,
-            } => {
-                self.neighbours.entry(index).or_default().insert(addr);
-            }
+            } => self.neighbours.entry(index).or_default().insert(addr),
             // The guest role's business.
-            KernelEvent::DefaultRoute { .. } => {}
+            KernelEvent::DefaultRoute { .. } => false,
             KernelEvent::Neighbour {
                 add: false,
                 addr,
                 index,
-            } => {
-                if let Some(s) = self.neighbours.get_mut(&index) {
-                    s.remove(&addr);
-                }
-            }
+            } => self
+                .neighbours
+                .get_mut(&index)
+                .is_some_and(|s| s.remove(&addr)),
         }
     }
 
@@ -319,51 +325,72 @@ impl Hypervisor {
 
     /// Sessions that should exist: `true` if tapir opens them itself,
     /// `false` if it only accepts them.
+    /// Linear in links, routes, neighbours and inventory entries: it runs
+    /// at every kernel event, and a hypervisor has a thousand VMs.
     fn wanted(&self) -> BTreeMap<(u32, IpAddr), (usize, bool)> {
         let mut want = BTreeMap::new();
-        for (&index, link) in &self.links {
-            if !link.up {
-                continue;
+        let up = |index: u32| self.links.get(&index).filter(|l| l.up);
+        for (addr, &(index, proto)) in &self.routes {
+            let Some(link) = up(index) else { continue };
+            if let Some(g) = self.group_for(&link.name, addr) {
+                let active = self.groups[g].route_protocols.contains(&proto);
+                want.insert((index, *addr), (g, active));
             }
-            for (addr, &(i, proto)) in &self.routes {
-                if i != index {
-                    continue;
-                }
-                if let Some(g) = self.group_for(&link.name, addr) {
-                    let active = self.groups[g].route_protocols.contains(&proto);
-                    want.insert((index, *addr), (g, active));
-                }
-            }
-            for addr in self.neighbours.get(&index).into_iter().flatten() {
+        }
+        for (&index, addrs) in &self.neighbours {
+            let Some(link) = up(index) else { continue };
+            for addr in addrs {
                 let a = IpAddr::V6(*addr);
                 if let Some(g) = self.group_for(&link.name, &a) {
                     want.insert((index, a), (g, true));
                 }
             }
-            for e in self.inventory.entries() {
-                if e.interface.as_deref() != Some(link.name.as_str()) {
-                    continue;
-                }
-                for a in &e.addresses {
-                    if let Some(g) = self.group_for(&link.name, a) {
-                        want.insert((index, *a), (g, true));
-                    }
+        }
+        let by_name: HashMap<&str, u32> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.up)
+            .map(|(i, l)| (l.name.as_str(), *i))
+            .collect();
+        for e in self.inventory.entries() {
+            let Some(&index) = e.interface.as_deref().and_then(|n| by_name.get(n)) else {
+                continue;
+            };
+            let name = &self.links[&index].name;
+            for a in &e.addresses {
+                if let Some(g) = self.group_for(name, a) {
+                    want.insert((index, *a), (g, true));
                 }
             }
         }
         want
     }
 
+    /// Each interface's routed addresses, for `policy_with`.
+    fn addresses_by_interface(&self) -> HashMap<u32, Vec<IpAddr>> {
+        let mut m: HashMap<u32, Vec<IpAddr>> = HashMap::new();
+        for (a, (i, _)) in &self.routes {
+            m.entry(*i).or_default().push(*a);
+        }
+        m
+    }
+
     fn policy(&self, index: u32, addr: &IpAddr, g: usize) -> VmPolicy {
+        let routed: Vec<IpAddr> = self
+            .routes
+            .iter()
+            .filter(|(_, (i, _))| *i == index)
+            .map(|(a, _)| *a)
+            .collect();
+        self.policy_with(index, addr, g, &routed)
+    }
+
+    /// `policy`, with the interface's routed addresses already at hand.
+    fn policy_with(&self, index: u32, addr: &IpAddr, g: usize, routed: &[IpAddr]) -> VmPolicy {
         let group = &self.groups[g];
         let entry = self.entry_for(index, addr);
         let mut own: Vec<IpAddr> = vec![*addr];
-        own.extend(
-            self.routes
-                .iter()
-                .filter(|(_, (i, _))| *i == index)
-                .map(|(a, _)| *a),
-        );
+        own.extend(routed.iter().copied());
         own.extend(
             self.neighbours
                 .get(&index)
@@ -548,13 +575,15 @@ impl Hypervisor {
                 stop(&d.handle, why).await;
             }
         }
+        let by_interface = self.addresses_by_interface();
         for (&(index, addr), &(g, active)) in &want {
             match self.sessions.get(&(index, addr)) {
                 None if active => {
                     self.spawn_session(index, addr, g);
                 }
                 Some(d) if d.group == g => {
-                    let p = Arc::new(self.policy(index, &addr, g));
+                    let routed = by_interface.get(&index).map_or(&[][..], |v| &v[..]);
+                    let p = Arc::new(self.policy_with(index, &addr, g, routed));
                     if *p != *d.policy {
                         let _ = d.handle.tx.send(PeerMsg::Policy(p.clone())).await;
                         if let Some(d) = self.sessions.get_mut(&(index, addr)) {
