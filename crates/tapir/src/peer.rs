@@ -23,7 +23,7 @@ use bgp::notification::{cease, Notification};
 use bgp::session::{self, Event, Session, State};
 use bgp::update::{encode_announce, encode_end_of_rib};
 use bgp::{AfiSafi, NextHop, PathAttributes, Prefix};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -34,6 +34,10 @@ use crate::config::{Neighbor, RemoteAsConfig};
 use crate::control::{PeerStatus, RouteEntry};
 use crate::policy::Policy;
 use crate::rib::{PeerId, PeerInfo, RibMsg};
+
+/// Read sizes: a quiet session's KEEPALIVEs, and a table transfer.
+const READ_SMALL: usize = 4096;
+const READ_BULK: usize = 65536;
 
 /// How long a closed connection is drained before it is cut off.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
@@ -587,7 +591,7 @@ impl Peer {
             }
         }
         conn.local = stream.local_addr().ok();
-        let (mut r, w) = stream.into_split();
+        let (r, w) = stream.into_split();
         let (wtx, wrx) = mpsc::unbounded_channel::<Vec<u8>>();
         let tx = self.tx.clone();
         let id = conn.id;
@@ -603,18 +607,30 @@ impl Peer {
         }));
         let tx = self.tx.clone();
         conn.reader = Some(tokio::spawn(async move {
-            let mut buf = vec![0u8; 65536];
+            // No buffer is held while the socket is quiet (a thousand idle
+            // VM sessions must not keep 64 KiB each): one is made when
+            // there is something to read, small unless the last read
+            // filled its buffer (a table transfer), and handed over as is.
+            let mut bulk = false;
             loop {
-                match r.read(&mut buf).await {
+                if r.readable().await.is_err() {
+                    let _ = tx.send(PeerMsg::Closed { conn: id }).await;
+                    return;
+                }
+                let mut buf = vec![0u8; if bulk { READ_BULK } else { READ_SMALL }];
+                match r.try_read(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Ok(0) | Err(_) => {
                         let _ = tx.send(PeerMsg::Closed { conn: id }).await;
                         return;
                     }
                     Ok(n) => {
+                        bulk = n == buf.len();
+                        buf.truncate(n);
                         if tx
                             .send(PeerMsg::Bytes {
                                 conn: id,
-                                data: buf[..n].to_vec(),
+                                data: buf,
                             })
                             .await
                             .is_err()
