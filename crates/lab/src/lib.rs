@@ -92,6 +92,30 @@ pub fn tool(sibling: &Path, name: &str) -> PathBuf {
     bin
 }
 
+/// A `/proc/PID/status` field in KiB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The value of the first sample of metric `name` (Prometheus text) whose
+/// labels include every `key="value"` of `labels`.
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            return None;
+        }
+        labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            .then(|| rest.rsplit(' ').next()?.parse().ok())?
+    })
+}
+
 /// True when running as root (needed for namespaces).
 pub fn is_root() -> bool {
     Command::new("id")
@@ -262,11 +286,12 @@ impl Lab {
 
     /// Peak resident memory of a process, in KiB (VmHWM).
     pub fn peak_rss_kib(pid: u32) -> Option<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
+        status_kib(pid, "VmHWM:")
+    }
+
+    /// A process's resident memory now (VmRSS), in KiB.
+    pub fn rss_kib(pid: u32) -> Option<u64> {
+        status_kib(pid, "VmRSS:")
     }
 
     /// The log of a spawned process (for failure messages).

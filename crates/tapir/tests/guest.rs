@@ -48,9 +48,7 @@ fn dns_server(lab: &mut Lab) -> u32 {
 /// `tapir_service_healthy{service="recdns"}` from the guest's metrics.
 fn healthy_metric(lab: &Lab) -> Option<f64> {
     let text = lab.http_get("vm11", Path::new(TAPIR), "127.0.0.1:9179", "/metrics")?;
-    text.lines()
-        .find(|l| l.starts_with("tapir_service_healthy{service=\"recdns\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    lab::metric_sample(&text, "tapir_service_healthy", &[("service", "recdns")])
 }
 
 fn via(tor: &Tor, prefix: &str) -> Vec<String> {

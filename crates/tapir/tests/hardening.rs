@@ -28,15 +28,15 @@ fn config(group_extra: &str) -> String {
 }
 
 fn limit_hits(lab: &Lab, limit: &str) -> f64 {
+    metric(lab, "tapir_limit_hits_total", &[("limit", limit)])
+}
+
+/// A sample of tapir's metrics on hv1 (0 if absent).
+fn metric(lab: &Lab, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = lab
         .http_get("hv1", Path::new(TAPIR), METRICS, "/metrics")
         .unwrap_or_default();
-    text.lines()
-        .find(|l| {
-            l.starts_with("tapir_limit_hits_total{") && l.contains(&format!("limit=\"{limit}\""))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    lab::metric_sample(&text, name, labels).unwrap_or(0.0)
 }
 
 #[test]
@@ -358,16 +358,6 @@ fn tapir_with_env(lab: &mut Lab, env: &str, cfg: &Path) -> lab::tapir::Tapir {
     }
 }
 
-fn metric(lab: &Lab, name: &str) -> f64 {
-    let text = lab
-        .http_get("hv1", Path::new(TAPIR), METRICS, "/metrics")
-        .unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The kernel drops notifications when tapir's netlink socket is full (a
 /// burst of link changes). Here the socket is made tiny (a test-build
 /// switch), tapir is paused, and a burst of 400 link changes hides a VM's
@@ -444,7 +434,7 @@ fn a_netlink_overrun_is_caught_up_at_once() {
     // Well before the periodic resync (60 s after start).
     let caught_up = wait_for(Duration::from_secs(15), || tor.route("10.3.0.2/32"));
     assert!(caught_up.is_some(), "{}", lab.log(&t.log));
-    assert!(metric(&lab, "tapir_kernel_netlink_overruns_total") >= 1.0);
+    assert!(metric(&lab, "tapir_kernel_netlink_overruns_total", &[]) >= 1.0);
     let log = lab.log(&t.log);
     assert!(log.contains("socket overrun"), "{log}");
     assert!(

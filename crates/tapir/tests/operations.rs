@@ -22,21 +22,6 @@ fn example() -> String {
     .unwrap()
 }
 
-/// The value of the first sample of `name` whose labels include every
-/// `key="value"` of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?;
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            return None;
-        }
-        labels
-            .iter()
-            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-            .then(|| rest.rsplit(' ').next()?.parse().ok())?
-    })
-}
-
 fn kernel_routes(lab: &Lab) -> usize {
     ["-4", "-6"]
         .iter()
@@ -103,7 +88,7 @@ fn metrics_pass_promtool_and_match_what_peers_see() {
     let scrape = |lab: &Lab| lab.http_get("hv1", Path::new(TAPIR), METRICS, "/metrics");
     let text = wait_for(WAIT, || {
         scrape(&lab).filter(|t| {
-            sample(
+            lab::metric_sample(
                 t,
                 "tapir_bgp_prefixes_accepted",
                 &[("address", "10.192.24.11")],
@@ -120,11 +105,12 @@ fn metrics_pass_promtool_and_match_what_peers_see() {
     }
 
     // The figures are what the peers and the kernel show.
-    let est = |peer: &str| sample(&text, "tapir_bgp_session_established", &[("peer", peer)]);
+    let est =
+        |peer: &str| lab::metric_sample(&text, "tapir_bgp_session_established", &[("peer", peer)]);
     assert_eq!(est("tor-v4"), Some(1.0));
     assert_eq!(est("tor-v6"), Some(1.0));
     assert_eq!(
-        sample(
+        lab::metric_sample(
             &text,
             "tapir_bgp_session_state",
             &[("peer", "tor-v4"), ("state", "Established")]
@@ -132,7 +118,7 @@ fn metrics_pass_promtool_and_match_what_peers_see() {
         Some(1.0)
     );
     assert_eq!(
-        sample(
+        lab::metric_sample(
             &text,
             "tapir_bgp_session_state",
             &[("peer", "tor-v4"), ("state", "Idle")]
@@ -141,34 +127,36 @@ fn metrics_pass_promtool_and_match_what_peers_see() {
     );
     // tor has the VM's prefix from us: one exported on each upstream session.
     assert_eq!(
-        sample(&text, "tapir_bgp_prefixes_exported", &[("peer", "tor-v4")]),
+        lab::metric_sample(&text, "tapir_bgp_prefixes_exported", &[("peer", "tor-v4")]),
         Some(1.0)
     );
-    let updates_in = sample(
+    let updates_in = lab::metric_sample(
         &text,
         "tapir_bgp_messages_received_total",
         &[("address", "10.192.24.11"), ("type", "update")],
     );
     assert!(updates_in.is_some_and(|n| n >= 1.0), "{text}");
     assert_eq!(
-        sample(&text, "tapir_kernel_routes", &[]),
+        lab::metric_sample(&text, "tapir_kernel_routes", &[]),
         Some(kernel_routes(&lab) as f64),
         "{text}"
     );
-    assert!(sample(
+    assert!(lab::metric_sample(
         &text,
         "tapir_kernel_route_operations_total",
         &[("operation", "install")]
     )
     .is_some_and(|n| n >= 2.0));
-    assert!(sample(&text, "tapir_rib_prefixes", &[]).is_some_and(|n| n >= 2.0));
-    assert!(sample(&text, "process_resident_memory_bytes", &[]).is_some_and(|n| n > 1e6));
+    assert!(lab::metric_sample(&text, "tapir_rib_prefixes", &[]).is_some_and(|n| n >= 2.0));
+    assert!(
+        lab::metric_sample(&text, "process_resident_memory_bytes", &[]).is_some_and(|n| n > 1e6)
+    );
 
     // The VM stops: its sessions go down and count a flap.
     lab.stop(vm.pid);
     let text = wait_for(WAIT, || {
         scrape(&lab).filter(|t| {
-            sample(
+            lab::metric_sample(
                 t,
                 "tapir_bgp_session_established",
                 &[("address", "10.192.24.11")],
@@ -177,7 +165,7 @@ fn metrics_pass_promtool_and_match_what_peers_see() {
     })
     .unwrap_or_else(|| panic!("{:?}", scrape(&lab)));
     assert_eq!(
-        sample(
+        lab::metric_sample(
             &text,
             "tapir_bgp_session_flaps_total",
             &[("address", "10.192.24.11")]

@@ -408,14 +408,7 @@ fn bench_one(
     let rss = Lab::peak_rss_kib(pid).unwrap_or(0);
     // What stays once the burst is over: the tables themselves.
     std::thread::sleep(Duration::from_secs(2));
-    let settled = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
+    let settled = Lab::rss_kib(pid).unwrap_or(0);
     Ok(Result {
         daemon: daemon.to_string(),
         secs: (done.saturating_sub(start)) as f64 / 1e9,

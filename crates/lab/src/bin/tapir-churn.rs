@@ -93,15 +93,7 @@ fn tapir_json(lab: &Lab, tapir: &std::path::Path, hv: &str, what: &str) -> serde
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            })
-        })
-        .unwrap_or(0)
+    Lab::rss_kib(pid).unwrap_or(0)
 }
 
 /// The invariants, once; returns the violations found.

@@ -83,14 +83,7 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+    Lab::rss_kib(pid).unwrap_or(0)
 }
 
 /// hv and N VMs, each with its tap, addresses and routes as the ifup hook
