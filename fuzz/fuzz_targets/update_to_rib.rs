@@ -187,7 +187,7 @@ impl World {
         let mut want: BTreeMap<Prefix, NextHop> = adj
             .iter()
             .filter(|(_, r)| r.rejected.is_none())
-            .map(|(p, r)| (*p, r.next_hop()))
+            .map(|(p, r)| (p, r.next_hop()))
             .collect();
         // Every accepted route, stale ones too (a new snapshot judges them
         // all), passes the oracle and the limits.

@@ -128,10 +128,11 @@ fn loc_rib(c: &mut Criterion) {
                     })
                     .unwrap();
                 }
+                // A barrier that costs little (`Show` would format every
+                // prefix).
                 let (done, wait) = oneshot::channel();
-                rib.send(RibMsg::Show(done)).unwrap();
-                let table = wait.await.unwrap();
-                assert_eq!(table.len(), N as usize);
+                rib.send(RibMsg::Stats(done)).unwrap();
+                assert_eq!(wait.await.unwrap().prefixes, N as usize);
                 let mut exported = 0;
                 while let Ok(m) = rx.try_recv() {
                     if let PeerMsg::Export(v) = m {

@@ -13,6 +13,7 @@ use tracing::info;
 
 use crate::authorisation::{Rejection, VmPolicy};
 use crate::config::MaxPrefixAction;
+use crate::prefix_map::PrefixMap;
 
 /// Refused routes kept for display and re-judging, beyond which more are
 /// only counted (a VM must not grow our memory by announcing junk).
@@ -70,7 +71,7 @@ pub struct Changes {
 
 #[derive(Debug, Default)]
 pub struct AdjRibIn {
-    routes: BTreeMap<Prefix, RouteIn>,
+    routes: PrefixMap<RouteIn>,
     /// Routes that are accepted.
     accepted: usize,
     /// Refusals by kind, counted per refused announcement.
@@ -95,7 +96,7 @@ impl AdjRibIn {
         &self.rejections
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&Prefix, &RouteIn)> {
+    pub fn iter(&self) -> impl Iterator<Item = (Prefix, &RouteIn)> {
         self.routes.iter()
     }
 
@@ -104,7 +105,7 @@ impl AdjRibIn {
         self.routes
             .iter()
             .filter(|(_, r)| r.rejected.is_none() && !r.stale)
-            .map(|(p, r)| (*p, r.next_hop(), r.attrs().clone()))
+            .map(|(p, r)| (p, r.next_hop(), r.attrs().clone()))
             .collect()
     }
 
@@ -200,7 +201,7 @@ impl AdjRibIn {
             .routes
             .iter()
             .filter(|(p, r)| r.stale && afi.is_none_or(|a| p.afi() == a))
-            .map(|(p, _)| *p)
+            .map(|(p, _)| p)
             .collect();
         gone.into_iter()
             .filter(|p| self.remove(p).is_some_and(|r| r.rejected.is_none()))

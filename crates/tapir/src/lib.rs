@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod notify;
 pub mod peer;
 pub mod policy;
+pub mod prefix_map;
 pub mod prefix_set;
 pub mod probe;
 pub mod rib;

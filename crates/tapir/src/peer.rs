@@ -1367,7 +1367,7 @@ impl Peer {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|(p, _)| p.afi() == afi)
-            .map(|(p, a)| (*p, a.clone()))
+            .map(|(p, a)| (p, a.clone()))
             .collect();
         self.send_announcements(i, &items);
         self.conns[i]

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::peer::{Interface, PeerMsg};
 use crate::policy::{Policy, RouteFacts};
+use crate::prefix_map::PrefixMap;
 
 pub type PeerId = u64;
 
@@ -30,7 +31,7 @@ pub type PeerId = u64;
 /// task reads it to send the whole table again (a new session, a
 /// ROUTE-REFRESH). One copy, where a table transfer would otherwise keep
 /// two.
-pub type AdjRibOut = Arc<std::sync::Mutex<BTreeMap<Prefix, Arc<PathAttributes>>>>;
+pub type AdjRibOut = Arc<std::sync::Mutex<PrefixMap<Arc<PathAttributes>>>>;
 
 /// The peer a path came from, as best-path selection and policy see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -321,14 +322,14 @@ struct Subscriber {
 
 pub struct Rib {
     local_as: u32,
-    table: BTreeMap<Prefix, Paths>,
+    table: PrefixMap<Paths>,
     interned: HashSet<Arc<PathAttributes>>,
     subscribers: HashMap<PeerId, Subscriber>,
     /// What each subscriber was last sent, to send only changes.
     sent: HashMap<PeerId, AdjRibOut>,
     fib: Option<mpsc::UnboundedSender<Vec<FibChange>>>,
     /// What the kernel was told, per prefix.
-    installed: BTreeMap<Prefix, Hops>,
+    installed: PrefixMap<Hops>,
     /// Install all equally good paths as one ECMP route.
     multipath: bool,
     /// False while a graceful restart's deferral runs.
@@ -355,7 +356,7 @@ pub fn spawn(
     // Unbounded so that peers never wait on the RIB (which may be waiting
     // to hand them exports) and their messages stay in order.
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut installed = BTreeMap::new();
+    let mut installed = PrefixMap::new();
     let (ready, stale, restarting) = match restart {
         None => (true, Vec::new(), None),
         Some(r) => {
@@ -374,7 +375,7 @@ pub fn spawn(
     };
     let mut rib = Rib {
         local_as,
-        table: BTreeMap::new(),
+        table: PrefixMap::new(),
         interned: HashSet::new(),
         subscribers: HashMap::new(),
         sent: HashMap::new(),
@@ -400,7 +401,7 @@ pub fn spawn(
         attrs,
     });
     for p in local_routes {
-        rib.table.entry(p).or_default().push(Path {
+        rib.table.get_or_insert_with(p, Paths::default).push(Path {
             peer: None,
             route: local.clone(),
         });
@@ -592,7 +593,7 @@ impl Rib {
                             to
                         }
                     };
-                    let v = self.table.entry(p).or_default();
+                    let v = self.table.get_or_insert_with(p, Paths::default);
                     v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
                     v.push(Path {
                         peer: Some(peer.clone()),
@@ -621,7 +622,7 @@ impl Rib {
                     attrs,
                 });
                 for p in announce {
-                    let v = self.table.entry(p).or_default();
+                    let v = self.table.get_or_insert_with(p, Paths::default);
                     if !v.iter().any(|x| x.peer.is_none()) {
                         v.push(Path {
                             peer: None,
@@ -636,7 +637,7 @@ impl Rib {
                     let before = v.len();
                     v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != id));
                     if v.len() != before {
-                        changed.push(*p);
+                        changed.push(p);
                     }
                     !v.is_empty()
                 });
@@ -662,7 +663,7 @@ impl Rib {
                 out.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 self.sent.insert(peer, out);
                 // A full table for the newcomer.
-                let all: Vec<Prefix> = self.table.keys().copied().collect();
+                let all: Vec<Prefix> = self.table.keys().collect();
                 self.export_to(peer, &all).await;
                 if self.ready {
                     let _ = ready_tx.send(PeerMsg::RibReady).await;
@@ -697,7 +698,7 @@ impl Rib {
             RibMsg::SetPolicy { peer, policy } => {
                 if let Some(s) = self.subscribers.get_mut(&peer) {
                     s.policy = policy;
-                    let all: Vec<Prefix> = self.table.keys().copied().collect();
+                    let all: Vec<Prefix> = self.table.keys().collect();
                     self.export_to(peer, &all).await;
                 }
             }
@@ -745,7 +746,7 @@ impl Rib {
                     tracing::info!(vm = %t, state = ?state, "drain");
                 }
                 let _ = reply.send(Ok(targets.len()));
-                let all: Vec<Prefix> = self.table.keys().copied().collect();
+                let all: Vec<Prefix> = self.table.keys().collect();
                 changed.extend(all);
             }
             RibMsg::DrainExpired { vm, generation } => {
@@ -753,7 +754,7 @@ impl Rib {
                     if d.0 == DrainState::Shutdown && d.1 == generation {
                         d.0 = DrainState::Withdrawn;
                         tracing::info!(vm = %vm, "drain: withdrawn after the delay");
-                        let all: Vec<Prefix> = self.table.keys().copied().collect();
+                        let all: Vec<Prefix> = self.table.keys().collect();
                         changed.extend(all);
                     }
                 }
@@ -951,7 +952,7 @@ impl Rib {
                         .as_deref()
                         .and_then(drain_key)
                         .and_then(|k| self.drains.get(&k).map(|d| d.0)),
-                    installed: self.installed.contains_key(p),
+                    installed: self.installed.contains_key(&p),
                 })
             })
             .collect()

@@ -1,0 +1,382 @@
+//! An ordered map keyed by prefix, compact enough for the tables that hold
+//! a full table: a neighbor's Adj-RIB-In, the Loc-RIB, an Adj-RIB-Out.
+//!
+//! A `BTreeMap<Prefix, V>` keeps 18-byte keys in nodes that prefixes
+//! arriving in order (as a peer sends its table) fill to about 60 %. Here
+//! an IPv4 key is 8 bytes, and entries sit in sorted leaves of up to
+//! [`LEAF`], indexed by their first key in a small `BTreeMap`. A full leaf
+//! that a key arrives past the end of starts a new leaf instead of
+//! splitting, so a table sent in order fills its leaves completely; a key
+//! that lands inside a full leaf splits it in halves, as a B-tree would.
+//! Iteration is in `Prefix` order (IPv4 before IPv6).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use bgp::Prefix;
+
+/// Entries per leaf, at most. Small enough that an insert in the middle
+/// moves little, large enough that the index is a rounding error.
+pub const LEAF: usize = 64;
+
+/// Sorted leaves indexed by their first key.
+#[derive(Clone)]
+struct Leaves<K, V> {
+    index: BTreeMap<K, Vec<(K, V)>>,
+    len: usize,
+}
+
+impl<K, V> Default for Leaves<K, V> {
+    fn default() -> Self {
+        Leaves {
+            index: BTreeMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<K: Copy + Ord, V> Leaves<K, V> {
+    fn get(&self, k: &K) -> Option<&V> {
+        let (_, leaf) = self.index.range(..=*k).next_back()?;
+        let i = leaf.binary_search_by(|e| e.0.cmp(k)).ok()?;
+        Some(&leaf[i].1)
+    }
+
+    fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        let (_, leaf) = self.index.range_mut(..=*k).next_back()?;
+        let i = leaf.binary_search_by(|e| e.0.cmp(k)).ok()?;
+        Some(&mut leaf[i].1)
+    }
+
+    fn insert(&mut self, k: K, v: V) -> Option<V> {
+        match self.index.range_mut(..=k).next_back() {
+            Some((_, leaf)) => match leaf.binary_search_by(|e| e.0.cmp(&k)) {
+                Ok(i) => return Some(std::mem::replace(&mut leaf[i].1, v)),
+                Err(i) if leaf.len() < LEAF => leaf.insert(i, (k, v)),
+                // Past the end of a full leaf: a new one (a table sent in
+                // order leaves every leaf full).
+                Err(i) if i == leaf.len() => {
+                    self.index.insert(k, vec![(k, v)]);
+                }
+                Err(i) => {
+                    let mut right = leaf.split_off(LEAF / 2);
+                    if i <= LEAF / 2 {
+                        leaf.insert(i, (k, v));
+                    } else {
+                        right.insert(i - LEAF / 2, (k, v));
+                    }
+                    self.index.insert(right[0].0, right);
+                }
+            },
+            // Before every key: the first leaf takes it under its new
+            // first key, or it starts a leaf of its own.
+            None => match self.index.first_entry() {
+                Some(first) if first.get().len() < LEAF => {
+                    let mut leaf = first.remove();
+                    leaf.insert(0, (k, v));
+                    self.index.insert(k, leaf);
+                }
+                _ => {
+                    self.index.insert(k, vec![(k, v)]);
+                }
+            },
+        }
+        self.len += 1;
+        None
+    }
+
+    fn remove(&mut self, k: &K) -> Option<V> {
+        let (&first, leaf) = self.index.range_mut(..=*k).next_back()?;
+        let i = leaf.binary_search_by(|e| e.0.cmp(k)).ok()?;
+        let (_, v) = leaf.remove(i);
+        self.len -= 1;
+        shrink(leaf);
+        if leaf.is_empty() {
+            self.index.remove(&first);
+        } else if i == 0 {
+            // The leaf's first key changed: index it under the new one.
+            if let Some(leaf) = self.index.remove(&first) {
+                self.index.insert(leaf[0].0, leaf);
+            }
+        }
+        Some(v)
+    }
+
+    fn retain(&mut self, mut f: impl FnMut(K, &mut V) -> bool) {
+        let mut len = 0;
+        // Leaves come out in order, so the index is rebuilt in one pass.
+        self.index = std::mem::take(&mut self.index)
+            .into_values()
+            .filter_map(|mut leaf| {
+                leaf.retain_mut(|(k, v)| f(*k, v));
+                shrink(&mut leaf);
+                len += leaf.len();
+                Some((leaf.first()?.0, leaf))
+            })
+            .collect();
+        self.len = len;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(K, V)> {
+        self.index.values().flatten()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (K, &mut V)> {
+        self.index
+            .values_mut()
+            .flat_map(|l| l.iter_mut().map(|(k, v)| (*k, v)))
+    }
+
+    fn into_iter(
+        self,
+    ) -> std::iter::Flatten<std::collections::btree_map::IntoValues<K, Vec<(K, V)>>> {
+        self.index.into_values().flatten()
+    }
+}
+
+/// Gives memory back from a leaf that removals have mostly emptied.
+fn shrink<T>(leaf: &mut Vec<T>) {
+    if leaf.capacity() > 8 && leaf.len() * 4 <= leaf.capacity() {
+        leaf.shrink_to(leaf.len() * 2);
+    }
+}
+
+/// An IPv4 prefix as 8 bytes that sort as `Prefix` does.
+fn v4_key(a: Ipv4Addr, len: u8) -> u64 {
+    (u64::from(u32::from(a)) << 8) | u64::from(len)
+}
+
+fn v4_prefix(k: u64) -> Prefix {
+    Prefix::V4(Ipv4Addr::from((k >> 8) as u32), k as u8)
+}
+
+/// An ordered map from prefixes to `V` (see the module documentation).
+#[derive(Clone)]
+pub struct PrefixMap<V> {
+    v4: Leaves<u64, V>,
+    v6: Leaves<Prefix, V>,
+}
+
+impl<V> Default for PrefixMap<V> {
+    fn default() -> Self {
+        PrefixMap {
+            v4: Leaves::default(),
+            v6: Leaves::default(),
+        }
+    }
+}
+
+impl<V: fmt::Debug> fmt::Debug for PrefixMap<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<V> PrefixMap<V> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len + self.v6.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, p: &Prefix) -> Option<&V> {
+        match *p {
+            Prefix::V4(a, l) => self.v4.get(&v4_key(a, l)),
+            Prefix::V6(..) => self.v6.get(p),
+        }
+    }
+
+    pub fn contains_key(&self, p: &Prefix) -> bool {
+        self.get(p).is_some()
+    }
+
+    pub fn get_mut(&mut self, p: &Prefix) -> Option<&mut V> {
+        match *p {
+            Prefix::V4(a, l) => self.v4.get_mut(&v4_key(a, l)),
+            Prefix::V6(..) => self.v6.get_mut(p),
+        }
+    }
+
+    /// Returns the value that was there.
+    pub fn insert(&mut self, p: Prefix, v: V) -> Option<V> {
+        match p {
+            Prefix::V4(a, l) => self.v4.insert(v4_key(a, l), v),
+            Prefix::V6(..) => self.v6.insert(p, v),
+        }
+    }
+
+    pub fn remove(&mut self, p: &Prefix) -> Option<V> {
+        match *p {
+            Prefix::V4(a, l) => self.v4.remove(&v4_key(a, l)),
+            Prefix::V6(..) => self.v6.remove(p),
+        }
+    }
+
+    /// The value for `p`, inserted first if there is none.
+    pub fn get_or_insert_with(&mut self, p: Prefix, f: impl FnOnce() -> V) -> &mut V {
+        if self.get(&p).is_none() {
+            self.insert(p, f());
+        }
+        self.get_mut(&p).expect("just inserted")
+    }
+
+    pub fn retain(&mut self, mut f: impl FnMut(Prefix, &mut V) -> bool) {
+        self.v4.retain(|k, v| f(v4_prefix(k), v));
+        self.v6.retain(|k, v| f(k, v));
+    }
+
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Prefix, &V)> {
+        self.v4
+            .iter()
+            .map(|(k, v)| (v4_prefix(*k), v))
+            .chain(self.v6.iter().map(|(k, v)| (*k, v)))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Prefix, &mut V)> {
+        self.v4
+            .iter_mut()
+            .map(|(k, v)| (v4_prefix(k), v))
+            .chain(self.v6.iter_mut())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = Prefix> + '_ {
+        self.iter().map(|(p, _)| p)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, v)| v)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.iter_mut().map(|(_, v)| v)
+    }
+}
+
+impl<V> IntoIterator for PrefixMap<V> {
+    type Item = (Prefix, V);
+    type IntoIter = std::iter::Chain<
+        std::iter::Map<
+            std::iter::Flatten<std::collections::btree_map::IntoValues<u64, Vec<(u64, V)>>>,
+            fn((u64, V)) -> (Prefix, V),
+        >,
+        std::iter::Flatten<std::collections::btree_map::IntoValues<Prefix, Vec<(Prefix, V)>>>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let v4: fn((u64, V)) -> (Prefix, V) = |(k, v)| (v4_prefix(k), v);
+        self.v4.into_iter().map(v4).chain(self.v6.into_iter())
+    }
+}
+
+impl<V> FromIterator<(Prefix, V)> for PrefixMap<V> {
+    fn from_iter<I: IntoIterator<Item = (Prefix, V)>>(iter: I) -> Self {
+        let mut m = PrefixMap::new();
+        for (p, v) in iter {
+            m.insert(p, v);
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::Ipv6Addr;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(Prefix, u32),
+        Remove(Prefix),
+        /// Insert a run of consecutive /24s, as a table sent in order.
+        Run(u32, u16),
+        Retain(u32),
+    }
+
+    fn prefix() -> impl Strategy<Value = Prefix> {
+        // Few distinct keys, so that inserts, removes and replaces meet.
+        prop_oneof![
+            (0u32..4096, 20u8..=32).prop_map(|(a, l)| Prefix::V4(Ipv4Addr::from(a << 8), l)),
+            (0u16..512, 48u8..=64)
+                .prop_map(|(a, l)| Prefix::V6(Ipv6Addr::new(0x2001, 0xdb8, a, 0, 0, 0, 0, 0), l)),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (prefix(), any::<u32>()).prop_map(|(p, v)| Op::Insert(p, v)),
+            3 => prefix().prop_map(Op::Remove),
+            1 => (0u32..4096, 1u16..300).prop_map(|(a, n)| Op::Run(a, n)),
+            1 => (2u32..5).prop_map(Op::Retain),
+        ]
+    }
+
+    proptest! {
+        /// Any sequence of changes leaves the map equal to a `BTreeMap`
+        /// given the same ones: the same lookups, the same order.
+        #[test]
+        fn behaves_as_a_btree_map(ops in prop::collection::vec(op(), 1..400)) {
+            let mut m = PrefixMap::new();
+            let mut o = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Insert(p, v) => prop_assert_eq!(m.insert(p, v), o.insert(p, v)),
+                    Op::Remove(p) => prop_assert_eq!(m.remove(&p), o.remove(&p)),
+                    Op::Run(a, n) => {
+                        for i in 0..u32::from(n) {
+                            let p = Prefix::V4(Ipv4Addr::from((a + i) << 8), 24);
+                            prop_assert_eq!(m.insert(p, i), o.insert(p, i));
+                        }
+                    }
+                    Op::Retain(d) => {
+                        m.retain(|_, v| *v % d != 0);
+                        o.retain(|_, v| *v % d != 0);
+                    }
+                }
+                prop_assert_eq!(m.len(), o.len());
+            }
+            let got: Vec<(Prefix, u32)> = m.iter().map(|(p, v)| (p, *v)).collect();
+            let want: Vec<(Prefix, u32)> = o.iter().map(|(p, v)| (*p, *v)).collect();
+            prop_assert_eq!(got, want);
+            for (p, v) in &o {
+                prop_assert_eq!(m.get(p), Some(v));
+            }
+            // Every leaf is sorted, within bounds, and indexed by its first key.
+            for (first, leaf) in &m.v4.index {
+                prop_assert!(!leaf.is_empty() && leaf.len() <= LEAF);
+                prop_assert_eq!(*first, leaf[0].0);
+                prop_assert!(leaf.windows(2).all(|w| w[0].0 < w[1].0));
+            }
+        }
+    }
+
+    #[test]
+    fn a_table_sent_in_order_fills_its_leaves() {
+        let mut m = PrefixMap::new();
+        for i in 0..100_000u32 {
+            m.insert(Prefix::V4(Ipv4Addr::from(i << 8), 24), ());
+        }
+        assert_eq!(m.len(), 100_000);
+        let leaves = m.v4.index.len();
+        assert_eq!(leaves, 100_000usize.div_ceil(LEAF), "every leaf full");
+        // The same keys in reverse order are slower to place but still
+        // at least half full.
+        let mut r = PrefixMap::new();
+        for i in (0..100_000u32).rev() {
+            r.insert(Prefix::V4(Ipv4Addr::from(i << 8), 24), ());
+        }
+        assert!(r.v4.index.len() <= 2 * leaves + 1);
+        assert!(r.iter().map(|(p, _)| p).eq(m.keys()));
+    }
+}
