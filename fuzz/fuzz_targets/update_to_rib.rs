@@ -186,7 +186,7 @@ impl World {
         }
         let mut want: BTreeMap<Prefix, NextHop> = adj
             .iter()
-            .filter(|(_, r)| r.rejected.is_none())
+            .filter(|(_, r)| !r.rejected)
             .map(|(p, r)| (p, r.next_hop()))
             .collect();
         // Every accepted route, stale ones too (a new snapshot judges them
@@ -206,7 +206,7 @@ impl World {
             want.len() <= pol.max_prefixes,
             "more than max-prefixes accepted"
         );
-        for (p, r) in adj.iter().filter(|(_, r)| r.rejected.is_none()) {
+        for (p, r) in adj.iter().filter(|(_, r)| !r.rejected) {
             let asns: usize = r
                 .attrs()
                 .as_path

@@ -26,14 +26,14 @@ pub struct Learned {
     pub attrs: Arc<PathAttributes>,
 }
 
-/// A route learned from the neighbor: 24 bytes, the rest shared with the
+/// A route learned from the neighbor: 16 bytes, the rest shared with the
 /// other prefixes of its UPDATE (a full table is a million of these).
 #[derive(Clone, Debug)]
 pub struct RouteIn {
     pub learned: Arc<Learned>,
-    /// Why the route is refused, if it is.
-    /// (Boxed: most routes are accepted, and this keeps them small.)
-    pub rejected: Option<Box<Rejection>>,
+    /// The route is refused; why is in [`AdjRibIn::rejection`] (refused
+    /// routes are few, and this keeps the others small).
+    pub rejected: bool,
     /// Kept from before the peer restarted (RFC 4724 §4.2), until it
     /// announces again or sends End-of-RIB.
     pub stale: bool,
@@ -72,6 +72,8 @@ pub struct Changes {
 #[derive(Debug, Default)]
 pub struct AdjRibIn {
     routes: PrefixMap<RouteIn>,
+    /// Why each refused route is refused.
+    refused: BTreeMap<Prefix, Rejection>,
     /// Routes that are accepted.
     accepted: usize,
     /// Refusals by kind, counted per refused announcement.
@@ -100,11 +102,16 @@ impl AdjRibIn {
         self.routes.iter()
     }
 
+    /// Why the route for `p` is refused, if it is.
+    pub fn rejection(&self, p: &Prefix) -> Option<&Rejection> {
+        self.refused.get(p)
+    }
+
     /// The accepted routes that are not stale, as the Loc-RIB has them.
     pub fn accepted_routes(&self) -> Vec<(Prefix, NextHop, Arc<PathAttributes>)> {
         self.routes
             .iter()
-            .filter(|(_, r)| r.rejected.is_none() && !r.stale)
+            .filter(|(_, r)| !r.rejected && !r.stale)
             .map(|(p, r)| (p, r.next_hop(), r.attrs().clone()))
             .collect()
     }
@@ -112,6 +119,7 @@ impl AdjRibIn {
     /// The session is gone and its routes with it.
     pub fn clear(&mut self) {
         self.routes.clear();
+        self.refused.clear();
         self.rejections.clear();
         self.accepted = 0;
     }
@@ -133,7 +141,7 @@ impl AdjRibIn {
     pub fn apply(&mut self, u: &Update, ebgp: bool, judge: &Judge) -> Changes {
         let mut out = Changes::default();
         for p in u.withdrawn_all() {
-            if self.remove(&p).is_some_and(|o| o.rejected.is_none()) {
+            if self.remove(&p).is_some_and(|(_, why)| why.is_none()) {
                 out.withdraw.push(p);
             }
         }
@@ -144,10 +152,10 @@ impl AdjRibIn {
         let attrs = Arc::new(attrs);
         let mut learned: Option<Arc<Learned>> = None;
         for (p, nh) in u.announced() {
-            let old = self.remove(&p);
-            let was_accepted = old.as_ref().is_some_and(|o| o.rejected.is_none());
+            let old = self.remove(&p).map(|(_, why)| why);
+            let was_accepted = old.as_ref().is_some_and(|why| why.is_none());
             let rejected = self.judge(&p, &nh, &attrs, judge);
-            let changed = old.as_ref().map(|o| &o.rejected) != Some(&rejected);
+            let changed = old.as_ref() != Some(&rejected);
             if let Some(r) = &rejected {
                 *self.rejections.entry(r.kind).or_default() += 1;
                 if changed {
@@ -185,9 +193,10 @@ impl AdjRibIn {
                 p,
                 RouteIn {
                     learned: shared,
-                    rejected,
+                    rejected: false,
                     stale: false,
                 },
+                rejected,
             );
         }
         out
@@ -204,19 +213,20 @@ impl AdjRibIn {
             .map(|(p, _)| p)
             .collect();
         gone.into_iter()
-            .filter(|p| self.remove(p).is_some_and(|r| r.rejected.is_none()))
+            .filter(|p| self.remove(p).is_some_and(|(_, why)| why.is_none()))
             .collect()
     }
 
     /// Judges every route again (a new policy snapshot).
     pub fn rejudge(&mut self, judge: &Judge) -> Changes {
         let routes = std::mem::take(&mut self.routes);
+        let mut refused = std::mem::take(&mut self.refused);
         self.accepted = 0;
         let mut out = Changes::default();
-        for (p, mut r) in routes {
-            let before = r.rejected.take();
-            r.rejected = self.judge(&p, &r.next_hop(), r.attrs(), judge);
-            match (&before, &r.rejected) {
+        for (p, r) in routes {
+            let before = refused.remove(&p);
+            let now = self.judge(&p, &r.next_hop(), r.attrs(), judge);
+            match (&before, &now) {
                 (Some(_), None) => {
                     info!(prefix = %p, "route now accepted");
                     out.announce.push((p, r.next_hop(), r.attrs().clone()));
@@ -227,28 +237,39 @@ impl AdjRibIn {
                 }
                 _ => {}
             }
-            self.insert(p, r);
+            self.insert(p, r, now);
         }
         out
     }
 
-    fn insert(&mut self, p: Prefix, r: RouteIn) {
-        if r.rejected.is_none() {
-            self.accepted += 1;
-        }
+    /// Puts a route in, refused if `why` says so.
+    fn insert(&mut self, p: Prefix, mut r: RouteIn, why: Option<Rejection>) {
+        r.rejected = why.is_some();
         if let Some(old) = self.routes.insert(p, r) {
-            if old.rejected.is_none() {
+            if old.rejected {
+                self.refused.remove(&p);
+            } else {
                 self.accepted -= 1;
+            }
+        }
+        match why {
+            None => self.accepted += 1,
+            Some(why) => {
+                self.refused.insert(p, why);
             }
         }
     }
 
-    fn remove(&mut self, p: &Prefix) -> Option<RouteIn> {
-        let old = self.routes.remove(p);
-        if old.as_ref().is_some_and(|o| o.rejected.is_none()) {
+    /// Takes a route out, with why it was refused if it was.
+    fn remove(&mut self, p: &Prefix) -> Option<(RouteIn, Option<Rejection>)> {
+        let old = self.routes.remove(p)?;
+        let why = if old.rejected {
+            self.refused.remove(p)
+        } else {
             self.accepted -= 1;
-        }
-        old
+            None
+        };
+        Some((old, why))
     }
 
     /// The verdict on one announcement, max-prefix count included.
@@ -258,7 +279,7 @@ impl AdjRibIn {
         nh: &NextHop,
         attrs: &PathAttributes,
         judge: &Judge,
-    ) -> Option<Box<Rejection>> {
+    ) -> Option<Rejection> {
         // Every peer: a path this long is an attack or a loop, and costs
         // memory and CPU everywhere it goes.
         let asns: usize = attrs.as_path.as_ref().map_or(0, |a| {
@@ -274,23 +295,21 @@ impl AdjRibIn {
         });
         if asns > judge.max_as_path_length {
             crate::limits::hit(crate::limits::Limit::AsPathLength);
-            return Some(Box::new(Rejection {
+            return Some(Rejection {
                 kind: "as-path-length",
                 reason: format!(
                     "AS path of {asns} ASNs, more than max-as-path-length {}",
                     judge.max_as_path_length
                 ),
-            }));
+            });
         }
         let policy = judge.policy?;
         if let Err(r) = policy.judge(p, nh) {
-            return Some(Box::new(r));
+            return Some(r);
         }
-        (self.accepted >= policy.max_prefixes).then(|| {
-            Box::new(Rejection {
-                kind: "max-prefixes",
-                reason: format!("more than {} prefixes (max-prefixes)", policy.max_prefixes),
-            })
+        (self.accepted >= policy.max_prefixes).then(|| Rejection {
+            kind: "max-prefixes",
+            reason: format!("more than {} prefixes (max-prefixes)", policy.max_prefixes),
         })
     }
 }

@@ -1509,8 +1509,8 @@ impl Peer {
                     .iter()
                     .map(|c| format!("{}:{}:{}", c.global, c.local1, c.local2))
                     .collect(),
-                accepted: r.rejected.is_none(),
-                rejected_reason: r.rejected.as_ref().map(|x| x.reason.clone()),
+                accepted: !r.rejected,
+                rejected_reason: self.adj_rib_in.rejection(&p).map(|x| x.reason.clone()),
             })
             .collect()
     }

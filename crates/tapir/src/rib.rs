@@ -88,17 +88,25 @@ impl Path {
     }
 }
 
-/// A prefix's candidate paths. Nearly every prefix has one, kept inline: a
-/// `Vec` would cost an allocation a prefix.
+/// A prefix's candidate paths: 16 bytes. Nearly every prefix has one,
+/// kept inline: a `Vec` would cost an allocation a prefix. (The `Vec` of
+/// several is boxed so that it fits beside one path's non-null pointer.)
 #[derive(Clone, Debug)]
 pub enum Paths {
     One(Path),
-    Many(Vec<Path>),
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Path>>),
 }
 
 impl Default for Paths {
     fn default() -> Self {
-        Paths::Many(Vec::new())
+        Paths::Many(Box::default())
+    }
+}
+
+impl From<Path> for Paths {
+    fn from(p: Path) -> Paths {
+        Paths::One(p)
     }
 }
 
@@ -121,7 +129,23 @@ impl Paths {
                 let Paths::One(first) = std::mem::take(self) else {
                     unreachable!()
                 };
-                *self = Paths::Many(vec![first, p]);
+                *self = Paths::Many(Box::new(vec![first, p]));
+            }
+        }
+    }
+
+    /// Puts `p` in place of the path from the same peer, if there is one.
+    pub fn replace(&mut self, p: Path) {
+        let same = |x: &Path| match (&x.peer, &p.peer) {
+            (Some(a), Some(b)) => a.id == b.id,
+            (None, None) => true,
+            _ => false,
+        };
+        match self {
+            Paths::One(x) if same(x) => *x = p,
+            _ => {
+                self.retain(|x| !same(x));
+                self.push(p);
             }
         }
     }
@@ -593,12 +617,16 @@ impl Rib {
                             to
                         }
                     };
-                    let v = self.table.get_or_insert_with(p, Paths::default);
-                    v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
-                    v.push(Path {
+                    let path = Path {
                         peer: Some(peer.clone()),
                         route,
-                    });
+                    };
+                    match self.table.get_mut(&p) {
+                        Some(v) => v.replace(path),
+                        None => {
+                            self.table.insert(p, Paths::One(path));
+                        }
+                    }
                     changed.push(p);
                 }
             }
@@ -622,14 +650,18 @@ impl Rib {
                     attrs,
                 });
                 for p in announce {
-                    let v = self.table.get_or_insert_with(p, Paths::default);
-                    if !v.iter().any(|x| x.peer.is_none()) {
-                        v.push(Path {
-                            peer: None,
-                            route: local.clone(),
-                        });
-                        changed.push(p);
+                    let path = Path {
+                        peer: None,
+                        route: local.clone(),
+                    };
+                    match self.table.get_mut(&p) {
+                        Some(v) if v.iter().any(|x| x.peer.is_none()) => continue,
+                        Some(v) => v.push(path),
+                        None => {
+                            self.table.insert(p, Paths::One(path));
+                        }
                     }
+                    changed.push(p);
                 }
             }
             RibMsg::PeerDown(id) => {
@@ -1071,8 +1103,15 @@ mod paths_tests {
         assert_eq!(ids(&v), [3]);
         v.retain(|_| false);
         assert!(v.is_empty());
-        // A path is two pointers; one inline costs no more than a Vec.
+        // A peer's new path takes the place of its old one.
+        let mut v = Paths::from(p(1));
+        v.replace(p(1));
+        assert!(matches!(v, Paths::One(_)));
+        v.replace(p(2));
+        v.replace(p(1));
+        assert_eq!(ids(&v), [2, 1]);
+        // A path is two pointers, and so is a prefix's entry.
         assert_eq!(std::mem::size_of::<Path>(), 16);
-        assert!(std::mem::size_of::<Paths>() <= 32);
+        assert_eq!(std::mem::size_of::<Paths>(), 16);
     }
 }
