@@ -1314,14 +1314,20 @@ impl Peer {
         let mut groups: Vec<(Arc<PathAttributes>, Vec<Prefix>)> = Vec::new();
         let mut index: std::collections::HashMap<*const PathAttributes, usize> =
             std::collections::HashMap::new();
+        let mut last: Option<(*const PathAttributes, usize)> = None;
         for (p, a) in items {
             if !cxt.has_family(AfiSafi::unicast(p.afi())) {
                 continue;
             }
-            let i = *index.entry(Arc::as_ptr(a)).or_insert_with(|| {
-                groups.push((a.clone(), Vec::new()));
-                groups.len() - 1
-            });
+            // Neighbours mostly share a set: the last one first.
+            let i = match last {
+                Some((ptr, i)) if ptr == Arc::as_ptr(a) => i,
+                _ => *index.entry(Arc::as_ptr(a)).or_insert_with(|| {
+                    groups.push((a.clone(), Vec::new()));
+                    groups.len() - 1
+                }),
+            };
+            last = Some((Arc::as_ptr(a), i));
             groups[i].1.push(*p);
         }
         let now = Instant::now();

@@ -12,7 +12,8 @@
 //! Path attributes are interned: one shared copy per distinct set.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -347,7 +348,9 @@ struct Subscriber {
 pub struct Rib {
     local_as: u32,
     table: PrefixMap<Paths>,
-    interned: HashSet<Arc<PathAttributes>>,
+    /// Every attribute set in use, once (the map's values are unused:
+    /// its entry API finds or adds a set with one hash).
+    interned: HashMap<Arc<PathAttributes>, ()>,
     subscribers: HashMap<PeerId, Subscriber>,
     /// What each subscriber was last sent, to send only changes.
     sent: HashMap<PeerId, AdjRibOut>,
@@ -400,7 +403,7 @@ pub fn spawn(
     let mut rib = Rib {
         local_as,
         table: PrefixMap::new(),
-        interned: HashSet::new(),
+        interned: HashMap::new(),
         subscribers: HashMap::new(),
         sent: HashMap::new(),
         fib,
@@ -475,14 +478,14 @@ pub fn compare_for_multipath(a: &Path, b: &Path) -> Ordering {
 
 /// Interns into `set` (see `Rib::intern`), for when `self` is borrowed.
 fn intern_into(
-    set: &mut HashSet<Arc<PathAttributes>>,
+    set: &mut HashMap<Arc<PathAttributes>, ()>,
     attrs: PathAttributes,
 ) -> Arc<PathAttributes> {
-    if let Some(a) = set.get(&attrs) {
+    if let Some((a, _)) = set.get_key_value(&attrs) {
         return a.clone();
     }
     let a = Arc::new(attrs);
-    set.insert(a.clone());
+    set.insert(a.clone(), ());
     a
 }
 
@@ -546,11 +549,14 @@ impl Rib {
     /// Interns an attribute set that already sits behind an `Arc` (the
     /// peer's, shared by the prefixes of one UPDATE): no copy.
     fn intern_arc(&mut self, attrs: Arc<PathAttributes>) -> Arc<PathAttributes> {
-        if let Some(a) = self.interned.get(&*attrs) {
-            return a.clone();
+        match self.interned.entry(attrs) {
+            Entry::Occupied(e) => e.key().clone(),
+            Entry::Vacant(e) => {
+                let a = e.key().clone();
+                e.insert(());
+                a
+            }
         }
-        self.interned.insert(attrs.clone());
-        attrs
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<RibMsg>) {
@@ -576,7 +582,7 @@ impl Rib {
             // doubled since the last sweep (a sweep per batch would make a
             // table transfer quadratic).
             if self.interned.len() > self.sweep_at {
-                self.interned.retain(|a| Arc::strong_count(a) > 1);
+                self.interned.retain(|a, _| Arc::strong_count(a) > 1);
                 self.sweep_at = (2 * self.interned.len()).max(1024);
             }
         }
@@ -835,6 +841,7 @@ impl Rib {
         let per_prefix = policy.matches_prefixes();
         let mut cache: HashMap<(usize, Option<PeerId>), Option<Arc<PathAttributes>>> =
             HashMap::new();
+        let mut last: Option<((usize, Option<PeerId>), Option<Arc<PathAttributes>>)> = None;
         let mut out: Vec<(Prefix, Option<Arc<PathAttributes>>)> = Vec::new();
         let Some(shared) = self.sent.get(&peer).cloned() else {
             return;
@@ -850,9 +857,16 @@ impl Rib {
                             Arc::as_ptr(b.attrs()) as usize,
                             b.peer.as_ref().map(|q| q.id),
                         );
-                        match cache.get(&key) {
-                            Some(a) if !per_prefix => a.clone(),
-                            _ => {
+                        // Neighbouring prefixes mostly share their path (they
+                        // came in one UPDATE): the last pair first.
+                        let hit = match &last {
+                            _ if per_prefix => None,
+                            Some((k, a)) if *k == key => Some(a.clone()),
+                            _ => cache.get(&key).cloned(),
+                        };
+                        let a = match hit {
+                            Some(a) => a,
+                            None => {
                                 let a = export_attrs(
                                     b,
                                     p,
@@ -870,7 +884,11 @@ impl Rib {
                                 }
                                 a
                             }
+                        };
+                        if !per_prefix {
+                            last = Some((key, a.clone()));
                         }
+                        a
                     }
                 };
                 match (export, sent.get(p)) {
