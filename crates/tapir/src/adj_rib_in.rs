@@ -152,9 +152,39 @@ impl AdjRibIn {
         let attrs = Arc::new(attrs);
         let mut learned: Option<Arc<Learned>> = None;
         for (p, nh) in u.announced() {
+            let rejected = self.judge(&p, &nh, &attrs, judge);
+            let shared = match &learned {
+                Some(l) if l.next_hop == nh => l.clone(),
+                _ => {
+                    let l = Arc::new(Learned {
+                        next_hop: nh,
+                        attrs: attrs.clone(),
+                    });
+                    learned = Some(l.clone());
+                    l
+                }
+            };
+            if rejected.is_none() {
+                // Accepted, as nearly every route is: in place of the old
+                // one, found once.
+                let new = RouteIn {
+                    learned: shared,
+                    rejected: false,
+                    stale: false,
+                };
+                self.accepted += 1;
+                match self.routes.insert(p, new) {
+                    Some(old) if old.rejected => {
+                        self.refused.remove(&p);
+                    }
+                    Some(_) => self.accepted -= 1,
+                    None => {}
+                }
+                out.announce.push((p, nh, attrs.clone()));
+                continue;
+            }
             let old = self.remove(&p).map(|(_, why)| why);
             let was_accepted = old.as_ref().is_some_and(|why| why.is_none());
-            let rejected = self.judge(&p, &nh, &attrs, judge);
             let changed = old.as_ref() != Some(&rejected);
             if let Some(r) = &rejected {
                 *self.rejections.entry(r.kind).or_default() += 1;
@@ -175,20 +205,7 @@ impl AdjRibIn {
                 if self.routes.len() - self.accepted >= MAX_KEPT_REFUSED {
                     continue;
                 }
-            } else {
-                out.announce.push((p, nh, attrs.clone()));
             }
-            let shared = match &learned {
-                Some(l) if l.next_hop == nh => l.clone(),
-                _ => {
-                    let l = Arc::new(Learned {
-                        next_hop: nh,
-                        attrs: attrs.clone(),
-                    });
-                    learned = Some(l.clone());
-                    l
-                }
-            };
             self.insert(
                 p,
                 RouteIn {
@@ -307,7 +324,12 @@ impl AdjRibIn {
         if let Err(r) = policy.judge(p, nh) {
             return Some(r);
         }
-        (self.accepted >= policy.max_prefixes).then(|| Rejection {
+        // Counted without the route this one replaces.
+        let accepted = match self.accepted >= policy.max_prefixes {
+            true => self.accepted - usize::from(self.routes.get(p).is_some_and(|r| !r.rejected)),
+            false => self.accepted,
+        };
+        (accepted >= policy.max_prefixes).then(|| Rejection {
             kind: "max-prefixes",
             reason: format!("more than {} prefixes (max-prefixes)", policy.max_prefixes),
         })

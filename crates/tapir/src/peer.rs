@@ -1312,8 +1312,7 @@ impl Peer {
         // The Loc-RIB interns attribute sets: equal ones are one Arc, so
         // the pointer groups them (in the order they first appear).
         let mut groups: Vec<(Arc<PathAttributes>, Vec<Prefix>)> = Vec::new();
-        let mut index: std::collections::HashMap<*const PathAttributes, usize> =
-            std::collections::HashMap::new();
+        let mut index: foldhash::HashMap<*const PathAttributes, usize> = Default::default();
         let mut last: Option<(*const PathAttributes, usize)> = None;
         for (p, a) in items {
             if !cxt.has_family(AfiSafi::unicast(p.afi())) {

@@ -50,40 +50,66 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
     }
 
     fn insert(&mut self, k: K, v: V) -> Option<V> {
+        let mut old = None;
+        self.upsert(k, |e| match e {
+            Some(x) => {
+                old = Some(std::mem::replace(x, v));
+                None
+            }
+            None => Some(v),
+        });
+        old
+    }
+
+    /// Finds `k` once: `f` gets its value to change, or `None` and then
+    /// returns the value to insert, if any.
+    fn upsert(&mut self, k: K, f: impl FnOnce(Option<&mut V>) -> Option<V>) {
         match self.index.range_mut(..=k).next_back() {
-            Some((_, leaf)) => match leaf.binary_search_by(|e| e.0.cmp(&k)) {
-                Ok(i) => return Some(std::mem::replace(&mut leaf[i].1, v)),
-                Err(i) if leaf.len() < LEAF => leaf.insert(i, (k, v)),
-                // Past the end of a full leaf: a new one (a table sent in
-                // order leaves every leaf full).
-                Err(i) if i == leaf.len() => {
-                    self.index.insert(k, vec![(k, v)]);
+            Some((&first, leaf)) => match leaf.binary_search_by(|e| e.0.cmp(&k)) {
+                Ok(i) => {
+                    f(Some(&mut leaf[i].1));
+                    return;
                 }
                 Err(i) => {
-                    let mut right = leaf.split_off(LEAF / 2);
-                    if i <= LEAF / 2 {
+                    let Some(v) = f(None) else { return };
+                    if leaf.len() < LEAF {
                         leaf.insert(i, (k, v));
+                    } else if i == leaf.len() {
+                        // Past the end of a full leaf: a new one. Past the
+                        // last key of all, a table is likely being sent in
+                        // order and will fill it: room for a leaf at once.
+                        let last = self.index.last_key_value().is_some_and(|l| *l.0 == first);
+                        let mut new = Vec::with_capacity(if last { LEAF } else { 1 });
+                        new.push((k, v));
+                        self.index.insert(k, new);
                     } else {
-                        right.insert(i - LEAF / 2, (k, v));
+                        let mut right = leaf.split_off(LEAF / 2);
+                        if i <= LEAF / 2 {
+                            leaf.insert(i, (k, v));
+                        } else {
+                            right.insert(i - LEAF / 2, (k, v));
+                        }
+                        self.index.insert(right[0].0, right);
                     }
-                    self.index.insert(right[0].0, right);
                 }
             },
             // Before every key: the first leaf takes it under its new
             // first key, or it starts a leaf of its own.
-            None => match self.index.first_entry() {
-                Some(first) if first.get().len() < LEAF => {
-                    let mut leaf = first.remove();
-                    leaf.insert(0, (k, v));
-                    self.index.insert(k, leaf);
+            None => {
+                let Some(v) = f(None) else { return };
+                match self.index.first_entry() {
+                    Some(first) if first.get().len() < LEAF => {
+                        let mut leaf = first.remove();
+                        leaf.insert(0, (k, v));
+                        self.index.insert(k, leaf);
+                    }
+                    _ => {
+                        self.index.insert(k, vec![(k, v)]);
+                    }
                 }
-                _ => {
-                    self.index.insert(k, vec![(k, v)]);
-                }
-            },
+            }
         }
         self.len += 1;
-        None
     }
 
     fn remove(&mut self, k: &K) -> Option<V> {
@@ -216,6 +242,15 @@ impl<V> PrefixMap<V> {
         match *p {
             Prefix::V4(a, l) => self.v4.remove(&v4_key(a, l)),
             Prefix::V6(..) => self.v6.remove(p),
+        }
+    }
+
+    /// Finds `p` once: `f` gets its value to change, or `None` and then
+    /// returns the value to insert, if any.
+    pub fn upsert(&mut self, p: Prefix, f: impl FnOnce(Option<&mut V>) -> Option<V>) {
+        match p {
+            Prefix::V4(a, l) => self.v4.upsert(v4_key(a, l), f),
+            Prefix::V6(..) => self.v6.upsert(p, f),
         }
     }
 

@@ -350,7 +350,7 @@ pub struct Rib {
     table: PrefixMap<Paths>,
     /// Every attribute set in use, once (the map's values are unused:
     /// its entry API finds or adds a set with one hash).
-    interned: HashMap<Arc<PathAttributes>, ()>,
+    interned: foldhash::HashMap<Arc<PathAttributes>, ()>,
     subscribers: HashMap<PeerId, Subscriber>,
     /// What each subscriber was last sent, to send only changes.
     sent: HashMap<PeerId, AdjRibOut>,
@@ -403,7 +403,7 @@ pub fn spawn(
     let mut rib = Rib {
         local_as,
         table: PrefixMap::new(),
-        interned: HashMap::new(),
+        interned: Default::default(),
         subscribers: HashMap::new(),
         sent: HashMap::new(),
         fib,
@@ -478,7 +478,7 @@ pub fn compare_for_multipath(a: &Path, b: &Path) -> Ordering {
 
 /// Interns into `set` (see `Rib::intern`), for when `self` is borrowed.
 fn intern_into(
-    set: &mut HashMap<Arc<PathAttributes>, ()>,
+    set: &mut foldhash::HashMap<Arc<PathAttributes>, ()>,
     attrs: PathAttributes,
 ) -> Arc<PathAttributes> {
     if let Some((a, _)) = set.get_key_value(&attrs) {
@@ -627,12 +627,13 @@ impl Rib {
                         peer: Some(peer.clone()),
                         route,
                     };
-                    match self.table.get_mut(&p) {
-                        Some(v) => v.replace(path),
-                        None => {
-                            self.table.insert(p, Paths::One(path));
+                    self.table.upsert(p, |v| match v {
+                        Some(v) => {
+                            v.replace(path);
+                            None
                         }
-                    }
+                        None => Some(Paths::One(path)),
+                    });
                     changed.push(p);
                 }
             }
@@ -839,8 +840,8 @@ impl Rib {
         // path's attribute set and where it came from: computed (and
         // interned) once per pair, not once per prefix.
         let per_prefix = policy.matches_prefixes();
-        let mut cache: HashMap<(usize, Option<PeerId>), Option<Arc<PathAttributes>>> =
-            HashMap::new();
+        let mut cache: foldhash::HashMap<(usize, Option<PeerId>), Option<Arc<PathAttributes>>> =
+            Default::default();
         let mut last: Option<((usize, Option<PeerId>), Option<Arc<PathAttributes>>)> = None;
         let mut out: Vec<(Prefix, Option<Arc<PathAttributes>>)> = Vec::new();
         let Some(shared) = self.sent.get(&peer).cloned() else {
@@ -891,18 +892,17 @@ impl Rib {
                         a
                     }
                 };
-                match (export, sent.get(p)) {
-                    // Interned: the same attributes are the same Arc.
-                    (Some(a), Some(b)) if Arc::ptr_eq(&a, b) || *a == **b => {}
-                    (Some(a), _) => {
-                        sent.insert(*p, a.clone());
-                        out.push((*p, Some(a)));
+                match export {
+                    Some(a) => match sent.insert(*p, a.clone()) {
+                        // Interned: the same attributes are the same Arc.
+                        Some(b) if Arc::ptr_eq(&a, &b) || *a == *b => {}
+                        _ => out.push((*p, Some(a))),
+                    },
+                    None => {
+                        if sent.remove(p).is_some() {
+                            out.push((*p, None));
+                        }
                     }
-                    (None, Some(_)) => {
-                        sent.remove(p);
-                        out.push((*p, None));
-                    }
-                    (None, None) => {}
                 }
             }
         }
