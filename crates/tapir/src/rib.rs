@@ -489,6 +489,10 @@ fn intern_into(
     a
 }
 
+/// A best path's attribute set (by address) and where it came from: what
+/// an export depends on when the policy matches no prefixes.
+type ExportKey = (usize, Option<PeerId>);
+
 /// What goes to neighbor `peer` for a best path `b` of `p`, if anything.
 #[allow(clippy::too_many_arguments)]
 fn export_attrs(
@@ -840,9 +844,9 @@ impl Rib {
         // path's attribute set and where it came from: computed (and
         // interned) once per pair, not once per prefix.
         let per_prefix = policy.matches_prefixes();
-        let mut cache: foldhash::HashMap<(usize, Option<PeerId>), Option<Arc<PathAttributes>>> =
+        let mut cache: foldhash::HashMap<ExportKey, Option<Arc<PathAttributes>>> =
             Default::default();
-        let mut last: Option<((usize, Option<PeerId>), Option<Arc<PathAttributes>>)> = None;
+        let mut last: Option<(ExportKey, Option<Arc<PathAttributes>>)> = None;
         let mut out: Vec<(Prefix, Option<Arc<PathAttributes>>)> = Vec::new();
         let Some(shared) = self.sent.get(&peer).cloned() else {
             return;
