@@ -295,6 +295,7 @@ fn run(data: &[u8]) {
                 local_pref: 0,
                 withdraw_after: None,
             },
+            Default::default(),
         );
         let (export_tx, export_rx) = mpsc::channel(1 << 16);
         rib.send(RibMsg::Subscribe {

@@ -107,6 +107,7 @@ fn loc_rib(c: &mut Criterion) {
                         local_pref: 0,
                         withdraw_after: None,
                     },
+                    Default::default(),
                 );
                 let (tx, mut rx) = mpsc::channel(1 << 20);
                 let mut accept_all = Policy::hypervisor_default();

@@ -100,6 +100,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
             restarting: restarting_flag.clone(),
         });
     }
+    let rib_backlog = crate::rib::Backlog::default();
     let rib = crate::rib::spawn(
         config.local_as,
         config.announce.clone(),
@@ -107,6 +108,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         config.kernel.multipath,
         restart,
         config.drain,
+        rib_backlog.clone(),
     );
     let wants_bfd = config.neighbors.iter().any(|n| n.bfd.is_some())
         || config.groups.iter().any(|g| g.bfd.is_some())
@@ -124,6 +126,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         local_as: config.local_as,
         bfd: bfd.clone(),
         rib,
+        rib_backlog,
         restarting: restarting_flag,
     });
     let mut inventory = Inventory::new(config.vms.clone(), config.state_dir.as_deref());

@@ -409,6 +409,7 @@ fe802022ffff00000000000000000001 03 40 20 80     eth0
                 router_id: "10.192.24.11".parse().unwrap(),
                 local_as: 64613,
                 rib,
+                rib_backlog: Default::default(),
                 bfd: None,
                 restarting: Arc::new(false.into()),
             }),

@@ -235,6 +235,8 @@ pub struct Local {
     pub local_as: u32,
     /// The Loc-RIB task: accepted routes go there, exports come from it.
     pub rib: mpsc::UnboundedSender<RibMsg>,
+    /// What the Loc-RIB has yet to apply: sockets wait while it is long.
+    pub rib_backlog: crate::rib::Backlog,
     /// The BFD task, if any session asks for BFD.
     pub bfd: Option<mpsc::Sender<crate::bfd::BfdMsg>>,
     /// True while tapir comes back from a graceful restart: OPENs carry
@@ -606,6 +608,7 @@ impl Peer {
             }
         }));
         let tx = self.tx.clone();
+        let backlog = self.local.rib_backlog.clone();
         conn.reader = Some(tokio::spawn(async move {
             // No buffer is held while the socket is quiet (a thousand idle
             // VM sessions must not keep 64 KiB each): one is made when
@@ -613,6 +616,11 @@ impl Peer {
             // filled its buffer (a table transfer), and handed over as is.
             let mut bulk = false;
             loop {
+                // The Loc-RIB is behind: what the peer sends waits in
+                // its TCP window (keepalives too, for a few ms at most).
+                while backlog.load(Relaxed) > crate::rib::BACKLOG_MAX {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
                 if r.readable().await.is_err() {
                     let _ = tx.send(PeerMsg::Closed { conn: id }).await;
                     return;
@@ -1268,6 +1276,9 @@ impl Peer {
         withdraw: Vec<Prefix>,
     ) {
         if let (Some(info), false) = (&self.info, announce.is_empty() && withdraw.is_empty()) {
+            self.local
+                .rib_backlog
+                .fetch_add(announce.len() + withdraw.len(), Relaxed);
             self.to_rib(RibMsg::Update {
                 peer: info.clone(),
                 announce,

@@ -15,6 +15,7 @@ use std::cmp::Ordering;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bgp::{NextHop, PathAttributes, Prefix};
@@ -26,6 +27,16 @@ use crate::policy::{Policy, RouteFacts};
 use crate::prefix_map::PrefixMap;
 
 pub type PeerId = u64;
+
+/// Route changes sent to the Loc-RIB and not applied yet. Peers add what
+/// they send; the RIB takes off what it has applied. A peer stops reading
+/// its socket while this is past [`BACKLOG_MAX`], so a table transfer
+/// waits in the sender's TCP window rather than in our memory.
+pub type Backlog = Arc<std::sync::atomic::AtomicUsize>;
+
+/// Route changes queued for the Loc-RIB beyond which peers stop reading
+/// (a few MiB of messages; the RIB applies this many in tens of ms).
+pub const BACKLOG_MAX: usize = 65_536;
 
 /// A neighbor's Adj-RIB-Out: what the Loc-RIB has exported to it. The RIB
 /// writes it (and sends the changes as `PeerMsg::Export`); the neighbor's
@@ -370,6 +381,7 @@ pub struct Rib {
     drain_generation: u64,
     self_tx: mpsc::UnboundedSender<RibMsg>,
     restarting: Option<Arc<std::sync::atomic::AtomicBool>>,
+    backlog: Backlog,
 }
 
 pub fn spawn(
@@ -379,6 +391,7 @@ pub fn spawn(
     multipath: bool,
     restart: Option<Restart>,
     drain_cfg: DrainConfig,
+    backlog: Backlog,
 ) -> mpsc::UnboundedSender<RibMsg> {
     // Unbounded so that peers never wait on the RIB (which may be waiting
     // to hand them exports) and their messages stay in order.
@@ -417,6 +430,7 @@ pub fn spawn(
         drain_cfg,
         drain_generation: 0,
         self_tx: tx.clone(),
+        backlog,
     };
     let attrs = rib.intern(PathAttributes {
         origin: Some(bgp::Origin::Igp),
@@ -599,6 +613,10 @@ impl Rib {
                 announce,
                 withdraw,
             } => {
+                let n = announce.len() + withdraw.len();
+                let _ = self
+                    .backlog
+                    .fetch_update(Relaxed, Relaxed, |b| Some(b.saturating_sub(n)));
                 for p in withdraw {
                     if let Some(v) = self.table.get_mut(&p) {
                         v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
