@@ -8,9 +8,12 @@
 //! that a key arrives past the end of starts a new leaf instead of
 //! splitting, so a table sent in order fills its leaves completely; a key
 //! that lands inside a full leaf splits it in halves, as a B-tree would.
+//! A leaf is a ring buffer, so that taking its first entry (a table
+//! withdrawn in order) moves nothing, and its index key stays as it was:
+//! a lower bound of its keys, above the previous leaf's.
 //! Iteration is in `Prefix` order (IPv4 before IPv6).
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap, VecDeque};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -20,10 +23,11 @@ use bgp::Prefix;
 /// moves little, large enough that the index is a rounding error.
 pub const LEAF: usize = 64;
 
-/// Sorted leaves indexed by their first key.
+/// Sorted leaves, each indexed by a key at most its first (and above
+/// every key of the leaf before).
 #[derive(Clone)]
 struct Leaves<K, V> {
-    index: BTreeMap<K, Vec<(K, V)>>,
+    index: BTreeMap<K, VecDeque<(K, V)>>,
     len: usize,
 }
 
@@ -79,8 +83,8 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
                         // last key of all, a table is likely being sent in
                         // order and will fill it: room for a leaf at once.
                         let last = self.index.last_key_value().is_some_and(|l| *l.0 == first);
-                        let mut new = Vec::with_capacity(if last { LEAF } else { 1 });
-                        new.push((k, v));
+                        let mut new = VecDeque::with_capacity(if last { LEAF } else { 1 });
+                        new.push_back((k, v));
                         self.index.insert(k, new);
                     } else {
                         let mut right = leaf.split_off(LEAF / 2);
@@ -104,7 +108,7 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
                         self.index.insert(k, leaf);
                     }
                     _ => {
-                        self.index.insert(k, vec![(k, v)]);
+                        self.index.insert(k, VecDeque::from([(k, v)]));
                     }
                 }
             }
@@ -115,16 +119,13 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
     fn remove(&mut self, k: &K) -> Option<V> {
         let (&first, leaf) = self.index.range_mut(..=*k).next_back()?;
         let i = leaf.binary_search_by(|e| e.0.cmp(k)).ok()?;
-        let (_, v) = leaf.remove(i);
+        let (_, v) = leaf.remove(i)?;
         self.len -= 1;
         shrink(leaf);
+        // A leaf's index key may be below its first key: no re-indexing
+        // when that goes.
         if leaf.is_empty() {
             self.index.remove(&first);
-        } else if i == 0 {
-            // The leaf's first key changed: index it under the new one.
-            if let Some(leaf) = self.index.remove(&first) {
-                self.index.insert(leaf[0].0, leaf);
-            }
         }
         Some(v)
     }
@@ -138,7 +139,7 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
                 leaf.retain_mut(|(k, v)| f(*k, v));
                 shrink(&mut leaf);
                 len += leaf.len();
-                Some((leaf.first()?.0, leaf))
+                Some((leaf.front()?.0, leaf))
             })
             .collect();
         self.len = len;
@@ -156,13 +157,13 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
 
     fn into_iter(
         self,
-    ) -> std::iter::Flatten<std::collections::btree_map::IntoValues<K, Vec<(K, V)>>> {
+    ) -> std::iter::Flatten<btree_map::IntoValues<K, VecDeque<(K, V)>>> {
         self.index.into_values().flatten()
     }
 }
 
 /// Gives memory back from a leaf that removals have mostly emptied.
-fn shrink<T>(leaf: &mut Vec<T>) {
+fn shrink<T>(leaf: &mut VecDeque<T>) {
     if leaf.capacity() > 8 && leaf.len() * 4 <= leaf.capacity() {
         leaf.shrink_to(leaf.len() * 2);
     }
@@ -302,10 +303,10 @@ impl<V> IntoIterator for PrefixMap<V> {
     type Item = (Prefix, V);
     type IntoIter = std::iter::Chain<
         std::iter::Map<
-            std::iter::Flatten<std::collections::btree_map::IntoValues<u64, Vec<(u64, V)>>>,
+            std::iter::Flatten<btree_map::IntoValues<u64, VecDeque<(u64, V)>>>,
             fn((u64, V)) -> (Prefix, V),
         >,
-        std::iter::Flatten<std::collections::btree_map::IntoValues<Prefix, Vec<(Prefix, V)>>>,
+        std::iter::Flatten<btree_map::IntoValues<Prefix, VecDeque<(Prefix, V)>>>,
     >;
 
     fn into_iter(self) -> Self::IntoIter {
@@ -387,11 +388,15 @@ mod tests {
             for (p, v) in &o {
                 prop_assert_eq!(m.get(p), Some(v));
             }
-            // Every leaf is sorted, within bounds, and indexed by its first key.
+            // Every leaf is sorted, within bounds, and indexed by a key at
+            // most its first and above the leaf before.
+            let mut before = None;
             for (first, leaf) in &m.v4.index {
                 prop_assert!(!leaf.is_empty() && leaf.len() <= LEAF);
-                prop_assert_eq!(*first, leaf[0].0);
-                prop_assert!(leaf.windows(2).all(|w| w[0].0 < w[1].0));
+                prop_assert!(*first <= leaf[0].0);
+                prop_assert!(before.is_none_or(|b| b < *first));
+                prop_assert!(leaf.iter().zip(leaf.iter().skip(1)).all(|(a, b)| a.0 < b.0));
+                before = leaf.back().map(|e| e.0);
             }
         }
     }

@@ -7,6 +7,9 @@
 //! tapir-bench run --tapir PATH [--prefixes N] [--daemons tapir,bird,frr,gobgp] [--kernel]
 //! ```
 //!
+//! Once all have arrived (and the RSS is read), the injector withdraws
+//! them all, and a second clock runs until the receiver has none left.
+//!
 //! With `--kernel` the clock stops when all N routes are in the daemon's
 //! kernel table instead (routes/s into the FIB; GoBGP has no FIB of its own).
 //!
@@ -138,6 +141,9 @@ fn inject(args: &[String]) -> ExitCode {
         .and_then(|v| v.parse().ok())
         .expect("--id");
     let msgs = updates(n, id);
+    let all: Vec<Prefix> = (0..n).map(prefix).collect();
+    let withdrawals = bgp::update::encode_withdraw(&all, &Context::modern());
+    let flag = arg(args, "--withdraw-flag").map(PathBuf::from);
     let mut s = loop {
         match TcpStream::connect(&connect) {
             Ok(s) => break s,
@@ -167,11 +173,23 @@ fn inject(args: &[String]) -> ExitCode {
     w.flush().expect("flush");
     drop(w);
     println!("SENT {}", now_nanos());
-    // Keep the session up (keepalives) until killed.
+    // Keep the session up (keepalives) until killed; withdraw everything
+    // when the flag file appears.
     let mut last = Instant::now();
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = s.set_read_timeout(Some(Duration::from_millis(10)));
     let mut chunk = [0u8; 4096];
+    let mut withdrawn = false;
     loop {
+        if !withdrawn && flag.as_ref().is_some_and(|f| f.exists()) {
+            withdrawn = true;
+            println!("WSTART {}", now_nanos());
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, s.try_clone().expect("clone"));
+            for m in &withdrawals {
+                w.write_all(m).expect("send withdrawal");
+            }
+            w.flush().expect("flush");
+            println!("WSENT {}", now_nanos());
+        }
         if last.elapsed() > Duration::from_secs(30) {
             let _ = s.write_all(&Message::Keepalive.encode(&Context::default()));
             last = Instant::now();
@@ -196,6 +214,7 @@ fn sink(args: &[String]) -> ExitCode {
     let mut buf = Vec::new();
     let mut have: HashSet<Prefix> = HashSet::with_capacity(n);
     let mut announced = false;
+    let mut full = false;
     let mut keepalive_at = Instant::now() + Duration::from_secs(30);
     let ok = pump(&mut s.try_clone().expect("clone"), &mut buf, |m| {
         if Instant::now() > keepalive_at {
@@ -214,8 +233,12 @@ fn sink(args: &[String]) -> ExitCode {
                 for (p, _) in u.announced() {
                     have.insert(p);
                 }
-                if have.len() >= n {
+                if !full && have.len() >= n {
+                    full = true;
                     println!("DONE {}", now_nanos());
+                }
+                if full && have.is_empty() {
+                    println!("WDONE {}", now_nanos());
                     return false;
                 }
             }
@@ -239,6 +262,8 @@ struct Result {
     rss_mib: f64,
     /// RSS 2 s after the last prefix arrived.
     settled_mib: f64,
+    /// Withdrawing all of them (not in `--kernel` runs).
+    withdraw_secs: Option<f64>,
 }
 
 fn wait_line(lab: &Lab, log: &str, key: &str, timeout: Duration) -> Option<u128> {
@@ -293,6 +318,7 @@ fn bench_one(
         lab.up(h, d);
     }
     let ns = n.to_string();
+    let flag = lab.dir().join("withdraw.flag");
     lab.spawn(
         "sink",
         &[
@@ -385,6 +411,8 @@ fn bench_one(
             &ns,
             "--id",
             "10.0.1.2",
+            "--withdraw-flag",
+            &flag.to_string_lossy(),
         ],
         "inject.log",
     );
@@ -409,11 +437,23 @@ fn bench_one(
     // What stays once the burst is over: the tables themselves.
     std::thread::sleep(Duration::from_secs(2));
     let settled = Lab::rss_kib(pid).unwrap_or(0);
+    let withdraw_secs = if kernel {
+        None
+    } else {
+        std::fs::write(&flag, "").map_err(|e| e.to_string())?;
+        let w_start = wait_line(&lab, "inject.log", "WSTART ", Duration::from_secs(10));
+        let w_done = wait_line(&lab, "sink.log", "WDONE ", Duration::from_secs(600));
+        match (w_start, w_done) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e9),
+            _ => return Err(format!("{daemon}: not all withdrawals arrived in 600 s")),
+        }
+    };
     Ok(Result {
         daemon: daemon.to_string(),
         secs: (done.saturating_sub(start)) as f64 / 1e9,
         rss_mib: rss as f64 / 1024.0,
         settled_mib: settled as f64 / 1024.0,
+        withdraw_secs,
     })
 }
 
@@ -452,12 +492,15 @@ fn run(args: &[String]) -> ExitCode {
         match bench_one(d, &tapir, n, &me, kernel) {
             Ok(r) => {
                 println!(
-                    "  {:<6} {:>8.2} s  {:>8.0} prefixes/s  peak RSS {:>7.1} MiB  settled {:>7.1} MiB",
+                    "  {:<6} {:>8.2} s  {:>8.0} prefixes/s  peak RSS {:>7.1} MiB  settled {:>7.1} MiB{}",
                     r.daemon,
                     r.secs,
                     n as f64 / r.secs,
                     r.rss_mib,
-                    r.settled_mib
+                    r.settled_mib,
+                    r.withdraw_secs
+                        .map(|w| format!("  withdrawal {w:>6.2} s"))
+                        .unwrap_or_default()
                 );
                 results.push(r);
             }
@@ -468,10 +511,14 @@ fn run(args: &[String]) -> ExitCode {
         println!("ratios (other / tapir: above 1 means tapir is faster / smaller):");
         for r in results.iter().filter(|r| r.daemon != "tapir") {
             println!(
-                "  {:<6} time x{:.2}  memory x{:.2}",
+                "  {:<6} time x{:.2}  memory x{:.2}{}",
                 r.daemon,
                 r.secs / t.secs,
-                r.rss_mib / t.rss_mib
+                r.rss_mib / t.rss_mib,
+                match (r.withdraw_secs, t.withdraw_secs) {
+                    (Some(a), Some(b)) => format!("  withdrawal x{:.2}", a / b),
+                    _ => String::new(),
+                }
             );
         }
     }
