@@ -117,17 +117,45 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
     }
 
     fn remove(&mut self, k: &K) -> Option<V> {
-        let (&first, leaf) = self.index.range_mut(..=*k).next_back()?;
-        let i = leaf.binary_search_by(|e| e.0.cmp(k)).ok()?;
-        let (_, v) = leaf.remove(i)?;
-        self.len -= 1;
-        shrink(leaf);
-        // A leaf's index key may be below its first key: no re-indexing
-        // when that goes.
-        if leaf.is_empty() {
-            self.index.remove(&first);
+        let mut v = None;
+        self.find_and(k, |leaf, i| {
+            v = leaf.remove(i).map(|e| e.1);
+            true
+        });
+        v
+    }
+
+    /// Finds `k` once and hands its value to `f`, which says whether to
+    /// keep it. Whether `k` was there.
+    fn change(&mut self, k: &K, f: impl FnOnce(&mut V) -> bool) -> bool {
+        self.find_and(k, |leaf, i| {
+            let gone = !f(&mut leaf[i].1);
+            if gone {
+                leaf.remove(i);
+            }
+            gone
+        })
+    }
+
+    /// Finds `k` and calls `f` with its leaf and place, which says whether
+    /// it took the entry out. Whether `k` was there.
+    fn find_and(&mut self, k: &K, f: impl FnOnce(&mut VecDeque<(K, V)>, usize) -> bool) -> bool {
+        let Some((&first, leaf)) = self.index.range_mut(..=*k).next_back() else {
+            return false;
+        };
+        let Ok(i) = leaf.binary_search_by(|e| e.0.cmp(k)) else {
+            return false;
+        };
+        if f(leaf, i) {
+            self.len -= 1;
+            shrink(leaf);
+            // A leaf's index key may be below its first key: no
+            // re-indexing when that goes.
+            if leaf.is_empty() {
+                self.index.remove(&first);
+            }
         }
-        Some(v)
+        true
     }
 
     fn retain(&mut self, mut f: impl FnMut(K, &mut V) -> bool) {
@@ -155,9 +183,7 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
             .flat_map(|l| l.iter_mut().map(|(k, v)| (*k, v)))
     }
 
-    fn into_iter(
-        self,
-    ) -> std::iter::Flatten<btree_map::IntoValues<K, VecDeque<(K, V)>>> {
+    fn into_iter(self) -> std::iter::Flatten<btree_map::IntoValues<K, VecDeque<(K, V)>>> {
         self.index.into_values().flatten()
     }
 }
@@ -236,6 +262,15 @@ impl<V> PrefixMap<V> {
         match p {
             Prefix::V4(a, l) => self.v4.insert(v4_key(a, l), v),
             Prefix::V6(..) => self.v6.insert(p, v),
+        }
+    }
+
+    /// Finds `p` once and hands its value to `f`, which says whether to
+    /// keep it (else it is removed). Whether `p` was there.
+    pub fn change(&mut self, p: &Prefix, f: impl FnOnce(&mut V) -> bool) -> bool {
+        match *p {
+            Prefix::V4(a, l) => self.v4.change(&v4_key(a, l), f),
+            Prefix::V6(..) => self.v6.change(p, f),
         }
     }
 
@@ -338,6 +373,8 @@ mod tests {
         /// Insert a run of consecutive /24s, as a table sent in order.
         Run(u32, u16),
         Retain(u32),
+        /// Add one; keep it if not then divisible.
+        Change(Prefix, u32),
     }
 
     fn prefix() -> impl Strategy<Value = Prefix> {
@@ -355,6 +392,7 @@ mod tests {
             3 => prefix().prop_map(Op::Remove),
             1 => (0u32..4096, 1u16..300).prop_map(|(a, n)| Op::Run(a, n)),
             1 => (2u32..5).prop_map(Op::Retain),
+            2 => (prefix(), 2u32..4).prop_map(|(p, d)| Op::Change(p, d)),
         ]
     }
 
@@ -374,6 +412,22 @@ mod tests {
                             let p = Prefix::V4(Ipv4Addr::from((a + i) << 8), 24);
                             prop_assert_eq!(m.insert(p, i), o.insert(p, i));
                         }
+                    }
+                    Op::Change(p, d) => {
+                        let step = |v: &mut u32| {
+                            *v = v.wrapping_add(1);
+                            *v % d != 0
+                        };
+                        let want = match o.get_mut(&p) {
+                            None => false,
+                            Some(v) => {
+                                if !step(v) {
+                                    o.remove(&p);
+                                }
+                                true
+                            }
+                        };
+                        prop_assert_eq!(m.change(&p, step), want);
                     }
                     Op::Retain(d) => {
                         m.retain(|_, v| *v % d != 0);

@@ -618,11 +618,15 @@ impl Rib {
                     .backlog
                     .fetch_update(Relaxed, Relaxed, |b| Some(b.saturating_sub(n)));
                 for p in withdraw {
-                    if let Some(v) = self.table.get_mut(&p) {
-                        v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
-                        if v.is_empty() {
-                            self.table.remove(&p);
+                    let there = self.table.change(&p, |v| match v {
+                        // The common case, without making an empty list.
+                        Paths::One(x) if x.peer.as_ref().is_some_and(|q| q.id == peer.id) => false,
+                        _ => {
+                            v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
+                            !v.is_empty()
                         }
+                    });
+                    if there {
                         changed.push(p);
                     }
                 }
