@@ -9,11 +9,16 @@
 //! nothing about time.
 //!
 //! ```text
-//! tapir-scale run --tapir PATH [--vms 1000] [--daemons tapir,bird] [--idle 20] [--neigh-limits]
+//! tapir-scale run --tapir PATH [--vms 1000] [--daemons tapir,bird] [--idle 20] [--neigh-limits] [--bfd]
 //! ```
+//!
+//! With `--bfd` every VM also runs single-hop BFD (RFC 5881, 300 ms × 3,
+//! our `bfd` crate) with the gateway, and tapir's group has `bfd = true`;
+//! the count of VMs whose BFD session is Up (as each VM sees it) is
+//! printed. BIRD keeps the reference config, which has no BFD.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::{Ipv4Addr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -33,8 +38,49 @@ fn vm_addr(k: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 192, 32, 0)) + k)
 }
 
-/// `peer --id ADDR`: connects to 10.192.24.1:179 as AS 64613, answers the
-/// OPEN, sends a KEEPALIVE every 30 s; reconnects a second after a loss.
+/// Single-hop BFD with the gateway (RFC 5881): from `local`, source port
+/// 49152, TTL 255, to and from UDP 3784. Prints each state change.
+fn bfd_loop(local: Ipv4Addr) -> std::io::Result<()> {
+    let tx = UdpSocket::bind((local, 49152))?;
+    tx.set_ttl(255)?;
+    let rx = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 3784))?;
+    let cfg = bfd::Config {
+        // Unique enough among the gateway's sessions: it is ours that
+        // must be unique to us, and the gateway tells them apart by
+        // interface.
+        local_discriminator: u32::from(local),
+        desired_min_tx: Duration::from_millis(300),
+        required_min_rx: Duration::from_millis(300),
+        detect_mult: 3,
+        auth: None,
+    };
+    let mut s = bfd::Session::new(cfg, Instant::now());
+    let mut buf = [0u8; 256];
+    loop {
+        let now = Instant::now();
+        if s.poll_timeout().is_some_and(|t| t <= now) {
+            s.handle_timeout(now);
+        }
+        while let Some(p) = s.poll_transmit() {
+            tx.send_to(&p, "10.192.24.1:3784")?;
+        }
+        while let Some(bfd::Event::StateChanged { to, .. }) = s.poll_event() {
+            println!("BFD {to:?}");
+        }
+        let wait = s
+            .poll_timeout()
+            .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now))
+            .max(Duration::from_millis(1));
+        rx.set_read_timeout(Some(wait))?;
+        if let Ok((n, _)) = rx.recv_from(&mut buf) {
+            let _ = s.receive(Instant::now(), &buf[..n]);
+        }
+    }
+}
+
+/// `peer --id ADDR [--bfd]`: connects to 10.192.24.1:179 as AS 64613,
+/// answers the OPEN, sends a KEEPALIVE every 30 s; reconnects a second
+/// after a loss. With `--bfd`, runs BFD with the gateway beside.
 fn peer(args: &[String]) -> ExitCode {
     let id: Ipv4Addr = match arg(args, "--id").and_then(|v| v.parse().ok()) {
         Some(i) => i,
@@ -43,6 +89,13 @@ fn peer(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.iter().any(|a| a == "--bfd") {
+        std::thread::spawn(move || {
+            if let Err(e) = bfd_loop(id) {
+                println!("BFD failed: {e}");
+            }
+        });
+    }
     let open = Message::Open(Open::new(
         64613,
         90,
@@ -88,7 +141,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// hv and N VMs, each with its tap, addresses and routes as the ifup hook
 /// makes them, and its peer running.
-fn build(n: u32, me: &Path) -> Lab {
+fn build(n: u32, me: &Path, bfd: bool) -> Lab {
     let mut lab = Lab::new();
     lab.add_host("hv");
 
@@ -131,16 +184,13 @@ fn build(n: u32, me: &Path) -> Lab {
     }
     std::fs::create_dir_all(lab.dir().join("peers")).expect("peers dir");
     for k in 1..=n {
-        lab.spawn(
-            &format!("s{k}"),
-            &[
-                &me.to_string_lossy(),
-                "peer",
-                "--id",
-                &vm_addr(k).to_string(),
-            ],
-            &format!("peers/{k}.log"),
-        );
+        let me = me.to_string_lossy();
+        let id = vm_addr(k).to_string();
+        let mut argv = vec![&*me, "peer", "--id", &id];
+        if bfd {
+            argv.push("--bfd");
+        }
+        lab.spawn(&format!("s{k}"), &argv, &format!("peers/{k}.log"));
     }
     lab
 }
@@ -176,14 +226,35 @@ struct Figures {
     established: usize,
     rss_kib: u64,
     cpu_percent: f64,
+    /// With `--bfd`: VMs whose BFD session is Up at the end, by their own
+    /// account.
+    bfd_up: Option<usize>,
 }
 
-fn measure(daemon: &str, tapir: &Path, me: &Path, n: u32, idle: u64) -> Figures {
-    let mut lab = build(n, me);
+/// VMs whose last BFD state change was to Up.
+fn bfd_up(lab: &Lab, n: u32) -> usize {
+    (1..=n)
+        .filter(|k| {
+            lab.log(&format!("peers/{k}.log"))
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("BFD "))
+                == Some("BFD Up")
+        })
+        .count()
+}
+
+fn measure(daemon: &str, tapir: &Path, me: &Path, n: u32, idle: u64, bfd: bool) -> Figures {
+    let bfd = bfd && daemon == "tapir";
+    let mut lab = build(n, me, bfd);
     let start = Instant::now();
     let (pid, count): (u32, Box<dyn Fn() -> usize>) = match daemon {
         "tapir" => {
-            let cfg = lab.write("hv/tapir.toml", TAPIR_CONFIG);
+            let mut text = TAPIR_CONFIG.to_string();
+            if bfd {
+                text += "bfd = true\nbfd-interval = 300\nbfd-multiplier = 3\n";
+            }
+            let cfg = lab.write("hv/tapir.toml", &text);
             let t = lab.tapir_with_log("hv", tapir, &cfg, "warn");
             let pid = t.pid;
             (
@@ -212,6 +283,13 @@ fn measure(daemon: &str, tapir: &Path, me: &Path, n: u32, idle: u64) -> Figures 
         (count() >= n as usize).then(|| start.elapsed())
     });
     let established = count();
+    if bfd {
+        // BFD comes up after the sessions: a few of its slow (1 s)
+        // packets.
+        wait_for(Duration::from_secs(30), || {
+            (bfd_up(&lab, n) >= n as usize).then_some(())
+        });
+    }
     // Idle: every session up, nothing to do but keepalives.
     let t0 = cpu_ticks(pid).unwrap_or(0);
     let w0 = Instant::now();
@@ -220,12 +298,14 @@ fn measure(daemon: &str, tapir: &Path, me: &Path, n: u32, idle: u64) -> Figures 
     // Clock ticks are 1/100 s on Linux.
     let cpu_percent = ticks as f64 / w0.elapsed().as_secs_f64();
     let rss = rss_kib(pid);
+    let bfd_up = bfd.then(|| bfd_up(&lab, n));
     drop(lab);
     Figures {
         up,
         established,
         rss_kib: rss,
         cpu_percent,
+        bfd_up,
     }
 }
 
@@ -261,7 +341,7 @@ impl Drop for NeighLimits {
 
 fn run(args: &[String]) -> ExitCode {
     let Some(tapir) = arg(args, "--tapir").map(PathBuf::from) else {
-        eprintln!("usage: tapir-scale run --tapir PATH [--vms 1000] [--daemons tapir,bird] [--idle 20] [--neigh-limits]");
+        eprintln!("usage: tapir-scale run --tapir PATH [--vms 1000] [--daemons tapir,bird] [--idle 20] [--neigh-limits] [--bfd]");
         return ExitCode::FAILURE;
     };
     let n: u32 = arg(args, "--vms")
@@ -275,6 +355,7 @@ fn run(args: &[String]) -> ExitCode {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let daemons = arg(args, "--daemons").unwrap_or_else(|| "tapir,bird".into());
+    let bfd = args.iter().any(|a| a == "--bfd");
     let me = std::env::current_exe().expect("own path");
     let limit: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
         .ok()
@@ -301,16 +382,19 @@ fn run(args: &[String]) -> ExitCode {
     };
     println!("B4 scale: {n} VM sessions on one hypervisor (each VM its own namespace and tap)");
     for d in daemons.split(',') {
-        let f = measure(d, &tapir, &me, n, idle);
+        let f = measure(d, &tapir, &me, n, idle, bfd);
         let up =
             f.up.map_or(format!("({} only, 120 s)", f.established), |t| {
                 format!("{:.2} s", t.as_secs_f64())
             });
         println!(
-            "  {d:<6} all Established after {up:<22} RSS {:>7.1} MiB ({:.1} KiB/session)  idle CPU {:.2} % of a core over {idle} s",
+            "  {d:<6} all Established after {up:<22} RSS {:>7.1} MiB ({:.1} KiB/session)  idle CPU {:.2} % of a core over {idle} s{}",
             f.rss_kib as f64 / 1024.0,
             f.rss_kib as f64 / n as f64,
-            f.cpu_percent
+            f.cpu_percent,
+            f.bfd_up
+                .map(|b| format!("  BFD Up at {b} of {n} VMs"))
+                .unwrap_or_default()
         );
     }
     ExitCode::SUCCESS
@@ -322,7 +406,7 @@ fn main() -> ExitCode {
         Some("run") => run(&args[2..]),
         Some("peer") => peer(&args[2..]),
         _ => {
-            eprintln!("usage: tapir-scale run --tapir PATH [--vms 1000] [--daemons tapir,bird] [--idle 20] [--neigh-limits]");
+            eprintln!("usage: tapir-scale run --tapir PATH [--vms 1000] [--daemons tapir,bird] [--idle 20] [--neigh-limits] [--bfd]");
             ExitCode::FAILURE
         }
     }
