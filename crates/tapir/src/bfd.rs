@@ -346,26 +346,10 @@ async fn run(mut rx: mpsc::Receiver<BfdMsg>, sockets: [UdpSocket; 4]) {
                     }
                 }
             }
-            r = receive(&v4, false, PORT) => {
-                for r in std::iter::once(r).chain(receive_more(&v4, false, PORT)) {
-                    touched.extend(deliver(&mut sessions, &by_discr, r));
-                }
-            }
-            r = receive(&v6, true, PORT) => {
-                for r in std::iter::once(r).chain(receive_more(&v6, true, PORT)) {
-                    touched.extend(deliver(&mut sessions, &by_discr, r));
-                }
-            }
-            r = receive(&mv4, false, MULTIHOP_PORT) => {
-                for r in std::iter::once(r).chain(receive_more(&mv4, false, MULTIHOP_PORT)) {
-                    touched.extend(deliver(&mut sessions, &by_discr, r));
-                }
-            }
-            r = receive(&mv6, true, MULTIHOP_PORT) => {
-                for r in std::iter::once(r).chain(receive_more(&mv6, true, MULTIHOP_PORT)) {
-                    touched.extend(deliver(&mut sessions, &by_discr, r));
-                }
-            }
+            r = receive(&v4, false, PORT) => deliver_all(&mut sessions, &by_discr, r, &v4, false, PORT, &mut touched),
+            r = receive(&v6, true, PORT) => deliver_all(&mut sessions, &by_discr, r, &v6, true, PORT, &mut touched),
+            r = receive(&mv4, false, MULTIHOP_PORT) => deliver_all(&mut sessions, &by_discr, r, &mv4, false, MULTIHOP_PORT, &mut touched),
+            r = receive(&mv6, true, MULTIHOP_PORT) => deliver_all(&mut sessions, &by_discr, r, &mv6, true, MULTIHOP_PORT, &mut touched),
             _ = sleep => {
                 let now = Instant::now();
                 while let Some(Reverse((t, key))) = timers.peek().copied() {
@@ -392,6 +376,24 @@ async fn run(mut rx: mpsc::Receiver<BfdMsg>, sockets: [UdpSocket; 4]) {
                 }
             }
         }
+    }
+}
+
+/// Hands `first` and every packet already waiting behind it on `s` to
+/// their sessions (one wakeup for all that arrived together), noting the
+/// sessions touched.
+#[allow(clippy::too_many_arguments)]
+fn deliver_all(
+    sessions: &mut HashMap<Key, Entry>,
+    by_discr: &HashMap<u32, Key>,
+    first: std::io::Result<Rx>,
+    s: &UdpSocket,
+    v6: bool,
+    port: u16,
+    touched: &mut Vec<Key>,
+) {
+    for r in std::iter::once(first).chain(receive_more(s, v6, port)) {
+        touched.extend(deliver(sessions, by_discr, r));
     }
 }
 

@@ -290,14 +290,6 @@ impl<V> PrefixMap<V> {
         }
     }
 
-    /// The value for `p`, inserted first if there is none.
-    pub fn get_or_insert_with(&mut self, p: Prefix, f: impl FnOnce() -> V) -> &mut V {
-        if self.get(&p).is_none() {
-            self.insert(p, f());
-        }
-        self.get_mut(&p).expect("just inserted")
-    }
-
     pub fn retain(&mut self, mut f: impl FnMut(Prefix, &mut V) -> bool) {
         self.v4.retain(|k, v| f(v4_prefix(k), v));
         self.v6.retain(|k, v| f(k, v));
@@ -347,16 +339,6 @@ impl<V> IntoIterator for PrefixMap<V> {
     fn into_iter(self) -> Self::IntoIter {
         let v4: fn((u64, V)) -> (Prefix, V) = |(k, v)| (v4_prefix(k), v);
         self.v4.into_iter().map(v4).chain(self.v6.into_iter())
-    }
-}
-
-impl<V> FromIterator<(Prefix, V)> for PrefixMap<V> {
-    fn from_iter<I: IntoIterator<Item = (Prefix, V)>>(iter: I) -> Self {
-        let mut m = PrefixMap::new();
-        for (p, v) in iter {
-            m.insert(p, v);
-        }
-        m
     }
 }
 

@@ -432,21 +432,7 @@ pub fn spawn(
         self_tx: tx.clone(),
         backlog,
     };
-    let attrs = rib.intern(PathAttributes {
-        origin: Some(bgp::Origin::Igp),
-        as_path: Some(bgp::AsPath::default()),
-        ..Default::default()
-    });
-    let local = Arc::new(Route {
-        next_hop: None,
-        attrs,
-    });
-    for p in local_routes {
-        rib.table.get_or_insert_with(p, Paths::default).push(Path {
-            peer: None,
-            route: local.clone(),
-        });
-    }
+    rib.add_local(local_routes, &mut Vec::new());
     tokio::spawn(rib.run(rx));
     tx
 }
@@ -577,6 +563,41 @@ impl Rib {
         }
     }
 
+    /// Adds tapir's own path (no AS path, origin IGP) to each prefix that
+    /// has none yet.
+    fn add_local(&mut self, prefixes: Vec<Prefix>, changed: &mut Vec<Prefix>) {
+        let attrs = self.intern(PathAttributes {
+            origin: Some(bgp::Origin::Igp),
+            as_path: Some(bgp::AsPath::default()),
+            ..Default::default()
+        });
+        let local = Arc::new(Route {
+            next_hop: None,
+            attrs,
+        });
+        for p in prefixes {
+            let path = Path {
+                peer: None,
+                route: local.clone(),
+            };
+            let mut added = true;
+            self.table.upsert(p, |v| match v {
+                Some(v) if v.iter().any(|x| x.peer.is_none()) => {
+                    added = false;
+                    None
+                }
+                Some(v) => {
+                    v.push(path);
+                    None
+                }
+                None => Some(Paths::One(path)),
+            });
+            if added {
+                changed.push(p);
+            }
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<RibMsg>) {
         // Send the local routes to the kernel? No: they are ours to
         // announce, not to forward.
@@ -665,37 +686,15 @@ impl Rib {
             }
             RibMsg::Local { announce, withdraw } => {
                 for p in withdraw {
-                    if let Some(v) = self.table.get_mut(&p) {
+                    let there = self.table.change(&p, |v| {
                         v.retain(|x| x.peer.is_some());
-                        if v.is_empty() {
-                            self.table.remove(&p);
-                        }
+                        !v.is_empty()
+                    });
+                    if there {
                         changed.push(p);
                     }
                 }
-                let attrs = self.intern(PathAttributes {
-                    origin: Some(bgp::Origin::Igp),
-                    as_path: Some(bgp::AsPath::default()),
-                    ..Default::default()
-                });
-                let local = Arc::new(Route {
-                    next_hop: None,
-                    attrs,
-                });
-                for p in announce {
-                    let path = Path {
-                        peer: None,
-                        route: local.clone(),
-                    };
-                    match self.table.get_mut(&p) {
-                        Some(v) if v.iter().any(|x| x.peer.is_none()) => continue,
-                        Some(v) => v.push(path),
-                        None => {
-                            self.table.insert(p, Paths::One(path));
-                        }
-                    }
-                    changed.push(p);
-                }
+                self.add_local(announce, changed);
             }
             RibMsg::PeerDown(id) => {
                 self.table.retain(|p, v| {
