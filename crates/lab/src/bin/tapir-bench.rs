@@ -4,8 +4,13 @@
 //! ratios. A benchmark prints numbers; it asserts nothing about time.
 //!
 //! ```text
-//! tapir-bench run --tapir PATH [--prefixes N] [--daemons tapir,bird,frr,gobgp] [--kernel]
+//! tapir-bench run --tapir PATH [--prefixes N] [--prefixes6 N] [--daemons tapir,bird,frr,gobgp] [--kernel]
 //! ```
+//!
+//! With `--prefixes6` a second injector and receiver carry that many IPv6
+//! /48s over IPv6 sessions beside the IPv4 ones (each daemon's next hop is
+//! its own address of the family); the clock runs from the first UPDATE
+//! sent to the last prefix received on either.
 //!
 //! Once all have arrived (and the RSS is read), the injector withdraws
 //! them all, and a second clock runs until the receiver has none left.
@@ -25,7 +30,7 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -55,8 +60,30 @@ fn prefix(i: u32) -> Prefix {
     Prefix::new(Ipv4Addr::from(a).into(), 24).expect("valid /24")
 }
 
+/// The i-th IPv6 benchmark prefix: distinct /48s in 2a00::/16.
+fn prefix6(i: u32) -> Prefix {
+    let a = (0x2a00u128 << 112) | (u128::from(i) << 80);
+    Prefix::new(Ipv6Addr::from(a).into(), 48).expect("valid /48")
+}
+
+/// The injector's prefixes for its family: IPv4 /24s or IPv6 /48s.
+fn family_prefix(next_hop: IpAddr) -> fn(u32) -> Prefix {
+    match next_hop {
+        IpAddr::V4(_) => prefix,
+        IpAddr::V6(_) => prefix6,
+    }
+}
+
 /// Pre-encoded UPDATEs: groups of 16 prefixes per attribute set.
-fn updates(n: u32, next_hop: Ipv4Addr) -> Vec<Vec<u8>> {
+fn updates(n: u32, next_hop: IpAddr) -> Vec<Vec<u8>> {
+    let make = family_prefix(next_hop);
+    let next_hop = match next_hop {
+        IpAddr::V4(a) => NextHop::V4(a),
+        IpAddr::V6(a) => NextHop::V6 {
+            global: a,
+            link_local: None,
+        },
+    };
     let cxt = Context::modern();
     let mut out = Vec::new();
     let mut i = 0;
@@ -82,10 +109,10 @@ fn updates(n: u32, next_hop: Ipv4Addr) -> Vec<Vec<u8>> {
             med: (g % 5 == 0).then_some(g % 100),
             ..Default::default()
         };
-        let ps: Vec<Prefix> = (i..(i + 16).min(n)).map(prefix).collect();
+        let ps: Vec<Prefix> = (i..(i + 16).min(n)).map(make).collect();
         out.extend(bgp::update::encode_announce(
             &attrs,
-            NextHop::V4(next_hop),
+            next_hop,
             &ps,
             &cxt,
         ));
@@ -94,13 +121,18 @@ fn updates(n: u32, next_hop: Ipv4Addr) -> Vec<Vec<u8>> {
     out
 }
 
-fn open(asn: u32, id: Ipv4Addr) -> Vec<u8> {
+fn open(asn: u32, id: Ipv4Addr, v6: bool) -> Vec<u8> {
+    let family = if v6 {
+        AfiSafi::IPV6_UNICAST
+    } else {
+        AfiSafi::IPV4_UNICAST
+    };
     Message::Open(Open::new(
         asn,
         240,
         id,
         vec![
-            Capability::Multiprotocol(AfiSafi::IPV4_UNICAST),
+            Capability::Multiprotocol(family),
             Capability::RouteRefresh,
         ],
     ))
@@ -140,8 +172,12 @@ fn inject(args: &[String]) -> ExitCode {
     let id: Ipv4Addr = arg(args, "--id")
         .and_then(|v| v.parse().ok())
         .expect("--id");
-    let msgs = updates(n, id);
-    let all: Vec<Prefix> = (0..n).map(prefix).collect();
+    // The session's family follows the next hop (IPv4 by default).
+    let next_hop: IpAddr = arg(args, "--next-hop")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(IpAddr::V4(id));
+    let msgs = updates(n, next_hop);
+    let all: Vec<Prefix> = (0..n).map(family_prefix(next_hop)).collect();
     let withdrawals = bgp::update::encode_withdraw(&all, &Context::modern());
     let flag = arg(args, "--withdraw-flag").map(PathBuf::from);
     let mut s = loop {
@@ -151,7 +187,8 @@ fn inject(args: &[String]) -> ExitCode {
         }
     };
     let _ = s.set_nodelay(true);
-    s.write_all(&open(65001, id)).expect("send OPEN");
+    s.write_all(&open(65001, id, next_hop.is_ipv6()))
+        .expect("send OPEN");
     let mut buf = Vec::new();
     let mut up = false;
     pump(&mut s, &mut buf, |m| {
@@ -209,8 +246,9 @@ fn sink(args: &[String]) -> ExitCode {
         .and_then(|v| v.parse().ok())
         .expect("--id");
     let l = TcpListener::bind(&listen).expect("listen");
+    let v6 = l.local_addr().is_ok_and(|a| a.is_ipv6());
     let (mut s, _) = l.accept().expect("accept");
-    s.write_all(&open(65002, id)).expect("send OPEN");
+    s.write_all(&open(65002, id, v6)).expect("send OPEN");
     let mut buf = Vec::new();
     let mut have: HashSet<Prefix> = HashSet::with_capacity(n);
     let mut announced = false;
@@ -296,9 +334,11 @@ fn bench_one(
     daemon: &str,
     tapir: &std::path::Path,
     n: u32,
+    n6: u32,
     me: &str,
     kernel: bool,
 ) -> std::result::Result<Result, String> {
+    let v6 = n6 > 0;
     let mut lab = Lab::new();
     for h in ["inj", "dut", "sink"] {
         lab.add_host(h);
@@ -309,6 +349,12 @@ fn bench_one(
     lab.addr("dut", "inj0", "10.0.1.1/24");
     lab.addr("dut", "sink0", "10.0.2.1/24");
     lab.addr("sink", "eth0", "10.0.2.2/24");
+    if v6 {
+        lab.addr("inj", "eth0", "fd00:1::2/64");
+        lab.addr("dut", "inj0", "fd00:1::1/64");
+        lab.addr("dut", "sink0", "fd00:2::1/64");
+        lab.addr("sink", "eth0", "fd00:2::2/64");
+    }
     for (h, d) in [
         ("inj", "eth0"),
         ("dut", "inj0"),
@@ -318,21 +364,24 @@ fn bench_one(
         lab.up(h, d);
     }
     let ns = n.to_string();
+    let ns6 = n6.to_string();
     let flag = lab.dir().join("withdraw.flag");
-    lab.spawn(
-        "sink",
-        &[
-            me,
+    // One receiver (and below one injector) per family: each session
+    // carries one family, as the daemons' next hops are their own
+    // addresses of that family.
+    let mut sinks = vec![("sink.log", "10.0.2.2:179", "10.0.2.2", ns.as_str())];
+    if v6 {
+        sinks.push(("sink6.log", "[fd00:2::2]:179", "10.0.2.3", ns6.as_str()));
+    }
+    for (log, listen, id, count) in &sinks {
+        lab.spawn(
             "sink",
-            "--listen",
-            "0.0.0.0:179",
-            "--prefixes",
-            &ns,
-            "--id",
-            "10.0.2.2",
-        ],
-        "sink.log",
-    );
+            &[
+                me, "sink", "--listen", listen, "--prefixes", count, "--id", id,
+            ],
+            log,
+        );
+    }
     std::thread::sleep(Duration::from_millis(300));
     let pid = match daemon {
         "tapir" => {
@@ -343,6 +392,12 @@ fn bench_one(
                  [[neighbor]]\nname = \"sink\"\naddress = \"10.0.2.2\"\nremote-as = 65002\nhold-time = 240\nexport = \"ALL\"\n\n\
                  [policy.ALL]\ndefault = \"accept\"\n\n[kernel]\ninstall = false\n",
             );
+            if v6 {
+                let text = std::fs::read_to_string(&cfg).unwrap_or_default()
+                    + "\n[[neighbor]]\nname = \"inj6\"\naddress = \"fd00:1::2\"\nremote-as = 65001\npassive = true\nhold-time = 240\n\n\
+                       [[neighbor]]\nname = \"sink6\"\naddress = \"fd00:2::2\"\nremote-as = 65002\nhold-time = 240\nexport = \"ALL\"\n";
+                std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
+            }
             if kernel {
                 let text = std::fs::read_to_string(&cfg)
                     .unwrap_or_default()
@@ -362,16 +417,28 @@ fn bench_one(
                 "dut",
                 &(kernel_proto.to_string() + "router id 10.0.1.1;\nprotocol device { }\n\
                  protocol bgp inj { local 10.0.1.1 as 64612; neighbor 10.0.1.2 as 65001; passive on;\n  ipv4 { import all; export none; }; }\n\
-                 protocol bgp sink { local 10.0.2.1 as 64612; neighbor 10.0.2.2 as 65002; connect delay time 0;\n  ipv4 { import none; export all; }; }\n"),
+                 protocol bgp sink { local 10.0.2.1 as 64612; neighbor 10.0.2.2 as 65002; connect delay time 0;\n  ipv4 { import none; export all; }; }\n"
+                 + if v6 {
+                    "protocol bgp inj6 { local fd00:1::1 as 64612; neighbor fd00:1::2 as 65001; passive on;\n  ipv6 { import all; export none; }; }\n\
+                     protocol bgp sink6 { local fd00:2::1 as 64612; neighbor fd00:2::2 as 65002; connect delay time 0;\n  ipv6 { import none; export all; }; }\n"
+                 } else {
+                    ""
+                 }),
             )
             .pid
         }
         "frr" => {
+            let v6_conf = if v6 {
+                " neighbor fd00:1::2 remote-as 65001\n neighbor fd00:1::2 passive\n neighbor fd00:2::2 remote-as 65002\n neighbor fd00:2::2 timers connect 1\n \
+                 address-family ipv6 unicast\n  neighbor fd00:1::2 activate\n  neighbor fd00:2::2 activate\n exit-address-family\n"
+            } else {
+                ""
+            };
             lab.frr_with(
                 "dut",
-                "hostname dut\nrouter bgp 64612\n bgp router-id 10.0.1.1\n no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n \
+                &format!("hostname dut\nrouter bgp 64612\n bgp router-id 10.0.1.1\n no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n \
                  neighbor 10.0.1.2 remote-as 65001\n neighbor 10.0.1.2 passive\n neighbor 10.0.2.2 remote-as 65002\n neighbor 10.0.2.2 timers connect 1\n \
-                 address-family ipv4 unicast\n  neighbor 10.0.1.2 activate\n  neighbor 10.0.2.2 activate\n exit-address-family\nexit\n",
+                 address-family ipv4 unicast\n  neighbor 10.0.1.2 activate\n  neighbor 10.0.2.2 activate\n exit-address-family\n{v6_conf}exit\n"),
                 !kernel,
             );
             lab.frr_bgpd_pid.ok_or("no bgpd pid")?
@@ -380,49 +447,75 @@ fn bench_one(
             return Err("gobgp: no kernel installation without zebra; left out".into())
         }
         "gobgp" => {
+            let v6_conf = if v6 {
+                "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"fd00:1::2\"\n    peer-as = 65001\n\
+                 [neighbors.transport.config]\n    passive-mode = true\n\
+                 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n\
+                 [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"fd00:2::2\"\n    peer-as = 65002\n\
+                 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n"
+            } else {
+                ""
+            };
             let g = lab.gobgp(
                 "dut",
-                "[global.config]\n  as = 64612\n  router-id = \"10.0.1.1\"\n\
+                &(String::from("[global.config]\n  as = 64612\n  router-id = \"10.0.1.1\"\n\
                  [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.0.1.2\"\n    peer-as = 65001\n\
                  [neighbors.transport.config]\n    passive-mode = true\n\
                  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n\
                  [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.0.2.2\"\n    peer-as = 65002\n\
-                 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n",
+                 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n")
+                    + v6_conf),
             );
             g.pid
         }
         other => return Err(format!("unknown daemon {other}")),
     };
     let baseline = kernel_count(&lab, "dut");
-    if wait_line(&lab, "sink.log", "ESTABLISHED ", Duration::from_secs(60)).is_none() {
-        return Err(format!(
-            "{daemon}: no session to the sink\n{}",
-            lab.all_logs()
-        ));
+    for (log, ..) in &sinks {
+        if wait_line(&lab, log, "ESTABLISHED ", Duration::from_secs(60)).is_none() {
+            return Err(format!(
+                "{daemon}: no session to the receiver ({log})\n{}",
+                lab.all_logs()
+            ));
+        }
     }
-    lab.spawn(
-        "inj",
-        &[
-            me,
-            "inject",
-            "--connect",
-            "10.0.1.1:179",
-            "--prefixes",
-            &ns,
-            "--id",
-            "10.0.1.2",
-            "--withdraw-flag",
-            &flag.to_string_lossy(),
-        ],
-        "inject.log",
-    );
-    let start =
-        wait_line(&lab, "inject.log", "START ", Duration::from_secs(60)).ok_or_else(|| {
+    let flag_arg = flag.to_string_lossy().into_owned();
+    let mut injectors = vec![("inject.log", "10.0.1.1:179", "10.0.1.2", "10.0.1.2", ns.as_str())];
+    if v6 {
+        injectors.push(("inject6.log", "[fd00:1::1]:179", "10.0.1.3", "fd00:1::2", ns6.as_str()));
+    }
+    for (log, connect, id, next_hop, count) in &injectors {
+        lab.spawn(
+            "inj",
+            &[
+                me,
+                "inject",
+                "--connect",
+                connect,
+                "--prefixes",
+                count,
+                "--id",
+                id,
+                "--next-hop",
+                next_hop,
+                "--withdraw-flag",
+                &flag_arg,
+            ],
+            log,
+        );
+    }
+    // The clock runs from the first injector's first UPDATE to the last
+    // receiver's last prefix.
+    let mut start = u128::MAX;
+    for (log, ..) in &injectors {
+        let t = wait_line(&lab, log, "START ", Duration::from_secs(60)).ok_or_else(|| {
             format!(
-                "{daemon}: the injector's session did not come up\n{}",
+                "{daemon}: the injector's session did not come up ({log})\n{}",
                 lab.all_logs()
             )
         })?;
+        start = start.min(t);
+    }
     let done = if kernel {
         // Poll the kernel table until all N routes are there.
         wait_for(Duration::from_secs(600), || {
@@ -430,8 +523,13 @@ fn bench_one(
         })
         .ok_or_else(|| format!("{daemon}: not all routes reached the kernel in 600 s"))?
     } else {
-        wait_line(&lab, "sink.log", "DONE ", Duration::from_secs(600))
-            .ok_or_else(|| format!("{daemon}: not all prefixes arrived in 600 s"))?
+        let mut done = 0;
+        for (log, ..) in &sinks {
+            let t = wait_line(&lab, log, "DONE ", Duration::from_secs(600))
+                .ok_or_else(|| format!("{daemon}: not all prefixes arrived in 600 s ({log})"))?;
+            done = done.max(t);
+        }
+        done
     };
     let rss = Lab::peak_rss_kib(pid).unwrap_or(0);
     // What stays once the burst is over: the tables themselves.
@@ -441,12 +539,20 @@ fn bench_one(
         None
     } else {
         std::fs::write(&flag, "").map_err(|e| e.to_string())?;
-        let w_start = wait_line(&lab, "inject.log", "WSTART ", Duration::from_secs(10));
-        let w_done = wait_line(&lab, "sink.log", "WDONE ", Duration::from_secs(600));
-        match (w_start, w_done) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e9),
-            _ => return Err(format!("{daemon}: not all withdrawals arrived in 600 s")),
+        let mut w_start = u128::MAX;
+        for (log, ..) in &injectors {
+            let t = wait_line(&lab, log, "WSTART ", Duration::from_secs(10))
+                .ok_or_else(|| format!("{daemon}: the injector did not withdraw ({log})"))?;
+            w_start = w_start.min(t);
         }
+        let mut w_done = 0;
+        for (log, ..) in &sinks {
+            let t = wait_line(&lab, log, "WDONE ", Duration::from_secs(600)).ok_or_else(|| {
+                format!("{daemon}: not all withdrawals arrived in 600 s ({log})")
+            })?;
+            w_done = w_done.max(t);
+        }
+        Some(w_done.saturating_sub(w_start) as f64 / 1e9)
     };
     Ok(Result {
         daemon: daemon.to_string(),
@@ -460,18 +566,29 @@ fn bench_one(
 fn run(args: &[String]) -> ExitCode {
     let Some(tapir) = arg(args, "--tapir").map(PathBuf::from) else {
         eprintln!(
-            "usage: tapir-bench run --tapir PATH [--prefixes N] [--daemons tapir,bird,frr,gobgp]"
+            "usage: tapir-bench run --tapir PATH [--prefixes N] [--prefixes6 N] [--daemons tapir,bird,frr,gobgp] [--kernel]"
         );
         return ExitCode::FAILURE;
     };
-    let n: u32 = arg(args, "--prefixes")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    if n == 0 || n > 1_000_000 {
-        eprintln!("--prefixes: 1 to 1000000");
+    let count = |name: &str, default: u32, min: u32| match arg(args, name) {
+        None => Ok(default),
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (min..=1_000_000).contains(&n) => Ok(n),
+            _ => Err(format!("{name}: `{v}` is not a number from {min} to 1000000")),
+        },
+    };
+    let (n, n6) = match (count("--prefixes", 100_000, 1), count("--prefixes6", 0, 0)) {
+        (Ok(n), Ok(n6)) => (n, n6),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let kernel = args.iter().any(|a| a == "--kernel");
+    if kernel && n6 > 0 {
+        eprintln!("--prefixes6: the kernel run installs IPv4 routes only");
         return ExitCode::FAILURE;
     }
-    let kernel = args.iter().any(|a| a == "--kernel");
     let daemons = arg(args, "--daemons").unwrap_or_else(|| {
         if kernel {
             "tapir,bird,frr"
@@ -485,17 +602,22 @@ fn run(args: &[String]) -> ExitCode {
     if kernel {
         println!("Kernel install: {n} IPv4 prefixes, injector -> daemon -> its kernel table, one run each");
     } else {
-        println!("B3 throughput: {n} IPv4 prefixes, injector -> daemon -> receiver, one run each");
+        let v6 = if n6 > 0 {
+            format!(" + {n6} IPv6")
+        } else {
+            String::new()
+        };
+        println!("B3 throughput: {n} IPv4{v6} prefixes, injector -> daemon -> receiver, one run each");
     }
     let mut results = Vec::new();
     for d in daemons.split(',') {
-        match bench_one(d, &tapir, n, &me, kernel) {
+        match bench_one(d, &tapir, n, n6, &me, kernel) {
             Ok(r) => {
                 println!(
                     "  {:<6} {:>8.2} s  {:>8.0} prefixes/s  peak RSS {:>7.1} MiB  settled {:>7.1} MiB{}",
                     r.daemon,
                     r.secs,
-                    n as f64 / r.secs,
+                    f64::from(n + n6) / r.secs,
                     r.rss_mib,
                     r.settled_mib,
                     r.withdraw_secs
@@ -532,7 +654,7 @@ fn main() -> ExitCode {
         Some("inject") => inject(&args),
         Some("sink") => sink(&args),
         _ => {
-            eprintln!("usage: tapir-bench run --tapir PATH [--prefixes N] [--daemons tapir,bird,frr,gobgp]");
+            eprintln!("usage: tapir-bench run --tapir PATH [--prefixes N] [--prefixes6 N] [--daemons tapir,bird,frr,gobgp] [--kernel]");
             ExitCode::FAILURE
         }
     }
