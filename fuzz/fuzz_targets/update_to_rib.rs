@@ -296,7 +296,8 @@ fn run(data: &[u8]) {
                 withdraw_after: None,
             },
             Default::default(),
-        );
+        )
+        .expect("RIB thread");
         let (export_tx, export_rx) = mpsc::channel(1 << 16);
         rib.send(RibMsg::Subscribe {
             peer: UPSTREAM,

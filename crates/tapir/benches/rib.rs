@@ -108,7 +108,8 @@ fn loc_rib(c: &mut Criterion) {
                         withdraw_after: None,
                     },
                     Default::default(),
-                );
+                )
+                .expect("RIB thread");
                 let (tx, mut rx) = mpsc::channel(1 << 20);
                 let mut accept_all = Policy::hypervisor_default();
                 accept_all.default_accept = true;

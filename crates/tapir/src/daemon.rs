@@ -109,7 +109,8 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         restart,
         config.drain,
         rib_backlog.clone(),
-    );
+    )
+    .map_err(|e| format!("cannot start the RIB thread: {e}"))?;
     let wants_bfd = config.neighbors.iter().any(|n| n.bfd.is_some())
         || config.groups.iter().any(|g| g.bfd.is_some())
         || config

@@ -3,7 +3,8 @@
 //!
 //! A `BTreeMap<Prefix, V>` keeps 18-byte keys in nodes that prefixes
 //! arriving in order (as a peer sends its table) fill to about 60 %. Here
-//! an IPv4 key is 8 bytes, and entries sit in sorted leaves of up to
+//! an IPv4 key is 8 bytes, an IPv6 key three integers that compare as
+//! such (no byte-wise comparison of addresses), and entries sit in sorted leaves of up to
 //! [`LEAF`], indexed by their first key in a small `BTreeMap`. A full leaf
 //! that a key arrives past the end of starts a new leaf instead of
 //! splitting, so a table sent in order fills its leaves completely; a key
@@ -15,7 +16,7 @@
 
 use std::collections::{btree_map, BTreeMap, VecDeque};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use bgp::Prefix;
 
@@ -204,11 +205,36 @@ fn v4_prefix(k: u64) -> Prefix {
     Prefix::V4(Ipv4Addr::from((k >> 8) as u32), k as u8)
 }
 
+/// An IPv6 prefix as integers that sort as `Prefix` does: address, then
+/// length. Public only as part of the owning iterator's type.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct V6Key {
+    hi: u64,
+    lo: u64,
+    len: u8,
+}
+
+fn v6_key(a: Ipv6Addr, len: u8) -> V6Key {
+    let a = u128::from(a);
+    V6Key {
+        hi: (a >> 64) as u64,
+        lo: a as u64,
+        len,
+    }
+}
+
+fn v6_prefix(k: V6Key) -> Prefix {
+    Prefix::V6(
+        Ipv6Addr::from((u128::from(k.hi) << 64) | u128::from(k.lo)),
+        k.len,
+    )
+}
+
 /// An ordered map from prefixes to `V` (see the module documentation).
 #[derive(Clone)]
 pub struct PrefixMap<V> {
     v4: Leaves<u64, V>,
-    v6: Leaves<Prefix, V>,
+    v6: Leaves<V6Key, V>,
 }
 
 impl<V> Default for PrefixMap<V> {
@@ -242,7 +268,7 @@ impl<V> PrefixMap<V> {
     pub fn get(&self, p: &Prefix) -> Option<&V> {
         match *p {
             Prefix::V4(a, l) => self.v4.get(&v4_key(a, l)),
-            Prefix::V6(..) => self.v6.get(p),
+            Prefix::V6(a, l) => self.v6.get(&v6_key(a, l)),
         }
     }
 
@@ -253,7 +279,7 @@ impl<V> PrefixMap<V> {
     pub fn get_mut(&mut self, p: &Prefix) -> Option<&mut V> {
         match *p {
             Prefix::V4(a, l) => self.v4.get_mut(&v4_key(a, l)),
-            Prefix::V6(..) => self.v6.get_mut(p),
+            Prefix::V6(a, l) => self.v6.get_mut(&v6_key(a, l)),
         }
     }
 
@@ -261,7 +287,7 @@ impl<V> PrefixMap<V> {
     pub fn insert(&mut self, p: Prefix, v: V) -> Option<V> {
         match p {
             Prefix::V4(a, l) => self.v4.insert(v4_key(a, l), v),
-            Prefix::V6(..) => self.v6.insert(p, v),
+            Prefix::V6(a, l) => self.v6.insert(v6_key(a, l), v),
         }
     }
 
@@ -270,14 +296,14 @@ impl<V> PrefixMap<V> {
     pub fn change(&mut self, p: &Prefix, f: impl FnOnce(&mut V) -> bool) -> bool {
         match *p {
             Prefix::V4(a, l) => self.v4.change(&v4_key(a, l), f),
-            Prefix::V6(..) => self.v6.change(p, f),
+            Prefix::V6(a, l) => self.v6.change(&v6_key(a, l), f),
         }
     }
 
     pub fn remove(&mut self, p: &Prefix) -> Option<V> {
         match *p {
             Prefix::V4(a, l) => self.v4.remove(&v4_key(a, l)),
-            Prefix::V6(..) => self.v6.remove(p),
+            Prefix::V6(a, l) => self.v6.remove(&v6_key(a, l)),
         }
     }
 
@@ -286,13 +312,13 @@ impl<V> PrefixMap<V> {
     pub fn upsert(&mut self, p: Prefix, f: impl FnOnce(Option<&mut V>) -> Option<V>) {
         match p {
             Prefix::V4(a, l) => self.v4.upsert(v4_key(a, l), f),
-            Prefix::V6(..) => self.v6.upsert(p, f),
+            Prefix::V6(a, l) => self.v6.upsert(v6_key(a, l), f),
         }
     }
 
     pub fn retain(&mut self, mut f: impl FnMut(Prefix, &mut V) -> bool) {
         self.v4.retain(|k, v| f(v4_prefix(k), v));
-        self.v6.retain(|k, v| f(k, v));
+        self.v6.retain(|k, v| f(v6_prefix(k), v));
     }
 
     pub fn clear(&mut self) {
@@ -303,14 +329,14 @@ impl<V> PrefixMap<V> {
         self.v4
             .iter()
             .map(|(k, v)| (v4_prefix(*k), v))
-            .chain(self.v6.iter().map(|(k, v)| (*k, v)))
+            .chain(self.v6.iter().map(|(k, v)| (v6_prefix(*k), v)))
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (Prefix, &mut V)> {
         self.v4
             .iter_mut()
             .map(|(k, v)| (v4_prefix(k), v))
-            .chain(self.v6.iter_mut())
+            .chain(self.v6.iter_mut().map(|(k, v)| (v6_prefix(k), v)))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = Prefix> + '_ {
@@ -333,12 +359,19 @@ impl<V> IntoIterator for PrefixMap<V> {
             std::iter::Flatten<btree_map::IntoValues<u64, VecDeque<(u64, V)>>>,
             fn((u64, V)) -> (Prefix, V),
         >,
-        std::iter::Flatten<btree_map::IntoValues<Prefix, VecDeque<(Prefix, V)>>>,
+        std::iter::Map<
+            std::iter::Flatten<btree_map::IntoValues<V6Key, VecDeque<(V6Key, V)>>>,
+            fn((V6Key, V)) -> (Prefix, V),
+        >,
     >;
 
     fn into_iter(self) -> Self::IntoIter {
         let v4: fn((u64, V)) -> (Prefix, V) = |(k, v)| (v4_prefix(k), v);
-        self.v4.into_iter().map(v4).chain(self.v6.into_iter())
+        let v6: fn((V6Key, V)) -> (Prefix, V) = |(k, v)| (v6_prefix(k), v);
+        self.v4
+            .into_iter()
+            .map(v4)
+            .chain(self.v6.into_iter().map(v6))
     }
 }
 

@@ -379,7 +379,9 @@ pub struct Rib {
     sweep_at: usize,
     drain_cfg: DrainConfig,
     drain_generation: u64,
-    self_tx: mpsc::UnboundedSender<RibMsg>,
+    /// Weak, so that the RIB (and its thread) ends when the last sender
+    /// outside it is dropped.
+    self_tx: mpsc::WeakUnboundedSender<RibMsg>,
     restarting: Option<Arc<std::sync::atomic::AtomicBool>>,
     backlog: Backlog,
 }
@@ -392,7 +394,7 @@ pub fn spawn(
     restart: Option<Restart>,
     drain_cfg: DrainConfig,
     backlog: Backlog,
-) -> mpsc::UnboundedSender<RibMsg> {
+) -> std::io::Result<mpsc::UnboundedSender<RibMsg>> {
     // Unbounded so that peers never wait on the RIB (which may be waiting
     // to hand them exports) and their messages stay in order.
     let (tx, rx) = mpsc::unbounded_channel();
@@ -429,12 +431,20 @@ pub fn spawn(
         sweep_at: 1024,
         drain_cfg,
         drain_generation: 0,
-        self_tx: tx.clone(),
+        self_tx: tx.downgrade(),
         backlog,
     };
     rib.add_local(local_routes, &mut Vec::new());
-    tokio::spawn(rib.run(rx));
-    tx
+    // The RIB has a core of its own: peers decode, judge and encode on
+    // the daemon's thread while best paths and exports are chosen here.
+    // It ends when the last sender is dropped.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("rib".into())
+        .spawn(move || rt.block_on(rib.run(rx)))?;
+    Ok(tx)
 }
 
 /// RFC 4271 §9.1.2.2 and the usual tie-breakers; `Less` means `a` is
@@ -612,6 +622,18 @@ impl Rib {
             }
             let mut changed: Vec<Prefix> = Vec::new();
             for m in batch {
+                // A question is answered once what came before it has
+                // reached the kernel and the peers' queues.
+                if matches!(
+                    m,
+                    RibMsg::Show(_) | RibMsg::Stats(_) | RibMsg::DrainStates(_)
+                ) && !changed.is_empty()
+                {
+                    changed.sort();
+                    changed.dedup();
+                    self.propagate(&changed).await;
+                    changed.clear();
+                }
                 self.handle(m, &mut changed).await;
             }
             changed.sort();
@@ -802,7 +824,9 @@ impl Rib {
                                 let vm = t.clone();
                                 tokio::spawn(async move {
                                     tokio::time::sleep(d).await;
-                                    let _ = tx.send(RibMsg::DrainExpired { vm, generation: g });
+                                    if let Some(tx) = tx.upgrade() {
+                                        let _ = tx.send(RibMsg::DrainExpired { vm, generation: g });
+                                    }
                                 });
                             }
                         }

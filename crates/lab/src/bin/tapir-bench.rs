@@ -110,12 +110,7 @@ fn updates(n: u32, next_hop: IpAddr) -> Vec<Vec<u8>> {
             ..Default::default()
         };
         let ps: Vec<Prefix> = (i..(i + 16).min(n)).map(make).collect();
-        out.extend(bgp::update::encode_announce(
-            &attrs,
-            next_hop,
-            &ps,
-            &cxt,
-        ));
+        out.extend(bgp::update::encode_announce(&attrs, next_hop, &ps, &cxt));
         i += 16;
     }
     out
@@ -131,10 +126,7 @@ fn open(asn: u32, id: Ipv4Addr, v6: bool) -> Vec<u8> {
         asn,
         240,
         id,
-        vec![
-            Capability::Multiprotocol(family),
-            Capability::RouteRefresh,
-        ],
+        vec![Capability::Multiprotocol(family), Capability::RouteRefresh],
     ))
     .encode(&Context::default())
 }
@@ -377,7 +369,14 @@ fn bench_one(
         lab.spawn(
             "sink",
             &[
-                me, "sink", "--listen", listen, "--prefixes", count, "--id", id,
+                me,
+                "sink",
+                "--listen",
+                listen,
+                "--prefixes",
+                count,
+                "--id",
+                id,
             ],
             log,
         );
@@ -480,9 +479,21 @@ fn bench_one(
         }
     }
     let flag_arg = flag.to_string_lossy().into_owned();
-    let mut injectors = vec![("inject.log", "10.0.1.1:179", "10.0.1.2", "10.0.1.2", ns.as_str())];
+    let mut injectors = vec![(
+        "inject.log",
+        "10.0.1.1:179",
+        "10.0.1.2",
+        "10.0.1.2",
+        ns.as_str(),
+    )];
     if v6 {
-        injectors.push(("inject6.log", "[fd00:1::1]:179", "10.0.1.3", "fd00:1::2", ns6.as_str()));
+        injectors.push((
+            "inject6.log",
+            "[fd00:1::1]:179",
+            "10.0.1.3",
+            "fd00:1::2",
+            ns6.as_str(),
+        ));
     }
     for (log, connect, id, next_hop, count) in &injectors {
         lab.spawn(
@@ -547,9 +558,8 @@ fn bench_one(
         }
         let mut w_done = 0;
         for (log, ..) in &sinks {
-            let t = wait_line(&lab, log, "WDONE ", Duration::from_secs(600)).ok_or_else(|| {
-                format!("{daemon}: not all withdrawals arrived in 600 s ({log})")
-            })?;
+            let t = wait_line(&lab, log, "WDONE ", Duration::from_secs(600))
+                .ok_or_else(|| format!("{daemon}: not all withdrawals arrived in 600 s ({log})"))?;
             w_done = w_done.max(t);
         }
         Some(w_done.saturating_sub(w_start) as f64 / 1e9)
@@ -574,7 +584,9 @@ fn run(args: &[String]) -> ExitCode {
         None => Ok(default),
         Some(v) => match v.parse::<u32>() {
             Ok(n) if (min..=1_000_000).contains(&n) => Ok(n),
-            _ => Err(format!("{name}: `{v}` is not a number from {min} to 1000000")),
+            _ => Err(format!(
+                "{name}: `{v}` is not a number from {min} to 1000000"
+            )),
         },
     };
     let (n, n6) = match (count("--prefixes", 100_000, 1), count("--prefixes6", 0, 0)) {
@@ -607,7 +619,9 @@ fn run(args: &[String]) -> ExitCode {
         } else {
             String::new()
         };
-        println!("B3 throughput: {n} IPv4{v6} prefixes, injector -> daemon -> receiver, one run each");
+        println!(
+            "B3 throughput: {n} IPv4{v6} prefixes, injector -> daemon -> receiver, one run each"
+        );
     }
     let mut results = Vec::new();
     for d in daemons.split(',') {
