@@ -28,6 +28,11 @@ use crate::prefix_map::PrefixMap;
 
 pub type PeerId = u64;
 
+/// Changed prefixes propagated together, at most (and a bit over: one
+/// message's worth). Large enough that exports go out in full UPDATEs,
+/// small enough that a full table never waits in one list.
+const CHUNK: usize = 4096;
+
 /// Route changes sent to the Loc-RIB and not applied yet. Peers add what
 /// they send; the RIB takes off what it has applied. A peer stops reading
 /// its socket while this is past [`BACKLOG_MAX`], so a table transfer
@@ -611,34 +616,35 @@ impl Rib {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<RibMsg>) {
         // Send the local routes to the kernel? No: they are ours to
         // announce, not to forward.
+        let mut changed: Vec<Prefix> = Vec::new();
         while let Some(msg) = rx.recv().await {
-            // Take whatever else is queued too: changes move in batches.
-            let mut batch = vec![msg];
-            while let Ok(m) = rx.try_recv() {
-                batch.push(m);
-                if batch.len() >= 256 {
-                    break;
-                }
-            }
-            let mut changed: Vec<Prefix> = Vec::new();
-            for m in batch {
+            // Take whatever else is queued too (up to 256 messages):
+            // changes move in batches. What they change goes out every
+            // CHUNK prefixes, so that a table transfer does not gather in
+            // one list (and in one export batch per peer).
+            let mut next = Some(msg);
+            let mut taken = 0;
+            while let Some(m) = next {
                 // A question is answered once what came before it has
                 // reached the kernel and the peers' queues.
                 if matches!(
                     m,
                     RibMsg::Show(_) | RibMsg::Stats(_) | RibMsg::DrainStates(_)
-                ) && !changed.is_empty()
-                {
-                    changed.sort();
-                    changed.dedup();
-                    self.propagate(&changed).await;
-                    changed.clear();
+                ) {
+                    self.flush(&mut changed).await;
                 }
                 self.handle(m, &mut changed).await;
+                if changed.len() >= CHUNK {
+                    self.flush(&mut changed).await;
+                }
+                taken += 1;
+                next = if taken < 256 {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
             }
-            changed.sort();
-            changed.dedup();
-            self.propagate(&changed).await;
+            self.flush(&mut changed).await;
             // Drop attribute sets nobody uses any more, once the set has
             // doubled since the last sweep (a sweep per batch would make a
             // table transfer quadratic).
@@ -866,6 +872,14 @@ impl Rib {
                 });
             }
         }
+    }
+
+    /// Propagates `changed` (sorted and deduplicated here) and empties it.
+    async fn flush(&mut self, changed: &mut Vec<Prefix>) {
+        changed.sort_unstable();
+        changed.dedup();
+        self.propagate(changed).await;
+        changed.clear();
     }
 
     async fn propagate(&mut self, changed: &[Prefix]) {
