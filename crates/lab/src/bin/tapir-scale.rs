@@ -15,7 +15,9 @@
 //! With `--bfd` every VM also runs single-hop BFD (RFC 5881, 300 ms × 3,
 //! our `bfd` crate) with the gateway, and tapir's group has `bfd = true`;
 //! the count of VMs whose BFD session is Up (as each VM sees it) is
-//! printed. BIRD keeps the reference config, which has no BFD.
+//! printed. BIRD gets the reference config with `bfd on` added, and its
+//! BFD protocol at the same timers: multihop (RFC 5883, UDP 4784), as its
+//! BGP sessions are `multihop`, so there the VMs run BFD multihop too.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream, UdpSocket};
@@ -38,12 +40,14 @@ fn vm_addr(k: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 192, 32, 0)) + k)
 }
 
-/// Single-hop BFD with the gateway (RFC 5881): from `local`, source port
-/// 49152, TTL 255, to and from UDP 3784. Prints each state change.
-fn bfd_loop(local: Ipv4Addr) -> std::io::Result<()> {
+/// BFD with the gateway: from `local`, source port 49152, TTL 255, to and
+/// from UDP 3784 (single-hop, RFC 5881) or 4784 (multihop, RFC 5883).
+/// Prints each state change.
+fn bfd_loop(local: Ipv4Addr, multihop: bool) -> std::io::Result<()> {
+    let port = if multihop { 4784 } else { 3784 };
     let tx = UdpSocket::bind((local, 49152))?;
     tx.set_ttl(255)?;
-    let rx = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 3784))?;
+    let rx = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
     let cfg = bfd::Config {
         // Unique enough among the gateway's sessions: it is ours that
         // must be unique to us, and the gateway tells them apart by
@@ -62,7 +66,7 @@ fn bfd_loop(local: Ipv4Addr) -> std::io::Result<()> {
             s.handle_timeout(now);
         }
         while let Some(p) = s.poll_transmit() {
-            tx.send_to(&p, "10.192.24.1:3784")?;
+            tx.send_to(&p, (Ipv4Addr::new(10, 192, 24, 1), port))?;
         }
         while let Some(bfd::Event::StateChanged { to, .. }) = s.poll_event() {
             println!("BFD {to:?}");
@@ -78,9 +82,9 @@ fn bfd_loop(local: Ipv4Addr) -> std::io::Result<()> {
     }
 }
 
-/// `peer --id ADDR [--bfd]`: connects to 10.192.24.1:179 as AS 64613,
-/// answers the OPEN, sends a KEEPALIVE every 30 s; reconnects a second
-/// after a loss. With `--bfd`, runs BFD with the gateway beside.
+/// `peer --id ADDR [--bfd | --bfd-multihop]`: connects to 10.192.24.1:179
+/// as AS 64613, answers the OPEN, sends a KEEPALIVE every 30 s; reconnects
+/// a second after a loss. With `--bfd`, runs BFD with the gateway beside.
 fn peer(args: &[String]) -> ExitCode {
     let id: Ipv4Addr = match arg(args, "--id").and_then(|v| v.parse().ok()) {
         Some(i) => i,
@@ -89,9 +93,10 @@ fn peer(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if args.iter().any(|a| a == "--bfd") {
+    let multihop = args.iter().any(|a| a == "--bfd-multihop");
+    if multihop || args.iter().any(|a| a == "--bfd") {
         std::thread::spawn(move || {
-            if let Err(e) = bfd_loop(id) {
+            if let Err(e) = bfd_loop(id, multihop) {
                 println!("BFD failed: {e}");
             }
         });
@@ -141,7 +146,8 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// hv and N VMs, each with its tap, addresses and routes as the ifup hook
 /// makes them, and its peer running.
-fn build(n: u32, me: &Path, bfd: bool) -> Lab {
+/// `bfd`: the VMs' BFD flag (`--bfd`, `--bfd-multihop`), if any.
+fn build(n: u32, me: &Path, bfd: Option<&str>) -> Lab {
     let mut lab = Lab::new();
     lab.add_host("hv");
 
@@ -187,8 +193,8 @@ fn build(n: u32, me: &Path, bfd: bool) -> Lab {
         let me = me.to_string_lossy();
         let id = vm_addr(k).to_string();
         let mut argv = vec![&*me, "peer", "--id", &id];
-        if bfd {
-            argv.push("--bfd");
+        if let Some(flag) = bfd {
+            argv.push(flag);
         }
         lab.spawn(&format!("s{k}"), &argv, &format!("peers/{k}.log"));
     }
@@ -245,8 +251,12 @@ fn bfd_up(lab: &Lab, n: u32) -> usize {
 }
 
 fn measure(daemon: &str, tapir: &Path, me: &Path, n: u32, idle: u64, bfd: bool) -> Figures {
-    let bfd = bfd && daemon == "tapir";
-    let mut lab = build(n, me, bfd);
+    let flag = match (bfd, daemon) {
+        (false, _) => None,
+        (true, "tapir") => Some("--bfd"),
+        (true, _) => Some("--bfd-multihop"),
+    };
+    let mut lab = build(n, me, flag);
     let start = Instant::now();
     let (pid, count): (u32, Box<dyn Fn() -> usize>) = match daemon {
         "tapir" => {
@@ -267,7 +277,13 @@ fn measure(daemon: &str, tapir: &Path, me: &Path, n: u32, idle: u64, bfd: bool) 
             )
         }
         _ => {
-            let b = lab.bird("hv", BIRD_CONFIG);
+            let config = if bfd {
+                BIRD_CONFIG.replace("  multihop;\n", "  multihop;\n  bfd on;\n")
+                    + "protocol bfd {\n  multihop { min rx interval 300 ms; min tx interval 300 ms; multiplier 3; };\n}\n"
+            } else {
+                BIRD_CONFIG.to_string()
+            };
+            let b = lab.bird("hv", &config);
             let pid = b.pid;
             (
                 pid,
