@@ -3,8 +3,8 @@
 //!
 //! A `BTreeMap<Prefix, V>` keeps 18-byte keys in nodes that prefixes
 //! arriving in order (as a peer sends its table) fill to about 60 %. Here
-//! an IPv4 key is 8 bytes, an IPv6 key three integers that compare as
-//! such (no byte-wise comparison of addresses), and entries sit in sorted leaves of up to
+//! an IPv4 key is 8 bytes, an IPv6 key three integers compared as such
+//! (not byte by byte), and entries sit in sorted leaves of up to
 //! [`LEAF`], indexed by their first key in a small `BTreeMap`. A full leaf
 //! that a key arrives past the end of starts a new leaf instead of
 //! splitting, so a table sent in order fills its leaves completely; a key
