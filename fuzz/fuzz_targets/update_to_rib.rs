@@ -306,6 +306,7 @@ fn run(data: &[u8]) {
             policy: Arc::new(Policy::hypervisor_default()),
             tx: export_tx,
             out: Default::default(),
+            families: vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6],
         })
         .unwrap();
         let a = vm(1, "vm-a", IpAddr::V4(Ipv4Addr::new(10, 192, 24, 4)), 4);

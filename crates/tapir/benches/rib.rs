@@ -120,6 +120,7 @@ fn loc_rib(c: &mut Criterion) {
                     policy: Arc::new(accept_all),
                     tx,
                     out: Default::default(),
+                    families: vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6],
                 })
                 .unwrap();
                 for announce in &batches {

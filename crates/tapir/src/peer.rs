@@ -469,6 +469,7 @@ impl Peer {
                 policy,
                 tx: self.tx.clone(),
                 out: self.adj_rib_out.clone(),
+                families: self.cfg.families.clone(),
             });
         }
         let mut primary = self.new_conn();

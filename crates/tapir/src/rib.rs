@@ -204,6 +204,9 @@ pub enum RibMsg {
         tx: mpsc::Sender<PeerMsg>,
         /// Where the RIB keeps what it exported to this neighbor.
         out: AdjRibOut,
+        /// The families its sessions may carry (the configured ones):
+        /// prefixes of others are neither exported nor kept for it.
+        families: Vec<bgp::Afi>,
     },
     Unsubscribe(PeerId),
     /// A reload changed a neighbor's export policy: send it the difference.
@@ -359,6 +362,7 @@ struct Subscriber {
     ebgp: bool,
     policy: Arc<Policy>,
     tx: mpsc::Sender<PeerMsg>,
+    families: Vec<bgp::Afi>,
 }
 
 pub struct Rib {
@@ -741,6 +745,7 @@ impl Rib {
                 policy,
                 tx,
                 out,
+                families,
             } => {
                 let ready_tx = tx.clone();
                 self.subscribers.insert(
@@ -750,6 +755,7 @@ impl Rib {
                         ebgp,
                         policy,
                         tx,
+                        families,
                     },
                 );
                 out.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -899,6 +905,11 @@ impl Rib {
             return;
         };
         let (asn, ebgp, policy) = (sub.asn, sub.ebgp, sub.policy.clone());
+        // What the neighbor's sessions can carry: the rest is not its.
+        let (v4, v6) = (
+            sub.families.contains(&bgp::Afi::Ipv4),
+            sub.families.contains(&bgp::Afi::Ipv6),
+        );
         // Without prefix matches, what goes out depends only on the best
         // path's attribute set and where it came from: computed (and
         // interned) once per pair, not once per prefix.
@@ -914,6 +925,12 @@ impl Rib {
         {
             let mut sent = shared.lock().unwrap_or_else(|e| e.into_inner());
             for p in prefixes {
+                if !match p {
+                    Prefix::V4(..) => v4,
+                    Prefix::V6(..) => v6,
+                } {
+                    continue;
+                }
                 let export = match self.table.get(p).and_then(|v| best(v)) {
                     None => None,
                     Some(b) => {
@@ -1141,6 +1158,75 @@ mod tests {
         // Local routes beat everything.
         let local = Path::new(None, None, Arc::new(PathAttributes::default()));
         assert_eq!(compare(&local, &x), Ordering::Less);
+    }
+
+    /// A neighbor configured for one family is exported that family's
+    /// prefixes only, and keeps no other in its Adj-RIB-Out.
+    #[tokio::test]
+    async fn export_only_the_neighbors_families() {
+        let rib = spawn(
+            64612,
+            Vec::new(),
+            None,
+            false,
+            None,
+            DrainConfig {
+                local_pref: 0,
+                withdraw_after: None,
+            },
+            Backlog::default(),
+        )
+        .unwrap();
+        let mut accept_all = Policy::hypervisor_default();
+        accept_all.default_accept = true;
+        let (tx, mut rx) = mpsc::channel(64);
+        let out = AdjRibOut::default();
+        rib.send(RibMsg::Subscribe {
+            peer: 9,
+            asn: Some(65009),
+            ebgp: true,
+            policy: Arc::new(accept_all),
+            tx,
+            out: out.clone(),
+            families: vec![bgp::Afi::Ipv4],
+        })
+        .unwrap();
+        let attrs = Arc::new(PathAttributes {
+            origin: Some(bgp::Origin::Igp),
+            as_path: Some(AsPath::from_sequence([65001])),
+            ..Default::default()
+        });
+        let v4: Prefix = "198.51.100.0/24".parse().unwrap();
+        let v6: Prefix = "2001:db8:1::/48".parse().unwrap();
+        rib.send(RibMsg::Update {
+            peer: peer(1, 65001, true, "10.0.0.1"),
+            announce: vec![
+                (v4, NextHop::V4("10.0.0.1".parse().unwrap()), attrs.clone()),
+                (
+                    v6,
+                    NextHop::V6 {
+                        global: "2001:db8::1".parse().unwrap(),
+                        link_local: None,
+                    },
+                    attrs,
+                ),
+            ],
+            withdraw: Vec::new(),
+        })
+        .unwrap();
+        // Answered once the update has been exported.
+        let (q, a) = oneshot::channel();
+        rib.send(RibMsg::Stats(q)).unwrap();
+        assert_eq!(a.await.unwrap().prefixes, 2, "both in the Loc-RIB");
+        let mut exported = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let PeerMsg::Export(changes) = m {
+                exported.extend(changes.into_iter().map(|(p, _)| p));
+            }
+        }
+        assert_eq!(exported, vec![v4]);
+        let kept: Vec<Prefix> = out.lock().unwrap().keys().collect();
+        assert_eq!(kept, vec![v4]);
     }
 }
 
