@@ -42,15 +42,37 @@ impl<K, V> Default for Leaves<K, V> {
 }
 
 impl<K: Copy + Ord, V> Leaves<K, V> {
+    /// The leaf that holds `k` if any does, with its index key: the last
+    /// leaf without a search when `k` is at or past its index key (a
+    /// table sent, exported or installed in order works there).
+    fn leaf(&self, k: &K) -> Option<(&K, &VecDeque<(K, V)>)> {
+        match self.index.last_key_value() {
+            Some(last) if last.0 <= k => Some(last),
+            _ => self.index.range(..=*k).next_back(),
+        }
+    }
+
+    /// As `leaf`, to change (borrowing the index only).
+    fn leaf_mut<'a>(
+        index: &'a mut BTreeMap<K, VecDeque<(K, V)>>,
+        k: &K,
+    ) -> Option<(K, &'a mut VecDeque<(K, V)>)> {
+        if index.last_key_value().is_some_and(|(f, _)| f <= k) {
+            let last = index.last_entry()?;
+            return Some((*last.key(), last.into_mut()));
+        }
+        index.range_mut(..=*k).next_back().map(|(f, l)| (*f, l))
+    }
+
     fn get(&self, k: &K) -> Option<&V> {
-        let (_, leaf) = self.index.range(..=*k).next_back()?;
-        let i = leaf.binary_search_by(|e| e.0.cmp(k)).ok()?;
+        let (_, leaf) = self.leaf(k)?;
+        let i = search(leaf, k).ok()?;
         Some(&leaf[i].1)
     }
 
     fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        let (_, leaf) = self.index.range_mut(..=*k).next_back()?;
-        let i = leaf.binary_search_by(|e| e.0.cmp(k)).ok()?;
+        let (_, leaf) = Self::leaf_mut(&mut self.index, k)?;
+        let i = search(leaf, k).ok()?;
         Some(&mut leaf[i].1)
     }
 
@@ -69,8 +91,8 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
     /// Finds `k` once: `f` gets its value to change, or `None` and then
     /// returns the value to insert, if any.
     fn upsert(&mut self, k: K, f: impl FnOnce(Option<&mut V>) -> Option<V>) {
-        match self.index.range_mut(..=k).next_back() {
-            Some((&first, leaf)) => match leaf.binary_search_by(|e| e.0.cmp(&k)) {
+        match Self::leaf_mut(&mut self.index, &k) {
+            Some((first, leaf)) => match search(leaf, &k) {
                 Ok(i) => {
                     f(Some(&mut leaf[i].1));
                     return;
@@ -141,10 +163,10 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
     /// Finds `k` and calls `f` with its leaf and place, which says whether
     /// it took the entry out. Whether `k` was there.
     fn find_and(&mut self, k: &K, f: impl FnOnce(&mut VecDeque<(K, V)>, usize) -> bool) -> bool {
-        let Some((&first, leaf)) = self.index.range_mut(..=*k).next_back() else {
+        let Some((first, leaf)) = Self::leaf_mut(&mut self.index, k) else {
             return false;
         };
-        let Ok(i) = leaf.binary_search_by(|e| e.0.cmp(k)) else {
+        let Ok(i) = search(leaf, k) else {
             return false;
         };
         if f(leaf, i) {
@@ -186,6 +208,15 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
 
     fn into_iter(self) -> std::iter::Flatten<btree_map::IntoValues<K, VecDeque<(K, V)>>> {
         self.index.into_values().flatten()
+    }
+}
+
+/// Where `k` is in a leaf, or would go: past the last entry without a
+/// search (the common case of a table arriving in order).
+fn search<K: Ord, V>(leaf: &VecDeque<(K, V)>, k: &K) -> Result<usize, usize> {
+    match leaf.back() {
+        Some(last) if last.0 < *k => Err(leaf.len()),
+        _ => leaf.binary_search_by(|e| e.0.cmp(k)),
     }
 }
 
