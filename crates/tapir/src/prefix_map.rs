@@ -42,12 +42,17 @@ impl<K, V> Default for Leaves<K, V> {
 }
 
 impl<K: Copy + Ord, V> Leaves<K, V> {
-    /// The leaf that holds `k` if any does, with its index key: the last
-    /// leaf without a search when `k` is at or past its index key (a
-    /// table sent, exported or installed in order works there).
+    /// The leaf that holds `k` if any does, with its index key. Without a
+    /// search: the last leaf when `k` is at or past its index key (a table
+    /// sent, exported or installed in order works there), the first when
+    /// `k` is within its keys (a table withdrawn in order).
     fn leaf(&self, k: &K) -> Option<(&K, &VecDeque<(K, V)>)> {
         match self.index.last_key_value() {
-            Some(last) if last.0 <= k => Some(last),
+            Some(last) if last.0 <= k => return Some(last),
+            _ => {}
+        }
+        match self.index.first_key_value() {
+            Some(first) if first.0 <= k && first.1.back().is_some_and(|e| *k <= e.0) => Some(first),
             _ => self.index.range(..=*k).next_back(),
         }
     }
@@ -60,6 +65,13 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
         if index.last_key_value().is_some_and(|(f, _)| f <= k) {
             let last = index.last_entry()?;
             return Some((*last.key(), last.into_mut()));
+        }
+        if index
+            .first_key_value()
+            .is_some_and(|(f, l)| f <= k && l.back().is_some_and(|e| *k <= e.0))
+        {
+            let first = index.first_entry()?;
+            return Some((*first.key(), first.into_mut()));
         }
         index.range_mut(..=*k).next_back().map(|(f, l)| (*f, l))
     }
@@ -450,6 +462,11 @@ mod tests {
             let mut m = PrefixMap::new();
             let mut o = BTreeMap::new();
             for op in ops {
+                // Lookups of keys there or not, before each change.
+                if let Op::Insert(p, _) | Op::Remove(p) | Op::Change(p, _) = &op {
+                    prop_assert_eq!(m.get(p), o.get(p));
+                    prop_assert_eq!(m.get_mut(p).map(|v| *v), o.get(p).copied());
+                }
                 match op {
                     Op::Insert(p, v) => prop_assert_eq!(m.insert(p, v), o.insert(p, v)),
                     Op::Remove(p) => prop_assert_eq!(m.remove(&p), o.remove(&p)),
