@@ -619,9 +619,7 @@ impl Peer {
             loop {
                 // The Loc-RIB is behind: what the peer sends waits in
                 // its TCP window (keepalives too, for a few ms at most).
-                while backlog.load(Relaxed) > crate::rib::BACKLOG_MAX {
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                }
+                backlog.within_limit().await;
                 if r.readable().await.is_err() {
                     let _ = tx.send(PeerMsg::Closed { conn: id }).await;
                     return;
@@ -1277,9 +1275,7 @@ impl Peer {
         withdraw: Vec<Prefix>,
     ) {
         if let (Some(info), false) = (&self.info, announce.is_empty() && withdraw.is_empty()) {
-            self.local
-                .rib_backlog
-                .fetch_add(announce.len() + withdraw.len(), Relaxed);
+            self.local.rib_backlog.add(announce.len() + withdraw.len());
             self.to_rib(RibMsg::Update {
                 peer: info.clone(),
                 announce,

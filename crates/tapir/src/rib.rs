@@ -37,7 +37,48 @@ const CHUNK: usize = 4096;
 /// they send; the RIB takes off what it has applied. A peer stops reading
 /// its socket while this is past [`BACKLOG_MAX`], so a table transfer
 /// waits in the sender's TCP window rather than in our memory.
-pub type Backlog = Arc<std::sync::atomic::AtomicUsize>;
+pub type Backlog = Arc<BacklogCount>;
+
+#[derive(Debug, Default)]
+pub struct BacklogCount {
+    count: std::sync::atomic::AtomicUsize,
+    /// Woken when the count falls to the limit or below.
+    drained: tokio::sync::Notify,
+}
+
+impl BacklogCount {
+    /// A peer sent `n` route changes.
+    pub fn add(&self, n: usize) {
+        self.count.fetch_add(n, Relaxed);
+    }
+
+    /// The RIB applied `n`; readers waiting are woken once the count is
+    /// back within the limit.
+    fn applied(&self, n: usize) {
+        let before = self
+            .count
+            .fetch_update(Relaxed, Relaxed, |b| Some(b.saturating_sub(n)))
+            .unwrap_or(0);
+        if before > BACKLOG_MAX && before.saturating_sub(n) <= BACKLOG_MAX {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Returns once the count is within the limit (at once if it is).
+    pub async fn within_limit(&self) {
+        loop {
+            // Registered before the check, so a wakeup between the two is
+            // not lost.
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.count.load(Relaxed) <= BACKLOG_MAX {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
 
 /// Route changes queued for the Loc-RIB beyond which peers stop reading
 /// (a few MiB of messages; the RIB applies this many in tens of ms).
@@ -666,10 +707,7 @@ impl Rib {
                 announce,
                 withdraw,
             } => {
-                let n = announce.len() + withdraw.len();
-                let _ = self
-                    .backlog
-                    .fetch_update(Relaxed, Relaxed, |b| Some(b.saturating_sub(n)));
+                self.backlog.applied(announce.len() + withdraw.len());
                 for p in withdraw {
                     let there = self.table.change(&p, |v| match v {
                         // The common case, without making an empty list.
@@ -1158,6 +1196,34 @@ mod tests {
         // Local routes beat everything.
         let local = Path::new(None, None, Arc::new(PathAttributes::default()));
         assert_eq!(compare(&local, &x), Ordering::Less);
+    }
+
+    /// A reader waits while the RIB is more than BACKLOG_MAX behind, and
+    /// goes on once it has caught up to the limit.
+    #[tokio::test]
+    async fn readers_wait_for_the_backlog() {
+        let b = Backlog::default();
+        b.add(BACKLOG_MAX + 10);
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.within_limit().await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "past the limit: waits");
+        b.applied(9);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "one over the limit: still waits");
+        b.applied(1);
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("woken at the limit")
+            .unwrap();
+        // Within the limit, at once.
+        b.within_limit().await;
     }
 
     /// A neighbor configured for one family is exported that family's
