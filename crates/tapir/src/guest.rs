@@ -21,7 +21,7 @@ use std::sync::Arc;
 use bgp::Afi;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::GatewayConfig;
 use crate::dynamic::HvMsg;
@@ -59,7 +59,14 @@ struct Guest {
     /// (router advertisements) each have their own.
     defaults: std::collections::BTreeSet<(bool, u32, u32, IpAddr)>,
     running: Vec<Running>,
+    /// Addresses already refused (logged at info once each, then at
+    /// debug: a hypervisor retries every few seconds). At most
+    /// REFUSED_KEPT.
+    refused: std::collections::BTreeSet<IpAddr>,
 }
+
+/// Refused addresses remembered for logging, at most.
+const REFUSED_KEPT: usize = 256;
 
 pub fn spawn(cfg: GatewayConfig, restart_time: u16, local: Arc<Local>) -> mpsc::Sender<HvMsg> {
     let (tx, mut rx) = mpsc::channel(1024);
@@ -70,6 +77,7 @@ pub fn spawn(cfg: GatewayConfig, restart_time: u16, local: Arc<Local>) -> mpsc::
         links: BTreeMap::new(),
         defaults: Default::default(),
         running: Vec::new(),
+        refused: Default::default(),
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -341,7 +349,13 @@ impl Guest {
             Some(r) => {
                 let _ = r.handle.tx.send(PeerMsg::Incoming(stream)).await;
             }
-            None => info!(from = %ip, "connection from an address that is not the gateway refused"),
+            None if self.refused.contains(&ip) || self.refused.len() >= REFUSED_KEPT => {
+                debug!(from = %ip, "connection from an address that is not the gateway refused");
+            }
+            None => {
+                self.refused.insert(ip);
+                info!(from = %ip, "connection from an address that is not the gateway refused (again from it: logged at debug)");
+            }
         }
     }
 }
