@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(used <= bytes.len());
         let again = msg.encode(&cxt);
         if again.len() <= 4096 {
-            assert!(Message::decode(&again, &cxt).is_ok(), "re-encoded message does not decode: {msg:?}");
+            assert!(
+                Message::decode(&again, &cxt).is_ok(),
+                "re-encoded message does not decode: {msg:?}"
+            );
         }
     }
 });

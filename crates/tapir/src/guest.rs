@@ -430,6 +430,7 @@ fe802022ffff00000000000000000001 03 40 20 80     eth0
             links: BTreeMap::new(),
             defaults: Default::default(),
             running: Vec::new(),
+            refused: Default::default(),
         }
     }
 
