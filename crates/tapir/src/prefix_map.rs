@@ -3,8 +3,9 @@
 //!
 //! A `BTreeMap<Prefix, V>` keeps 18-byte keys in nodes that prefixes
 //! arriving in order (as a peer sends its table) fill to about 60 %. Here
-//! an IPv4 key is 8 bytes, an IPv6 key three integers compared as such
-//! (not byte by byte), and entries sit in sorted leaves of up to
+//! an IPv4 key is 8 bytes, so is an IPv6 key up to /56 (nearly every
+//! prefix in a table: the rest, VM /128s among them, are three integers
+//! in a map of their own), keys compare as integers, and entries sit in sorted leaves of up to
 //! [`LEAF`], indexed by their first key in a small `BTreeMap`. A full leaf
 //! that a key arrives past the end of starts a new leaf instead of
 //! splitting, so a table sent in order fills its leaves completely; a key
@@ -273,11 +274,62 @@ fn v6_prefix(k: V6Key) -> Prefix {
     )
 }
 
+/// IPv6 prefixes up to this long have an 8-byte key: the address's first
+/// 56 bits and the length, sorting as `Prefix` does.
+const V6_SHORT: u8 = 56;
+
+/// Up to /56 the top 64 bits of the address end in 8 host bits (clear in
+/// a `Prefix`, and cleared here all the same), where the length goes.
+fn v6_short_key(a: Ipv6Addr, len: u8) -> u64 {
+    ((u128::from(a) >> 64) as u64 & !0xff) | u64::from(len)
+}
+
+fn v6_short_prefix(k: u64) -> Prefix {
+    Prefix::V6(Ipv6Addr::from(u128::from(k & !0xff) << 64), k as u8)
+}
+
+/// Two iterators in `Prefix` order, merged (IPv6 prefixes up to /56 and
+/// longer ones). Public only as part of the owning iterator's type.
+pub struct Merge<A: Iterator, B: Iterator> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+}
+
+impl<T, A, B> Iterator for Merge<A, B>
+where
+    A: Iterator<Item = (Prefix, T)>,
+    B: Iterator<Item = (Prefix, T)>,
+{
+    type Item = (Prefix, T);
+
+    fn next(&mut self) -> Option<(Prefix, T)> {
+        match (self.a.peek(), self.b.peek()) {
+            (Some(x), Some(y)) if y.0 < x.0 => self.b.next(),
+            (Some(_), _) => self.a.next(),
+            (None, _) => self.b.next(),
+        }
+    }
+}
+
+fn merge<T, A, B>(a: A, b: B) -> Merge<A, B>
+where
+    A: Iterator<Item = (Prefix, T)>,
+    B: Iterator<Item = (Prefix, T)>,
+{
+    Merge {
+        a: a.peekable(),
+        b: b.peekable(),
+    }
+}
+
 /// An ordered map from prefixes to `V` (see the module documentation).
 #[derive(Clone)]
 pub struct PrefixMap<V> {
     v4: Leaves<u64, V>,
-    v6: Leaves<V6Key, V>,
+    /// Up to /56.
+    v6: Leaves<u64, V>,
+    /// Longer.
+    v6_long: Leaves<V6Key, V>,
 }
 
 impl<V> Default for PrefixMap<V> {
@@ -285,6 +337,7 @@ impl<V> Default for PrefixMap<V> {
         PrefixMap {
             v4: Leaves::default(),
             v6: Leaves::default(),
+            v6_long: Leaves::default(),
         }
     }
 }
@@ -301,7 +354,7 @@ impl<V> PrefixMap<V> {
     }
 
     pub fn len(&self) -> usize {
-        self.v4.len + self.v6.len
+        self.v4.len + self.v6.len + self.v6_long.len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -311,7 +364,8 @@ impl<V> PrefixMap<V> {
     pub fn get(&self, p: &Prefix) -> Option<&V> {
         match *p {
             Prefix::V4(a, l) => self.v4.get(&v4_key(a, l)),
-            Prefix::V6(a, l) => self.v6.get(&v6_key(a, l)),
+            Prefix::V6(a, l) if l <= V6_SHORT => self.v6.get(&v6_short_key(a, l)),
+            Prefix::V6(a, l) => self.v6_long.get(&v6_key(a, l)),
         }
     }
 
@@ -322,7 +376,8 @@ impl<V> PrefixMap<V> {
     pub fn get_mut(&mut self, p: &Prefix) -> Option<&mut V> {
         match *p {
             Prefix::V4(a, l) => self.v4.get_mut(&v4_key(a, l)),
-            Prefix::V6(a, l) => self.v6.get_mut(&v6_key(a, l)),
+            Prefix::V6(a, l) if l <= V6_SHORT => self.v6.get_mut(&v6_short_key(a, l)),
+            Prefix::V6(a, l) => self.v6_long.get_mut(&v6_key(a, l)),
         }
     }
 
@@ -330,7 +385,8 @@ impl<V> PrefixMap<V> {
     pub fn insert(&mut self, p: Prefix, v: V) -> Option<V> {
         match p {
             Prefix::V4(a, l) => self.v4.insert(v4_key(a, l), v),
-            Prefix::V6(a, l) => self.v6.insert(v6_key(a, l), v),
+            Prefix::V6(a, l) if l <= V6_SHORT => self.v6.insert(v6_short_key(a, l), v),
+            Prefix::V6(a, l) => self.v6_long.insert(v6_key(a, l), v),
         }
     }
 
@@ -339,14 +395,16 @@ impl<V> PrefixMap<V> {
     pub fn change(&mut self, p: &Prefix, f: impl FnOnce(&mut V) -> bool) -> bool {
         match *p {
             Prefix::V4(a, l) => self.v4.change(&v4_key(a, l), f),
-            Prefix::V6(a, l) => self.v6.change(&v6_key(a, l), f),
+            Prefix::V6(a, l) if l <= V6_SHORT => self.v6.change(&v6_short_key(a, l), f),
+            Prefix::V6(a, l) => self.v6_long.change(&v6_key(a, l), f),
         }
     }
 
     pub fn remove(&mut self, p: &Prefix) -> Option<V> {
         match *p {
             Prefix::V4(a, l) => self.v4.remove(&v4_key(a, l)),
-            Prefix::V6(a, l) => self.v6.remove(&v6_key(a, l)),
+            Prefix::V6(a, l) if l <= V6_SHORT => self.v6.remove(&v6_short_key(a, l)),
+            Prefix::V6(a, l) => self.v6_long.remove(&v6_key(a, l)),
         }
     }
 
@@ -355,13 +413,15 @@ impl<V> PrefixMap<V> {
     pub fn upsert(&mut self, p: Prefix, f: impl FnOnce(Option<&mut V>) -> Option<V>) {
         match p {
             Prefix::V4(a, l) => self.v4.upsert(v4_key(a, l), f),
-            Prefix::V6(a, l) => self.v6.upsert(v6_key(a, l), f),
+            Prefix::V6(a, l) if l <= V6_SHORT => self.v6.upsert(v6_short_key(a, l), f),
+            Prefix::V6(a, l) => self.v6_long.upsert(v6_key(a, l), f),
         }
     }
 
     pub fn retain(&mut self, mut f: impl FnMut(Prefix, &mut V) -> bool) {
         self.v4.retain(|k, v| f(v4_prefix(k), v));
-        self.v6.retain(|k, v| f(v6_prefix(k), v));
+        self.v6.retain(|k, v| f(v6_short_prefix(k), v));
+        self.v6_long.retain(|k, v| f(v6_prefix(k), v));
     }
 
     pub fn clear(&mut self) {
@@ -369,17 +429,20 @@ impl<V> PrefixMap<V> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Prefix, &V)> {
-        self.v4
-            .iter()
-            .map(|(k, v)| (v4_prefix(*k), v))
-            .chain(self.v6.iter().map(|(k, v)| (v6_prefix(*k), v)))
+        self.v4.iter().map(|(k, v)| (v4_prefix(*k), v)).chain(merge(
+            self.v6.iter().map(|(k, v)| (v6_short_prefix(*k), v)),
+            self.v6_long.iter().map(|(k, v)| (v6_prefix(*k), v)),
+        ))
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (Prefix, &mut V)> {
         self.v4
             .iter_mut()
             .map(|(k, v)| (v4_prefix(k), v))
-            .chain(self.v6.iter_mut().map(|(k, v)| (v6_prefix(k), v)))
+            .chain(merge(
+                self.v6.iter_mut().map(|(k, v)| (v6_short_prefix(k), v)),
+                self.v6_long.iter_mut().map(|(k, v)| (v6_prefix(k), v)),
+            ))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = Prefix> + '_ {
@@ -402,19 +465,26 @@ impl<V> IntoIterator for PrefixMap<V> {
             std::iter::Flatten<btree_map::IntoValues<u64, VecDeque<(u64, V)>>>,
             fn((u64, V)) -> (Prefix, V),
         >,
-        std::iter::Map<
-            std::iter::Flatten<btree_map::IntoValues<V6Key, VecDeque<(V6Key, V)>>>,
-            fn((V6Key, V)) -> (Prefix, V),
+        Merge<
+            std::iter::Map<
+                std::iter::Flatten<btree_map::IntoValues<u64, VecDeque<(u64, V)>>>,
+                fn((u64, V)) -> (Prefix, V),
+            >,
+            std::iter::Map<
+                std::iter::Flatten<btree_map::IntoValues<V6Key, VecDeque<(V6Key, V)>>>,
+                fn((V6Key, V)) -> (Prefix, V),
+            >,
         >,
     >;
 
     fn into_iter(self) -> Self::IntoIter {
         let v4: fn((u64, V)) -> (Prefix, V) = |(k, v)| (v4_prefix(k), v);
-        let v6: fn((V6Key, V)) -> (Prefix, V) = |(k, v)| (v6_prefix(k), v);
-        self.v4
-            .into_iter()
-            .map(v4)
-            .chain(self.v6.into_iter().map(v6))
+        let v6: fn((u64, V)) -> (Prefix, V) = |(k, v)| (v6_short_prefix(k), v);
+        let v6_long: fn((V6Key, V)) -> (Prefix, V) = |(k, v)| (v6_prefix(k), v);
+        self.v4.into_iter().map(v4).chain(merge(
+            self.v6.into_iter().map(v6),
+            self.v6_long.into_iter().map(v6_long),
+        ))
     }
 }
 
@@ -441,6 +511,11 @@ mod tests {
             (0u32..4096, 20u8..=32).prop_map(|(a, l)| Prefix::V4(Ipv4Addr::from(a << 8), l)),
             (0u16..512, 48u8..=64)
                 .prop_map(|(a, l)| Prefix::V6(Ipv6Addr::new(0x2001, 0xdb8, a, 0, 0, 0, 0, 0), l)),
+            // Both IPv6 maps (up to /56 and longer), VM /128s among them.
+            (0u16..64, 0u16..4, prop_oneof![40u8..=72, 120u8..=128]).prop_map(|(a, b, l)| {
+                let addr = Ipv6Addr::new(0x2001, 0xdb8, 0, a << 8, 0, 0, 0, b);
+                Prefix::new(addr.into(), l).expect("a length up to 128")
+            }),
         ]
     }
 
