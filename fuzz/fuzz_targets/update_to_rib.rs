@@ -305,7 +305,7 @@ fn run(data: &[u8]) {
             ebgp: true,
             policy: Arc::new(Policy::hypervisor_default()),
             tx: export_tx,
-            out: Default::default(),
+            exported: Default::default(),
             families: vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6],
         })
         .unwrap();

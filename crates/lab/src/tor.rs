@@ -49,7 +49,8 @@ pub fn start_bird_with_kernel(lab: &mut Lab) -> Tor {
     ))
 }
 
-fn bird_config() -> String {
+/// The BIRD tor's config (`import filter from_hv` on both sessions).
+pub fn bird_config() -> String {
     format!(
         "log stderr all;\ndebug protocols {{ states, events }};\nrouter id {TOR_V4};\nprotocol device {{ }}\n\
          protocol static s4 {{ ipv4; route 192.0.2.0/24 unreachable; }}\n\

@@ -119,7 +119,7 @@ fn loc_rib(c: &mut Criterion) {
                     ebgp: true,
                     policy: Arc::new(accept_all),
                     tx,
-                    out: Default::default(),
+                    exported: Default::default(),
                     families: vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6],
                 })
                 .unwrap();

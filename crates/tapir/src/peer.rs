@@ -270,6 +270,14 @@ pub enum PeerMsg {
     /// The Loc-RIB is complete (after a restart's deferral): End-of-RIB may
     /// go out.
     RibReady,
+    /// The whole table of a family for connection `conn`, from the Loc-RIB
+    /// (`RibMsg::Refeed`): End-of-RIB follows the one marked `end`.
+    Refeed {
+        conn: u64,
+        family: AfiSafi,
+        routes: Vec<(Prefix, Arc<PathAttributes>)>,
+        end: bool,
+    },
     /// A reload changed the export policy (no session reset).
     SetExport(Arc<Policy>),
     /// BFD saw the path fail (it was Up, it is Down).
@@ -344,7 +352,8 @@ pub struct Peer {
     /// Set while Established: what the Loc-RIB knows of this peer.
     info: Option<Arc<PeerInfo>>,
     /// What we announce to the peer (upstream neighbors only).
-    adj_rib_out: crate::rib::AdjRibOut,
+    /// How many prefixes the Loc-RIB exports to this neighbor, by family.
+    exported: crate::rib::Exported,
     /// End-of-RIB may go out (false while a restart's deferral runs).
     rib_ready: bool,
     /// The peer's graceful restart capability from the last session.
@@ -389,7 +398,7 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         flaps: 0,
         id: NEXT_PEER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         info: None,
-        adj_rib_out: Default::default(),
+        exported: Default::default(),
         rib_ready,
         peer_gr: None,
         stale_until: None,
@@ -468,7 +477,7 @@ impl Peer {
                 ebgp: !matches!(self.cfg.remote_as, RemoteAsConfig::Internal),
                 policy,
                 tx: self.tx.clone(),
-                out: self.adj_rib_out.clone(),
+                exported: self.exported.clone(),
                 families: self.cfg.families.clone(),
             });
         }
@@ -712,6 +721,27 @@ impl Peer {
                 }
             }
             PeerMsg::Export(changes) => self.export(changes),
+            PeerMsg::Refeed {
+                conn,
+                family,
+                routes,
+                end,
+            } => {
+                // For this connection only: another's session will have
+                // asked for its own.
+                if let Some(i) = self
+                    .conns
+                    .iter()
+                    .position(|c| c.id == conn && c.session.state() == State::Established)
+                {
+                    self.send_announcements(i, &routes);
+                    if end {
+                        self.conns[i]
+                            .session
+                            .send(Instant::now(), encode_end_of_rib(family));
+                    }
+                }
+            }
             PeerMsg::BfdDown => {
                 // RFC 9384: Cease / BFD Down; routes go with the session.
                 let n = Notification::new(bgp::notification::code::CEASE, cease::BFD_DOWN);
@@ -1369,28 +1399,28 @@ impl Peer {
     }
 
     /// The whole Adj-RIB-Out of a family, then End-of-RIB (after
-    /// Established, or for a ROUTE-REFRESH).
+    /// Established, or for a ROUTE-REFRESH): the Loc-RIB derives it and
+    /// sends it back as `PeerMsg::Refeed`. A neighbor that is exported
+    /// nothing gets End-of-RIB alone.
     fn send_family(&mut self, i: usize, family: AfiSafi) {
-        let Some(afi) = family.unicast_afi() else {
+        if family.unicast_afi().is_none() {
             return;
-        };
-        let items: Vec<(Prefix, Arc<PathAttributes>)> = self
-            .adj_rib_out
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(p, _)| p.afi() == afi)
-            .map(|(p, a)| (p, a.clone()))
-            .collect();
-        self.send_announcements(i, &items);
-        self.conns[i]
-            .session
-            .send(Instant::now(), encode_end_of_rib(family));
+        }
+        if self.cfg.export.is_none() {
+            self.conns[i]
+                .session
+                .send(Instant::now(), encode_end_of_rib(family));
+            return;
+        }
+        self.to_rib(RibMsg::Refeed {
+            peer: self.id,
+            conn: self.conns[i].id,
+            family,
+        });
     }
 
-    /// Sends a batch of export changes from the Loc-RIB (which has
-    /// already written them into the Adj-RIB-Out, and sends a withdrawal
-    /// only for what it had exported).
+    /// Sends a batch of export changes from the Loc-RIB (which sends a
+    /// withdrawal only for what it had exported).
     fn export(&mut self, changes: Vec<(Prefix, Option<Arc<PathAttributes>>)>) {
         let mut announce = Vec::new();
         let mut withdraw = Vec::new();
@@ -1456,13 +1486,12 @@ impl Peer {
                 .collect(),
             interface: self.cfg.interface.as_ref().map(|i| i.name.clone()),
             routes_exported: if s.state() == State::Established {
-                let fams = s.context().families;
-                self.adj_rib_out
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .keys()
-                    .filter(|p| fams.contains(&AfiSafi::unicast(p.afi())))
-                    .count()
+                s.context()
+                    .families
+                    .iter()
+                    .filter_map(|f| f.unicast_afi())
+                    .map(|a| self.exported.get(a))
+                    .sum()
             } else {
                 0
             },

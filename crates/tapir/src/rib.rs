@@ -84,12 +84,50 @@ impl BacklogCount {
 /// (a few MiB of messages; the RIB applies this many in tens of ms).
 pub const BACKLOG_MAX: usize = 65_536;
 
-/// A neighbor's Adj-RIB-Out: what the Loc-RIB has exported to it. The RIB
-/// writes it (and sends the changes as `PeerMsg::Export`); the neighbor's
-/// task reads it to send the whole table again (a new session, a
-/// ROUTE-REFRESH). One copy, where a table transfer would otherwise keep
-/// two.
-pub type AdjRibOut = Arc<std::sync::Mutex<PrefixMap<Arc<PathAttributes>>>>;
+/// How many prefixes of each family the Loc-RIB exports to a neighbor:
+/// the size of its Adj-RIB-Out. tapir keeps no Adj-RIB-Out (as BIRD keeps
+/// none without `export table`): what a neighbor has is the export of each
+/// prefix's best path, derived again from the Loc-RIB when a session needs
+/// the whole table, and a change sends the difference between the export
+/// of the best path before it and after.
+#[derive(Debug, Default)]
+pub struct ExportCount {
+    v4: std::sync::atomic::AtomicUsize,
+    v6: std::sync::atomic::AtomicUsize,
+}
+
+impl ExportCount {
+    fn of(&self, afi: bgp::Afi) -> &std::sync::atomic::AtomicUsize {
+        match afi {
+            bgp::Afi::Ipv4 => &self.v4,
+            bgp::Afi::Ipv6 => &self.v6,
+        }
+    }
+
+    /// Prefixes of `afi` exported.
+    pub fn get(&self, afi: bgp::Afi) -> usize {
+        self.of(afi).load(Relaxed)
+    }
+
+    fn add(&self, afi: bgp::Afi, delta: isize) {
+        match delta {
+            0 => {}
+            d if d > 0 => {
+                self.of(afi).fetch_add(d as usize, Relaxed);
+            }
+            d => {
+                self.of(afi).fetch_sub(d.unsigned_abs(), Relaxed);
+            }
+        }
+    }
+
+    fn clear(&self) {
+        self.v4.store(0, Relaxed);
+        self.v6.store(0, Relaxed);
+    }
+}
+
+pub type Exported = Arc<ExportCount>;
 
 /// The peer a path came from, as best-path selection and policy see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -243,13 +281,20 @@ pub enum RibMsg {
         ebgp: bool,
         policy: Arc<Policy>,
         tx: mpsc::Sender<PeerMsg>,
-        /// Where the RIB keeps what it exported to this neighbor.
-        out: AdjRibOut,
+        /// Where the RIB counts what it exports to this neighbor.
+        exported: Exported,
         /// The families its sessions may carry (the configured ones):
-        /// prefixes of others are neither exported nor kept for it.
+        /// prefixes of others are not exported to it.
         families: Vec<bgp::Afi>,
     },
     Unsubscribe(PeerId),
+    /// A session of neighbor `peer` (connection `conn`) needs the whole
+    /// table of a family: sent as `PeerMsg::Refeed`, the last one marked.
+    Refeed {
+        peer: PeerId,
+        conn: u64,
+        family: bgp::AfiSafi,
+    },
     /// A reload changed a neighbor's export policy: send it the difference.
     SetPolicy {
         peer: PeerId,
@@ -404,17 +449,135 @@ struct Subscriber {
     policy: Arc<Policy>,
     tx: mpsc::Sender<PeerMsg>,
     families: Vec<bgp::Afi>,
+    exported: Exported,
+}
+
+impl Subscriber {
+    fn takes(&self, p: &Prefix) -> bool {
+        self.families.contains(&p.afi())
+    }
+}
+
+/// A prefix whose best path may have changed, and the best path it had
+/// when the neighbors were last sent its export: they have that path's
+/// export, so what goes out is the difference.
+struct Change {
+    prefix: Prefix,
+    was: Option<Path>,
+}
+
+impl Change {
+    fn new(prefix: Prefix, paths: Option<&Paths>) -> Change {
+        Change {
+            prefix,
+            was: paths.and_then(|v| best(v)).cloned(),
+        }
+    }
+}
+
+type Drains = BTreeMap<String, (DrainState, u64)>;
+
+/// The rules the neighbors' exports were last computed by: the present
+/// ones, or those before a reload changed a policy or a drain began or
+/// ended.
+#[derive(Clone, Copy)]
+enum Before<'a> {
+    Now,
+    Policy(&'a Arc<Policy>),
+    Drains(&'a Drains),
+}
+
+/// Computes what goes to one neighbor for best paths, once per attribute
+/// set and origin when the policy looks at no prefix.
+struct Exporter<'a> {
+    peer: PeerId,
+    asn: Option<u32>,
+    ebgp: bool,
+    policy: &'a Policy,
+    local_as: u32,
+    drains: &'a Drains,
+    drain_cfg: DrainConfig,
+    per_prefix: bool,
+    cache: foldhash::HashMap<ExportKey, Option<Arc<PathAttributes>>>,
+    last: Option<(ExportKey, Option<Arc<PathAttributes>>)>,
+}
+
+/// Attribute sets, each once (the map's values are unused: its entry API
+/// finds or adds a set with one hash).
+type Interned = foldhash::HashMap<Arc<PathAttributes>, ()>;
+
+impl<'a> Exporter<'a> {
+    fn new(
+        sub: &Subscriber,
+        peer: PeerId,
+        policy: &'a Policy,
+        local_as: u32,
+        drains: &'a Drains,
+        drain_cfg: DrainConfig,
+    ) -> Self {
+        Exporter {
+            peer,
+            asn: sub.asn,
+            ebgp: sub.ebgp,
+            policy,
+            local_as,
+            drains,
+            drain_cfg,
+            per_prefix: policy.matches_prefixes(),
+            cache: Default::default(),
+            last: None,
+        }
+    }
+
+    /// The export of best path `b` of `p`, interned in `set`: equal
+    /// exports are one `Arc` (the neighbor's task groups prefixes into
+    /// UPDATEs by it), and one the Loc-RIB already has is not made again.
+    fn export(&mut self, set: &mut Interned, b: &Path, p: &Prefix) -> Option<Arc<PathAttributes>> {
+        let key = (
+            Arc::as_ptr(b.attrs()) as usize,
+            b.peer.as_ref().map(|q| q.id),
+        );
+        // Neighbouring prefixes mostly share their path (they came in one
+        // UPDATE): the last pair first.
+        if !self.per_prefix {
+            if let Some((k, a)) = &self.last {
+                if *k == key {
+                    return a.clone();
+                }
+            }
+            if let Some(a) = self.cache.get(&key) {
+                let a = a.clone();
+                self.last = Some((key, a.clone()));
+                return a;
+            }
+        }
+        let a = export_attrs(
+            b,
+            p,
+            self.peer,
+            self.asn,
+            self.ebgp,
+            self.policy,
+            self.local_as,
+            self.drains,
+            self.drain_cfg,
+        )
+        .map(|a| intern_into(set, a));
+        if !self.per_prefix {
+            self.cache.insert(key, a.clone());
+            self.last = Some((key, a.clone()));
+        }
+        a
+    }
 }
 
 pub struct Rib {
     local_as: u32,
     table: PrefixMap<Paths>,
-    /// Every attribute set in use, once (the map's values are unused:
-    /// its entry API finds or adds a set with one hash).
-    interned: foldhash::HashMap<Arc<PathAttributes>, ()>,
+    /// Every attribute set in use, once: the paths' and, until the next
+    /// sweep, the exports'.
+    interned: Interned,
     subscribers: HashMap<PeerId, Subscriber>,
-    /// What each subscriber was last sent, to send only changes.
-    sent: HashMap<PeerId, AdjRibOut>,
     fib: Option<mpsc::UnboundedSender<Vec<FibChange>>>,
     /// What the kernel was told, per prefix.
     installed: PrefixMap<Hops>,
@@ -424,7 +587,7 @@ pub struct Rib {
     ready: bool,
     /// Kernel routes kept from before a restart, not yet confirmed.
     stale: Vec<Prefix>,
-    drains: BTreeMap<String, (DrainState, u64)>,
+    drains: Drains,
     /// The interned set is swept of unused entries past this size.
     sweep_at: usize,
     drain_cfg: DrainConfig,
@@ -470,7 +633,6 @@ pub fn spawn(
         table: PrefixMap::new(),
         interned: Default::default(),
         subscribers: HashMap::new(),
-        sent: HashMap::new(),
         fib,
         installed,
         multipath,
@@ -537,10 +699,7 @@ pub fn compare_for_multipath(a: &Path, b: &Path) -> Ordering {
 }
 
 /// Interns into `set` (see `Rib::intern`), for when `self` is borrowed.
-fn intern_into(
-    set: &mut foldhash::HashMap<Arc<PathAttributes>, ()>,
-    attrs: PathAttributes,
-) -> Arc<PathAttributes> {
+fn intern_into(set: &mut Interned, attrs: PathAttributes) -> Arc<PathAttributes> {
     if let Some((a, _)) = set.get_key_value(&attrs) {
         return a.clone();
     }
@@ -563,7 +722,7 @@ fn export_attrs(
     ebgp: bool,
     policy: &Policy,
     local_as: u32,
-    drains: &BTreeMap<String, (DrainState, u64)>,
+    drains: &Drains,
     drain_cfg: DrainConfig,
 ) -> Option<PathAttributes> {
     // Never back to where it came from; never to a neighbor whose AS is
@@ -625,7 +784,7 @@ impl Rib {
 
     /// Adds tapir's own path (no AS path, origin IGP) to each prefix that
     /// has none yet.
-    fn add_local(&mut self, prefixes: Vec<Prefix>, changed: &mut Vec<Prefix>) {
+    fn add_local(&mut self, prefixes: Vec<Prefix>, changed: &mut Vec<Change>) {
         let attrs = self.intern(PathAttributes {
             origin: Some(bgp::Origin::Igp),
             as_path: Some(bgp::AsPath::default()),
@@ -640,28 +799,27 @@ impl Rib {
                 peer: None,
                 route: local.clone(),
             };
-            let mut added = true;
+            let mut added = None;
             self.table.upsert(p, |v| match v {
-                Some(v) if v.iter().any(|x| x.peer.is_none()) => {
-                    added = false;
-                    None
-                }
+                Some(v) if v.iter().any(|x| x.peer.is_none()) => None,
                 Some(v) => {
+                    added = Some(Change::new(p, Some(v)));
                     v.push(path);
                     None
                 }
-                None => Some(Paths::One(path)),
+                None => {
+                    added = Some(Change::new(p, None));
+                    Some(Paths::One(path))
+                }
             });
-            if added {
-                changed.push(p);
-            }
+            changed.extend(added);
         }
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<RibMsg>) {
         // Send the local routes to the kernel? No: they are ours to
         // announce, not to forward.
-        let mut changed: Vec<Prefix> = Vec::new();
+        let mut changed: Vec<Change> = Vec::new();
         while let Some(msg) = rx.recv().await {
             // Take whatever else is queued too (up to 256 messages):
             // changes move in batches. What they change goes out every
@@ -700,7 +858,7 @@ impl Rib {
         }
     }
 
-    async fn handle(&mut self, m: RibMsg, changed: &mut Vec<Prefix>) {
+    async fn handle(&mut self, m: RibMsg, changed: &mut Vec<Change>) {
         match m {
             RibMsg::Update {
                 peer,
@@ -709,17 +867,21 @@ impl Rib {
             } => {
                 self.backlog.applied(announce.len() + withdraw.len());
                 for p in withdraw {
-                    let there = self.table.change(&p, |v| match v {
-                        // The common case, without making an empty list.
-                        Paths::One(x) if x.peer.as_ref().is_some_and(|q| q.id == peer.id) => false,
-                        _ => {
-                            v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
-                            !v.is_empty()
+                    let mut change = None;
+                    self.table.change(&p, |v| {
+                        change = Some(Change::new(p, Some(v)));
+                        match v {
+                            // The common case, without making an empty list.
+                            Paths::One(x) if x.peer.as_ref().is_some_and(|q| q.id == peer.id) => {
+                                false
+                            }
+                            _ => {
+                                v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
+                                !v.is_empty()
+                            }
                         }
                     });
-                    if there {
-                        changed.push(p);
-                    }
+                    changed.extend(change);
                 }
                 // The prefixes of one UPDATE share one attribute Arc and
                 // next hop: interned once, one `Route` for all of them.
@@ -744,35 +906,37 @@ impl Rib {
                         peer: Some(peer.clone()),
                         route,
                     };
+                    let mut was = None;
                     self.table.upsert(p, |v| match v {
                         Some(v) => {
+                            was = best(v).cloned();
                             v.replace(path);
                             None
                         }
                         None => Some(Paths::One(path)),
                     });
-                    changed.push(p);
+                    changed.push(Change { prefix: p, was });
                 }
             }
             RibMsg::Local { announce, withdraw } => {
                 for p in withdraw {
-                    let there = self.table.change(&p, |v| {
+                    let mut change = None;
+                    self.table.change(&p, |v| {
+                        change = Some(Change::new(p, Some(v)));
                         v.retain(|x| x.peer.is_some());
                         !v.is_empty()
                     });
-                    if there {
-                        changed.push(p);
-                    }
+                    changed.extend(change);
                 }
                 self.add_local(announce, changed);
             }
             RibMsg::PeerDown(id) => {
                 self.table.retain(|p, v| {
-                    let before = v.len();
-                    v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != id));
-                    if v.len() != before {
-                        changed.push(p);
+                    if v.iter().all(|x| x.peer.as_ref().is_none_or(|q| q.id != id)) {
+                        return true;
                     }
+                    changed.push(Change::new(p, Some(v)));
+                    v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != id));
                     !v.is_empty()
                 });
             }
@@ -782,10 +946,11 @@ impl Rib {
                 ebgp,
                 policy,
                 tx,
-                out,
+                exported,
                 families,
             } => {
                 let ready_tx = tx.clone();
+                exported.clear();
                 self.subscribers.insert(
                     peer,
                     Subscriber {
@@ -794,13 +959,12 @@ impl Rib {
                         policy,
                         tx,
                         families,
+                        exported,
                     },
                 );
-                out.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                self.sent.insert(peer, out);
-                // A full table for the newcomer.
-                let all: Vec<Prefix> = self.table.keys().collect();
-                self.export_to(peer, &all).await;
+                // The newcomer has no session yet: its sessions ask for
+                // the whole table once up. Here it is only counted.
+                self.reexport(Some(peer), Before::Now, false).await;
                 if self.ready {
                     let _ = ready_tx.send(PeerMsg::RibReady).await;
                 }
@@ -832,12 +996,14 @@ impl Rib {
                 }
             }
             RibMsg::SetPolicy { peer, policy } => {
+                // What is pending goes out under the old policy first.
+                self.flush(changed).await;
                 if let Some(s) = self.subscribers.get_mut(&peer) {
-                    s.policy = policy;
-                    let all: Vec<Prefix> = self.table.keys().collect();
-                    self.export_to(peer, &all).await;
+                    let old = std::mem::replace(&mut s.policy, policy);
+                    self.reexport(Some(peer), Before::Policy(&old), true).await;
                 }
             }
+            RibMsg::Refeed { peer, conn, family } => self.refeed(peer, conn, family).await,
             RibMsg::Drain { vm, state, reply } => {
                 let known: std::collections::BTreeSet<String> = self
                     .table
@@ -858,6 +1024,9 @@ impl Rib {
                         None => self.drains.keys().cloned().collect(),
                     },
                 };
+                // What is pending goes out under the old drains first.
+                self.flush(changed).await;
+                let before_drains = self.drains.clone();
                 for t in &targets {
                     match state {
                         None => {
@@ -884,17 +1053,23 @@ impl Rib {
                     tracing::info!(vm = %t, state = ?state, "drain");
                 }
                 let _ = reply.send(Ok(targets.len()));
-                let all: Vec<Prefix> = self.table.keys().collect();
-                changed.extend(all);
+                let old = before_drains;
+                self.reexport(None, Before::Drains(&old), true).await;
             }
             RibMsg::DrainExpired { vm, generation } => {
-                if let Some(d) = self.drains.get_mut(&vm) {
-                    if d.0 == DrainState::Shutdown && d.1 == generation {
+                let due = self
+                    .drains
+                    .get(&vm)
+                    .is_some_and(|d| d.0 == DrainState::Shutdown && d.1 == generation);
+                if due {
+                    // What is pending goes out under the old drains first.
+                    self.flush(changed).await;
+                    let old = self.drains.clone();
+                    if let Some(d) = self.drains.get_mut(&vm) {
                         d.0 = DrainState::Withdrawn;
-                        tracing::info!(vm = %vm, "drain: withdrawn after the delay");
-                        let all: Vec<Prefix> = self.table.keys().collect();
-                        changed.extend(all);
                     }
+                    tracing::info!(vm = %vm, "drain: withdrawn after the delay");
+                    self.reexport(None, Before::Drains(&old), true).await;
                 }
             }
             RibMsg::DrainStates(tx) => {
@@ -902,7 +1077,6 @@ impl Rib {
             }
             RibMsg::Unsubscribe(peer) => {
                 self.subscribers.remove(&peer);
-                self.sent.remove(&peer);
             }
             RibMsg::Show(tx) => {
                 let _ = tx.send(self.show());
@@ -918,123 +1092,180 @@ impl Rib {
         }
     }
 
-    /// Propagates `changed` (sorted and deduplicated here) and empties it.
-    async fn flush(&mut self, changed: &mut Vec<Prefix>) {
-        changed.sort_unstable();
-        changed.dedup();
+    /// Propagates `changed` and empties it. A prefix changed more than
+    /// once since the last flush keeps its first record: the best path
+    /// the neighbors were sent the export of.
+    async fn flush(&mut self, changed: &mut Vec<Change>) {
+        // Stable: of equal prefixes, the first recorded stays first.
+        changed.sort_by_key(|c| c.prefix);
+        changed.dedup_by(|later, first| later.prefix == first.prefix);
         self.propagate(changed).await;
         changed.clear();
     }
 
-    async fn propagate(&mut self, changed: &[Prefix]) {
+    async fn propagate(&mut self, changed: &[Change]) {
         if changed.is_empty() {
             return;
         }
         let ids: Vec<PeerId> = self.subscribers.keys().copied().collect();
         for id in ids {
-            self.export_to(id, changed).await;
+            self.export_to(id, changed, Before::Now, true).await;
         }
-        self.sync_fib(changed);
+        self.sync_fib(changed.iter().map(|c| c.prefix));
     }
 
-    /// Sends `peer` what changed for it among `prefixes`, after its policy.
-    async fn export_to(&mut self, peer: PeerId, prefixes: &[Prefix]) {
-        let Some(sub) = self.subscribers.get(&peer) else {
-            return;
+    /// Every prefix again, for one neighbor or all, after the rules
+    /// changed (`before`), or to count what a newcomer would be sent.
+    async fn reexport(&mut self, peer: Option<PeerId>, before: Before<'_>, send: bool) {
+        let ids: Vec<PeerId> = match peer {
+            Some(p) => vec![p],
+            None => self.subscribers.keys().copied().collect(),
         };
-        let (asn, ebgp, policy) = (sub.asn, sub.ebgp, sub.policy.clone());
-        // What the neighbor's sessions can carry: the rest is not its.
-        let (v4, v6) = (
-            sub.families.contains(&bgp::Afi::Ipv4),
-            sub.families.contains(&bgp::Afi::Ipv6),
-        );
-        // Without prefix matches, what goes out depends only on the best
-        // path's attribute set and where it came from: computed (and
-        // interned) once per pair, not once per prefix.
-        let per_prefix = policy.matches_prefixes();
-        let mut cache: foldhash::HashMap<ExportKey, Option<Arc<PathAttributes>>> =
-            Default::default();
-        let mut last: Option<(ExportKey, Option<Arc<PathAttributes>>)> = None;
-        let mut out: Vec<(Prefix, Option<Arc<PathAttributes>>)> = Vec::new();
-        let Some(shared) = self.sent.get(&peer).cloned() else {
-            return;
-        };
-        // The lock is not held across the send below.
-        {
-            let mut sent = shared.lock().unwrap_or_else(|e| e.into_inner());
-            for p in prefixes {
-                if !match p {
-                    Prefix::V4(..) => v4,
-                    Prefix::V6(..) => v6,
-                } {
-                    continue;
-                }
-                let export = match self.table.get(p).and_then(|v| best(v)) {
-                    None => None,
-                    Some(b) => {
-                        let key = (
-                            Arc::as_ptr(b.attrs()) as usize,
-                            b.peer.as_ref().map(|q| q.id),
-                        );
-                        // Neighbouring prefixes mostly share their path (they
-                        // came in one UPDATE): the last pair first.
-                        let hit = match &last {
-                            _ if per_prefix => None,
-                            Some((k, a)) if *k == key => Some(a.clone()),
-                            _ => cache.get(&key).cloned(),
-                        };
-                        let a = match hit {
-                            Some(a) => a,
-                            None => {
-                                let a = export_attrs(
-                                    b,
-                                    p,
-                                    peer,
-                                    asn,
-                                    ebgp,
-                                    &policy,
-                                    self.local_as,
-                                    &self.drains,
-                                    self.drain_cfg,
-                                )
-                                .map(|a| intern_into(&mut self.interned, a));
-                                if !per_prefix {
-                                    cache.insert(key, a.clone());
-                                }
-                                a
-                            }
-                        };
-                        if !per_prefix {
-                            last = Some((key, a.clone()));
-                        }
-                        a
-                    }
-                };
-                match export {
-                    Some(a) => match sent.insert(*p, a.clone()) {
-                        // Interned: the same attributes are the same Arc.
-                        Some(b) if Arc::ptr_eq(&a, &b) || *a == *b => {}
-                        _ => out.push((*p, Some(a))),
+        let all: Vec<Prefix> = self.table.keys().collect();
+        for chunk in all.chunks(CHUNK) {
+            // A newcomer was sent nothing; the others were sent the export
+            // of the best path they still have, under the old rules.
+            let changes: Vec<Change> = chunk
+                .iter()
+                .map(|p| match before {
+                    Before::Now => Change {
+                        prefix: *p,
+                        was: None,
                     },
-                    None => {
-                        if sent.remove(p).is_some() {
-                            out.push((*p, None));
-                        }
-                    }
-                }
+                    _ => Change::new(*p, self.table.get(p)),
+                })
+                .collect();
+            for id in &ids {
+                self.export_to(*id, &changes, before, send).await;
             }
         }
-        if out.is_empty() {
+    }
+
+    /// Sends neighbor `peer` what changed for it among `changes`: the
+    /// export of each prefix's best path now, where it differs from the
+    /// export of the best path it had (by the rules `before`). Counts what
+    /// is exported; sends only with `send`.
+    async fn export_to(
+        &mut self,
+        peer: PeerId,
+        changes: &[Change],
+        before: Before<'_>,
+        send: bool,
+    ) {
+        let Rib {
+            subscribers,
+            table,
+            interned,
+            drains,
+            local_as,
+            drain_cfg,
+            ..
+        } = self;
+        let Some(sub) = subscribers.get(&peer) else {
+            return;
+        };
+        let exporter =
+            |policy, drains| Exporter::new(sub, peer, policy, *local_as, drains, *drain_cfg);
+        let mut now = exporter(&sub.policy, drains);
+        let mut then = match before {
+            Before::Now => None,
+            Before::Policy(p) => Some(exporter(p, drains)),
+            Before::Drains(d) => Some(exporter(&sub.policy, d)),
+        };
+        let mut out: Vec<(Prefix, Option<Arc<PathAttributes>>)> = Vec::new();
+        let (mut d4, mut d6) = (0isize, 0isize);
+        for c in changes {
+            if !sub.takes(&c.prefix) {
+                continue;
+            }
+            let b = table.get(&c.prefix).and_then(|v| best(v));
+            // The same best path under the same rules: the same export.
+            if let (Before::Now, Some(b), Some(w)) = (before, b, &c.was) {
+                if Arc::ptr_eq(&b.route, &w.route)
+                    && b.peer.as_ref().map(|q| q.id) == w.peer.as_ref().map(|q| q.id)
+                {
+                    continue;
+                }
+            }
+            let new = b.and_then(|b| now.export(interned, b, &c.prefix));
+            let old = c.was.as_ref().and_then(|w| {
+                then.as_mut()
+                    .unwrap_or(&mut now)
+                    .export(interned, w, &c.prefix)
+            });
+            let delta = match (&old, &new) {
+                (None, None) => continue,
+                // Equal sets are mostly one Arc (interned per call).
+                (Some(a), Some(b)) if Arc::ptr_eq(a, b) || **a == **b => continue,
+                (Some(_), Some(_)) => 0,
+                (None, Some(_)) => 1,
+                (Some(_), None) => -1,
+            };
+            match c.prefix {
+                Prefix::V4(..) => d4 += delta,
+                Prefix::V6(..) => d6 += delta,
+            }
+            out.push((c.prefix, new));
+        }
+        sub.exported.add(bgp::Afi::Ipv4, d4);
+        sub.exported.add(bgp::Afi::Ipv6, d6);
+        let tx = sub.tx.clone();
+        if out.is_empty() || !send {
             return;
         }
-        if let Some(sub) = self.subscribers.get(&peer) {
-            let _ = sub.tx.send(PeerMsg::Export(out)).await;
+        let _ = tx.send(PeerMsg::Export(out)).await;
+    }
+
+    /// The whole table of `family` for one session of neighbor `peer`,
+    /// the last message marked (the session sends End-of-RIB after it).
+    async fn refeed(&mut self, peer: PeerId, conn: u64, family: bgp::AfiSafi) {
+        let Rib {
+            subscribers,
+            table,
+            interned,
+            drains,
+            local_as,
+            drain_cfg,
+            ..
+        } = self;
+        let Some(sub) = subscribers.get(&peer) else {
+            return;
+        };
+        let afi = family.unicast_afi();
+        let mut now = Exporter::new(sub, peer, &sub.policy, *local_as, drains, *drain_cfg);
+        let routes: Vec<(Prefix, Arc<PathAttributes>)> = table
+            .iter()
+            .filter(|(p, _)| Some(p.afi()) == afi && sub.takes(p))
+            .filter_map(|(p, v)| Some((p, now.export(interned, best(v)?, &p)?)))
+            .collect();
+        let tx = sub.tx.clone();
+        let mut chunks = routes.chunks(CHUNK).peekable();
+        if chunks.peek().is_none() {
+            let _ = tx
+                .send(PeerMsg::Refeed {
+                    conn,
+                    family,
+                    routes: Vec::new(),
+                    end: true,
+                })
+                .await;
+        }
+        while let Some(c) = chunks.next() {
+            let end = chunks.peek().is_none();
+            let _ = tx
+                .send(PeerMsg::Refeed {
+                    conn,
+                    family,
+                    routes: c.to_vec(),
+                    end,
+                })
+                .await;
         }
     }
 
     /// Installs the best path of each changed prefix if it came from a peer
     /// whose routes go into the kernel.
-    fn sync_fib(&mut self, changed: &[Prefix]) {
+    fn sync_fib(&mut self, changed: impl Iterator<Item = Prefix>) {
         let Some(fib) = &self.fib else { return };
         let hop = |b: &Path| -> Option<FibHop> {
             let peer = b.peer.as_ref().filter(|q| q.kernel)?;
@@ -1052,6 +1283,7 @@ impl Rib {
         };
         let mut ops = Vec::new();
         for p in changed {
+            let p = &p;
             let want: Hops = match self.table.get(p).and_then(|v| best(v).map(|b| (v, b))) {
                 None => Hops::default(),
                 Some((v, b)) if self.multipath => {
@@ -1227,7 +1459,8 @@ mod tests {
     }
 
     /// A neighbor configured for one family is exported that family's
-    /// prefixes only, and keeps no other in its Adj-RIB-Out.
+    /// prefixes only, counts no other, and a session's refeed of the other
+    /// family is empty.
     #[tokio::test]
     async fn export_only_the_neighbors_families() {
         let rib = spawn(
@@ -1246,14 +1479,14 @@ mod tests {
         let mut accept_all = Policy::hypervisor_default();
         accept_all.default_accept = true;
         let (tx, mut rx) = mpsc::channel(64);
-        let out = AdjRibOut::default();
+        let count = Exported::default();
         rib.send(RibMsg::Subscribe {
             peer: 9,
             asn: Some(65009),
             ebgp: true,
             policy: Arc::new(accept_all),
             tx,
-            out: out.clone(),
+            exported: count.clone(),
             families: vec![bgp::Afi::Ipv4],
         })
         .unwrap();
@@ -1291,8 +1524,31 @@ mod tests {
             }
         }
         assert_eq!(exported, vec![v4]);
-        let kept: Vec<Prefix> = out.lock().unwrap().keys().collect();
-        assert_eq!(kept, vec![v4]);
+        assert_eq!(count.get(bgp::Afi::Ipv4), 1);
+        assert_eq!(count.get(bgp::Afi::Ipv6), 0);
+        for (family, want) in [
+            (bgp::AfiSafi::IPV4_UNICAST, vec![v4]),
+            (bgp::AfiSafi::IPV6_UNICAST, vec![]),
+        ] {
+            rib.send(RibMsg::Refeed {
+                peer: 9,
+                conn: 3,
+                family,
+            })
+            .unwrap();
+            match rx.recv().await {
+                Some(PeerMsg::Refeed {
+                    conn: 3,
+                    family: f,
+                    routes,
+                    end: true,
+                }) if f == family => {
+                    let got: Vec<Prefix> = routes.into_iter().map(|(p, _)| p).collect();
+                    assert_eq!(got, want, "{family}");
+                }
+                _ => panic!("no refeed of {family}"),
+            }
+        }
     }
 }
 

@@ -541,6 +541,62 @@ fn reload_applies_policy_changes_without_resetting_sessions() {
     lab.stop(t.pid);
 }
 
+/// A ROUTE-REFRESH gets the whole table again without a session reset.
+/// tor's BIRD refuses the VM's prefix, asks for the routes again (`reload
+/// in`) and loses it; then it accepts it again and asks again: the prefix
+/// can only come back in tapir's refeed.
+#[test]
+fn route_refresh_sends_the_table_again() {
+    let (mut lab, tor, t, _vm) = setup(Kind::Bird, "strip");
+    wait_tor(&lab, &tor, "10.3.0.1/32", |_| true);
+    wait_tor(&lab, &tor, "2001:db8:3::1/128", |_| true);
+    let Tor::Bird(bird) = &tor else {
+        unreachable!()
+    };
+    // tor's sessions with hv1 (dynamic, so named by BIRD) and since when.
+    let names: Vec<String> = bird
+        .cmd(&["show", "protocols"])
+        .lines()
+        .filter(|l| l.contains(" BGP ") && l.trim_end().ends_with("Established"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let since: Vec<Option<u64>> = names.iter().map(|n| bird.since_ms(n)).collect();
+    let reload = |config: String| {
+        lab.write("tor/bird.conf", &config);
+        let out = bird.cmd(&["configure"]);
+        assert!(out.contains("Reconfigured"), "{out}");
+        bird.cmd(&["reload", "in", "all"]);
+    };
+    let base = tor::bird_config();
+    let refusing = base.replace(
+        "filter from_hv {",
+        "filter from_hv { if net = 10.3.0.1/32 then reject;",
+    );
+    assert_ne!(refusing, base);
+    reload(refusing);
+    let gone = wait_for(WAIT, || tor.route("10.3.0.1/32").is_none().then_some(()));
+    assert!(gone.is_some(), "tor kept 10.3.0.1/32\n{}", lab.all_logs());
+    reload(base);
+    wait_tor(&lab, &tor, "10.3.0.1/32", |r| r.as_path == vec![64612]);
+    assert!(tor.route("2001:db8:3::1/128").is_some());
+    // Neither session was reset: both up since the same time.
+    for (n, s) in names.iter().zip(&since) {
+        assert!(
+            bird.is_established(n) && same_instant(bird.since_ms(n), *s),
+            "{:?}, was up since {s:?}",
+            bird.protocol(n)
+        );
+    }
+    // tapir counts what it exports on each session: the VM's prefix.
+    for p in t.json("peers").as_array().unwrap() {
+        if p["name"].as_str().is_some_and(|n| n.starts_with("tor")) {
+            assert_eq!(p["routes_exported"], 1, "{p}");
+        }
+    }
+    lab.stop(t.pid);
+}
+
 /// When the VM's two sessions came up (BIRD's "since"), once both are
 /// Established.
 fn settled_since(vm: &lab::bird::Bird) -> (Option<u64>, Option<u64>) {
