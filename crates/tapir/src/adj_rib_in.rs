@@ -26,20 +26,18 @@ pub struct Learned {
     pub attrs: Arc<PathAttributes>,
 }
 
-/// A route learned from the neighbor: 16 bytes, the rest shared with the
-/// other prefixes of its UPDATE (a full table is a million of these).
-#[derive(Clone, Debug)]
-pub struct RouteIn {
-    pub learned: Arc<Learned>,
-    /// The route is refused; why is in [`AdjRibIn::rejection`] (refused
-    /// routes are few, and this keeps the others small).
+/// A route learned from the neighbor, as [`AdjRibIn::iter`] shows it.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteIn<'a> {
+    pub learned: &'a Arc<Learned>,
+    /// The route is refused; why is in [`AdjRibIn::rejection`].
     pub rejected: bool,
     /// Kept from before the peer restarted (RFC 4724 §4.2), until it
     /// announces again or sends End-of-RIB.
     pub stale: bool,
 }
 
-impl RouteIn {
+impl RouteIn<'_> {
     pub fn next_hop(&self) -> NextHop {
         self.learned.next_hop
     }
@@ -71,9 +69,15 @@ pub struct Changes {
 
 #[derive(Debug, Default)]
 pub struct AdjRibIn {
-    routes: PrefixMap<RouteIn>,
+    /// Every route kept: 8 bytes each, the rest shared with the other
+    /// prefixes of its UPDATE (a full table is a million of these).
+    /// Whether one is refused or stale is kept apart: few are.
+    routes: PrefixMap<Arc<Learned>>,
     /// Why each refused route is refused.
     refused: BTreeMap<Prefix, Rejection>,
+    /// The routes kept from before the peer restarted (RFC 4724 §4.2)
+    /// that it has not announced again.
+    stale: PrefixMap<()>,
     /// Routes that are accepted.
     accepted: usize,
     /// Refusals by kind, counted per refused announcement.
@@ -98,8 +102,17 @@ impl AdjRibIn {
         &self.rejections
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (Prefix, &RouteIn)> {
-        self.routes.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (Prefix, RouteIn<'_>)> {
+        self.routes.iter().map(|(p, learned)| {
+            (
+                p,
+                RouteIn {
+                    learned,
+                    rejected: !self.refused.is_empty() && self.refused.contains_key(&p),
+                    stale: !self.stale.is_empty() && self.stale.contains_key(&p),
+                },
+            )
+        })
     }
 
     /// Why the route for `p` is refused, if it is.
@@ -109,8 +122,7 @@ impl AdjRibIn {
 
     /// The accepted routes that are not stale, as the Loc-RIB has them.
     pub fn accepted_routes(&self) -> Vec<(Prefix, NextHop, Arc<PathAttributes>)> {
-        self.routes
-            .iter()
+        self.iter()
             .filter(|(_, r)| !r.rejected && !r.stale)
             .map(|(p, r)| (p, r.next_hop(), r.attrs().clone()))
             .collect()
@@ -120,6 +132,7 @@ impl AdjRibIn {
     pub fn clear(&mut self) {
         self.routes.clear();
         self.refused.clear();
+        self.stale.clear();
         self.rejections.clear();
         self.accepted = 0;
     }
@@ -127,13 +140,13 @@ impl AdjRibIn {
     /// The session is gone but the peer restarts gracefully: its routes
     /// stay, marked stale.
     pub fn mark_stale(&mut self) {
-        for r in self.routes.values_mut() {
-            r.stale = true;
+        for p in self.routes.keys() {
+            self.stale.insert(p, ());
         }
     }
 
     pub fn has_stale(&self) -> bool {
-        self.routes.values().any(|r| r.stale)
+        !self.stale.is_empty()
     }
 
     /// Applies one UPDATE (not an End-of-RIB: see [`Self::flush_stale`]).
@@ -166,19 +179,10 @@ impl AdjRibIn {
             };
             if rejected.is_none() {
                 // Accepted, as nearly every route is: in place of the old
-                // one, found once.
-                let new = RouteIn {
-                    learned: shared,
-                    rejected: false,
-                    stale: false,
-                };
-                self.accepted += 1;
-                match self.routes.insert(p, new) {
-                    Some(old) if old.rejected => {
-                        self.refused.remove(&p);
-                    }
-                    Some(_) => self.accepted -= 1,
-                    None => {}
+                // one, found once, and no longer stale.
+                self.insert(p, shared, None);
+                if !self.stale.is_empty() {
+                    self.stale.remove(&p);
                 }
                 out.announce.push((p, nh, attrs.clone()));
                 continue;
@@ -206,15 +210,7 @@ impl AdjRibIn {
                     continue;
                 }
             }
-            self.insert(
-                p,
-                RouteIn {
-                    learned: shared,
-                    rejected: false,
-                    stale: false,
-                },
-                rejected,
-            );
+            self.insert(p, shared, rejected);
         }
         out
     }
@@ -224,10 +220,9 @@ impl AdjRibIn {
     /// accepted ones, which the Loc-RIB must forget.
     pub fn flush_stale(&mut self, afi: Option<bgp::Afi>) -> Vec<Prefix> {
         let gone: Vec<Prefix> = self
-            .routes
-            .iter()
-            .filter(|(p, r)| r.stale && afi.is_none_or(|a| p.afi() == a))
-            .map(|(p, _)| p)
+            .stale
+            .keys()
+            .filter(|p| afi.is_none_or(|a| p.afi() == a))
             .collect();
         gone.into_iter()
             .filter(|p| self.remove(p).is_some_and(|(_, why)| why.is_none()))
@@ -242,11 +237,11 @@ impl AdjRibIn {
         let mut out = Changes::default();
         for (p, r) in routes {
             let before = refused.remove(&p);
-            let now = self.judge(&p, &r.next_hop(), r.attrs(), judge);
+            let now = self.judge(&p, &r.next_hop, &r.attrs, judge);
             match (&before, &now) {
                 (Some(_), None) => {
                     info!(prefix = %p, "route now accepted");
-                    out.announce.push((p, r.next_hop(), r.attrs().clone()));
+                    out.announce.push((p, r.next_hop, r.attrs.clone()));
                 }
                 (None, Some(x)) => {
                     info!(prefix = %p, reason = %x.reason, kind = x.kind, "route refused");
@@ -259,15 +254,10 @@ impl AdjRibIn {
         out
     }
 
-    /// Puts a route in, refused if `why` says so.
-    fn insert(&mut self, p: Prefix, mut r: RouteIn, why: Option<Rejection>) {
-        r.rejected = why.is_some();
-        if let Some(old) = self.routes.insert(p, r) {
-            if old.rejected {
-                self.refused.remove(&p);
-            } else {
-                self.accepted -= 1;
-            }
+    /// Puts a route in, refused if `why` says so (stale if it was).
+    fn insert(&mut self, p: Prefix, r: Arc<Learned>, why: Option<Rejection>) {
+        if self.routes.insert(p, r).is_some() && self.take_refused(&p).is_none() {
+            self.accepted -= 1;
         }
         match why {
             None => self.accepted += 1,
@@ -278,15 +268,24 @@ impl AdjRibIn {
     }
 
     /// Takes a route out, with why it was refused if it was.
-    fn remove(&mut self, p: &Prefix) -> Option<(RouteIn, Option<Rejection>)> {
+    fn remove(&mut self, p: &Prefix) -> Option<(Arc<Learned>, Option<Rejection>)> {
         let old = self.routes.remove(p)?;
-        let why = if old.rejected {
-            self.refused.remove(p)
-        } else {
+        if !self.stale.is_empty() {
+            self.stale.remove(p);
+        }
+        let why = self.take_refused(p);
+        if why.is_none() {
             self.accepted -= 1;
-            None
-        };
+        }
         Some((old, why))
+    }
+
+    /// Why the route for `p` was refused, if it was, taken out.
+    fn take_refused(&mut self, p: &Prefix) -> Option<Rejection> {
+        match self.refused.is_empty() {
+            true => None,
+            false => self.refused.remove(p),
+        }
     }
 
     /// The verdict on one announcement, max-prefix count included.
@@ -326,7 +325,10 @@ impl AdjRibIn {
         }
         // Counted without the route this one replaces.
         let accepted = match self.accepted >= policy.max_prefixes {
-            true => self.accepted - usize::from(self.routes.get(p).is_some_and(|r| !r.rejected)),
+            true => {
+                self.accepted
+                    - usize::from(self.routes.contains_key(p) && !self.refused.contains_key(p))
+            }
             false => self.accepted,
         };
         (accepted >= policy.max_prefixes).then(|| Rejection {
