@@ -390,7 +390,7 @@ fn run(data: &[u8]) {
                                     .unwrap();
                                 }
                             } else {
-                                let c = adj.apply(&u, true, &judge);
+                                let c = adj.apply(*u, true, &judge);
                                 rib.send(RibMsg::Update {
                                     peer: a.clone(),
                                     announce: c.announce,

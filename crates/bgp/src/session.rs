@@ -444,9 +444,13 @@ impl Session {
             return;
         }
         self.rx.extend_from_slice(bytes);
+        // The context changes only with the state (an OPEN received).
+        let mut cxt = self.context();
+        // Messages are taken from the front; what they used goes at once
+        // at the end (a read holds many).
+        let mut at = 0;
         loop {
-            let cxt = self.context();
-            let (msg, used) = match Message::decode(&self.rx, &cxt) {
+            let (msg, used) = match Message::decode(&self.rx[at..], &cxt) {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(n) => {
@@ -454,10 +458,11 @@ impl Session {
                     return;
                 }
             };
-            if let Some(n) = self.received.get_mut(self.rx[18] as usize) {
+            if let Some(n) = self.received.get_mut(self.rx[at + 18] as usize) {
                 *n += 1;
             }
-            self.rx.drain(..used);
+            at += used;
+            let state = self.state;
             self.handle_message(now, msg);
             if !matches!(
                 self.state,
@@ -465,7 +470,11 @@ impl Session {
             ) {
                 return;
             }
+            if self.state != state {
+                cxt = self.context();
+            }
         }
+        self.rx.drain(..at);
     }
 
     fn handle_message(&mut self, now: Instant, msg: Message) {

@@ -47,32 +47,40 @@ impl Update {
 
     /// Prefixes announced, each with its next hop (none when treat-as-withdraw).
     pub fn announced(&self) -> Vec<(Prefix, NextHop)> {
-        if self.treat_as_withdraw() {
-            return Vec::new();
-        }
-        let mut v = Vec::new();
-        if let Some(nh) = self.attributes.next_hop {
-            v.extend(self.nlri.iter().map(|p| (*p, NextHop::V4(nh))));
-        }
-        if let Some(mp) = &self.mp_reach {
-            v.extend(mp.nlri.iter().map(|p| (*p, mp.next_hop)));
-        }
-        v
+        self.announced_iter().collect()
+    }
+
+    /// As [`Self::announced`], without making a list.
+    pub fn announced_iter(&self) -> impl Iterator<Item = (Prefix, NextHop)> + '_ {
+        let live = !self.treat_as_withdraw();
+        let v4 = self.attributes.next_hop.filter(|_| live).map(NextHop::V4);
+        let v4 = self.nlri.iter().filter_map(move |p| Some((*p, v4?)));
+        let mp = self.mp_reach.iter().filter(move |_| live);
+        v4.chain(mp.flat_map(|mp| mp.nlri.iter().map(|p| (*p, mp.next_hop))))
     }
 
     /// Prefixes withdrawn, including those of a treat-as-withdraw UPDATE.
     pub fn withdrawn_all(&self) -> Vec<Prefix> {
-        let mut v = self.withdrawn.clone();
-        if let Some(mp) = &self.mp_unreach {
-            v.extend(&mp.withdrawn);
-        }
-        if self.treat_as_withdraw() {
-            v.extend(&self.nlri);
-            if let Some(mp) = &self.mp_reach {
-                v.extend(&mp.nlri);
-            }
-        }
-        v
+        self.withdrawn_iter().collect()
+    }
+
+    /// As [`Self::withdrawn_all`], without making a list.
+    pub fn withdrawn_iter(&self) -> impl Iterator<Item = Prefix> + '_ {
+        let dead = self.treat_as_withdraw();
+        let reach = self.mp_reach.iter().flat_map(|mp| &mp.nlri);
+        self.withdrawn
+            .iter()
+            .chain(self.mp_unreach.iter().flat_map(|mp| &mp.withdrawn))
+            .chain(self.nlri.iter().chain(reach).filter(move |_| dead))
+            .copied()
+    }
+
+    /// Moves the path attributes out, but for the IPv4 NEXT_HOP, which
+    /// [`Self::announced_iter`] still needs.
+    pub fn take_attributes(&mut self) -> PathAttributes {
+        let a = std::mem::take(&mut self.attributes);
+        self.attributes.next_hop = a.next_hop;
+        a
     }
 
     /// The family this UPDATE marks End-of-RIB for (RFC 4724 §2).

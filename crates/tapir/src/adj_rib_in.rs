@@ -151,20 +151,22 @@ impl AdjRibIn {
 
     /// Applies one UPDATE (not an End-of-RIB: see [`Self::flush_stale`]).
     /// From an external peer LOCAL_PREF is ignored (RFC 4271 §5.1.5).
-    pub fn apply(&mut self, u: &Update, ebgp: bool, judge: &Judge) -> Changes {
+    pub fn apply(&mut self, mut u: Update, ebgp: bool, judge: &Judge) -> Changes {
         let mut out = Changes::default();
-        for p in u.withdrawn_all() {
+        for p in u.withdrawn_iter() {
             if self.remove(&p).is_some_and(|(_, why)| why.is_none()) {
                 out.withdraw.push(p);
             }
         }
-        let mut attrs = u.attributes.clone();
+        out.announce
+            .reserve(u.nlri.len() + u.mp_reach.as_ref().map_or(0, |m| m.nlri.len()));
+        let mut attrs = u.take_attributes();
         if ebgp {
             attrs.local_pref = None;
         }
         let attrs = Arc::new(attrs);
         let mut learned: Option<Arc<Learned>> = None;
-        for (p, nh) in u.announced() {
+        for (p, nh) in u.announced_iter() {
             let rejected = self.judge(&p, &nh, &attrs, judge);
             let shared = match &learned {
                 Some(l) if l.next_hop == nh => l.clone(),
@@ -391,7 +393,7 @@ mod tests {
         };
         let mut adj = AdjRibIn::default();
         let c = adj.apply(
-            &announce(&["10.3.0.1/32", "10.4.0.1/32"], [10, 192, 24, 4], 1),
+            announce(&["10.3.0.1/32", "10.4.0.1/32"], [10, 192, 24, 4], 1),
             true,
             &judge,
         );
@@ -408,13 +410,13 @@ mod tests {
         // Too long a path, or somebody else's next hop: refused, and the
         // accepted route it replaces is withdrawn.
         let c = adj.apply(
-            &announce(&["10.3.0.1/32"], [10, 192, 24, 4], 5),
+            announce(&["10.3.0.1/32"], [10, 192, 24, 4], 5),
             true,
             &judge,
         );
         assert!(c.announce.is_empty());
         assert_eq!(c.withdraw, ["10.3.0.1/32".parse::<Prefix>().unwrap()]);
-        let c = adj.apply(&withdraw(&["10.3.0.1/32", "10.4.0.1/32"]), true, &judge);
+        let c = adj.apply(withdraw(&["10.3.0.1/32", "10.4.0.1/32"]), true, &judge);
         assert!(
             c.withdraw.is_empty(),
             "neither was accepted: {:?}",
@@ -422,7 +424,7 @@ mod tests {
         );
         assert!(adj.is_empty());
         let c = adj.apply(
-            &announce(&["10.3.0.2/32"], [10, 192, 24, 5], 1),
+            announce(&["10.3.0.2/32"], [10, 192, 24, 5], 1),
             true,
             &judge,
         );
@@ -443,11 +445,11 @@ mod tests {
             [10, 192, 24, 4],
             1,
         );
-        let c = adj.apply(&three, true, &judge);
+        let c = adj.apply(three.clone(), true, &judge);
         assert_eq!(names(&c.announce), ["10.3.0.1/32", "10.3.0.2/32"]);
         assert!(c.teardown.is_none());
         // One goes: the refused one is accepted when judged again.
-        adj.apply(&withdraw(&["10.3.0.1/32"]), true, &judge);
+        adj.apply(withdraw(&["10.3.0.1/32"]), true, &judge);
         let c = adj.rejudge(&judge);
         assert_eq!(names(&c.announce), ["10.3.0.3/32"]);
 
@@ -457,7 +459,7 @@ mod tests {
             policy: Some(&pol),
         };
         let mut adj = AdjRibIn::default();
-        let c = adj.apply(&three, true, &judge);
+        let c = adj.apply(three, true, &judge);
         assert_eq!(c.teardown, Some(("10.3.0.3/32".parse().unwrap(), 2)));
         assert_eq!(names(&c.announce), ["10.3.0.1/32", "10.3.0.2/32"]);
     }
@@ -470,14 +472,14 @@ mod tests {
         };
         let mut adj = AdjRibIn::default();
         adj.apply(
-            &announce(&["10.3.0.1/32", "10.3.0.2/32"], [10, 192, 24, 4], 1),
+            announce(&["10.3.0.1/32", "10.3.0.2/32"], [10, 192, 24, 4], 1),
             false,
             &judge,
         );
         adj.mark_stale();
         assert!(adj.has_stale());
         let c = adj.apply(
-            &announce(&["10.3.0.2/32"], [10, 192, 24, 4], 1),
+            announce(&["10.3.0.2/32"], [10, 192, 24, 4], 1),
             false,
             &judge,
         );

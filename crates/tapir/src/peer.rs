@@ -38,6 +38,10 @@ use crate::rib::{PeerId, PeerInfo, RibMsg};
 /// Read sizes: a quiet session's KEEPALIVEs, and a table transfer.
 const READ_SMALL: usize = 4096;
 const READ_BULK: usize = 65536;
+/// Reads of one connection handed to its session task and not handled
+/// yet, at most: a reader that ran ahead would hold a table transfer's
+/// worth of bytes in the task's queue.
+const READ_WINDOW: usize = 4;
 
 /// How long a closed connection is drained before it is cut off.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
@@ -289,6 +293,9 @@ pub enum PeerMsg {
     Bytes {
         conn: u64,
         data: Vec<u8>,
+        /// One of the connection's reads in flight (`READ_WINDOW`),
+        /// given back when this is handled.
+        _read: tokio::sync::OwnedSemaphorePermit,
     },
     Closed {
         conn: u64,
@@ -619,6 +626,7 @@ impl Peer {
         }));
         let tx = self.tx.clone();
         let backlog = self.local.rib_backlog.clone();
+        let window = Arc::new(tokio::sync::Semaphore::new(READ_WINDOW));
         conn.reader = Some(tokio::spawn(async move {
             // No buffer is held while the socket is quiet (a thousand idle
             // VM sessions must not keep 64 KiB each): one is made when
@@ -629,6 +637,9 @@ impl Peer {
                 // The Loc-RIB is behind: what the peer sends waits in
                 // its TCP window (keepalives too, for a few ms at most).
                 backlog.within_limit().await;
+                let Ok(read) = window.clone().acquire_owned().await else {
+                    return;
+                };
                 if r.readable().await.is_err() {
                     let _ = tx.send(PeerMsg::Closed { conn: id }).await;
                     return;
@@ -647,6 +658,7 @@ impl Peer {
                             .send(PeerMsg::Bytes {
                                 conn: id,
                                 data: buf,
+                                _read: read,
                             })
                             .await
                             .is_err()
@@ -683,7 +695,7 @@ impl Peer {
                     }
                 }
             }
-            PeerMsg::Bytes { conn, data } => {
+            PeerMsg::Bytes { conn, data, .. } => {
                 if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
                     let before = c.session.messages_received();
                     c.session.receive(now, &data);
@@ -1126,7 +1138,7 @@ impl Peer {
             }
             Event::Update(u) => {
                 self.nudge_at = None;
-                self.apply_update(&u)
+                self.apply_update(*u)
             }
             Event::RouteRefresh(family) => {
                 debug!(%family, "route refresh requested");
@@ -1156,7 +1168,7 @@ impl Peer {
         self.process();
     }
 
-    fn apply_update(&mut self, u: &bgp::Update) {
+    fn apply_update(&mut self, u: bgp::Update) {
         // Test builds only: `TAPIR_FAILPOINT=panic-on-prefix:P` makes a
         // session task fail on an announcement of P (the robustness test).
         #[cfg(debug_assertions)]

@@ -212,12 +212,23 @@ impl Policy {
         }
     }
 
+    /// The first term that matches, and whether the route goes out.
+    fn decide(&self, f: &RouteFacts) -> (Option<&Term>, bool) {
+        let term = self.terms.iter().find(|t| t.matches.holds(f));
+        (term, term.map_or(self.default_accept, |t| t.accept))
+    }
+
+    /// Whether the route goes out at all (`export` gives `Some`), without
+    /// making its attributes.
+    pub fn accepts(&self, f: &RouteFacts) -> bool {
+        self.decide(f).1
+    }
+
     /// The attributes to send for this route to an eBGP (`ebgp`) or iBGP
     /// neighbor, or `None` if the policy rejects it. The next hop is the
     /// session's own (next-hop-self), set when the UPDATE is built.
     pub fn export(&self, f: &RouteFacts, local_as: u32, ebgp: bool) -> Option<PathAttributes> {
-        let term = self.terms.iter().find(|t| t.matches.holds(f));
-        let accept = term.map_or(self.default_accept, |t| t.accept);
+        let (term, accept) = self.decide(f);
         if !accept {
             return None;
         }

@@ -12,8 +12,8 @@
 //! Path attributes are interned: one shared copy per distinct set.
 
 use std::cmp::Ordering;
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -500,13 +500,139 @@ struct Exporter<'a> {
     per_prefix: bool,
     cache: foldhash::HashMap<ExportKey, Option<Arc<PathAttributes>>>,
     last: Option<(ExportKey, Option<Arc<PathAttributes>>)>,
+    /// Whether a path goes out, where only that was asked.
+    decided: foldhash::HashMap<ExportKey, bool>,
 }
 
-/// Attribute sets, each once (the map's values are unused: its entry API
-/// finds or adds a set with one hash).
-type Interned = foldhash::HashMap<Arc<PathAttributes>, ()>;
+/// Attribute sets, each once, each with its hash: a table that grows
+/// moves its entries without hashing a set again (a table transfer grows
+/// it from nothing to a hundred thousand sets).
+#[derive(Default)]
+struct Interned {
+    table: hashbrown::HashTable<(u64, Arc<PathAttributes>)>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Interned {
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The one copy of `attrs`, made if there is none.
+    fn intern(&mut self, attrs: PathAttributes) -> Arc<PathAttributes> {
+        let h = self.hasher.hash_one(&attrs);
+        match self
+            .table
+            .entry(h, |(k, a)| *k == h && **a == attrs, |(k, _)| *k)
+        {
+            hashbrown::hash_table::Entry::Occupied(e) => e.get().1.clone(),
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                let a = Arc::new(attrs);
+                e.insert((h, a.clone()));
+                a
+            }
+        }
+    }
+
+    /// As [`Self::intern`] for a set that already sits behind an `Arc`
+    /// (the peer's, shared by the prefixes of one UPDATE): no copy.
+    fn intern_arc(&mut self, attrs: Arc<PathAttributes>) -> Arc<PathAttributes> {
+        let h = self.hasher.hash_one(&*attrs);
+        let same = |(k, a): &(u64, Arc<PathAttributes>)| {
+            *k == h && (Arc::ptr_eq(a, &attrs) || **a == *attrs)
+        };
+        match self.table.entry(h, same, |(k, _)| *k) {
+            hashbrown::hash_table::Entry::Occupied(e) => e.get().1.clone(),
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert((h, attrs.clone()));
+                attrs
+            }
+        }
+    }
+
+    /// Drops the sets nobody else holds.
+    fn sweep(&mut self) {
+        self.table.retain(|(_, a)| Arc::strong_count(a) > 1);
+    }
+}
 
 impl<'a> Exporter<'a> {
+    /// Never back to where it came from; never to a neighbor whose AS is
+    /// in the path (it would drop it anyway); not a draining VM's once
+    /// withdrawn (RFC 8326).
+    fn barred(&self, b: &Path) -> bool {
+        if b.peer.as_ref().is_some_and(|q| q.id == self.peer) {
+            return true;
+        }
+        if let (Some(asn), Some(path)) = (self.asn, &b.attrs().as_path) {
+            if path.segments.iter().any(|s| s.asns().contains(&asn)) {
+                return true;
+            }
+        }
+        self.drain(b) == Some(DrainState::Withdrawn)
+    }
+
+    fn drain(&self, b: &Path) -> Option<DrainState> {
+        let key = b.peer.as_deref().and_then(drain_key)?;
+        self.drains.get(&key).map(|d| d.0)
+    }
+
+    /// What goes to the neighbor for best path `b` of `p`, if anything.
+    fn attrs(&self, b: &Path, p: &Prefix) -> Option<PathAttributes> {
+        if self.barred(b) {
+            return None;
+        }
+        let facts = RouteFacts {
+            prefix: p,
+            attrs: b.attrs(),
+            from: b.peer.as_deref(),
+        };
+        let mut a = self.policy.export(&facts, self.local_as, self.ebgp)?;
+        // RFC 8326: a draining VM's routes go out with GRACEFUL_SHUTDOWN
+        // (and low local-pref inside the AS).
+        if self.drain(b) == Some(DrainState::Shutdown) {
+            if !a.communities.contains(&GRACEFUL_SHUTDOWN) {
+                a.communities.push(GRACEFUL_SHUTDOWN);
+            }
+            if !self.ebgp {
+                a.local_pref = Some(self.drain_cfg.local_pref);
+            }
+        }
+        Some(a)
+    }
+
+    /// Whether best path `b` of `p` goes to the neighbor at all (a
+    /// withdrawal needs no more), without making its attributes.
+    fn exports(&mut self, b: &Path, p: &Prefix) -> bool {
+        let key = (
+            Arc::as_ptr(b.attrs()) as usize,
+            b.peer.as_ref().map(|q| q.id),
+        );
+        if !self.per_prefix {
+            if let Some((k, a)) = &self.last {
+                if *k == key {
+                    return a.is_some();
+                }
+            }
+            if let Some(a) = self.cache.get(&key) {
+                return a.is_some();
+            }
+            if let Some(d) = self.decided.get(&key) {
+                return *d;
+            }
+        }
+        let d = !self.barred(b)
+            && self.policy.accepts(&RouteFacts {
+                prefix: p,
+                attrs: b.attrs(),
+                from: b.peer.as_deref(),
+            });
+        if !self.per_prefix {
+            self.decided.insert(key, d);
+        }
+        d
+    }
+
     fn new(
         sub: &Subscriber,
         peer: PeerId,
@@ -526,6 +652,7 @@ impl<'a> Exporter<'a> {
             per_prefix: policy.matches_prefixes(),
             cache: Default::default(),
             last: None,
+            decided: Default::default(),
         }
     }
 
@@ -551,18 +678,7 @@ impl<'a> Exporter<'a> {
                 return a;
             }
         }
-        let a = export_attrs(
-            b,
-            p,
-            self.peer,
-            self.asn,
-            self.ebgp,
-            self.policy,
-            self.local_as,
-            self.drains,
-            self.drain_cfg,
-        )
-        .map(|a| intern_into(set, a));
+        let a = self.attrs(b, p).map(|a| set.intern(a));
         if !self.per_prefix {
             self.cache.insert(key, a.clone());
             self.last = Some((key, a.clone()));
@@ -698,94 +814,19 @@ pub fn compare_for_multipath(a: &Path, b: &Path) -> Ordering {
         .then_with(|| pb.ebgp.cmp(&pa.ebgp))
 }
 
-/// Interns into `set` (see `Rib::intern`), for when `self` is borrowed.
-fn intern_into(set: &mut Interned, attrs: PathAttributes) -> Arc<PathAttributes> {
-    if let Some((a, _)) = set.get_key_value(&attrs) {
-        return a.clone();
-    }
-    let a = Arc::new(attrs);
-    set.insert(a.clone(), ());
-    a
-}
-
 /// A best path's attribute set (by address) and where it came from: what
 /// an export depends on when the policy matches no prefixes.
 type ExportKey = (usize, Option<PeerId>);
-
-/// What goes to neighbor `peer` for a best path `b` of `p`, if anything.
-#[allow(clippy::too_many_arguments)]
-fn export_attrs(
-    b: &Path,
-    p: &Prefix,
-    peer: PeerId,
-    asn: Option<u32>,
-    ebgp: bool,
-    policy: &Policy,
-    local_as: u32,
-    drains: &Drains,
-    drain_cfg: DrainConfig,
-) -> Option<PathAttributes> {
-    // Never back to where it came from; never to a neighbor whose AS is
-    // in the path (it would drop it anyway).
-    if b.peer.as_ref().is_some_and(|q| q.id == peer) {
-        return None;
-    }
-    if let (Some(asn), Some(path)) = (asn, &b.attrs().as_path) {
-        if path.segments.iter().any(|s| s.asns().contains(&asn)) {
-            return None;
-        }
-    }
-    let facts = RouteFacts {
-        prefix: p,
-        attrs: b.attrs(),
-        from: b.peer.as_deref(),
-    };
-    let mut a = policy.export(&facts, local_as, ebgp)?;
-    // RFC 8326: a draining VM's routes go out with GRACEFUL_SHUTDOWN (and
-    // low local-pref inside the AS), or not at all once withdrawn.
-    if let Some(key) = b.peer.as_deref().and_then(drain_key) {
-        match drains.get(&key).map(|d| d.0) {
-            Some(DrainState::Withdrawn) => return None,
-            Some(DrainState::Shutdown) => {
-                if !a.communities.contains(&GRACEFUL_SHUTDOWN) {
-                    a.communities.push(GRACEFUL_SHUTDOWN);
-                }
-                if !ebgp {
-                    a.local_pref = Some(drain_cfg.local_pref);
-                }
-            }
-            None => {}
-        }
-    }
-    Some(a)
-}
 
 fn best(paths: &[Path]) -> Option<&Path> {
     paths.iter().min_by(|a, b| compare(a, b))
 }
 
 impl Rib {
-    fn intern(&mut self, attrs: PathAttributes) -> Arc<PathAttributes> {
-        intern_into(&mut self.interned, attrs)
-    }
-
-    /// Interns an attribute set that already sits behind an `Arc` (the
-    /// peer's, shared by the prefixes of one UPDATE): no copy.
-    fn intern_arc(&mut self, attrs: Arc<PathAttributes>) -> Arc<PathAttributes> {
-        match self.interned.entry(attrs) {
-            Entry::Occupied(e) => e.key().clone(),
-            Entry::Vacant(e) => {
-                let a = e.key().clone();
-                e.insert(());
-                a
-            }
-        }
-    }
-
     /// Adds tapir's own path (no AS path, origin IGP) to each prefix that
     /// has none yet.
     fn add_local(&mut self, prefixes: Vec<Prefix>, changed: &mut Vec<Change>) {
-        let attrs = self.intern(PathAttributes {
+        let attrs = self.interned.intern(PathAttributes {
             origin: Some(bgp::Origin::Igp),
             as_path: Some(bgp::AsPath::default()),
             ..Default::default()
@@ -852,7 +893,7 @@ impl Rib {
             // doubled since the last sweep (a sweep per batch would make a
             // table transfer quadratic).
             if self.interned.len() > self.sweep_at {
-                self.interned.retain(|a, _| Arc::strong_count(a) > 1);
+                self.interned.sweep();
                 self.sweep_at = (2 * self.interned.len()).max(1024);
             }
         }
@@ -896,7 +937,7 @@ impl Rib {
                         _ => {
                             let to = Arc::new(Route {
                                 next_hop: Some(nh),
-                                attrs: self.intern_arc(attrs.clone()),
+                                attrs: self.interned.intern_arc(attrs.clone()),
                             });
                             last = Some((attrs, to.clone()));
                             to
@@ -1188,18 +1229,21 @@ impl Rib {
                 }
             }
             let new = b.and_then(|b| now.export(interned, b, &c.prefix));
-            let old = c.was.as_ref().and_then(|w| {
-                then.as_mut()
-                    .unwrap_or(&mut now)
-                    .export(interned, w, &c.prefix)
-            });
-            let delta = match (&old, &new) {
+            let e = then.as_mut().unwrap_or(&mut now);
+            let delta = match (&new, c.was.as_ref().map(|w| (e, w))) {
                 (None, None) => continue,
-                // Equal sets are mostly one Arc (interned per call).
-                (Some(a), Some(b)) if Arc::ptr_eq(a, b) || **a == **b => continue,
-                (Some(_), Some(_)) => 0,
-                (None, Some(_)) => 1,
-                (Some(_), None) => -1,
+                // Gone: withdrawn if it had gone out.
+                (None, Some((e, w))) => match e.exports(w, &c.prefix) {
+                    true => -1,
+                    false => continue,
+                },
+                (Some(_), None) => 1,
+                (Some(n), Some((e, w))) => match e.export(interned, w, &c.prefix) {
+                    None => 1,
+                    // Equal sets are mostly one Arc (interned).
+                    Some(o) if Arc::ptr_eq(&o, n) || *o == **n => continue,
+                    Some(_) => 0,
+                },
             };
             match c.prefix {
                 Prefix::V4(..) => d4 += delta,
