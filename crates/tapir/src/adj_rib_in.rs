@@ -153,6 +153,8 @@ impl AdjRibIn {
     /// From an external peer LOCAL_PREF is ignored (RFC 4271 §5.1.5).
     pub fn apply(&mut self, mut u: Update, ebgp: bool, judge: &Judge) -> Changes {
         let mut out = Changes::default();
+        out.withdraw
+            .reserve(u.withdrawn.len() + u.mp_unreach.as_ref().map_or(0, |m| m.withdrawn.len()));
         for p in u.withdrawn_iter() {
             if self.remove(&p).is_some_and(|(_, why)| why.is_none()) {
                 out.withdraw.push(p);

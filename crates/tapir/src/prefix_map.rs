@@ -233,9 +233,10 @@ fn search<K: Ord, V>(leaf: &VecDeque<(K, V)>, k: &K) -> Result<usize, usize> {
     }
 }
 
-/// Gives memory back from a leaf that removals have mostly emptied.
+/// Gives memory back from a leaf that removals have mostly emptied (a
+/// leaf emptied in order, as a withdrawal of all does, shrinks twice).
 fn shrink<T>(leaf: &mut VecDeque<T>) {
-    if leaf.capacity() > 8 && leaf.len() * 4 <= leaf.capacity() {
+    if leaf.capacity() > 16 && leaf.len() * 4 <= leaf.capacity() {
         leaf.shrink_to(leaf.len() * 2);
     }
 }

@@ -502,6 +502,7 @@ struct Exporter<'a> {
     last: Option<(ExportKey, Option<Arc<PathAttributes>>)>,
     /// Whether a path goes out, where only that was asked.
     decided: foldhash::HashMap<ExportKey, bool>,
+    last_decided: Option<(ExportKey, bool)>,
 }
 
 /// Attribute sets, each once, each with its hash: a table that grows
@@ -614,10 +615,16 @@ impl<'a> Exporter<'a> {
                     return a.is_some();
                 }
             }
+            if let Some((k, d)) = self.last_decided {
+                if k == key {
+                    return d;
+                }
+            }
             if let Some(a) = self.cache.get(&key) {
                 return a.is_some();
             }
             if let Some(d) = self.decided.get(&key) {
+                self.last_decided = Some((key, *d));
                 return *d;
             }
         }
@@ -629,6 +636,7 @@ impl<'a> Exporter<'a> {
             });
         if !self.per_prefix {
             self.decided.insert(key, d);
+            self.last_decided = Some((key, d));
         }
         d
     }
@@ -653,6 +661,7 @@ impl<'a> Exporter<'a> {
             cache: Default::default(),
             last: None,
             decided: Default::default(),
+            last_decided: None,
         }
     }
 

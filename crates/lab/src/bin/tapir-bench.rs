@@ -138,8 +138,11 @@ fn pump(s: &mut TcpStream, buf: &mut Vec<u8>, mut f: impl FnMut(&Message) -> boo
     let cxt = Context::modern();
     let mut chunk = vec![0u8; 1 << 16];
     loop {
-        while let Ok(Some((m, used))) = Message::decode(buf, &cxt) {
-            buf.drain(..used);
+        // What a read's messages used goes at once: the harness's own
+        // work must stay small beside the daemon's.
+        let mut at = 0;
+        while let Ok(Some((m, used))) = Message::decode(&buf[at..], &cxt) {
+            at += used;
             if let Message::Open(_) = m {
                 let _ = s.write_all(&Message::Keepalive.encode(&cxt));
             }
@@ -151,6 +154,7 @@ fn pump(s: &mut TcpStream, buf: &mut Vec<u8>, mut f: impl FnMut(&Message) -> boo
                 return true;
             }
         }
+        buf.drain(..at);
         match s.read(&mut chunk) {
             Ok(0) | Err(_) => return false,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -244,7 +248,8 @@ fn sink(args: &[String]) -> ExitCode {
     let (mut s, _) = l.accept().expect("accept");
     s.write_all(&open(65002, id, v6)).expect("send OPEN");
     let mut buf = Vec::new();
-    let mut have: HashSet<Prefix> = HashSet::with_capacity(n);
+    let mut have: HashSet<Prefix, foldhash::fast::RandomState> =
+        HashSet::with_capacity_and_hasher(n, Default::default());
     let mut announced = false;
     let mut full = false;
     let mut keepalive_at = Instant::now() + Duration::from_secs(30);
@@ -259,10 +264,10 @@ fn sink(args: &[String]) -> ExitCode {
                 println!("ESTABLISHED {}", now_nanos());
             }
             Message::Update(u) => {
-                for p in u.withdrawn_all() {
+                for p in u.withdrawn_iter() {
                     have.remove(&p);
                 }
-                for (p, _) in u.announced() {
+                for (p, _) in u.announced_iter() {
                     have.insert(p);
                 }
                 if !full && have.len() >= n {
