@@ -879,10 +879,17 @@ impl Rib {
             let mut taken = 0;
             while let Some(m) = next {
                 // A question is answered once what came before it has
-                // reached the kernel and the peers' queues.
+                // reached the kernel and the peers' queues; a newcomer is
+                // counted, and a session fed, from the table as its
+                // neighbors were told it (pending changes would be sent
+                // to them again).
                 if matches!(
                     m,
-                    RibMsg::Show(_) | RibMsg::Stats(_) | RibMsg::DrainStates(_)
+                    RibMsg::Show(_)
+                        | RibMsg::Stats(_)
+                        | RibMsg::DrainStates(_)
+                        | RibMsg::Subscribe { .. }
+                        | RibMsg::Refeed { .. }
                 ) {
                     self.flush(&mut changed).await;
                 }
