@@ -228,12 +228,13 @@ pub fn encode_withdraw(prefixes: &[Prefix], cxt: &Context) -> Vec<Vec<u8>> {
     let room = cxt.max_message_len - HEADER_LEN - 4;
     let mut rest = prefixes;
     while !rest.is_empty() {
-        let mut body = Vec::new();
+        let mut body = Vec::with_capacity(room + 4);
         let taken = if first.afi() == Afi::Ipv4 {
-            let mut w = Vec::new();
-            let n = attribute::push_prefixes(rest, room, &mut w);
-            body.extend_from_slice(&(w.len() as u16).to_be_bytes());
-            body.extend_from_slice(&w);
+            // The withdrawn routes' length is known once they are in.
+            body.extend_from_slice(&[0, 0]);
+            let n = attribute::push_prefixes(rest, room, &mut body);
+            let w = (body.len() - 2) as u16;
+            body[..2].copy_from_slice(&w.to_be_bytes());
             body.extend_from_slice(&[0, 0]);
             n
         } else {
