@@ -134,9 +134,7 @@ impl Prefix {
 
     /// Decodes a whole NLRI field (a sequence of prefixes of one family).
     pub fn decode_all(afi: Afi, mut buf: &[u8]) -> Result<Vec<Prefix>, PrefixError> {
-        // A withdrawal packs hundreds: room for /24s (four octets each)
-        // from the start.
-        let mut out = Vec::with_capacity(buf.len() / 4);
+        let mut out = Vec::new();
         while !buf.is_empty() {
             let (p, n) = Prefix::decode(afi, buf)?;
             out.push(p);
