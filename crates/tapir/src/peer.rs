@@ -803,14 +803,16 @@ impl Peer {
                 if self.conns.len() == 1 && self.conns[0].session.state() == State::Idle {
                     self.conns[0].session.start(Instant::now());
                 }
+                // A session that came up meanwhile has had the table as it
+                // was, without End-of-RIB: the whole table again, then
+                // End-of-RIB, from the RIB (so never before the table).
                 if let Some(i) = self
                     .conns
                     .iter()
                     .position(|c| c.session.state() == State::Established)
                 {
-                    let now = Instant::now();
                     for f in self.conns[i].session.context().families {
-                        self.conns[i].session.send(now, encode_end_of_rib(f));
+                        self.send_family(i, f);
                     }
                 }
             }

@@ -110,14 +110,10 @@ impl ExportCount {
     }
 
     fn add(&self, afi: bgp::Afi, delta: isize) {
-        match delta {
-            0 => {}
-            d if d > 0 => {
-                self.of(afi).fetch_add(d as usize, Relaxed);
-            }
-            d => {
-                self.of(afi).fetch_sub(d.unsigned_abs(), Relaxed);
-            }
+        if delta != 0 {
+            let _ = self
+                .of(afi)
+                .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_add_signed(delta)));
         }
     }
 
@@ -605,10 +601,7 @@ impl<'a> Exporter<'a> {
     /// Whether best path `b` of `p` goes to the neighbor at all (a
     /// withdrawal needs no more), without making its attributes.
     fn exports(&mut self, b: &Path, p: &Prefix) -> bool {
-        let key = (
-            Arc::as_ptr(b.attrs()) as usize,
-            b.peer.as_ref().map(|q| q.id),
-        );
+        let key = export_key(b);
         if !self.per_prefix {
             if let Some((k, a)) = &self.last {
                 if *k == key {
@@ -669,10 +662,7 @@ impl<'a> Exporter<'a> {
     /// exports are one `Arc` (the neighbor's task groups prefixes into
     /// UPDATEs by it), and one the Loc-RIB already has is not made again.
     fn export(&mut self, set: &mut Interned, b: &Path, p: &Prefix) -> Option<Arc<PathAttributes>> {
-        let key = (
-            Arc::as_ptr(b.attrs()) as usize,
-            b.peer.as_ref().map(|q| q.id),
-        );
+        let key = export_key(b);
         // Neighbouring prefixes mostly share their path (they came in one
         // UPDATE): the last pair first.
         if !self.per_prefix {
@@ -823,9 +813,20 @@ pub fn compare_for_multipath(a: &Path, b: &Path) -> Ordering {
         .then_with(|| pb.ebgp.cmp(&pa.ebgp))
 }
 
-/// A best path's attribute set (by address) and where it came from: what
-/// an export depends on when the policy matches no prefixes.
-type ExportKey = (usize, Option<PeerId>);
+/// A best path's attribute set and where it came from (the `PeerInfo`,
+/// both by address): what an export depends on when the policy matches no
+/// prefixes. A peer renamed (its VM found in the inventory) has a new
+/// `PeerInfo`, and its paths' exports may differ (drains, `vm` terms).
+/// The paths hold both for as long as a key is used, so neither address
+/// can be reused meanwhile.
+type ExportKey = (usize, Option<usize>);
+
+fn export_key(b: &Path) -> ExportKey {
+    (
+        Arc::as_ptr(b.attrs()) as usize,
+        b.peer.as_ref().map(|q| Arc::as_ptr(q) as usize),
+    )
+}
 
 fn best(paths: &[Path]) -> Option<&Path> {
     paths.iter().min_by(|a, b| compare(a, b))
@@ -1299,8 +1300,12 @@ impl Rib {
             .filter_map(|(p, v)| Some((p, now.export(interned, best(v)?, &p)?)))
             .collect();
         let tx = sub.tx.clone();
+        // During a restart's deferral the table is not complete: no
+        // End-of-RIB yet (RFC 4724 §4.1). `RibReady` makes the session ask
+        // again when it is.
+        let ready = self.ready;
         let mut chunks = routes.chunks(CHUNK).peekable();
-        if chunks.peek().is_none() {
+        if chunks.peek().is_none() && ready {
             let _ = tx
                 .send(PeerMsg::Refeed {
                     conn,
@@ -1311,7 +1316,7 @@ impl Rib {
                 .await;
         }
         while let Some(c) = chunks.next() {
-            let end = chunks.peek().is_none();
+            let end = ready && chunks.peek().is_none();
             let _ = tx
                 .send(PeerMsg::Refeed {
                     conn,
@@ -1608,6 +1613,86 @@ mod tests {
                 }
                 _ => panic!("no refeed of {family}"),
             }
+        }
+    }
+
+    /// A peer renamed (its VM found in the inventory) announces its routes
+    /// again with the same attribute sets: an export that depends on the
+    /// VM changes, and the neighbor is told, though nothing else did.
+    #[tokio::test]
+    async fn a_renamed_peer_is_exported_by_its_new_name() {
+        let rib = spawn(
+            64612,
+            Vec::new(),
+            None,
+            false,
+            None,
+            DrainConfig {
+                local_pref: 0,
+                withdraw_after: None,
+            },
+            Backlog::default(),
+        )
+        .unwrap();
+        let web = Policy {
+            name: "web".into(),
+            as_path: crate::policy::AsPathMode::Keep,
+            default_accept: false,
+            terms: vec![crate::policy::Term::accept(crate::policy::Match {
+                vm: Some("web1".into()),
+                ..Default::default()
+            })],
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        let count = Exported::default();
+        rib.send(RibMsg::Subscribe {
+            peer: 9,
+            asn: Some(65009),
+            ebgp: true,
+            policy: Arc::new(web),
+            tx,
+            exported: count.clone(),
+            families: vec![bgp::Afi::Ipv4],
+        })
+        .unwrap();
+        let attrs = Arc::new(PathAttributes {
+            origin: Some(bgp::Origin::Igp),
+            as_path: Some(AsPath::from_sequence([65001])),
+            ..Default::default()
+        });
+        let p: Prefix = "198.51.100.0/24".parse().unwrap();
+        let nh = NextHop::V4("10.0.0.1".parse().unwrap());
+        let unnamed = peer(1, 65001, true, "10.0.0.1");
+        let mut named = (*unnamed).clone();
+        named.vm = Some("web1".into());
+        let sent = |rx: &mut mpsc::Receiver<PeerMsg>| {
+            let mut v = Vec::new();
+            while let Ok(m) = rx.try_recv() {
+                if let PeerMsg::Export(changes) = m {
+                    v.extend(changes.into_iter().map(|(p, a)| (p, a.is_some())));
+                }
+            }
+            v
+        };
+        let stats = || async {
+            let (q, a) = oneshot::channel();
+            rib.send(RibMsg::Stats(q)).unwrap();
+            a.await.unwrap()
+        };
+        for (who, want, n) in [
+            (unnamed.clone(), vec![], 0),
+            (Arc::new(named), vec![(p, true)], 1),
+            (unnamed, vec![(p, false)], 0),
+        ] {
+            rib.send(RibMsg::Update {
+                peer: who.clone(),
+                announce: vec![(p, nh, attrs.clone())],
+                withdraw: Vec::new(),
+            })
+            .unwrap();
+            stats().await;
+            assert_eq!(sent(&mut rx), want, "as {:?}", who.vm);
+            assert_eq!(count.get(bgp::Afi::Ipv4), n);
         }
     }
 }
