@@ -358,11 +358,9 @@ pub struct Peer {
     id: PeerId,
     /// Set while Established: what the Loc-RIB knows of this peer.
     info: Option<Arc<PeerInfo>>,
-    /// What we announce to the peer (upstream neighbors only).
-    /// How many prefixes the Loc-RIB exports to this neighbor, by family.
+    /// How many prefixes the Loc-RIB exports to this neighbor, by family
+    /// (upstream neighbors only).
     exported: crate::rib::Exported,
-    /// End-of-RIB may go out (false while a restart's deferral runs).
-    rib_ready: bool,
     /// The peer's graceful restart capability from the last session.
     peer_gr: Option<bgp::capability::GracefulRestart>,
     /// When routes kept for a restarting peer are given up.
@@ -392,7 +390,6 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         address: cfg.address,
         tx: tx.clone(),
     };
-    let rib_ready = cfg.export.is_none();
     let peer = Peer {
         cfg,
         local,
@@ -406,7 +403,6 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         id: NEXT_PEER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         info: None,
         exported: Default::default(),
-        rib_ready,
         peer_gr: None,
         stale_until: None,
         nudge_at: None,
@@ -799,7 +795,6 @@ impl Peer {
                 }
             }
             PeerMsg::RibReady => {
-                self.rib_ready = true;
                 if self.conns.len() == 1 && self.conns[0].session.state() == State::Idle {
                     self.conns[0].session.start(Instant::now());
                 }

@@ -498,7 +498,6 @@ struct Exporter<'a> {
     last: Option<(ExportKey, Option<Arc<PathAttributes>>)>,
     /// Whether a path goes out, where only that was asked.
     decided: foldhash::HashMap<ExportKey, bool>,
-    last_decided: Option<(ExportKey, bool)>,
 }
 
 /// Attribute sets, each once, each with its hash: a table that grows
@@ -515,24 +514,13 @@ impl Interned {
         self.table.len()
     }
 
-    /// The one copy of `attrs`, made if there is none.
+    /// The one copy of `attrs` (exports, mostly new sets).
     fn intern(&mut self, attrs: PathAttributes) -> Arc<PathAttributes> {
-        let h = self.hasher.hash_one(&attrs);
-        match self
-            .table
-            .entry(h, |(k, a)| *k == h && **a == attrs, |(k, _)| *k)
-        {
-            hashbrown::hash_table::Entry::Occupied(e) => e.get().1.clone(),
-            hashbrown::hash_table::Entry::Vacant(e) => {
-                let a = Arc::new(attrs);
-                e.insert((h, a.clone()));
-                a
-            }
-        }
+        self.intern_arc(Arc::new(attrs))
     }
 
-    /// As [`Self::intern`] for a set that already sits behind an `Arc`
-    /// (the peer's, shared by the prefixes of one UPDATE): no copy.
+    /// The one copy of a set that already sits behind an `Arc` (the
+    /// peer's, shared by the prefixes of one UPDATE): no copy.
     fn intern_arc(&mut self, attrs: Arc<PathAttributes>) -> Arc<PathAttributes> {
         let h = self.hasher.hash_one(&*attrs);
         let same = |(k, a): &(u64, Arc<PathAttributes>)| {
@@ -608,16 +596,10 @@ impl<'a> Exporter<'a> {
                     return a.is_some();
                 }
             }
-            if let Some((k, d)) = self.last_decided {
-                if k == key {
-                    return d;
-                }
-            }
             if let Some(a) = self.cache.get(&key) {
                 return a.is_some();
             }
             if let Some(d) = self.decided.get(&key) {
-                self.last_decided = Some((key, *d));
                 return *d;
             }
         }
@@ -629,7 +611,6 @@ impl<'a> Exporter<'a> {
             });
         if !self.per_prefix {
             self.decided.insert(key, d);
-            self.last_decided = Some((key, d));
         }
         d
     }
@@ -654,7 +635,6 @@ impl<'a> Exporter<'a> {
             cache: Default::default(),
             last: None,
             decided: Default::default(),
-            last_decided: None,
         }
     }
 
@@ -1084,7 +1064,7 @@ impl Rib {
                 };
                 // What is pending goes out under the old drains first.
                 self.flush(changed).await;
-                let before_drains = self.drains.clone();
+                let old = self.drains.clone();
                 for t in &targets {
                     match state {
                         None => {
@@ -1111,7 +1091,6 @@ impl Rib {
                     tracing::info!(vm = %t, state = ?state, "drain");
                 }
                 let _ = reply.send(Ok(targets.len()));
-                let old = before_drains;
                 self.reexport(None, Before::Drains(&old), true).await;
             }
             RibMsg::DrainExpired { vm, generation } => {
@@ -1237,11 +1216,10 @@ impl Rib {
                 continue;
             }
             let b = table.get(&c.prefix).and_then(|v| best(v));
-            // The same best path under the same rules: the same export.
+            // The same attributes from the same peer under the same rules:
+            // the same export.
             if let (Before::Now, Some(b), Some(w)) = (before, b, &c.was) {
-                if Arc::ptr_eq(&b.route, &w.route)
-                    && b.peer.as_ref().map(|q| q.id) == w.peer.as_ref().map(|q| q.id)
-                {
+                if export_key(b) == export_key(w) {
                     continue;
                 }
             }
@@ -1294,34 +1272,35 @@ impl Rib {
         };
         let afi = family.unicast_afi();
         let mut now = Exporter::new(sub, peer, &sub.policy, *local_as, drains, *drain_cfg);
-        let routes: Vec<(Prefix, Arc<PathAttributes>)> = table
-            .iter()
-            .filter(|(p, _)| Some(p.afi()) == afi && sub.takes(p))
-            .filter_map(|(p, v)| Some((p, now.export(interned, best(v)?, &p)?)))
-            .collect();
+        let mut chunks: Vec<Vec<(Prefix, Arc<PathAttributes>)>> = vec![Vec::new()];
+        for (p, v) in table.iter() {
+            if Some(p.afi()) != afi || !sub.takes(&p) {
+                continue;
+            }
+            let Some(a) = best(v).and_then(|b| now.export(interned, b, &p)) else {
+                continue;
+            };
+            match chunks.last_mut() {
+                Some(c) if c.len() < CHUNK => c.push((p, a)),
+                _ => chunks.push(vec![(p, a)]),
+            }
+        }
         let tx = sub.tx.clone();
         // During a restart's deferral the table is not complete: no
         // End-of-RIB yet (RFC 4724 §4.1). `RibReady` makes the session ask
         // again when it is.
         let ready = self.ready;
-        let mut chunks = routes.chunks(CHUNK).peekable();
-        if chunks.peek().is_none() && ready {
+        let n = chunks.len();
+        for (i, routes) in chunks.into_iter().enumerate() {
+            let end = ready && i + 1 == n;
+            if routes.is_empty() && !end {
+                continue;
+            }
             let _ = tx
                 .send(PeerMsg::Refeed {
                     conn,
                     family,
-                    routes: Vec::new(),
-                    end: true,
-                })
-                .await;
-        }
-        while let Some(c) = chunks.next() {
-            let end = ready && chunks.peek().is_none();
-            let _ = tx
-                .send(PeerMsg::Refeed {
-                    conn,
-                    family,
-                    routes: c.to_vec(),
+                    routes,
                     end,
                 })
                 .await;
@@ -1429,6 +1408,52 @@ mod tests {
     use super::*;
     use bgp::AsPath;
 
+    /// A RIB with one subscriber, neighbor 9 in AS 65009 taking IPv4
+    /// through `policy`: the RIB, what the neighbor is sent, its count.
+    fn subscribed(
+        policy: Policy,
+    ) -> (
+        mpsc::UnboundedSender<RibMsg>,
+        mpsc::Receiver<PeerMsg>,
+        Exported,
+    ) {
+        let rib = spawn(
+            64612,
+            Vec::new(),
+            None,
+            false,
+            None,
+            DrainConfig {
+                local_pref: 0,
+                withdraw_after: None,
+            },
+            Backlog::default(),
+        )
+        .unwrap();
+        let (tx, rx) = mpsc::channel(64);
+        let count = Exported::default();
+        rib.send(RibMsg::Subscribe {
+            peer: 9,
+            asn: Some(65009),
+            ebgp: true,
+            policy: Arc::new(policy),
+            tx,
+            exported: count.clone(),
+            families: vec![bgp::Afi::Ipv4],
+        })
+        .unwrap();
+        (rib, rx, count)
+    }
+
+    /// An attribute set as AS 65001 sends it.
+    fn from_65001() -> Arc<PathAttributes> {
+        Arc::new(PathAttributes {
+            origin: Some(bgp::Origin::Igp),
+            as_path: Some(AsPath::from_sequence([65001])),
+            ..Default::default()
+        })
+    }
+
     fn peer(id: u64, asn: u32, ebgp: bool, rid: &str) -> Arc<PeerInfo> {
         Arc::new(PeerInfo {
             id,
@@ -1528,38 +1553,10 @@ mod tests {
     /// family is empty.
     #[tokio::test]
     async fn export_only_the_neighbors_families() {
-        let rib = spawn(
-            64612,
-            Vec::new(),
-            None,
-            false,
-            None,
-            DrainConfig {
-                local_pref: 0,
-                withdraw_after: None,
-            },
-            Backlog::default(),
-        )
-        .unwrap();
         let mut accept_all = Policy::hypervisor_default();
         accept_all.default_accept = true;
-        let (tx, mut rx) = mpsc::channel(64);
-        let count = Exported::default();
-        rib.send(RibMsg::Subscribe {
-            peer: 9,
-            asn: Some(65009),
-            ebgp: true,
-            policy: Arc::new(accept_all),
-            tx,
-            exported: count.clone(),
-            families: vec![bgp::Afi::Ipv4],
-        })
-        .unwrap();
-        let attrs = Arc::new(PathAttributes {
-            origin: Some(bgp::Origin::Igp),
-            as_path: Some(AsPath::from_sequence([65001])),
-            ..Default::default()
-        });
+        let (rib, mut rx, count) = subscribed(accept_all);
+        let attrs = from_65001();
         let v4: Prefix = "198.51.100.0/24".parse().unwrap();
         let v6: Prefix = "2001:db8:1::/48".parse().unwrap();
         rib.send(RibMsg::Update {
@@ -1621,19 +1618,6 @@ mod tests {
     /// VM changes, and the neighbor is told, though nothing else did.
     #[tokio::test]
     async fn a_renamed_peer_is_exported_by_its_new_name() {
-        let rib = spawn(
-            64612,
-            Vec::new(),
-            None,
-            false,
-            None,
-            DrainConfig {
-                local_pref: 0,
-                withdraw_after: None,
-            },
-            Backlog::default(),
-        )
-        .unwrap();
         let web = Policy {
             name: "web".into(),
             as_path: crate::policy::AsPathMode::Keep,
@@ -1643,23 +1627,8 @@ mod tests {
                 ..Default::default()
             })],
         };
-        let (tx, mut rx) = mpsc::channel(64);
-        let count = Exported::default();
-        rib.send(RibMsg::Subscribe {
-            peer: 9,
-            asn: Some(65009),
-            ebgp: true,
-            policy: Arc::new(web),
-            tx,
-            exported: count.clone(),
-            families: vec![bgp::Afi::Ipv4],
-        })
-        .unwrap();
-        let attrs = Arc::new(PathAttributes {
-            origin: Some(bgp::Origin::Igp),
-            as_path: Some(AsPath::from_sequence([65001])),
-            ..Default::default()
-        });
+        let (rib, mut rx, count) = subscribed(web);
+        let attrs = from_65001();
         let p: Prefix = "198.51.100.0/24".parse().unwrap();
         let nh = NextHop::V4("10.0.0.1".parse().unwrap());
         let unnamed = peer(1, 65001, true, "10.0.0.1");
