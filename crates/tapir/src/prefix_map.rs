@@ -53,7 +53,9 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
             _ => {}
         }
         match self.index.first_key_value() {
-            Some(first) if first.0 <= k && first.1.back().is_some_and(|e| *k <= e.0) => Some(first),
+            // Below every leaf (a prefix just withdrawn in order).
+            Some(first) if k < first.0 => None,
+            Some(first) if first.1.back().is_some_and(|e| *k <= e.0) => Some(first),
             _ => self.index.range(..=*k).next_back(),
         }
     }
@@ -67,12 +69,13 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
             let last = index.last_entry()?;
             return Some((*last.key(), last.into_mut()));
         }
-        if index
-            .first_key_value()
-            .is_some_and(|(f, l)| f <= k && l.back().is_some_and(|e| *k <= e.0))
-        {
-            let first = index.first_entry()?;
-            return Some((*first.key(), first.into_mut()));
+        match index.first_key_value() {
+            Some((f, _)) if k < f => return None,
+            Some((_, l)) if l.back().is_some_and(|e| *k <= e.0) => {
+                let first = index.first_entry()?;
+                return Some((*first.key(), first.into_mut()));
+            }
+            _ => {}
         }
         index.range_mut(..=*k).next_back().map(|(f, l)| (*f, l))
     }
@@ -173,6 +176,19 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
         })
     }
 
+    /// As `change`, returning the value `f` did not keep.
+    fn take_unless(&mut self, k: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
+        let mut out = None;
+        self.find_and(k, |leaf, i| {
+            if f(&mut leaf[i].1) {
+                return false;
+            }
+            out = leaf.remove(i).map(|e| e.1);
+            true
+        });
+        out
+    }
+
     /// Finds `k` and calls `f` with its leaf and place, which says whether
     /// it took the entry out. Whether `k` was there.
     fn find_and(&mut self, k: &K, f: impl FnOnce(&mut VecDeque<(K, V)>, usize) -> bool) -> bool {
@@ -224,11 +240,13 @@ impl<K: Copy + Ord, V> Leaves<K, V> {
     }
 }
 
-/// Where `k` is in a leaf, or would go: past the last entry without a
-/// search (the common case of a table arriving in order).
+/// Where `k` is in a leaf, or would go: past the last entry or at the
+/// first without a search (the common cases of a table arriving in order
+/// and of one withdrawn in order).
 fn search<K: Ord, V>(leaf: &VecDeque<(K, V)>, k: &K) -> Result<usize, usize> {
-    match leaf.back() {
-        Some(last) if last.0 < *k => Err(leaf.len()),
+    match (leaf.front(), leaf.back()) {
+        (_, Some(last)) if last.0 < *k => Err(leaf.len()),
+        (Some(first), _) if first.0 == *k => Ok(0),
         _ => leaf.binary_search_by(|e| e.0.cmp(k)),
     }
 }
@@ -398,6 +416,16 @@ impl<V> PrefixMap<V> {
             Prefix::V4(a, l) => self.v4.change(&v4_key(a, l), f),
             Prefix::V6(a, l) if l <= V6_SHORT => self.v6.change(&v6_short_key(a, l), f),
             Prefix::V6(a, l) => self.v6_long.change(&v6_key(a, l), f),
+        }
+    }
+
+    /// As [`Self::change`], handing back the value `f` did not keep (to
+    /// move out, not copy, what a removal takes away).
+    pub fn take_unless(&mut self, p: &Prefix, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
+        match *p {
+            Prefix::V4(a, l) => self.v4.take_unless(&v4_key(a, l), f),
+            Prefix::V6(a, l) if l <= V6_SHORT => self.v6.take_unless(&v6_short_key(a, l), f),
+            Prefix::V6(a, l) => self.v6_long.take_unless(&v6_key(a, l), f),
         }
     }
 

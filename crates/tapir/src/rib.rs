@@ -152,11 +152,72 @@ pub struct Path {
     pub route: Arc<Route>,
 }
 
-/// What paths share: the next hop and the (interned) attributes.
-#[derive(Debug, PartialEq)]
+/// What paths share: the next hop and the (interned) attributes, from
+/// one peer.
+#[derive(Debug)]
 pub struct Route {
     pub next_hop: Option<NextHop>,
     pub attrs: Arc<PathAttributes>,
+    /// Whether its paths went out to each neighbor, as decided when they
+    /// were exported: a withdrawal needs no policy run again.
+    exports: ExportMemo,
+}
+
+impl PartialEq for Route {
+    fn eq(&self, o: &Route) -> bool {
+        self.next_hop == o.next_hop && self.attrs == o.attrs
+    }
+}
+
+impl Route {
+    pub fn new(next_hop: Option<NextHop>, attrs: Arc<PathAttributes>) -> Route {
+        Route {
+            next_hop,
+            attrs,
+            exports: ExportMemo::default(),
+        }
+    }
+}
+
+/// Neighbors a route's export was decided for, and the decision, valid
+/// while the rules (policies, drains, neighbors) stay those of one
+/// generation. Up to [`MEMO_SLOTS`] neighbors have a slot; the others are
+/// decided each time. High 32 bits: the generation; then two bits a slot
+/// (decided, exported). Only the RIB thread writes it.
+#[derive(Debug, Default)]
+struct ExportMemo(std::sync::atomic::AtomicU64);
+
+const MEMO_SLOTS: u8 = 16;
+
+/// A neighbor's slot in the memo under the present rules' generation.
+#[derive(Clone, Copy)]
+struct MemoSlot {
+    generation: u32,
+    slot: u8,
+}
+
+impl ExportMemo {
+    fn get(&self, at: MemoSlot) -> Option<bool> {
+        let v = self.0.load(Relaxed);
+        if (v >> 32) as u32 != at.generation {
+            return None;
+        }
+        let bits = v >> (2 * at.slot);
+        (bits & 1 != 0).then_some(bits & 2 != 0)
+    }
+
+    fn set(&self, at: MemoSlot, exported: bool) {
+        let v = self.0.load(Relaxed);
+        // Decisions of another generation are void.
+        let mut low = match (v >> 32) as u32 == at.generation {
+            true => v & 0xffff_ffff,
+            false => 0,
+        };
+        low &= !(3 << (2 * at.slot));
+        low |= (1 | (u64::from(exported) << 1)) << (2 * at.slot);
+        self.0
+            .store((u64::from(at.generation) << 32) | low, Relaxed);
+    }
 }
 
 impl Path {
@@ -167,7 +228,7 @@ impl Path {
     ) -> Path {
         Path {
             peer,
-            route: Arc::new(Route { next_hop, attrs }),
+            route: Arc::new(Route::new(next_hop, attrs)),
         }
     }
 
@@ -446,6 +507,8 @@ struct Subscriber {
     tx: mpsc::Sender<PeerMsg>,
     families: Vec<bgp::Afi>,
     exported: Exported,
+    /// Its place in the routes' export memos, if one was free.
+    slot: Option<u8>,
 }
 
 impl Subscriber {
@@ -498,6 +561,9 @@ struct Exporter<'a> {
     last: Option<(ExportKey, Option<Arc<PathAttributes>>)>,
     /// Whether a path goes out, where only that was asked.
     decided: foldhash::HashMap<ExportKey, bool>,
+    /// Where decisions under the present rules are kept on the routes:
+    /// not for rules of before, nor for a policy that looks at prefixes.
+    memo: Option<MemoSlot>,
 }
 
 /// Attribute sets, each once, each with its hash: a table that grows
@@ -589,6 +655,9 @@ impl<'a> Exporter<'a> {
     /// Whether best path `b` of `p` goes to the neighbor at all (a
     /// withdrawal needs no more), without making its attributes.
     fn exports(&mut self, b: &Path, p: &Prefix) -> bool {
+        if let Some(d) = self.memo.and_then(|m| b.route.exports.get(m)) {
+            return d;
+        }
         let key = export_key(b);
         if !self.per_prefix {
             if let Some((k, a)) = &self.last {
@@ -611,6 +680,9 @@ impl<'a> Exporter<'a> {
             });
         if !self.per_prefix {
             self.decided.insert(key, d);
+        }
+        if let Some(m) = self.memo {
+            b.route.exports.set(m, d);
         }
         d
     }
@@ -635,13 +707,36 @@ impl<'a> Exporter<'a> {
             cache: Default::default(),
             last: None,
             decided: Default::default(),
+            memo: None,
         }
+    }
+
+    /// Keeps this exporter's decisions on the routes (it applies the
+    /// present rules, of generation `generation`).
+    fn memoized(mut self, sub: &Subscriber, generation: u32) -> Self {
+        if !self.per_prefix {
+            self.memo = sub.slot.map(|slot| MemoSlot { generation, slot });
+        }
+        self
     }
 
     /// The export of best path `b` of `p`, interned in `set`: equal
     /// exports are one `Arc` (the neighbor's task groups prefixes into
     /// UPDATEs by it), and one the Loc-RIB already has is not made again.
     fn export(&mut self, set: &mut Interned, b: &Path, p: &Prefix) -> Option<Arc<PathAttributes>> {
+        let a = self.export_once(set, b, p);
+        if let Some(m) = self.memo {
+            b.route.exports.set(m, a.is_some());
+        }
+        a
+    }
+
+    fn export_once(
+        &mut self,
+        set: &mut Interned,
+        b: &Path,
+        p: &Prefix,
+    ) -> Option<Arc<PathAttributes>> {
         let key = export_key(b);
         // Neighbouring prefixes mostly share their path (they came in one
         // UPDATE): the last pair first.
@@ -687,6 +782,9 @@ pub struct Rib {
     sweep_at: usize,
     drain_cfg: DrainConfig,
     drain_generation: u64,
+    /// The generation of the export rules (policies, drains, neighbors)
+    /// that routes' export memos were decided under.
+    rules: u32,
     /// Weak, so that the RIB (and its thread) ends when the last sender
     /// outside it is dropped.
     self_tx: mpsc::WeakUnboundedSender<RibMsg>,
@@ -738,6 +836,7 @@ pub fn spawn(
         sweep_at: 1024,
         drain_cfg,
         drain_generation: 0,
+        rules: 1,
         self_tx: tx.downgrade(),
         backlog,
     };
@@ -821,10 +920,7 @@ impl Rib {
             as_path: Some(bgp::AsPath::default()),
             ..Default::default()
         });
-        let local = Arc::new(Route {
-            next_hop: None,
-            attrs,
-        });
+        let local = Arc::new(Route::new(None, attrs));
         for p in prefixes {
             let path = Path {
                 peer: None,
@@ -906,19 +1002,22 @@ impl Rib {
                 self.backlog.applied(announce.len() + withdraw.len());
                 for p in withdraw {
                     let mut change = None;
-                    self.table.change(&p, |v| {
-                        change = Some(Change::new(p, Some(v)));
-                        match v {
-                            // The common case, without making an empty list.
-                            Paths::One(x) if x.peer.as_ref().is_some_and(|q| q.id == peer.id) => {
-                                false
-                            }
-                            _ => {
-                                v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
-                                !v.is_empty()
-                            }
+                    let gone = self.table.take_unless(&p, |v| match v {
+                        // The common case: the prefix goes, and its one
+                        // path moves into the change record.
+                        Paths::One(x) if x.peer.as_ref().is_some_and(|q| q.id == peer.id) => false,
+                        _ => {
+                            change = Some(Change::new(p, Some(v)));
+                            v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
+                            !v.is_empty()
                         }
                     });
+                    if let (None, Some(Paths::One(x))) = (&change, gone) {
+                        change = Some(Change {
+                            prefix: p,
+                            was: Some(x),
+                        });
+                    }
                     changed.extend(change);
                 }
                 // The prefixes of one UPDATE share one attribute Arc and
@@ -932,10 +1031,10 @@ impl Rib {
                             to.clone()
                         }
                         _ => {
-                            let to = Arc::new(Route {
-                                next_hop: Some(nh),
-                                attrs: self.interned.intern_arc(attrs.clone()),
-                            });
+                            let to = Arc::new(Route::new(
+                                Some(nh),
+                                self.interned.intern_arc(attrs.clone()),
+                            ));
                             last = Some((attrs, to.clone()));
                             to
                         }
@@ -989,6 +1088,13 @@ impl Rib {
             } => {
                 let ready_tx = tx.clone();
                 exported.clear();
+                self.rules_changed();
+                let slot = (0..MEMO_SLOTS).find(|s| {
+                    !self
+                        .subscribers
+                        .iter()
+                        .any(|(id, x)| *id != peer && x.slot == Some(*s))
+                });
                 self.subscribers.insert(
                     peer,
                     Subscriber {
@@ -998,6 +1104,7 @@ impl Rib {
                         tx,
                         families,
                         exported,
+                        slot,
                     },
                 );
                 // The newcomer has no session yet: its sessions ask for
@@ -1036,6 +1143,7 @@ impl Rib {
             RibMsg::SetPolicy { peer, policy } => {
                 // What is pending goes out under the old policy first.
                 self.flush(changed).await;
+                self.rules_changed();
                 if let Some(s) = self.subscribers.get_mut(&peer) {
                     let old = std::mem::replace(&mut s.policy, policy);
                     self.reexport(Some(peer), Before::Policy(&old), true).await;
@@ -1064,6 +1172,7 @@ impl Rib {
                 };
                 // What is pending goes out under the old drains first.
                 self.flush(changed).await;
+                self.rules_changed();
                 let old = self.drains.clone();
                 for t in &targets {
                     match state {
@@ -1101,6 +1210,7 @@ impl Rib {
                 if due {
                     // What is pending goes out under the old drains first.
                     self.flush(changed).await;
+                    self.rules_changed();
                     let old = self.drains.clone();
                     if let Some(d) = self.drains.get_mut(&vm) {
                         d.0 = DrainState::Withdrawn;
@@ -1127,6 +1237,14 @@ impl Rib {
                 });
             }
         }
+    }
+
+    /// The export rules change (after pending changes went out under the
+    /// old ones): what the routes' memos say is void.
+    fn rules_changed(&mut self) {
+        // Wrapping: a route would have to live through 2^32 changes of
+        // the rules for its memo to be read as of today's.
+        self.rules = self.rules.wrapping_add(1).max(1);
     }
 
     /// Propagates `changed` and empties it. A prefix changed more than
@@ -1196,6 +1314,7 @@ impl Rib {
             drains,
             local_as,
             drain_cfg,
+            rules,
             ..
         } = self;
         let Some(sub) = subscribers.get(&peer) else {
@@ -1203,7 +1322,7 @@ impl Rib {
         };
         let exporter =
             |policy, drains| Exporter::new(sub, peer, policy, *local_as, drains, *drain_cfg);
-        let mut now = exporter(&sub.policy, drains);
+        let mut now = exporter(&sub.policy, drains).memoized(sub, *rules);
         let mut then = match before {
             Before::Now => None,
             Before::Policy(p) => Some(exporter(p, drains)),
@@ -1265,13 +1384,15 @@ impl Rib {
             drains,
             local_as,
             drain_cfg,
+            rules,
             ..
         } = self;
         let Some(sub) = subscribers.get(&peer) else {
             return;
         };
         let afi = family.unicast_afi();
-        let mut now = Exporter::new(sub, peer, &sub.policy, *local_as, drains, *drain_cfg);
+        let mut now = Exporter::new(sub, peer, &sub.policy, *local_as, drains, *drain_cfg)
+            .memoized(sub, *rules);
         let mut chunks: Vec<Vec<(Prefix, Arc<PathAttributes>)>> = vec![Vec::new()];
         for (p, v) in table.iter() {
             if Some(p.afi()) != afi || !sub.takes(&p) {
@@ -1662,6 +1783,70 @@ mod tests {
             stats().await;
             assert_eq!(sent(&mut rx), want, "as {:?}", who.vm);
             assert_eq!(count.get(bgp::Afi::Ipv4), n);
+        }
+    }
+
+    /// A withdrawal goes out exactly when the neighbor has the route under
+    /// the rules in force, though the route's export was decided (and
+    /// kept on it) under other rules before a reload.
+    #[tokio::test]
+    async fn a_withdrawal_follows_the_policy_reloaded_since() {
+        let mut accept_all = Policy::hypervisor_default();
+        accept_all.default_accept = true;
+        let accept_all = Arc::new(accept_all);
+        let refuse_all = Arc::new(Policy {
+            name: "none".into(),
+            as_path: crate::policy::AsPathMode::Keep,
+            default_accept: false,
+            terms: Vec::new(),
+        });
+        let (rib, mut rx, count) = subscribed((*refuse_all).clone());
+        let p: Prefix = "198.51.100.0/24".parse().unwrap();
+        let from = peer(1, 65001, true, "10.0.0.1");
+        let nh = NextHop::V4("10.0.0.1".parse().unwrap());
+        let announce = RibMsg::Update {
+            peer: from.clone(),
+            announce: vec![(p, nh, from_65001())],
+            withdraw: Vec::new(),
+        };
+        let withdraw = || RibMsg::Update {
+            peer: from.clone(),
+            announce: Vec::new(),
+            withdraw: vec![p],
+        };
+        let policy = |p: &Arc<Policy>| RibMsg::SetPolicy {
+            peer: 9,
+            policy: p.clone(),
+        };
+        let steps = [
+            (announce, vec![], 0),
+            (policy(&accept_all), vec![(p, true)], 1),
+            (withdraw(), vec![(p, false)], 0),
+            (
+                RibMsg::Update {
+                    peer: from.clone(),
+                    announce: vec![(p, nh, from_65001())],
+                    withdraw: Vec::new(),
+                },
+                vec![(p, true)],
+                1,
+            ),
+            (policy(&refuse_all), vec![(p, false)], 0),
+            (withdraw(), vec![], 0),
+        ];
+        for (i, (m, want, n)) in steps.into_iter().enumerate() {
+            rib.send(m).unwrap();
+            let (q, a) = oneshot::channel();
+            rib.send(RibMsg::Stats(q)).unwrap();
+            a.await.unwrap();
+            let mut sent = Vec::new();
+            while let Ok(m) = rx.try_recv() {
+                if let PeerMsg::Export(changes) = m {
+                    sent.extend(changes.into_iter().map(|(p, a)| (p, a.is_some())));
+                }
+            }
+            assert_eq!(sent, want, "step {i}");
+            assert_eq!(count.get(bgp::Afi::Ipv4), n, "step {i}");
         }
     }
 }
