@@ -1,5 +1,6 @@
 //! RIB hot paths (issue 9): a neighbor's Adj-RIB-In taking a table, and
-//! the Loc-RIB taking it and exporting it to one upstream neighbor.
+//! the Loc-RIB taking it and exporting it to one upstream neighbor; then
+//! both losing it again (the neighbor withdraws every prefix).
 //! `cargo bench -p tapir`.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -39,6 +40,17 @@ fn updates() -> Vec<Update> {
         .collect()
 }
 
+/// The same prefixes withdrawn, a thousand to an UPDATE.
+fn withdrawals() -> Vec<Update> {
+    let all: Vec<Prefix> = updates().into_iter().flat_map(|u| u.nlri).collect();
+    all.chunks(1000)
+        .map(|c| Update {
+            withdrawn: c.to_vec(),
+            ..Default::default()
+        })
+        .collect()
+}
+
 fn adj_rib_in(c: &mut Criterion) {
     let ups = updates();
     let judge = Judge {
@@ -63,7 +75,84 @@ fn adj_rib_in(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    let gone = withdrawals();
+    g.bench_function("withdraw 100k prefixes", |b| {
+        b.iter_batched(
+            || {
+                let mut adj = AdjRibIn::default();
+                for u in ups.clone() {
+                    adj.apply(u, true, &judge);
+                }
+                (adj, gone.clone())
+            },
+            |(mut adj, gone)| {
+                let mut n = 0;
+                for u in gone {
+                    n += adj.apply(u, true, &judge).withdraw.len();
+                }
+                assert_eq!((n, adj.len()), (N as usize, 0));
+                adj
+            },
+            BatchSize::LargeInput,
+        )
+    });
     g.finish();
+}
+
+/// A RIB with one upstream neighbor that takes everything, and what it
+/// is sent.
+fn subscribed() -> (mpsc::UnboundedSender<RibMsg>, mpsc::Receiver<PeerMsg>) {
+    let rib = rib::spawn(
+        64612,
+        Vec::new(),
+        None,
+        false,
+        None,
+        DrainConfig {
+            local_pref: 0,
+            withdraw_after: None,
+        },
+        Default::default(),
+    )
+    .expect("RIB thread");
+    let (tx, rx) = mpsc::channel(1 << 20);
+    let mut accept_all = Policy::hypervisor_default();
+    accept_all.default_accept = true;
+    rib.send(RibMsg::Subscribe {
+        peer: 2,
+        asn: Some(65002),
+        ebgp: true,
+        policy: Arc::new(accept_all),
+        tx,
+        exported: Default::default(),
+        families: vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6],
+    })
+    .unwrap();
+    (rib, rx)
+}
+
+/// Waits until the RIB has handled what was sent before (a barrier that
+/// costs little: `Show` would format every prefix), then counts what the
+/// neighbor was sent: exported and withdrawn prefixes.
+async fn settle(
+    rib: &mpsc::UnboundedSender<RibMsg>,
+    rx: &mut mpsc::Receiver<PeerMsg>,
+) -> (usize, usize, usize) {
+    let (done, wait) = oneshot::channel();
+    rib.send(RibMsg::Stats(done)).unwrap();
+    let prefixes = wait.await.unwrap().prefixes;
+    let (mut sent, mut withdrawn) = (0, 0);
+    while let Ok(m) = rx.try_recv() {
+        if let PeerMsg::Export(v) = m {
+            for (_, a) in v {
+                match a {
+                    Some(_) => sent += 1,
+                    None => withdrawn += 1,
+                }
+            }
+        }
+    }
+    (prefixes, sent, withdrawn)
 }
 
 fn loc_rib(c: &mut Criterion) {
@@ -96,58 +185,56 @@ fn loc_rib(c: &mut Criterion) {
     let mut g = c.benchmark_group("loc-rib");
     g.sample_size(10);
     g.throughput(Throughput::Elements(N as u64));
+    let announce = |rib: &mpsc::UnboundedSender<RibMsg>| {
+        for announce in &batches {
+            rib.send(RibMsg::Update {
+                peer: peer.clone(),
+                announce: announce.clone(),
+                withdraw: Vec::new(),
+            })
+            .unwrap();
+        }
+    };
     g.bench_function("100k prefixes in, exported to one neighbor", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let rib = rib::spawn(
-                    64612,
-                    Vec::new(),
-                    None,
-                    false,
-                    None,
-                    DrainConfig {
-                        local_pref: 0,
-                        withdraw_after: None,
-                    },
-                    Default::default(),
-                )
-                .expect("RIB thread");
-                let (tx, mut rx) = mpsc::channel(1 << 20);
-                let mut accept_all = Policy::hypervisor_default();
-                accept_all.default_accept = true;
-                rib.send(RibMsg::Subscribe {
-                    peer: 2,
-                    asn: Some(65002),
-                    ebgp: true,
-                    policy: Arc::new(accept_all),
-                    tx,
-                    exported: Default::default(),
-                    families: vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6],
-                })
-                .unwrap();
-                for announce in &batches {
-                    rib.send(RibMsg::Update {
-                        peer: peer.clone(),
-                        announce: announce.clone(),
-                        withdraw: Vec::new(),
-                    })
-                    .unwrap();
-                }
-                // A barrier that costs little (`Show` would format every
-                // prefix).
-                let (done, wait) = oneshot::channel();
-                rib.send(RibMsg::Stats(done)).unwrap();
-                assert_eq!(wait.await.unwrap().prefixes, N as usize);
-                let mut exported = 0;
-                while let Ok(m) = rx.try_recv() {
-                    if let PeerMsg::Export(v) = m {
-                        exported += v.len();
-                    }
-                }
-                assert_eq!(exported, N as usize);
+                let (rib, mut rx) = subscribed();
+                announce(&rib);
+                assert_eq!(settle(&rib, &mut rx).await, (N as usize, N as usize, 0));
             })
         })
     });
+    let gone: Vec<Vec<Prefix>> = withdrawals().into_iter().map(|u| u.withdrawn).collect();
+    g.bench_function(
+        "100k prefixes withdrawn, withdrawn from one neighbor",
+        |b| {
+            b.iter_batched(
+                || {
+                    rt.block_on(async {
+                        let (rib, mut rx) = subscribed();
+                        announce(&rib);
+                        settle(&rib, &mut rx).await;
+                        (rib, rx, gone.clone())
+                    })
+                },
+                |(rib, mut rx, gone)| {
+                    rt.block_on(async {
+                        for withdraw in gone {
+                            rib.send(RibMsg::Update {
+                                peer: peer.clone(),
+                                announce: Vec::new(),
+                                withdraw,
+                            })
+                            .unwrap();
+                        }
+                        assert_eq!(settle(&rib, &mut rx).await, (0, 0, N as usize));
+                    });
+                    (rib, rx)
+                },
+                BatchSize::PerIteration,
+            )
+        },
+    );
     g.finish();
 }
 
