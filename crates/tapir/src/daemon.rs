@@ -153,7 +153,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
                 config.kernel.install,
             ),
         };
-        let (ktx, mut krx) = mpsc::channel(1024);
+        let (ktx, mut krx) = mpsc::unbounded_channel();
         crate::kernel::watch(ktx).await.map_err(|e| {
             format!("netlink: {e} (tapir needs CAP_NET_ADMIN to follow taps and routes)")
         })?;

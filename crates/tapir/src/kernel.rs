@@ -59,8 +59,10 @@ pub enum KernelEvent {
         index: u32,
     },
     /// A fresh dump of links and host routes, for a resync: notifications
-    /// lost to a socket overrun are found as differences from it.
-    Snapshot(Box<Snapshot>),
+    /// lost to a socket overrun are found as differences from it. (The
+    /// watcher takes no other while one is held: the events' channel is
+    /// unbounded.)
+    Snapshot(Arc<Snapshot>),
 }
 
 /// Links and host routes as the kernel has them now.
@@ -129,11 +131,80 @@ const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// After an overrun, the resync waits this long for the burst to pass.
 const OVERRUN_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Every link, as events, from a dump read one message at a time.
+/// netlink-proto (`handle.link().get()`) decodes all of a dump before the
+/// first message is taken, 13 KiB a link: 13 MB at a thousand taps, at
+/// start and at every resync, and the heap stayed that large.
+async fn links() -> Vec<KernelEvent> {
+    match tokio::task::spawn_blocking(dump_links).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            warn!(error = %e, "link dump failed");
+            Vec::new()
+        }
+        Err(e) => {
+            warn!(error = %e, "link dump failed");
+            Vec::new()
+        }
+    }
+}
+
+fn dump_links() -> std::io::Result<Vec<KernelEvent>> {
+    use rtnetlink::packet_core::{NetlinkHeader, NetlinkMessage, NLM_F_DUMP, NLM_F_REQUEST};
+    let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = 1;
+    let mut req = NetlinkMessage::new(
+        header,
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(LinkMessage::default())),
+    );
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf);
+    sock.send(&buf, 0)?;
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut out = Vec::new();
+    let mut reply: Vec<u8> = Vec::with_capacity(64 * 1024);
+    loop {
+        reply.clear();
+        if sock.recv(&mut reply, 0)? == 0 {
+            return Err(bad("the dump ended without NLMSG_DONE".into()));
+        }
+        let mut at = 0;
+        while at + 16 <= reply.len() {
+            let len = u32::from_ne_bytes([reply[at], reply[at + 1], reply[at + 2], reply[at + 3]])
+                as usize;
+            if len < 16 || at + len > reply.len() {
+                return Err(bad(format!(
+                    "a message of {len} bytes at {at} of {}",
+                    reply.len()
+                )));
+            }
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[at..at + len])
+                .map_err(|e| bad(e.to_string()))?;
+            match m.payload {
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) => {
+                    let code = e.code.map_or(0, |c| -c.get());
+                    return Err(std::io::Error::from_raw_os_error(code));
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                    out.extend(link_event(&l, false));
+                }
+                _ => {}
+            }
+            at += (len + 3) & !3;
+        }
+    }
+}
+
 async fn snapshot(handle: &rtnetlink::Handle) -> Snapshot {
     let mut s = Snapshot::default();
-    let mut links = handle.link().get().execute();
-    while let Ok(Some(m)) = links.try_next().await {
-        if let Some(KernelEvent::Link { index, name, up }) = link_event(&m, false) {
+    for e in links().await {
+        if let KernelEvent::Link { index, name, up } = e {
             s.links.insert(index, (name, up));
         }
     }
@@ -268,7 +339,13 @@ fn translate(msg: RouteNetlinkMessage) -> Option<KernelEvent> {
 
 /// Follows the kernel until `tx` closes. Errors are startup errors (no
 /// netlink socket); later trouble is logged.
-pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
+///
+/// `tx` is unbounded: netlink-proto decodes whatever the socket holds
+/// (a whole dump at a time) into unbounded queues of its own, so waiting
+/// on a full channel here only kept the decoded messages (3 KiB a link)
+/// in those queues; a thousand taps at start held 13 MB of them. Each is
+/// now made a small event at once.
+pub async fn watch(tx: mpsc::UnboundedSender<KernelEvent>) -> std::io::Result<()> {
     let (mut conn, handle, mut messages) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
         MulticastGroup::Ipv4Route,
@@ -305,11 +382,8 @@ pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
     let pending2 = pending.clone();
     let tx2 = tx.clone();
     tokio::spawn(async move {
-        let mut links = handle.link().get().execute();
-        while let Ok(Some(m)) = links.try_next().await {
-            if let Some(e) = link_event(&m, false) {
-                let _ = tx2.send(e).await;
-            }
+        for e in links().await {
+            let _ = tx2.send(e);
         }
         for v in [IpVersion::V4, IpVersion::V6] {
             let msg = match v {
@@ -321,7 +395,7 @@ pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
                 match routes.try_next().await {
                     Ok(Some(m)) => {
                         if let Some(e) = route_event(&m, true) {
-                            let _ = tx2.send(e).await;
+                            let _ = tx2.send(e);
                         }
                     }
                     Ok(None) => break,
@@ -339,10 +413,11 @@ pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
             .execute();
         while let Ok(Some(m)) = neigh.try_next().await {
             if let Some(e) = neighbour_event(&m, true) {
-                let _ = tx2.send(e).await;
+                let _ = tx2.send(e);
             }
         }
         // From now on, a resync now and then.
+        let mut last = std::sync::Weak::new();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(RESYNC_EVERY) => {}
@@ -351,10 +426,19 @@ pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
                     tokio::time::sleep(OVERRUN_SETTLE).await;
                 }
             }
+            // Not before the last one was taken: a daemon that falls
+            // behind gets one at a time, not one per overrun.
+            while last.strong_count() > 0 {
+                if tx2.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(OVERRUN_SETTLE).await;
+            }
             // An overrun from here on needs another resync.
             pending2.store(false, Relaxed);
-            let s = snapshot(&handle).await;
-            if tx2.send(KernelEvent::Snapshot(Box::new(s))).await.is_err() {
+            let s = Arc::new(snapshot(&handle).await);
+            last = Arc::downgrade(&s);
+            if tx2.send(KernelEvent::Snapshot(s)).is_err() {
                 return;
             }
         }
@@ -364,7 +448,7 @@ pub async fn watch(tx: mpsc::Sender<KernelEvent>) -> std::io::Result<()> {
             match m.payload {
                 NetlinkPayload::InnerMessage(inner) => {
                     if let Some(e) = translate(inner) {
-                        if tx.send(e).await.is_err() {
+                        if tx.send(e).is_err() {
                             return;
                         }
                     }

@@ -394,7 +394,9 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         cfg,
         local,
         tx,
-        conns: Vec::new(),
+        // Nearly always one (two only while a collision is resolved): a
+        // first push would make room for four, 2 KiB a peer.
+        conns: Vec::with_capacity(1),
         next_id: 1,
         connecting: None,
         adj_rib_in: AdjRibIn::default(),
