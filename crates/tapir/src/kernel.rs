@@ -19,7 +19,7 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage,
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{IpVersion, MulticastGroup, RouteMessageBuilder};
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// The main routing table.
 const RT_TABLE_MAIN: u32 = 254;
@@ -134,19 +134,17 @@ const OVERRUN_SETTLE: std::time::Duration = std::time::Duration::from_millis(200
 /// Every link, as events, from a dump read one message at a time.
 /// netlink-proto (`handle.link().get()`) decodes all of a dump before the
 /// first message is taken, 13 KiB a link: 13 MB at a thousand taps, at
-/// start and at every resync, and the heap stayed that large.
-async fn links() -> Vec<KernelEvent> {
-    match tokio::task::spawn_blocking(dump_links).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            warn!(error = %e, "link dump failed");
-            Vec::new()
-        }
-        Err(e) => {
-            warn!(error = %e, "link dump failed");
-            Vec::new()
-        }
-    }
+/// start and at every resync, and the heap stayed that large. `None` if
+/// the dump failed: a partial list is no list (a resync would take the
+/// missing links for gone).
+async fn links() -> Option<Vec<KernelEvent>> {
+    let e = match tokio::task::spawn_blocking(dump_links).await {
+        Ok(Ok(v)) => return Some(v),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    warn!(error = %e, "link dump failed");
+    None
 }
 
 fn dump_links() -> std::io::Result<Vec<KernelEvent>> {
@@ -183,9 +181,21 @@ fn dump_links() -> std::io::Result<Vec<KernelEvent>> {
                     reply.len()
                 )));
             }
-            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[at..at + len])
-                .map_err(|e| bad(e.to_string()))?;
+            let message = &reply[at..at + len];
+            at += (len + 3) & !3;
+            // One the decoder does not know is skipped, as netlink-proto
+            // skips it; the others are still links.
+            let m = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(message) {
+                Ok(m) => m,
+                Err(e) => {
+                    debug!(error = %e, "a link message not understood, skipped");
+                    continue;
+                }
+            };
             match m.payload {
+                NetlinkPayload::Done(d) if d.code != 0 => {
+                    return Err(std::io::Error::from_raw_os_error(-d.code));
+                }
                 NetlinkPayload::Done(_) => return Ok(out),
                 NetlinkPayload::Error(e) => {
                     let code = e.code.map_or(0, |c| -c.get());
@@ -196,14 +206,15 @@ fn dump_links() -> std::io::Result<Vec<KernelEvent>> {
                 }
                 _ => {}
             }
-            at += (len + 3) & !3;
         }
     }
 }
 
-async fn snapshot(handle: &rtnetlink::Handle) -> Snapshot {
+/// The kernel's links and routes now; `None` if a dump failed (a partial
+/// snapshot would make what it missed look gone).
+async fn snapshot(handle: &rtnetlink::Handle) -> Option<Snapshot> {
     let mut s = Snapshot::default();
-    for e in links().await {
+    for e in links().await? {
         if let KernelEvent::Link { index, name, up } = e {
             s.links.insert(index, (name, up));
         }
@@ -214,7 +225,15 @@ async fn snapshot(handle: &rtnetlink::Handle) -> Snapshot {
             IpVersion::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
         };
         let mut routes = handle.route().get(msg).execute();
-        while let Ok(Some(m)) = routes.try_next().await {
+        loop {
+            let m = match routes.try_next().await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(error = %e, "route dump failed");
+                    return None;
+                }
+            };
             match route_event(&m, true) {
                 Some(KernelEvent::HostRoute {
                     add: true,
@@ -237,7 +256,7 @@ async fn snapshot(handle: &rtnetlink::Handle) -> Snapshot {
             }
         }
     }
-    s
+    Some(s)
 }
 
 fn link_event(m: &LinkMessage, gone: bool) -> Option<KernelEvent> {
@@ -382,7 +401,7 @@ pub async fn watch(tx: mpsc::UnboundedSender<KernelEvent>) -> std::io::Result<()
     let pending2 = pending.clone();
     let tx2 = tx.clone();
     tokio::spawn(async move {
-        for e in links().await {
+        for e in links().await.unwrap_or_default() {
             let _ = tx2.send(e);
         }
         for v in [IpVersion::V4, IpVersion::V6] {
@@ -436,7 +455,11 @@ pub async fn watch(tx: mpsc::UnboundedSender<KernelEvent>) -> std::io::Result<()
             }
             // An overrun from here on needs another resync.
             pending2.store(false, Relaxed);
-            let s = Arc::new(snapshot(&handle).await);
+            // A failed dump is tried again at the next tick.
+            let Some(s) = snapshot(&handle).await else {
+                continue;
+            };
+            let s = Arc::new(s);
             last = Arc::downgrade(&s);
             if tx2.send(KernelEvent::Snapshot(s)).is_err() {
                 return;

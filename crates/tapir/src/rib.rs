@@ -368,6 +368,9 @@ pub enum RibMsg {
     Stats(oneshot::Sender<RibStats>),
     /// The restart deferral is over (RFC 4724 §4.1).
     DeferralOver,
+    /// Time to drop the attribute sets of a table that shrank (sent by
+    /// the RIB to itself).
+    Sweep,
     /// Drain (RFC 8326) one VM (by inventory name or tap), or all with
     /// `None`; `state` None undrains.
     Drain {
@@ -565,6 +568,9 @@ struct Exporter<'a> {
     /// not for rules of before, nor for a policy that looks at prefixes.
     memo: Option<MemoSlot>,
 }
+
+/// How long after the Loc-RIB halved its unused attribute sets go.
+const SWEEP_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Attribute sets, each once, each with its hash: a table that grows
 /// moves its entries without hashing a set again (a table transfer grows
@@ -780,6 +786,12 @@ pub struct Rib {
     drains: Drains,
     /// The interned set is swept of unused entries past this size.
     sweep_at: usize,
+    /// The most prefixes the Loc-RIB had since the last sweep: it is
+    /// swept too once the table is down to half (a peer that withdrew or
+    /// lost its table leaves its sets behind otherwise).
+    table_peak: usize,
+    /// A `Sweep` is on its way.
+    sweep_due: bool,
     drain_cfg: DrainConfig,
     drain_generation: u64,
     /// The generation of the export rules (policies, drains, neighbors)
@@ -834,6 +846,8 @@ pub fn spawn(
         restarting,
         drains: BTreeMap::new(),
         sweep_at: 1024,
+        table_peak: 0,
+        sweep_due: false,
         drain_cfg,
         drain_generation: 0,
         rules: 1,
@@ -982,13 +996,6 @@ impl Rib {
                 };
             }
             self.flush(&mut changed).await;
-            // Drop attribute sets nobody uses any more, once the set has
-            // doubled since the last sweep (a sweep per batch would make a
-            // table transfer quadratic).
-            if self.interned.len() > self.sweep_at {
-                self.interned.sweep();
-                self.sweep_at = (2 * self.interned.len()).max(1024);
-            }
         }
     }
 
@@ -1114,6 +1121,7 @@ impl Rib {
                     let _ = ready_tx.send(PeerMsg::RibReady).await;
                 }
             }
+            RibMsg::Sweep => self.sweep(),
             RibMsg::DeferralOver => {
                 self.ready = true;
                 if let Some(r) = self.restarting.take() {
@@ -1256,6 +1264,31 @@ impl Rib {
         changed.dedup_by(|later, first| later.prefix == first.prefix);
         self.propagate(changed).await;
         changed.clear();
+        // Drop attribute sets nobody uses any more, once the set has
+        // doubled since the last sweep (a sweep per flush would make a
+        // table transfer quadratic). Once the table has halved, a little
+        // later: freeing a withdrawn table's sets as it goes took a third
+        // of a withdrawal's time.
+        self.table_peak = self.table_peak.max(self.table.len());
+        if self.interned.len() > self.sweep_at {
+            self.sweep();
+        } else if self.table.len() * 2 < self.table_peak && !self.sweep_due {
+            self.sweep_due = true;
+            let tx = self.self_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(SWEEP_DELAY).await;
+                if let Some(tx) = tx.upgrade() {
+                    let _ = tx.send(RibMsg::Sweep);
+                }
+            });
+        }
+    }
+
+    fn sweep(&mut self) {
+        self.interned.sweep();
+        self.sweep_at = (2 * self.interned.len()).max(1024);
+        self.table_peak = self.table.len();
+        self.sweep_due = false;
     }
 
     async fn propagate(&mut self, changed: &[Change]) {
@@ -1848,6 +1881,64 @@ mod tests {
             assert_eq!(sent, want, "step {i}");
             assert_eq!(count.get(bgp::Afi::Ipv4), n, "step {i}");
         }
+    }
+
+    /// A peer that withdraws its table takes its attribute sets with it:
+    /// they do not wait for the next table to grow the set.
+    #[tokio::test]
+    async fn a_withdrawn_table_leaves_no_attribute_sets() {
+        // The neighbor takes nothing: no exported sets, only the peer's.
+        let (rib, _rx, _count) = subscribed(Policy {
+            name: "none".into(),
+            as_path: crate::policy::AsPathMode::Keep,
+            default_accept: false,
+            terms: Vec::new(),
+        });
+        let from = peer(1, 65001, true, "10.0.0.1");
+        let nh = NextHop::V4("10.0.0.1".parse().unwrap());
+        let prefixes: Vec<Prefix> = (0..3000u32)
+            .map(|i| Prefix::new(Ipv4Addr::from((10 << 24) | (i << 8)).into(), 24).unwrap())
+            .collect();
+        let announce = prefixes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let attrs = Arc::new(PathAttributes {
+                    origin: Some(bgp::Origin::Igp),
+                    as_path: Some(AsPath::from_sequence([65001, i as u32])),
+                    ..Default::default()
+                });
+                (*p, nh, attrs)
+            })
+            .collect();
+        let stats = || async {
+            let (q, a) = oneshot::channel();
+            rib.send(RibMsg::Stats(q)).unwrap();
+            a.await.unwrap()
+        };
+        rib.send(RibMsg::Update {
+            peer: from.clone(),
+            announce,
+            withdraw: Vec::new(),
+        })
+        .unwrap();
+        let s = stats().await;
+        assert_eq!((s.prefixes, s.attribute_sets), (3000, 3000));
+        rib.send(RibMsg::Update {
+            peer: from.clone(),
+            announce: Vec::new(),
+            withdraw: prefixes,
+        })
+        .unwrap();
+        // Dropped a little later (SWEEP_DELAY), not while the withdrawal
+        // goes out.
+        let mut s = stats().await;
+        let until = std::time::Instant::now() + SWEEP_DELAY * 10;
+        while s.attribute_sets > 0 && std::time::Instant::now() < until {
+            tokio::time::sleep(SWEEP_DELAY / 10).await;
+            s = stats().await;
+        }
+        assert_eq!((s.prefixes, s.attribute_sets), (0, 0));
     }
 }
 
