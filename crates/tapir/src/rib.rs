@@ -684,11 +684,13 @@ impl<'a> Exporter<'a> {
                 attrs: b.attrs(),
                 from: b.peer.as_deref(),
             });
-        if !self.per_prefix {
-            self.decided.insert(key, d);
-        }
-        if let Some(m) = self.memo {
-            b.route.exports.set(m, d);
+        // Kept on the route where it can be, else for this batch.
+        match self.memo {
+            Some(m) => b.route.exports.set(m, d),
+            None if !self.per_prefix => {
+                self.decided.insert(key, d);
+            }
+            None => {}
         }
         d
     }
@@ -1194,14 +1196,8 @@ impl Rib {
                             if let (DrainState::Shutdown, Some(d)) =
                                 (s, self.drain_cfg.withdraw_after)
                             {
-                                let tx = self.self_tx.clone();
                                 let vm = t.clone();
-                                tokio::spawn(async move {
-                                    tokio::time::sleep(d).await;
-                                    if let Some(tx) = tx.upgrade() {
-                                        let _ = tx.send(RibMsg::DrainExpired { vm, generation: g });
-                                    }
-                                });
+                                self.send_later(d, RibMsg::DrainExpired { vm, generation: g });
                             }
                         }
                     }
@@ -1274,14 +1270,19 @@ impl Rib {
             self.sweep();
         } else if self.table.len() * 2 < self.table_peak && !self.sweep_due {
             self.sweep_due = true;
-            let tx = self.self_tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(SWEEP_DELAY).await;
-                if let Some(tx) = tx.upgrade() {
-                    let _ = tx.send(RibMsg::Sweep);
-                }
-            });
+            self.send_later(SWEEP_DELAY, RibMsg::Sweep);
         }
+    }
+
+    /// `m` to the RIB itself after `delay`, unless it has ended.
+    fn send_later(&self, delay: std::time::Duration, m: RibMsg) {
+        let tx = self.self_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(m);
+            }
+        });
     }
 
     fn sweep(&mut self) {
