@@ -11,7 +11,9 @@
 //! - the Loc-RIB holds exactly vm-a's accepted routes, plus vm-b's;
 //! - each of vm-a's routes passes an oracle written apart from the
 //!   authorisation code: inside vm-a's space, not vm-b's, a next hop of
-//!   vm-a's own, an AS path within the limit, no more than max-prefixes;
+//!   vm-a's own, an AS path within the limit that begins with vm-a's AS
+//!   and holds no AS 0, no AS of ours and no confederation segment, no
+//!   unknown attribute, no more than max-prefixes;
 //! - refused routes kept stay within `MAX_KEPT_REFUSED`;
 //! - the kernel and the upstream neighbor were told exactly that set;
 //! - vm-b's route stays vm-b's, in the RIB, the kernel and upstream.
@@ -32,15 +34,16 @@ use std::sync::Arc;
 
 use bgp::{AfiSafi, Context, Message, NextHop, PathAttributes, Prefix};
 use libfuzzer_sys::fuzz_target;
-use tapir::adj_rib_in::{AdjRibIn, Judge, MAX_KEPT_REFUSED};
+use tapir::adj_rib_in::{AdjRibIn, Judge, PathRules, MAX_KEPT_REFUSED};
 use tapir::authorisation::VmPolicy;
-use tapir::config::MaxPrefixAction;
+use tapir::config::{ImportRules, MaxPrefixAction};
 use tapir::peer::{Interface, PeerMsg};
 use tapir::policy::Policy;
 use tapir::rib::{self, DrainConfig, FibChange, PeerInfo, RibMsg};
 use tokio::sync::{mpsc, oneshot};
 
 const LOCAL_AS: u32 = 64600;
+const VM_AS: u32 = 64613;
 const UPSTREAM: u64 = 1000;
 
 fn vm(id: u64, name: &str, address: IpAddr, index: u32) -> Arc<PeerInfo> {
@@ -48,7 +51,7 @@ fn vm(id: u64, name: &str, address: IpAddr, index: u32) -> Arc<PeerInfo> {
         id,
         name: name.into(),
         address,
-        asn: 64613,
+        asn: VM_AS,
         router_id: Ipv4Addr::new(10, 192, 24, id as u8),
         ebgp: true,
         vm: Some(name.into()),
@@ -99,6 +102,18 @@ fn policy(max_prefixes: usize, teardown: bool, b_owns_more: bool, entry: bool) -
         } else {
             MaxPrefixAction::Reject
         },
+        import_rules: ImportRules::vm_default(),
+    }
+}
+
+/// vm-a's session: eBGP from AS 64613, under its group's rules.
+fn rules(pol: &VmPolicy) -> PathRules<'_> {
+    PathRules {
+        local_as: LOCAL_AS,
+        peer_as: VM_AS,
+        ebgp: true,
+        enforce_first_as: pol.import_rules.enforce_first_as,
+        allow_attributes: pol.import_rules.allow_attributes.as_deref(),
     }
 }
 
@@ -215,6 +230,29 @@ impl World {
             assert!(
                 asns <= max_as_path_length,
                 "{p}: AS path of {asns} accepted"
+            );
+            // A hostile path never passes: it begins with the VM's AS, and
+            // holds no AS 0, no AS of ours, no confederation segment.
+            let path = r.attrs().as_path.clone().unwrap_or_default();
+            assert_eq!(
+                path.segments.first(),
+                path.segments
+                    .first()
+                    .filter(|s| matches!(s, bgp::AsSegment::Sequence(v) if v[0] == VM_AS)),
+                "{p}: AS path {path:?} accepted"
+            );
+            assert!(!path.segments.is_empty(), "{p}: empty AS path accepted");
+            for s in &path.segments {
+                assert!(
+                    matches!(s, bgp::AsSegment::Sequence(_) | bgp::AsSegment::Set(_))
+                        && !s.asns().contains(&0)
+                        && !s.asns().contains(&LOCAL_AS),
+                    "{p}: AS path {path:?} accepted"
+                );
+            }
+            assert!(
+                r.attrs().unknown.is_empty(),
+                "{p}: unknown attributes kept from a VM"
             );
         }
         assert!(!want.contains_key(&b_prefix), "vm-a got vm-b's prefix");
@@ -347,6 +385,7 @@ fn run(data: &[u8]) {
             let judge = Judge {
                 max_as_path_length,
                 policy: Some(&pol),
+                path: rules(&pol),
             };
             match kind % 8 {
                 // A new policy snapshot (a registration changed).
@@ -355,6 +394,7 @@ fn run(data: &[u8]) {
                     let judge = Judge {
                         max_as_path_length,
                         policy: Some(&pol),
+                        path: rules(&pol),
                     };
                     let c = adj.rejudge(&judge);
                     rib.send(RibMsg::Update {

@@ -66,7 +66,12 @@ pub enum RemoteAs {
 }
 
 impl RemoteAs {
+    /// Whether a peer of AS `asn` may have the session. AS 0 never may
+    /// (RFC 7607 §2: an OPEN from AS 0 is a Bad Peer AS).
     pub fn accepts(&self, local_as: u32, asn: u32) -> bool {
+        if asn == 0 {
+            return false;
+        }
         match *self {
             RemoteAs::Exact(a) => a == asn,
             RemoteAs::External => asn != local_as,

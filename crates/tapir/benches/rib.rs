@@ -56,6 +56,7 @@ fn adj_rib_in(c: &mut Criterion) {
     let judge = Judge {
         max_as_path_length: 64,
         policy: None,
+        path: tapir::adj_rib_in::PathRules::plain(64612, 65001, true),
     };
     let mut g = c.benchmark_group("adj-rib-in");
     g.sample_size(10);

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bgp::{NextHop, PathAttributes, Prefix, Update};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::authorisation::{Rejection, VmPolicy};
 use crate::config::MaxPrefixAction;
@@ -54,6 +54,113 @@ pub struct Judge<'a> {
     pub max_as_path_length: usize,
     /// VM sessions: the authorisation snapshot.
     pub policy: Option<&'a VmPolicy>,
+    /// The AS path checks and what is kept of unknown attributes.
+    pub path: PathRules<'a>,
+}
+
+/// Who is at each end of the session, and what a path from the peer must
+/// look like (RFC 4271 §6.3 and §9.1.2, RFC 7607, RFC 5065 §5.3).
+#[derive(Clone, Copy, Debug)]
+pub struct PathRules<'a> {
+    pub local_as: u32,
+    /// The peer's AS, from its OPEN.
+    pub peer_as: u32,
+    pub ebgp: bool,
+    /// eBGP: the path must begin with the peer's AS (so it is not empty).
+    pub enforce_first_as: bool,
+    /// Unknown optional transitive attributes kept: `None` keeps every
+    /// one (and passes it on, RFC 4271 §5), `Some(types)` only those.
+    pub allow_attributes: Option<&'a [u8]>,
+}
+
+impl PathRules<'_> {
+    /// Rules that check nothing a peer-specific setting asks for: AS 0,
+    /// confederation segments and our own AS are still refused.
+    pub fn plain(local_as: u32, peer_as: u32, ebgp: bool) -> PathRules<'static> {
+        PathRules {
+            local_as,
+            peer_as,
+            ebgp,
+            enforce_first_as: false,
+            allow_attributes: None,
+        }
+    }
+
+    /// Why a path is refused, if it is: the same for every prefix of an
+    /// UPDATE, so judged once for all of them.
+    pub fn check(&self, attrs: &PathAttributes, max_len: usize) -> Option<Rejection> {
+        let refuse = |kind, reason: String| Some(Rejection { kind, reason });
+        let empty = bgp::AsPath::default();
+        let path = attrs.as_path.as_ref().unwrap_or(&empty);
+        // A path this long is an attack or a loop, and costs memory and
+        // CPU everywhere it goes.
+        let asns: usize = path.segments.iter().map(|s| s.asns().len()).sum();
+        if asns > max_len {
+            crate::limits::hit(crate::limits::Limit::AsPathLength);
+            return refuse(
+                "as-path-length",
+                format!("AS path of {asns} ASNs, more than max-as-path-length {max_len}"),
+            );
+        }
+        if path.segments.iter().any(|s| s.asns().contains(&0)) {
+            return refuse("as-path-zero", "AS 0 in the AS path (RFC 7607)".into());
+        }
+        if path.segments.iter().any(|s| {
+            matches!(
+                s,
+                bgp::AsSegment::ConfedSequence(_) | bgp::AsSegment::ConfedSet(_)
+            )
+        }) {
+            return refuse(
+                "as-path-confed",
+                "a confederation segment from outside our confederation (RFC 5065 §5.3)".into(),
+            );
+        }
+        if path
+            .segments
+            .iter()
+            .any(|s| s.asns().contains(&self.local_as))
+        {
+            return refuse(
+                "as-path-loop",
+                format!(
+                    "our own AS {} is in the AS path (RFC 4271 §9.1.2)",
+                    self.local_as
+                ),
+            );
+        }
+        if self.ebgp && self.enforce_first_as && path.first_asn() != Some(self.peer_as) {
+            let kind = if path.segments.is_empty() {
+                "as-path-empty"
+            } else {
+                "first-as"
+            };
+            let reason = match path.first_asn() {
+                _ if path.segments.is_empty() => "an empty AS path from an external peer".into(),
+                Some(a) => format!(
+                    "the AS path begins with AS {a}, not the peer's AS {}",
+                    self.peer_as
+                ),
+                None => format!(
+                    "the AS path does not begin with the peer's AS {}",
+                    self.peer_as
+                ),
+            };
+            return refuse(kind, format!("{reason} (enforce-first-as, RFC 4271 §6.3)"));
+        }
+        None
+    }
+
+    /// Takes out the unknown attributes the rules do not keep; returns how
+    /// many went.
+    pub fn strip_unknown(&self, attrs: &mut PathAttributes) -> usize {
+        let Some(keep) = self.allow_attributes else {
+            return 0;
+        };
+        let before = attrs.unknown.len();
+        attrs.unknown.retain(|a| keep.contains(&a.type_code));
+        before - attrs.unknown.len()
+    }
 }
 
 /// What changed among the accepted routes, for the Loc-RIB.
@@ -82,6 +189,8 @@ pub struct AdjRibIn {
     accepted: usize,
     /// Refusals by kind, counted per refused announcement.
     rejections: BTreeMap<&'static str, u64>,
+    /// Unknown attributes removed on import (`allow-attributes`).
+    attributes_removed: u64,
 }
 
 impl AdjRibIn {
@@ -100,6 +209,11 @@ impl AdjRibIn {
 
     pub fn rejections(&self) -> &BTreeMap<&'static str, u64> {
         &self.rejections
+    }
+
+    /// Unknown optional transitive attributes removed on import.
+    pub fn attributes_removed(&self) -> u64 {
+        self.attributes_removed
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Prefix, RouteIn<'_>)> {
@@ -166,10 +280,22 @@ impl AdjRibIn {
         if ebgp {
             attrs.local_pref = None;
         }
+        let removed = judge.path.strip_unknown(&mut attrs);
+        if removed > 0 {
+            debug!(
+                attributes = removed,
+                "unknown optional transitive attributes removed on import"
+            );
+            self.attributes_removed += removed as u64;
+        }
         let attrs = Arc::new(attrs);
+        let path_verdict = judge.path.check(&attrs, judge.max_as_path_length);
         let mut learned: Option<Arc<Learned>> = None;
         for (p, nh) in u.announced_iter() {
-            let rejected = self.judge(&p, &nh, &attrs, judge);
+            let rejected = match &path_verdict {
+                Some(r) => Some(r.clone()),
+                None => self.judge(&p, &nh, judge),
+            };
             let shared = match &learned {
                 Some(l) if l.next_hop == nh => l.clone(),
                 _ => {
@@ -241,7 +367,10 @@ impl AdjRibIn {
         let mut out = Changes::default();
         for (p, r) in routes {
             let before = refused.remove(&p);
-            let now = self.judge(&p, &r.next_hop, &r.attrs, judge);
+            let now = judge
+                .path
+                .check(&r.attrs, judge.max_as_path_length)
+                .or_else(|| self.judge(&p, &r.next_hop, judge));
             match (&before, &now) {
                 (Some(_), None) => {
                     info!(prefix = %p, "route now accepted");
@@ -292,37 +421,9 @@ impl AdjRibIn {
         }
     }
 
-    /// The verdict on one announcement, max-prefix count included.
-    fn judge(
-        &self,
-        p: &Prefix,
-        nh: &NextHop,
-        attrs: &PathAttributes,
-        judge: &Judge,
-    ) -> Option<Rejection> {
-        // Every peer: a path this long is an attack or a loop, and costs
-        // memory and CPU everywhere it goes.
-        let asns: usize = attrs.as_path.as_ref().map_or(0, |a| {
-            a.segments
-                .iter()
-                .map(|s| match s {
-                    bgp::AsSegment::Set(v)
-                    | bgp::AsSegment::Sequence(v)
-                    | bgp::AsSegment::ConfedSequence(v)
-                    | bgp::AsSegment::ConfedSet(v) => v.len(),
-                })
-                .sum()
-        });
-        if asns > judge.max_as_path_length {
-            crate::limits::hit(crate::limits::Limit::AsPathLength);
-            return Some(Rejection {
-                kind: "as-path-length",
-                reason: format!(
-                    "AS path of {asns} ASNs, more than max-as-path-length {}",
-                    judge.max_as_path_length
-                ),
-            });
-        }
+    /// The verdict on one announcement whose path passed, max-prefix
+    /// count included.
+    fn judge(&self, p: &Prefix, nh: &NextHop, judge: &Judge) -> Option<Rejection> {
         let policy = judge.policy?;
         if let Err(r) = policy.judge(p, nh) {
             return Some(r);
@@ -356,6 +457,16 @@ mod tests {
             own_addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 192, 24, 4))],
             max_prefixes,
             max_prefixes_action: action,
+            import_rules: crate::config::ImportRules::vm_default(),
+        }
+    }
+
+    /// A VM's session in the example config: eBGP, AS 64613.
+    fn vm_rules() -> PathRules<'static> {
+        PathRules {
+            enforce_first_as: true,
+            allow_attributes: Some(&[]),
+            ..PathRules::plain(64612, 64613, true)
         }
     }
 
@@ -392,6 +503,7 @@ mod tests {
         let judge = Judge {
             max_as_path_length: 4,
             policy: Some(&pol),
+            path: vm_rules(),
         };
         let mut adj = AdjRibIn::default();
         let c = adj.apply(
@@ -440,6 +552,7 @@ mod tests {
         let judge = Judge {
             max_as_path_length: 64,
             policy: Some(&pol),
+            path: vm_rules(),
         };
         let mut adj = AdjRibIn::default();
         let three = announce(
@@ -459,6 +572,7 @@ mod tests {
         let judge = Judge {
             max_as_path_length: 64,
             policy: Some(&pol),
+            path: vm_rules(),
         };
         let mut adj = AdjRibIn::default();
         let c = adj.apply(three, true, &judge);
@@ -471,6 +585,7 @@ mod tests {
         let judge = Judge {
             max_as_path_length: 64,
             policy: None,
+            path: PathRules::plain(64612, 64613, false),
         };
         let mut adj = AdjRibIn::default();
         adj.apply(
@@ -491,5 +606,109 @@ mod tests {
         assert_eq!(gone, ["10.3.0.1/32".parse::<Prefix>().unwrap()]);
         assert!(!adj.has_stale());
         assert_eq!(names(&adj.accepted_routes()), ["10.3.0.2/32"]);
+    }
+
+    #[test]
+    fn hostile_paths_are_refused_and_unknown_attributes_removed() {
+        use bgp::AsSegment::{ConfedSequence, Sequence};
+        let pol = policy(100, MaxPrefixAction::Reject);
+        let judge = Judge {
+            max_as_path_length: 64,
+            policy: Some(&pol),
+            path: vm_rules(),
+        };
+        let mut adj = AdjRibIn::default();
+        let c = adj.apply(
+            announce(&["10.3.0.1/32"], [10, 192, 24, 4], 1),
+            true,
+            &judge,
+        );
+        assert_eq!(names(&c.announce), ["10.3.0.1/32"]);
+        let cases = [
+            ("as-path-zero", vec![Sequence(vec![64613, 0])]),
+            ("first-as", vec![Sequence(vec![64999, 64613])]),
+            ("as-path-loop", vec![Sequence(vec![64613, 64612])]),
+            ("as-path-empty", vec![]),
+            (
+                "as-path-confed",
+                vec![ConfedSequence(vec![64613]), Sequence(vec![64613])],
+            ),
+        ];
+        for (i, (kind, segments)) in cases.into_iter().enumerate() {
+            let mut u = announce(&["10.3.0.1/32"], [10, 192, 24, 4], 1);
+            u.attributes.as_path = Some(bgp::AsPath { segments });
+            let c = adj.apply(u, true, &judge);
+            assert!(c.announce.is_empty(), "{kind}: {:?}", c.announce);
+            // The accepted route it replaced goes; the next ones replace
+            // a refused route, so nothing more is withdrawn.
+            let withdrawn: &[&str] = if i == 0 { &["10.3.0.1/32"] } else { &[] };
+            assert_eq!(
+                c.withdraw.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                withdrawn,
+                "{kind}"
+            );
+            let p: Prefix = "10.3.0.1/32".parse().unwrap();
+            assert_eq!(adj.rejection(&p).map(|r| r.kind), Some(kind));
+        }
+        // An iBGP peer may send an empty path, and one that does not
+        // begin with its AS; AS 0 and our own AS stay refused.
+        let ibgp = Judge {
+            path: PathRules {
+                ebgp: false,
+                ..vm_rules()
+            },
+            ..judge
+        };
+        let mut u = announce(&["10.3.0.2/32"], [10, 192, 24, 4], 1);
+        u.attributes.as_path = Some(bgp::AsPath::default());
+        assert_eq!(names(&adj.apply(u, false, &ibgp).announce), ["10.3.0.2/32"]);
+        let mut u = announce(&["10.3.0.3/32"], [10, 192, 24, 4], 1);
+        u.attributes.as_path = Some(bgp::AsPath::from_sequence([64700, 64612]));
+        assert!(adj.apply(u, false, &ibgp).announce.is_empty());
+
+        // Unknown optional transitive attributes: removed from a VM unless
+        // allowed; kept from a static neighbor.
+        let with_unknown = || {
+            let mut u = announce(&["10.3.0.4/32"], [10, 192, 24, 4], 1);
+            u.attributes.unknown = vec![
+                bgp::attribute::RawAttribute {
+                    flags: 0xc0,
+                    type_code: 99,
+                    value: vec![1, 2, 3],
+                },
+                bgp::attribute::RawAttribute {
+                    flags: 0xc0,
+                    type_code: 100,
+                    value: vec![4],
+                },
+            ];
+            u
+        };
+        let c = adj.apply(with_unknown(), true, &judge);
+        assert!(c.announce[0].2.unknown.is_empty());
+        assert_eq!(adj.attributes_removed(), 2);
+        let allow = [100u8];
+        let allowed = Judge {
+            path: PathRules {
+                allow_attributes: Some(&allow),
+                ..vm_rules()
+            },
+            ..judge
+        };
+        let c = adj.apply(with_unknown(), true, &allowed);
+        let kept: Vec<u8> = c.announce[0]
+            .2
+            .unknown
+            .iter()
+            .map(|a| a.type_code)
+            .collect();
+        assert_eq!(kept, [100]);
+        let neighbor = Judge {
+            max_as_path_length: 64,
+            policy: None,
+            path: PathRules::plain(64612, 64613, true),
+        };
+        let c = AdjRibIn::default().apply(with_unknown(), true, &neighbor);
+        assert_eq!(c.announce[0].2.unknown.len(), 2);
     }
 }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use bgp::{NextHop, Prefix};
 
-use crate::config::MaxPrefixAction;
+use crate::config::{ImportRules, MaxPrefixAction};
 use crate::prefix_set::{PrefixPattern, PrefixSet};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +26,8 @@ pub struct VmPolicy {
     pub own_addresses: Vec<IpAddr>,
     pub max_prefixes: usize,
     pub max_prefixes_action: MaxPrefixAction,
+    /// What the VM's paths must look like (its group's rules).
+    pub import_rules: ImportRules,
 }
 
 /// Why a route was refused; `kind` is the counter label.
@@ -148,6 +150,7 @@ mod tests {
             ],
             max_prefixes: 10,
             max_prefixes_action: MaxPrefixAction::Reject,
+            import_rules: ImportRules::vm_default(),
         }
     }
 

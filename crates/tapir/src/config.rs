@@ -241,6 +241,38 @@ pub struct Group {
     pub max_sessions_per_interface: usize,
     /// New connections accepted from one tap per second (burst: twice it).
     pub connection_rate: u32,
+    /// What a VM's routes must look like.
+    pub import_rules: ImportRules,
+}
+
+/// What is checked of a peer's routes beyond what every peer gets (AS 0,
+/// confederation segments and our own AS are always refused).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportRules {
+    /// eBGP: a path must begin with the peer's AS (RFC 4271 §6.3).
+    pub enforce_first_as: bool,
+    /// Unknown optional transitive attributes kept (by type code); `None`
+    /// keeps them all.
+    pub allow_attributes: Option<Vec<u8>>,
+}
+
+impl ImportRules {
+    /// A static neighbor's: a route server's paths pass, as do
+    /// attributes we do not know (RFC 4271 §5).
+    pub fn neighbor_default() -> ImportRules {
+        ImportRules {
+            enforce_first_as: false,
+            allow_attributes: None,
+        }
+    }
+
+    /// A VM's, by default: its own AS first, no unknown attributes.
+    pub fn vm_default() -> ImportRules {
+        ImportRules {
+            enforce_first_as: true,
+            allow_attributes: Some(Vec::new()),
+        }
+    }
 }
 
 /// Per-session limits against a broken or hostile peer.
@@ -313,6 +345,8 @@ pub struct Neighbor {
     /// BFD (single-hop) while the session is up.
     pub bfd: Option<crate::bfd::BfdTimers>,
     pub limits: SessionLimits,
+    /// What the neighbor's routes must look like.
+    pub import_rules: ImportRules,
     /// TCP-MD5 key (RFC 2385).
     pub password: Option<Vec<u8>>,
     /// GTSM (RFC 5082): send with TTL 255, accept only 255.
@@ -540,6 +574,10 @@ struct RawGroup {
     #[serde(default)]
     ttl_security: bool,
     tcp_ao: Option<Spanned<RawAo>>,
+    #[serde(default = "yes")]
+    enforce_first_as: bool,
+    #[serde(default)]
+    allow_attributes: Vec<Spanned<u8>>,
 }
 
 /// `tcp-ao = { … }`.
@@ -750,6 +788,8 @@ struct RawNeighbor {
     #[serde(default)]
     ttl_security: bool,
     tcp_ao: Option<Spanned<RawAo>>,
+    #[serde(default)]
+    enforce_first_as: bool,
 }
 
 fn default_bfd_interval() -> Spanned<u64> {
@@ -1087,6 +1127,10 @@ impl Config {
                 export,
                 bfd,
                 limits,
+                import_rules: ImportRules {
+                    enforce_first_as: n.enforce_first_as,
+                    ..ImportRules::neighbor_default()
+                },
                 password,
                 ttl_security: n.ttl_security,
                 tcp_ao,
@@ -1315,6 +1359,7 @@ fn parse_gateway(
             kernel_import: false,
             bfd,
             limits,
+            import_rules: ImportRules::neighbor_default(),
             password,
             ttl_security: r.ttl_security,
             tcp_ao: None,
@@ -1808,7 +1853,49 @@ fn parse_group(
             err,
         )?,
         connection_rate: at_least_one(&g.connection_rate, "connection-rate", err)?,
+        import_rules: ImportRules {
+            enforce_first_as: g.enforce_first_as,
+            allow_attributes: Some(allow_attributes(
+                g.name.get_ref(),
+                &g.allow_attributes,
+                err,
+            )?),
+        },
     })
+}
+
+/// `allow-attributes`: type codes of unknown optional transitive
+/// attributes a VM may pass on. The ones tapir knows are not unknown.
+fn allow_attributes(group: &str, v: &[Spanned<u8>], err: &ErrFn) -> Result<Vec<u8>, ConfigError> {
+    use bgp::attribute::code;
+    let known = [
+        code::ORIGIN,
+        code::AS_PATH,
+        code::NEXT_HOP,
+        code::MULTI_EXIT_DISC,
+        code::LOCAL_PREF,
+        code::ATOMIC_AGGREGATE,
+        code::AGGREGATOR,
+        code::COMMUNITIES,
+        code::MP_REACH_NLRI,
+        code::MP_UNREACH_NLRI,
+        code::EXTENDED_COMMUNITIES,
+        code::AS4_PATH,
+        code::AS4_AGGREGATOR,
+        code::LARGE_COMMUNITIES,
+    ];
+    let mut out = Vec::new();
+    for t in v {
+        let c = *t.get_ref();
+        if c == 0 || known.contains(&c) {
+            return Err(err(
+                t.span(),
+                format!("group `{group}`: allow-attributes: {c} is not an unknown attribute's type code (tapir knows 1-8, 14-18 and 32 and checks them itself)"),
+            ));
+        }
+        out.push(c);
+    }
+    Ok(out)
 }
 
 fn at_least_one<T: Copy + PartialOrd + From<u8>>(
@@ -2114,6 +2201,40 @@ mod tests {
         assert!(e.message.contains("overlaps"), "{e}");
         let e = parse(&format!("{HEAD}{}", vm("a", "10.192.24.11", "10.3.0.1/33"))).unwrap_err();
         assert!(e.message.contains("vm `a`: prefixes"), "{e}");
+    }
+
+    #[test]
+    fn import_rules_for_groups_and_neighbors() {
+        let group = |extra: &str| {
+            format!(
+                "{HEAD}[[group]]\nname = \"vms\"\ninterfaces = [\"tap*\"]\nranges = [\"10.192.24.0/23\"]\nremote-as = \"external\"\n{extra}"
+            )
+        };
+        let c = parse(&group("")).unwrap();
+        assert_eq!(c.groups[0].import_rules, ImportRules::vm_default());
+        let c = parse(&group(
+            "enforce-first-as = false\nallow-attributes = [99, 240]\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.groups[0].import_rules,
+            ImportRules {
+                enforce_first_as: false,
+                allow_attributes: Some(vec![99, 240]),
+            }
+        );
+        // A known attribute is not unknown: the line says which.
+        let e = parse(&group("allow-attributes = [99, 8]\n")).unwrap_err();
+        assert!(e.message.contains("allow-attributes: 8"), "{e}");
+        assert_eq!(e.line, 8, "{e}");
+        let e = parse(&group("allow-attributes = [300]\n")).unwrap_err();
+        assert_eq!(e.line, 8, "{e}");
+        let n = "[[neighbor]]\naddress = \"10.192.21.1\"\nremote-as = 65020\n";
+        let c = parse(&format!("{HEAD}{n}")).unwrap();
+        assert_eq!(c.neighbors[0].import_rules, ImportRules::neighbor_default());
+        let c = parse(&format!("{HEAD}{n}enforce-first-as = true\n")).unwrap();
+        assert!(c.neighbors[0].import_rules.enforce_first_as);
+        assert_eq!(c.neighbors[0].import_rules.allow_attributes, None);
     }
 
     #[test]

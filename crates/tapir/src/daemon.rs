@@ -709,6 +709,7 @@ async fn reload(
                     || o.connect_retry != n.connect_retry
                     || o.bfd != n.bfd
                     || o.limits != n.limits
+                    || o.import_rules != n.import_rules
                     || current.graceful_restart.restart_time != restart_time
                 {
                     let _ = h.tx.send(PeerMsg::NextSession(Box::new(cfg))).await;

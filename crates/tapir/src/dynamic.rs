@@ -417,6 +417,7 @@ impl Hypervisor {
             own_addresses: own,
             max_prefixes: group.max_prefixes,
             max_prefixes_action: group.max_prefixes_action,
+            import_rules: group.import_rules.clone(),
         }
     }
 
@@ -474,6 +475,7 @@ impl Hypervisor {
             bfd: group.bfd,
             send_hold_time: group.limits.send_hold_time,
             max_as_path_length: group.limits.max_as_path_length,
+            import_rules: group.import_rules.clone(),
             max_send_queue: group.limits.max_send_queue,
             password: group.password.as_deref().map(Arc::from),
             ttl_security: group.ttl_security,

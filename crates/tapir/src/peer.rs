@@ -28,9 +28,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::adj_rib_in::{AdjRibIn, Judge};
+use crate::adj_rib_in::{AdjRibIn, Judge, PathRules};
 use crate::authorisation::VmPolicy;
-use crate::config::{Neighbor, RemoteAsConfig};
+use crate::config::{ImportRules, Neighbor, RemoteAsConfig};
 use crate::control::{PeerStatus, RouteEntry};
 use crate::policy::Policy;
 use crate::rib::{PeerId, PeerInfo, RibMsg};
@@ -168,6 +168,8 @@ pub struct PeerConfig {
     pub send_hold_time: Option<std::time::Duration>,
     /// Routes with longer AS paths are treated as withdrawn.
     pub max_as_path_length: usize,
+    /// What the peer's paths must look like.
+    pub import_rules: ImportRules,
     /// Bytes queued for the socket beyond which the connection is closed.
     pub max_send_queue: usize,
     /// TCP-MD5 key (RFC 2385) for this session's connections.
@@ -212,6 +214,7 @@ impl From<&Neighbor> for PeerConfig {
             bfd: n.bfd,
             send_hold_time: n.limits.send_hold_time,
             max_as_path_length: n.limits.max_as_path_length,
+            import_rules: n.import_rules.clone(),
             max_send_queue: n.limits.max_send_queue,
             password: n.password.as_deref().map(Arc::from),
             ttl_security: n.ttl_security,
@@ -229,6 +232,25 @@ impl PeerConfig {
         let mut c = PeerConfig::from(n);
         c.graceful_restart = (restart_time > 0).then_some(restart_time);
         c
+    }
+}
+
+/// The AS path checks for a session's routes (the peer's AS from its
+/// OPEN, in `info` once the session is up).
+fn path_rules<'a>(cfg: &'a PeerConfig, info: Option<&PeerInfo>, local_as: u32) -> PathRules<'a> {
+    let (peer_as, ebgp) = info.map_or((0, true), |i| (i.asn, i.ebgp));
+    // A VM's come with its policy snapshot, so a reload of its group
+    // judges its routes again.
+    let rules = match &cfg.policy {
+        Some(p) => &p.import_rules,
+        None => &cfg.import_rules,
+    };
+    PathRules {
+        local_as,
+        peer_as,
+        ebgp,
+        enforce_first_as: rules.enforce_first_as,
+        allow_attributes: rules.allow_attributes.as_deref(),
     }
 }
 
@@ -785,6 +807,11 @@ impl Peer {
                 self.cfg.connect_retry = c.connect_retry;
                 self.cfg.bfd = c.bfd;
                 self.cfg.graceful_restart = c.graceful_restart;
+                if c.import_rules != self.cfg.import_rules {
+                    info!("new import rules: routes judged again");
+                    self.cfg.import_rules = c.import_rules;
+                    self.judge_all();
+                }
             }
             PeerMsg::SetExport(policy) => {
                 if self.cfg.export.as_ref().is_some_and(|p| **p != *policy) {
@@ -1198,6 +1225,7 @@ impl Peer {
         let judge = Judge {
             max_as_path_length: self.cfg.max_as_path_length,
             policy: policy.as_deref(),
+            path: path_rules(&self.cfg, self.info.as_deref(), self.local.local_as),
         };
         let changes = self.adj_rib_in.apply(u, ebgp, &judge);
         self.rib_update(changes.announce, changes.withdraw);
@@ -1252,6 +1280,7 @@ impl Peer {
         let judge = Judge {
             max_as_path_length: self.cfg.max_as_path_length,
             policy: policy.as_deref(),
+            path: path_rules(&self.cfg, self.info.as_deref(), self.local.local_as),
         };
         let changes = self.adj_rib_in.rejudge(&judge);
         self.rib_update(changes.announce, changes.withdraw);

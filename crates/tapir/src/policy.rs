@@ -302,9 +302,9 @@ impl Term {
 /// `ASN:VALUE` or a well-known name (RFC 1997).
 pub fn parse_community(s: &str) -> Result<u32, String> {
     match s {
-        "no-export" => return Ok(0xffff_ff01),
-        "no-advertise" => return Ok(0xffff_ff02),
-        "no-export-subconfed" => return Ok(0xffff_ff03),
+        "no-export" => return Ok(crate::rib::NO_EXPORT),
+        "no-advertise" => return Ok(crate::rib::NO_ADVERTISE),
+        "no-export-subconfed" => return Ok(crate::rib::NO_EXPORT_SUBCONFED),
         "graceful-shutdown" => return Ok(0xffff_0000),
         _ => {}
     }

@@ -418,6 +418,11 @@ pub struct DrainConfig {
 
 /// RFC 8326 GRACEFUL_SHUTDOWN community.
 pub const GRACEFUL_SHUTDOWN: u32 = 0xffff_0000;
+/// RFC 1997: not beyond our AS (nor a confederation, which we never are).
+pub const NO_EXPORT: u32 = 0xffff_ff01;
+/// RFC 1997: to no BGP neighbor at all.
+pub const NO_ADVERTISE: u32 = 0xffff_ff02;
+pub const NO_EXPORT_SUBCONFED: u32 = 0xffff_ff03;
 
 /// The name a VM is drained by: its inventory name, or its tap.
 pub fn drain_key(p: &PeerInfo) -> Option<String> {
@@ -616,9 +621,19 @@ impl Interned {
 impl<'a> Exporter<'a> {
     /// Never back to where it came from; never to a neighbor whose AS is
     /// in the path (it would drop it anyway); not a draining VM's once
-    /// withdrawn (RFC 8326).
+    /// withdrawn (RFC 8326); not against the well-known communities it
+    /// arrived with (RFC 1997): NO_ADVERTISE to nobody, NO_EXPORT and
+    /// NO_EXPORT_SUBCONFED to no external neighbor.
     fn barred(&self, b: &Path) -> bool {
         if b.peer.as_ref().is_some_and(|q| q.id == self.peer) {
+            return true;
+        }
+        let communities = &b.attrs().communities;
+        if !communities.is_empty()
+            && communities.iter().any(|&c| {
+                c == NO_ADVERTISE || self.ebgp && (c == NO_EXPORT || c == NO_EXPORT_SUBCONFED)
+            })
+        {
             return true;
         }
         if let (Some(asn), Some(path)) = (self.asn, &b.attrs().as_path) {

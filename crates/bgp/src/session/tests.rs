@@ -206,6 +206,23 @@ fn bad_peer_as_is_refused_with_open_error() {
 }
 
 #[test]
+fn as_zero_is_a_bad_peer_as_even_to_external_or_a_range() {
+    for remote in [RemoteAs::External, RemoteAs::Ranges(vec![(0, 65535)])] {
+        assert!(!remote.accepts(64612, 0), "{remote:?}");
+        let mut p = Pair::new(
+            config(0, "10.0.0.1", RemoteAs::External),
+            config(64612, "10.0.0.2", remote),
+        );
+        p.connect();
+        assert_eq!(p.b.state(), State::Idle);
+        match p.b.last_error() {
+            Some(DownReason::NotificationSent(n)) => assert_eq!((n.code, n.subcode), (2, 2)),
+            e => panic!("{e:?}"),
+        }
+    }
+}
+
+#[test]
 fn internal_and_external_policies() {
     let mut p = Pair::new(
         config(64612, "10.0.0.1", RemoteAs::Internal),

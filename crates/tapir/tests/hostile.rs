@@ -1,0 +1,240 @@
+//! A hostile tenant: a raw BGP speaker in vm13, with its own address and
+//! the example config on hv1, sends what a VM must not get past the
+//! hypervisor. What is asserted is what the top-of-rack (BIRD) and hv1's
+//! kernel hold, not what tapir says of itself. Needs root.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bgp::attribute::{AsPath, AsSegment, Origin, PathAttributes, RawAttribute};
+use bgp::{Context, NextHop, Prefix};
+use lab::reference::{self, GATEWAY_V4};
+use lab::tor::{self, Tor};
+use lab::{wait_for, Lab};
+
+const TAPIR: &str = env!("CARGO_BIN_EXE_tapir");
+const WAIT: Duration = Duration::from_secs(30);
+const VM_AS: u32 = 64613;
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml")
+}
+
+fn hexs(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One UPDATE from vm13 for `prefix`, next hop its own address.
+fn update(prefix: &str, attrs: PathAttributes) -> String {
+    let p: Prefix = prefix.parse().unwrap();
+    hexs(
+        &bgp::update::encode_announce(
+            &attrs,
+            NextHop::V4(reference::vm_v4(13).parse().unwrap()),
+            &[p],
+            &Context::modern(),
+        )[0],
+    )
+}
+
+fn attrs(segments: Vec<AsSegment>) -> PathAttributes {
+    PathAttributes {
+        origin: Some(Origin::Igp),
+        as_path: Some(AsPath { segments }),
+        ..Default::default()
+    }
+}
+
+fn seq(asns: &[u32]) -> Vec<AsSegment> {
+    vec![AsSegment::Sequence(asns.to_vec())]
+}
+
+/// hv1's kernel route for `prefix` put there by tapir, if any.
+fn kernel_route(lab: &Lab, prefix: &str) -> Option<String> {
+    let o = lab.ip("hv1", &["route", "show", prefix, "proto", "bgp"]);
+    let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// The reference lab with the example config: BIRD on tor, the reference
+/// BIRD VM vm11 (recdns1001, 10.3.0.1/32), and vm13 plugged in for the
+/// raw speaker.
+fn lab_with_vm11() -> (Lab, lab::tapir::Tapir, Tor) {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    let tor = tor::start(&mut lab, tor::Kind::Bird);
+    reference::add_vm(&mut lab, "hv1", 11);
+    reference::add_vm(&mut lab, "hv1", 13);
+    lab.bird(
+        "vm11",
+        &reference::vm_bird_config(11, VM_AS, &["10.3.0.1/32"]),
+    );
+    let t = lab.tapir("hv1", Path::new(TAPIR), &example());
+    (lab, t, tor)
+}
+
+/// Starts the raw speaker in vm13, connected to its gateway, sending
+/// `sends` once the session is up and staying for a while.
+fn raw_speaker(lab: &mut Lab, sends: &[String]) -> u32 {
+    let raw = lab::tool(Path::new(TAPIR), "bgp-raw-peer");
+    let gw = format!("{GATEWAY_V4}:179");
+    let id = reference::vm_v4(13);
+    let asn = VM_AS.to_string();
+    let mut args = vec![
+        raw.to_str().unwrap(),
+        "--connect",
+        &gw,
+        "--as",
+        &asn,
+        "--id",
+        &id,
+        "--pause-ms",
+        "50",
+        "--linger-ms",
+        "120000",
+    ];
+    for s in sends {
+        args.push("--send");
+        args.push(s);
+    }
+    lab.spawn("vm13", &args, "vm13-raw.log")
+}
+
+#[test]
+fn a_vm_cannot_push_hostile_attributes_or_paths_upstream() {
+    let (mut lab, t, tor) = lab_with_vm11();
+    let unknown = RawAttribute {
+        flags: 0xc0,
+        type_code: 99,
+        value: vec![0xde, 0xad, 0xbe, 0xef],
+    };
+    // Prefix, what it carries, and whether tor may see it.
+    let cases: Vec<(&str, PathAttributes, &str)> = vec![
+        (
+            "10.3.0.101/32",
+            PathAttributes {
+                communities: vec![0xffff_ff01],
+                ..attrs(seq(&[VM_AS]))
+            },
+            "no-export",
+        ),
+        (
+            "10.3.0.102/32",
+            PathAttributes {
+                unknown: vec![unknown],
+                ..attrs(seq(&[VM_AS]))
+            },
+            "unknown attribute",
+        ),
+        ("10.3.0.103/32", attrs(seq(&[VM_AS, 0])), "as-path-zero"),
+        ("10.3.0.104/32", attrs(seq(&[64999, VM_AS])), "first-as"),
+        (
+            "10.3.0.105/32",
+            attrs(seq(&[VM_AS, reference::HV_AS])),
+            "as-path-loop",
+        ),
+        ("10.3.0.106/32", attrs(vec![]), "as-path-empty"),
+        (
+            "10.3.0.107/32",
+            attrs(vec![
+                AsSegment::ConfedSequence(vec![VM_AS]),
+                AsSegment::Sequence(vec![VM_AS]),
+            ]),
+            "as-path-confed",
+        ),
+        (
+            "10.3.0.109/32",
+            PathAttributes {
+                communities: vec![0xffff_ff02],
+                ..attrs(seq(&[VM_AS]))
+            },
+            "no-advertise",
+        ),
+        // Sent last: once tor has it, tapir has handled all the others.
+        ("10.3.0.110/32", attrs(seq(&[VM_AS])), "clean"),
+    ];
+    let sends: Vec<String> = cases.iter().map(|(p, a, _)| update(p, a.clone())).collect();
+    let raw = raw_speaker(&mut lab, &sends);
+
+    let last = wait_for(WAIT, || {
+        tor.route("10.3.0.110/32")
+            .filter(|_| tor.route("10.3.0.1/32").is_some())
+    });
+    assert!(
+        last.is_some(),
+        "tor never got vm13's clean route and vm11's:\n{}\n{}\n{}",
+        t.show(&["peers"]),
+        t.show(&["routes"]),
+        lab.all_logs()
+    );
+    let Tor::Bird(tor_bird) = &tor else {
+        unreachable!()
+    };
+    for (prefix, _, what) in &cases {
+        let at_tor = tor.route(prefix);
+        let in_kernel = kernel_route(&lab, prefix);
+        match *what {
+            "clean" => {
+                assert_eq!(at_tor.as_ref().unwrap().as_path, [reference::HV_AS]);
+                assert!(in_kernel.is_some(), "{prefix}: not in hv1's kernel");
+            }
+            // Used on the hypervisor, never passed on.
+            "no-export" | "no-advertise" => {
+                assert!(
+                    at_tor.is_none(),
+                    "{prefix} ({what}) reached tor: {at_tor:?}"
+                );
+                assert!(
+                    in_kernel.as_deref().is_some_and(|r| r.contains("tap13")),
+                    "{prefix} ({what}): not in hv1's kernel via tap13: {in_kernel:?}"
+                );
+            }
+            // The route goes upstream, the attribute does not.
+            "unknown attribute" => {
+                assert!(at_tor.is_some(), "{prefix}: not at tor");
+                let all = tor_bird.route(prefix).unwrap();
+                // BIRD shows it as `BGP.63 [t]: de ad be ef`.
+                assert!(
+                    !all.contains("BGP.63") && !all.contains("de ad be ef"),
+                    "{prefix}: the attribute reached tor:\n{all}"
+                );
+            }
+            // Refused: treated as withdrawn, shown with the reason.
+            kind => {
+                assert!(
+                    at_tor.is_none(),
+                    "{prefix} ({what}) reached tor: {at_tor:?}"
+                );
+                assert!(
+                    in_kernel.is_none(),
+                    "{prefix} ({what}) in hv1's kernel: {in_kernel:?}"
+                );
+                let r = t.routes_for(prefix);
+                assert!(
+                    r.iter()
+                        .any(|r| r["accepted"] == false && r["peer"] == "tap13"),
+                    "{prefix}: {r:?}"
+                );
+                let refused = t.json("peers");
+                let tap13 = refused
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["name"] == "tap13" && p["state"] == "Established")
+                    .unwrap_or_else(|| panic!("no session with vm13: {refused}"));
+                assert!(
+                    tap13["rejections"][kind].as_u64() == Some(1),
+                    "{kind}: {tap13}"
+                );
+            }
+        }
+    }
+    // Nothing of this cost vm11 or tor anything.
+    let rec = tor.route("10.3.0.1/32").expect("vm11's route at tor");
+    assert_eq!(rec.as_path, [reference::HV_AS]);
+    assert!(
+        rec.communities.contains(&"64612:100".to_string()),
+        "{rec:?}"
+    );
+    lab.stop(raw);
+}
