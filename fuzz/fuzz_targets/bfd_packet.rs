@@ -28,6 +28,8 @@ fuzz_target!(|data: &[u8]| {
             required_min_rx: Duration::from_millis(300),
             detect_mult: 3,
             auth: None,
+            // Both ways, by the input's length.
+            pin_peer: data.len() % 2 == 0,
         },
         now,
     );

@@ -33,6 +33,12 @@ pub struct Config {
     pub required_min_rx: Duration,
     pub detect_mult: u8,
     pub auth: Option<AuthConfig>,
+    /// Once Up, hear only the peer whose discriminator we learned: a
+    /// packet with another My Discriminator is discarded (§6.8.6 lets a
+    /// system be this strict). For a peer that never moves, such as a
+    /// router; not where a new system may take the session over (a VM's
+    /// gateway after a live migration).
+    pub pin_peer: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +103,10 @@ impl Session {
     }
     pub fn remote_discriminator(&self) -> u32 {
         self.remote_discriminator
+    }
+    /// The state the peer last said it was in.
+    pub fn remote_state(&self) -> State {
+        self.remote_state
     }
     pub fn local_discriminator(&self) -> u32 {
         self.cfg.local_discriminator
@@ -244,6 +254,18 @@ impl Session {
         }
         if p.your_discriminator != 0 && p.your_discriminator != self.cfg.local_discriminator {
             return Err(Discard::NotForSession("your discriminator is not ours"));
+        }
+        // Pinned and Up, the peer is known by its discriminator: a packet
+        // with another one is somebody else's (a forgery, or the peer's
+        // new session, which the detection time lets in once this one is
+        // down).
+        if self.cfg.pin_peer
+            && self.state == State::Up
+            && p.my_discriminator != self.remote_discriminator
+        {
+            return Err(Discard::NotForSession(
+                "my discriminator is not the peer's, and the session is up",
+            ));
         }
         self.remote_discriminator = p.my_discriminator;
         self.remote_state = p.state;

@@ -146,6 +146,19 @@ impl Frr {
             .unwrap_or_else(|| panic!("vtysh -c '{cmd}' failed"))
     }
 
+    /// Runs configuration commands in order (`configure terminal` first).
+    pub fn configure(&self, lines: &[&str]) {
+        let mut c = Command::new("vtysh");
+        c.arg("--vty_socket")
+            .arg(&self.dir)
+            .args(["-c", "configure terminal"]);
+        for l in lines {
+            c.args(["-c", l]);
+        }
+        let o = c.output().expect("vtysh");
+        assert!(o.status.success(), "vtysh {lines:?}: {o:?}");
+    }
+
     pub fn json(&self, cmd: &str) -> Value {
         serde_json::from_str(&self.vtysh(cmd)).unwrap_or(Value::Null)
     }

@@ -55,6 +55,9 @@ pub enum BfdMsg {
         /// Told `BfdDown` when the session fails.
         notify: mpsc::Sender<PeerMsg>,
         name: String,
+        /// Once Up, hear only the discriminator learned (a static
+        /// neighbor's session).
+        pin_peer: bool,
     },
     Remove(Key),
     Show(oneshot::Sender<Vec<BfdStatus>>),
@@ -85,8 +88,38 @@ struct Entry {
     notify: mpsc::Sender<PeerMsg>,
     name: String,
     interface: Option<Interface>,
+    /// A session without an interface (a static neighbor): the
+    /// interface the kernel reaches the peer through, and when that was
+    /// last asked. Packets from anywhere else are not the peer's (a VM
+    /// forging the top-of-rack's address arrives on its tap).
+    reached_on: Option<u32>,
+    looked_up: Instant,
     was_up: bool,
     flaps: u64,
+}
+
+/// How often a static neighbor's interface may be looked up again when
+/// its address shows up on another one (the route may have moved).
+const LOOKUP_AGAIN: Duration = Duration::from_secs(1);
+
+impl Entry {
+    /// Whether a packet from the peer's address on `ifindex` comes from
+    /// the interface the peer is on.
+    fn on_peer_interface(&mut self, ifindex: u32, peer: IpAddr) -> bool {
+        if let Some(i) = &self.interface {
+            return i.index == ifindex;
+        }
+        if self.reached_on == Some(ifindex) {
+            return true;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.looked_up) < LOOKUP_AGAIN {
+            return false;
+        }
+        self.looked_up = now;
+        self.reached_on = crate::kernel::route_interface(peer).ok();
+        self.reached_on == Some(ifindex)
+    }
 }
 
 /// A received packet with what the kernel told about it.
@@ -99,8 +132,11 @@ struct Rx {
     port: u16,
 }
 
-pub fn spawn() -> std::io::Result<mpsc::Sender<BfdMsg>> {
-    let (tx, rx) = mpsc::channel(256);
+/// Requests are never dropped: a session added or removed that the BFD
+/// task missed would run on, or never run, whatever BGP does. They are
+/// one per session change, so the channel is unbounded.
+pub fn spawn() -> std::io::Result<mpsc::UnboundedSender<BfdMsg>> {
+    let (tx, rx) = mpsc::unbounded_channel();
     let sockets = [
         rx_socket_v4(PORT)?,
         rx_socket_v6(PORT)?,
@@ -245,7 +281,7 @@ fn tx_socket(
     UdpSocket::from_std(s.into())
 }
 
-async fn run(mut rx: mpsc::Receiver<BfdMsg>, sockets: [UdpSocket; 4]) {
+async fn run(mut rx: mpsc::UnboundedReceiver<BfdMsg>, sockets: [UdpSocket; 4]) {
     let [v4, v6, mv4, mv6] = sockets;
     let mut sessions: HashMap<Key, Entry> = HashMap::new();
     // Each session's key by its discriminator, to find the session a
@@ -283,7 +319,7 @@ async fn run(mut rx: mpsc::Receiver<BfdMsg>, sockets: [UdpSocket; 4]) {
             m = rx.recv() => {
                 let Some(m) = m else { return };
                 match m {
-                    BfdMsg::Add { peer, interface, timers, notify, name } => {
+                    BfdMsg::Add { peer, interface, timers, notify, name, pin_peer } => {
                         let key = (peer, interface.as_ref().map(|i| i.index));
                         if sessions.contains_key(&key) {
                             continue;
@@ -306,6 +342,17 @@ async fn run(mut rx: mpsc::Receiver<BfdMsg>, sockets: [UdpSocket; 4]) {
                             required_min_rx: timers.interval,
                             detect_mult: timers.multiplier,
                             auth: None,
+                            pin_peer,
+                        };
+                        let reached_on = match &interface {
+                            Some(_) => None,
+                            None => match crate::kernel::route_interface(peer) {
+                                Ok(i) => Some(i),
+                                Err(e) => {
+                                    warn!(%peer, error = %e, "BFD: no route to the peer yet; its packets wait for one");
+                                    None
+                                }
+                            },
                         };
                         info!(%peer, name = %name, interval = ?timers.interval, multiplier = timers.multiplier, "BFD session started");
                         by_discr.insert(next_discr, key);
@@ -318,6 +365,8 @@ async fn run(mut rx: mpsc::Receiver<BfdMsg>, sockets: [UdpSocket; 4]) {
                             notify,
                             name,
                             interface,
+                            reached_on,
+                            looked_up: Instant::now(),
                             was_up: false,
                             flaps: 0,
                         });
@@ -471,15 +520,21 @@ fn deliver(
         return None;
     };
     // The packet must come from the session's peer, on its interface.
-    if e.interface.as_ref().is_some_and(|i| i.index != r.ifindex) {
-        debug!(from = %r.from, "BFD packet on the wrong interface dropped");
+    if !e.on_peer_interface(r.ifindex, r.from) {
+        debug!(from = %r.from, ifindex = r.ifindex, "BFD packet on the wrong interface dropped");
         return None;
     }
+    let was_up = e.session.state() == bfd::State::Up;
     if let Err(d) = e.session.receive(Instant::now(), &r.data) {
         debug!(from = %r.from, reason = %d, "BFD packet discarded");
         return None;
     }
-    follow_port(e, &r);
+    // The port moves only on a packet the peer could not have sent
+    // without hearing us: before the session is up, any that passed; once
+    // up, one that names our discriminator.
+    if !was_up || pkt.your_discriminator == e.session.local_discriminator() {
+        follow_port(e, &r);
+    }
     Some(key)
 }
 
@@ -511,8 +566,14 @@ async fn flush(e: &mut Entry) {
         if from == bfd::State::Up {
             e.flaps += 1;
         }
+        // RFC 5882 §3.2: a peer that says AdminDown has not failed (it is
+        // being taken out of service on purpose); BGP decides for itself.
         if to == bfd::State::Down && from == bfd::State::Up && e.was_up {
-            let _ = e.notify.send(PeerMsg::BfdDown).await;
+            if e.session.remote_state() == bfd::State::AdminDown {
+                info!(name = %e.name, "BFD: the peer went AdminDown; not a failure, BGP stays");
+            } else {
+                let _ = e.notify.send(PeerMsg::BfdDown).await;
+            }
         }
     }
 }

@@ -235,7 +235,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
                 let bfd = match bfd {
                     Some(b) => {
                         let (tx, rx) = oneshot::channel();
-                        let _ = b.send(crate::bfd::BfdMsg::Show(tx)).await;
+                        let _ = b.send(crate::bfd::BfdMsg::Show(tx));
                         rx.await.unwrap_or_default()
                     }
                     None => Vec::new(),
@@ -309,7 +309,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
                                 };
                             };
                             let (tx, rx) = oneshot::channel();
-                            let _ = bfd.send(crate::bfd::BfdMsg::Show(tx)).await;
+                            let _ = bfd.send(crate::bfd::BfdMsg::Show(tx));
                             return Response::Bfd {
                                 sessions: rx.await.unwrap_or_default(),
                             };
@@ -780,10 +780,12 @@ struct About {
     started: std::time::Instant,
 }
 
-async fn bfd_sessions(bfd: Option<mpsc::Sender<crate::bfd::BfdMsg>>) -> Vec<crate::bfd::BfdStatus> {
+async fn bfd_sessions(
+    bfd: Option<mpsc::UnboundedSender<crate::bfd::BfdMsg>>,
+) -> Vec<crate::bfd::BfdStatus> {
     let Some(b) = bfd else { return Vec::new() };
     let (tx, rx) = oneshot::channel();
-    let _ = b.send(crate::bfd::BfdMsg::Show(tx)).await;
+    let _ = b.send(crate::bfd::BfdMsg::Show(tx));
     rx.await.unwrap_or_default()
 }
 
@@ -792,7 +794,7 @@ async fn status(
     peers: &[PeerHandle],
     hv: Option<&mpsc::Sender<HvMsg>>,
     rib: &mpsc::UnboundedSender<crate::rib::RibMsg>,
-    bfd: Option<mpsc::Sender<crate::bfd::BfdMsg>>,
+    bfd: Option<mpsc::UnboundedSender<crate::bfd::BfdMsg>>,
 ) -> control::Status {
     let all = peer_statuses(peers, hv).await;
     let (vms, statics): (Vec<_>, Vec<_>) = all.iter().partition(|p| p.interface.is_some());

@@ -210,6 +210,54 @@ fn dump_links() -> std::io::Result<Vec<KernelEvent>> {
     }
 }
 
+/// The interface the kernel reaches `addr` through (RTM_GETROUTE, as `ip
+/// route get`): where a directly connected peer's packets must come from.
+/// A blocking request on a socket of its own; it takes microseconds.
+pub fn route_interface(addr: IpAddr) -> std::io::Result<u32> {
+    use rtnetlink::packet_core::{NetlinkHeader, NetlinkMessage, NLM_F_REQUEST};
+    let msg = match addr {
+        IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(a, 32)
+            .build(),
+        IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(a, 128)
+            .build(),
+    };
+    let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = 1;
+    let mut req = NetlinkMessage::new(
+        header,
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetRoute(msg)),
+    );
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf);
+    sock.send(&buf, 0)?;
+    let mut reply: Vec<u8> = Vec::with_capacity(8192);
+    sock.recv(&mut reply, 0)?;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply)
+        .map_err(|e| bad(&e.to_string()))?;
+    match m.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => r
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            })
+            .ok_or_else(|| bad("the route names no interface")),
+        NetlinkPayload::Error(e) => Err(std::io::Error::from_raw_os_error(
+            e.code.map_or(0, |c| -c.get()),
+        )),
+        _ => Err(bad("no route in the answer")),
+    }
+}
+
 /// The kernel's links and routes now; `None` if a dump failed (a partial
 /// snapshot would make what it missed look gone).
 async fn snapshot(handle: &rtnetlink::Handle) -> Option<Snapshot> {

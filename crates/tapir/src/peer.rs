@@ -264,7 +264,7 @@ pub struct Local {
     /// What the Loc-RIB has yet to apply: sockets wait while it is long.
     pub rib_backlog: crate::rib::Backlog,
     /// The BFD task, if any session asks for BFD.
-    pub bfd: Option<mpsc::Sender<crate::bfd::BfdMsg>>,
+    pub bfd: Option<mpsc::UnboundedSender<crate::bfd::BfdMsg>>,
     /// True while tapir comes back from a graceful restart: OPENs carry
     /// the Restart State and Forwarding State bits (RFC 4724 §4.1).
     pub restarting: Arc<std::sync::atomic::AtomicBool>,
@@ -468,7 +468,7 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
             let _ = local.rib.send(RibMsg::PeerDown(id));
             let _ = local.rib.send(RibMsg::Unsubscribe(id));
             if let (Some(key), Some(bfd)) = (bfd_key, &local.bfd) {
-                let _ = bfd.try_send(crate::bfd::BfdMsg::Remove(key));
+                let _ = bfd.send(crate::bfd::BfdMsg::Remove(key));
             }
         }
     };
@@ -1121,12 +1121,15 @@ impl Peer {
                         self.cfg.address,
                         self.cfg.interface.as_ref().map(|i| i.index),
                     ));
-                    let _ = bfd.try_send(crate::bfd::BfdMsg::Add {
+                    let _ = bfd.send(crate::bfd::BfdMsg::Add {
                         peer: self.cfg.address,
                         interface: self.cfg.interface.clone(),
                         timers,
                         notify: self.tx.clone(),
                         name: self.cfg.name.clone(),
+                        // A static neighbor's peer never changes; a VM's
+                        // or a gateway's may be taken over after a move.
+                        pin_peer: self.cfg.policy.is_none() && !self.cfg.takeover,
                     });
                 }
                 let families = n.context.families.clone();
@@ -1329,7 +1332,7 @@ impl Peer {
     /// registered: a reload may have turned BFD off since).
     fn bfd_remove(&mut self) {
         if let (Some(key), Some(bfd)) = (self.bfd_registered.take(), &self.local.bfd) {
-            let _ = bfd.try_send(crate::bfd::BfdMsg::Remove(key));
+            let _ = bfd.send(crate::bfd::BfdMsg::Remove(key));
         }
     }
 

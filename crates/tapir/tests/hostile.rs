@@ -238,3 +238,135 @@ fn a_vm_cannot_push_hostile_attributes_or_paths_upstream() {
     );
     lab.stop(raw);
 }
+
+/// FRR's view of hv1 at tor: its BFD session's state and uptime, and how
+/// often its BGP session with hv1 dropped.
+fn frr_view(frr: &lab::frr::Frr) -> Option<(String, u64, u64, String)> {
+    let bfd = frr.json("show bfd peers json");
+    let p = bfd
+        .as_array()?
+        .iter()
+        .find(|p| p["peer"] == "10.192.21.6")?
+        .clone();
+    let bgp = frr.json("show bgp neighbors 10.192.21.6 json");
+    let n = &bgp["10.192.21.6"];
+    Some((
+        p["status"].as_str()?.to_string(),
+        p["uptime"].as_u64()?,
+        n["connectionsDropped"].as_u64()?,
+        n["bgpState"].as_str()?.to_string(),
+    ))
+}
+
+#[test]
+fn a_vm_forging_the_tors_bfd_packets_moves_nothing() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    let tor = tor::start_with(&mut lab, tor::Kind::Frr, true);
+    let Tor::Frr(frr) = &tor else { unreachable!() };
+    reference::add_vm(&mut lab, "hv1", 13);
+    // The worst case: hv1 does not filter by reverse path, and vm13
+    // sends from tor's address (its own, as far as its kernel knows).
+    lab.exec("hv1", &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
+    lab.addr("vm13", "lo", &format!("{}/32", reference::TOR_V4));
+    let cfg = std::fs::read_to_string(example()).unwrap().replacen(
+        "families = [\"ipv4\"]\n",
+        "families = [\"ipv4\"]\nbfd = true\n",
+        1,
+    );
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let up = wait_for(WAIT, || {
+        frr_view(frr).filter(|v| v.0 == "up" && v.3 == "Established")
+    });
+    let Some((_, _, dropped, _)) = up else {
+        panic!(
+            "BFD or BGP with tor not up:\n{}\n{}\n{}",
+            frr.vtysh("show bfd peers"),
+            t.show(&["bfd"]),
+            lab.all_logs()
+        );
+    };
+    // The forger knows both discriminators (the worst case: they are
+    // sequential, so a VM with a BFD session of its own can guess ours).
+    let ours = t.json("bfd");
+    let s = ours
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["peer"] == reference::TOR_V4)
+        .unwrap_or_else(|| panic!("{ours}"))
+        .clone();
+    let (local, remote) = (
+        s["local_discriminator"].as_u64().unwrap(),
+        s["remote_discriminator"].as_u64().unwrap(),
+    );
+    let bin = lab::tool(Path::new(TAPIR), "bfd-send");
+    let started = std::time::Instant::now();
+    // Down and AdminDown, to the gateway and to hv1's uplink address, to
+    // the single-hop and the multihop port, as a stranger and as tor.
+    for round in 0..5 {
+        for to in [GATEWAY_V4, "10.192.21.6"] {
+            for port in ["3784", "4784"] {
+                for (my, your, state) in [(4242, 0, 1), (4242, 0, 0), (remote, local, 1)] {
+                    let args = [
+                        reference::TOR_V4.to_string(),
+                        to.to_string(),
+                        "255".into(),
+                        my.to_string(),
+                        your.to_string(),
+                        state.to_string(),
+                        port.to_string(),
+                    ];
+                    let mut v = vec![bin.to_str().unwrap()];
+                    v.extend(args.iter().map(String::as_str));
+                    let o = lab.exec("vm13", &v);
+                    assert!(o.status.success(), "bfd-send, round {round}: {o:?}");
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Long enough for a redirected or downed session to be seen at tor
+    // (3 x 300 ms) and for BGP to notice.
+    std::thread::sleep(Duration::from_secs(3));
+    // A dynamic neighbor that dropped may be gone from FRR altogether.
+    let after = frr_view(frr).unwrap_or_default();
+    assert_eq!(
+        (after.0.as_str(), after.3.as_str(), after.2),
+        ("up", "Established", dropped),
+        "tor's BFD or BGP session with hv1 moved:\n{}\n{}",
+        frr.vtysh("show bfd peers"),
+        lab.all_logs()
+    );
+    assert!(
+        after.1 + 1 >= started.elapsed().as_secs(),
+        "tor's BFD session restarted (up {} s, {:?} since the forgeries began)",
+        after.1,
+        started.elapsed()
+    );
+    // tor's operator takes BFD out of service (AdminDown, RFC 5882 §3.2):
+    // not a failure, so BGP stays.
+    frr.configure(&["bfd", "peer 10.192.21.6", "shutdown"]);
+    let admin = wait_for(WAIT, || {
+        let v = frr.json("show bfd peers json");
+        let p = v
+            .as_array()?
+            .iter()
+            .find(|p| p["peer"] == "10.192.21.6")?
+            .clone();
+        (p["status"] != "up").then_some(p)
+    });
+    assert!(admin.is_some(), "{}", frr.vtysh("show bfd peers"));
+    std::thread::sleep(Duration::from_secs(3));
+    let bgp = frr.json("show bgp neighbors 10.192.21.6 json");
+    assert_eq!(
+        (
+            bgp["10.192.21.6"]["bgpState"].as_str(),
+            bgp["10.192.21.6"]["connectionsDropped"].as_u64()
+        ),
+        (Some("Established"), Some(dropped)),
+        "BGP went with BFD's AdminDown:\n{}",
+        lab.all_logs()
+    );
+}

@@ -9,6 +9,7 @@ fn cfg(discr: u32, tx_ms: u64, rx_ms: u64, mult: u8) -> Config {
         required_min_rx: Duration::from_millis(rx_ms),
         detect_mult: mult,
         auth: None,
+        pin_peer: false,
     }
 }
 
@@ -170,6 +171,43 @@ fn admin_down_tells_the_peer() {
     p.a.admin_up(p.now);
     p.run(Duration::from_secs(5));
     assert_eq!((p.a.state(), p.b.state()), (State::Up, State::Up));
+}
+
+#[test]
+fn pinned_and_up_only_the_peers_discriminator_is_heard() {
+    let pinned = Config {
+        pin_peer: true,
+        ..cfg(2, 300, 300, 3)
+    };
+    let mut p = Pair::new(cfg(1, 300, 300, 3), pinned);
+    p.run(Duration::from_secs(3));
+    assert_eq!((p.a.state(), p.b.state()), (State::Up, State::Up));
+    // A forged Down from somebody else (Your Discriminator 0, or ours).
+    for your in [0, 2] {
+        let forged = Packet {
+            diag: Diag::None,
+            state: State::Down,
+            poll: false,
+            final_: false,
+            control_plane_independent: false,
+            demand: false,
+            detect_mult: 3,
+            my_discriminator: 999,
+            your_discriminator: your,
+            desired_min_tx: 300_000,
+            required_min_rx: 300_000,
+            required_min_echo_rx: 0,
+            auth: None,
+        };
+        assert!(p.b.receive(p.now, &forged.encode(&[])).is_err());
+        assert_eq!(p.b.state(), State::Up);
+        assert_eq!(p.b.remote_discriminator(), 1);
+    }
+    // The peer's own AdminDown is heard, and is what the peer said.
+    p.a.admin_down(p.now);
+    p.pump();
+    assert_eq!(p.b.state(), State::Down);
+    assert_eq!(p.b.remote_state(), State::AdminDown);
 }
 
 #[test]

@@ -1,14 +1,15 @@
 //! Sends one BFD control packet, for tests of what tapir accepts:
-//! `bfd-send FROM TO TTL MY_DISCR YOUR_DISCR STATE` (STATE 0-3: AdminDown,
-//! Down, Init, Up). The packet goes from FROM:49999 to TO:3784.
+//! `bfd-send FROM TO TTL MY_DISCR YOUR_DISCR STATE [PORT]` (STATE 0-3:
+//! AdminDown, Down, Init, Up). The packet goes from FROM:49999 to TO:PORT
+//! (3784 unless given).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let a: Vec<String> = std::env::args().skip(1).collect();
-    if a.len() != 6 {
-        eprintln!("usage: bfd-send FROM TO TTL MY_DISCR YOUR_DISCR STATE");
+    if a.len() != 6 && a.len() != 7 {
+        eprintln!("usage: bfd-send FROM TO TTL MY_DISCR YOUR_DISCR STATE [PORT]");
         return ExitCode::FAILURE;
     }
     let parse = |i: usize| {
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
     }
     let s = UdpSocket::bind(SocketAddr::new(from, 49999)).expect("bind");
     s.set_ttl(parse(2)).expect("ttl");
-    s.send_to(&p, SocketAddr::new(to, 3784)).expect("send");
+    let port = a.get(6).map_or(3784, |p| p.parse().expect("PORT"));
+    s.send_to(&p, SocketAddr::new(to, port)).expect("send");
     ExitCode::SUCCESS
 }

@@ -59,6 +59,7 @@ fn bfd_loop(local: Ipv4Addr, multihop: bool) -> std::io::Result<()> {
         required_min_rx: Duration::from_millis(300),
         detect_mult: 3,
         auth: None,
+        pin_peer: false,
     };
     let mut s = bfd::Session::new(cfg, Instant::now());
     let mut buf = [0u8; 256];
