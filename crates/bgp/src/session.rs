@@ -675,6 +675,11 @@ impl Session {
         self.transmit.pop_front()
     }
 
+    /// Whether messages wait for [`Self::poll_transmit`].
+    pub fn has_transmit(&self) -> bool {
+        !self.transmit.is_empty()
+    }
+
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }

@@ -17,16 +17,20 @@ pub enum Limit {
     ConnectionRate,
     /// More bytes queued for a peer than `max-send-queue`.
     SendQueue,
+    /// A ROUTE-REFRESH while the last one's answer is still on its way
+    /// (coalesced into it).
+    RefreshPending,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 6] = [
+    pub const ALL: [Limit; 7] = [
         Limit::SendHoldTime,
         Limit::AsPathLength,
         Limit::SessionsPerInterface,
         Limit::SessionsPerGroup,
         Limit::ConnectionRate,
         Limit::SendQueue,
+        Limit::RefreshPending,
     ];
 
     /// The metric label.
@@ -38,11 +42,13 @@ impl Limit {
             Limit::SessionsPerGroup => "sessions-per-group",
             Limit::ConnectionRate => "connection-rate",
             Limit::SendQueue => "send-queue",
+            Limit::RefreshPending => "refresh-pending",
         }
     }
 }
 
-static HITS: [AtomicU64; 6] = [
+static HITS: [AtomicU64; 7] = [
+    AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),

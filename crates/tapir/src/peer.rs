@@ -88,7 +88,7 @@ async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     while let Some(b) = rx.recv().await {
         match tokio::time::timeout(send_hold, w.write_all(&b)).await {
             Ok(Ok(())) => {
-                queued.fetch_sub(b.len(), Relaxed);
+                queued.fetch_sub(b.len() + MESSAGE_OVERHEAD, Relaxed);
             }
             Ok(Err(_)) => return Written::Failed,
             Err(_) => return Written::Stalled,
@@ -337,10 +337,21 @@ struct Conn {
     writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
     reader: Option<tokio::task::JoinHandle<()>>,
     local: Option<SocketAddr>,
-    /// Bytes handed to the writer and not yet written to the socket.
+    /// Bytes handed to the writer and not yet written to the socket,
+    /// each message counted with [`MESSAGE_OVERHEAD`].
     queued: Arc<std::sync::atomic::AtomicUsize>,
     writer_task: Option<tokio::task::JoinHandle<()>>,
+    /// Families whose whole table is on its way to the peer (after
+    /// Established or a ROUTE-REFRESH), and whether the RIB has handed
+    /// all of it over. A ROUTE-REFRESH for one of them is already being
+    /// answered: another answer would only queue the same again.
+    answering: Vec<(AfiSafi, bool)>,
 }
+
+/// What a queued message costs beyond its bytes (its buffer's header and
+/// allocation, its channel slot): `max-send-queue` bounds memory, not
+/// only bytes, when a peer makes us queue many small messages.
+const MESSAGE_OVERHEAD: usize = 64;
 
 impl Conn {
     fn drop_socket(&mut self) {
@@ -611,6 +622,7 @@ impl Peer {
             local: None,
             queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             writer_task: None,
+            answering: Vec::new(),
         }
     }
 
@@ -768,6 +780,11 @@ impl Peer {
                 {
                     self.send_announcements(i, &routes);
                     if end {
+                        for a in &mut self.conns[i].answering {
+                            if a.0 == family {
+                                a.1 = true;
+                            }
+                        }
                         self.conns[i]
                             .session
                             .send(Instant::now(), encode_end_of_rib(family));
@@ -946,7 +963,8 @@ impl Peer {
                     count_sent(&mut self.sent, &mut self.last_sent, &b);
                     let c = &mut self.conns[i];
                     if let Some(w) = &c.writer {
-                        let total = c.queued.fetch_add(b.len(), Relaxed) + b.len();
+                        let cost = b.len() + MESSAGE_OVERHEAD;
+                        let total = c.queued.fetch_add(cost, Relaxed) + cost;
                         let _ = w.send(b);
                         if total > self.cfg.max_send_queue {
                             // The peer reads slower than we produce: drop
@@ -1170,6 +1188,16 @@ impl Peer {
                 self.apply_update(*u)
             }
             Event::RouteRefresh(family) => {
+                let c = &mut self.conns[i];
+                // An answer that has left entirely (the RIB handed it all
+                // over and nothing is queued) is answered no longer.
+                let sent = c.queued.load(Relaxed) == 0 && !c.session.has_transmit();
+                c.answering.retain(|(_, done)| !(*done && sent));
+                if c.answering.iter().any(|(f, _)| *f == family) {
+                    crate::limits::hit(crate::limits::Limit::RefreshPending);
+                    debug!(%family, "route refresh requested while one is answered: coalesced");
+                    return;
+                }
                 debug!(%family, "route refresh requested");
                 self.send_family(i, family);
             }
@@ -1450,11 +1478,13 @@ impl Peer {
             return;
         }
         if self.cfg.export.is_none() {
+            self.conns[i].answering.push((family, true));
             self.conns[i]
                 .session
                 .send(Instant::now(), encode_end_of_rib(family));
             return;
         }
+        self.conns[i].answering.push((family, false));
         self.to_rib(RibMsg::Refeed {
             peer: self.id,
             conn: self.conns[i].id,
@@ -1679,7 +1709,10 @@ mod tests {
             }
             drop(tx);
             let hold = std::time::Duration::from_secs(5);
-            let q = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(sent.len()));
+            // As `process` counts them: each message with its overhead.
+            let q = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(
+                sent.len() + 16 * MESSAGE_OVERHEAD,
+            ));
             let q2 = q.clone();
             let w = tokio::spawn(async move { write_loop(ours, rx, hold, &q2).await });
             let mut got = Vec::new();

@@ -370,3 +370,62 @@ fn a_vm_forging_the_tors_bfd_packets_moves_nothing() {
         lab.all_logs()
     );
 }
+
+#[test]
+fn a_vm_that_floods_route_refresh_and_never_reads_costs_little() {
+    let (mut lab, t, tor) = lab_with_vm11();
+    let up = wait_for(WAIT, || tor.route("10.3.0.1/32"));
+    assert!(up.is_some(), "vm11's route never reached tor");
+    std::thread::sleep(Duration::from_secs(1));
+    let before = Lab::rss_kib(t.pid).expect("tapir's RSS");
+    let refresh = bgp::Message::RouteRefresh(bgp::message::RouteRefresh {
+        family: bgp::AfiSafi::IPV4_UNICAST,
+        subtype: 0,
+    })
+    .encode(&Context::modern());
+    let raw = lab::tool(Path::new(TAPIR), "bgp-raw-peer");
+    let gw = format!("{GATEWAY_V4}:179");
+    let id = reference::vm_v4(13);
+    let asn = VM_AS.to_string();
+    let msg = hexs(&refresh);
+    let n = 200_000;
+    let pid = lab.spawn(
+        "vm13",
+        &[
+            raw.to_str().unwrap(),
+            "--connect",
+            &gw,
+            "--as",
+            &asn,
+            "--id",
+            &id,
+            "--pause-ms",
+            "0",
+            "--linger-ms",
+            "60000",
+            "--no-read",
+            "--repeat",
+            &n.to_string(),
+            "--send",
+            &msg,
+        ],
+        "vm13-raw.log",
+    );
+    // 200,000 requests are 4.6 MB: sent within a second or two. tapir's
+    // memory is read while they arrive and after.
+    let mut peak = before;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(200));
+        peak = peak.max(Lab::rss_kib(t.pid).expect("tapir's RSS"));
+    }
+    eprintln!("tapir RSS {before} KiB before, {peak} KiB at most during {n} ROUTE-REFRESHes");
+    assert!(
+        peak < before + 2048,
+        "tapir grew from {before} to {peak} KiB for {n} ROUTE-REFRESHes it could not send"
+    );
+    // tor and vm11 noticed nothing.
+    let r = tor.route("10.3.0.1/32").expect("vm11's route at tor");
+    assert_eq!(r.as_path, [reference::HV_AS]);
+    assert_eq!(t.peer_state("recdns1001").as_deref(), Some("Established"));
+    lab.stop(pid);
+}

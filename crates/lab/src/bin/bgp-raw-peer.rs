@@ -4,7 +4,11 @@
 //! ```text
 //! bgp-raw-peer --connect ADDR:PORT [--as N] [--id A.B.C.D]
 //!              [--open-hex HEX] [--send HEX]… [--pause-ms N] [--linger-ms N]
+//!              [--repeat N] [--no-read]
 //! ```
+//!
+//! `--repeat N` sends the `--send` list N times; `--no-read` stops reading
+//! once the session is up (a peer that never reads what it asked for).
 //!
 //! It connects, sends an OPEN (ours, or `--open-hex` verbatim), answers the
 //! peer's OPEN with a KEEPALIVE, and once the session is up sends each
@@ -34,6 +38,8 @@ fn main() {
     let mut sends: Vec<Vec<u8>> = Vec::new();
     let mut pause = Duration::from_millis(200);
     let mut linger = Duration::from_secs(3);
+    let mut repeat = 1usize;
+    let mut no_read = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut v = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -45,6 +51,8 @@ fn main() {
             "--send" => sends.push(hex(&v())),
             "--pause-ms" => pause = Duration::from_millis(v().parse().expect("ms")),
             "--linger-ms" => linger = Duration::from_millis(v().parse().expect("ms")),
+            "--repeat" => repeat = v().parse().expect("--repeat N"),
+            "--no-read" => no_read = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -64,12 +72,18 @@ fn main() {
     s.write_all(&open).unwrap();
     let mut buf = Vec::new();
     let mut established = false;
-    let mut pending = sends.into_iter();
+    let mut left = sends.len() * repeat;
+    let mut pending = sends.into_iter().cycle();
     let mut next_send = Instant::now();
     let deadline = Instant::now() + linger;
     loop {
         let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk) {
+        let read = if no_read && established {
+            Err(std::io::Error::from(std::io::ErrorKind::WouldBlock))
+        } else {
+            s.read(&mut chunk)
+        };
+        match read {
             Ok(0) => {
                 println!("CLOSED");
                 return;
@@ -103,8 +117,9 @@ fn main() {
                 _ => {}
             }
         }
-        if established && Instant::now() >= next_send {
+        if established && left > 0 && Instant::now() >= next_send {
             if let Some(b) = pending.next() {
+                left -= 1;
                 if s.write_all(&b).is_err() {
                     println!("CLOSED");
                     return;
@@ -115,6 +130,9 @@ fn main() {
         if Instant::now() >= deadline {
             println!("LINGER");
             return;
+        }
+        if no_read && established && left == 0 {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
