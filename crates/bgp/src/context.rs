@@ -1,5 +1,5 @@
 //! What was negotiated in the OPEN exchange, which decoding and encoding of
-//! UPDATEs depend on (STYLE: holo's `EncodeCxt`/`DecodeCxt`).
+//! UPDATEs depend on (one context for encoding and decoding).
 
 use crate::AfiSafi;
 

@@ -1,4 +1,4 @@
-//! The reference lab of DESIGN §5.
+//! The reference lab (docs/design.md).
 //!
 //! `tor` holds a bridge `br0` (10.192.21.1/24, 2001:db8:21::1/64) that every
 //! hypervisor's uplink `eno1` joins; hv1 is .6/::6, hv2 .7/::7. A VM `vmN`
@@ -174,7 +174,7 @@ pub fn unplug(lab: &mut Lab, hv: &str, tap: &str) {
     lab.ip(hv, &["link", "del", tap]);
 }
 
-/// BIRD on a hypervisor with the reference config (DESIGN §5) verbatim,
+/// BIRD on a hypervisor with the reference config (docs/design.md) verbatim,
 /// the group filter, and the export to tor: the baseline tapir replaces.
 pub fn hv_bird_config(router_id: &str) -> String {
     format!(
@@ -187,7 +187,7 @@ pub fn hv_bird_config(router_id: &str) -> String {
     )
 }
 
-/// The reference VM's BIRD config (DESIGN §5), with the `protocol bgp`
+/// The reference VM's BIRD config (docs/design.md), with the `protocol bgp`
 /// block verbatim and the VM's service prefixes as static routes exported
 /// to the hypervisor. `extra` goes inside the `protocol bgp` block (timers).
 pub fn vm_bird_config(n: u32, asn: u32, announce: &[&str]) -> String {
@@ -216,7 +216,7 @@ pub fn vm_bird_config_with(n: u32, asn: u32, announce: &[&str], extra: &str) -> 
 }
 
 /// A VM that peers over IPv6 link-local only, BIRD's default single-hop
-/// (DESIGN §5 vm12: `neighbor fe80::2022:22ff:fe22:2201%eth0 external;`).
+/// (the reference lab's vm12: `neighbor fe80::2022:22ff:fe22:2201%eth0 external;`).
 pub fn vm_bird_link_local_config(n: u32, asn: u32, announce: &[&str], extra: &str) -> String {
     let statics: String = announce
         .iter()

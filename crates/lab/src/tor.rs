@@ -1,5 +1,5 @@
 //! The top-of-rack of the reference lab with BIRD, FRR or GoBGP, accepting
-//! the hypervisors as dynamic neighbors (DESIGN §5), and one way to read
+//! the hypervisors as dynamic neighbors (docs/design.md), and one way to read
 //! what it learned whichever daemon it is.
 
 use serde_json::Value;

@@ -1,4 +1,4 @@
-//! Per-VM authorisation of announced routes (DESIGN C4, §7).
+//! Per-VM authorisation of announced routes (capability C4 and the security model, docs/design.md).
 //!
 //! A [`VmPolicy`] is a snapshot made by the hypervisor task for one VM
 //! session: what the inventory and the group allow, which addresses are the

@@ -206,7 +206,7 @@ pub enum MaxPrefixAction {
 }
 
 /// A dynamic peer group: every VM on an interface matching `interfaces`
-/// with an address in `ranges` (DESIGN C2).
+/// with an address in `ranges` (C2, docs/design.md).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Group {
     pub name: String,

@@ -1,5 +1,5 @@
 //! The hypervisor role: VM sessions on taps, found from kernel state
-//! (DESIGN C2–C5).
+//! (C2–C5, docs/design.md).
 //!
 //! One task owns what is known of taps, VM routes, link-local neighbours,
 //! the inventory and the VM sessions. A VM is known when a `/32`/`/128`

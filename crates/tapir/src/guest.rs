@@ -1,4 +1,4 @@
-//! The guest role (DESIGN C12): tapir inside a VM. Its neighbor is the
+//! The guest role (C12, docs/design.md): tapir inside a VM. Its neighbor is the
 //! VM's default gateway, found in the kernel's routing table and followed
 //! when it changes: the IPv4 default route's next hop (on-link, no shared
 //! subnet) and the IPv6 one (the hypervisor's link-local address, from a

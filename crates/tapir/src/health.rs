@@ -1,4 +1,4 @@
-//! Health-checked announcements (the guest role, DESIGN C12): each
+//! Health-checked announcements (the guest role, C12 in docs/design.md): each
 //! `[[service]]` runs its checks every `interval`; after `rise` passes in a
 //! row its prefixes go into the Loc-RIB as tapir's own routes, after
 //! `fall` failures they leave it. What BIRD plus anycast-healthchecker do

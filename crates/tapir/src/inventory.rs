@@ -1,4 +1,4 @@
-//! The inventory: which VM may announce which prefixes (DESIGN C4).
+//! The inventory: which VM may announce which prefixes (C4, docs/design.md).
 //!
 //! Entries come from the config file (`[[vm]]`, or an `inventory` file
 //! beside it) and from registrations through the control socket

@@ -1,5 +1,5 @@
 //! What the kernel knows about taps, VM routes and neighbours, read and
-//! followed through netlink (DESIGN C3, C5).
+//! followed through netlink (C3, C5, docs/design.md).
 //!
 //! [`watch`] subscribes to link, route and neighbour notifications first,
 //! then dumps the current tables, so nothing that happens in between is
@@ -596,7 +596,7 @@ pub async fn our_routes(protocol: u8) -> std::io::Result<Vec<Prefix>> {
         .collect())
 }
 
-/// Removes routes of our protocol left by an earlier run (DESIGN C9).
+/// Removes routes of our protocol left by an earlier run (C9, docs/design.md).
 pub async fn flush_stale(protocol: u8) -> std::io::Result<usize> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(conn);

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Terms are tried in order; the first whose every condition holds decides.
-//! The AS-path modes are for routes learned from VMs (DESIGN §1 problem 6):
+//! The AS-path modes are for routes learned from VMs (problem 6 in docs/design.md):
 //! `keep` leaves `64612 64613` at the top-of-rack, `strip` removes the VM's
 //! ASN so the route leaves as `64612`, like bare-metal anycast.
 

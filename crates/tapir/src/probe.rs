@@ -3,8 +3,8 @@
 //! link-local address, and the answer itself tells us that address and the
 //! tap (the scope of the source). The kernel does not learn a neighbour
 //! from an echo reply when the VM already knew us, so the replies are read
-//! here and passed on as [`KernelEvent::Neighbour`] (DESIGN C3: "a
-//! link-local neighbor seen on a matching tap is a VM").
+//! here and passed on as [`KernelEvent::Neighbour`] (capability C3
+//! in docs/design.md: a link-local neighbour on a matching tap is a VM).
 
 use std::net::{Ipv6Addr, SocketAddrV6};
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The Loc-RIB: one task owns it (STYLE: one owner per piece of state).
+//! The Loc-RIB: one task owns it (one owner per piece of state).
 //!
 //! ```text
 //!  peer tasks ──Update/PeerDown (batches)──▶ ┌──────────┐ ──Export (batches)──▶ upstream peer tasks

@@ -1,4 +1,4 @@
-//! The guest role (DESIGN C12) in the reference lab: tapir inside vm11,
+//! The guest role (C12, docs/design.md) in the reference lab: tapir inside vm11,
 //! with `examples/guest.toml`, against BIRD with the reference hypervisor
 //! config and against tapir on the hypervisor. What counts is what tor
 //! sees. Needs root.

@@ -1,5 +1,5 @@
 //! tapir against unmodified BIRD 2, FRR and GoBGP in the reference lab
-//! (DESIGN §5). Every assertion reads the other daemon's own CLI, or the
+//! (docs/design.md). Every assertion reads the other daemon's own CLI, or the
 //! kernel, or tapir's CLI for what tapir received. Needs root.
 
 use std::path::Path;
@@ -42,7 +42,7 @@ router id {TOR_V4};
 protocol device {{ }}
 protocol static s4 {{ ipv4; route 192.0.2.0/24 unreachable; }}
 protocol static s6 {{ ipv6; route 2001:db8:ff::/48 unreachable; }}
-# The hypervisors, as dynamic neighbors (DESIGN §5).
+# The hypervisors, as dynamic neighbors (docs/design.md).
 protocol bgp hv4 {{
     local {TOR_V4} as {TOR_AS};
     neighbor range 10.192.21.0/24 as {HV_AS};

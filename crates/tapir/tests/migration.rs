@@ -23,7 +23,7 @@ fn migration_hv1_to_hv2_and_back() {
     migrate_back_and_forth(&vm, "10.3.0.1/32", ["10.192.21.6", "10.192.21.7"], false);
 }
 
-/// The other guest style of DESIGN §5: an IPv6 link-local single-hop
+/// The other guest style of the reference lab: an IPv6 link-local single-hop
 /// session with BFD. The guest's NIC keeps its carrier (as in a live
 /// migration), so its session to the same gateway address is taken over.
 #[test]

@@ -1,4 +1,4 @@
-//! Benchmark B3 (DESIGN §6): N prefixes injected by one peer, time until all
+//! Benchmark B3 (docs/design.md, Benchmarks): N prefixes injected by one peer, time until all
 //! are received by another peer through the daemon under test, and the
 //! daemon's peak RSS; tapir, BIRD, FRR and GoBGP in the same run, with
 //! ratios. A benchmark prints numbers; it asserts nothing about time.

@@ -1,4 +1,4 @@
-//! The demo: the reference lab (DESIGN §5) with a BIRD top-of-rack, tapir on
+//! The demo: the reference lab (docs/design.md) with a BIRD top-of-rack, tapir on
 //! hv1 running `examples/hypervisor.toml`, and the three reference VMs with
 //! unmodified BIRD: vm11 (recdns1001, the reference `multihop` config), vm12
 //! (IPv6 link-local only) and vm13 (a rogue announcing recdns1001's address

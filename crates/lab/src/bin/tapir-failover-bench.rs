@@ -1,4 +1,4 @@
-//! Benchmarks B1 and B2 (DESIGN §6): failover and migration as `tor` sees
+//! Benchmarks B1 and B2 (docs/design.md, Benchmarks): failover and migration as `tor` sees
 //! them, tapir on the hypervisors against BIRD with the reference config.
 //! A benchmark prints numbers; it asserts nothing about time.
 //!

@@ -1,4 +1,4 @@
-//! Benchmark B4 (DESIGN §6): N VM sessions on one hypervisor. Each VM is a
+//! Benchmark B4 (docs/design.md, Benchmarks): N VM sessions on one hypervisor. Each VM is a
 //! network namespace behind its own tap, with the reference addressing
 //! (its /32 routed `dev tapK proto static`, the gateway 10.192.24.1 on
 //! every tap) and a small BGP speaker (this program, `peer`) that connects
