@@ -11,7 +11,7 @@
 //! - [`bird`], [`frr`], [`gobgp`]: start a daemon with a generated config
 //!   and read its state through its own CLI;
 //! - [`tapir`]: start the daemon under test and read it through its CLI;
-//! - [`reference`]: the topology of DESIGN §5 (tor, hv1/hv2, VMs on taps).
+//! - [`reference`]: the reference lab of docs/design.md (tor, hv1/hv2, VMs on taps).
 
 #![forbid(unsafe_code)]
 
@@ -28,6 +28,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
+
+/// One BFD control packet for [`Lab::send_bfd`]: State 0-3 is AdminDown,
+/// Down, Init, Up; it goes from `from`:49999 to `to`:`port`.
+pub struct BfdPacket<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub ttl: u8,
+    pub my: u32,
+    pub your: u32,
+    pub state: u8,
+    pub port: u16,
+}
 
 /// A lab: namespaces, links, processes and files, all removed on drop.
 pub struct Lab {
@@ -263,6 +275,24 @@ impl Lab {
         let pid = child.id();
         self.children.push((log.to_string(), child));
         pid
+    }
+
+    /// Sends one BFD control packet from `host` with the lab's
+    /// `bfd-send` (built next to `sibling`); panics if it cannot.
+    pub fn send_bfd(&self, sibling: &Path, host: &str, p: &BfdPacket) {
+        let bin = tool(sibling, "bfd-send");
+        let args = [
+            p.from.to_string(),
+            p.to.to_string(),
+            p.ttl.to_string(),
+            p.my.to_string(),
+            p.your.to_string(),
+            p.state.to_string(),
+            p.port.to_string(),
+        ];
+        let mut v = vec![bin.to_str().expect("path")];
+        v.extend(args.iter().map(String::as_str));
+        self.exec(host, &v);
     }
 
     /// Stops a process started with [`Lab::spawn`] (SIGTERM, then SIGKILL

@@ -74,8 +74,9 @@ fn lab_with_vm11() -> (Lab, lab::tapir::Tapir, Tor) {
 }
 
 /// Starts the raw speaker in vm13, connected to its gateway, sending
-/// `sends` once the session is up and staying for a while.
-fn raw_speaker(lab: &mut Lab, sends: &[String]) -> u32 {
+/// `sends` once the session is up and staying for a while; `extra`
+/// arguments come last (a later one overrides an earlier).
+fn raw_speaker(lab: &mut Lab, sends: &[String], extra: &[&str]) -> u32 {
     let raw = lab::tool(Path::new(TAPIR), "bgp-raw-peer");
     let gw = format!("{GATEWAY_V4}:179");
     let id = reference::vm_v4(13);
@@ -97,6 +98,7 @@ fn raw_speaker(lab: &mut Lab, sends: &[String]) -> u32 {
         args.push("--send");
         args.push(s);
     }
+    args.extend_from_slice(extra);
     lab.spawn("vm13", &args, "vm13-raw.log")
 }
 
@@ -154,7 +156,7 @@ fn a_vm_cannot_push_hostile_attributes_or_paths_upstream() {
         ("10.3.0.110/32", attrs(seq(&[VM_AS])), "clean"),
     ];
     let sends: Vec<String> = cases.iter().map(|(p, a, _)| update(p, a.clone())).collect();
-    let raw = raw_speaker(&mut lab, &sends);
+    let raw = raw_speaker(&mut lab, &sends, &[]);
 
     let last = wait_for(WAIT, || {
         tor.route("10.3.0.110/32")
@@ -301,27 +303,23 @@ fn a_vm_forging_the_tors_bfd_packets_moves_nothing() {
         s["local_discriminator"].as_u64().unwrap(),
         s["remote_discriminator"].as_u64().unwrap(),
     );
-    let bin = lab::tool(Path::new(TAPIR), "bfd-send");
     let started = std::time::Instant::now();
     // Down and AdminDown, to the gateway and to hv1's uplink address, to
     // the single-hop and the multihop port, as a stranger and as tor.
-    for round in 0..5 {
+    for _ in 0..5 {
         for to in [GATEWAY_V4, "10.192.21.6"] {
-            for port in ["3784", "4784"] {
+            for port in [3784, 4784] {
                 for (my, your, state) in [(4242, 0, 1), (4242, 0, 0), (remote, local, 1)] {
-                    let args = [
-                        reference::TOR_V4.to_string(),
-                        to.to_string(),
-                        "255".into(),
-                        my.to_string(),
-                        your.to_string(),
-                        state.to_string(),
-                        port.to_string(),
-                    ];
-                    let mut v = vec![bin.to_str().unwrap()];
-                    v.extend(args.iter().map(String::as_str));
-                    let o = lab.exec("vm13", &v);
-                    assert!(o.status.success(), "bfd-send, round {round}: {o:?}");
+                    let forged = lab::BfdPacket {
+                        from: reference::TOR_V4,
+                        to,
+                        ttl: 255,
+                        my: my as u32,
+                        your: your as u32,
+                        state,
+                        port,
+                    };
+                    lab.send_bfd(Path::new(TAPIR), "vm13", &forged);
                 }
             }
         }
@@ -383,33 +381,11 @@ fn a_vm_that_floods_route_refresh_and_never_reads_costs_little() {
         subtype: 0,
     })
     .encode(&Context::modern());
-    let raw = lab::tool(Path::new(TAPIR), "bgp-raw-peer");
-    let gw = format!("{GATEWAY_V4}:179");
-    let id = reference::vm_v4(13);
-    let asn = VM_AS.to_string();
-    let msg = hexs(&refresh);
     let n = 200_000;
-    let pid = lab.spawn(
-        "vm13",
-        &[
-            raw.to_str().unwrap(),
-            "--connect",
-            &gw,
-            "--as",
-            &asn,
-            "--id",
-            &id,
-            "--pause-ms",
-            "0",
-            "--linger-ms",
-            "60000",
-            "--no-read",
-            "--repeat",
-            &n.to_string(),
-            "--send",
-            &msg,
-        ],
-        "vm13-raw.log",
+    let pid = raw_speaker(
+        &mut lab,
+        &[hexs(&refresh)],
+        &["--pause-ms", "0", "--no-read", "--repeat", &n.to_string()],
     );
     // 200,000 requests are 4.6 MB: sent within a second or two. tapir's
     // memory is read while they arrive and after.

@@ -1,4 +1,4 @@
-//! The hypervisor role in the reference lab (DESIGN §5), with unmodified
+//! The hypervisor role in the reference lab (docs/design.md), with unmodified
 //! BIRD 2 in every VM and `examples/hypervisor.toml` on hv1. What is
 //! asserted is what the VMs' BIRDs see and which routes tapir accepts or
 //! refuses. Needs root.
@@ -473,7 +473,7 @@ fn bfd_with_a_bird_vm_ends_the_session_when_the_vm_freezes() {
     let mut lab = Lab::new();
     reference::build(&mut lab, &["hv1"]);
     reference::add_vm(&mut lab, "hv1", 12);
-    // vm12 as DESIGN §5 has it: link-local, `bfd on`, 300 ms x 3.
+    // vm12 as the reference lab has it: link-local, `bfd on`, 300 ms x 3.
     let vm_cfg = reference::vm_bird_link_local_config(12, 64613, &["2001:db8:3::2/128"], "bfd on;")
         .replace(
             "protocol device { }",
@@ -570,21 +570,19 @@ fn bfd_multihop_with_the_reference_vm() {
     );
 }
 
-/// Sends one BFD control packet from a VM's namespace with the given TTL
-/// (the lab's `bfd-send`, built next to tapir).
-fn send_bfd(lab: &Lab, vm: &str, from: &str, ttl: u8, my: u32, your: u32, state_bits: u8) {
-    let bin = lab::tool(Path::new(TAPIR), "bfd-send");
-    let args = [
-        from.to_string(),
-        "10.192.24.1".to_string(),
-        ttl.to_string(),
-        my.to_string(),
-        your.to_string(),
-        state_bits.to_string(),
-    ];
-    let mut v = vec![bin.to_str().unwrap()];
-    v.extend(args.iter().map(String::as_str));
-    lab.exec(vm, &v);
+/// Sends one BFD control packet from a VM's namespace to its gateway with
+/// the given TTL.
+fn send_bfd(lab: &Lab, vm: &str, from: &str, ttl: u8, my: u32, your: u32, state: u8) {
+    let p = lab::BfdPacket {
+        from,
+        to: "10.192.24.1",
+        ttl,
+        my,
+        your,
+        state,
+        port: 3784,
+    };
+    lab.send_bfd(Path::new(TAPIR), vm, &p);
 }
 
 #[test]

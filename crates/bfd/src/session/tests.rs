@@ -184,21 +184,9 @@ fn pinned_and_up_only_the_peers_discriminator_is_heard() {
     assert_eq!((p.a.state(), p.b.state()), (State::Up, State::Up));
     // A forged Down from somebody else (Your Discriminator 0, or ours).
     for your in [0, 2] {
-        let forged = Packet {
-            diag: Diag::None,
-            state: State::Down,
-            poll: false,
-            final_: false,
-            control_plane_independent: false,
-            demand: false,
-            detect_mult: 3,
-            my_discriminator: 999,
-            your_discriminator: your,
-            desired_min_tx: 300_000,
-            required_min_rx: 300_000,
-            required_min_echo_rx: 0,
-            auth: None,
-        };
+        let mut forged =
+            Packet::decode(&Session::new(cfg(999, 300, 300, 3), p.now).packet()).unwrap();
+        forged.your_discriminator = your;
         assert!(p.b.receive(p.now, &forged.encode(&[])).is_err());
         assert_eq!(p.b.state(), State::Up);
         assert_eq!(p.b.remote_discriminator(), 1);
