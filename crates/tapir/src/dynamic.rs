@@ -298,7 +298,33 @@ impl Hypervisor {
                 add: true,
                 addr,
                 index,
-            } => self.neighbours.entry(index).or_default().insert(addr),
+            } => {
+                // As many as the tap may have sessions: a VM that makes up
+                // addresses (forged packets the kernel learns neighbours
+                // from) grows nothing beyond that.
+                let cap = self
+                    .links
+                    .get(&index)
+                    .and_then(|l| self.group_of_interface(&l.name))
+                    .map_or(0, |g| self.groups[g].max_sessions_per_interface);
+                let known = self.neighbours.entry(index).or_default();
+                if known.contains(&addr) {
+                    return false;
+                }
+                if known.len() >= cap {
+                    let scope = self
+                        .links
+                        .get(&index)
+                        .map_or_else(|| index.to_string(), |l| l.name.clone());
+                    self.limit_hit(
+                        crate::limits::Limit::NeighboursPerInterface,
+                        scope,
+                        "link-local neighbours ignored: as many as max-sessions-per-interface on this interface already",
+                    );
+                    return false;
+                }
+                known.insert(addr)
+            }
             // The guest role's business.
             KernelEvent::DefaultRoute { .. } => false,
             KernelEvent::Neighbour {

@@ -20,10 +20,13 @@ pub enum Limit {
     /// A ROUTE-REFRESH while the last one's answer is still on its way
     /// (coalesced into it).
     RefreshPending,
+    /// More link-local neighbours on one tap than
+    /// `max-sessions-per-interface`.
+    NeighboursPerInterface,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 7] = [
+    pub const ALL: [Limit; 8] = [
         Limit::SendHoldTime,
         Limit::AsPathLength,
         Limit::SessionsPerInterface,
@@ -31,6 +34,7 @@ impl Limit {
         Limit::ConnectionRate,
         Limit::SendQueue,
         Limit::RefreshPending,
+        Limit::NeighboursPerInterface,
     ];
 
     /// The metric label.
@@ -43,11 +47,13 @@ impl Limit {
             Limit::ConnectionRate => "connection-rate",
             Limit::SendQueue => "send-queue",
             Limit::RefreshPending => "refresh-pending",
+            Limit::NeighboursPerInterface => "neighbours-per-interface",
         }
     }
 }
 
-static HITS: [AtomicU64; 7] = [
+static HITS: [AtomicU64; 8] = [
+    AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),

@@ -405,3 +405,59 @@ fn a_vm_that_floods_route_refresh_and_never_reads_costs_little() {
     assert_eq!(t.peer_state("recdns1001").as_deref(), Some("Established"));
     lab.stop(pid);
 }
+
+#[test]
+fn forged_echo_replies_from_a_vm_grow_nothing_and_stall_nothing() {
+    let (mut lab, t, tor) = lab_with_vm11();
+    assert!(
+        wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some(),
+        "vm11's route never reached tor"
+    );
+    let before = Lab::rss_kib(t.pid).expect("tapir's RSS");
+    // 50,000 echo replies from as many made-up link-local addresses, every
+    // sequence number tried, 10,000 a second.
+    let flood = lab::tool(Path::new(TAPIR), "echo-reply-flood");
+    let o = lab.exec(
+        "vm13",
+        &[
+            flood.to_str().unwrap(),
+            "eth0",
+            reference::GATEWAY_LL,
+            "50000",
+            "10000",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "50000", "{o:?}");
+    // hv1 tries no sessions with the made-up addresses beyond the tap's
+    // limit (max-sessions-per-interface, 8).
+    let ss = lab.exec("hv1", &["ss", "-tanH"]);
+    let forged = String::from_utf8_lossy(&ss.stdout)
+        .lines()
+        .filter(|l| l.contains("fe80::dead:"))
+        .count();
+    assert!(forged <= 8, "{forged} connections to made-up addresses");
+    // A VM that comes now is served as before: its route reaches tor.
+    reference::add_vm(&mut lab, "hv1", 14);
+    lab.bird(
+        "vm14",
+        &reference::vm_bird_config(14, VM_AS, &["10.3.0.14/32"]),
+    );
+    let r = wait_for(WAIT, || tor.route("10.3.0.14/32"));
+    assert!(
+        r.is_some(),
+        "vm14's route did not reach tor after the flood:\n{}",
+        lab.all_logs()
+    );
+    // Memory once all is handled: a neighbour per made-up address (and
+    // the work to weigh it) was 3.2 MiB here before replies were matched
+    // to our requests; vm14's session costs little.
+    let after = Lab::rss_kib(t.pid).expect("tapir's RSS");
+    eprintln!("tapir RSS {before} KiB before 50,000 forged echo replies, {after} KiB after");
+    assert!(
+        after < before + 1536,
+        "tapir grew from {before} to {after} KiB"
+    );
+    let rec = tor.route("10.3.0.1/32").expect("vm11's route at tor");
+    assert_eq!(rec.as_path, [reference::HV_AS]);
+    assert_eq!(t.peer_state("recdns1001").as_deref(), Some("Established"));
+}
