@@ -70,6 +70,8 @@ pub struct Config {
     pub vms: Vec<VmEntry>,
     /// Where run-time state (VM registrations) is kept.
     pub state_dir: Option<PathBuf>,
+    /// How long a registration outlives its VM's absence.
+    pub registration_grace: Duration,
     /// Kernel FIB sync (`[kernel]`).
     pub kernel: KernelConfig,
     /// Graceful restart (`[graceful-restart]`, RFC 4724).
@@ -413,6 +415,7 @@ struct RawConfig {
     #[serde(default)]
     neighbor: Vec<Spanned<RawNeighbor>>,
     state_dir: Option<PathBuf>,
+    registration_grace: Option<Spanned<u64>>,
     #[serde(default)]
     prefix_sets: std::collections::BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
@@ -1258,6 +1261,16 @@ impl Config {
             groups,
             vms,
             state_dir: raw.state_dir,
+            registration_grace: match &raw.registration_grace {
+                None => crate::inventory::REGISTRATION_GRACE,
+                Some(g) if (1..=86_400).contains(g.get_ref()) => Duration::from_secs(*g.get_ref()),
+                Some(g) => {
+                    return Err(err(
+                        g.span(),
+                        "registration-grace: 1 to 86400 seconds".into(),
+                    ))
+                }
+            },
             kernel,
             graceful_restart,
             drain: match &raw.drain {
@@ -1913,10 +1926,10 @@ fn parse_vm(v: &Spanned<RawVm>, err: &ErrFn) -> Result<VmEntry, ConfigError> {
     let span = v.span();
     let v = v.get_ref();
     let name = v.name.get_ref().clone();
-    if v.addresses.is_empty() && v.interface.is_none() {
+    if v.addresses.is_empty() {
         return Err(err(
             span,
-            format!("vm `{name}`: needs addresses or an interface"),
+            format!("vm `{name}`: needs at least one address (an entry follows the VM's addresses, never a tap name alone)"),
         ));
     }
     let mut prefixes = Vec::new();
@@ -1934,6 +1947,7 @@ fn parse_vm(v: &Spanned<RawVm>, err: &ErrFn) -> Result<VmEntry, ConfigError> {
         asn: v.asn,
         prefixes,
         source: Source::Config,
+        missing_since: None,
     })
 }
 

@@ -151,6 +151,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
                 inventory,
                 local.clone(),
                 config.kernel.install,
+                config.registration_grace,
             ),
         };
         let (ktx, mut krx) = mpsc::unbounded_channel();
@@ -674,6 +675,7 @@ async fn reload(
         hv.send(HvMsg::Reload {
             groups: new.groups.clone(),
             vms: new.vms.clone(),
+            registration_grace: new.registration_grace,
             done: tx,
         })
         .await

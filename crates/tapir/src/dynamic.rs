@@ -23,7 +23,7 @@ use bgp::notification::{cease, Notification};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::authorisation::{is_link_local, VmPolicy};
 use crate::config::{Group, RemoteAsConfig};
@@ -44,6 +44,7 @@ pub enum HvMsg {
     Reload {
         groups: Vec<Group>,
         vms: Vec<crate::inventory::VmEntry>,
+        registration_grace: std::time::Duration,
         done: oneshot::Sender<Result<(), String>>,
     },
     /// Stop every VM session: with a Cease, or (graceful) silently so that
@@ -107,6 +108,8 @@ pub struct Hypervisor {
     probe: mpsc::UnboundedSender<(u32, String)>,
     /// Install VM routes into the kernel.
     kernel: bool,
+    /// How long a registration outlives its VM's absence.
+    registration_grace: std::time::Duration,
 }
 
 pub fn spawn(
@@ -114,6 +117,7 @@ pub fn spawn(
     inventory: Inventory,
     local: Arc<Local>,
     kernel: bool,
+    registration_grace: std::time::Duration,
 ) -> mpsc::Sender<HvMsg> {
     let (tx, rx) = mpsc::channel(1024);
     // Link-local addresses that answer the probe come back as neighbours.
@@ -137,6 +141,7 @@ pub fn spawn(
         sessions: BTreeMap::new(),
         conn_tokens: HashMap::new(),
         reported: BTreeSet::new(),
+        registration_grace,
         probe,
         kernel,
     };
@@ -164,6 +169,9 @@ impl Hypervisor {
                             tracing::warn!(address = %k.1, "a VM session task had failed: starting it again");
                             self.sessions.remove(k);
                         }
+                    }
+                    let expired = self.expire_registrations();
+                    if !failed.is_empty() || expired {
                         self.reconcile().await;
                     }
                     continue;
@@ -201,10 +209,16 @@ impl Hypervisor {
                     let _ = tx.send(r);
                     self.reconcile().await;
                 }
-                HvMsg::Reload { groups, vms, done } => {
+                HvMsg::Reload {
+                    groups,
+                    vms,
+                    registration_grace,
+                    done,
+                } => {
                     let r = self.inventory.replace_config(vms);
                     if r.is_ok() {
                         self.groups = groups;
+                        self.registration_grace = registration_grace;
                         // Sessions whose group changed restart; the others
                         // get a new policy snapshot.
                         self.reconcile().await;
@@ -448,8 +462,10 @@ impl Hypervisor {
     }
 
     /// The inventory entry of the VM at `addr` on tap `index`. One tap holds
-    /// one VM: an address the entry lists, or any address on a tap the entry
-    /// names or where one of its addresses is routed, is that VM's.
+    /// one VM: an address the entry lists, or any address on a tap where
+    /// one of its addresses is routed, is that VM's (on the tap the entry
+    /// names, if it names one). A tap's name alone says nothing: after a
+    /// missed ifdown it may hold another VM.
     fn entry_for(&self, index: u32, addr: &IpAddr) -> Option<&crate::inventory::VmEntry> {
         let ifname = self
             .links
@@ -458,13 +474,43 @@ impl Hypervisor {
             .unwrap_or("");
         self.inventory.find(ifname, addr).or_else(|| {
             self.inventory.entries().iter().find(|e| {
-                e.interface.as_deref() == Some(ifname)
-                    || (e.interface.is_none()
-                        && e.addresses
-                            .iter()
-                            .any(|a| self.routes.get(a).is_some_and(|(i, _)| *i == index)))
+                e.interface.as_deref().is_none_or(|i| i == ifname) && self.vm_is_on(e, index)
             })
         })
+    }
+
+    /// Whether one of the entry's addresses is routed to tap `index`.
+    fn vm_is_on(&self, e: &crate::inventory::VmEntry, index: u32) -> bool {
+        e.addresses
+            .iter()
+            .any(|a| self.routes.get(a).is_some_and(|(i, _)| *i == index))
+    }
+
+    /// Drops the registrations whose VM has been missing (no address of
+    /// it routed to a tap, or not to the tap it names) for longer than the
+    /// grace period; true if one went.
+    fn expire_registrations(&mut self) -> bool {
+        let here = |e: &crate::inventory::VmEntry| {
+            self.links.iter().any(|(index, l)| {
+                e.interface.as_deref().is_none_or(|i| i == l.name) && self.vm_is_on(e, *index)
+            })
+        };
+        let present: Vec<String> = self
+            .inventory
+            .entries()
+            .iter()
+            .filter(|e| here(e))
+            .map(|e| e.name.clone())
+            .collect();
+        let gone = self
+            .inventory
+            .expire(std::time::Instant::now(), self.registration_grace, |e| {
+                present.contains(&e.name)
+            });
+        for name in &gone {
+            warn!(vm = %name, grace = ?self.registration_grace, "registration dropped: its VM has not been seen on its tap for the grace period");
+        }
+        !gone.is_empty()
     }
 
     fn peer_config(&self, index: u32, addr: IpAddr, g: usize, policy: Arc<VmPolicy>) -> PeerConfig {

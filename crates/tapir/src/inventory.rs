@@ -30,7 +30,16 @@ pub struct VmEntry {
     pub asn: Option<u32>,
     pub prefixes: Vec<PrefixPattern>,
     pub source: Source,
+    /// A registration whose VM is nowhere to be seen (its tap gone, or
+    /// none of its addresses routed there) since then: it is dropped after
+    /// [`REGISTRATION_GRACE`] unless the VM comes back.
+    pub missing_since: Option<std::time::Instant>,
 }
+
+/// How long a registration outlives its VM's absence: enough for a
+/// reboot or a NIC hot-plug; a node that crashed, or an ifdown hook that
+/// never ran, leaves nothing for the next VM on the same tap.
+pub const REGISTRATION_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A registration as stored in the state file and sent over the socket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,9 +62,9 @@ impl Registration {
         {
             return Err(format!("VM name `{}` is empty or has blanks", self.name));
         }
-        if self.addresses.is_empty() && self.interface.is_none() {
+        if self.addresses.is_empty() {
             return Err(format!(
-                "VM `{}` needs an address or an interface",
+                "VM `{}` needs at least one --address: a registration follows the VM's addresses, never a tap name alone",
                 self.name
             ));
         }
@@ -74,6 +83,7 @@ impl Registration {
             asn: self.asn,
             prefixes,
             source: Source::Registered,
+            missing_since: None,
         })
     }
 }
@@ -226,6 +236,41 @@ impl Inventory {
         Ok(e)
     }
 
+    /// Marks each registration present or missing (`present` says whether
+    /// its VM is where it should be), and drops those missing longer than
+    /// `grace`; returns the names dropped.
+    pub fn expire(
+        &mut self,
+        now: std::time::Instant,
+        grace: std::time::Duration,
+        present: impl Fn(&VmEntry) -> bool,
+    ) -> Vec<String> {
+        let mut gone = Vec::new();
+        for e in self
+            .entries
+            .iter_mut()
+            .filter(|e| e.source == Source::Registered)
+        {
+            match (present(e), e.missing_since) {
+                (true, _) => e.missing_since = None,
+                (false, None) => e.missing_since = Some(now),
+                (false, Some(t)) if now.duration_since(t) >= grace => gone.push(e.name.clone()),
+                (false, Some(_)) => {}
+            }
+        }
+        if gone.is_empty() {
+            return gone;
+        }
+        let kept = self.entries.clone();
+        self.entries.retain(|e| !gone.contains(&e.name));
+        if let Err(err) = self.save() {
+            tracing::warn!(error = %err, "registrations not saved; kept");
+            self.entries = kept;
+            return Vec::new();
+        }
+        gone
+    }
+
     /// The entry for a VM at `addr` on `interface`.
     pub fn find(&self, interface: &str, addr: &IpAddr) -> Option<&VmEntry> {
         self.entries.iter().find(|e| {
@@ -284,5 +329,38 @@ mod tests {
         let mut third = Inventory::new(vec![], Some(&dir));
         assert_eq!(third.load_registrations().unwrap(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_vm_keeps_its_registration_for_the_grace_period_only() {
+        let mut inv = Inventory::new(vec![], None);
+        inv.register(reg("a", "10.192.24.11", "10.3.0.1/32"))
+            .unwrap();
+        inv.register(reg("b", "10.192.24.12", "10.3.0.2/32"))
+            .unwrap();
+        let t = std::time::Instant::now();
+        let grace = std::time::Duration::from_secs(10);
+        let here =
+            |names: &'static [&'static str]| move |e: &VmEntry| names.contains(&e.name.as_str());
+        assert!(inv.expire(t, grace, here(&["b"])).is_empty());
+        // a comes back within the grace period: it starts again.
+        let t5 = t + std::time::Duration::from_secs(5);
+        assert!(inv.expire(t5, grace, here(&["a", "b"])).is_empty());
+        assert!(inv.expire(t5, grace, here(&["b"])).is_empty());
+        assert!(inv.expire(t5 + grace / 2, grace, here(&["b"])).is_empty());
+        assert_eq!(inv.expire(t5 + grace, grace, here(&["b"])), ["a"]);
+        let names: Vec<&str> = inv.entries().iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["b"]);
+        // Without an address, no registration at all.
+        let e = Registration {
+            name: "c".into(),
+            interface: Some("tap13".into()),
+            addresses: vec![],
+            asn: None,
+            prefixes: vec!["10.3.0.3/32".into()],
+        }
+        .to_entry()
+        .unwrap_err();
+        assert!(e.contains("never a tap name alone"), "{e}");
     }
 }

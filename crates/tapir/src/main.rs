@@ -105,11 +105,12 @@ enum Vm {
     /// Register a VM and the prefixes it may announce; kept across restarts.
     Add {
         name: String,
-        /// The tap the VM is on.
+        /// The tap the VM is on: the entry holds there only.
         #[arg(long)]
         interface: Option<String>,
-        /// An address of the VM (repeatable).
-        #[arg(long = "address", value_name = "ADDRESS")]
+        /// An address of the VM (repeatable, at least one): the entry
+        /// holds where one of them is routed.
+        #[arg(long = "address", value_name = "ADDRESS", required = true)]
         addresses: Vec<std::net::IpAddr>,
         /// A prefix the VM may announce, with an optional length range like
         /// `10.3.0.0/24{32,32}` (repeatable).

@@ -461,3 +461,91 @@ fn forged_echo_replies_from_a_vm_grow_nothing_and_stall_nothing() {
     assert_eq!(rec.as_path, [reference::HV_AS]);
     assert_eq!(t.peer_state("recdns1001").as_deref(), Some("Established"));
 }
+
+/// The registrations in hv1's state file, by name.
+fn registered(lab: &Lab) -> Vec<String> {
+    let f = lab.dir().join("hv1/state/vms.json");
+    let text = std::fs::read_to_string(f).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_new_vm_on_a_reused_tap_inherits_no_registration() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    let tor = tor::start(&mut lab, tor::Kind::Bird);
+    reference::add_vm(&mut lab, "hv1", 13);
+    let cfg = std::fs::read_to_string(example()).unwrap().replacen(
+        "state-dir = \"/var/lib/tapir\"\n",
+        "state-dir = \"/var/lib/tapir\"\nregistration-grace = 8\n",
+        1,
+    );
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    // The ifup hook registers VM "old" on tap13 with its prefix.
+    let (ok, _, err) = t.cli(&[
+        "vm",
+        "add",
+        "old",
+        "--interface",
+        "tap13",
+        "--address",
+        "10.192.24.13",
+        "--asn",
+        "64613",
+        "--prefix",
+        "10.3.0.50/32",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(registered(&lab), ["old"]);
+    // Its NIC is plugged again (the same VM): the registration stays past
+    // the grace period.
+    reference::unplug(&mut lab, "hv1", "tap13");
+    reference::plug(&mut lab, "hv1", "tap13", 13, 13);
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(registered(&lab), ["old"]);
+
+    // The node loses "old" without its ifdown hook; a new VM, vm15, gets
+    // tap13 and announces old's prefix and one the group filter allows.
+    reference::unplug(&mut lab, "hv1", "tap13");
+    lab.add_host("vm15");
+    reference::plug(&mut lab, "hv1", "tap13", 15, 15);
+    lab.bird(
+        "vm15",
+        &reference::vm_bird_config(15, VM_AS, &["10.3.0.50/32", "10.3.0.51/32"]),
+    );
+    // Before: vm15 took old's entry by the tap's name, so 10.3.0.51/32
+    // was refused as not old's and 10.3.0.50/32 accepted.
+    let served = wait_for(WAIT, || tor.route("10.3.0.51/32"));
+    assert!(
+        served.is_some(),
+        "vm15 not served as a VM of its own:\n{}\n{}",
+        t.show(&["routes"]),
+        lab.all_logs()
+    );
+    // While old's registration lasts (8 s from its tap's removal; vm15
+    // is served within about 3), its prefix is old's alone.
+    assert_eq!(registered(&lab), ["old"], "dropped too soon for this test");
+    assert!(
+        tor.route("10.3.0.50/32").is_none() && kernel_route(&lab, "10.3.0.50/32").is_none(),
+        "old's prefix reached tor or hv1's kernel via vm15"
+    );
+    let r = t.routes_for("10.3.0.50/32");
+    assert!(
+        !r.is_empty() && r.iter().all(|r| r["accepted"] == false),
+        "vm15 inherited old's prefix: {r:?}"
+    );
+    // Once the grace period is over, the registration is gone; the prefix
+    // is nobody's, and the group filter lets vm15 have it.
+    let gone = wait_for(WAIT, || registered(&lab).is_empty().then_some(()));
+    assert!(gone.is_some(), "registration kept: {:?}", registered(&lab));
+    let r = wait_for(WAIT, || tor.route("10.3.0.50/32"));
+    assert!(r.is_some(), "{}", t.show(&["routes"]));
+}
