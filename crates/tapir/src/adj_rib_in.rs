@@ -172,6 +172,9 @@ pub struct Changes {
     /// the prefix that passed it and the limit. Nothing after it in the
     /// UPDATE was applied.
     pub teardown: Option<(Prefix, usize)>,
+    /// Routes refused now that were not refused for that reason before:
+    /// for the log, which the session keeps within its budget.
+    pub refused: Vec<(Prefix, Rejection)>,
 }
 
 #[derive(Debug, Default)]
@@ -323,7 +326,7 @@ impl AdjRibIn {
             if let Some(r) = &rejected {
                 *self.rejections.entry(r.kind).or_default() += 1;
                 if changed {
-                    info!(prefix = %p, reason = %r.reason, kind = r.kind, "route refused");
+                    out.refused.push((p, r.clone()));
                 }
                 if was_accepted {
                     out.withdraw.push(p);

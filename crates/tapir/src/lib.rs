@@ -21,6 +21,7 @@ pub mod health;
 pub mod inventory;
 pub mod kernel;
 pub mod limits;
+pub mod log_budget;
 pub mod metrics;
 pub mod notify;
 pub mod peer;

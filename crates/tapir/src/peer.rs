@@ -409,6 +409,9 @@ pub struct Peer {
     bfd_registered: Option<(IpAddr, Option<u32>)>,
     /// Messages sent and received, all connections, by type code.
     sent: [u64; 6],
+    /// Lines the peer's bytes may make us log (malformed attributes,
+    /// refused routes).
+    log_budget: crate::log_budget::LogBudget,
     received: [u64; 6],
     /// The last NOTIFICATION each way, as text.
     last_sent: Option<String>,
@@ -444,6 +447,7 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         resend_v6_at: None,
         bfd_registered: None,
         sent: [0; 6],
+        log_budget: Default::default(),
         received: [0; 6],
         last_sent: None,
         last_received: None,
@@ -1161,6 +1165,13 @@ impl Peer {
             Event::Down(reason) => {
                 self.flaps += 1;
                 self.bfd_remove();
+                let held_back = self.log_budget.finish();
+                if held_back > 0 {
+                    warn!(
+                        lines = held_back,
+                        "log lines about this peer's messages held back (over the budget)"
+                    );
+                }
                 // RFC 4724 §4.2: a peer that can restart gracefully and
                 // lost its connection (no NOTIFICATION) keeps its routes,
                 // marked stale, for its restart time.
@@ -1237,12 +1248,14 @@ impl Peer {
             }
         }
         for p in &u.problems {
-            warn!(
-                attribute = p.type_code,
-                treat_as_withdraw = p.withdraw,
-                reason = p.reason,
-                "malformed attribute in UPDATE (RFC 7606)"
-            );
+            if self.may_log() {
+                warn!(
+                    attribute = p.type_code,
+                    treat_as_withdraw = p.withdraw,
+                    reason = p.reason,
+                    "malformed attribute in UPDATE (RFC 7606)"
+                );
+            }
         }
         if let Some(f) = u.end_of_rib() {
             // RFC 4724 §4.2: what was not announced again is gone.
@@ -1259,10 +1272,29 @@ impl Peer {
             path: path_rules(&self.cfg, self.info.as_deref(), self.local.local_as),
         };
         let changes = self.adj_rib_in.apply(u, ebgp, &judge);
+        for (p, r) in &changes.refused {
+            if self.may_log() {
+                info!(prefix = %p, reason = %r.reason, kind = r.kind, "route refused");
+            }
+        }
         self.rib_update(changes.announce, changes.withdraw);
         if let Some((p, limit)) = changes.teardown {
             self.teardown_max_prefixes(&p, limit);
         }
+    }
+
+    /// Whether a line the peer's bytes call for may be logged now (the
+    /// session's budget); says first how many were held back before.
+    fn may_log(&mut self) -> bool {
+        let v = self.log_budget.line(Instant::now());
+        if v.held_back > 0 {
+            warn!(
+                lines = v.held_back,
+                window = ?crate::log_budget::WINDOW,
+                "log lines about this peer's messages held back (over the budget)"
+            );
+        }
+        v.log
     }
 
     /// Removes routes still stale (of one family, or all), as after the

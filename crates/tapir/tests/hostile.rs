@@ -549,3 +549,58 @@ fn a_new_vm_on_a_reused_tap_inherits_no_registration() {
     let r = wait_for(WAIT, || tor.route("10.3.0.50/32"));
     assert!(r.is_some(), "{}", t.show(&["routes"]));
 }
+
+#[test]
+fn a_vm_cannot_flood_the_log() {
+    let (mut lab, t, tor) = lab_with_vm11();
+    // An UPDATE of 4 KiB: one route, and 1,349 ATOMIC_AGGREGATE
+    // attributes, 1,348 of them duplicates, each a problem RFC 7606 says
+    // to discard.
+    let mut body = vec![0, 0, 0, 0];
+    body.extend_from_slice(&[0x40, 1, 1, 0]);
+    body.extend_from_slice(&[0x40, 2, 6, 2, 1]);
+    body.extend_from_slice(&VM_AS.to_be_bytes());
+    body.extend_from_slice(&[0x40, 3, 4, 10, 192, 24, 13]);
+    let dups = 1348;
+    for _ in 0..=dups {
+        body.extend_from_slice(&[0x40, 6, 0]);
+    }
+    let attrs_len = (body.len() - 4) as u16;
+    body[2..4].copy_from_slice(&attrs_len.to_be_bytes());
+    body.extend_from_slice(&[32, 10, 3, 0, 60]);
+    let noisy = bgp::message::frame(2, &body);
+    assert!((4090..=4096).contains(&noisy.len()), "{}", noisy.len());
+    let mut sends = vec![hexs(&noisy); 5];
+    sends.push(update("10.3.0.61/32", attrs(seq(&[VM_AS]))));
+    let raw = raw_speaker(&mut lab, &sends, &[]);
+    let done = wait_for(WAIT, || {
+        tor.route("10.3.0.61/32")
+            .filter(|_| tor.route("10.3.0.1/32").is_some())
+    });
+    assert!(done.is_some(), "{}", lab.all_logs());
+    // The route itself is kept (the duplicates are discarded).
+    assert!(tor.route("10.3.0.60/32").is_some());
+    let log = lab.log(&t.log);
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("malformed attribute in UPDATE"))
+        .count();
+    eprintln!("{lines} log lines for {} malformed attributes", 5 * dups);
+    assert!(
+        lines <= tapir::log_budget::LINES as usize,
+        "{lines} log lines for {} malformed attributes",
+        5 * dups
+    );
+    // When the session ends, what was held back is counted in one line.
+    lab.stop(raw);
+    let said = wait_for(WAIT, || {
+        lab.log(&t.log)
+            .lines()
+            .find(|l| l.contains("held back"))
+            .map(str::to_string)
+    });
+    let said =
+        said.unwrap_or_else(|| panic!("no count of what was held back:\n{}", lab.log(&t.log)));
+    let held = 5 * dups - tapir::log_budget::LINES as usize;
+    assert!(said.contains(&held.to_string()), "{said}");
+}
