@@ -162,6 +162,8 @@ pub struct GracefulRestartConfig {
     /// After a graceful restart: how long to wait for the VMs to announce
     /// again before stale kernel routes go and End-of-RIB goes upstream.
     pub deferral: Duration,
+    /// As a helper: the longest a peer's restart time is honoured.
+    pub helper_max_time: u16,
 }
 
 impl Default for GracefulRestartConfig {
@@ -169,6 +171,7 @@ impl Default for GracefulRestartConfig {
         GracefulRestartConfig {
             restart_time: 120,
             deferral: Duration::from_secs(10),
+            helper_max_time: 120,
         }
     }
 }
@@ -533,6 +536,7 @@ struct RawDrain {
 struct RawGracefulRestart {
     restart_time: Option<Spanned<u16>>,
     deferral: Option<Spanned<u64>>,
+    helper_max_time: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize)]
@@ -1053,6 +1057,15 @@ impl Config {
                     ));
                 }
                 graceful_restart.deferral = Duration::from_secs(*d.get_ref());
+            }
+            if let Some(m) = &g.helper_max_time {
+                if !(1..=4095).contains(m.get_ref()) {
+                    return Err(err(
+                        m.span(),
+                        "graceful-restart.helper-max-time: 1 to 4095 seconds".into(),
+                    ));
+                }
+                graceful_restart.helper_max_time = *m.get_ref();
             }
         }
         let mut neighbors: Vec<Neighbor> = Vec::new();

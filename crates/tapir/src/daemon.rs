@@ -129,6 +129,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
         rib,
         rib_backlog,
         restarting: restarting_flag,
+        gr_helper_max: Arc::new(config.graceful_restart.helper_max_time.into()),
     });
     let mut inventory = Inventory::new(config.vms.clone(), config.state_dir.as_deref());
     let registered = inventory.load_registrations()?;
@@ -683,6 +684,10 @@ async fn reload(
         rx.await
             .map_err(|_| "the hypervisor task is gone".to_string())??;
     }
+    local.gr_helper_max.store(
+        new.graceful_restart.helper_max_time,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let old = snapshot(peers);
     let restart_time = new.graceful_restart.restart_time;
     let (mut added, mut removed, mut restarted, mut retimed) = (0, 0, 0, 0);

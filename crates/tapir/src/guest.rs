@@ -426,6 +426,7 @@ fe802022ffff00000000000000000001 03 40 20 80     eth0
                 rib_backlog: Default::default(),
                 bfd: None,
                 restarting: Arc::new(false.into()),
+                gr_helper_max: Arc::new(120.into()),
             }),
             links: BTreeMap::new(),
             defaults: Default::default(),

@@ -268,6 +268,9 @@ pub struct Local {
     /// True while tapir comes back from a graceful restart: OPENs carry
     /// the Restart State and Forwarding State bits (RFC 4724 §4.1).
     pub restarting: Arc<std::sync::atomic::AtomicBool>,
+    /// As a helper: the longest a peer's restart time is honoured
+    /// (`[graceful-restart] helper-max-time`; a reload sets it).
+    pub gr_helper_max: Arc<std::sync::atomic::AtomicU16>,
 }
 
 pub enum PeerMsg {
@@ -1138,6 +1141,12 @@ impl Peer {
                     kernel: self.cfg.kernel,
                 }));
                 self.peer_gr = n.peer_graceful_restart.clone();
+                // RFC 4724 §4.2: stale routes of a family the new session's
+                // capability no longer lists, or lists without the
+                // Forwarding State bit, go at once (all, without one).
+                if self.adj_rib_in.has_stale() {
+                    self.flush_stale_families_not_kept(true);
+                }
                 if let (Some(timers), Some(bfd)) = (self.cfg.bfd, &self.local.bfd) {
                     self.bfd_registered = Some((
                         self.cfg.address,
@@ -1181,11 +1190,17 @@ impl Peer {
                         .as_ref()
                         .is_some_and(|g| g.restart_time > 0 && !g.families.is_empty());
                 if helper && !self.adj_rib_in.is_empty() {
-                    let t = self.peer_gr.as_ref().map_or(0, |g| g.restart_time);
-                    warn!(reason = %reason, routes = self.adj_rib_in.len(), restart_time = t, "session down, routes kept as stale (graceful restart)");
+                    let asked = self.peer_gr.as_ref().map_or(0, |g| g.restart_time);
+                    let t = asked.min(self.local.gr_helper_max.load(Relaxed));
+                    warn!(reason = %reason, routes = self.adj_rib_in.len(), restart_time = t, asked, "session down, routes kept as stale (graceful restart)");
                     self.adj_rib_in.mark_stale();
-                    self.stale_until =
-                        Some(Instant::now() + std::time::Duration::from_secs(t as u64));
+                    // Counted from the first time down: a session that
+                    // comes and goes before its End-of-RIB does not start
+                    // the clock again.
+                    let until = Instant::now() + std::time::Duration::from_secs(t as u64);
+                    self.stale_until = Some(self.stale_until.map_or(until, |s| s.min(until)));
+                    // RFC 4724 §4.2: only the families in the capability.
+                    self.flush_stale_families_not_kept(false);
                     return;
                 }
                 warn!(reason = %reason, routes = self.adj_rib_in.len(), "session down, routes withdrawn");
@@ -1280,6 +1295,23 @@ impl Peer {
         self.rib_update(changes.announce, changes.withdraw);
         if let Some((p, limit)) = changes.teardown {
             self.teardown_max_prefixes(&p, limit);
+        }
+    }
+
+    /// Removes the stale routes of the families the peer's graceful
+    /// restart capability does not list (`forwarding`: or lists without
+    /// the Forwarding State bit, as a restarted session does when it lost
+    /// its forwarding state).
+    fn flush_stale_families_not_kept(&mut self, forwarding: bool) {
+        for afi in [bgp::Afi::Ipv4, bgp::Afi::Ipv6] {
+            let kept = self.peer_gr.as_ref().is_some_and(|g| {
+                g.families.iter().any(|f| {
+                    f.family == AfiSafi::unicast(afi) && (!forwarding || f.forwarding_preserved)
+                })
+            });
+            if !kept {
+                self.flush_stale(Some(afi));
+            }
         }
     }
 

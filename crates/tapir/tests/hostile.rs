@@ -604,3 +604,122 @@ fn a_vm_cannot_flood_the_log() {
     let held = 5 * dups - tapir::log_budget::LINES as usize;
     assert!(said.contains(&held.to_string()), "{said}");
 }
+
+/// vm13's OPEN: IPv4 and IPv6 unicast, and graceful restart with
+/// `restart_time` for IPv4 only, Forwarding State as `forwarding`.
+fn open_with_gr(restart_time: u16, forwarding: bool) -> String {
+    use bgp::capability::{Capability, GracefulRestart, GracefulRestartFamily};
+    let caps = vec![
+        Capability::Multiprotocol(bgp::AfiSafi::IPV4_UNICAST),
+        Capability::Multiprotocol(bgp::AfiSafi::IPV6_UNICAST),
+        Capability::GracefulRestart(GracefulRestart {
+            restarting: false,
+            notification: false,
+            restart_time,
+            families: vec![GracefulRestartFamily {
+                family: bgp::AfiSafi::IPV4_UNICAST,
+                forwarding_preserved: forwarding,
+            }],
+        }),
+    ];
+    let id = reference::vm_v4(13).parse().unwrap();
+    hexs(&bgp::Message::Open(bgp::Open::new(VM_AS, 90, id, caps)).encode(&Context::modern()))
+}
+
+#[test]
+fn graceful_restart_keeps_only_what_the_vm_can_keep() {
+    let (mut lab, t, tor) = lab_with_vm11();
+    let v6 = hexs(
+        &bgp::update::encode_announce(
+            &attrs(seq(&[VM_AS])),
+            NextHop::V6 {
+                global: reference::vm_v6(13).parse().unwrap(),
+                link_local: None,
+            },
+            &["2001:db8:3::70/128".parse().unwrap()],
+            &Context::modern(),
+        )[0],
+    );
+    let v4 = update("10.3.0.70/32", attrs(seq(&[VM_AS])));
+    let raw = raw_speaker(
+        &mut lab,
+        &[v4, v6],
+        &["--open-hex", &open_with_gr(120, true)],
+    );
+    let both = wait_for(WAIT, || {
+        tor.route("10.3.0.70/32")
+            .and(tor.route("2001:db8:3::70/128"))
+    });
+    assert!(
+        both.is_some(),
+        "{}\n{}",
+        t.show(&["routes"]),
+        lab.all_logs()
+    );
+    // The VM dies without a NOTIFICATION. Its capability lists IPv4 only:
+    // the IPv6 route goes at once, the IPv4 one is kept, stale.
+    lab.kill(raw);
+    let v6_gone = wait_for(WAIT, || {
+        tor.route("2001:db8:3::70/128").is_none().then_some(())
+    });
+    assert!(
+        v6_gone.is_some(),
+        "the IPv6 route was kept: {}",
+        t.show(&["routes"])
+    );
+    assert!(tor.route("10.3.0.70/32").is_some(), "the IPv4 route went");
+    assert!(kernel_route(&lab, "10.3.0.70/32").is_some());
+    // It comes back without the Forwarding State bit (it lost its
+    // forwarding state): the stale IPv4 route goes at once, without
+    // waiting for its End-of-RIB or the restart time.
+    let raw = raw_speaker(&mut lab, &[], &["--open-hex", &open_with_gr(120, false)]);
+    let v4_gone = wait_for(WAIT, || tor.route("10.3.0.70/32").is_none().then_some(()));
+    assert!(
+        v4_gone.is_some(),
+        "the stale IPv4 route was kept: {}",
+        t.show(&["routes"])
+    );
+    assert!(kernel_route(&lab, "10.3.0.70/32").is_none());
+    assert_eq!(t.peer_state("tap13").as_deref(), Some("Established"));
+    lab.stop(raw);
+}
+
+#[test]
+fn a_vms_restart_time_is_clamped_and_flaps_do_not_extend_it() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    let tor = tor::start(&mut lab, tor::Kind::Bird);
+    reference::add_vm(&mut lab, "hv1", 13);
+    let cfg =
+        std::fs::read_to_string(example()).unwrap() + "\n[graceful-restart]\nhelper-max-time = 4\n";
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    // The VM asks for the longest restart time there is.
+    let open = open_with_gr(4095, true);
+    let v4 = update("10.3.0.71/32", attrs(seq(&[VM_AS])));
+    let raw = raw_speaker(&mut lab, &[v4], &["--open-hex", &open]);
+    assert!(
+        wait_for(WAIT, || tor.route("10.3.0.71/32")).is_some(),
+        "{}",
+        lab.all_logs()
+    );
+    lab.kill(raw);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(tor.route("10.3.0.71/32").is_some(), "not kept as stale");
+    // It comes back and goes again, three times, never announcing anew:
+    // 5.5 s more, past the 4 s from the first time it went.
+    for _ in 0..3 {
+        let raw = raw_speaker(&mut lab, &[], &["--open-hex", &open]);
+        std::thread::sleep(Duration::from_millis(1500));
+        lab.kill(raw);
+    }
+    let gone = wait_for(Duration::from_secs(2), || {
+        tor.route("10.3.0.71/32").is_none().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the stale route outlived helper-max-time from the first time down: {}",
+        t.show(&["routes"])
+    );
+    assert!(kernel_route(&lab, "10.3.0.71/32").is_none());
+}
