@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
         families,
         ipv4_over_ipv6_next_hop: flags & 8 != 0,
         max_message_len: 4096,
+        external: flags & 16 != 0,
     };
     if let Ok(Some((msg, used))) = Message::decode(bytes, &cxt) {
         assert!(used <= bytes.len());

@@ -313,6 +313,8 @@ fn run(data: &[u8]) {
         families,
         ipv4_over_ipv6_next_hop: flags & 8 != 0,
         max_message_len: 4096,
+        // vm-a is in another AS.
+        external: true,
     };
     let max_prefixes = [2, 5, 50, 1000][(flags >> 4 & 3) as usize];
     let teardown = flags & 0x40 != 0;

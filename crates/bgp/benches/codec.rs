@@ -13,6 +13,7 @@ fn context() -> Context {
         families: vec![AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST],
         ipv4_over_ipv6_next_hop: false,
         max_message_len: 4096,
+        external: true,
     }
 }
 

@@ -745,6 +745,14 @@ fn decode_known(
                 .map_err(|_| AttrError::Withdraw("MULTI_EXIT_DISC length is not 4"))?;
             a.med = Some(u32::from_be_bytes(b));
         }
+        // RFC 7606 §7.5: from an external peer it is discarded (RFC 4271
+        // §5.1.5), a malformed one too, and said only then.
+        code::LOCAL_PREF if cxt.external && value.len() != 4 => {
+            return Err(AttrError::Discard(
+                "LOCAL_PREF from an external peer, length not 4",
+            ));
+        }
+        code::LOCAL_PREF if cxt.external => {}
         code::LOCAL_PREF => {
             // RFC 7606 §7.5.
             let b: [u8; 4] = value
@@ -998,6 +1006,27 @@ mod tests {
         let v = [0xc0, 1, 1, 0];
         let d = decode_attributes(&v, &cxt2(), false).unwrap();
         assert!(d.problems[0].withdraw);
+    }
+
+    #[test]
+    fn local_pref_from_an_external_peer_is_discarded_even_malformed() {
+        let short = [0x40, 5, 2, 0, 100];
+        let good = [0x40, 5, 4, 0, 0, 0, 100];
+        let ebgp = Context {
+            external: true,
+            ..cxt2()
+        };
+        // RFC 7606 §7.5: from eBGP, discarded; the rest of the UPDATE stays.
+        let d = decode_attributes(&short, &ebgp, false).unwrap();
+        assert!(!d.problems[0].withdraw, "{:?}", d.problems);
+        assert_eq!(d.attrs.local_pref, None);
+        let d = decode_attributes(&good, &ebgp, false).unwrap();
+        assert!(d.problems.is_empty() && d.attrs.local_pref.is_none());
+        // From iBGP: malformed is treat-as-withdraw, well-formed is kept.
+        let d = decode_attributes(&short, &cxt2(), false).unwrap();
+        assert!(d.problems[0].withdraw);
+        let d = decode_attributes(&good, &cxt2(), false).unwrap();
+        assert_eq!(d.attrs.local_pref, Some(100));
     }
 
     #[test]

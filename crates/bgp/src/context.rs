@@ -17,6 +17,9 @@ pub struct Context {
     pub ipv4_over_ipv6_next_hop: bool,
     /// Largest message allowed (4096, RFC 4271 §4.1).
     pub max_message_len: usize,
+    /// The peer is in another AS: LOCAL_PREF from it is discarded, even
+    /// malformed (RFC 4271 §5.1.5, RFC 7606 §7.5).
+    pub external: bool,
 }
 
 impl Default for Context {
@@ -26,6 +29,7 @@ impl Default for Context {
             families: vec![AfiSafi::IPV4_UNICAST],
             ipv4_over_ipv6_next_hop: false,
             max_message_len: crate::message::MAX_MESSAGE_LEN,
+            external: false,
         }
     }
 }
@@ -39,6 +43,7 @@ impl Context {
             families: vec![AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST],
             ipv4_over_ipv6_next_hop: false,
             max_message_len: crate::message::MAX_MESSAGE_LEN,
+            external: false,
         }
     }
 

@@ -81,6 +81,10 @@ impl Message {
             Message::Notification(n) => {
                 let mut b = Vec::new();
                 n.encode_body(&mut b);
+                // Its data may quote a whole message (a ROUTE-REFRESH of
+                // 4,096 bytes, RFC 7313 §5): cut to what one message holds,
+                // as RFC 4271 §4.5 leaves the data's length to the sender.
+                b.truncate(MAX_MESSAGE_LEN - HEADER_LEN);
                 frame(kind::NOTIFICATION, &b)
             }
             Message::Keepalive => frame(kind::KEEPALIVE, &[]),
@@ -203,6 +207,24 @@ mod tests {
         let mut big = frame(kind::UPDATE, &[0; 5000]);
         big.truncate(100);
         assert_eq!(Message::decode(&big, &cxt).unwrap_err().subcode, 2);
+    }
+
+    #[test]
+    fn a_notification_quoting_a_whole_message_fits_in_one() {
+        // A ROUTE-REFRESH of subtype 0 padded to 4,096 bytes: Invalid
+        // Message Length, quoting it, in a message of at most 4,096 bytes.
+        let mut body = vec![0, 1, 0, 1];
+        body.resize(MAX_MESSAGE_LEN - HEADER_LEN, 0);
+        let big = frame(kind::ROUTE_REFRESH, &body);
+        let n = Message::decode(&big, &Context::default()).unwrap_err();
+        assert_eq!((n.code, n.subcode), (7, 1));
+        let out = Message::Notification(n).encode(&Context::default());
+        assert_eq!(out.len(), MAX_MESSAGE_LEN);
+        let (back, _) = Message::decode(&out, &Context::default()).unwrap().unwrap();
+        let Message::Notification(back) = back else {
+            panic!("{back:?}")
+        };
+        assert_eq!(back.data[..], big[..MAX_MESSAGE_LEN - HEADER_LEN - 2]);
     }
 
     #[test]

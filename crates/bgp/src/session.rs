@@ -577,6 +577,7 @@ impl Session {
                 families,
                 ipv4_over_ipv6_next_hop: cfg.extended_next_hop && peer_ext_nh,
                 max_message_len: message::MAX_MESSAGE_LEN,
+                external: asn != cfg.local_as,
             },
             route_refresh: open
                 .capabilities

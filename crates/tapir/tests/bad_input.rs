@@ -483,6 +483,18 @@ fn reset_update_before_established() {
 // standing.
 
 #[test]
+fn malformed_local_pref_from_an_external_peer_is_discarded_and_the_route_kept() {
+    // RFC 7606 §7.5: LOCAL_PREF of 2 bytes from eBGP is discarded, not
+    // treat-as-withdraw as it is from iBGP.
+    let local_pref = [0x40, 5, 2, 0, 100];
+    let bad = raw_update(
+        &[&ORIGIN_IGP, &AS_PATH_65099, &NEXT_HOP_RAW, &local_pref],
+        &NLRI_10_66,
+    );
+    assert!(after_good_then(&bad));
+}
+
+#[test]
 fn aggregator_of_the_wrong_length_is_discarded_and_the_route_kept() {
     // 4-octet AS negotiated: AGGREGATOR must be 8 bytes; this one is 6.
     let aggregator = [0xc0, 7, 6, 0xfe, 0x4b, 10, 99, 0, 2];
