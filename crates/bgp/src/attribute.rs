@@ -428,6 +428,7 @@ impl PathAttributes {
     /// Appends the encoded attributes (without MP attributes). `four_octet`
     /// is whether the peer speaks 4-octet ASNs; if not, AS4_PATH and
     /// AS4_AGGREGATOR carry what 2 octets cannot (RFC 6793 §4.2.2).
+    /// At most [`Self::max_encoded_len`] bytes.
     pub fn encode(&self, four_octet: bool, out: &mut Vec<u8>) {
         if let Some(o) = self.origin {
             put_attr(out, WELL_KNOWN, code::ORIGIN, &[o as u8]);
@@ -505,6 +506,40 @@ impl PathAttributes {
             // its Partial bit set.
             put_attr(out, u.flags | flag::PARTIAL, u.type_code, &u.value);
         }
+    }
+}
+
+impl PathAttributes {
+    /// An upper bound of what [`Self::encode`] writes, with 2- or 4-octet
+    /// ASNs, counted without encoding: every header as an extended one,
+    /// and the AS path twice (AS_PATH and AS4_PATH).
+    pub fn max_encoded_len(&self) -> usize {
+        const H: usize = 4;
+        let path = self.as_path.as_ref().map_or(0, |p| {
+            let one: usize = p
+                .segments
+                .iter()
+                .map(|s| 2 * s.asns().len().div_ceil(255).max(1) + 4 * s.asns().len())
+                .sum();
+            2 * (H + one)
+        });
+        let some = |b: bool, n: usize| if b { H + n } else { 0 };
+        let list = |n: usize, each: usize| some(n > 0, n * each);
+        some(self.origin.is_some(), 1)
+            + path
+            + some(self.next_hop.is_some(), 4)
+            + some(self.med.is_some(), 4)
+            + some(self.local_pref.is_some(), 4)
+            + some(self.atomic_aggregate, 0)
+            + 2 * some(self.aggregator.is_some(), 8)
+            + list(self.communities.len(), 4)
+            + list(self.extended_communities.len(), 8)
+            + list(self.large_communities.len(), 12)
+            + self
+                .unknown
+                .iter()
+                .map(|u| H + u.value.len())
+                .sum::<usize>()
     }
 }
 

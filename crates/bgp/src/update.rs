@@ -161,6 +161,17 @@ impl Update {
     }
 }
 
+/// Whether an announcement with these attributes fits in one message
+/// with any next hop, family and prefix, whatever the session negotiated:
+/// a route that does not cannot be sent at all, and must be withdrawn
+/// rather than left as it was.
+pub fn announce_fits(attrs: &PathAttributes) -> bool {
+    // The two length fields; MP_REACH_NLRI with an IPv6 global and
+    // link-local next hop and its header; one /128.
+    const BESIDE: usize = 4 + (4 + 3 + 1 + 32 + 1) + 17;
+    attrs.max_encoded_len() + HEADER_LEN + BESIDE <= message::MAX_MESSAGE_LEN
+}
+
 /// UPDATE messages announcing `prefixes` (all of one family) with one
 /// attribute set and next hop, packed as many to a message as fit.
 ///
@@ -270,6 +281,36 @@ pub fn encode_end_of_rib(family: AfiSafi) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn announce_fits_is_true_up_to_what_one_message_holds() {
+        let with = |n: usize| PathAttributes {
+            origin: Some(crate::Origin::Igp),
+            as_path: Some(crate::AsPath::from_sequence([64612])),
+            communities: (0..n as u32).collect(),
+            ..Default::default()
+        };
+        let largest = (0..2000)
+            .take_while(|n| announce_fits(&with(*n)))
+            .last()
+            .unwrap();
+        assert!(largest > 950, "{largest}");
+        // The largest that fits goes out whatever the family and next hop.
+        let nh = NextHop::V6 {
+            global: "2001:db8::1".parse().unwrap(),
+            link_local: Some("fe80::1".parse().unwrap()),
+        };
+        let p: Prefix = "2001:db8:3::1/128".parse().unwrap();
+        for cxt in [Context::modern(), Context::default()] {
+            let cxt = Context {
+                families: vec![AfiSafi::IPV6_UNICAST],
+                ..cxt
+            };
+            assert_eq!(encode_announce(&with(largest), nh, &[p], &cxt).len(), 1);
+        }
+        // Some more would not go out at all.
+        assert!(encode_announce(&with(1020), nh, &[p], &Context::modern()).is_empty());
+    }
     use crate::attribute::{AsPath, Origin};
     use crate::message::Message;
 

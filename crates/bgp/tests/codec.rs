@@ -127,6 +127,21 @@ fn decode_update(bytes: &[u8], cxt: &Context) -> Update {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
+    /// The cheap bound on the encoded size holds, both ASN widths; and an
+    /// announcement that `announce_fits` says fits is sent, every prefix.
+    #[test]
+    fn encoded_size_bound((attrs, nh, prefixes) in announcement(), four_octet in any::<bool>()) {
+        let mut v = Vec::new();
+        attrs.encode(four_octet, &mut v);
+        prop_assert!(v.len() <= attrs.max_encoded_len(), "{} > {}", v.len(), attrs.max_encoded_len());
+        if bgp::update::announce_fits(&attrs) {
+            let cxt = Context { four_octet_as: four_octet, ..Context::modern() };
+            let msgs = encode_announce(&attrs, nh, &prefixes, &cxt);
+            let sent: usize = msgs.iter().map(|m| decode_update(m, &cxt).announced().len()).sum();
+            prop_assert_eq!(sent, prefixes.len());
+        }
+    }
+
     /// Everything we encode decodes to what we meant, within the size limit,
     /// with every prefix present once.
     #[test]

@@ -23,10 +23,12 @@ pub enum Limit {
     /// More link-local neighbours on one tap than
     /// `max-sessions-per-interface`.
     NeighboursPerInterface,
+    /// A route not exported: its attributes do not fit in one message.
+    UpdateTooLarge,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 8] = [
+    pub const ALL: [Limit; 9] = [
         Limit::SendHoldTime,
         Limit::AsPathLength,
         Limit::SessionsPerInterface,
@@ -35,6 +37,7 @@ impl Limit {
         Limit::SendQueue,
         Limit::RefreshPending,
         Limit::NeighboursPerInterface,
+        Limit::UpdateTooLarge,
     ];
 
     /// The metric label.
@@ -48,11 +51,13 @@ impl Limit {
             Limit::SendQueue => "send-queue",
             Limit::RefreshPending => "refresh-pending",
             Limit::NeighboursPerInterface => "neighbours-per-interface",
+            Limit::UpdateTooLarge => "update-too-large",
         }
     }
 }
 
-static HITS: [AtomicU64; 8] = [
+static HITS: [AtomicU64; 9] = [
+    AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),

@@ -670,6 +670,13 @@ impl<'a> Exporter<'a> {
                 a.local_pref = Some(self.drain_cfg.local_pref);
             }
         }
+        // A route whose attributes do not fit in a message cannot be
+        // sent: it is not exported (the neighbor gets a withdrawal if it
+        // had the route), never left as it was.
+        if !bgp::update::announce_fits(&a) {
+            crate::limits::hit(crate::limits::Limit::UpdateTooLarge);
+            return None;
+        }
         Some(a)
     }
 

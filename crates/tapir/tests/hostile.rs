@@ -723,3 +723,50 @@ fn a_vms_restart_time_is_clamped_and_flaps_do_not_extend_it() {
     );
     assert!(kernel_route(&lab, "10.3.0.71/32").is_none());
 }
+
+#[test]
+fn a_route_too_large_to_pass_on_is_withdrawn_upstream_not_left_stale() {
+    let (mut lab, t, tor) = lab_with_vm11();
+    let small = update("10.3.0.80/32", attrs(seq(&[VM_AS])));
+    // The same route with as many communities as vm13's message holds:
+    // with tor's community added it no longer fits in one.
+    let with = |n: u32| PathAttributes {
+        communities: (0..n).map(|c| (65000 << 16) | c).collect(),
+        ..attrs(seq(&[VM_AS]))
+    };
+    let one_message = |n: u32| {
+        bgp::update::encode_announce(
+            &with(n),
+            NextHop::V4(reference::vm_v4(13).parse().unwrap()),
+            &["10.3.0.80/32".parse().unwrap()],
+            &Context::modern(),
+        )
+        .len()
+            == 1
+    };
+    let n = (900..1100).take_while(|n| one_message(*n)).last().unwrap();
+    let big = update("10.3.0.80/32", with(n));
+    let marker = update("10.3.0.81/32", attrs(seq(&[VM_AS])));
+    // Three seconds apart: tor has the small one before the big one comes.
+    let raw = raw_speaker(&mut lab, &[small, big, marker], &["--pause-ms", "3000"]);
+    assert!(
+        wait_for(Duration::from_secs(3), || tor.route("10.3.0.80/32")).is_some(),
+        "{}",
+        lab.all_logs()
+    );
+    // Once the marker is at tor, the big announcement was handled.
+    assert!(
+        wait_for(WAIT, || tor.route("10.3.0.81/32")).is_some(),
+        "{}",
+        lab.all_logs()
+    );
+    let at_tor = tor.route("10.3.0.80/32");
+    assert!(
+        at_tor.is_none(),
+        "tor kept the route's previous version: {at_tor:?}\n{}",
+        t.show(&["routes"])
+    );
+    // It is still the VM's route on the hypervisor.
+    assert!(kernel_route(&lab, "10.3.0.80/32").is_some());
+    lab.stop(raw);
+}
