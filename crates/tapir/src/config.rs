@@ -261,6 +261,23 @@ pub struct ImportRules {
     pub allow_attributes: Option<Vec<u8>>,
 }
 
+impl Config {
+    /// What is allowed but probably not meant, for `tapir check` and the
+    /// log at start and reload.
+    pub fn warnings(&self) -> Vec<String> {
+        self.neighbors
+            .iter()
+            .filter(|n| n.export.name == Policy::RFC8212)
+            .map(|n| {
+                format!(
+                    "neighbor `{}`: no export policy, so nothing is sent to it (RFC 8212); name one with export = \"NAME\"",
+                    n.name
+                )
+            })
+            .collect()
+    }
+}
+
 impl ImportRules {
     /// A static neighbor's: a route server's paths pass, as do
     /// attributes we do not know (RFC 4271 §5).
@@ -1120,7 +1137,15 @@ impl Config {
                 }
                 None => format!("neighbor{}", i + 1),
             };
+            let internal = match &remote_as {
+                RemoteAsConfig::Internal => true,
+                RemoteAsConfig::Exact(a) => *a == local_as,
+                _ => false,
+            };
             let export = match &n.export {
+                // RFC 8212: nothing to an external neighbor without a
+                // policy that says what; `tapir check` and the log say so.
+                None if !internal => Arc::new(Policy::rfc8212()),
                 None => Arc::new(Policy::hypervisor_default()),
                 Some(e) => policies.get(e.get_ref()).cloned().ok_or_else(|| {
                     err(

@@ -19,6 +19,9 @@ use bgp::notification::{cease, Notification};
 use tokio::sync::mpsc;
 
 pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<(), String> {
+    for w in config.warnings() {
+        warn!("{w}");
+    }
     let (control_listener, _guard) =
         control::bind(socket).map_err(|e| format!("control socket {}: {e}", socket.display()))?;
     let mut listeners = Vec::new();
@@ -637,6 +640,9 @@ async fn reload(
     hv: Option<&mpsc::Sender<HvMsg>>,
 ) -> Result<String, String> {
     let new = Config::load(path).map_err(|e| e.to_string())?;
+    for w in new.warnings() {
+        warn!("reload: {w}");
+    }
     let mut later = Vec::new();
     if new.router_id != current.router_id || new.local_as != current.local_as {
         later.push("router-id/local-as");

@@ -223,6 +223,9 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!(
                     "{}: ok (router id {}, AS {}, {} neighbors, {} VM groups, {} VMs in the inventory)",
                     config.display(),

@@ -172,7 +172,20 @@ pub fn apply_as_path(mode: AsPathMode, path: &AsPath, vm_asn: Option<u32>) -> As
 }
 
 impl Policy {
-    /// The default for an upstream neighbor without `export`: our own and
+    /// The name of [`Policy::rfc8212`].
+    pub const RFC8212: &'static str = "none (RFC 8212)";
+
+    /// An external neighbor's without `export`: nothing (RFC 8212).
+    pub fn rfc8212() -> Policy {
+        Policy {
+            name: Policy::RFC8212.into(),
+            as_path: AsPathMode::Keep,
+            default_accept: false,
+            terms: Vec::new(),
+        }
+    }
+
+    /// The default for an internal neighbor without `export`: our own and
     /// VM routes go out unchanged, routes from other neighbors do not.
     pub fn hypervisor_default() -> Policy {
         Policy {

@@ -59,6 +59,7 @@ announce = ["10.3.0.1/32"]
 name = "tor"
 address = "{TOR_V4}"
 remote-as = {TOR_AS}
+export = "OURS"
 
 [[neighbor]]
 name = "raw"
@@ -66,6 +67,13 @@ address = "10.99.0.2"
 remote-as = 65099
 passive = true
 connect-retry = 1
+
+[policy.OURS]
+default = "reject"
+
+[[policy.OURS.term]]
+match = {{ source = "local" }}
+action = "accept"
 "#
             ),
         );

@@ -117,6 +117,29 @@ fn check_reports_guest_mistakes() {
 }
 
 #[test]
+fn check_warns_of_an_external_neighbor_without_export() {
+    let head = "router-id = \"10.0.0.1\"\nlocal-as = 64612\n\n";
+    let ebgp = "[[neighbor]]\nname = \"tor\"\naddress = \"10.0.0.2\"\nremote-as = 65020\n";
+    let p = temp("rfc8212.toml", &format!("{head}{ebgp}"));
+    let (ok, _, err) = tapir(&["check", "--config", p.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(
+            "warning: neighbor `tor`: no export policy, so nothing is sent to it (RFC 8212)"
+        ),
+        "{err}"
+    );
+    // With a policy, or an internal neighbor: no warning.
+    let with = format!("{head}{ebgp}export = \"OUT\"\n\n[policy.OUT]\ndefault = \"accept\"\n");
+    let ibgp = format!("{head}[[neighbor]]\naddress = \"10.0.0.2\"\nremote-as = 64612\n");
+    for (i, text) in [with, ibgp].iter().enumerate() {
+        let p = temp(&format!("rfc8212-{i}.toml"), text);
+        let (ok, _, err) = tapir(&["check", "--config", p.to_str().unwrap()]);
+        assert!(ok && !err.contains("warning"), "{text}\n{err}");
+    }
+}
+
+#[test]
 fn check_reports_file_line_and_column() {
     let p = temp(
         "bad.toml",

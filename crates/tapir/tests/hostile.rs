@@ -770,3 +770,39 @@ fn a_route_too_large_to_pass_on_is_withdrawn_upstream_not_left_stale() {
     assert!(kernel_route(&lab, "10.3.0.80/32").is_some());
     lab.stop(raw);
 }
+
+#[test]
+fn an_external_neighbor_without_export_gets_nothing() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    let tor = tor::start(&mut lab, tor::Kind::Bird);
+    reference::add_vm(&mut lab, "hv1", 11);
+    lab.bird(
+        "vm11",
+        &reference::vm_bird_config(11, VM_AS, &["10.3.0.1/32"]),
+    );
+    // The example, with tor-v4's export line taken out.
+    let cfg = std::fs::read_to_string(example()).unwrap().replacen(
+        "families = [\"ipv4\"]\nexport = \"TO-TOR\"\n",
+        "families = [\"ipv4\"]\n",
+        1,
+    );
+    assert!(!cfg.contains("families = [\"ipv4\"]\nexport"));
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let installed = wait_for(WAIT, || kernel_route(&lab, "10.3.0.1/32"));
+    assert!(installed.is_some(), "{}", lab.all_logs());
+    assert!(wait_for(WAIT, || (t.peer_state("tor-v4").as_deref()
+        == Some("Established"))
+    .then_some(()))
+    .is_some());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        tor.route("10.3.0.1/32").is_none(),
+        "tor got a route from a neighbor without export"
+    );
+    assert!(
+        lab.log(&t.log).contains("no export policy"),
+        "no warning in the log"
+    );
+}

@@ -25,12 +25,21 @@ name = "tor-v4"
 address = "{TOR_V4}"
 remote-as = {TOR_AS}
 hold-time = 9
+export = "OURS"
 
 [[neighbor]]
 name = "tor-v6"
 address = "{TOR_V6}"
 remote-as = {TOR_AS}
 hold-time = 9
+export = "OURS"
+
+[policy.OURS]
+default = "reject"
+
+[[policy.OURS.term]]
+match = {{ source = "local" }}
+action = "accept"
 "#
     )
 }
