@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bgp::{NextHop, PathAttributes, Prefix, Update};
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::authorisation::{Rejection, VmPolicy};
 use crate::config::MaxPrefixAction;
@@ -375,12 +375,9 @@ impl AdjRibIn {
                 .check(&r.attrs, judge.max_as_path_length)
                 .or_else(|| self.judge(&p, &r.next_hop, judge));
             match (&before, &now) {
-                (Some(_), None) => {
-                    info!(prefix = %p, "route now accepted");
-                    out.announce.push((p, r.next_hop, r.attrs.clone()));
-                }
+                (Some(_), None) => out.announce.push((p, r.next_hop, r.attrs.clone())),
                 (None, Some(x)) => {
-                    info!(prefix = %p, reason = %x.reason, kind = x.kind, "route refused");
+                    out.refused.push((p, x.clone()));
                     out.withdraw.push(p);
                 }
                 _ => {}

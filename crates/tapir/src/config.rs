@@ -1970,6 +1970,14 @@ fn parse_vm(v: &Spanned<RawVm>, err: &ErrFn) -> Result<VmEntry, ConfigError> {
             format!("vm `{name}`: needs at least one address (an entry follows the VM's addresses, never a tap name alone)"),
         ));
     }
+    if let Some(a) = crate::inventory::link_local_without_interface(&v.addresses, &v.interface) {
+        return Err(err(
+            span,
+            format!(
+                "vm `{name}`: address {a} is link-local, the same on every tap: set interface too"
+            ),
+        ));
+    }
     let mut prefixes = Vec::new();
     for p in &v.prefixes {
         prefixes.push(
@@ -2253,6 +2261,12 @@ mod tests {
         assert!(e.message.contains("overlaps"), "{e}");
         let e = parse(&format!("{HEAD}{}", vm("a", "10.192.24.11", "10.3.0.1/33"))).unwrap_err();
         assert!(e.message.contains("vm `a`: prefixes"), "{e}");
+        let e = parse(&format!("{HEAD}{}", vm("a", "fe80::1", "10.3.0.1/32"))).unwrap_err();
+        assert!(e.message.contains("link-local") && e.line == 3, "{e}");
+        let no_address =
+            "[[vm]]\nname = \"a\"\ninterface = \"tap1\"\nprefixes = [\"10.3.0.1/32\"]\n";
+        let e = parse(&format!("{HEAD}{no_address}")).unwrap_err();
+        assert!(e.message.contains("never a tap name alone"), "{e}");
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub struct Hypervisor {
     registration_grace: std::time::Duration,
 }
 
+/// Link-local neighbours kept on a tap no group matches (yet): a reload
+/// that adds a group finds the VMs already there.
+const UNGROUPED_NEIGHBOURS: usize = 8;
+
 pub fn spawn(
     groups: Vec<Group>,
     inventory: Inventory,
@@ -320,7 +324,9 @@ impl Hypervisor {
                     .links
                     .get(&index)
                     .and_then(|l| self.group_of_interface(&l.name))
-                    .map_or(0, |g| self.groups[g].max_sessions_per_interface);
+                    .map_or(UNGROUPED_NEIGHBOURS, |g| {
+                        self.groups[g].max_sessions_per_interface
+                    });
                 let known = self.neighbours.entry(index).or_default();
                 if known.contains(&addr) {
                     return false;
@@ -479,11 +485,15 @@ impl Hypervisor {
         })
     }
 
-    /// Whether one of the entry's addresses is routed to tap `index`.
+    /// Whether one of the entry's addresses is routed to tap `index`, or
+    /// is a link-local neighbour there.
     fn vm_is_on(&self, e: &crate::inventory::VmEntry, index: u32) -> bool {
-        e.addresses
-            .iter()
-            .any(|a| self.routes.get(a).is_some_and(|(i, _)| *i == index))
+        e.addresses.iter().any(|a| match a {
+            IpAddr::V6(v6) if is_link_local(*v6) => {
+                self.neighbours.get(&index).is_some_and(|n| n.contains(v6))
+            }
+            _ => self.routes.get(a).is_some_and(|(i, _)| *i == index),
+        })
     }
 
     /// Drops the registrations whose VM has been missing (no address of

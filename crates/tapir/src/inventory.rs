@@ -68,6 +68,12 @@ impl Registration {
                 self.name
             ));
         }
+        if let Some(a) = link_local_without_interface(&self.addresses, &self.interface) {
+            return Err(format!(
+                "VM `{}`: address {a} is link-local, the same on every tap: give --interface too",
+                self.name
+            ));
+        }
         let prefixes = self
             .prefixes
             .iter()
@@ -86,6 +92,21 @@ impl Registration {
             missing_since: None,
         })
     }
+}
+
+/// A link-local address among `addresses` when no interface says which
+/// tap it is on: any VM could have it on its own.
+pub fn link_local_without_interface(
+    addresses: &[IpAddr],
+    interface: &Option<String>,
+) -> Option<IpAddr> {
+    if interface.is_some() {
+        return None;
+    }
+    addresses
+        .iter()
+        .find(|a| matches!(a, IpAddr::V6(v6) if crate::authorisation::is_link_local(*v6)))
+        .copied()
 }
 
 #[derive(Clone, Debug, Default)]
@@ -362,5 +383,18 @@ mod tests {
         .to_entry()
         .unwrap_err();
         assert!(e.contains("never a tap name alone"), "{e}");
+        // A link-local address is anybody's without the tap it is on.
+        let ll = |interface: Option<&str>| {
+            Registration {
+                name: "d".into(),
+                interface: interface.map(str::to_string),
+                addresses: vec!["fe80::2022:22ff:fe22:2201".parse().unwrap()],
+                asn: None,
+                prefixes: vec!["10.3.0.4/32".into()],
+            }
+            .to_entry()
+        };
+        assert!(ll(None).unwrap_err().contains("--interface"));
+        assert!(ll(Some("tap12")).is_ok());
     }
 }

@@ -345,10 +345,19 @@ struct Conn {
     queued: Arc<std::sync::atomic::AtomicUsize>,
     writer_task: Option<tokio::task::JoinHandle<()>>,
     /// Families whose whole table is on its way to the peer (after
-    /// Established or a ROUTE-REFRESH), and whether the RIB has handed
-    /// all of it over. A ROUTE-REFRESH for one of them is already being
-    /// answered: another answer would only queue the same again.
-    answering: Vec<(AfiSafi, bool)>,
+    /// Established or a ROUTE-REFRESH).
+    answering: Vec<Answering>,
+}
+
+/// A family's whole table on its way to the peer.
+struct Answering {
+    family: AfiSafi,
+    /// The RIB has handed all of it over (End-of-RIB is queued).
+    done: bool,
+    /// Another ROUTE-REFRESH came meanwhile: once this answer is handed
+    /// over, one more follows (what went out before the request was
+    /// judged by the peer's old policy). However many came, one.
+    again: bool,
 }
 
 /// What a queued message costs beyond its bytes (its buffer's header and
@@ -519,7 +528,11 @@ impl Peer {
                     RemoteAsConfig::Exact(a) => Some(a),
                     _ => None,
                 },
-                ebgp: !matches!(self.cfg.remote_as, RemoteAsConfig::Internal),
+                ebgp: match self.cfg.remote_as {
+                    RemoteAsConfig::Internal => false,
+                    RemoteAsConfig::Exact(a) => a != self.local.local_as,
+                    _ => true,
+                },
                 policy,
                 tx: self.tx.clone(),
                 exported: self.exported.clone(),
@@ -787,14 +800,19 @@ impl Peer {
                 {
                     self.send_announcements(i, &routes);
                     if end {
+                        let mut again = false;
                         for a in &mut self.conns[i].answering {
-                            if a.0 == family {
-                                a.1 = true;
+                            if a.family == family && !a.done {
+                                a.done = true;
+                                again |= std::mem::take(&mut a.again);
                             }
                         }
                         self.conns[i]
                             .session
                             .send(Instant::now(), encode_end_of_rib(family));
+                        if again {
+                            self.send_family(i, family);
+                        }
                     }
                 }
             }
@@ -1214,14 +1232,25 @@ impl Peer {
                 self.apply_update(*u)
             }
             Event::RouteRefresh(family) => {
+                let upstream = self.cfg.export.is_some();
                 let c = &mut self.conns[i];
                 // An answer that has left entirely (the RIB handed it all
                 // over and nothing is queued) is answered no longer.
                 let sent = c.queued.load(Relaxed) == 0 && !c.session.has_transmit();
-                c.answering.retain(|(_, done)| !(*done && sent));
-                if c.answering.iter().any(|(f, _)| *f == family) {
+                c.answering.retain(|a| !(a.done && sent));
+                if let Some(a) = c.answering.iter_mut().find(|a| a.family == family) {
                     crate::limits::hit(crate::limits::Limit::RefreshPending);
                     debug!(%family, "route refresh requested while one is answered: coalesced");
+                    // A neighbor with a table to get: one more answer, once
+                    // this one is handed over (a VM's is End-of-RIB alone,
+                    // and the one queued does).
+                    if upstream {
+                        a.again = true;
+                        if a.done {
+                            a.again = false;
+                            self.send_family(i, family);
+                        }
+                    }
                     return;
                 }
                 debug!(%family, "route refresh requested");
@@ -1287,11 +1316,7 @@ impl Peer {
             path: path_rules(&self.cfg, self.info.as_deref(), self.local.local_as),
         };
         let changes = self.adj_rib_in.apply(u, ebgp, &judge);
-        for (p, r) in &changes.refused {
-            if self.may_log() {
-                info!(prefix = %p, reason = %r.reason, kind = r.kind, "route refused");
-            }
-        }
+        self.log_refused(&changes.refused);
         self.rib_update(changes.announce, changes.withdraw);
         if let Some((p, limit)) = changes.teardown {
             self.teardown_max_prefixes(&p, limit);
@@ -1378,7 +1403,22 @@ impl Peer {
             path: path_rules(&self.cfg, self.info.as_deref(), self.local.local_as),
         };
         let changes = self.adj_rib_in.rejudge(&judge);
+        self.log_refused(&changes.refused);
+        for (p, _, _) in &changes.announce {
+            if self.may_log() {
+                info!(prefix = %p, "route now accepted");
+            }
+        }
         self.rib_update(changes.announce, changes.withdraw);
+    }
+
+    /// Routes newly refused, within the session's log budget.
+    fn log_refused(&mut self, refused: &[(Prefix, crate::authorisation::Rejection)]) {
+        for (p, r) in refused {
+            if self.may_log() {
+                info!(prefix = %p, reason = %r.reason, kind = r.kind, "route refused");
+            }
+        }
     }
 
     /// The VM behind this session got (or lost) an inventory entry, for
@@ -1541,14 +1581,19 @@ impl Peer {
         if family.unicast_afi().is_none() {
             return;
         }
+        let answering = |done| Answering {
+            family,
+            done,
+            again: false,
+        };
         if self.cfg.export.is_none() {
-            self.conns[i].answering.push((family, true));
+            self.conns[i].answering.push(answering(true));
             self.conns[i]
                 .session
                 .send(Instant::now(), encode_end_of_rib(family));
             return;
         }
-        self.conns[i].answering.push((family, false));
+        self.conns[i].answering.push(answering(false));
         self.to_rib(RibMsg::Refeed {
             peer: self.id,
             conn: self.conns[i].id,
