@@ -426,9 +426,13 @@ pub const NO_EXPORT_SUBCONFED: u32 = 0xffff_ff03;
 
 /// The name a VM is drained by: its inventory name, or its tap.
 pub fn drain_key(p: &PeerInfo) -> Option<String> {
+    drain_name(p).map(str::to_string)
+}
+
+fn drain_name(p: &PeerInfo) -> Option<&str> {
     p.group.as_ref()?;
-    p.vm.clone()
-        .or_else(|| p.interface.as_ref().map(|i| i.name.clone()))
+    p.vm.as_deref()
+        .or_else(|| p.interface.as_ref().map(|i| i.name.as_str()))
 }
 
 /// What the RIB is told about a graceful restart in progress.
@@ -534,10 +538,10 @@ struct Change {
 }
 
 impl Change {
-    fn new(prefix: Prefix, paths: Option<&Paths>) -> Change {
+    fn new(prefix: Prefix, paths: Option<&Paths>, sel: Selection) -> Change {
         Change {
             prefix,
-            was: paths.and_then(|v| best(v)).cloned(),
+            was: paths.and_then(|v| sel.best(v)).cloned(),
         }
     }
 }
@@ -945,8 +949,46 @@ fn export_key(b: &Path) -> ExportKey {
     )
 }
 
-fn best(paths: &[Path]) -> Option<&Path> {
-    paths.iter().min_by(|a, b| compare(a, b))
+/// Best-path selection under the drains in force (RFC 8326 §4): a path
+/// from a drained VM, or one its sender marked GRACEFUL_SHUTDOWN, loses to
+/// every other path, as if its LOCAL_PREF were 0. Traffic for an anycast
+/// prefix moves to another VM on this hypervisor (kernel and upstream)
+/// before the drained one stops.
+#[derive(Clone, Copy)]
+struct Selection<'a> {
+    drains: &'a Drains,
+}
+
+impl<'a> Selection<'a> {
+    fn new(drains: &'a Drains) -> Self {
+        Selection { drains }
+    }
+
+    fn shut(&self, p: &Path) -> bool {
+        let drained = || {
+            p.peer
+                .as_deref()
+                .and_then(drain_name)
+                .is_some_and(|k| self.drains.contains_key(k))
+        };
+        (!self.drains.is_empty() && drained()) || p.attrs().communities.contains(&GRACEFUL_SHUTDOWN)
+    }
+
+    fn compare(&self, a: &Path, b: &Path) -> Ordering {
+        self.shut(a).cmp(&self.shut(b)).then_with(|| compare(a, b))
+    }
+
+    /// Equally good for ECMP: a shut path never shares with an open one.
+    fn multipath_equal(&self, a: &Path, b: &Path) -> bool {
+        self.shut(a) == self.shut(b) && compare_for_multipath(a, b) == Ordering::Equal
+    }
+
+    fn best<'p>(&self, paths: &'p [Path]) -> Option<&'p Path> {
+        match paths {
+            [one] => Some(one),
+            _ => paths.iter().min_by(|a, b| self.compare(a, b)),
+        }
+    }
 }
 
 impl Rib {
@@ -959,6 +1001,7 @@ impl Rib {
             ..Default::default()
         });
         let local = Arc::new(Route::new(None, attrs));
+        let sel = Selection::new(&self.drains);
         for p in prefixes {
             let path = Path {
                 peer: None,
@@ -968,12 +1011,12 @@ impl Rib {
             self.table.upsert(p, |v| match v {
                 Some(v) if v.iter().any(|x| x.peer.is_none()) => None,
                 Some(v) => {
-                    added = Some(Change::new(p, Some(v)));
+                    added = Some(Change::new(p, Some(v), sel));
                     v.push(path);
                     None
                 }
                 None => {
-                    added = Some(Change::new(p, None));
+                    added = Some(Change::new(p, None, sel));
                     Some(Paths::One(path))
                 }
             });
@@ -1031,6 +1074,7 @@ impl Rib {
                 withdraw,
             } => {
                 self.backlog.applied(announce.len() + withdraw.len());
+                let sel = Selection::new(&self.drains);
                 for p in withdraw {
                     let mut change = None;
                     let gone = self.table.take_unless(&p, |v| match v {
@@ -1038,7 +1082,7 @@ impl Rib {
                         // path moves into the change record.
                         Paths::One(x) if x.peer.as_ref().is_some_and(|q| q.id == peer.id) => false,
                         _ => {
-                            change = Some(Change::new(p, Some(v)));
+                            change = Some(Change::new(p, Some(v), sel));
                             v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
                             !v.is_empty()
                         }
@@ -1077,7 +1121,7 @@ impl Rib {
                     let mut was = None;
                     self.table.upsert(p, |v| match v {
                         Some(v) => {
-                            was = best(v).cloned();
+                            was = sel.best(v).cloned();
                             v.replace(path);
                             None
                         }
@@ -1087,10 +1131,11 @@ impl Rib {
                 }
             }
             RibMsg::Local { announce, withdraw } => {
+                let sel = Selection::new(&self.drains);
                 for p in withdraw {
                     let mut change = None;
                     self.table.change(&p, |v| {
-                        change = Some(Change::new(p, Some(v)));
+                        change = Some(Change::new(p, Some(v), sel));
                         v.retain(|x| x.peer.is_some());
                         !v.is_empty()
                     });
@@ -1099,11 +1144,12 @@ impl Rib {
                 self.add_local(announce, changed);
             }
             RibMsg::PeerDown(id) => {
+                let sel = Selection::new(&self.drains);
                 self.table.retain(|p, v| {
                     if v.iter().all(|x| x.peer.as_ref().is_none_or(|q| q.id != id)) {
                         return true;
                     }
-                    changed.push(Change::new(p, Some(v)));
+                    changed.push(Change::new(p, Some(v), sel));
                     v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != id));
                     !v.is_empty()
                 });
@@ -1335,7 +1381,12 @@ impl Rib {
         let all: Vec<Prefix> = self.table.keys().collect();
         for chunk in all.chunks(CHUNK) {
             // A newcomer was sent nothing; the others were sent the export
-            // of the best path they still have, under the old rules.
+            // of the best path they still have, under the old rules (the
+            // best path itself may change with the drains).
+            let sel = match before {
+                Before::Drains(d) => Selection::new(d),
+                _ => Selection::new(&self.drains),
+            };
             let changes: Vec<Change> = chunk
                 .iter()
                 .map(|p| match before {
@@ -1343,11 +1394,21 @@ impl Rib {
                         prefix: *p,
                         was: None,
                     },
-                    _ => Change::new(*p, self.table.get(p)),
+                    _ => Change::new(*p, self.table.get(p), sel),
                 })
                 .collect();
             for id in &ids {
                 self.export_to(*id, &changes, before, send).await;
+            }
+            if let Before::Drains(_) = before {
+                // Where a drained path lost (or won back) best-path
+                // selection, the kernel follows.
+                let several: Vec<Prefix> = chunk
+                    .iter()
+                    .filter(|p| self.table.get(p).is_some_and(|v| v.len() > 1))
+                    .copied()
+                    .collect();
+                self.sync_fib(several.into_iter());
             }
         }
     }
@@ -1376,6 +1437,7 @@ impl Rib {
         let Some(sub) = subscribers.get(&peer) else {
             return;
         };
+        let sel = Selection::new(drains);
         let exporter =
             |policy, drains| Exporter::new(sub, peer, policy, *local_as, drains, *drain_cfg);
         let mut now = exporter(&sub.policy, drains).memoized(sub, *rules);
@@ -1390,7 +1452,7 @@ impl Rib {
             if !sub.takes(&c.prefix) {
                 continue;
             }
-            let b = table.get(&c.prefix).and_then(|v| best(v));
+            let b = table.get(&c.prefix).and_then(|v| sel.best(v));
             // The same attributes from the same peer under the same rules:
             // the same export.
             if let (Before::Now, Some(b), Some(w)) = (before, b, &c.was) {
@@ -1447,6 +1509,7 @@ impl Rib {
             return;
         };
         let afi = family.unicast_afi();
+        let sel = Selection::new(drains);
         let mut now = Exporter::new(sub, peer, &sub.policy, *local_as, drains, *drain_cfg)
             .memoized(sub, *rules);
         let mut chunks: Vec<Vec<(Prefix, Arc<PathAttributes>)>> = vec![Vec::new()];
@@ -1454,7 +1517,7 @@ impl Rib {
             if Some(p.afi()) != afi || !sub.takes(&p) {
                 continue;
             }
-            let Some(a) = best(v).and_then(|b| now.export(interned, b, &p)) else {
+            let Some(a) = sel.best(v).and_then(|b| now.export(interned, b, &p)) else {
                 continue;
             };
             match chunks.last_mut() {
@@ -1502,15 +1565,16 @@ impl Rib {
             };
             Some((via, peer.interface.as_ref().map(|i| i.index)))
         };
+        let sel = Selection::new(&self.drains);
         let mut ops = Vec::new();
         for p in changed {
             let p = &p;
-            let want: Hops = match self.table.get(p).and_then(|v| best(v).map(|b| (v, b))) {
+            let want: Hops = match self.table.get(p).and_then(|v| sel.best(v).map(|b| (v, b))) {
                 None => Hops::default(),
                 Some((v, b)) if self.multipath => {
                     let mut hops: Vec<FibHop> = v
                         .iter()
-                        .filter(|x| compare_for_multipath(x, b) == Ordering::Equal)
+                        .filter(|x| sel.multipath_equal(x, b))
                         .filter_map(hop)
                         .collect();
                     hops.sort();
@@ -1549,10 +1613,11 @@ impl Rib {
                 .as_ref()
                 .map_or("local".to_string(), |q| q.name.clone())
         };
+        let sel = Selection::new(&self.drains);
         self.table
             .iter()
             .filter_map(|(p, v)| {
-                let b = best(v)?;
+                let b = sel.best(v)?;
                 Some(LocRibEntry {
                     prefix: p.to_string(),
                     from: origin(b),
@@ -1904,6 +1969,156 @@ mod tests {
             assert_eq!(sent, want, "step {i}");
             assert_eq!(count.get(bgp::Afi::Ipv4), n, "step {i}");
         }
+    }
+
+    /// RFC 8326 §4 locally: a drained VM's path loses best-path selection
+    /// to another VM's path for the same prefix, upstream and in the
+    /// kernel, and wins it back when the drain ends. A path its sender
+    /// marked GRACEFUL_SHUTDOWN loses the same way.
+    #[tokio::test]
+    async fn a_drained_path_loses_to_another_vm() {
+        let (fib_tx, mut fib_rx) = mpsc::unbounded_channel();
+        let rib = spawn(
+            64612,
+            Vec::new(),
+            Some(fib_tx),
+            false,
+            None,
+            DrainConfig {
+                local_pref: 0,
+                withdraw_after: None,
+            },
+            Backlog::default(),
+        )
+        .unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut accept_all = Policy::hypervisor_default();
+        accept_all.default_accept = true;
+        rib.send(RibMsg::Subscribe {
+            peer: 9,
+            asn: Some(65009),
+            ebgp: true,
+            policy: Arc::new(accept_all),
+            tx,
+            exported: Exported::default(),
+            families: vec![bgp::Afi::Ipv4],
+        })
+        .unwrap();
+        let vm = |id: u64, rid: &str| {
+            let mut p = (*peer(id, 64613, true, rid)).clone();
+            p.group = Some("vms".into());
+            p.interface = Some(crate::peer::Interface {
+                name: format!("tap{id}"),
+                index: id as u32,
+            });
+            p.kernel = true;
+            Arc::new(p)
+        };
+        // tap1 has the lower router id: best while nothing is drained.
+        let (a, b) = (vm(1, "10.0.0.1"), vm(2, "10.0.0.2"));
+        let p: Prefix = "10.3.0.53/32".parse().unwrap();
+        let attrs = |communities: Vec<u32>| {
+            Arc::new(PathAttributes {
+                origin: Some(bgp::Origin::Igp),
+                as_path: Some(AsPath::from_sequence([64613])),
+                communities,
+                ..Default::default()
+            })
+        };
+        let announce = |from: &Arc<PeerInfo>, communities| RibMsg::Update {
+            peer: from.clone(),
+            announce: vec![(
+                p,
+                NextHop::V4(from.address.to_string().parse().unwrap()),
+                attrs(communities),
+            )],
+            withdraw: Vec::new(),
+        };
+        let settle = || async {
+            let (q, r) = oneshot::channel();
+            rib.send(RibMsg::Stats(q)).unwrap();
+            r.await.unwrap();
+        };
+        let drain = |vm: &str, state| {
+            let (reply, r) = oneshot::channel();
+            rib.send(RibMsg::Drain {
+                vm: Some(vm.into()),
+                state,
+                reply,
+            })
+            .unwrap();
+            r
+        };
+        // What the neighbor was sent last for `p`: its communities.
+        let mut sent = move || {
+            let mut last = None;
+            while let Ok(m) = rx.try_recv() {
+                if let PeerMsg::Export(changes) = m {
+                    for (_, a) in changes {
+                        last = Some(a.map(|a| a.communities.clone()));
+                    }
+                }
+            }
+            last
+        };
+        // Where the kernel was told `p` goes.
+        let mut kernel = move || {
+            let mut last = None;
+            while let Ok(ops) = fib_rx.try_recv() {
+                for op in ops {
+                    if let FibChange::Install { hops, .. } = op {
+                        last = Some(hops.iter().map(|h| h.1).collect::<Vec<_>>());
+                    }
+                }
+            }
+            last
+        };
+        rib.send(announce(&a, vec![])).unwrap();
+        rib.send(announce(&b, vec![])).unwrap();
+        settle().await;
+        assert_eq!(sent(), Some(Some(vec![])));
+        assert_eq!(kernel(), Some(vec![Some(1)]));
+
+        // Draining tap1: tap2's path is best, sent without GRACEFUL_SHUTDOWN.
+        assert_eq!(
+            drain("tap1", Some(DrainState::Shutdown)).await.unwrap(),
+            Ok(1)
+        );
+        settle().await;
+        assert_eq!(
+            sent(),
+            None,
+            "tap2's path goes out as tap1's did: no change"
+        );
+        assert_eq!(kernel(), Some(vec![Some(2)]));
+        // Withdrawn: still nothing to change upstream, tap2 carries it.
+        assert_eq!(
+            drain("tap1", Some(DrainState::Withdrawn)).await.unwrap(),
+            Ok(1)
+        );
+        settle().await;
+        assert_eq!(sent(), None);
+        assert_eq!(kernel(), None);
+        // Both drained: tap1 is best again, and withdrawn upstream.
+        assert_eq!(
+            drain("tap2", Some(DrainState::Shutdown)).await.unwrap(),
+            Ok(1)
+        );
+        settle().await;
+        assert_eq!(sent(), Some(None));
+        assert_eq!(kernel(), Some(vec![Some(1)]));
+        // tap1 undrained: best, sent plain.
+        assert_eq!(drain("tap1", None).await.unwrap(), Ok(1));
+        settle().await;
+        assert_eq!(sent(), Some(Some(vec![])));
+        assert_eq!(kernel(), None, "tap1 was in the kernel already");
+        // tap1's own BGP speaker marks its path GRACEFUL_SHUTDOWN (a drain
+        // from inside the guest): tap2's path wins.
+        assert_eq!(drain("tap2", None).await.unwrap(), Ok(1));
+        rib.send(announce(&a, vec![GRACEFUL_SHUTDOWN])).unwrap();
+        settle().await;
+        assert_eq!(sent(), None, "tap2's plain path is best, as tap1's was");
+        assert_eq!(kernel(), Some(vec![Some(2)]));
     }
 
     /// A peer that withdraws its table takes its attribute sets with it:

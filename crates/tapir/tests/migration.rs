@@ -177,3 +177,73 @@ fn drained_path_loses_at_tor_when_another_exists() {
         "the drained path is still there, just not best"
     );
 }
+
+/// RFC 8326 on the hypervisor itself: two VMs on hv1 announce the same
+/// anycast prefix. Draining the one whose path is best moves the prefix
+/// in hv1's kernel to the other VM, and tor keeps it from hv1 without
+/// GRACEFUL_SHUTDOWN (the other VM still serves); withdrawing the drained
+/// VM's routes leaves tor's route in place.
+#[test]
+fn drained_path_loses_on_the_hypervisor_to_another_vm() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    reference::add_vm(&mut lab, "hv1", 12);
+    reference::add_vm(&mut lab, "hv1", 13);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let prefix = "10.3.0.53/32";
+    let _a = lab.bird("vm12", &reference::vm_bird_config(12, 64613, &[prefix]));
+    let _b = lab.bird("vm13", &reference::vm_bird_config(13, 64613, &[prefix]));
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml");
+    let t = lab.tapir("hv1", Path::new(TAPIR), &example);
+    // hv1's kernel route for the prefix: the tap it goes out of.
+    let kernel_tap = |lab: &Lab| {
+        let o = lab.ip("hv1", &["route", "show", prefix, "proto", "bgp"]);
+        let s = String::from_utf8_lossy(&o.stdout).to_string();
+        s.split_whitespace()
+            .skip_while(|w| *w != "dev")
+            .nth(1)
+            .map(str::to_string)
+    };
+    let gshut = |tor: &Tor| {
+        tor.route(prefix)
+            .map(|r| r.communities.contains(&"65535:0".to_string()))
+    };
+    let both = wait_for(Duration::from_secs(30), || {
+        (t.show(&["rib"]).contains("vm13") || t.show(&["rib"]).contains("tap13")).then_some(())?;
+        (gshut(&tor) == Some(false) && kernel_tap(&lab).is_some()).then_some(())
+    });
+    assert!(both.is_some(), "{}\n{}", t.show(&["rib"]), lab.all_logs());
+    // Both paths are equal but for the router id: vm12's is best.
+    assert_eq!(
+        kernel_tap(&lab).as_deref(),
+        Some("tap12"),
+        "{}",
+        t.show(&["rib"])
+    );
+    let (ok, _, err) = t.cli(&["drain", "tap12"]);
+    assert!(ok, "{err}");
+    let moved = wait_for(Duration::from_secs(15), || {
+        (kernel_tap(&lab).as_deref() == Some("tap13")).then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "kernel: {:?}\n{}",
+        kernel_tap(&lab),
+        t.show(&["rib"])
+    );
+    // Upstream: vm13's path, never the drained one's community.
+    assert_eq!(gshut(&tor), Some(false), "{:?}", tor.route(prefix));
+    let (ok, _, err) = t.cli(&["drain", "tap12", "--withdraw"]);
+    assert!(ok, "{err}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(gshut(&tor), Some(false), "{:?}", tor.route(prefix));
+    assert_eq!(kernel_tap(&lab).as_deref(), Some("tap13"));
+    // Undrained: vm12's path is best again.
+    let (ok, _, err) = t.cli(&["undrain", "tap12"]);
+    assert!(ok, "{err}");
+    let back = wait_for(Duration::from_secs(15), || {
+        (kernel_tap(&lab).as_deref() == Some("tap12")).then_some(())
+    });
+    assert!(back.is_some(), "kernel: {:?}", kernel_tap(&lab));
+    assert_eq!(gshut(&tor), Some(false));
+}
