@@ -65,10 +65,14 @@ fn vm(id: u64, name: &str, address: IpAddr, index: u32) -> Arc<PeerInfo> {
 }
 
 fn policy(max_prefixes: usize, teardown: bool, b_owns_more: bool, entry: bool) -> VmPolicy {
-    let mut owned_elsewhere = vec![("10.3.0.77/32".parse().unwrap(), "vm-b".to_string())];
+    let mut owners = vec![("10.3.0.77/32".parse().unwrap(), "vm-b".to_string())];
     if b_owns_more {
         // A registration moved part of vm-a's space to vm-b.
-        owned_elsewhere.push(("10.3.0.128/25{25,32}".parse().unwrap(), "vm-b".to_string()));
+        owners.push(("10.3.0.128/25{25,32}".parse().unwrap(), "vm-b".to_string()));
+    }
+    if entry {
+        // The inventory's list holds vm-a's own prefixes too.
+        owners.push(("10.3.0.0/24{24,32}".parse().unwrap(), "vm-a".to_string()));
     }
     let set = |v: &[&str]| tapir::prefix_set::PrefixSet {
         patterns: v.iter().map(|p| p.parse().unwrap()).collect(),
@@ -90,7 +94,7 @@ fn policy(max_prefixes: usize, teardown: bool, b_owns_more: bool, entry: bool) -
                 set(&["10.3.0.0/24{32,32}", "2001:db8:3::/48{128,128}"]),
             )
         }),
-        owned_elsewhere,
+        owners: owners.into(),
         own_addresses: vec![
             IpAddr::V4(Ipv4Addr::new(10, 192, 24, 4)),
             IpAddr::V6("2001:db8::4".parse::<Ipv6Addr>().unwrap()),
@@ -129,7 +133,7 @@ fn allowed(p: &Prefix, nh: &NextHop, pol: &VmPolicy) -> bool {
         (32, 128)
     };
     let space = inside("10.3.0.0/24", v4_min, 32) || inside("2001:db8:3::/48", v6_min, 128);
-    let b_owns_more = pol.owned_elsewhere.len() > 1;
+    let b_owns_more = pol.owners.iter().filter(|o| o.1 == "vm-b").count() > 1;
     let vm_b = p.to_string() == "10.3.0.77/32" || (b_owns_more && inside("10.3.0.128/25", 25, 32));
     let own_v6 = |a: Ipv6Addr| {
         a == "2001:db8::4".parse::<Ipv6Addr>().unwrap()

@@ -453,7 +453,7 @@ mod tests {
             group: "vms".into(),
             entry: Some(("vm".into(), vec!["10.3.0.0/24{24,32}".parse().unwrap()])),
             group_filter: None,
-            owned_elsewhere: Vec::new(),
+            owners: [].into(),
             own_addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 192, 24, 4))],
             max_prefixes,
             max_prefixes_action: action,

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use bgp::{NextHop, Prefix};
 
 use crate::config::{ImportRules, MaxPrefixAction};
+use crate::inventory::Owners;
 use crate::prefix_set::{PrefixPattern, PrefixSet};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -20,8 +21,9 @@ pub struct VmPolicy {
     pub entry: Option<(String, Vec<PrefixPattern>)>,
     /// The group filter for VMs without an entry (name, set).
     pub group_filter: Option<(String, PrefixSet)>,
-    /// Prefixes owned by other VMs' entries, with the owner's name.
-    pub owned_elsewhere: Vec<(PrefixPattern, String)>,
+    /// Prefixes owned by inventory entries, with the owner's name (this
+    /// VM's own among them): shared by every session's snapshot.
+    pub owners: Owners,
     /// The VM's own addresses: a next hop must be one of them.
     pub own_addresses: Vec<IpAddr>,
     pub max_prefixes: usize,
@@ -38,6 +40,15 @@ pub struct Rejection {
 }
 
 impl VmPolicy {
+    /// The other VM whose entry owns `prefix`, if one does.
+    fn owned_elsewhere(&self, prefix: &Prefix) -> Option<&str> {
+        let me = self.entry.as_ref().map(|e| e.0.as_str());
+        self.owners
+            .iter()
+            .find(|(p, owner)| Some(owner.as_str()) != me && p.matches(prefix))
+            .map(|(_, owner)| owner.as_str())
+    }
+
     /// Judges one announced route, before the max-prefix count.
     pub fn judge(&self, prefix: &Prefix, next_hop: &NextHop) -> Result<(), Rejection> {
         let own = |a: &IpAddr| self.own_addresses.contains(a);
@@ -69,9 +80,7 @@ impl VmPolicy {
                 }
             }
             None => {
-                if let Some((_, owner)) =
-                    self.owned_elsewhere.iter().find(|(p, _)| p.matches(prefix))
-                {
+                if let Some(owner) = self.owned_elsewhere(prefix) {
                     return Err(Rejection {
                         kind: "owned-by-other-vm",
                         reason: format!("{prefix} belongs to VM {owner}"),
@@ -102,7 +111,7 @@ impl VmPolicy {
         }
         // An inventory entry's prefixes are its own even if another entry
         // overlaps (the inventory refuses overlaps, this is a second guard).
-        if let Some((_, owner)) = self.owned_elsewhere.iter().find(|(p, _)| p.matches(prefix)) {
+        if let Some(owner) = self.owned_elsewhere(prefix) {
             return Err(Rejection {
                 kind: "owned-by-other-vm",
                 reason: format!("{prefix} belongs to VM {owner}"),
@@ -138,11 +147,7 @@ mod tests {
                     ],
                 },
             )),
-            owned_elsewhere: if entry {
-                vec![]
-            } else {
-                vec![("10.3.0.1/32".parse().unwrap(), "recdns1001".into())]
-            },
+            owners: [("10.3.0.1/32".parse().unwrap(), "recdns1001".into())].into(),
             own_addresses: vec![
                 "10.192.24.13".parse().unwrap(),
                 "2001:db8:140::13".parse().unwrap(),

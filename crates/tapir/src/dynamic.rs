@@ -99,7 +99,12 @@ pub struct Hypervisor {
     links: HashMap<u32, Link>,
     /// Host routes: address -> (interface index, route protocol).
     routes: HashMap<IpAddr, (u32, u8)>,
+    /// The same, by interface.
+    routed: HashMap<u32, BTreeSet<IpAddr>>,
     neighbours: HashMap<u32, BTreeSet<Ipv6Addr>>,
+    /// Taps whose sessions are to be brought in line with what is known:
+    /// a kernel event costs what is on its tap, not on all of them.
+    dirty: BTreeSet<u32>,
     sessions: BTreeMap<(u32, IpAddr), DynPeer>,
     /// Per tap: connection tokens left and when they were counted.
     conn_tokens: HashMap<u32, (f64, std::time::Instant)>,
@@ -135,25 +140,38 @@ pub fn spawn(
             }
         }
     });
-    let hv = Hypervisor {
-        groups,
-        inventory,
-        local,
-        links: HashMap::new(),
-        routes: HashMap::new(),
-        neighbours: HashMap::new(),
-        sessions: BTreeMap::new(),
-        conn_tokens: HashMap::new(),
-        reported: BTreeSet::new(),
-        registration_grace,
-        probe,
-        kernel,
-    };
+    let hv = Hypervisor::new(groups, inventory, local, kernel, registration_grace, probe);
     tokio::spawn(hv.run(rx));
     tx
 }
 
 impl Hypervisor {
+    fn new(
+        groups: Vec<Group>,
+        inventory: Inventory,
+        local: Arc<Local>,
+        kernel: bool,
+        registration_grace: std::time::Duration,
+        probe: mpsc::UnboundedSender<(u32, String)>,
+    ) -> Hypervisor {
+        Hypervisor {
+            groups,
+            inventory,
+            local,
+            links: HashMap::new(),
+            routes: HashMap::new(),
+            routed: HashMap::new(),
+            neighbours: HashMap::new(),
+            dirty: BTreeSet::new(),
+            sessions: BTreeMap::new(),
+            conn_tokens: HashMap::new(),
+            reported: BTreeSet::new(),
+            registration_grace,
+            probe,
+            kernel,
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<HvMsg>) {
         let mut health = tokio::time::interval(std::time::Duration::from_secs(2));
         loop {
@@ -168,14 +186,14 @@ impl Hypervisor {
                         .filter(|(_, d)| d.handle.tx.is_closed())
                         .map(|(k, _)| *k)
                         .collect();
-                    if !failed.is_empty() {
-                        for k in &failed {
-                            tracing::warn!(address = %k.1, "a VM session task had failed: starting it again");
-                            self.sessions.remove(k);
-                        }
+                    for k in &failed {
+                        tracing::warn!(address = %k.1, "a VM session task had failed: starting it again");
+                        self.sessions.remove(k);
+                        self.dirty.insert(k.0);
                     }
-                    let expired = self.expire_registrations();
-                    if !failed.is_empty() || expired {
+                    if self.expire_registrations() {
+                        self.reconcile_all().await;
+                    } else {
                         self.reconcile().await;
                     }
                     continue;
@@ -185,10 +203,10 @@ impl Hypervisor {
             match msg {
                 HvMsg::Kernel(e) => {
                     // Neighbour entries change state all the time on a
-                    // thousand taps: only a real change costs a reconcile.
-                    if self.kernel(e) {
-                        self.reconcile().await;
-                    }
+                    // thousand taps: only a real change costs a reconcile,
+                    // of the taps it touched.
+                    self.kernel(e);
+                    self.reconcile().await;
                 }
                 HvMsg::Incoming(stream, from) => self.incoming(stream, from).await,
                 HvMsg::ShowVms(tx) => {
@@ -203,7 +221,7 @@ impl Hypervisor {
                         info!(vm = %reg.name, "VM registered");
                     }
                     let _ = tx.send(r);
-                    self.reconcile().await;
+                    self.reconcile_all().await;
                 }
                 HvMsg::VmRemove(name, tx) => {
                     let r = self.inventory.unregister(&name).map(|_| ());
@@ -211,7 +229,7 @@ impl Hypervisor {
                         info!(vm = %name, "VM unregistered");
                     }
                     let _ = tx.send(r);
-                    self.reconcile().await;
+                    self.reconcile_all().await;
                 }
                 HvMsg::Reload {
                     groups,
@@ -225,7 +243,7 @@ impl Hypervisor {
                         self.registration_grace = registration_grace;
                         // Sessions whose group changed restart; the others
                         // get a new policy snapshot.
-                        self.reconcile().await;
+                        self.reconcile_all().await;
                     }
                     let _ = done.send(r);
                 }
@@ -247,8 +265,9 @@ impl Hypervisor {
         }
     }
 
-    /// Takes a kernel event in; true if it changed what tapir holds.
-    fn kernel(&mut self, e: KernelEvent) -> bool {
+    /// Takes a kernel event in; marks the taps whose sessions it may
+    /// change (none if it changed nothing tapir holds).
+    fn kernel(&mut self, e: KernelEvent) {
         match e {
             KernelEvent::Link { index, name, up } => {
                 let was_up = self.links.get(&index).is_some_and(|l| l.up);
@@ -260,7 +279,9 @@ impl Hypervisor {
                     info!(interface = %name, up, "interface state");
                 }
                 let new = Link { name, up };
-                self.links.insert(index, new.clone()) != Some(new)
+                if self.links.insert(index, new.clone()) != Some(new) {
+                    self.dirty.insert(index);
+                }
             }
             KernelEvent::Snapshot(s) => {
                 // Neighbours are left alone: the probe finds some that the
@@ -284,33 +305,45 @@ impl Hypervisor {
                     for e in missed {
                         self.kernel(e);
                     }
-                    return true;
                 }
-                false
             }
             KernelEvent::LinkGone { index } => {
                 self.links.remove(&index);
                 self.neighbours.remove(&index);
-                self.routes.retain(|_, (i, _)| *i != index);
-                true
+                for a in self.routed.remove(&index).unwrap_or_default() {
+                    self.routes.remove(&a);
+                }
+                self.dirty.insert(index);
             }
             KernelEvent::HostRoute {
                 add: true,
                 addr,
                 index,
                 protocol,
-            } => self.routes.insert(addr, (index, protocol)) != Some((index, protocol)),
+            } => {
+                let old = self.routes.insert(addr, (index, protocol));
+                if old == Some((index, protocol)) {
+                    return;
+                }
+                // An address that moved leaves its old tap too.
+                if let Some((was, _)) = old.filter(|o| o.0 != index) {
+                    self.unroute(was, &addr);
+                    self.dirty.insert(was);
+                }
+                self.routed.entry(index).or_default().insert(addr);
+                self.dirty.insert(index);
+            }
             KernelEvent::HostRoute {
                 add: false,
                 addr,
                 index,
                 ..
             } => {
-                let ours = self.routes.get(&addr).is_some_and(|(i, _)| *i == index);
-                if ours {
+                if self.routes.get(&addr).is_some_and(|(i, _)| *i == index) {
                     self.routes.remove(&addr);
+                    self.unroute(index, &addr);
+                    self.dirty.insert(index);
                 }
-                ours
             }
             KernelEvent::Neighbour {
                 add: true,
@@ -329,7 +362,7 @@ impl Hypervisor {
                     });
                 let known = self.neighbours.entry(index).or_default();
                 if known.contains(&addr) {
-                    return false;
+                    return;
                 }
                 if known.len() >= cap {
                     let scope = self
@@ -341,20 +374,35 @@ impl Hypervisor {
                         scope,
                         "link-local neighbours ignored: as many as max-sessions-per-interface on this interface already",
                     );
-                    return false;
+                    return;
                 }
-                known.insert(addr)
+                known.insert(addr);
+                self.dirty.insert(index);
             }
             // The guest role's business.
-            KernelEvent::DefaultRoute { .. } => false,
+            KernelEvent::DefaultRoute { .. } => {}
             KernelEvent::Neighbour {
                 add: false,
                 addr,
                 index,
-            } => self
-                .neighbours
-                .get_mut(&index)
-                .is_some_and(|s| s.remove(&addr)),
+            } => {
+                if self
+                    .neighbours
+                    .get_mut(&index)
+                    .is_some_and(|s| s.remove(&addr))
+                {
+                    self.dirty.insert(index);
+                }
+            }
+        }
+    }
+
+    fn unroute(&mut self, index: u32, addr: &IpAddr) {
+        if let Some(set) = self.routed.get_mut(&index) {
+            set.remove(addr);
+            if set.is_empty() {
+                self.routed.remove(&index);
+            }
         }
     }
 
@@ -369,81 +417,57 @@ impl Hypervisor {
             .position(|g| g.matches_interface(ifname) && g.matches_address(addr))
     }
 
-    /// Sessions that should exist: `true` if tapir opens them itself,
-    /// `false` if it only accepts them.
-    /// Linear in links, routes, neighbours and inventory entries: it runs
-    /// at every kernel event, and a hypervisor has a thousand VMs.
-    fn wanted(&self) -> BTreeMap<(u32, IpAddr), (usize, bool)> {
+    /// Sessions that should exist on tap `index`: `true` if tapir opens
+    /// them itself, `false` if it only accepts them. Costs what is on the
+    /// tap: its routes, its neighbours and the entries that name it.
+    fn wanted_on(&self, index: u32) -> BTreeMap<IpAddr, (usize, bool)> {
         let mut want = BTreeMap::new();
-        let up = |index: u32| self.links.get(&index).filter(|l| l.up);
-        for (addr, &(index, proto)) in &self.routes {
-            let Some(link) = up(index) else { continue };
-            if let Some(g) = self.group_for(&link.name, addr) {
-                let active = self.groups[g].route_protocols.contains(&proto);
-                want.insert((index, *addr), (g, active));
-            }
-        }
-        for (&index, addrs) in &self.neighbours {
-            let Some(link) = up(index) else { continue };
-            for addr in addrs {
-                let a = IpAddr::V6(*addr);
-                if let Some(g) = self.group_for(&link.name, &a) {
-                    want.insert((index, a), (g, true));
-                }
-            }
-        }
-        let by_name: HashMap<&str, u32> = self
-            .links
-            .iter()
-            .filter(|(_, l)| l.up)
-            .map(|(i, l)| (l.name.as_str(), *i))
-            .collect();
-        for e in self.inventory.entries() {
-            let Some(&index) = e.interface.as_deref().and_then(|n| by_name.get(n)) else {
+        let Some(link) = self.links.get(&index).filter(|l| l.up) else {
+            return want;
+        };
+        for addr in self.routed.get(&index).into_iter().flatten() {
+            let Some(&(_, proto)) = self.routes.get(addr) else {
                 continue;
             };
-            let name = &self.links[&index].name;
+            if let Some(g) = self.group_for(&link.name, addr) {
+                let active = self.groups[g].route_protocols.contains(&proto);
+                want.insert(*addr, (g, active));
+            }
+        }
+        for addr in self.neighbours.get(&index).into_iter().flatten() {
+            let a = IpAddr::V6(*addr);
+            if let Some(g) = self.group_for(&link.name, &a) {
+                want.insert(a, (g, true));
+            }
+        }
+        for e in self.inventory.on_interface(&link.name) {
             for a in &e.addresses {
-                if let Some(g) = self.group_for(name, a) {
-                    want.insert((index, *a), (g, true));
+                if let Some(g) = self.group_for(&link.name, a) {
+                    want.insert(*a, (g, true));
                 }
             }
         }
         want
     }
 
-    /// Each interface's routed addresses, for `policy_with`.
-    fn addresses_by_interface(&self) -> HashMap<u32, Vec<IpAddr>> {
-        let mut m: HashMap<u32, Vec<IpAddr>> = HashMap::new();
-        for (a, (i, _)) in &self.routes {
-            m.entry(*i).or_default().push(*a);
-        }
-        m
+    /// Every address on tap `index` that may be a VM's: routed to it, or a
+    /// link-local neighbour there.
+    fn addresses_on(&self, index: u32) -> impl Iterator<Item = IpAddr> + '_ {
+        let routed = self.routed.get(&index).into_iter().flatten().copied();
+        let neighbours = self
+            .neighbours
+            .get(&index)
+            .into_iter()
+            .flatten()
+            .map(|a| IpAddr::V6(*a));
+        routed.chain(neighbours)
     }
 
     fn policy(&self, index: u32, addr: &IpAddr, g: usize) -> VmPolicy {
-        let routed: Vec<IpAddr> = self
-            .routes
-            .iter()
-            .filter(|(_, (i, _))| *i == index)
-            .map(|(a, _)| *a)
-            .collect();
-        self.policy_with(index, addr, g, &routed)
-    }
-
-    /// `policy`, with the interface's routed addresses already at hand.
-    fn policy_with(&self, index: u32, addr: &IpAddr, g: usize, routed: &[IpAddr]) -> VmPolicy {
         let group = &self.groups[g];
         let entry = self.entry_for(index, addr);
         let mut own: Vec<IpAddr> = vec![*addr];
-        own.extend(routed.iter().copied());
-        own.extend(
-            self.neighbours
-                .get(&index)
-                .into_iter()
-                .flatten()
-                .map(|a| IpAddr::V6(*a)),
-        );
+        own.extend(self.addresses_on(index));
         if let Some(e) = entry {
             own.extend(e.addresses.iter().copied());
         }
@@ -453,13 +477,7 @@ impl Hypervisor {
             group: group.name.clone(),
             entry: entry.map(|e| (e.name.clone(), e.prefixes.clone())),
             group_filter: group.import.clone(),
-            owned_elsewhere: self
-                .inventory
-                .entries()
-                .iter()
-                .filter(|o| entry.is_none_or(|e| e.name != o.name))
-                .flat_map(|o| o.prefixes.iter().map(|p| (*p, o.name.clone())))
-                .collect(),
+            owners: self.inventory.owners().clone(),
             own_addresses: own,
             max_prefixes: group.max_prefixes,
             max_prefixes_action: group.max_prefixes_action,
@@ -479,30 +497,35 @@ impl Hypervisor {
             .map(|l| l.name.as_str())
             .unwrap_or("");
         self.inventory.find(ifname, addr).or_else(|| {
-            self.inventory.entries().iter().find(|e| {
-                e.interface.as_deref().is_none_or(|i| i == ifname) && self.vm_is_on(e, index)
-            })
-        })
-    }
-
-    /// Whether one of the entry's addresses is routed to tap `index`, or
-    /// is a link-local neighbour there.
-    fn vm_is_on(&self, e: &crate::inventory::VmEntry, index: u32) -> bool {
-        e.addresses.iter().any(|a| match a {
-            IpAddr::V6(v6) if is_link_local(*v6) => {
-                self.neighbours.get(&index).is_some_and(|n| n.contains(v6))
-            }
-            _ => self.routes.get(a).is_some_and(|(i, _)| *i == index),
+            self.addresses_on(index)
+                .find_map(|a| self.inventory.find(ifname, &a))
         })
     }
 
     /// Drops the registrations whose VM has been missing (no address of
     /// it routed to a tap, or not to the tap it names) for longer than the
-    /// grace period; true if one went.
+    /// grace period; true if one went. Linear in taps and entries: it runs
+    /// every two seconds.
     fn expire_registrations(&mut self) -> bool {
+        let by_name: HashMap<&str, u32> = self
+            .links
+            .iter()
+            .map(|(i, l)| (l.name.as_str(), *i))
+            .collect();
         let here = |e: &crate::inventory::VmEntry| {
-            self.links.iter().any(|(index, l)| {
-                e.interface.as_deref().is_none_or(|i| i == l.name) && self.vm_is_on(e, *index)
+            let named = e.interface.as_deref().map(|n| by_name.get(n).copied());
+            e.addresses.iter().any(|a| {
+                let index = match a {
+                    // A link-local entry names its tap (the inventory
+                    // insists on it).
+                    IpAddr::V6(v6) if is_link_local(*v6) => named
+                        .flatten()
+                        .filter(|i| self.neighbours.get(i).is_some_and(|n| n.contains(v6))),
+                    _ => self.routes.get(a).map(|r| r.0),
+                };
+                index.is_some_and(|i| {
+                    self.links.contains_key(&i) && named.is_none_or(|n| n == Some(i))
+                })
             })
         };
         let present: Vec<String> = self
@@ -590,7 +613,7 @@ impl Hypervisor {
             .links
             .get(&index)
             .map_or_else(|| index.to_string(), |l| l.name.clone());
-        if self.sessions.keys().filter(|(i, _)| *i == index).count() >= per_if {
+        if self.sessions_on(index).count() >= per_if {
             self.limit_hit(
                 crate::limits::Limit::SessionsPerInterface,
                 ifname,
@@ -639,14 +662,35 @@ impl Hypervisor {
         }
     }
 
-    /// Brings the sessions in line with what is known.
+    /// The sessions on tap `index`.
+    fn sessions_on(&self, index: u32) -> impl Iterator<Item = (u32, IpAddr)> + '_ {
+        let tap = (index, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+            ..=(index, IpAddr::V6(Ipv6Addr::from(u128::MAX)));
+        self.sessions.range(tap).map(|(k, _)| *k)
+    }
+
+    /// Brings the sessions of every tap in line with what is known (the
+    /// inventory or the groups changed).
+    async fn reconcile_all(&mut self) {
+        let taps = self.links.keys().copied();
+        let with_sessions = self.sessions.keys().map(|k| k.0);
+        self.dirty = taps.chain(with_sessions).collect();
+        self.reconcile().await;
+    }
+
+    /// Brings the sessions of the taps marked dirty in line with what is
+    /// known.
     async fn reconcile(&mut self) {
-        let want = self.wanted();
+        for index in std::mem::take(&mut self.dirty) {
+            self.reconcile_tap(index).await;
+        }
+    }
+
+    async fn reconcile_tap(&mut self, index: u32) {
+        let want = self.wanted_on(index);
         let gone: Vec<(u32, IpAddr)> = self
-            .sessions
-            .keys()
-            .filter(|k| !want.contains_key(k))
-            .copied()
+            .sessions_on(index)
+            .filter(|k| !want.contains_key(&k.1))
             .collect();
         for k in gone {
             if let Some(d) = self.sessions.remove(&k) {
@@ -659,15 +703,13 @@ impl Hypervisor {
                 stop(&d.handle, why).await;
             }
         }
-        let by_interface = self.addresses_by_interface();
-        for (&(index, addr), &(g, active)) in &want {
+        for (&addr, &(g, active)) in &want {
             match self.sessions.get(&(index, addr)) {
                 None if active => {
                     self.spawn_session(index, addr, g);
                 }
                 Some(d) if d.group == g => {
-                    let routed = by_interface.get(&index).map_or(&[][..], |v| &v[..]);
-                    let p = Arc::new(self.policy_with(index, &addr, g, routed));
+                    let p = Arc::new(self.policy(index, &addr, g));
                     if *p != *d.policy {
                         let _ = d.handle.tx.send(PeerMsg::Policy(p.clone())).await;
                         if let Some(d) = self.sessions.get_mut(&(index, addr)) {
@@ -817,5 +859,149 @@ pub(crate) async fn stop(h: &PeerHandle, why: &str) {
         .is_ok()
     {
         let _ = rx.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::KernelEvent::{HostRoute, Link, LinkGone, Neighbour};
+
+    const STATIC: u8 = 4;
+
+    /// The hypervisor task's state with the example config, no task
+    /// running: sessions are never started here (they would connect).
+    fn hypervisor() -> Hypervisor {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = crate::config::Config::parse(&text, &path).unwrap();
+        let local = Arc::new(Local {
+            router_id: config.router_id,
+            local_as: config.local_as,
+            rib: mpsc::unbounded_channel().0,
+            rib_backlog: Default::default(),
+            bfd: None,
+            restarting: Default::default(),
+            gr_helper_max: Default::default(),
+        });
+        Hypervisor::new(
+            config.groups.clone(),
+            Inventory::new(config.vms.clone(), None),
+            local,
+            true,
+            std::time::Duration::from_secs(600),
+            mpsc::unbounded_channel().0,
+        )
+    }
+
+    fn vm_addr(n: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::new(10, 192, 24, n as u8))
+    }
+
+    /// `n` taps, each with its VM's /32.
+    fn with_taps(n: u32) -> Hypervisor {
+        let mut hv = hypervisor();
+        for i in 1..=n {
+            hv.kernel(Link {
+                index: i,
+                name: format!("tap{i}"),
+                up: true,
+            });
+            hv.kernel(HostRoute {
+                add: true,
+                addr: vm_addr(i),
+                index: i,
+                protocol: STATIC,
+            });
+        }
+        hv.dirty.clear();
+        hv
+    }
+
+    /// A kernel event costs its own tap: only that tap is reconciled (an
+    /// address that moves: both), and a repeated event costs nothing.
+    #[test]
+    fn a_kernel_event_marks_only_its_taps() {
+        let mut hv = with_taps(200);
+        let ll: Ipv6Addr = "fe80::5054:ff:fe00:7".parse().unwrap();
+        let dirty = |hv: &mut Hypervisor| std::mem::take(&mut hv.dirty);
+        hv.kernel(Neighbour {
+            add: true,
+            addr: ll,
+            index: 7,
+        });
+        assert_eq!(dirty(&mut hv), [7].into());
+        hv.kernel(Neighbour {
+            add: true,
+            addr: ll,
+            index: 7,
+        });
+        assert_eq!(dirty(&mut hv), [].into(), "nothing new");
+        hv.kernel(HostRoute {
+            add: true,
+            addr: vm_addr(3),
+            index: 4,
+            protocol: STATIC,
+        });
+        assert_eq!(dirty(&mut hv), [3, 4].into());
+        assert!(hv.wanted_on(3).is_empty());
+        assert_eq!(
+            hv.wanted_on(4).keys().copied().collect::<Vec<_>>(),
+            [vm_addr(3), vm_addr(4)]
+        );
+        hv.kernel(HostRoute {
+            add: false,
+            addr: vm_addr(3),
+            index: 3,
+            protocol: STATIC,
+        });
+        assert_eq!(dirty(&mut hv), [].into(), "not routed to tap3 any more");
+        hv.kernel(LinkGone { index: 4 });
+        assert_eq!(dirty(&mut hv), [4].into());
+        assert!(!hv.routes.contains_key(&vm_addr(4)) && !hv.routed.contains_key(&4));
+        hv.kernel(Link {
+            index: 9,
+            name: "tap9".into(),
+            up: false,
+        });
+        assert_eq!(dirty(&mut hv), [9].into());
+        assert!(hv.wanted_on(9).is_empty(), "down: no session");
+        // What one tap wants is what is on it: its /32, its neighbour.
+        assert_eq!(
+            hv.wanted_on(7).keys().copied().collect::<Vec<_>>(),
+            [vm_addr(7), IpAddr::V6(ll)]
+        );
+    }
+
+    /// A tap's VM is found by its addresses, never by the tap's name: the
+    /// entry's VM on tap11 is recdns1001 only while its address is routed
+    /// there; its address on another tap finds it there.
+    #[test]
+    fn a_tap_holds_the_vm_its_addresses_say() {
+        let mut hv = with_taps(12);
+        let name = |hv: &Hypervisor, tap: u32, addr: IpAddr| {
+            hv.entry_for(tap, &addr).map(|e| e.name.clone())
+        };
+        let ll = IpAddr::V6("fe80::11".parse().unwrap());
+        assert_eq!(name(&hv, 11, vm_addr(11)).as_deref(), Some("recdns1001"));
+        assert_eq!(name(&hv, 11, ll).as_deref(), Some("recdns1001"), "same tap");
+        assert_eq!(name(&hv, 12, vm_addr(12)), None);
+        // recdns1001's address now routed to tap12: tap11's VM is nobody.
+        hv.kernel(HostRoute {
+            add: true,
+            addr: vm_addr(11),
+            index: 12,
+            protocol: STATIC,
+        });
+        assert_eq!(name(&hv, 11, ll), None);
+        assert_eq!(name(&hv, 12, vm_addr(12)).as_deref(), Some("recdns1001"));
+        let p = hv.policy(12, &vm_addr(12), 0);
+        assert_eq!(p.entry.map(|e| e.0).as_deref(), Some("recdns1001"));
+        assert!(p.own_addresses.contains(&vm_addr(11)));
+        assert!(
+            Arc::ptr_eq(&p.owners, hv.inventory.owners()),
+            "one shared list"
+        );
     }
 }

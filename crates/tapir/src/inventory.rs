@@ -6,8 +6,10 @@
 //! survive a restart. A prefix that an entry owns may be announced by that
 //! VM only; a VM with an entry may announce only its own prefixes.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -113,42 +115,105 @@ pub fn link_local_without_interface(
 pub struct Inventory {
     entries: Vec<VmEntry>,
     state_file: Option<PathBuf>,
+    index: Index,
 }
+
+/// Look-ups that a kernel event on one tap needs, so that its cost does
+/// not grow with the number of VMs: rebuilt whenever the entries change.
+#[derive(Clone, Debug, Default)]
+struct Index {
+    by_address: HashMap<IpAddr, usize>,
+    by_interface: HashMap<String, Vec<usize>>,
+    owners: Owners,
+}
+
+/// Every prefix an entry owns, with the owner's name: one copy shared by
+/// every VM session's policy snapshot.
+pub type Owners = Arc<[(PrefixPattern, String)]>;
 
 impl Inventory {
     pub fn new(config_entries: Vec<VmEntry>, state_dir: Option<&Path>) -> Inventory {
-        Inventory {
+        let mut i = Inventory {
             entries: config_entries,
             state_file: state_dir.map(|d| d.join("vms.json")),
+            index: Index::default(),
+        };
+        i.reindex();
+        i
+    }
+
+    fn reindex(&mut self) {
+        let mut index = Index::default();
+        for (i, e) in self.entries.iter().enumerate() {
+            for a in &e.addresses {
+                index.by_address.insert(*a, i);
+            }
+            if let Some(name) = &e.interface {
+                index.by_interface.entry(name.clone()).or_default().push(i);
+            }
         }
+        index.owners = self
+            .entries
+            .iter()
+            .flat_map(|e| e.prefixes.iter().map(|p| (*p, e.name.clone())))
+            .collect();
+        self.index = index;
     }
 
     pub fn entries(&self) -> &[VmEntry] {
         &self.entries
     }
 
+    /// The prefixes the entries own, and their owners.
+    pub fn owners(&self) -> &Owners {
+        &self.index.owners
+    }
+
+    /// The entry listing `addr`, whatever its interface.
+    pub fn by_address(&self, addr: &IpAddr) -> Option<&VmEntry> {
+        self.index.by_address.get(addr).map(|&i| &self.entries[i])
+    }
+
+    /// The entries that name `interface`.
+    pub fn on_interface<'a>(&'a self, interface: &str) -> impl Iterator<Item = &'a VmEntry> + 'a {
+        self.index
+            .by_interface
+            .get(interface)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.entries[i])
+    }
+
     /// Loads the registrations kept by an earlier run. A broken state file
     /// is reported and left as it is, never overwritten silently.
     pub fn load_registrations(&mut self) -> Result<usize, String> {
-        let Some(f) = &self.state_file else {
+        let Some(f) = self.state_file.clone() else {
             return Ok(0);
         };
-        let text = match std::fs::read_to_string(f) {
+        let text = match std::fs::read_to_string(&f) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(format!("{}: {e}", f.display())),
         };
         let regs: Vec<Registration> =
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
-        let mut n = 0;
-        for r in regs {
-            let e = r.to_entry().map_err(|e| format!("{}: {e}", f.display()))?;
-            self.check_new(&e)
-                .map_err(|e| format!("{}: {e}", f.display()))?;
-            self.entries.push(e);
-            n += 1;
+        // All or nothing: a broken entry leaves the inventory as it was.
+        let before = self.entries.len();
+        for r in &regs {
+            let e = r
+                .to_entry()
+                .and_then(|e| self.check_new(&e).map(|_| e))
+                .map_err(|e| format!("{}: {e}", f.display()));
+            match e {
+                Ok(e) => self.entries.push(e),
+                Err(e) => {
+                    self.entries.truncate(before);
+                    return Err(e);
+                }
+            }
         }
-        Ok(n)
+        self.reindex();
+        Ok(regs.len())
     }
 
     fn save(&self) -> Result<(), String> {
@@ -201,6 +266,7 @@ impl Inventory {
         let mut next = Inventory {
             entries,
             state_file: self.state_file.clone(),
+            index: Index::default(),
         };
         for e in self
             .entries
@@ -216,6 +282,7 @@ impl Inventory {
             next.entries.push(e.clone());
         }
         *self = next;
+        self.reindex();
         Ok(())
     }
 
@@ -223,6 +290,7 @@ impl Inventory {
     pub fn register_config(&mut self, e: VmEntry) -> Result<(), String> {
         self.check_new(&e)?;
         self.entries.push(e);
+        self.reindex();
         Ok(())
     }
 
@@ -234,6 +302,7 @@ impl Inventory {
             self.entries.pop();
             return Err(err);
         }
+        self.reindex();
         Ok(())
     }
 
@@ -254,6 +323,7 @@ impl Inventory {
             self.entries.insert(i, e);
             return Err(err);
         }
+        self.reindex();
         Ok(e)
     }
 
@@ -289,14 +359,14 @@ impl Inventory {
             self.entries = kept;
             return Vec::new();
         }
+        self.reindex();
         gone
     }
 
     /// The entry for a VM at `addr` on `interface`.
     pub fn find(&self, interface: &str, addr: &IpAddr) -> Option<&VmEntry> {
-        self.entries.iter().find(|e| {
-            e.addresses.contains(addr) && e.interface.as_deref().is_none_or(|i| i == interface)
-        })
+        self.by_address(addr)
+            .filter(|e| e.interface.as_deref().is_none_or(|i| i == interface))
     }
 }
 
