@@ -760,6 +760,7 @@ struct RawVm {
     asn: Option<u32>,
     #[serde(default)]
     prefixes: Vec<Spanned<String>>,
+    mac: Option<Spanned<String>>,
 }
 
 /// An inventory file: `[[vm]]` entries only.
@@ -1986,12 +1987,21 @@ fn parse_vm(v: &Spanned<RawVm>, err: &ErrFn) -> Result<VmEntry, ConfigError> {
                 .map_err(|m| err(p.span(), format!("vm `{name}`: prefixes: {m}")))?,
         );
     }
+    let mac = match &v.mac {
+        Some(m) => Some(
+            m.get_ref()
+                .parse()
+                .map_err(|e| err(m.span(), format!("vm `{name}`: mac: {e}")))?,
+        ),
+        None => None,
+    };
     Ok(VmEntry {
         name,
         interface: v.interface.clone(),
         addresses: v.addresses.clone(),
         asn: v.asn,
         prefixes,
+        mac,
         source: Source::Config,
         missing_since: None,
     })

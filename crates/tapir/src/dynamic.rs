@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use crate::authorisation::{is_link_local, VmPolicy};
 use crate::config::{Group, RemoteAsConfig};
 use crate::control::PeerStatus;
-use crate::inventory::{Inventory, Registration, Source};
+use crate::inventory::{Inventory, Mac, Registration, Source, VmEntry};
 use crate::kernel::KernelEvent;
 use crate::peer::{self, Interface, Local, PeerConfig, PeerHandle, PeerMsg};
 
@@ -102,6 +102,9 @@ pub struct Hypervisor {
     /// The same, by interface.
     routed: HashMap<u32, BTreeSet<IpAddr>>,
     neighbours: HashMap<u32, BTreeSet<Ipv6Addr>>,
+    /// The last MAC the kernel had behind a VM address on a tap (only for
+    /// addresses that are a VM's there: routed, or a neighbour kept).
+    macs: HashMap<(u32, IpAddr), Mac>,
     /// Taps whose sessions are to be brought in line with what is known:
     /// a kernel event costs what is on its tap, not on all of them.
     dirty: BTreeSet<u32>,
@@ -162,6 +165,7 @@ impl Hypervisor {
             routes: HashMap::new(),
             routed: HashMap::new(),
             neighbours: HashMap::new(),
+            macs: HashMap::new(),
             dirty: BTreeSet::new(),
             sessions: BTreeMap::new(),
             conn_tokens: HashMap::new(),
@@ -313,6 +317,7 @@ impl Hypervisor {
                 for a in self.routed.remove(&index).unwrap_or_default() {
                     self.routes.remove(&a);
                 }
+                self.macs.retain(|k, _| k.0 != index);
                 self.dirty.insert(index);
             }
             KernelEvent::HostRoute {
@@ -379,6 +384,22 @@ impl Hypervisor {
                 known.insert(addr);
                 self.dirty.insert(index);
             }
+            KernelEvent::Lladdr { index, addr, mac } => {
+                let on_tap = match addr {
+                    IpAddr::V6(a) if is_link_local(a) => {
+                        self.neighbours.get(&index).is_some_and(|n| n.contains(&a))
+                    }
+                    _ => self.routes.get(&addr).is_some_and(|r| r.0 == index),
+                };
+                // The last MAC seen stays while the address is on the tap:
+                // the kernel forgets idle entries, the VM is still there.
+                let Some(m) = mac.filter(|_| on_tap) else {
+                    return;
+                };
+                if self.macs.insert((index, addr), m) != Some(m) {
+                    self.dirty.insert(index);
+                }
+            }
             // The guest role's business.
             KernelEvent::DefaultRoute { .. } => {}
             KernelEvent::Neighbour {
@@ -391,6 +412,7 @@ impl Hypervisor {
                     .get_mut(&index)
                     .is_some_and(|s| s.remove(&addr))
                 {
+                    self.macs.remove(&(index, IpAddr::V6(addr)));
                     self.dirty.insert(index);
                 }
             }
@@ -398,6 +420,7 @@ impl Hypervisor {
     }
 
     fn unroute(&mut self, index: u32, addr: &IpAddr) {
+        self.macs.remove(&(index, *addr));
         if let Some(set) = self.routed.get_mut(&index) {
             set.remove(addr);
             if set.is_empty() {
@@ -496,10 +519,24 @@ impl Hypervisor {
             .get(&index)
             .map(|l| l.name.as_str())
             .unwrap_or("");
-        self.inventory.find(ifname, addr).or_else(|| {
+        let here = |e: &&VmEntry| self.mac_matches(e, index);
+        self.inventory.find(ifname, addr).filter(here).or_else(|| {
             self.addresses_on(index)
-                .find_map(|a| self.inventory.find(ifname, &a))
+                .find_map(|a| self.inventory.find(ifname, &a).filter(here))
         })
+    }
+
+    /// Whether the entry's MAC, if it gives one, is the one the kernel has
+    /// behind the VM's addresses on tap `index`: every MAC seen there is
+    /// that one, and one was seen. Until the kernel has resolved the VM,
+    /// the entry waits (the session runs under the group's filter).
+    fn mac_matches(&self, e: &VmEntry, index: u32) -> bool {
+        let Some(want) = e.mac else { return true };
+        let mut seen = self
+            .addresses_on(index)
+            .filter_map(|a| self.macs.get(&(index, a)))
+            .peekable();
+        seen.peek().is_some() && seen.all(|m| *m == want)
     }
 
     /// Drops the registrations whose VM has been missing (no address of
@@ -524,7 +561,9 @@ impl Hypervisor {
                     _ => self.routes.get(a).map(|r| r.0),
                 };
                 index.is_some_and(|i| {
-                    self.links.contains_key(&i) && named.is_none_or(|n| n == Some(i))
+                    self.links.contains_key(&i)
+                        && named.is_none_or(|n| n == Some(i))
+                        && self.mac_matches(e, i)
                 })
             })
         };
@@ -1003,5 +1042,51 @@ mod tests {
             Arc::ptr_eq(&p.owners, hv.inventory.owners()),
             "one shared list"
         );
+    }
+
+    /// An entry with a MAC is the VM's only where the kernel has that MAC
+    /// behind the VM's address on the tap; the last MAC seen stays when
+    /// the kernel forgets an idle entry.
+    #[test]
+    fn an_entry_with_a_mac_holds_only_behind_that_mac() {
+        let mut hv = with_taps(13);
+        let mac = |s: &str| s.parse::<Mac>().unwrap();
+        hv.inventory
+            .register(
+                Registration {
+                    name: "old".into(),
+                    interface: Some("tap13".into()),
+                    addresses: vec![vm_addr(13)],
+                    asn: None,
+                    prefixes: vec!["10.3.0.50/32".into()],
+                    mac: Some("52:54:00:00:00:13".into()),
+                }
+                .to_entry()
+                .unwrap(),
+            )
+            .unwrap();
+        let name = |hv: &Hypervisor| hv.entry_for(13, &vm_addr(13)).map(|e| e.name.clone());
+        assert_eq!(name(&hv), None, "no MAC seen yet");
+        let seen = |hv: &mut Hypervisor, m: Option<Mac>| {
+            hv.kernel(KernelEvent::Lladdr {
+                index: 13,
+                addr: vm_addr(13),
+                mac: m,
+            });
+            std::mem::take(&mut hv.dirty)
+        };
+        assert_eq!(seen(&mut hv, Some(mac("52:54:00:00:00:13"))), [13].into());
+        assert_eq!(name(&hv).as_deref(), Some("old"));
+        assert_eq!(seen(&mut hv, None), [].into(), "forgotten by the kernel");
+        assert_eq!(name(&hv).as_deref(), Some("old"));
+        assert_eq!(seen(&mut hv, Some(mac("aa:00:00:00:0f:15"))), [13].into());
+        assert_eq!(name(&hv), None, "another NIC behind the address");
+        // A MAC for an address that is not on the tap is not kept.
+        hv.kernel(KernelEvent::Lladdr {
+            index: 13,
+            addr: vm_addr(99),
+            mac: Some(mac("52:54:00:00:00:99")),
+        });
+        assert!(!hv.macs.contains_key(&(13, vm_addr(99))) && hv.dirty.is_empty());
     }
 }

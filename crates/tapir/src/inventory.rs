@@ -31,6 +31,10 @@ pub struct VmEntry {
     pub addresses: Vec<IpAddr>,
     pub asn: Option<u32>,
     pub prefixes: Vec<PrefixPattern>,
+    /// The MAC address of the VM's NIC, if the entry gives it: the entry
+    /// is the VM's only where the kernel sees that MAC behind the address
+    /// (another VM given a reused address does not inherit it).
+    pub mac: Option<Mac>,
     pub source: Source,
     /// A registration whose VM is nowhere to be seen (its tap gone, or
     /// none of its addresses routed there) since then: it is dropped after
@@ -51,6 +55,40 @@ pub struct Registration {
     pub addresses: Vec<IpAddr>,
     pub asn: Option<u32>,
     pub prefixes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// An Ethernet address, `52:54:00:12:34:56`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mac, String> {
+        let bad = || format!("`{s}` is not a MAC address (like 52:54:00:12:34:56)");
+        let mut m = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for b in &mut m {
+            let p = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Mac(m))
+    }
+}
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
 }
 
 impl Registration {
@@ -84,12 +122,19 @@ impl Registration {
                     .map_err(|e| format!("VM `{}`: prefix {e}", self.name))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mac = self
+            .mac
+            .as_deref()
+            .map(|m| m.parse::<Mac>())
+            .transpose()
+            .map_err(|e| format!("VM `{}`: {e}", self.name))?;
         Ok(VmEntry {
             name: self.name.clone(),
             interface: self.interface.clone(),
             addresses: self.addresses.clone(),
             asn: self.asn,
             prefixes,
+            mac,
             source: Source::Registered,
             missing_since: None,
         })
@@ -230,6 +275,7 @@ impl Inventory {
                 addresses: e.addresses.clone(),
                 asn: e.asn,
                 prefixes: e.prefixes.iter().map(|p| p.to_string()).collect(),
+                mac: e.mac.map(|m| m.to_string()),
             })
             .collect();
         if let Some(d) = f.parent() {
@@ -381,6 +427,7 @@ mod tests {
             addresses: vec![addr.parse().unwrap()],
             asn: None,
             prefixes: vec![prefix.into()],
+            mac: None,
         }
         .to_entry()
         .unwrap()
@@ -449,6 +496,7 @@ mod tests {
             addresses: vec![],
             asn: None,
             prefixes: vec!["10.3.0.3/32".into()],
+            mac: None,
         }
         .to_entry()
         .unwrap_err();
@@ -461,10 +509,53 @@ mod tests {
                 addresses: vec!["fe80::2022:22ff:fe22:2201".parse().unwrap()],
                 asn: None,
                 prefixes: vec!["10.3.0.4/32".into()],
+                mac: None,
             }
             .to_entry()
         };
         assert!(ll(None).unwrap_err().contains("--interface"));
         assert!(ll(Some("tap12")).is_ok());
+    }
+
+    #[test]
+    fn a_mac_is_six_bytes_and_survives_the_state_file() {
+        let m: Mac = "52:54:00:AB:cd:0f".parse().unwrap();
+        assert_eq!(m.to_string(), "52:54:00:ab:cd:0f");
+        assert_eq!("52-54-00-ab-cd-0f".parse::<Mac>(), Ok(m));
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0f:00",
+            "52:54:00:ab:cd:0g",
+            "5:54:00:ab:cd:0f0",
+        ] {
+            assert!(
+                bad.parse::<Mac>().unwrap_err().contains("not a MAC"),
+                "{bad}"
+            );
+        }
+        let mut r = Registration {
+            name: "e".into(),
+            interface: Some("tap13".into()),
+            addresses: vec!["10.192.24.13".parse().unwrap()],
+            asn: None,
+            prefixes: vec![],
+            mac: Some("52:54:00:ab:cd:zz".into()),
+        };
+        assert!(r.to_entry().unwrap_err().contains("VM `e`"));
+        r.mac = Some("52:54:00:ab:cd:0f".into());
+        assert_eq!(r.to_entry().unwrap().mac, Some(m));
+        let dir = std::env::temp_dir().join(format!("tapir-inv-mac-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut inv = Inventory::new(vec![], Some(&dir));
+        inv.register(r.to_entry().unwrap()).unwrap();
+        let mut again = Inventory::new(vec![], Some(&dir));
+        again.load_registrations().unwrap();
+        assert_eq!(again.entries()[0].mac, Some(m));
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A state file from before MACs loads as it is.
+        let old = r#"[{"name":"f","interface":null,"addresses":["10.192.24.14"],"asn":null,"prefixes":[]}]"#;
+        let regs: Vec<Registration> = serde_json::from_str(old).unwrap();
+        assert_eq!(regs[0].mac, None);
     }
 }

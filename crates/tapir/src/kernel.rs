@@ -58,6 +58,13 @@ pub enum KernelEvent {
         addr: Ipv6Addr,
         index: u32,
     },
+    /// The link-layer address the kernel has for a neighbour's address
+    /// on an interface (`None`: none any more, or not usable).
+    Lladdr {
+        index: u32,
+        addr: IpAddr,
+        mac: Option<crate::inventory::Mac>,
+    },
     /// A fresh dump of links and host routes, for a resync: notifications
     /// lost to a socket overrun are found as differences from it. (The
     /// watcher takes no other while one is held: the events' channel is
@@ -373,34 +380,55 @@ fn route_event(m: &RouteMessage, add: bool) -> Option<KernelEvent> {
     })
 }
 
-fn neighbour_event(m: &NeighbourMessage, add: bool) -> Option<KernelEvent> {
-    let addr = m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => Some(*a),
+/// A neighbour entry's events: its link-layer address (any address),
+/// and for an IPv6 link-local one, the neighbour itself.
+fn neighbour_events(m: &NeighbourMessage, add: bool) -> Vec<KernelEvent> {
+    let Some(addr) = m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => Some(IpAddr::V4(*a)),
         _ => None,
-    })?;
-    if addr.segments()[0] & 0xffc0 != 0xfe80 {
-        return None;
+    }) else {
+        return Vec::new();
+    };
+    let usable = add
+        && !matches!(
+            m.header.state,
+            NeighbourState::Failed | NeighbourState::Incomplete | NeighbourState::None
+        );
+    let mac = m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) => <[u8; 6]>::try_from(b.as_slice())
+            .ok()
+            .map(crate::inventory::Mac),
+        _ => None,
+    });
+    let index = m.header.ifindex;
+    let mut out = Vec::with_capacity(2);
+    if let IpAddr::V6(a) = addr {
+        if a.segments()[0] & 0xffc0 == 0xfe80 {
+            out.push(KernelEvent::Neighbour {
+                add: usable,
+                addr: a,
+                index,
+            });
+        }
     }
-    let usable = !matches!(
-        m.header.state,
-        NeighbourState::Failed | NeighbourState::Incomplete | NeighbourState::None
-    );
-    Some(KernelEvent::Neighbour {
-        add: add && usable,
+    out.push(KernelEvent::Lladdr {
+        index,
         addr,
-        index: m.header.ifindex,
-    })
+        mac: mac.filter(|_| usable),
+    });
+    out
 }
 
-fn translate(msg: RouteNetlinkMessage) -> Option<KernelEvent> {
+fn translate(msg: RouteNetlinkMessage) -> Vec<KernelEvent> {
     match msg {
-        RouteNetlinkMessage::NewLink(m) => link_event(&m, false),
-        RouteNetlinkMessage::DelLink(m) => link_event(&m, true),
-        RouteNetlinkMessage::NewRoute(m) => route_event(&m, true),
-        RouteNetlinkMessage::DelRoute(m) => route_event(&m, false),
-        RouteNetlinkMessage::NewNeighbour(m) => neighbour_event(&m, true),
-        RouteNetlinkMessage::DelNeighbour(m) => neighbour_event(&m, false),
-        _ => None,
+        RouteNetlinkMessage::NewLink(m) => link_event(&m, false).into_iter().collect(),
+        RouteNetlinkMessage::DelLink(m) => link_event(&m, true).into_iter().collect(),
+        RouteNetlinkMessage::NewRoute(m) => route_event(&m, true).into_iter().collect(),
+        RouteNetlinkMessage::DelRoute(m) => route_event(&m, false).into_iter().collect(),
+        RouteNetlinkMessage::NewNeighbour(m) => neighbour_events(&m, true),
+        RouteNetlinkMessage::DelNeighbour(m) => neighbour_events(&m, false),
+        _ => Vec::new(),
     }
 }
 
@@ -473,13 +501,9 @@ pub async fn watch(tx: mpsc::UnboundedSender<KernelEvent>) -> std::io::Result<()
                 }
             }
         }
-        let mut neigh = handle
-            .neighbours()
-            .get()
-            .set_address_family(rtnetlink::packet_route::AddressFamily::Inet6)
-            .execute();
+        let mut neigh = handle.neighbours().get().execute();
         while let Ok(Some(m)) = neigh.try_next().await {
-            if let Some(e) = neighbour_event(&m, true) {
+            for e in neighbour_events(&m, true) {
                 let _ = tx2.send(e);
             }
         }
@@ -518,7 +542,7 @@ pub async fn watch(tx: mpsc::UnboundedSender<KernelEvent>) -> std::io::Result<()
         while let Some((m, _)) = messages.next().await {
             match m.payload {
                 NetlinkPayload::InnerMessage(inner) => {
-                    if let Some(e) = translate(inner) {
+                    for e in translate(inner) {
                         if tx.send(e).is_err() {
                             return;
                         }

@@ -119,6 +119,10 @@ enum Vm {
         /// The ASN the VM must use.
         #[arg(long)]
         asn: Option<u32>,
+        /// The MAC address of the VM's NIC: the entry holds only where the
+        /// kernel sees it behind the VM's address.
+        #[arg(long)]
+        mac: Option<String>,
     },
     /// Unregister a VM registered with `vm add`.
     Remove { name: String },
@@ -373,6 +377,7 @@ fn main() -> ExitCode {
                     addresses,
                     prefixes,
                     asn,
+                    mac,
                 } => {
                     let vm = inventory::Registration {
                         name,
@@ -380,6 +385,7 @@ fn main() -> ExitCode {
                         addresses,
                         asn,
                         prefixes,
+                        mac,
                     };
                     // Catch mistakes here, with the daemon's own rules.
                     if let Err(e) = vm.to_entry() {

@@ -550,6 +550,87 @@ fn a_new_vm_on_a_reused_tap_inherits_no_registration() {
     assert!(r.is_some(), "{}", t.show(&["routes"]));
 }
 
+/// The MAC of `host`'s eth0.
+fn mac_of(lab: &Lab, host: &str) -> String {
+    let o = lab.ip(host, &["-br", "link", "show", "eth0"]);
+    let s = String::from_utf8_lossy(&o.stdout).to_string();
+    s.split_whitespace().nth(2).unwrap_or_default().to_string()
+}
+
+/// A registration with the VM's MAC (as the Ganeti ifup hook makes it)
+/// holds while the kernel sees that MAC behind the VM's address. After a
+/// missed ifdown, a new instance given the same tap name and the same
+/// address, but its own NIC, inherits nothing.
+#[test]
+fn a_new_vm_with_a_reused_address_inherits_no_registration() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    let tor = tor::start(&mut lab, tor::Kind::Bird);
+    reference::add_vm(&mut lab, "hv1", 13);
+    let cfg = lab.write(
+        "hv1/tapir.toml",
+        &std::fs::read_to_string(example()).unwrap(),
+    );
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let old_mac = mac_of(&lab, "vm13");
+    let (ok, _, err) = t.cli(&[
+        "vm",
+        "add",
+        "old",
+        "--interface",
+        "tap13",
+        "--address",
+        &reference::vm_v4(13),
+        "--mac",
+        &old_mac,
+        "--asn",
+        "64613",
+        "--prefix",
+        "10.3.0.50/32",
+    ]);
+    assert!(ok, "{err}");
+    let _bird = lab.bird(
+        "vm13",
+        &reference::vm_bird_config(13, VM_AS, &["10.3.0.50/32", "10.3.0.51/32"]),
+    );
+    // The registered VM: its prefix at tor, the other not its own.
+    let r = wait_for(WAIT, || tor.route("10.3.0.50/32"));
+    assert!(r.is_some(), "{}\n{}", t.show(&["routes"]), lab.all_logs());
+    assert!(tor.route("10.3.0.51/32").is_none());
+
+    // The node loses "old" without its ifdown hook; a new instance gets
+    // tap13 and the same address, with a NIC of its own, and the same
+    // BGP config.
+    reference::unplug(&mut lab, "hv1", "tap13");
+    lab.ip(
+        "vm13",
+        &["link", "set", "eth0", "address", "aa:00:00:00:0f:15"],
+    );
+    reference::plug(&mut lab, "hv1", "tap13", 13, 13);
+    // Before: the entry followed the address, so the new instance got
+    // old's prefix and not the one the group filter allows it.
+    let served = wait_for(WAIT, || tor.route("10.3.0.51/32"));
+    assert!(
+        served.is_some(),
+        "the new instance not served as a VM of its own:\n{}\n{}",
+        t.show(&["routes"]),
+        lab.all_logs()
+    );
+    assert_eq!(registered(&lab), ["old"]);
+    assert!(
+        tor.route("10.3.0.50/32").is_none() && kernel_route(&lab, "10.3.0.50/32").is_none(),
+        "old's prefix reached tor or hv1's kernel via the new instance"
+    );
+    // The old NIC back (the same VM after all): its registration holds.
+    reference::unplug(&mut lab, "hv1", "tap13");
+    lab.ip("vm13", &["link", "set", "eth0", "address", &old_mac]);
+    reference::plug(&mut lab, "hv1", "tap13", 13, 13);
+    let back = wait_for(WAIT, || {
+        (tor.route("10.3.0.50/32").is_some() && tor.route("10.3.0.51/32").is_none()).then_some(())
+    });
+    assert!(back.is_some(), "{}", t.show(&["routes"]));
+}
+
 #[test]
 fn a_vm_cannot_flood_the_log() {
     let (mut lab, t, tor) = lab_with_vm11();

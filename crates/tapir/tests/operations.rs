@@ -452,6 +452,11 @@ fn ganeti_and_libvirt_hooks() {
     reference::build(&mut lab, &["hv1"]);
     lab.add_host("vm12");
     reference::plug_bare(&mut lab, "hv1", "tap12", 12);
+    // The NIC's MAC, as Ganeti gives it to the ifup hook.
+    lab.ip(
+        "vm12",
+        &["link", "set", "eth0", "address", "aa:00:00:00:00:12"],
+    );
     let tor = tor::start(&mut lab, Kind::Bird);
     // 10.3.0.99/32 passes the group's filter, but the VM's tags allow it
     // 10.3.0.2/32 only.
