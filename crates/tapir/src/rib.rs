@@ -954,6 +954,11 @@ fn export_key(b: &Path) -> ExportKey {
 /// every other path, as if its LOCAL_PREF were 0. Traffic for an anycast
 /// prefix moves to another VM on this hypervisor (kernel and upstream)
 /// before the drained one stops.
+///
+/// A VM's path marked NO_EXPORT or NO_ADVERTISE loses the same way: the
+/// export looks at the best path only, so one VM could otherwise take a
+/// prefix it shares with others (an anycast service) off the top-of-rack
+/// for all of them.
 #[derive(Clone, Copy)]
 struct Selection<'a> {
     drains: &'a Drains,
@@ -964,23 +969,30 @@ impl<'a> Selection<'a> {
         Selection { drains }
     }
 
-    fn shut(&self, p: &Path) -> bool {
+    /// Loses to any path that is not.
+    fn demoted(&self, p: &Path) -> bool {
         let drained = || {
             p.peer
                 .as_deref()
                 .and_then(drain_name)
                 .is_some_and(|k| self.drains.contains_key(k))
         };
-        (!self.drains.is_empty() && drained()) || p.attrs().communities.contains(&GRACEFUL_SHUTDOWN)
+        let from_vm = p.peer.as_ref().is_some_and(|q| q.group.is_some());
+        let c = &p.attrs().communities;
+        (!self.drains.is_empty() && drained())
+            || c.contains(&GRACEFUL_SHUTDOWN)
+            || from_vm && (c.contains(&NO_EXPORT) || c.contains(&NO_ADVERTISE))
     }
 
     fn compare(&self, a: &Path, b: &Path) -> Ordering {
-        self.shut(a).cmp(&self.shut(b)).then_with(|| compare(a, b))
+        self.demoted(a)
+            .cmp(&self.demoted(b))
+            .then_with(|| compare(a, b))
     }
 
-    /// Equally good for ECMP: a shut path never shares with an open one.
+    /// Equally good for ECMP: a demoted path never shares with another.
     fn multipath_equal(&self, a: &Path, b: &Path) -> bool {
-        self.shut(a) == self.shut(b) && compare_for_multipath(a, b) == Ordering::Equal
+        self.demoted(a) == self.demoted(b) && compare_for_multipath(a, b) == Ordering::Equal
     }
 
     fn best<'p>(&self, paths: &'p [Path]) -> Option<&'p Path> {
@@ -1974,7 +1986,8 @@ mod tests {
     /// RFC 8326 §4 locally: a drained VM's path loses best-path selection
     /// to another VM's path for the same prefix, upstream and in the
     /// kernel, and wins it back when the drain ends. A path its sender
-    /// marked GRACEFUL_SHUTDOWN loses the same way.
+    /// marked GRACEFUL_SHUTDOWN loses the same way, and so does a VM's
+    /// path marked NO_EXPORT.
     #[tokio::test]
     async fn a_drained_path_loses_to_another_vm() {
         let (fib_tx, mut fib_rx) = mpsc::unbounded_channel();
@@ -2119,6 +2132,23 @@ mod tests {
         settle().await;
         assert_eq!(sent(), None, "tap2's plain path is best, as tap1's was");
         assert_eq!(kernel(), Some(vec![Some(2)]));
+        // A VM that marks its path NO_EXPORT cannot take the prefix off
+        // upstream for the other: tap1's is plain again, tap2's NO_EXPORT.
+        rib.send(announce(&a, vec![])).unwrap();
+        rib.send(announce(&b, vec![NO_EXPORT])).unwrap();
+        settle().await;
+        assert_eq!(sent(), None, "still a plain path upstream");
+        assert_eq!(kernel(), Some(vec![Some(1)]));
+        // Alone, it is best (and not exported).
+        rib.send(RibMsg::Update {
+            peer: a.clone(),
+            announce: Vec::new(),
+            withdraw: vec![p],
+        })
+        .unwrap();
+        settle().await;
+        assert_eq!(sent(), Some(None));
+        assert_eq!(kernel(), Some(vec![Some(2)]), "still installed: it is valid here");
     }
 
     /// A peer that withdraws its table takes its attribute sets with it:

@@ -550,6 +550,48 @@ fn a_new_vm_on_a_reused_tap_inherits_no_registration() {
     assert!(r.is_some(), "{}", t.show(&["routes"]));
 }
 
+/// An anycast prefix that two VMs on hv1 announce: vm12 (BIRD) plainly,
+/// vm13 (raw) with NO_EXPORT and the lower router ID, so that its path
+/// would be best. tor keeps the prefix from hv1 (vm12's path), and hv1's
+/// kernel sends it to vm12.
+#[test]
+fn a_vm_cannot_take_a_shared_prefix_off_tor_with_no_export() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    let tor = tor::start(&mut lab, tor::Kind::Bird);
+    reference::add_vm(&mut lab, "hv1", 12);
+    reference::add_vm(&mut lab, "hv1", 13);
+    let prefix = "10.3.0.53/32";
+    lab.bird("vm12", &reference::vm_bird_config(12, VM_AS, &[prefix]));
+    let t = lab.tapir("hv1", Path::new(TAPIR), &example());
+    let r = wait_for(WAIT, || tor.route(prefix));
+    assert!(r.is_some(), "{}", lab.all_logs());
+    let no_export = update(
+        prefix,
+        PathAttributes {
+            communities: vec![0xffff_ff01],
+            med: Some(0),
+            ..attrs(seq(&[VM_AS]))
+        },
+    );
+    raw_speaker(&mut lab, &[no_export], &["--id", "10.0.0.1"]);
+    let both = wait_for(WAIT, || {
+        let r = t.routes_for(prefix);
+        (r.len() == 2 && r.iter().all(|r| r["accepted"] == true)).then_some(())
+    });
+    assert!(both.is_some(), "{}\n{}", t.show(&["routes"]), lab.all_logs());
+    std::thread::sleep(Duration::from_secs(2));
+    // Before: vm13's path won, and its NO_EXPORT took the prefix off tor.
+    let r = tor.route(prefix);
+    assert!(
+        r.as_ref().is_some_and(|r| !r.communities.contains(&"65535:65281".to_string())),
+        "tor: {r:?}\n{}",
+        t.show(&["rib"])
+    );
+    let k = kernel_route(&lab, prefix).unwrap_or_default();
+    assert!(k.contains("tap12"), "hv1's kernel: {k}");
+}
+
 /// The MAC of `host`'s eth0.
 fn mac_of(lab: &Lab, host: &str) -> String {
     let o = lab.ip(host, &["-br", "link", "show", "eth0"]);
