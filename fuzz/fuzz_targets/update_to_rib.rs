@@ -95,6 +95,7 @@ fn policy(max_prefixes: usize, teardown: bool, b_owns_more: bool, entry: bool) -
             )
         }),
         owners: owners.into(),
+        protected: [].into(),
         own_addresses: vec![
             IpAddr::V4(Ipv4Addr::new(10, 192, 24, 4)),
             IpAddr::V6("2001:db8::4".parse::<Ipv6Addr>().unwrap()),

@@ -143,6 +143,14 @@ impl Prefix {
         Ok(out)
     }
 
+    /// The host prefix of one address: /32 or /128.
+    pub fn host(a: IpAddr) -> Prefix {
+        match a {
+            IpAddr::V4(a) => Prefix::V4(a, 32),
+            IpAddr::V6(a) => Prefix::V6(a, 128),
+        }
+    }
+
     /// True if `other` lies inside this prefix (or equals it).
     pub fn contains(&self, other: &Prefix) -> bool {
         match (*self, *other) {

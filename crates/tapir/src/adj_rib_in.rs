@@ -454,6 +454,7 @@ mod tests {
             entry: Some(("vm".into(), vec!["10.3.0.0/24{24,32}".parse().unwrap()])),
             group_filter: None,
             owners: [].into(),
+            protected: [].into(),
             own_addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 192, 24, 4))],
             max_prefixes,
             max_prefixes_action: action,

@@ -7,6 +7,7 @@
 //! arrives (a registration changed).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bgp::{NextHop, Prefix};
 
@@ -26,6 +27,10 @@ pub struct VmPolicy {
     pub owners: Owners,
     /// The VM's own addresses: a next hop must be one of them.
     pub own_addresses: Vec<IpAddr>,
+    /// Addresses no VM route may cover, whatever the filters allow: the
+    /// static neighbors' (a VM's route to the top-of-rack's address would
+    /// take hv1's own session there, and its BFD, onto the VM's tap).
+    pub protected: Arc<[IpAddr]>,
     pub max_prefixes: usize,
     pub max_prefixes_action: MaxPrefixAction,
     /// What the VM's paths must look like (its group's rules).
@@ -68,6 +73,16 @@ impl VmPolicy {
             return Err(Rejection {
                 kind: "next-hop",
                 reason: format!("next hop {next_hop} is not the VM's own address"),
+            });
+        }
+        if let Some(a) = self
+            .protected
+            .iter()
+            .find(|a| prefix.contains(&Prefix::host(**a)))
+        {
+            return Err(Rejection {
+                kind: "covers-neighbor",
+                reason: format!("{prefix} covers neighbor address {a}"),
             });
         }
         match &self.entry {
@@ -153,6 +168,11 @@ mod tests {
                 "2001:db8:140::13".parse().unwrap(),
                 "fe80::1".parse().unwrap(),
             ],
+            protected: [
+                "10.192.21.1".parse().unwrap(),
+                "2001:db8:21::1".parse().unwrap(),
+            ]
+            .into(),
             max_prefixes: 10,
             max_prefixes_action: MaxPrefixAction::Reject,
             import_rules: ImportRules::vm_default(),
@@ -161,6 +181,45 @@ mod tests {
 
     fn nh4() -> NextHop {
         NextHop::V4("10.192.24.13".parse().unwrap())
+    }
+
+    /// No VM route may cover a static neighbor's address, even where the
+    /// inventory or the group filter would allow it.
+    #[test]
+    fn no_vm_route_covers_a_neighbor() {
+        for entry in [false, true] {
+            let mut p = policy(entry);
+            p.entry = p
+                .entry
+                .map(|(n, _)| (n, vec!["0.0.0.0/0{0,32}".parse().unwrap()]));
+            p.group_filter = Some((
+                "ALL".into(),
+                PrefixSet {
+                    patterns: vec![
+                        "0.0.0.0/0{0,32}".parse().unwrap(),
+                        "::/0{0,128}".parse().unwrap(),
+                    ],
+                },
+            ));
+            p.owners = [].into();
+            for covering in [
+                "10.192.21.1/32",
+                "10.192.0.0/16",
+                "0.0.0.0/0",
+                "2001:db8:21::/64",
+            ] {
+                let nh = match covering.contains(':') {
+                    true => NextHop::V6 {
+                        global: "2001:db8:140::13".parse().unwrap(),
+                        link_local: None,
+                    },
+                    false => nh4(),
+                };
+                let e = p.judge(&covering.parse().unwrap(), &nh).unwrap_err();
+                assert_eq!(e.kind, "covers-neighbor", "{covering}");
+            }
+            assert!(p.judge(&"10.192.21.2/32".parse().unwrap(), &nh4()).is_ok());
+        }
     }
 
     #[test]

@@ -152,6 +152,7 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
             }
             None => dynamic::spawn(
                 config.groups.clone(),
+                config.neighbors.iter().map(|n| n.address).collect(),
                 inventory,
                 local.clone(),
                 config.kernel.install,
@@ -682,6 +683,7 @@ async fn reload(
         hv.send(HvMsg::Reload {
             groups: new.groups.clone(),
             vms: new.vms.clone(),
+            protected: new.neighbors.iter().map(|n| n.address).collect(),
             registration_grace: new.registration_grace,
             done: tx,
         })

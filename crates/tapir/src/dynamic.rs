@@ -44,6 +44,7 @@ pub enum HvMsg {
     Reload {
         groups: Vec<Group>,
         vms: Vec<crate::inventory::VmEntry>,
+        protected: Vec<IpAddr>,
         registration_grace: std::time::Duration,
         done: oneshot::Sender<Result<(), String>>,
     },
@@ -118,6 +119,8 @@ pub struct Hypervisor {
     kernel: bool,
     /// How long a registration outlives its VM's absence.
     registration_grace: std::time::Duration,
+    /// Addresses no VM route may cover (the static neighbors').
+    protected: Arc<[IpAddr]>,
 }
 
 /// Link-local neighbours kept on a tap no group matches (yet): a reload
@@ -126,6 +129,7 @@ const UNGROUPED_NEIGHBOURS: usize = 8;
 
 pub fn spawn(
     groups: Vec<Group>,
+    protected: Vec<IpAddr>,
     inventory: Inventory,
     local: Arc<Local>,
     kernel: bool,
@@ -143,7 +147,8 @@ pub fn spawn(
             }
         }
     });
-    let hv = Hypervisor::new(groups, inventory, local, kernel, registration_grace, probe);
+    let mut hv = Hypervisor::new(groups, inventory, local, kernel, registration_grace, probe);
+    hv.protected = protected.into();
     tokio::spawn(hv.run(rx));
     tx
 }
@@ -171,6 +176,7 @@ impl Hypervisor {
             conn_tokens: HashMap::new(),
             reported: BTreeSet::new(),
             registration_grace,
+            protected: Arc::from([]),
             probe,
             kernel,
         }
@@ -238,12 +244,14 @@ impl Hypervisor {
                 HvMsg::Reload {
                     groups,
                     vms,
+                    protected,
                     registration_grace,
                     done,
                 } => {
                     let r = self.inventory.replace_config(vms);
                     if r.is_ok() {
                         self.groups = groups;
+                        self.protected = protected.into();
                         self.registration_grace = registration_grace;
                         // Sessions whose group changed restart; the others
                         // get a new policy snapshot.
@@ -502,6 +510,7 @@ impl Hypervisor {
             group_filter: group.import.clone(),
             owners: self.inventory.owners().clone(),
             own_addresses: own,
+            protected: self.protected.clone(),
             max_prefixes: group.max_prefixes,
             max_prefixes_action: group.max_prefixes_action,
             import_rules: group.import_rules.clone(),

@@ -2148,7 +2148,11 @@ mod tests {
         .unwrap();
         settle().await;
         assert_eq!(sent(), Some(None));
-        assert_eq!(kernel(), Some(vec![Some(2)]), "still installed: it is valid here");
+        assert_eq!(
+            kernel(),
+            Some(vec![Some(2)]),
+            "still installed: it is valid here"
+        );
     }
 
     /// A peer that withdraws its table takes its attribute sets with it:

@@ -579,17 +579,63 @@ fn a_vm_cannot_take_a_shared_prefix_off_tor_with_no_export() {
         let r = t.routes_for(prefix);
         (r.len() == 2 && r.iter().all(|r| r["accepted"] == true)).then_some(())
     });
-    assert!(both.is_some(), "{}\n{}", t.show(&["routes"]), lab.all_logs());
+    assert!(
+        both.is_some(),
+        "{}\n{}",
+        t.show(&["routes"]),
+        lab.all_logs()
+    );
     std::thread::sleep(Duration::from_secs(2));
     // Before: vm13's path won, and its NO_EXPORT took the prefix off tor.
     let r = tor.route(prefix);
     assert!(
-        r.as_ref().is_some_and(|r| !r.communities.contains(&"65535:65281".to_string())),
+        r.as_ref()
+            .is_some_and(|r| !r.communities.contains(&"65535:65281".to_string())),
         "tor: {r:?}\n{}",
         t.show(&["rib"])
     );
     let k = kernel_route(&lab, prefix).unwrap_or_default();
     assert!(k.contains("tap12"), "hv1's kernel: {k}");
+}
+
+/// A group filter written too wide (it lets VMs announce the uplink's
+/// subnet): vm13 announces tor's own address and a prefix covering it.
+/// Neither reaches hv1's kernel, which still reaches tor over the uplink,
+/// nor tor; both are refused as covering a neighbor.
+#[test]
+fn no_vm_route_covers_the_tors_address() {
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1"]);
+    let tor = tor::start(&mut lab, tor::Kind::Bird);
+    reference::add_vm(&mut lab, "hv1", 13);
+    let cfg = std::fs::read_to_string(example()).unwrap().replace(
+        r#"BGP-FROM-VMS = ["10.3.0.0/24{32,32}","#,
+        r#"BGP-FROM-VMS = ["10.3.0.0/24{32,32}", "10.192.21.0/24{24,32}","#,
+    );
+    assert!(cfg.contains("10.192.21.0/24{24,32}"));
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let sends: Vec<String> = ["10.192.21.1/32", "10.192.21.0/25", "10.3.0.7/32"]
+        .iter()
+        .map(|p| update(p, attrs(seq(&[VM_AS]))))
+        .collect();
+    raw_speaker(&mut lab, &sends, &[]);
+    // The control: vm13's ordinary route arrives.
+    let r = wait_for(WAIT, || tor.route("10.3.0.7/32"));
+    assert!(r.is_some(), "{}\n{}", t.show(&["routes"]), lab.all_logs());
+    for p in ["10.192.21.1/32", "10.192.21.0/25"] {
+        let r = t.routes_for(p);
+        assert!(
+            r.len() == 1 && r[0]["accepted"] == false,
+            "{p}: {r:?}\n{}",
+            t.show(&["routes"])
+        );
+        assert!(r[0].to_string().contains("covers neighbor"), "{r:?}");
+        assert_eq!(kernel_route(&lab, p), None, "{p} in hv1's kernel");
+    }
+    let o = lab.ip("hv1", &["route", "get", reference::TOR_V4]);
+    let get = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(!get.contains("tap13"), "hv1 reaches tor through vm13: {get}");
 }
 
 /// The MAC of `host`'s eth0.
