@@ -121,6 +121,8 @@ pub struct Hypervisor {
     registration_grace: std::time::Duration,
     /// Addresses no VM route may cover (the static neighbors').
     protected: Arc<[IpAddr]>,
+    /// Log lines about refused connections.
+    refusals: crate::log_budget::LogBudget,
 }
 
 /// Link-local neighbours kept on a tap no group matches (yet): a reload
@@ -177,6 +179,7 @@ impl Hypervisor {
             reported: BTreeSet::new(),
             registration_grace,
             protected: Arc::from([]),
+            refusals: Default::default(),
             probe,
             kernel,
         }
@@ -784,15 +787,17 @@ impl Hypervisor {
             _ => self.routes.get(&addr).map(|(i, _)| *i),
         };
         let Some((index, link)) = index.and_then(|i| self.links.get(&i).map(|l| (i, l))) else {
-            info!(from = %addr, "connection refused: no route to this address out of a known interface");
+            self.refused(addr, "", "no route to this address out of a known interface");
             return;
         };
         if !link.up {
-            info!(from = %addr, interface = %link.name, "connection refused: interface down");
+            let name = link.name.clone();
+            self.refused(addr, &name, "interface down");
             return;
         }
         let Some(g) = self.group_for(&link.name, &addr) else {
-            info!(from = %addr, interface = %link.name, "connection refused: no group for this interface and address");
+            let name = link.name.clone();
+            self.refused(addr, &name, "no group for this interface and address");
             return;
         };
         let (rate, ifname) = (self.groups[g].connection_rate, link.name.clone());
@@ -811,6 +816,23 @@ impl Hypervisor {
         }
         if let Some(d) = self.sessions.get(&(index, addr)) {
             let _ = d.handle.tx.send(PeerMsg::Incoming(stream)).await;
+        }
+    }
+
+    /// Logs a refused connection, within a budget: a VM that connects
+    /// from addresses outside its group's ranges as fast as it can must
+    /// not fill the journal.
+    fn refused(&mut self, from: IpAddr, interface: &str, why: &str) {
+        let v = self.refusals.line(std::time::Instant::now());
+        if v.held_back > 0 {
+            info!(
+                held_back = v.held_back,
+                "connection refused: {} more lines held back",
+                v.held_back
+            );
+        }
+        if v.log {
+            info!(from = %from, interface, "connection refused: {why}");
         }
     }
 
