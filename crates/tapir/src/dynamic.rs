@@ -787,7 +787,11 @@ impl Hypervisor {
             _ => self.routes.get(&addr).map(|(i, _)| *i),
         };
         let Some((index, link)) = index.and_then(|i| self.links.get(&i).map(|l| (i, l))) else {
-            self.refused(addr, "", "no route to this address out of a known interface");
+            self.refused(
+                addr,
+                "",
+                "no route to this address out of a known interface",
+            );
             return;
         };
         if !link.up {
@@ -827,8 +831,7 @@ impl Hypervisor {
         if v.held_back > 0 {
             info!(
                 held_back = v.held_back,
-                "connection refused: {} more lines held back",
-                v.held_back
+                "connection refused: {} more lines held back", v.held_back
             );
         }
         if v.log {

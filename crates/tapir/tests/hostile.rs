@@ -635,7 +635,10 @@ fn no_vm_route_covers_the_tors_address() {
     }
     let o = lab.ip("hv1", &["route", "get", reference::TOR_V4]);
     let get = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(!get.contains("tap13"), "hv1 reaches tor through vm13: {get}");
+    assert!(
+        !get.contains("tap13"),
+        "hv1 reaches tor through vm13: {get}"
+    );
 }
 
 /// The MAC of `host`'s eth0.
