@@ -77,22 +77,95 @@ enum Written {
     Stalled,
 }
 
-/// Writes the queued messages to the socket, in order, until the queue
-/// closes; a write that cannot finish within `send_hold` gives up.
+/// Bytes on their way to one connection's socket. The session appends
+/// whole messages; the writer takes everything there is at once, so a
+/// burst of small UPDATEs leaves in few full segments (one `write` per
+/// [`WRITE_CHUNK`]), while a lone message still leaves at once
+/// (TCP_NODELAY). What is queued costs its bytes and nothing per message.
+#[derive(Default)]
+struct Outbox {
+    state: std::sync::Mutex<OutboxState>,
+    ready: tokio::sync::Notify,
+    /// Bytes appended and not yet written to the socket.
+    queued: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    bytes: Vec<u8>,
+    /// No more will come: the writer sends what there is, then shuts the
+    /// socket down.
+    closed: bool,
+}
+
+/// The most one `write` takes: each is timed against the send hold time
+/// on its own, so a slow reader that keeps reading never trips it.
+const WRITE_CHUNK: usize = 65536;
+
+/// A writer's buffers keep at most this much room while the connection is
+/// quiet (a thousand idle VM sessions must not each hold a table
+/// transfer's worth).
+const IDLE_ROOM: usize = 4096;
+
+impl Outbox {
+    /// Appends one message; returns the bytes now queued.
+    fn push(&self, b: &[u8]) -> usize {
+        let total = self.queued.fetch_add(b.len(), Relaxed) + b.len();
+        self.state
+            .lock()
+            .expect("outbox lock")
+            .bytes
+            .extend_from_slice(b);
+        self.ready.notify_one();
+        total
+    }
+
+    fn close(&self) {
+        self.state.lock().expect("outbox lock").closed = true;
+        self.ready.notify_one();
+    }
+
+    fn queued(&self) -> usize {
+        self.queued.load(Relaxed)
+    }
+}
+
+/// Writes what the outbox holds to the socket, in order, until it is
+/// closed and empty; a write that cannot finish within `send_hold` gives
+/// up.
 async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     mut w: W,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    out: &Outbox,
     send_hold: std::time::Duration,
-    queued: &std::sync::atomic::AtomicUsize,
 ) -> Written {
-    while let Some(b) = rx.recv().await {
-        match tokio::time::timeout(send_hold, w.write_all(&b)).await {
-            Ok(Ok(())) => {
-                queued.fetch_sub(b.len() + MESSAGE_OVERHEAD, Relaxed);
+    let mut spare = Vec::new();
+    loop {
+        let (bytes, closed) = {
+            let mut s = out.state.lock().expect("outbox lock");
+            (std::mem::replace(&mut s.bytes, spare), s.closed)
+        };
+        if bytes.is_empty() {
+            if closed {
+                break;
             }
-            Ok(Err(_)) => return Written::Failed,
-            Err(_) => return Written::Stalled,
+            spare = bytes;
+            if spare.capacity() > IDLE_ROOM {
+                spare = Vec::new();
+            }
+            out.ready.notified().await;
+            continue;
         }
+        for chunk in bytes.chunks(WRITE_CHUNK) {
+            match tokio::time::timeout(send_hold, w.write_all(chunk)).await {
+                Ok(Ok(())) => {
+                    out.queued.fetch_sub(chunk.len(), Relaxed);
+                }
+                Ok(Err(_)) => return Written::Failed,
+                Err(_) => return Written::Stalled,
+            }
+        }
+        spare = bytes;
+        spare.clear();
     }
     let _ = tokio::time::timeout(send_hold, w.shutdown()).await;
     Written::Done
@@ -337,12 +410,10 @@ pub struct PeerHandle {
 struct Conn {
     id: u64,
     session: Session,
-    writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// What goes to the writer task (none once the socket is dropped).
+    writer: Option<Arc<Outbox>>,
     reader: Option<tokio::task::JoinHandle<()>>,
     local: Option<SocketAddr>,
-    /// Bytes handed to the writer and not yet written to the socket,
-    /// each message counted with [`MESSAGE_OVERHEAD`].
-    queued: Arc<std::sync::atomic::AtomicUsize>,
     writer_task: Option<tokio::task::JoinHandle<()>>,
     /// Families whose whole table is on its way to the peer (after
     /// Established or a ROUTE-REFRESH).
@@ -360,20 +431,17 @@ struct Answering {
     again: bool,
 }
 
-/// What a queued message costs beyond its bytes (its buffer's header and
-/// allocation, its channel slot): `max-send-queue` bounds memory, not
-/// only bytes, when a peer makes us queue many small messages.
-const MESSAGE_OVERHEAD: usize = 64;
-
 impl Conn {
     fn drop_socket(&mut self) {
-        // Dropping the writer's channel lets it send what is queued (a
+        // Closing the outbox lets the writer send what is queued (a
         // NOTIFICATION), then shut our side down. The reader keeps
         // draining until the peer closes, so that unread input does not
         // turn the close into a reset that discards the NOTIFICATION; its
         // bytes now carry a stale connection id and are ignored. A peer
         // that never closes is cut off after LINGER.
-        self.writer = None;
+        if let Some(o) = self.writer.take() {
+            o.close();
+        }
         if let Some(r) = self.reader.take() {
             tokio::spawn(async move {
                 tokio::time::sleep(LINGER).await;
@@ -640,7 +708,6 @@ impl Peer {
             writer: None,
             reader: None,
             local: None,
-            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             writer_task: None,
             answering: Vec::new(),
         }
@@ -663,16 +730,15 @@ impl Peer {
         }
         conn.local = stream.local_addr().ok();
         let (r, w) = stream.into_split();
-        let (wtx, wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+        // A fresh outbox for this connection: what a dead one left queued
+        // is gone with it.
+        let outbox = Arc::new(Outbox::default());
         let tx = self.tx.clone();
         let id = conn.id;
         let send_hold = self.send_hold_time();
-        // A fresh count for this connection: what a dead one left queued
-        // is gone with it.
-        conn.queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let queued = conn.queued.clone();
+        let out = outbox.clone();
         conn.writer_task = Some(tokio::spawn(async move {
-            if write_loop(w, wrx, send_hold, &queued).await == Written::Stalled {
+            if write_loop(w, &out, send_hold).await == Written::Stalled {
                 let _ = tx.send(PeerMsg::SendHoldExpired { conn: id }).await;
             }
         }));
@@ -721,7 +787,7 @@ impl Peer {
                 }
             }
         }));
-        conn.writer = Some(wtx);
+        conn.writer = Some(outbox);
     }
 
     fn handle(&mut self, msg: PeerMsg) {
@@ -988,9 +1054,7 @@ impl Peer {
                     count_sent(&mut self.sent, &mut self.last_sent, &b);
                     let c = &mut self.conns[i];
                     if let Some(w) = &c.writer {
-                        let cost = b.len() + MESSAGE_OVERHEAD;
-                        let total = c.queued.fetch_add(cost, Relaxed) + cost;
-                        let _ = w.send(b);
+                        let total = w.push(&b);
                         if total > self.cfg.max_send_queue {
                             // The peer reads slower than we produce: drop
                             // what is queued rather than grow without end.
@@ -1063,7 +1127,7 @@ impl Peer {
         while let Some(b) = c.session.poll_transmit() {
             count_sent(&mut self.sent, &mut self.last_sent, &b);
             if let Some(w) = &c.writer {
-                let _ = w.send(b);
+                w.push(&b);
             }
         }
         c.drop_socket();
@@ -1118,7 +1182,7 @@ impl Peer {
                 while let Some(b) = self.conns[i].session.poll_transmit() {
                     count_sent(&mut self.sent, &mut self.last_sent, &b);
                     if let Some(w) = &self.conns[i].writer {
-                        let _ = w.send(b);
+                        w.push(&b);
                     }
                 }
                 self.conns[i].drop_socket();
@@ -1236,7 +1300,8 @@ impl Peer {
                 let c = &mut self.conns[i];
                 // An answer that has left entirely (the RIB handed it all
                 // over and nothing is queued) is answered no longer.
-                let sent = c.queued.load(Relaxed) == 0 && !c.session.has_transmit();
+                let sent =
+                    c.writer.as_ref().is_none_or(|w| w.queued() == 0) && !c.session.has_transmit();
                 c.answering.retain(|a| !(a.done && sent));
                 if let Some(a) = c.answering.iter_mut().find(|a| a.family == family) {
                     crate::limits::hit(crate::limits::Limit::RefreshPending);
@@ -1789,13 +1854,12 @@ mod tests {
         rt().block_on(async {
             // A 1 KiB pipe whose far end never reads.
             let (ours, _theirs) = tokio::io::duplex(1024);
-            let (tx, rx) = mpsc::unbounded_channel();
+            let out = Outbox::default();
             for _ in 0..8 {
-                tx.send(vec![0u8; 4096]).unwrap();
+                out.push(&[0u8; 4096]);
             }
             let hold = std::time::Duration::from_millis(200);
-            let q = std::sync::atomic::AtomicUsize::new(0);
-            let w = write_loop(ours, rx, hold, &q);
+            let w = write_loop(ours, &out, hold);
             let ended = tokio::time::timeout(std::time::Duration::from_secs(10), w)
                 .await
                 .expect("the writer must give up");
@@ -1809,21 +1873,17 @@ mod tests {
     fn a_slow_reader_gets_everything() {
         rt().block_on(async {
             let (ours, mut theirs) = tokio::io::duplex(1024);
-            let (tx, rx) = mpsc::unbounded_channel();
+            let out = Arc::new(Outbox::default());
             let mut sent = Vec::new();
             for i in 0..16u8 {
                 let m = vec![i; 3000];
                 sent.extend_from_slice(&m);
-                tx.send(m).unwrap();
+                out.push(&m);
             }
-            drop(tx);
+            out.close();
             let hold = std::time::Duration::from_secs(5);
-            // As `process` counts them: each message with its overhead.
-            let q = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(
-                sent.len() + 16 * MESSAGE_OVERHEAD,
-            ));
-            let q2 = q.clone();
-            let w = tokio::spawn(async move { write_loop(ours, rx, hold, &q2).await });
+            let o = out.clone();
+            let w = tokio::spawn(async move { write_loop(ours, &o, hold).await });
             let mut got = Vec::new();
             let mut buf = [0u8; 700];
             loop {
@@ -1837,7 +1897,72 @@ mod tests {
             assert_eq!(w.await.unwrap(), Written::Done);
             assert_eq!(got, sent);
             // Every byte written is off the queue count.
-            assert_eq!(q.load(Relaxed), 0);
+            assert_eq!(out.queued(), 0);
+        });
+    }
+
+    /// A writer that records each `write` call it gets.
+    struct Writes(Arc<std::sync::Mutex<Vec<usize>>>);
+
+    impl tokio::io::AsyncWrite for Writes {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.0.lock().unwrap().push(buf.len());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A burst of small UPDATEs queued while the writer was busy leaves
+    /// in a few writes of up to 64 KiB, not one write per message; a
+    /// message queued alone leaves at once, by itself.
+    #[test]
+    fn a_burst_goes_out_in_few_writes_and_a_lone_message_at_once() {
+        rt().block_on(async {
+            let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let out = Arc::new(Outbox::default());
+            // 10,000 messages of 65 bytes (a one-prefix UPDATE) queued
+            // before the writer runs.
+            for _ in 0..10_000 {
+                out.push(&[0u8; 65]);
+            }
+            let (o, w) = (out.clone(), Writes(writes.clone()));
+            let task =
+                tokio::spawn(
+                    async move { write_loop(w, &o, std::time::Duration::from_secs(5)).await },
+                );
+            while out.queued() > 0 {
+                tokio::task::yield_now().await;
+            }
+            let burst: Vec<usize> = std::mem::take(&mut *writes.lock().unwrap());
+            assert_eq!(burst.iter().sum::<usize>(), 650_000);
+            assert_eq!(burst.len(), 650_000usize.div_ceil(WRITE_CHUNK), "{burst:?}");
+            // A lone KEEPALIVE later: written at once, alone.
+            out.push(&[0xffu8; 19]);
+            tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while out.queued() > 0 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("a lone message leaves without waiting for more");
+            assert_eq!(*writes.lock().unwrap(), [19]);
+            out.close();
+            assert_eq!(task.await.unwrap(), Written::Done);
         });
     }
 }
