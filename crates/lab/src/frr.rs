@@ -129,7 +129,7 @@ impl Lab {
 }
 
 impl Frr {
-    fn try_vtysh(&self, cmd: &str) -> Option<String> {
+    pub fn try_vtysh(&self, cmd: &str) -> Option<String> {
         let o = Command::new("vtysh")
             .arg("--vty_socket")
             .arg(&self.dir)

@@ -44,7 +44,7 @@ impl Lab {
 }
 
 impl Gobgp {
-    fn try_cli(&self, args: &[&str]) -> Option<String> {
+    pub fn try_cli(&self, args: &[&str]) -> Option<String> {
         let o = Command::new("gobgp")
             .args(["--target", &self.target])
             .args(args)

@@ -42,6 +42,8 @@ use bgp::capability::Capability;
 use bgp::{AfiSafi, AsPath, Context, Message, NextHop, Open, Origin, PathAttributes, Prefix};
 use lab::{wait_for, Lab};
 
+mod real;
+
 fn now_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -146,6 +148,57 @@ fn family_prefix(next_hop: IpAddr) -> fn(u32) -> Prefix {
     }
 }
 
+/// Attributes nearly unique per group `g`, as in a real table: AS paths
+/// of 1 to 5 hops, a community on 30 %, a MED on the short paths.
+fn diverse(g: u32) -> PathAttributes {
+    let hops = 1 + g % 5;
+    let mut path = vec![65001];
+    let mut x = g;
+    for _ in 1..hops {
+        path.push(1000 + x % 60000);
+        x = x / 7 + 13;
+    }
+    PathAttributes {
+        origin: Some(Origin::Igp),
+        as_path: Some(AsPath::from_sequence(path)),
+        communities: if g % 10 < 3 {
+            vec![(65001 << 16) | (g % 100)]
+        } else {
+            Vec::new()
+        },
+        med: (hops <= 2).then_some(g),
+        ..Default::default()
+    }
+}
+
+/// Pre-encoded UPDATEs: `share` prefixes per attribute set, from
+/// [`diverse`].
+fn updates_sharing(n: u32, next_hop: IpAddr, share: u32) -> Vec<Vec<u8>> {
+    let make = family_prefix(next_hop);
+    let next_hop = match next_hop {
+        IpAddr::V4(a) => NextHop::V4(a),
+        IpAddr::V6(a) => NextHop::V6 {
+            global: a,
+            link_local: None,
+        },
+    };
+    let cxt = Context::modern();
+    let share = share.max(1);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let ps: Vec<Prefix> = (i..(i + share).min(n)).map(make).collect();
+        out.extend(bgp::update::encode_announce(
+            &diverse(i / share),
+            next_hop,
+            &ps,
+            &cxt,
+        ));
+        i += share;
+    }
+    out
+}
+
 /// Pre-encoded UPDATEs: groups of 16 prefixes per attribute set.
 fn updates(n: u32, next_hop: IpAddr) -> Vec<Vec<u8>> {
     let make = family_prefix(next_hop);
@@ -244,7 +297,12 @@ fn inject(args: &[String]) -> ExitCode {
     let next_hop: IpAddr = arg(args, "--next-hop")
         .and_then(|v| v.parse().ok())
         .unwrap_or(IpAddr::V4(id));
-    let msgs = updates(n, next_hop);
+    // `--share K`: K prefixes per (nearly unique) attribute set; without
+    // it, the groups of 16 the earlier figures used.
+    let msgs = match arg(args, "--share").and_then(|v| v.parse().ok()) {
+        Some(k) => updates_sharing(n, next_hop, k),
+        None => updates(n, next_hop),
+    };
     let all: Vec<Prefix> = (0..n).map(family_prefix(next_hop)).collect();
     let withdrawals = bgp::update::encode_withdraw(&all, &Context::modern());
     let flag = arg(args, "--withdraw-flag").map(PathBuf::from);
@@ -467,93 +525,7 @@ fn bench_one(
         );
     }
     std::thread::sleep(Duration::from_millis(300));
-    let pid = match daemon {
-        "tapir" => {
-            let cfg = lab.write(
-                "dut/tapir.toml",
-                "router-id = \"10.0.1.1\"\nlocal-as = 64612\n\n\
-                 [[neighbor]]\nname = \"inj\"\naddress = \"10.0.1.2\"\nremote-as = 65001\npassive = true\nhold-time = 240\n\n\
-                 [[neighbor]]\nname = \"sink\"\naddress = \"10.0.2.2\"\nremote-as = 65002\nhold-time = 240\nexport = \"ALL\"\n\n\
-                 [policy.ALL]\ndefault = \"accept\"\n\n[kernel]\ninstall = false\n",
-            );
-            if v6 {
-                let text = std::fs::read_to_string(&cfg).unwrap_or_default()
-                    + "\n[[neighbor]]\nname = \"inj6\"\naddress = \"fd00:1::2\"\nremote-as = 65001\npassive = true\nhold-time = 240\n\n\
-                       [[neighbor]]\nname = \"sink6\"\naddress = \"fd00:2::2\"\nremote-as = 65002\nhold-time = 240\nexport = \"ALL\"\n";
-                std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
-            }
-            if kernel {
-                let text = std::fs::read_to_string(&cfg)
-                    .unwrap_or_default()
-                    .replace("install = false", "install = true")
-                    .replace("passive = true\n", "passive = true\nkernel-import = true\n");
-                std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
-            }
-            lab.tapir_with_log("dut", tapir, &cfg, "info").pid
-        }
-        "bird" => {
-            let kernel_proto = if kernel {
-                "protocol kernel { ipv4 { export all; }; merge paths off; }\n"
-            } else {
-                ""
-            };
-            lab.bird(
-                "dut",
-                &(kernel_proto.to_string() + "router id 10.0.1.1;\nprotocol device { }\n\
-                 protocol bgp inj { local 10.0.1.1 as 64612; neighbor 10.0.1.2 as 65001; passive on;\n  ipv4 { import all; export none; }; }\n\
-                 protocol bgp sink { local 10.0.2.1 as 64612; neighbor 10.0.2.2 as 65002; connect delay time 0;\n  ipv4 { import none; export all; }; }\n"
-                 + if v6 {
-                    "protocol bgp inj6 { local fd00:1::1 as 64612; neighbor fd00:1::2 as 65001; passive on;\n  ipv6 { import all; export none; }; }\n\
-                     protocol bgp sink6 { local fd00:2::1 as 64612; neighbor fd00:2::2 as 65002; connect delay time 0;\n  ipv6 { import none; export all; }; }\n"
-                 } else {
-                    ""
-                 }),
-            )
-            .pid
-        }
-        "frr" => {
-            let v6_conf = if v6 {
-                " neighbor fd00:1::2 remote-as 65001\n neighbor fd00:1::2 passive\n neighbor fd00:2::2 remote-as 65002\n neighbor fd00:2::2 timers connect 1\n \
-                 address-family ipv6 unicast\n  neighbor fd00:1::2 activate\n  neighbor fd00:2::2 activate\n exit-address-family\n"
-            } else {
-                ""
-            };
-            lab.frr_with(
-                "dut",
-                &format!("hostname dut\nrouter bgp 64612\n bgp router-id 10.0.1.1\n no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n \
-                 neighbor 10.0.1.2 remote-as 65001\n neighbor 10.0.1.2 passive\n neighbor 10.0.2.2 remote-as 65002\n neighbor 10.0.2.2 timers connect 1\n \
-                 address-family ipv4 unicast\n  neighbor 10.0.1.2 activate\n  neighbor 10.0.2.2 activate\n exit-address-family\n{v6_conf}exit\n"),
-                !kernel,
-            );
-            lab.frr_bgpd_pid.ok_or("no bgpd pid")?
-        }
-        "gobgp" if kernel => {
-            return Err("gobgp: no kernel installation without zebra; left out".into())
-        }
-        "gobgp" => {
-            let v6_conf = if v6 {
-                "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"fd00:1::2\"\n    peer-as = 65001\n\
-                 [neighbors.transport.config]\n    passive-mode = true\n\
-                 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n\
-                 [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"fd00:2::2\"\n    peer-as = 65002\n\
-                 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n"
-            } else {
-                ""
-            };
-            let g = lab.gobgp(
-                "dut",
-                &(String::from("[global.config]\n  as = 64612\n  router-id = \"10.0.1.1\"\n\
-                 [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.0.1.2\"\n    peer-as = 65001\n\
-                 [neighbors.transport.config]\n    passive-mode = true\n\
-                 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n\
-                 [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.0.2.2\"\n    peer-as = 65002\n\
-                 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n")
-                    + v6_conf),
-            );
-            g.pid
-        }
-        other => return Err(format!("unknown daemon {other}")),
-    };
+    let pid = start_dut(&mut lab, daemon, tapir, 65001, v6, kernel)?;
     let baseline = kernel_count(&lab, "dut");
     for (log, ..) in &sinks {
         if wait_line(&lab, log, "ESTABLISHED ", Duration::from_secs(60)).is_none() {
@@ -676,10 +648,114 @@ fn bench_one(
     })
 }
 
+/// Starts the daemon under test in `dut`: passive towards the injector
+/// (AS `inj_as`, 10.0.1.2), connecting to the receiver (AS 65002,
+/// 10.0.2.2); returns its pid.
+fn start_dut(
+    lab: &mut Lab,
+    daemon: &str,
+    tapir: &std::path::Path,
+    inj_as: u32,
+    v6: bool,
+    kernel: bool,
+) -> std::result::Result<u32, String> {
+    // The configs below name the injector's AS as `{inj_as}`.
+    let inj = |s: &str| s.replace("{inj_as}", &inj_as.to_string());
+    let pid = match daemon {
+        "tapir" => {
+            let cfg = lab.write(
+                "dut/tapir.toml",
+                &inj("router-id = \"10.0.1.1\"\nlocal-as = 64612\n\n\
+                 [[neighbor]]\nname = \"inj\"\naddress = \"10.0.1.2\"\nremote-as = {inj_as}\npassive = true\nhold-time = 240\n\n\
+                 [[neighbor]]\nname = \"sink\"\naddress = \"10.0.2.2\"\nremote-as = 65002\nhold-time = 240\nexport = \"ALL\"\n\n\
+                 [policy.ALL]\ndefault = \"accept\"\n\n[kernel]\ninstall = false\n"),
+            );
+            if v6 {
+                let text = std::fs::read_to_string(&cfg).unwrap_or_default()
+                    + &inj("\n[[neighbor]]\nname = \"inj6\"\naddress = \"fd00:1::2\"\nremote-as = {inj_as}\npassive = true\nhold-time = 240\n\n\
+                       [[neighbor]]\nname = \"sink6\"\naddress = \"fd00:2::2\"\nremote-as = 65002\nhold-time = 240\nexport = \"ALL\"\n");
+                std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
+            }
+            if kernel {
+                let text = std::fs::read_to_string(&cfg)
+                    .unwrap_or_default()
+                    .replace("install = false", "install = true")
+                    .replace("passive = true\n", "passive = true\nkernel-import = true\n");
+                std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
+            }
+            lab.tapir_with_log("dut", tapir, &cfg, "info").pid
+        }
+        "bird" => {
+            let kernel_proto = if kernel {
+                "protocol kernel { ipv4 { export all; }; merge paths off; }\n"
+            } else {
+                ""
+            };
+            lab.bird(
+                "dut",
+                &inj(&(kernel_proto.to_string() + "router id 10.0.1.1;\nprotocol device { }\n\
+                 protocol bgp inj { local 10.0.1.1 as 64612; neighbor 10.0.1.2 as {inj_as}; passive on;\n  ipv4 { import all; export none; }; }\n\
+                 protocol bgp sink { local 10.0.2.1 as 64612; neighbor 10.0.2.2 as 65002; connect delay time 0;\n  ipv4 { import none; export all; }; }\n"
+                 + if v6 {
+                    "protocol bgp inj6 { local fd00:1::1 as 64612; neighbor fd00:1::2 as {inj_as}; passive on;\n  ipv6 { import all; export none; }; }\n\
+                     protocol bgp sink6 { local fd00:2::1 as 64612; neighbor fd00:2::2 as 65002; connect delay time 0;\n  ipv6 { import none; export all; }; }\n"
+                 } else {
+                    ""
+                 })),
+            )
+            .pid
+        }
+        "frr" => {
+            let v6_conf = if v6 {
+                " neighbor fd00:1::2 remote-as {inj_as}\n neighbor fd00:1::2 passive\n neighbor fd00:2::2 remote-as 65002\n neighbor fd00:2::2 timers connect 1\n \
+                 address-family ipv6 unicast\n  neighbor fd00:1::2 activate\n  neighbor fd00:2::2 activate\n exit-address-family\n"
+            } else {
+                ""
+            };
+            let v6_conf = inj(v6_conf);
+            lab.frr_with(
+                "dut",
+                &format!("hostname dut\nrouter bgp 64612\n bgp router-id 10.0.1.1\n no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n \
+                 neighbor 10.0.1.2 remote-as {inj_as}\n neighbor 10.0.1.2 passive\n neighbor 10.0.2.2 remote-as 65002\n neighbor 10.0.2.2 timers connect 1\n \
+                 address-family ipv4 unicast\n  neighbor 10.0.1.2 activate\n  neighbor 10.0.2.2 activate\n exit-address-family\n{v6_conf}exit\n"),
+                !kernel,
+            );
+            lab.frr_bgpd_pid.ok_or("no bgpd pid")?
+        }
+        "gobgp" if kernel => {
+            return Err("gobgp: no kernel installation without zebra; left out".into())
+        }
+        "gobgp" => {
+            let v6_conf = if v6 {
+                "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"fd00:1::2\"\n    peer-as = {inj_as}\n\
+                 [neighbors.transport.config]\n    passive-mode = true\n\
+                 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n\
+                 [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"fd00:2::2\"\n    peer-as = 65002\n\
+                 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n"
+            } else {
+                ""
+            };
+            let g = lab.gobgp(
+                "dut",
+                &inj(&(String::from("[global.config]\n  as = 64612\n  router-id = \"10.0.1.1\"\n\
+                 [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.0.1.2\"\n    peer-as = {inj_as}\n\
+                 [neighbors.transport.config]\n    passive-mode = true\n\
+                 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n\
+                 [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.0.2.2\"\n    peer-as = 65002\n\
+                 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n")
+                    + v6_conf)),
+            );
+            g.pid
+        }
+        other => return Err(format!("unknown daemon {other}")),
+    };
+    Ok(pid)
+}
+
 fn run(args: &[String]) -> ExitCode {
     let Some(tapir) = arg(args, "--tapir").map(PathBuf::from) else {
         eprintln!(
-            "usage: tapir-bench run --tapir PATH [--prefixes N] [--prefixes6 N] [--daemons tapir,bird,frr,gobgp] [--kernel]"
+            "usage: tapir-bench run --tapir PATH [--prefixes N] [--prefixes6 N] [--daemons tapir,bird,frr,gobgp] [--kernel]\n       tapir-bench run --tapir PATH [--prefixes N] [--daemons ...] --injector bird|frr|gobgp|own --receiver bird|frr|gobgp|own [--runs R] [--share K] [--withdraw session|updates]"
         );
         return ExitCode::FAILURE;
     };
@@ -714,6 +790,20 @@ fn run(args: &[String]) -> ExitCode {
     });
     let me = std::env::current_exe().expect("own path");
     let me = me.to_string_lossy().into_owned();
+    let real = [
+        "--injector",
+        "--receiver",
+        "--runs",
+        "--share",
+        "--withdraw",
+    ];
+    if args.iter().any(|a| real.contains(&a.as_str())) {
+        if kernel || n6 > 0 {
+            eprintln!("--injector/--receiver runs are IPv4, without --kernel");
+            return ExitCode::FAILURE;
+        }
+        return run_real(args, &tapir, &me, n, &daemons);
+    }
     if kernel {
         println!("Kernel install: {n} IPv4 prefixes, injector -> daemon -> its kernel table, one run each");
     } else {
@@ -764,6 +854,115 @@ fn run(args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// B3 with real neighbours ([`real`]): every daemon under test in turn,
+/// `--runs` times, the daemons alternated.
+fn run_real(args: &[String], tapir: &std::path::Path, me: &str, n: u32, daemons: &str) -> ExitCode {
+    let kind = |name: &str| {
+        arg(args, name)
+            .unwrap_or_else(|| "bird".into())
+            .parse::<real::Kind>()
+    };
+    let (injector, receiver) = match (kind("--injector"), kind("--receiver")) {
+        (Ok(i), Ok(r)) => (i, r),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("--injector/--receiver {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let num = |name: &str, default: u32, max: u32| match arg(args, name) {
+        None => Ok(default),
+        Some(v) => match v.parse::<u32>() {
+            Ok(k) if (1..=max).contains(&k) => Ok(k),
+            _ => Err(format!("{name}: `{v}` is not a number from 1 to {max}")),
+        },
+    };
+    let (runs, share) = match (num("--runs", 3, 50), num("--share", 1, 1000)) {
+        (Ok(r), Ok(s)) => (r, s),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let withdraw = match arg(args, "--withdraw").as_deref() {
+        None | Some("session") => real::Withdraw::Session,
+        Some("updates") => real::Withdraw::Updates,
+        Some(w) => {
+            eprintln!("--withdraw `{w}`: session or updates");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "B3 with real neighbours: {n} IPv4 prefixes, {share} per attribute set; injector {injector} -> daemon -> receiver {receiver}; withdrawal by {}; {runs} runs each, daemons alternated",
+        match withdraw {
+            real::Withdraw::Session => "session loss",
+            real::Withdraw::Updates => "UPDATEs",
+        }
+    );
+    let names: Vec<&str> = daemons.split(',').collect();
+    let mut all: Vec<Vec<real::Run>> = names.iter().map(|_| Vec::new()).collect();
+    for r in 0..runs {
+        for (d, runs_of) in names.iter().zip(all.iter_mut()) {
+            let setup = real::Setup {
+                daemon: d,
+                tapir,
+                me,
+                injector,
+                receiver,
+                n,
+                share,
+                withdraw,
+            };
+            match real::run_once(&setup) {
+                Ok(x) => {
+                    println!(
+                        "  run {} {:<6} converge {:>6.2} s  withdraw {:>6.2} s  peak RSS {:>7.1} MiB  CPU s: injector {:.2} daemon {:.2} receiver {:.2}  segments to receiver {}",
+                        r + 1, d, x.converge, x.withdraw, x.rss_mib, x.cpu_injector, x.cpu_dut, x.cpu_receiver, x.segments
+                    );
+                    runs_of.push(x);
+                }
+                Err(e) => println!("  run {} {d:<6} failed: {e}", r + 1),
+            }
+        }
+    }
+    println!("summary (median / max over the runs that completed):");
+    println!("  daemon  runs  converge s     withdraw s     peak RSS MiB  daemon CPU s  receiver CPU s  segments");
+    let stats = |v: &[real::Run], f: fn(&real::Run) -> f64| {
+        real::median_max(&v.iter().map(f).collect::<Vec<_>>())
+    };
+    let mut medians = Vec::new();
+    for (d, v) in names.iter().zip(&all) {
+        if v.is_empty() {
+            println!("  {d:<6}  0");
+            continue;
+        }
+        let c = stats(v, |x| x.converge);
+        let w = stats(v, |x| x.withdraw);
+        let m = stats(v, |x| x.rss_mib);
+        let cd = stats(v, |x| x.cpu_dut);
+        let cr = stats(v, |x| x.cpu_receiver);
+        let sg = stats(v, |x| x.segments as f64);
+        println!(
+            "  {d:<6}  {:>4}  {:>5.2} / {:<5.2}  {:>5.2} / {:<5.2}  {:>6.1}        {:>5.2}         {:>5.2}           {:>8.0}",
+            v.len(), c.0, c.1, w.0, w.1, m.1, cd.0, cr.0, sg.0
+        );
+        medians.push((*d, c.0, w.0, m.1, cd.0));
+    }
+    if let Some(t) = medians.iter().find(|x| x.0 == "tapir").copied() {
+        println!("tapir / other (below 1: tapir faster, smaller):");
+        for o in medians.iter().filter(|x| x.0 != "tapir") {
+            println!(
+                "  vs {:<6} converge x{:.2}  withdraw x{:.2}  peak RSS x{:.2}  daemon CPU x{:.2}",
+                o.0,
+                t.1 / o.1,
+                t.2 / o.2,
+                t.3 / o.3,
+                t.4 / o.4
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -771,7 +970,7 @@ fn main() -> ExitCode {
         Some("inject") => inject(&args),
         Some("sink") => sink(&args),
         _ => {
-            eprintln!("usage: tapir-bench run --tapir PATH [--prefixes N] [--prefixes6 N] [--daemons tapir,bird,frr,gobgp] [--kernel]");
+            eprintln!("usage: tapir-bench run --tapir PATH [--prefixes N] [--prefixes6 N] [--daemons tapir,bird,frr,gobgp] [--kernel]\n       tapir-bench run --tapir PATH [--prefixes N] [--daemons ...] --injector bird|frr|gobgp|own --receiver bird|frr|gobgp|own [--runs R] [--share K] [--withdraw session|updates]");
             ExitCode::FAILURE
         }
     }
