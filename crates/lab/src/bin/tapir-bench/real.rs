@@ -408,6 +408,32 @@ pub fn run_once(s: &Setup) -> Result<Run, String> {
         std::thread::sleep(Duration::from_millis(500));
     }
     let dut = super::start_dut(&mut lab, s.daemon, s.tapir, inj_as, false, false)?;
+    // TAPIR_BENCH_PERF=DIR: a CPU profile of the daemon under test, to
+    // DIR/DAEMON.perf (perf record), for the whole run, or only while
+    // withdrawing with TAPIR_BENCH_PERF_WITHDRAW=1.
+    let profile = |lab: &mut Lab| {
+        let dir = std::env::var("TAPIR_BENCH_PERF").ok()?;
+        let file = format!("{dir}/{}.perf", s.daemon);
+        let pid = dut.to_string();
+        Some(lab.spawn(
+            "dut",
+            &[
+                "perf",
+                "record",
+                "-F",
+                "499",
+                "--call-graph",
+                "dwarf,16384",
+                "-p",
+                &pid,
+                "-o",
+                &file,
+            ],
+            "perf.log",
+        ))
+    };
+    let at_withdraw = std::env::var_os("TAPIR_BENCH_PERF_WITHDRAW").is_some();
+    let mut perf = if at_withdraw { None } else { profile(&mut lab) };
     // The daemon under test and the receiver in session.
     let up = match &receiver {
         None => {
@@ -497,6 +523,10 @@ pub fn run_once(s: &Setup) -> Result<Run, String> {
     std::thread::sleep(Duration::from_secs(1));
 
     // Withdraw.
+    if at_withdraw {
+        perf = profile(&mut lab);
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let w_start = Instant::now();
     match (s.withdraw, &injector) {
         (Withdraw::Session, Some(inj)) => inj.session(false),
@@ -515,6 +545,10 @@ pub fn run_once(s: &Setup) -> Result<Run, String> {
         }),
     }
     .ok_or_else(|| format!("{}: the receiver still holds routes after 600 s", s.daemon))?;
+    if let Some(p) = perf {
+        let _ = Command::new("kill").args(["-INT", &p.to_string()]).status();
+        std::thread::sleep(Duration::from_secs(3));
+    }
     Ok(Run {
         converge: done.duration_since(start).as_secs_f64(),
         withdraw: w_done.duration_since(w_start).as_secs_f64(),
