@@ -196,6 +196,9 @@ pub struct AdjRibIn {
     attributes_removed: u64,
 }
 
+/// Routes beyond which a table is freed by another thread.
+const BIG_TABLE: usize = 10_000;
+
 impl AdjRibIn {
     pub fn len(&self) -> usize {
         self.routes.len()
@@ -247,7 +250,13 @@ impl AdjRibIn {
 
     /// The session is gone and its routes with it.
     pub fn clear(&mut self) {
-        self.routes.clear();
+        // A full table is a million routes to free, their attribute sets
+        // with them: that takes a while, and nobody waits for it. Another
+        // thread does it, so that the withdrawals go out first.
+        let routes = std::mem::take(&mut self.routes);
+        if routes.len() >= BIG_TABLE {
+            std::thread::spawn(move || drop(routes));
+        }
         self.refused.clear();
         self.stale.clear();
         self.rejections.clear();

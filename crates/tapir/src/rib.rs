@@ -616,9 +616,18 @@ impl Interned {
         }
     }
 
-    /// Drops the sets nobody else holds.
+    /// Drops the sets nobody else holds. A withdrawn table leaves a
+    /// million of them: another thread frees them, so that the RIB goes
+    /// on with the withdrawals meanwhile.
     fn sweep(&mut self) {
-        self.table.retain(|(_, a)| Arc::strong_count(a) > 1);
+        let dead: Vec<Arc<PathAttributes>> = self
+            .table
+            .extract_if(|(_, a)| Arc::strong_count(a) == 1)
+            .map(|(_, a)| a)
+            .collect();
+        if dead.len() >= 10_000 {
+            std::thread::spawn(move || drop(dead));
+        }
     }
 }
 
