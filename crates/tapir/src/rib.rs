@@ -766,20 +766,19 @@ impl<'a> Exporter<'a> {
     /// The export of best path `b` of `p`, interned in `set`: equal
     /// exports are one `Arc` (the neighbor's task groups prefixes into
     /// UPDATEs by it), and one the Loc-RIB already has is not made again.
-    fn export(&mut self, set: &mut Interned, b: &Path, p: &Prefix) -> Option<Arc<PathAttributes>> {
-        let a = self.export_once(set, b, p);
+    fn export(&mut self, b: &Path, p: &Prefix) -> Option<Arc<PathAttributes>> {
+        let a = self.export_once(b, p);
         if let Some(m) = self.memo {
             b.route.exports.set(m, a.is_some());
         }
         a
     }
 
-    fn export_once(
-        &mut self,
-        set: &mut Interned,
-        b: &Path,
-        p: &Prefix,
-    ) -> Option<Arc<PathAttributes>> {
+    /// The attribute set `b` goes out with, once per source set and
+    /// origin (`cache`). Export sets are not interned: in a full table
+    /// nearly each is used once, and kept in the table until a sweep they
+    /// were a third of the peak memory.
+    fn export_once(&mut self, b: &Path, p: &Prefix) -> Option<Arc<PathAttributes>> {
         let key = export_key(b);
         // Neighbouring prefixes mostly share their path (they came in one
         // UPDATE): the last pair first.
@@ -795,7 +794,7 @@ impl<'a> Exporter<'a> {
                 return a;
             }
         }
-        let a = self.attrs(b, p).map(|a| set.intern(a));
+        let a = self.attrs(b, p).map(Arc::new);
         if !self.per_prefix {
             self.cache.insert(key, a.clone());
             self.last = Some((key, a.clone()));
@@ -1448,7 +1447,6 @@ impl Rib {
         let Rib {
             subscribers,
             table,
-            interned,
             drains,
             local_as,
             drain_cfg,
@@ -1481,7 +1479,7 @@ impl Rib {
                     continue;
                 }
             }
-            let new = b.and_then(|b| now.export(interned, b, &c.prefix));
+            let new = b.and_then(|b| now.export(b, &c.prefix));
             let e = then.as_mut().unwrap_or(&mut now);
             let delta = match (&new, c.was.as_ref().map(|w| (e, w))) {
                 (None, None) => continue,
@@ -1491,7 +1489,7 @@ impl Rib {
                     false => continue,
                 },
                 (Some(_), None) => 1,
-                (Some(n), Some((e, w))) => match e.export(interned, w, &c.prefix) {
+                (Some(n), Some((e, w))) => match e.export(w, &c.prefix) {
                     None => 1,
                     // Equal sets are mostly one Arc (interned).
                     Some(o) if Arc::ptr_eq(&o, n) || *o == **n => continue,
@@ -1519,7 +1517,6 @@ impl Rib {
         let Rib {
             subscribers,
             table,
-            interned,
             drains,
             local_as,
             drain_cfg,
@@ -1538,7 +1535,7 @@ impl Rib {
             if Some(p.afi()) != afi || !sub.takes(&p) {
                 continue;
             }
-            let Some(a) = sel.best(v).and_then(|b| now.export(interned, b, &p)) else {
+            let Some(a) = sel.best(v).and_then(|b| now.export(b, &p)) else {
                 continue;
             };
             match chunks.last_mut() {
