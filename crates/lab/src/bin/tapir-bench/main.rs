@@ -171,9 +171,14 @@ fn diverse(g: u32) -> PathAttributes {
     }
 }
 
-/// Pre-encoded UPDATEs: `share` prefixes per attribute set, from
-/// [`diverse`].
-fn updates_sharing(n: u32, next_hop: IpAddr, share: u32) -> Vec<Vec<u8>> {
+/// Pre-encoded UPDATEs: `share` prefixes per attribute set, the set of
+/// each group `g` from `attrs(g)`.
+fn encode_groups(
+    n: u32,
+    next_hop: IpAddr,
+    share: u32,
+    attrs: impl Fn(u32) -> PathAttributes,
+) -> Vec<Vec<u8>> {
     let make = family_prefix(next_hop);
     let next_hop = match next_hop {
         IpAddr::V4(a) => NextHop::V4(a),
@@ -189,7 +194,7 @@ fn updates_sharing(n: u32, next_hop: IpAddr, share: u32) -> Vec<Vec<u8>> {
     while i < n {
         let ps: Vec<Prefix> = (i..(i + share).min(n)).map(make).collect();
         out.extend(bgp::update::encode_announce(
-            &diverse(i / share),
+            &attrs(i / share),
             next_hop,
             &ps,
             &cxt,
@@ -199,46 +204,36 @@ fn updates_sharing(n: u32, next_hop: IpAddr, share: u32) -> Vec<Vec<u8>> {
     out
 }
 
-/// Pre-encoded UPDATEs: groups of 16 prefixes per attribute set.
+/// Pre-encoded UPDATEs: `share` prefixes per attribute set, from
+/// [`diverse`].
+fn updates_sharing(n: u32, next_hop: IpAddr, share: u32) -> Vec<Vec<u8>> {
+    encode_groups(n, next_hop, share, diverse)
+}
+
+/// Pre-encoded UPDATEs: groups of 16 prefixes per attribute set, with AS
+/// paths `65001 X Y`, one community, a large community on every third set
+/// and a MED on every fifth (the figures before real neighbours).
 fn updates(n: u32, next_hop: IpAddr) -> Vec<Vec<u8>> {
-    let make = family_prefix(next_hop);
-    let next_hop = match next_hop {
-        IpAddr::V4(a) => NextHop::V4(a),
-        IpAddr::V6(a) => NextHop::V6 {
-            global: a,
-            link_local: None,
+    encode_groups(n, next_hop, 16, |g| PathAttributes {
+        origin: Some(Origin::Igp),
+        as_path: Some(AsPath::from_sequence([
+            65001,
+            100 + g % 1000,
+            3000 + g % 777,
+        ])),
+        communities: vec![(65001 << 16) | (g % 50)],
+        large_communities: if g % 3 == 0 {
+            vec![LargeCommunity {
+                global: 65001,
+                local1: g % 7,
+                local2: 1,
+            }]
+        } else {
+            Vec::new()
         },
-    };
-    let cxt = Context::modern();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < n {
-        let g = i / 16;
-        let attrs = PathAttributes {
-            origin: Some(Origin::Igp),
-            as_path: Some(AsPath::from_sequence([
-                65001,
-                100 + g % 1000,
-                3000 + g % 777,
-            ])),
-            communities: vec![(65001 << 16) | (g % 50)],
-            large_communities: if g % 3 == 0 {
-                vec![LargeCommunity {
-                    global: 65001,
-                    local1: g % 7,
-                    local2: 1,
-                }]
-            } else {
-                Vec::new()
-            },
-            med: (g % 5 == 0).then_some(g % 100),
-            ..Default::default()
-        };
-        let ps: Vec<Prefix> = (i..(i + 16).min(n)).map(make).collect();
-        out.extend(bgp::update::encode_announce(&attrs, next_hop, &ps, &cxt));
-        i += 16;
-    }
-    out
+        med: (g % 5 == 0).then_some(g % 100),
+        ..Default::default()
+    })
 }
 
 fn open(asn: u32, id: Ipv4Addr, v6: bool) -> Vec<u8> {
