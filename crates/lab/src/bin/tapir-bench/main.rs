@@ -910,8 +910,8 @@ fn run_real(args: &[String], tapir: &std::path::Path, me: &str, n: u32, daemons:
             match real::run_once(&setup) {
                 Ok(x) => {
                     println!(
-                        "  run {} {:<6} converge {:>6.2} s  withdraw {:>6.2} s  peak RSS {:>7.1} MiB  CPU s: injector {:.2} daemon {:.2} receiver {:.2}  segments to receiver {}",
-                        r + 1, d, x.converge, x.withdraw, x.rss_mib, x.cpu_injector, x.cpu_dut, x.cpu_receiver, x.segments
+                        "  run {} {:<6} converge {:>6.2} s  withdraw {:>6.2} s  peak RSS {:>7.1} MiB  CPU s: injector {:.2} daemon {:.2} receiver {:.2}  segments to receiver {}  withdrawal CPU s: daemon {:.2} receiver {:.2}",
+                        r + 1, d, x.converge, x.withdraw, x.rss_mib, x.cpu_injector, x.cpu_dut, x.cpu_receiver, x.segments, x.withdraw_cpu_dut, x.withdraw_cpu_receiver
                     );
                     runs_of.push(x);
                 }

@@ -285,6 +285,9 @@ pub struct Run {
     pub cpu_injector: f64,
     pub cpu_dut: f64,
     pub cpu_receiver: f64,
+    /// CPU seconds of the daemon and the receiver while withdrawing.
+    pub withdraw_cpu_dut: f64,
+    pub withdraw_cpu_receiver: f64,
     pub segments: u64,
 }
 
@@ -527,6 +530,7 @@ pub fn run_once(s: &Setup) -> Result<Run, String> {
         perf = profile(&mut lab);
         std::thread::sleep(Duration::from_secs(1));
     }
+    let (wd0, wr0) = (cpu_secs(dut), cpu_secs(rcv_pid));
     let w_start = Instant::now();
     match (s.withdraw, &injector) {
         (Withdraw::Session, Some(inj)) => inj.session(false),
@@ -556,6 +560,8 @@ pub fn run_once(s: &Setup) -> Result<Run, String> {
         cpu_injector: ci1 - ci0,
         cpu_dut: cd1 - cd0,
         cpu_receiver: cr1 - cr0,
+        withdraw_cpu_dut: cpu_secs(dut) - wd0,
+        withdraw_cpu_receiver: cpu_secs(rcv_pid) - wr0,
         segments,
     })
 }
