@@ -1677,10 +1677,22 @@ mod tests {
         mpsc::Receiver<PeerMsg>,
         Exported,
     ) {
+        subscribed_with_fib(policy, None)
+    }
+
+    /// As [`subscribed`], the RIB's kernel changes going to `fib`.
+    fn subscribed_with_fib(
+        policy: Policy,
+        fib: Option<mpsc::UnboundedSender<Vec<FibChange>>>,
+    ) -> (
+        mpsc::UnboundedSender<RibMsg>,
+        mpsc::Receiver<PeerMsg>,
+        Exported,
+    ) {
         let rib = spawn(
             64612,
             Vec::new(),
-            None,
+            fib,
             false,
             None,
             DrainConfig {
@@ -1997,32 +2009,9 @@ mod tests {
     #[tokio::test]
     async fn a_drained_path_loses_to_another_vm() {
         let (fib_tx, mut fib_rx) = mpsc::unbounded_channel();
-        let rib = spawn(
-            64612,
-            Vec::new(),
-            Some(fib_tx),
-            false,
-            None,
-            DrainConfig {
-                local_pref: 0,
-                withdraw_after: None,
-            },
-            Backlog::default(),
-        )
-        .unwrap();
-        let (tx, mut rx) = mpsc::channel(64);
         let mut accept_all = Policy::hypervisor_default();
         accept_all.default_accept = true;
-        rib.send(RibMsg::Subscribe {
-            peer: 9,
-            asn: Some(65009),
-            ebgp: true,
-            policy: Arc::new(accept_all),
-            tx,
-            exported: Exported::default(),
-            families: vec![bgp::Afi::Ipv4],
-        })
-        .unwrap();
+        let (rib, mut rx, _) = subscribed_with_fib(accept_all, Some(fib_tx));
         let vm = |id: u64, rid: &str| {
             let mut p = (*peer(id, 64613, true, rid)).clone();
             p.group = Some("vms".into());
