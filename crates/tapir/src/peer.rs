@@ -327,6 +327,24 @@ fn path_rules<'a>(cfg: &'a PeerConfig, info: Option<&PeerInfo>, local_as: u32) -
     }
 }
 
+/// Builds with the `failpoints` feature only (the lab tests):
+/// `TAPIR_FAILPOINT=panic-on-prefix:P`, read once, makes a session task
+/// panic on an announcement of P (the robustness test).
+#[cfg(feature = "failpoints")]
+fn failpoint(u: &bgp::Update) {
+    static PREFIX: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        std::env::var("TAPIR_FAILPOINT")
+            .ok()
+            .and_then(|f| f.strip_prefix("panic-on-prefix:").map(str::to_string))
+    });
+    if let Some(p) = prefix {
+        if u.announced().iter().any(|(q, _)| q.to_string() == *p) {
+            panic!("failpoint: announcement of {p}");
+        }
+    }
+}
+
 /// What the rest of the daemon knows of every peer.
 #[derive(Clone, Debug)]
 pub struct Local {
@@ -1346,16 +1364,8 @@ impl Peer {
     }
 
     fn apply_update(&mut self, u: bgp::Update) {
-        // Test builds only: `TAPIR_FAILPOINT=panic-on-prefix:P` makes a
-        // session task fail on an announcement of P (the robustness test).
-        #[cfg(debug_assertions)]
-        if let Ok(fp) = std::env::var("TAPIR_FAILPOINT") {
-            if let Some(p) = fp.strip_prefix("panic-on-prefix:") {
-                if u.announced().iter().any(|(q, _)| q.to_string() == p) {
-                    panic!("failpoint: announcement of {p}");
-                }
-            }
-        }
+        #[cfg(feature = "failpoints")]
+        failpoint(&u);
         for p in &u.problems {
             if self.may_log() {
                 warn!(

@@ -270,10 +270,9 @@ fn gtsm_for_a_single_hop_group_with_bird() {
 }
 
 /// A bug that panics in one VM's session task (forced with a failpoint,
-/// compiled into test builds only) ends that session, not the daemon: the
+/// built with the `failpoints` feature only) ends that session, not the daemon: the
 /// other VM's session, the top-of-rack and the control socket carry on,
 /// and the failed session is started again.
-#[cfg(debug_assertions)]
 #[test]
 fn a_panicking_session_task_takes_nothing_else_down() {
     let mut lab = Lab::new();
