@@ -212,6 +212,8 @@ pub struct Session {
     last_error: Option<DownReason>,
     /// Messages decoded, by type code (1 OPEN … 5 ROUTE-REFRESH).
     received: [u64; 6],
+    /// Settings for the next connection (`set_config` while one is open).
+    next_config: Option<Config>,
 }
 
 impl Session {
@@ -231,6 +233,19 @@ impl Session {
             remote_open: None,
             last_error: None,
             received: [0; 6],
+            next_config: None,
+        }
+    }
+
+    /// New settings (a reload): at once if no connection is open, else
+    /// from the next connection on; the open one keeps what it
+    /// negotiated.
+    pub fn set_config(&mut self, config: Config) {
+        match self.state {
+            State::Idle | State::Connect | State::Active => self.config = config,
+            State::OpenSent | State::OpenConfirm | State::Established => {
+                self.next_config = Some(config)
+            }
         }
     }
 
@@ -631,6 +646,9 @@ impl Session {
         self.remote_open = None;
         self.rx.clear();
         self.inbound = false;
+        if let Some(c) = self.next_config.take() {
+            self.config = c;
+        }
         // Automatic restart (§8.1.1 AutomaticStart) after ConnectRetryTime,
         // unless stopped.
         self.connect_retry_at = self.enabled.then(|| now + self.config.connect_retry);

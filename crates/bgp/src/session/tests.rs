@@ -475,3 +475,29 @@ fn restarting_speaker_sets_restart_and_forwarding_bits() {
     assert_eq!(p.a.state(), State::Idle);
     assert_eq!(p.a.poll_timeout(), None);
 }
+
+#[test]
+fn new_settings_wait_for_the_next_connection() {
+    let mut p = Pair::new(
+        config(65001, "10.0.0.1", RemoteAs::Exact(65002)),
+        config(65002, "10.0.0.2", RemoteAs::Exact(65001)),
+    );
+    p.connect();
+    assert!(established(&p));
+    let mut c = config(65001, "10.0.0.1", RemoteAs::Exact(65002));
+    c.hold_time = 9;
+    p.a.set_config(c);
+    // The open connection keeps what it negotiated.
+    assert_eq!(p.a.negotiated().unwrap().hold_time, 90);
+    p.a.closed(p.now);
+    p.b.closed(p.now);
+    p.now += Duration::from_secs(6);
+    p.a.handle_timeout(p.now);
+    p.b = Session::new(config(65002, "10.0.0.2", RemoteAs::Exact(65001)));
+    p.a.connected(p.now);
+    assert!(p.b.accepted(p.now));
+    p.drive();
+    assert!(established(&p));
+    assert_eq!(p.a.negotiated().unwrap().hold_time, 9);
+    assert_eq!(p.b.negotiated().unwrap().hold_time, 9);
+}

@@ -401,7 +401,6 @@ impl PeerCore {
                         "send queue over max-send-queue: connection closed (Cease, Out of Resources)"
                     );
                     crate::limits::hit(crate::limits::Limit::SendQueue);
-                    c.attached = false;
                     let n =
                         Notification::new(bgp::notification::code::CEASE, cease::OUT_OF_RESOURCES);
                     c.session.reset(now, n);
@@ -654,6 +653,11 @@ impl PeerCore {
         self.cfg.connect_retry = c.connect_retry;
         self.cfg.bfd = c.bfd;
         self.cfg.graceful_restart = c.graceful_restart;
+        // Each session takes the new settings at its next connection.
+        for i in 0..self.conns.len() {
+            let config = session_config(&self.cfg, &self.env);
+            self.conns[i].session.set_config(config);
+        }
         if c.import_rules != self.cfg.import_rules {
             info!("new import rules: routes judged again");
             self.cfg.import_rules = c.import_rules;
