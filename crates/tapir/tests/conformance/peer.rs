@@ -1,0 +1,715 @@
+//! The peer core: session glue, authorisation of a VM's routes, graceful
+//! restart as a helper, export to an upstream neighbor, limits and BFD.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bgp::notification::{cease, code, Notification};
+use bgp::session::State;
+use bgp::AfiSafi;
+use tapir::config::MaxPrefixAction;
+use tapir::peer::Input;
+use tapir::rib::RibMsg;
+
+use crate::harness::*;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// vm11's session, Established.
+fn vm_up(policy: tapir::authorisation::VmPolicy, remote: Remote) -> Harness {
+    let mut h = Harness::new(vm_config(policy), remote);
+    h.start();
+    h.tcp_connects();
+    assert_eq!(h.remote_state(), State::Established, "{}", h.text());
+    h
+}
+
+fn vm11() -> Harness {
+    vm_up(vm_policy(100, MaxPrefixAction::Reject), Remote::vm())
+}
+
+/// The top-of-rack's session, Established.
+fn tor_up() -> Harness {
+    let mut h = Harness::new(tor_config(), Remote::tor());
+    h.start();
+    h.tcp_connects();
+    assert_eq!(h.remote_state(), State::Established, "{}", h.text());
+    h
+}
+
+fn vm_attrs() -> bgp::PathAttributes {
+    attrs(&[VM_AS])
+}
+
+fn has_rib(h: &Harness, f: impl Fn(&RibMsg) -> bool) -> bool {
+    h.rib.iter().any(f)
+}
+
+/// An UPDATE body (after the header) announcing 10.3.0.9/32 from
+/// `attrs_bytes`.
+fn raw_update(attrs_bytes: &[u8], nlri: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&(attrs_bytes.len() as u16).to_be_bytes());
+    body.extend_from_slice(attrs_bytes);
+    body.extend_from_slice(nlri);
+    bgp::message::frame(2, &body)
+}
+
+const AS_PATH_VM: [u8; 9] = [0x40, 2, 6, 2, 1, 0, 0, 0xfc, 0x65];
+const NEXT_HOP_VM: [u8; 7] = [0x40, 3, 4, 10, 192, 24, 11];
+const NLRI_9: [u8; 5] = [32, 10, 3, 0, 9];
+
+// ---- session glue ----
+
+#[test]
+fn a_vm_session_comes_up_and_gets_end_of_rib_alone() {
+    let h = vm11();
+    // A VM gets no table: End-of-RIB only, and its routes are asked for.
+    assert!(h.table.is_empty());
+    assert!(
+        h.text().contains("UPDATE End-of-RIB ipv4-unicast"),
+        "{}",
+        h.text()
+    );
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn a_silent_vm_is_asked_for_its_routes_once() {
+    let mut h = vm11();
+    h.advance(Duration::from_millis(50));
+    let refreshes = h.text().matches("ROUTE-REFRESH").count();
+    assert_eq!(refreshes, 1, "{}", h.text());
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn a_vm_that_announces_at_once_is_not_nudged() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
+    h.advance(Duration::from_millis(50));
+    assert!(!h.text().contains("ROUTE-REFRESH"), "{}", h.text());
+}
+
+#[test]
+fn an_upstream_session_gets_the_table_then_end_of_rib() {
+    let mut h = tor_up();
+    assert!(has_rib(&h, |m| matches!(m, RibMsg::Refeed { .. })));
+    let conn = h.conn.unwrap();
+    let a = Arc::new(attrs(&[LOCAL_AS, VM_AS]));
+    h.input(
+        "the Loc-RIB hands over the table",
+        Input::Refeed {
+            conn,
+            family: AfiSafi::IPV4_UNICAST,
+            routes: vec![
+                (prefix("10.3.0.1/32"), a.clone()),
+                (prefix("10.3.0.2/32"), a),
+            ],
+            end: true,
+        },
+    );
+    assert_eq!(h.table.len(), 2);
+    // Next hop self: our end of the connection.
+    assert!(
+        h.table.values().all(|v| v.starts_with("via 10.0.0.2")),
+        "{:?}",
+        h.table
+    );
+    let t = h.text();
+    assert!(t.find("announce 10.3.0.1/32 10.3.0.2/32").unwrap() < t.find("End-of-RIB").unwrap());
+    insta::assert_snapshot!(t);
+}
+
+#[test]
+fn a_refused_connection_is_tried_again_after_connect_retry() {
+    let mut h = Harness::new(
+        vm_config(vm_policy(100, MaxPrefixAction::Reject)),
+        Remote::vm(),
+    );
+    h.start();
+    h.tcp_refused();
+    h.advance(secs(4));
+    assert!(!h.text().contains("connect #2"));
+    h.advance(secs(2));
+    h.tcp_connects();
+    assert_eq!(h.remote_state(), State::Established);
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn the_peers_connection_wins_over_our_attempt_in_flight() {
+    let mut h = Harness::new(
+        vm_config(vm_policy(100, MaxPrefixAction::Reject)),
+        Remote::vm(),
+    );
+    h.start();
+    h.remote_connects();
+    assert_eq!(h.remote_state(), State::Established);
+    assert!(h.text().contains("cancel the connection attempt"));
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn a_second_connection_while_established_is_refused() {
+    let mut h = vm11();
+    h.transcript.clear();
+    h.offer_second_connection();
+    assert!(h.text().contains("refuse the connection"), "{}", h.text());
+    assert_eq!(h.core.state(), State::Established);
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn keepalives_hold_the_session_for_an_hour() {
+    let mut h = vm11();
+    for _ in 0..60 {
+        h.advance(secs(60));
+    }
+    assert_eq!(h.remote_state(), State::Established);
+    assert_eq!(h.core.state(), State::Established);
+}
+
+#[test]
+fn a_peer_gone_silent_is_dropped_at_the_hold_time() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
+    h.transcript.clear();
+    h.advance_core_only(secs(91));
+    assert!(
+        h.text().contains("NOTIFICATION Hold Timer Expired (4/0)"),
+        "{}",
+        h.text()
+    );
+    assert!(h.rib_routes().is_empty());
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn a_notification_from_the_peer_withdraws_its_routes() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
+    assert_eq!(h.rib_routes(), ["10.3.0.1/32 via 10.192.24.11"]);
+    h.remote_stops(Notification::new(
+        code::CEASE,
+        cease::ADMINISTRATIVE_SHUTDOWN,
+    ));
+    assert!(h.rib_routes().is_empty());
+    assert_ne!(h.core.state(), State::Established);
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn a_bad_message_length_resets_with_the_right_notification() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
+    h.transcript.clear();
+    let mut bad = vec![0xff; 16];
+    bad.extend_from_slice(&[0, 18, 4]);
+    h.raw("a KEEPALIVE header of length 18", bad);
+    assert!(h.text().contains("(1/2)"), "{}", h.text());
+    assert!(h.rib_routes().is_empty());
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn an_update_without_origin_is_treated_as_withdraw_and_the_session_stays() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.9/32"], VM_ADDR, vm_attrs());
+    let mut a = AS_PATH_VM.to_vec();
+    a.extend_from_slice(&NEXT_HOP_VM);
+    h.raw(
+        "an UPDATE for 10.3.0.9/32 without ORIGIN",
+        raw_update(&a, &NLRI_9),
+    );
+    assert!(h.rib_routes().is_empty(), "{}", h.text());
+    assert_eq!(h.core.state(), State::Established);
+    assert_eq!(h.remote_state(), State::Established);
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn the_peers_withdrawal_reaches_the_loc_rib() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32", "10.3.0.2/32"], VM_ADDR, vm_attrs());
+    h.withdraw(&["10.3.0.1/32"]);
+    assert_eq!(h.rib_routes(), ["10.3.0.2/32 via 10.192.24.11"]);
+    insta::assert_snapshot!(h.text());
+}
+
+// ---- authorisation ----
+
+#[test]
+fn a_vms_route_in_its_own_space_is_accepted() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32", "10.3.0.0/24"], VM_ADDR, vm_attrs());
+    assert_eq!(
+        h.rib_routes(),
+        [
+            "10.3.0.0/24 via 10.192.24.11",
+            "10.3.0.1/32 via 10.192.24.11"
+        ]
+    );
+}
+
+#[test]
+fn a_route_outside_the_vms_space_is_refused() {
+    let mut h = vm11();
+    h.announce(&["192.0.2.0/24", "10.3.1.1/32"], VM_ADDR, vm_attrs());
+    assert!(h.rib_routes().is_empty());
+    let s = h.core.status(h.now);
+    assert_eq!(s.routes_received, 2);
+    assert_eq!(s.routes_accepted, 0);
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn a_route_another_vm_owns_is_refused() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.77/32", "10.3.0.78/32"], VM_ADDR, vm_attrs());
+    assert_eq!(h.rib_routes(), ["10.3.0.78/32 via 10.192.24.11"]);
+    let r = h.core.routes();
+    let refused = r.iter().find(|e| e.prefix == "10.3.0.77/32").unwrap();
+    assert!(!refused.accepted);
+    assert!(
+        refused.rejected_reason.as_deref().unwrap().contains("vm12"),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn a_next_hop_that_is_not_the_vm_is_refused() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32"], Ipv4Addr::new(10, 192, 24, 99), vm_attrs());
+    assert!(h.rib_routes().is_empty());
+    let r = h.core.routes();
+    assert!(!r[0].accepted);
+}
+
+#[test]
+fn a_path_that_does_not_begin_with_the_vms_as_is_refused() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, attrs(&[65000, VM_AS]));
+    assert!(h.rib_routes().is_empty());
+}
+
+#[test]
+fn a_path_with_our_own_as_is_refused() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, attrs(&[VM_AS, LOCAL_AS]));
+    assert!(h.rib_routes().is_empty());
+}
+
+#[test]
+fn a_path_over_the_length_limit_is_refused() {
+    let mut h = vm11();
+    let long: Vec<u32> = std::iter::repeat_n(VM_AS, 40).collect();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, attrs(&long));
+    h.announce(&["10.3.0.2/32"], VM_ADDR, attrs(&[VM_AS, VM_AS]));
+    assert_eq!(h.rib_routes(), ["10.3.0.2/32 via 10.192.24.11"]);
+    assert_eq!(h.core.state(), State::Established);
+}
+
+#[test]
+fn max_prefixes_refuses_the_excess_and_keeps_the_session() {
+    let mut h = vm_up(vm_policy(2, MaxPrefixAction::Reject), Remote::vm());
+    h.announce(
+        &["10.3.0.1/32", "10.3.0.2/32", "10.3.0.3/32"],
+        VM_ADDR,
+        vm_attrs(),
+    );
+    assert_eq!(h.rib_routes().len(), 2, "{}", h.text());
+    assert_eq!(h.core.state(), State::Established);
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn max_prefixes_with_teardown_ends_the_session_with_cease_1() {
+    let mut h = vm_up(vm_policy(2, MaxPrefixAction::Teardown), Remote::vm());
+    h.announce(
+        &["10.3.0.1/32", "10.3.0.2/32", "10.3.0.3/32"],
+        VM_ADDR,
+        vm_attrs(),
+    );
+    assert!(h.text().contains("(6/1)"), "{}", h.text());
+    assert!(h.rib_routes().is_empty());
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn a_new_policy_snapshot_judges_every_route_again() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32", "10.3.0.200/32"], VM_ADDR, vm_attrs());
+    assert_eq!(h.rib_routes().len(), 2);
+    // A registration moves 10.3.0.128/25 to vm12.
+    let mut p = vm_policy(100, MaxPrefixAction::Reject);
+    p.owners = vec![
+        ("10.3.0.0/24{24,32}".parse().unwrap(), "vm11".to_string()),
+        ("10.3.0.128/25{25,32}".parse().unwrap(), "vm12".to_string()),
+    ]
+    .into();
+    h.input("vm12 now owns 10.3.0.128/25", Input::Policy(Arc::new(p)));
+    assert_eq!(h.rib_routes(), ["10.3.0.1/32 via 10.192.24.11"]);
+    // And back: the route comes back without the VM sending it again.
+    h.input(
+        "the registration is removed",
+        Input::Policy(Arc::new(vm_policy(100, MaxPrefixAction::Reject))),
+    );
+    assert_eq!(h.rib_routes().len(), 2);
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn a_vm_that_gets_an_inventory_entry_is_renamed_without_a_flap() {
+    let mut p = vm_policy(100, MaxPrefixAction::Reject);
+    p.entry = Some((
+        "recdns1001".into(),
+        vec!["10.3.0.0/24{24,32}".parse().unwrap()],
+    ));
+    p.owners = vec![
+        (
+            "10.3.0.0/24{24,32}".parse().unwrap(),
+            "recdns1001".to_string(),
+        ),
+        ("10.3.0.77/32".parse().unwrap(), "vm12".to_string()),
+    ]
+    .into();
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
+    h.input(
+        "the inventory names the VM recdns1001",
+        Input::Policy(Arc::new(p)),
+    );
+    assert_eq!(h.core.cfg().name, "recdns1001");
+    // The route is sent again under the new name, never withdrawn.
+    assert!(!has_rib(&h, |m| matches!(m, RibMsg::PeerDown(_))));
+    assert!(
+        h.text().contains("update from recdns1001 (+10.3.0.1/32"),
+        "{}",
+        h.text()
+    );
+    assert_eq!(h.rib_routes(), ["10.3.0.1/32 via 10.192.24.11"]);
+}
+
+// ---- graceful restart, as a helper ----
+
+fn gr_vm() -> Harness {
+    let mut r = Remote::vm();
+    r.graceful_restart = Some(60);
+    vm_up(vm_policy(100, MaxPrefixAction::Reject), r)
+}
+
+#[test]
+fn a_restarting_peers_routes_are_kept_as_stale_until_its_end_of_rib() {
+    let mut h = gr_vm();
+    h.announce(&["10.3.0.1/32", "10.3.0.2/32"], VM_ADDR, vm_attrs());
+    h.tcp_lost();
+    // Kept: the Loc-RIB is told nothing.
+    assert_eq!(h.rib_routes().len(), 2, "{}", h.text());
+    h.advance(secs(5));
+    // It comes back with its forwarding state kept (the F bit).
+    h.remote_cfg.restarting = true;
+    h.tcp_connects();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
+    assert_eq!(h.rib_routes().len(), 2, "{}", h.text());
+    h.end_of_rib();
+    // What was not announced again is gone.
+    assert_eq!(h.rib_routes(), ["10.3.0.1/32 via 10.192.24.11"]);
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn a_peer_back_without_its_forwarding_state_loses_its_stale_routes_at_once() {
+    let mut h = gr_vm();
+    h.announce(&["10.3.0.1/32", "10.3.0.2/32"], VM_ADDR, vm_attrs());
+    h.tcp_lost();
+    assert_eq!(h.rib_routes().len(), 2);
+    h.advance(secs(5));
+    h.tcp_connects();
+    // RFC 4724 §4.2: no Forwarding State bit, no stale routes.
+    assert!(h.rib_routes().is_empty(), "{}", h.text());
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn stale_routes_go_when_the_restart_time_runs_out() {
+    let mut h = gr_vm();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
+    h.tcp_lost();
+    h.advance(secs(59));
+    assert_eq!(h.rib_routes().len(), 1);
+    h.advance(secs(2));
+    assert!(h.rib_routes().is_empty(), "{}", h.text());
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn the_restart_time_is_capped_by_helper_max_time() {
+    let mut r = Remote::vm();
+    r.graceful_restart = Some(3600);
+    let mut h = vm_up(vm_policy(100, MaxPrefixAction::Reject), r);
+    h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
+    h.tcp_lost();
+    h.advance(secs(299));
+    assert_eq!(h.rib_routes().len(), 1);
+    h.advance(secs(2));
+    assert!(h.rib_routes().is_empty());
+}
+
+#[test]
+fn without_graceful_restart_a_lost_connection_withdraws_everything() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
+    h.tcp_lost();
+    assert!(h.rib_routes().is_empty());
+    assert!(has_rib(&h, |m| matches!(m, RibMsg::PeerDown(_))));
+}
+
+#[test]
+fn a_notification_ends_graceful_restart_help() {
+    let mut h = gr_vm();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
+    h.remote_stops(Notification::new(code::CEASE, cease::ADMINISTRATIVE_RESET));
+    assert!(h.rib_routes().is_empty(), "{}", h.text());
+}
+
+#[test]
+fn after_our_own_restart_an_upstream_session_waits_for_the_loc_rib() {
+    let mut h = Harness::with_identity(tor_config(), Remote::tor(), true, true);
+    h.start();
+    assert!(!h.text().contains("connect #"), "{}", h.text());
+    h.input("the Loc-RIB is complete", Input::RibReady);
+    h.tcp_connects();
+    assert_eq!(h.remote_state(), State::Established);
+    insta::assert_snapshot!(h.text());
+}
+
+// ---- export ----
+
+#[test]
+fn export_changes_reach_the_upstream_neighbor() {
+    let mut h = tor_up();
+    let a = Arc::new(attrs(&[LOCAL_AS, VM_AS]));
+    h.input(
+        "the Loc-RIB exports two routes",
+        Input::Export(vec![
+            (prefix("10.3.0.1/32"), Some(a.clone())),
+            (prefix("10.3.0.2/32"), Some(a)),
+        ]),
+    );
+    assert_eq!(h.table.len(), 2);
+    // One attribute set: one UPDATE.
+    assert_eq!(
+        h.text().matches("UPDATE announce").count(),
+        1,
+        "{}",
+        h.text()
+    );
+    h.input(
+        "the Loc-RIB withdraws one",
+        Input::Export(vec![(prefix("10.3.0.1/32"), None)]),
+    );
+    assert_eq!(
+        h.table.keys().map(|p| p.to_string()).collect::<Vec<_>>(),
+        ["10.3.0.2/32"]
+    );
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn a_route_refresh_from_upstream_asks_the_loc_rib_for_the_table_again() {
+    let mut h = tor_up();
+    let conn = h.conn.unwrap();
+    h.input(
+        "the Loc-RIB hands over an empty table",
+        Input::Refeed {
+            conn,
+            family: AfiSafi::IPV4_UNICAST,
+            routes: vec![],
+            end: true,
+        },
+    );
+    let before = h
+        .rib
+        .iter()
+        .filter(|m| matches!(m, RibMsg::Refeed { .. }))
+        .count();
+    h.route_refresh();
+    let after = h
+        .rib
+        .iter()
+        .filter(|m| matches!(m, RibMsg::Refeed { .. }))
+        .count();
+    assert_eq!(after, before + 1);
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn route_refreshes_while_one_is_answered_are_coalesced_into_one_more() {
+    let mut h = tor_up();
+    let conn = h.conn.unwrap();
+    // The first table is still on its way (no Refeed handed over yet).
+    h.route_refresh();
+    h.route_refresh();
+    h.route_refresh();
+    let asked = |h: &Harness| {
+        h.rib
+            .iter()
+            .filter(|m| matches!(m, RibMsg::Refeed { .. }))
+            .count()
+    };
+    assert_eq!(asked(&h), 1, "{}", h.text());
+    h.input(
+        "the Loc-RIB hands over the first table",
+        Input::Refeed {
+            conn,
+            family: AfiSafi::IPV4_UNICAST,
+            routes: vec![],
+            end: true,
+        },
+    );
+    // Once handed over: exactly one more.
+    assert_eq!(asked(&h), 2, "{}", h.text());
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn a_vms_route_refresh_gets_end_of_rib() {
+    let mut h = vm11();
+    h.transcript.clear();
+    h.route_refresh();
+    assert!(h.text().contains("UPDATE End-of-RIB"), "{}", h.text());
+    assert!(!has_rib(&h, |m| matches!(m, RibMsg::Refeed { .. })));
+}
+
+#[test]
+fn a_new_export_policy_goes_to_the_loc_rib_without_a_reset() {
+    let mut h = tor_up();
+    let mut p = tapir::policy::Policy::hypervisor_default();
+    p.name = "STRICTER".into();
+    p.terms.clear();
+    h.input(
+        "a reload sets a new export policy",
+        Input::SetExport(Arc::new(p)),
+    );
+    assert!(has_rib(&h, |m| matches!(m, RibMsg::SetPolicy { .. })));
+    assert_eq!(h.remote_state(), State::Established);
+}
+
+// ---- limits, BFD, stopping ----
+
+#[test]
+fn a_send_queue_over_the_limit_ends_the_session_with_out_of_resources() {
+    let mut h = tor_up();
+    let conn = h.conn.unwrap();
+    h.transcript.clear();
+    h.input(
+        "the outbox holds 65 MiB",
+        Input::SendQueueOver {
+            conn,
+            queued: 65 << 20,
+        },
+    );
+    assert!(h.text().contains(&format!("close #{conn}")), "{}", h.text());
+    assert_ne!(h.core.state(), State::Established);
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn a_send_hold_timer_expiry_ends_the_session() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
+    let conn = h.conn.unwrap();
+    h.input("the writer is stuck", Input::SendHoldExpired { conn });
+    assert!(h.rib_routes().is_empty());
+    assert_ne!(h.core.state(), State::Established);
+}
+
+#[test]
+fn bfd_starts_with_the_session_and_ends_with_it() {
+    let mut cfg = vm_config(vm_policy(100, MaxPrefixAction::Reject));
+    cfg.bfd = Some(tapir::bfd::BfdTimers {
+        interval: Duration::from_millis(300),
+        multiplier: 3,
+    });
+    let mut h = Harness::new(cfg, Remote::vm());
+    h.start();
+    h.tcp_connects();
+    assert!(h.text().contains("bfd add 300 ms x 3"), "{}", h.text());
+    h.input("BFD says the path is down", Input::BfdDown);
+    assert!(h.text().contains("(6/10)"), "{}", h.text());
+    assert!(
+        h.text().contains("bfd remove 10.192.24.11 Some(11)"),
+        "{}",
+        h.text()
+    );
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn no_bfd_session_without_a_bfd_task() {
+    let mut cfg = vm_config(vm_policy(100, MaxPrefixAction::Reject));
+    cfg.bfd = Some(tapir::bfd::BfdTimers {
+        interval: Duration::from_millis(300),
+        multiplier: 3,
+    });
+    let mut h = Harness::with_identity(cfg, Remote::vm(), false, false);
+    h.start();
+    h.tcp_connects();
+    assert!(!h.text().contains("bfd add"));
+}
+
+#[test]
+fn shutdown_sends_cease_and_withdraws_everything() {
+    let mut h = tor_up();
+    h.input(
+        "the daemon stops",
+        Input::Shutdown(Notification::new(
+            code::CEASE,
+            cease::ADMINISTRATIVE_SHUTDOWN,
+        )),
+    );
+    assert!(h.text().contains("(6/2)"), "{}", h.text());
+    assert!(has_rib(&h, |m| matches!(m, RibMsg::PeerDown(_))));
+    assert!(has_rib(&h, |m| matches!(m, RibMsg::Unsubscribe(_))));
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn abort_closes_without_a_notification_and_tells_the_loc_rib_nothing() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
+    h.transcript.clear();
+    h.input("tapir restarts gracefully", Input::Abort);
+    assert!(!h.text().contains("NOTIFICATION"), "{}", h.text());
+    assert_eq!(h.rib_routes().len(), 1);
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn new_timers_apply_from_the_next_session() {
+    let mut h = vm11();
+    let mut c = vm_config(vm_policy(100, MaxPrefixAction::Reject));
+    c.hold_time = 9;
+    h.input("a reload sets hold-time 9", Input::NextSession(Box::new(c)));
+    assert_eq!(h.core.status(h.now).hold_time, Some(90));
+    h.remote_stops(Notification::new(code::CEASE, cease::ADMINISTRATIVE_RESET));
+    h.advance(secs(6));
+    h.tcp_connects();
+    assert_eq!(h.core.status(h.now).hold_time, Some(9), "{}", h.text());
+}
+
+#[test]
+fn counters_and_the_last_notification_are_kept() {
+    let mut h = vm11();
+    h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
+    h.remote_stops(Notification::new(code::CEASE, cease::ADMINISTRATIVE_RESET));
+    let s = h.core.status(h.now);
+    assert_eq!(s.messages_received["update"], 1);
+    assert_eq!(s.messages_received["notification"], 1);
+    assert_eq!(s.flaps, 1);
+    assert!(s.last_notification_received.unwrap().contains("(6/4)"));
+}
