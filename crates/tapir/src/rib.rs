@@ -1092,64 +1092,7 @@ impl Rib {
                 peer,
                 announce,
                 withdraw,
-            } => {
-                self.backlog.applied(announce.len() + withdraw.len());
-                let sel = Selection::new(&self.drains);
-                for p in withdraw {
-                    let mut change = None;
-                    let gone = self.table.take_unless(&p, |v| match v {
-                        // The common case: the prefix goes, and its one
-                        // path moves into the change record.
-                        Paths::One(x) if x.peer.as_ref().is_some_and(|q| q.id == peer.id) => false,
-                        _ => {
-                            change = Some(Change::new(p, Some(v), sel));
-                            v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
-                            !v.is_empty()
-                        }
-                    });
-                    if let (None, Some(Paths::One(x))) = (&change, gone) {
-                        change = Some(Change {
-                            prefix: p,
-                            was: Some(x),
-                        });
-                    }
-                    changed.extend(change);
-                }
-                // The prefixes of one UPDATE share one attribute Arc and
-                // next hop: interned once, one `Route` for all of them.
-                let mut last: Option<(Arc<PathAttributes>, Arc<Route>)> = None;
-                for (p, nh, attrs) in announce {
-                    let route = match &last {
-                        Some((from, to))
-                            if Arc::ptr_eq(from, &attrs) && to.next_hop == Some(nh) =>
-                        {
-                            to.clone()
-                        }
-                        _ => {
-                            let to = Arc::new(Route::new(
-                                Some(nh),
-                                self.interned.intern_arc(attrs.clone()),
-                            ));
-                            last = Some((attrs, to.clone()));
-                            to
-                        }
-                    };
-                    let path = Path {
-                        peer: Some(peer.clone()),
-                        route,
-                    };
-                    let mut was = None;
-                    self.table.upsert(p, |v| match v {
-                        Some(v) => {
-                            was = sel.best(v).cloned();
-                            v.replace(path);
-                            None
-                        }
-                        None => Some(Paths::One(path)),
-                    });
-                    changed.push(Change { prefix: p, was });
-                }
-            }
+            } => self.update(&peer, announce, withdraw, changed),
             RibMsg::Local { announce, withdraw } => {
                 let sel = Selection::new(&self.drains);
                 for p in withdraw {
@@ -1212,32 +1155,7 @@ impl Rib {
                 }
             }
             RibMsg::Sweep => self.sweep(),
-            RibMsg::DeferralOver => {
-                self.ready = true;
-                if let Some(r) = self.restarting.take() {
-                    r.store(false, std::sync::atomic::Ordering::Relaxed);
-                }
-                // Kernel routes from before the restart that no VM
-                // announced again are removed now.
-                let stale = std::mem::take(&mut self.stale);
-                let mut ops = Vec::new();
-                for p in stale {
-                    if self.installed.get(&p).is_some_and(|h| h.is_empty()) {
-                        self.installed.remove(&p);
-                        ops.push(FibChange::Remove { prefix: p });
-                    }
-                }
-                tracing::info!(
-                    removed = ops.len(),
-                    "graceful restart complete: stale kernel routes removed, End-of-RIB sent"
-                );
-                if let (Some(fib), false) = (&self.fib, ops.is_empty()) {
-                    let _ = fib.send(ops);
-                }
-                for s in self.subscribers.values() {
-                    let _ = s.tx.send(PeerMsg::RibReady).await;
-                }
-            }
+            RibMsg::DeferralOver => self.deferral_over().await,
             RibMsg::SetPolicy { peer, policy } => {
                 // What is pending goes out under the old policy first.
                 self.flush(changed).await;
@@ -1248,52 +1166,7 @@ impl Rib {
                 }
             }
             RibMsg::Refeed { peer, conn, family } => self.refeed(peer, conn, family).await,
-            RibMsg::Drain { vm, state, reply } => {
-                let known: std::collections::BTreeSet<String> = self
-                    .table
-                    .values()
-                    .flat_map(|v| v.iter())
-                    .filter_map(|x| x.peer.as_deref().and_then(drain_key))
-                    .collect();
-                let targets: Vec<String> = match &vm {
-                    Some(v) if known.contains(v) || self.drains.contains_key(v) => vec![v.clone()],
-                    Some(v) => {
-                        let _ = reply.send(Err(format!(
-                            "no VM `{v}` has routes (give its inventory name or its tap)"
-                        )));
-                        return;
-                    }
-                    None => match state {
-                        Some(_) => known.into_iter().collect(),
-                        None => self.drains.keys().cloned().collect(),
-                    },
-                };
-                // What is pending goes out under the old drains first.
-                self.flush(changed).await;
-                self.rules_changed();
-                let old = self.drains.clone();
-                for t in &targets {
-                    match state {
-                        None => {
-                            self.drains.remove(t);
-                        }
-                        Some(s) => {
-                            self.drain_generation += 1;
-                            let g = self.drain_generation;
-                            self.drains.insert(t.clone(), (s, g));
-                            if let (DrainState::Shutdown, Some(d)) =
-                                (s, self.drain_cfg.withdraw_after)
-                            {
-                                let vm = t.clone();
-                                self.send_later(d, RibMsg::DrainExpired { vm, generation: g });
-                            }
-                        }
-                    }
-                    tracing::info!(vm = %t, state = ?state, "drain");
-                }
-                let _ = reply.send(Ok(targets.len()));
-                self.reexport(None, Before::Drains(&old), true).await;
-            }
+            RibMsg::Drain { vm, state, reply } => self.drain(vm, state, reply, changed).await,
             RibMsg::DrainExpired { vm, generation } => {
                 let due = self
                     .drains
@@ -1328,6 +1201,151 @@ impl Rib {
                     attribute_sets: self.interned.len(),
                 });
             }
+        }
+    }
+
+    /// A batch from one peer: its paths replace what it had for those
+    /// prefixes, and withdrawn prefixes lose its path.
+    fn update(
+        &mut self,
+        peer: &Arc<PeerInfo>,
+        announce: Vec<(Prefix, NextHop, Arc<PathAttributes>)>,
+        withdraw: Vec<Prefix>,
+        changed: &mut Vec<Change>,
+    ) {
+        self.backlog.applied(announce.len() + withdraw.len());
+        let sel = Selection::new(&self.drains);
+        for p in withdraw {
+            let mut change = None;
+            let gone = self.table.take_unless(&p, |v| match v {
+                // The common case: the prefix goes, and its one
+                // path moves into the change record.
+                Paths::One(x) if x.peer.as_ref().is_some_and(|q| q.id == peer.id) => false,
+                _ => {
+                    change = Some(Change::new(p, Some(v), sel));
+                    v.retain(|x| x.peer.as_ref().is_none_or(|q| q.id != peer.id));
+                    !v.is_empty()
+                }
+            });
+            if let (None, Some(Paths::One(x))) = (&change, gone) {
+                change = Some(Change {
+                    prefix: p,
+                    was: Some(x),
+                });
+            }
+            changed.extend(change);
+        }
+        // The prefixes of one UPDATE share one attribute Arc and
+        // next hop: interned once, one `Route` for all of them.
+        let mut last: Option<(Arc<PathAttributes>, Arc<Route>)> = None;
+        for (p, nh, attrs) in announce {
+            let route = match &last {
+                Some((from, to)) if Arc::ptr_eq(from, &attrs) && to.next_hop == Some(nh) => {
+                    to.clone()
+                }
+                _ => {
+                    let to = Arc::new(Route::new(
+                        Some(nh),
+                        self.interned.intern_arc(attrs.clone()),
+                    ));
+                    last = Some((attrs, to.clone()));
+                    to
+                }
+            };
+            let path = Path {
+                peer: Some(peer.clone()),
+                route,
+            };
+            let mut was = None;
+            self.table.upsert(p, |v| match v {
+                Some(v) => {
+                    was = sel.best(v).cloned();
+                    v.replace(path);
+                    None
+                }
+                None => Some(Paths::One(path)),
+            });
+            changed.push(Change { prefix: p, was });
+        }
+    }
+
+    /// `tapir drain`: starts or ends the drain of one VM, or of all.
+    async fn drain(
+        &mut self,
+        vm: Option<String>,
+        state: Option<DrainState>,
+        reply: oneshot::Sender<Result<usize, String>>,
+        changed: &mut Vec<Change>,
+    ) {
+        let known: std::collections::BTreeSet<String> = self
+            .table
+            .values()
+            .flat_map(|v| v.iter())
+            .filter_map(|x| x.peer.as_deref().and_then(drain_key))
+            .collect();
+        let targets: Vec<String> = match &vm {
+            Some(v) if known.contains(v) || self.drains.contains_key(v) => vec![v.clone()],
+            Some(v) => {
+                let _ = reply.send(Err(format!(
+                    "no VM `{v}` has routes (give its inventory name or its tap)"
+                )));
+                return;
+            }
+            None => match state {
+                Some(_) => known.into_iter().collect(),
+                None => self.drains.keys().cloned().collect(),
+            },
+        };
+        // What is pending goes out under the old drains first.
+        self.flush(changed).await;
+        self.rules_changed();
+        let old = self.drains.clone();
+        for t in &targets {
+            match state {
+                None => {
+                    self.drains.remove(t);
+                }
+                Some(s) => {
+                    self.drain_generation += 1;
+                    let g = self.drain_generation;
+                    self.drains.insert(t.clone(), (s, g));
+                    if let (DrainState::Shutdown, Some(d)) = (s, self.drain_cfg.withdraw_after) {
+                        let vm = t.clone();
+                        self.send_later(d, RibMsg::DrainExpired { vm, generation: g });
+                    }
+                }
+            }
+            tracing::info!(vm = %t, state = ?state, "drain");
+        }
+        let _ = reply.send(Ok(targets.len()));
+        self.reexport(None, Before::Drains(&old), true).await;
+    }
+
+    /// The graceful restart's deferral is over: the Loc-RIB is complete.
+    async fn deferral_over(&mut self) {
+        self.ready = true;
+        if let Some(r) = self.restarting.take() {
+            r.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        // Kernel routes from before the restart that no VM
+        // announced again are removed now.
+        let stale = std::mem::take(&mut self.stale);
+        let mut ops = Vec::new();
+        for p in stale {
+            if self.installed.get(&p).is_some_and(|h| h.is_empty()) {
+                self.installed.remove(&p);
+                ops.push(FibChange::Remove { prefix: p });
+            }
+        }
+        tracing::info!(
+            removed = ops.len(),
+            "graceful restart complete: stale kernel routes removed, End-of-RIB sent"
+        );
+        if let (Some(fib), false) = (&self.fib, ops.is_empty()) {
+            let _ = fib.send(ops);
+        }
+        for s in self.subscribers.values() {
+            let _ = s.tx.send(PeerMsg::RibReady).await;
         }
     }
 
