@@ -18,34 +18,84 @@ use crate::peer::{self, Local, PeerHandle, PeerMsg};
 use bgp::notification::{cease, Notification};
 use tokio::sync::mpsc;
 
+/// `tapir run`: start, serve until stopped, shut down.
 pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<(), String> {
-    for w in config.warnings() {
-        warn!("{w}");
+    let mut daemon = Daemon::start(config, config_path, socket).await?;
+    let graceful = daemon.serve().await?;
+    daemon.shutdown(graceful).await;
+    Ok(())
+}
+
+/// What the control socket, the metrics endpoint and the main loop share:
+/// the handles of every task.
+#[derive(Clone)]
+struct Handles {
+    /// The static neighbors' tasks; a reload changes them.
+    peers: Peers,
+    /// The role's task (hypervisor or guest), if any.
+    hv: Option<mpsc::Sender<HvMsg>>,
+    rib: mpsc::UnboundedSender<crate::rib::RibMsg>,
+    bfd: Option<mpsc::UnboundedSender<crate::bfd::BfdMsg>>,
+    services: crate::health::Statuses,
+    about: Arc<About>,
+    /// To the main loop: stop (graceful or not), reload.
+    stop: mpsc::Sender<bool>,
+    reload: mpsc::Sender<oneshot::Sender<Result<String, String>>>,
+}
+
+/// The listening sockets' descriptors (TCP-MD5 and TCP-AO keys, GTSM) and
+/// the keys they hold, so that a reload applies the difference.
+struct ListenerKeys {
+    fds: Vec<(std::os::fd::OwnedFd, bool)>,
+    md5: Md5Keys,
+    ao: AoKeys,
+}
+
+impl ListenerKeys {
+    fn new(listeners: &[TcpListener], config: &Config) -> Result<ListenerKeys, String> {
+        let fds = listeners
+            .iter()
+            .map(|l| {
+                use std::os::fd::AsFd;
+                let v6 = l.local_addr().is_ok_and(|a| a.is_ipv6());
+                l.as_fd().try_clone_to_owned().map(|fd| (fd, v6))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("listener: {e}"))?;
+        let mut keys = ListenerKeys {
+            fds,
+            md5: Md5Keys::new(),
+            ao: AoKeys::new(),
+        };
+        keys.apply(config)?;
+        Ok(keys)
     }
-    let (control_listener, _guard) =
-        control::bind(socket).map_err(|e| format!("control socket {}: {e}", socket.display()))?;
-    let mut listeners = Vec::new();
-    for addr in &config.listen {
-        listeners.push(bind_bgp(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+
+    fn apply(&mut self, config: &Config) -> Result<(), String> {
+        apply_listener_ttl(&self.fds, config);
+        apply_md5(&self.fds, &mut self.md5, &md5_keys(config))?;
+        apply_ao(&self.fds, &mut self.ao, &ao_keys(config))
     }
-    // The listeners' descriptors, for TCP-MD5 keys now and at reloads.
-    let listener_fds: Vec<(std::os::fd::OwnedFd, bool)> = listeners
-        .iter()
-        .map(|l| {
-            use std::os::fd::AsFd;
-            let v6 = l.local_addr().is_ok_and(|a| a.is_ipv6());
-            l.as_fd().try_clone_to_owned().map(|fd| (fd, v6))
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("listener: {e}"))?;
-    // What the listeners hold, for the reloads.
-    let mut md5_applied = Md5Keys::new();
-    let mut ao_applied = AoKeys::new();
-    apply_md5(&listener_fds, &mut md5_applied, &md5_keys(&config))?;
-    apply_ao(&listener_fds, &mut ao_applied, &ao_keys(&config))?;
-    apply_listener_ttl(&listener_fds, &config);
-    // A graceful restart is in progress if the last run stopped with
-    // `tapir stop --graceful` within the restart time (RFC 4724 §4.1).
+}
+
+/// The running daemon.
+struct Daemon {
+    config: Config,
+    config_path: std::path::PathBuf,
+    local: Arc<Local>,
+    handles: Handles,
+    keys: ListenerKeys,
+    /// Written at a graceful stop, read at the next start.
+    marker: Option<std::path::PathBuf>,
+    stop: mpsc::Receiver<bool>,
+    reload: mpsc::Receiver<oneshot::Sender<Result<String, String>>>,
+    /// Removes the control socket when the daemon ends.
+    _control: control::SocketGuard,
+}
+
+/// Whether the last run stopped with `tapir stop --graceful` within the
+/// restart time (RFC 4724 §4.1); the marker file, consumed.
+fn graceful_restart_marker(config: &Config) -> (Option<std::path::PathBuf>, bool) {
     let marker = config
         .state_dir
         .as_ref()
@@ -60,325 +110,269 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
     if let Some(m) = &marker {
         let _ = std::fs::remove_file(m);
     }
-    let restarting_flag = Arc::new(std::sync::atomic::AtomicBool::new(restarting));
-    let mut restart = None;
-    let fib = if config.kernel.install {
-        if restarting {
-            let stale = crate::kernel::our_routes(config.kernel.protocol)
-                .await
-                .unwrap_or_default();
-            info!(
-                kept = stale.len(),
-                deferral = ?config.graceful_restart.deferral,
-                "graceful restart: kernel routes kept until the VMs announce again"
-            );
-            restart = Some(crate::rib::Restart {
-                stale,
-                deferral: config.graceful_restart.deferral,
-                restarting: restarting_flag.clone(),
-            });
-        } else {
-            match crate::kernel::flush_stale(config.kernel.protocol).await {
-                Ok(0) => {}
-                Ok(n) => info!(
-                    routes = n,
-                    protocol = config.kernel.protocol,
-                    "stale routes of an earlier run removed"
-                ),
-                Err(e) => warn!(error = %e, "cannot read the kernel's routes"),
-            }
-        }
-        Some(
-            crate::kernel::spawn_writer(config.kernel.protocol, config.kernel.metric).map_err(
-                |e| format!("netlink: {e} (tapir needs CAP_NET_ADMIN to install routes)"),
-            )?,
-        )
-    } else {
-        None
+    (marker, restarting)
+}
+
+/// The kernel's FIB writer (if routes are installed) and, after a graceful
+/// restart, what the Loc-RIB must know of it; a cold start removes what
+/// an earlier run left.
+async fn start_fib(
+    config: &Config,
+    restarting: &Arc<std::sync::atomic::AtomicBool>,
+) -> Result<
+    (
+        Option<mpsc::UnboundedSender<Vec<crate::rib::FibChange>>>,
+        Option<crate::rib::Restart>,
+    ),
+    String,
+> {
+    let restart = |stale| crate::rib::Restart {
+        stale,
+        deferral: config.graceful_restart.deferral,
+        restarting: restarting.clone(),
     };
-    if restarting && restart.is_none() {
-        restart = Some(crate::rib::Restart {
-            stale: Vec::new(),
-            deferral: config.graceful_restart.deferral,
-            restarting: restarting_flag.clone(),
-        });
+    let graceful = restarting.load(std::sync::atomic::Ordering::Relaxed);
+    if !config.kernel.install {
+        return Ok((None, graceful.then(|| restart(Vec::new()))));
     }
-    let rib_backlog = crate::rib::Backlog::default();
-    let rib = crate::rib::spawn(
-        config.local_as,
-        config.announce.clone(),
-        fib,
-        config.kernel.multipath,
-        restart,
-        config.drain,
-        rib_backlog.clone(),
-    )
-    .map_err(|e| format!("cannot start the RIB thread: {e}"))?;
-    let wants_bfd = config.neighbors.iter().any(|n| n.bfd.is_some())
+    let mut kept = None;
+    if graceful {
+        let stale = crate::kernel::our_routes(config.kernel.protocol)
+            .await
+            .unwrap_or_default();
+        info!(
+            kept = stale.len(),
+            deferral = ?config.graceful_restart.deferral,
+            "graceful restart: kernel routes kept until the VMs announce again"
+        );
+        kept = Some(restart(stale));
+    } else {
+        match crate::kernel::flush_stale(config.kernel.protocol).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                routes = n,
+                protocol = config.kernel.protocol,
+                "stale routes of an earlier run removed"
+            ),
+            Err(e) => warn!(error = %e, "cannot read the kernel's routes"),
+        }
+    }
+    let writer = crate::kernel::spawn_writer(config.kernel.protocol, config.kernel.metric)
+        .map_err(|e| format!("netlink: {e} (tapir needs CAP_NET_ADMIN to install routes)"))?;
+    Ok((Some(writer), kept))
+}
+
+/// Whether any session of `config` asks for BFD.
+fn wants_bfd(config: &Config) -> bool {
+    config.neighbors.iter().any(|n| n.bfd.is_some())
         || config.groups.iter().any(|g| g.bfd.is_some())
         || config
             .gateway
             .as_ref()
-            .is_some_and(|g| g.template.bfd.is_some());
-    let bfd = if wants_bfd {
-        Some(crate::bfd::spawn().map_err(|e| format!("BFD sockets (UDP 3784): {e}"))?)
-    } else {
-        None
-    };
-    let local = Arc::new(Local {
-        router_id: config.router_id,
-        local_as: config.local_as,
-        bfd: bfd.clone(),
-        rib,
-        rib_backlog,
-        restarting: restarting_flag,
-        gr_helper_max: Arc::new(config.graceful_restart.helper_max_time.into()),
-    });
-    let mut inventory = Inventory::new(config.vms.clone(), config.state_dir.as_deref());
-    let registered = inventory.load_registrations()?;
-    // Health-checked services: their prefixes come and go in the Loc-RIB.
-    let services = crate::health::spawn(&config.services, local.rib.clone());
-    let hv: Option<mpsc::Sender<HvMsg>> = if config.groups.is_empty() && config.gateway.is_none() {
-        None
-    } else {
-        let hv = match &config.gateway {
-            Some(g) => {
-                info!("guest role: following the default gateway");
-                crate::guest::spawn(
-                    g.clone(),
-                    config.graceful_restart.restart_time,
-                    local.clone(),
-                )
-            }
-            None => dynamic::spawn(
-                config.groups.clone(),
-                config.neighbors.iter().map(|n| n.address).collect(),
-                inventory,
+            .is_some_and(|g| g.template.bfd.is_some())
+}
+
+/// The role's task: the guest's (a gateway is configured) or the
+/// hypervisor's (VM groups are), fed by the kernel watcher.
+async fn start_role(
+    config: &Config,
+    inventory: Inventory,
+    registered: usize,
+    local: &Arc<Local>,
+) -> Result<Option<mpsc::Sender<HvMsg>>, String> {
+    if config.groups.is_empty() && config.gateway.is_none() {
+        return Ok(None);
+    }
+    let hv = match &config.gateway {
+        Some(g) => {
+            info!("guest role: following the default gateway");
+            crate::guest::spawn(
+                g.clone(),
+                config.graceful_restart.restart_time,
                 local.clone(),
-                config.kernel.install,
-                config.registration_grace,
-            ),
-        };
-        let (ktx, mut krx) = mpsc::unbounded_channel();
-        crate::kernel::watch(ktx).await.map_err(|e| {
-            format!("netlink: {e} (tapir needs CAP_NET_ADMIN to follow taps and routes)")
-        })?;
-        let hv2 = hv.clone();
-        tokio::spawn(async move {
-            while let Some(e) = krx.recv().await {
-                if hv2.send(HvMsg::Kernel(e)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        if config.gateway.is_none() {
-            info!(
-                groups = config.groups.len(),
-                registered, "hypervisor role: following taps"
-            );
+            )
         }
-        Some(hv)
+        None => dynamic::spawn(
+            config.groups.clone(),
+            config.neighbors.iter().map(|n| n.address).collect(),
+            inventory,
+            local.clone(),
+            config.kernel.install,
+            config.registration_grace,
+        ),
     };
-    // The static neighbors, in the config's order; a reload changes them.
-    let peers: Peers = Arc::new(std::sync::RwLock::new(
-        config
-            .neighbors
-            .iter()
-            .map(|n| {
-                peer::spawn(
-                    peer::PeerConfig::from_neighbor(n, config.graceful_restart.restart_time),
-                    local.clone(),
-                )
-            })
-            .collect(),
-    ));
-    info!(
-        router_id = %config.router_id,
-        local_as = config.local_as,
-        neighbors = config.neighbors.len(),
-        socket = %socket.display(),
-        "tapir started"
-    );
-    for l in listeners {
-        let peers = peers.clone();
-        let hv = hv.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, from) = match l.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let ip = from.ip().to_canonical();
-                let neighbor = snapshot(&peers).into_iter().find(|p| p.address == ip);
-                match (neighbor, &hv) {
-                    (Some(p), _) => {
-                        let _ = p.tx.send(PeerMsg::Incoming(stream)).await;
-                    }
-                    (None, Some(hv)) => {
-                        let _ = hv.send(HvMsg::Incoming(stream, from)).await;
-                    }
-                    (None, None) => {
-                        info!(from = %ip, "connection from an address that is no neighbor refused")
-                    }
-                }
+    let (ktx, mut krx) = mpsc::unbounded_channel();
+    crate::kernel::watch(ktx).await.map_err(|e| {
+        format!("netlink: {e} (tapir needs CAP_NET_ADMIN to follow taps and routes)")
+    })?;
+    let to_role = hv.clone();
+    tokio::spawn(async move {
+        while let Some(e) = krx.recv().await {
+            if to_role.send(HvMsg::Kernel(e)).await.is_err() {
+                return;
             }
-        });
+        }
+    });
+    if config.gateway.is_none() {
+        info!(
+            groups = config.groups.len(),
+            registered, "hypervisor role: following taps"
+        );
     }
-    if let Some(addr) = config.metrics {
-        let listener =
-            crate::metrics::bind(addr).map_err(|e| format!("metrics listener {addr}: {e}"))?;
-        let (peers, hv, rib, bfd) = (peers.clone(), hv.clone(), local.rib.clone(), bfd.clone());
-        let services = services.clone();
-        crate::metrics::serve(listener, move || {
-            let (peers, hv, rib, bfd) = (snapshot(&peers), hv.clone(), rib.clone(), bfd.clone());
-            let services = services.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            async move {
-                let peers = peer_statuses(&peers, hv.as_ref()).await;
-                let bfd = match bfd {
-                    Some(b) => {
-                        let (tx, rx) = oneshot::channel();
-                        let _ = b.send(crate::bfd::BfdMsg::Show(tx));
-                        rx.await.unwrap_or_default()
-                    }
-                    None => Vec::new(),
-                };
-                let (tx, rx) = oneshot::channel();
-                let rib = match rib.send(crate::rib::RibMsg::Stats(tx)) {
-                    Ok(()) => rx.await.ok(),
-                    Err(_) => None,
-                };
-                crate::metrics::Snapshot {
-                    peers,
-                    bfd,
-                    rib,
-                    services,
-                }
-            }
+    Ok(Some(hv))
+}
+
+impl Daemon {
+    /// Binds every socket and starts every task; an error here leaves
+    /// nothing running.
+    async fn start(config: Config, config_path: &Path, socket: &Path) -> Result<Daemon, String> {
+        for w in config.warnings() {
+            warn!("{w}");
+        }
+        let (control_listener, guard) = control::bind(socket)
+            .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            listeners.push(bind_bgp(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+        }
+        let keys = ListenerKeys::new(&listeners, &config)?;
+        let (marker, restarting) = graceful_restart_marker(&config);
+        let restarting = Arc::new(std::sync::atomic::AtomicBool::new(restarting));
+        let (fib, restart) = start_fib(&config, &restarting).await?;
+        let rib_backlog = crate::rib::Backlog::default();
+        let rib = crate::rib::spawn(
+            config.local_as,
+            config.announce.clone(),
+            fib,
+            config.kernel.multipath,
+            restart,
+            config.drain,
+            rib_backlog.clone(),
+        )
+        .map_err(|e| format!("cannot start the RIB thread: {e}"))?;
+        let bfd = match wants_bfd(&config) {
+            true => Some(crate::bfd::spawn().map_err(|e| format!("BFD sockets (UDP 3784): {e}"))?),
+            false => None,
+        };
+        let local = Arc::new(Local {
+            router_id: config.router_id,
+            local_as: config.local_as,
+            bfd: bfd.clone(),
+            rib: rib.clone(),
+            rib_backlog,
+            restarting,
+            gr_helper_max: Arc::new(config.graceful_restart.helper_max_time.into()),
         });
-        info!(listen = %addr, "metrics endpoint up");
-    }
-    let (stop_tx, mut stop_rx) = mpsc::channel::<bool>(1);
-    let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Result<String, String>>>(4);
-    {
-        let peers = peers.clone();
-        let hv = hv.clone();
-        let rib = local.rib.clone();
-        let stop_tx = stop_tx.clone();
-        let reload_tx = reload_tx.clone();
-        let bfd_tx = bfd.clone();
-        let services = services.clone();
-        let about = Arc::new(About {
-            local: local.clone(),
-            config: config_path.display().to_string(),
-            started: std::time::Instant::now(),
-        });
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = control_listener.accept().await else {
-                    continue;
-                };
-                let peers = peers.clone();
-                let hv = hv.clone();
-                let rib = rib.clone();
-                let stop_tx = stop_tx.clone();
-                let reload_tx = reload_tx.clone();
-                let bfd_tx = bfd_tx.clone();
-                let about = about.clone();
-                let services = services.clone();
-                tokio::spawn(control::serve_client(stream, move |req| {
-                    let peers = peers.clone();
-                    let hv = hv.clone();
-                    let rib = rib.clone();
-                    let stop_tx = stop_tx.clone();
-                    let reload_tx = reload_tx.clone();
-                    let bfd = bfd_tx.clone();
-                    let about = about.clone();
-                    let services = services.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    async move {
-                        if let Request::ShowServices = req {
-                            return Response::Services { services };
-                        }
-                        if let Request::ShowStatus = req {
-                            return Response::Status {
-                                status: status(&about, &snapshot(&peers), hv.as_ref(), &rib, bfd)
-                                    .await,
-                            };
-                        }
-                        if let Request::ShowBfd = req {
-                            let Some(bfd) = bfd else {
-                                return Response::Bfd {
-                                    sessions: Vec::new(),
-                                };
-                            };
-                            let (tx, rx) = oneshot::channel();
-                            let _ = bfd.send(crate::bfd::BfdMsg::Show(tx));
-                            return Response::Bfd {
-                                sessions: rx.await.unwrap_or_default(),
-                            };
-                        }
-                        if let Request::Reload = req {
-                            let (tx, rx) = oneshot::channel();
-                            if reload_tx.send(tx).await.is_err() {
-                                return Response::Error {
-                                    message: "shutting down".into(),
-                                };
-                            }
-                            return match rx.await {
-                                Ok(Ok(message)) => Response::Done { message },
-                                Ok(Err(message)) => Response::Error { message },
-                                Err(_) => Response::Error {
-                                    message: "shutting down".into(),
-                                },
-                            };
-                        }
-                        if let Request::Stop { graceful } = req {
-                            let _ = stop_tx.send(graceful).await;
-                            return Response::Done {
-                                message: if graceful {
-                                    "stopping for a graceful restart".into()
-                                } else {
-                                    "stopping".into()
-                                },
-                            };
-                        }
-                        answer(&snapshot(&peers), hv.as_ref(), &rib, req).await
-                    }
-                }));
-            }
-        });
+        let mut inventory = Inventory::new(config.vms.clone(), config.state_dir.as_deref());
+        let registered = inventory.load_registrations()?;
+        // Health-checked services: their prefixes come and go in the Loc-RIB.
+        let services = crate::health::spawn(&config.services, rib.clone());
+        let hv = start_role(&config, inventory, registered, &local).await?;
+        // The static neighbors, in the config's order.
+        let peers: Peers = Arc::new(std::sync::RwLock::new(
+            config
+                .neighbors
+                .iter()
+                .map(|n| {
+                    peer::spawn(
+                        peer::PeerConfig::from_neighbor(n, config.graceful_restart.restart_time),
+                        local.clone(),
+                    )
+                })
+                .collect(),
+        ));
+        info!(
+            router_id = %config.router_id,
+            local_as = config.local_as,
+            neighbors = config.neighbors.len(),
+            socket = %socket.display(),
+            "tapir started"
+        );
+        let (stop_tx, stop) = mpsc::channel(1);
+        let (reload_tx, reload) = mpsc::channel(4);
+        let handles = Handles {
+            peers,
+            hv,
+            rib,
+            bfd,
+            services,
+            about: Arc::new(About {
+                local: local.clone(),
+                config: config_path.display().to_string(),
+                started: std::time::Instant::now(),
+            }),
+            stop: stop_tx,
+            reload: reload_tx,
+        };
+        for l in listeners {
+            tokio::spawn(accept_bgp(l, handles.clone()));
+        }
+        if let Some(addr) = config.metrics {
+            let listener =
+                crate::metrics::bind(addr).map_err(|e| format!("metrics listener {addr}: {e}"))?;
+            let h = handles.clone();
+            crate::metrics::serve(listener, move || h.clone().metrics());
+            info!(listen = %addr, "metrics endpoint up");
+        }
+        tokio::spawn(serve_control(control_listener, handles.clone()));
+        Ok(Daemon {
+            config,
+            config_path: config_path.to_path_buf(),
+            local,
+            handles,
+            keys,
+            marker,
+            stop,
+            reload,
+            _control: guard,
+        })
     }
 
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    // Listening, the control socket answering: ready.
-    crate::notify::notify("READY=1");
-    let mut current = config;
-    // Session tasks that failed (a bug) are started afresh.
-    let mut health = tokio::time::interval(std::time::Duration::from_secs(2));
-    let graceful = loop {
-        let reply = tokio::select! {
-            _ = health.tick() => {
-                respawn_failed(&peers, &current, &local);
-                continue;
+    /// Runs until a signal or `tapir stop`: reloads on SIGHUP and
+    /// `tapir reload`, and starts failed session tasks again. True for a
+    /// graceful stop.
+    async fn serve(&mut self) -> Result<bool, String> {
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+        // Listening, the control socket answering: ready.
+        crate::notify::notify("READY=1");
+        // Session tasks that failed (a bug) are started afresh.
+        let mut health = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            let reply = tokio::select! {
+                _ = health.tick() => {
+                    respawn_failed(&self.handles.peers, &self.config, &self.local);
+                    continue;
+                }
+                _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(false) }
+                _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(false) }
+                Some(g) = self.stop.recv() => { info!(graceful = g, "stop requested"); return Ok(g) }
+                _ = hup.recv() => None,
+                Some(tx) = self.reload.recv() => Some(tx),
+            };
+            let result = self.reload().await;
+            if let Some(tx) = reply {
+                let _ = tx.send(result);
             }
-            _ = term.recv() => { info!("SIGTERM: shutting down"); break false }
-            _ = int.recv() => { info!("SIGINT: shutting down"); break false }
-            Some(g) = stop_rx.recv() => { info!(graceful = g, "stop requested"); break g }
-            _ = hup.recv() => None,
-            Some(tx) = reload_rx.recv() => Some(tx),
-        };
+        }
+    }
+
+    /// One reload: the config file applied as a diff, then the listeners'
+    /// keys.
+    async fn reload(&mut self) -> Result<String, String> {
         crate::notify::notify("RELOADING=1");
-        let mut result = reload(&mut current, config_path, &peers, &local, hv.as_ref()).await;
+        let h = &self.handles;
+        let mut result = reload(
+            &mut self.config,
+            &self.config_path,
+            &h.peers,
+            &self.local,
+            h.hv.as_ref(),
+        )
+        .await;
         if result.is_ok() {
-            apply_listener_ttl(&listener_fds, &current);
-            if let Err(e) = apply_md5(&listener_fds, &mut md5_applied, &md5_keys(&current))
-                .and_then(|()| apply_ao(&listener_fds, &mut ao_applied, &ao_keys(&current)))
-            {
+            if let Err(e) = self.keys.apply(&self.config) {
                 result = Err(format!("the config was applied, but {e}"));
             }
         }
@@ -387,64 +381,185 @@ pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<()
             Ok(m) => info!(summary = %m, "config reloaded"),
             Err(e) => warn!(error = %e, "reload refused; the running config stays"),
         }
-        if let Some(tx) = reply {
-            let _ = tx.send(result);
+        result
+    }
+
+    /// Ends every session: with a Cease, or (graceful) without, leaving
+    /// the routes in the kernel and a marker for the next start.
+    async fn shutdown(self, graceful: bool) {
+        crate::notify::notify("STOPPING=1");
+        if graceful {
+            // Peers that can help keep our routes; the kernel keeps forwarding.
+            match &self.marker {
+                Some(m) => {
+                    if let Some(d) = m.parent() {
+                        let _ = std::fs::create_dir_all(d);
+                    }
+                    if let Err(e) = std::fs::write(m, b"") {
+                        warn!(error = %e, "cannot record the graceful restart; the next start will be a cold one");
+                    }
+                }
+                None => {
+                    warn!("no state-dir: the next start cannot know that this was a graceful stop")
+                }
+            }
         }
-    };
-    crate::notify::notify("STOPPING=1");
-    let config = current;
-    if graceful {
-        // Peers that can help keep our routes; the kernel keeps forwarding.
-        if let Some(m) = &marker {
-            if let Some(d) = m.parent() {
-                let _ = std::fs::create_dir_all(d);
+        let mut waits = Vec::new();
+        for p in snapshot(&self.handles.peers) {
+            let (tx, rx) = oneshot::channel();
+            let msg = if graceful {
+                PeerMsg::Abort(tx)
+            } else {
+                PeerMsg::Shutdown(
+                    Notification::shutdown(cease::ADMINISTRATIVE_SHUTDOWN, "tapir shutting down"),
+                    tx,
+                )
+            };
+            if p.tx.send(msg).await.is_ok() {
+                waits.push(rx);
             }
-            if let Err(e) = std::fs::write(m, b"") {
-                warn!(error = %e, "cannot record the graceful restart; the next start will be a cold one");
+        }
+        if let Some(hv) = &self.handles.hv {
+            let (tx, rx) = oneshot::channel();
+            if hv
+                .send(HvMsg::Shutdown { graceful, done: tx })
+                .await
+                .is_ok()
+            {
+                waits.push(rx);
             }
-        } else {
-            warn!("no state-dir: the next start cannot know that this was a graceful stop");
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+        // Let the writer tasks put the Cease (or the FIN) on the wire.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if !graceful && self.config.kernel.install {
+            // A full stop takes our routes out of the kernel.
+            match crate::kernel::flush_stale(self.config.kernel.protocol).await {
+                Ok(n) if n > 0 => info!(routes = n, "kernel routes removed"),
+                Err(e) => warn!(error = %e, "cannot remove our kernel routes"),
+                _ => {}
+            }
         }
     }
-    let mut waits = Vec::new();
-    for p in snapshot(&peers) {
-        let (tx, rx) = oneshot::channel();
-        let msg = if graceful {
-            PeerMsg::Abort(tx)
-        } else {
-            PeerMsg::Shutdown(
-                Notification::shutdown(cease::ADMINISTRATIVE_SHUTDOWN, "tapir shutting down"),
-                tx,
-            )
+}
+
+/// Hands each BGP connection to its static neighbor's task, or to the
+/// role's task (a VM, the gateway); refuses the rest.
+async fn accept_bgp(l: TcpListener, h: Handles) {
+    loop {
+        let (stream, from) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
-        if p.tx.send(msg).await.is_ok() {
-            waits.push(rx);
+        let ip = from.ip().to_canonical();
+        let neighbor = snapshot(&h.peers).into_iter().find(|p| p.address == ip);
+        match (neighbor, &h.hv) {
+            (Some(p), _) => {
+                let _ = p.tx.send(PeerMsg::Incoming(stream)).await;
+            }
+            (None, Some(hv)) => {
+                let _ = hv.send(HvMsg::Incoming(stream, from)).await;
+            }
+            (None, None) => {
+                info!(from = %ip, "connection from an address that is no neighbor refused")
+            }
         }
     }
-    if let Some(hv) = &hv {
+}
+
+/// Answers the control socket's clients, each on a task of its own.
+async fn serve_control(listener: tokio::net::UnixListener, h: Handles) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let h = h.clone();
+        tokio::spawn(control::serve_client(stream, move |req| {
+            let h = h.clone();
+            async move { h.request(req).await }
+        }));
+    }
+}
+
+impl Handles {
+    /// One control request, answered.
+    async fn request(self, req: Request) -> Response {
+        match req {
+            Request::ShowServices => Response::Services {
+                services: self
+                    .services
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            },
+            Request::ShowStatus => Response::Status {
+                status: status(
+                    &self.about,
+                    &snapshot(&self.peers),
+                    self.hv.as_ref(),
+                    &self.rib,
+                    self.bfd.clone(),
+                )
+                .await,
+            },
+            Request::ShowBfd => Response::Bfd {
+                sessions: bfd_sessions(self.bfd.clone()).await,
+            },
+            Request::Reload => {
+                let shutting_down = || Response::Error {
+                    message: "shutting down".into(),
+                };
+                let (tx, rx) = oneshot::channel();
+                if self.reload.send(tx).await.is_err() {
+                    return shutting_down();
+                }
+                match rx.await {
+                    Ok(Ok(message)) => Response::Done { message },
+                    Ok(Err(message)) => Response::Error { message },
+                    Err(_) => shutting_down(),
+                }
+            }
+            Request::Stop { graceful } => {
+                let _ = self.stop.send(graceful).await;
+                Response::Done {
+                    message: if graceful {
+                        "stopping for a graceful restart".into()
+                    } else {
+                        "stopping".into()
+                    },
+                }
+            }
+            req => answer(&snapshot(&self.peers), self.hv.as_ref(), &self.rib, req).await,
+        }
+    }
+
+    /// What the metrics endpoint reports, gathered from every task.
+    async fn metrics(self) -> crate::metrics::Snapshot {
+        let services = self
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let peers = peer_statuses(&snapshot(&self.peers), self.hv.as_ref()).await;
+        let bfd = bfd_sessions(self.bfd.clone()).await;
         let (tx, rx) = oneshot::channel();
-        if hv
-            .send(HvMsg::Shutdown { graceful, done: tx })
-            .await
-            .is_ok()
-        {
-            waits.push(rx);
+        let rib = match self.rib.send(crate::rib::RibMsg::Stats(tx)) {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        crate::metrics::Snapshot {
+            peers,
+            bfd,
+            rib,
+            services,
         }
     }
-    for w in waits {
-        let _ = w.await;
-    }
-    // Let the writer tasks put the Cease (or the FIN) on the wire.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    if !graceful && config.kernel.install {
-        // A full stop takes our routes out of the kernel.
-        match crate::kernel::flush_stale(config.kernel.protocol).await {
-            Ok(n) if n > 0 => info!(routes = n, "kernel routes removed"),
-            Err(e) => warn!(error = %e, "cannot remove our kernel routes"),
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// Starts a static neighbor's task again if it ended without being told
