@@ -1017,18 +1017,7 @@ impl Config {
                 format!("local-as: {local_as} is not a usable AS number"),
             ));
         }
-        let mut prefix_sets = std::collections::BTreeMap::new();
-        for (name, list) in &raw.prefix_sets {
-            let mut set = PrefixSet::default();
-            for p in list.get_ref() {
-                set.patterns.push(
-                    p.get_ref()
-                        .parse::<PrefixPattern>()
-                        .map_err(|m| err(p.span(), format!("prefix-sets.{name}: {m}")))?,
-                );
-            }
-            prefix_sets.insert(name.clone(), set);
-        }
+        let prefix_sets = parse_prefix_sets(&raw.prefix_sets, &err)?;
         let mut policies: std::collections::BTreeMap<String, Arc<Policy>> =
             std::collections::BTreeMap::new();
         for (name, rp) in &raw.policy {
@@ -1037,156 +1026,12 @@ impl Config {
                 Arc::new(parse_policy(name, rp, &prefix_sets, &err)?),
             );
         }
-        let kernel = match &raw.kernel {
-            None => KernelConfig::default(),
-            Some(k) => KernelConfig {
-                install: k.install,
-                protocol: match &k.protocol {
-                    None => 186,
-                    Some(p) => route_protocol(p.get_ref())
-                        .filter(|n| *n > 4)
-                        .ok_or_else(|| {
-                            err(
-                                p.span(),
-                                format!("kernel.protocol: `{}` is not a route protocol name or a number above 4", p.get_ref()),
-                            )
-                        })?,
-                },
-                metric: k.metric,
-                multipath: k.multipath,
-            },
-        };
-        let mut graceful_restart = GracefulRestartConfig::default();
-        if let Some(g) = &raw.graceful_restart {
-            if let Some(t) = &g.restart_time {
-                if *t.get_ref() > 4095 {
-                    return Err(err(
-                        t.span(),
-                        "graceful-restart.restart-time: at most 4095 seconds (RFC 4724)".into(),
-                    ));
-                }
-                graceful_restart.restart_time = *t.get_ref();
-            }
-            if let Some(d) = &g.deferral {
-                if *d.get_ref() == 0 || *d.get_ref() > 3600 {
-                    return Err(err(
-                        d.span(),
-                        "graceful-restart.deferral: 1 to 3600 seconds".into(),
-                    ));
-                }
-                graceful_restart.deferral = Duration::from_secs(*d.get_ref());
-            }
-            if let Some(m) = &g.helper_max_time {
-                if !(1..=4095).contains(m.get_ref()) {
-                    return Err(err(
-                        m.span(),
-                        "graceful-restart.helper-max-time: 1 to 4095 seconds".into(),
-                    ));
-                }
-                graceful_restart.helper_max_time = *m.get_ref();
-            }
-        }
+        let kernel = parse_kernel(&raw.kernel, &err)?;
+        let graceful_restart = parse_graceful_restart(&raw.graceful_restart, &err)?;
         let mut neighbors: Vec<Neighbor> = Vec::new();
         for (i, n) in raw.neighbor.into_iter().enumerate() {
-            let span = n.span();
-            let n = n.into_inner();
-            let address = *n.address.get_ref();
-            if let Some(prev) = neighbors.iter().find(|p| p.address == address) {
-                return Err(err(
-                    n.address.span(),
-                    format!(
-                        "neighbor address {address} is already used by neighbor `{}`",
-                        prev.name
-                    ),
-                ));
-            }
-            let remote_as =
-                remote_as(n.remote_as.get_ref()).map_err(|m| err(n.remote_as.span(), m))?;
-            let (hold_time, connect_retry) = timers(&n.hold_time, &n.connect_retry, &err)?;
-            let families = match &n.families {
-                None => vec![match address {
-                    IpAddr::V4(_) => Afi::Ipv4,
-                    IpAddr::V6(_) => Afi::Ipv6,
-                }],
-                Some(list) => {
-                    let mut v = Vec::new();
-                    for f in list {
-                        v.push(match f.get_ref().as_str() {
-                            "ipv4" => Afi::Ipv4,
-                            "ipv6" => Afi::Ipv6,
-                            other => {
-                                return Err(err(
-                                    f.span(),
-                                    format!("families: unknown family `{other}` (expected `ipv4` or `ipv6`)"),
-                                ))
-                            }
-                        });
-                    }
-                    if v.is_empty() {
-                        return Err(err(span, "families: at least one family is needed".into()));
-                    }
-                    v
-                }
-            };
-            let name = match n.name {
-                Some(s) => {
-                    let s = s.into_inner();
-                    if neighbors.iter().any(|p| p.name == s) {
-                        return Err(err(span, format!("neighbor name `{s}` is used twice")));
-                    }
-                    s
-                }
-                None => format!("neighbor{}", i + 1),
-            };
-            let internal = match &remote_as {
-                RemoteAsConfig::Internal => true,
-                RemoteAsConfig::Exact(a) => *a == local_as,
-                _ => false,
-            };
-            let export = match &n.export {
-                // RFC 8212: nothing to an external neighbor without a
-                // policy that says what; `tapir check` and the log say so.
-                None if !internal => Arc::new(Policy::rfc8212()),
-                None => Arc::new(Policy::hypervisor_default()),
-                Some(e) => policies.get(e.get_ref()).cloned().ok_or_else(|| {
-                    err(
-                        e.span(),
-                        format!("export: no policy `{}` in [policy]", e.get_ref()),
-                    )
-                })?,
-            };
-            let bfd = bfd_timers(n.bfd, &n.bfd_interval, &n.bfd_multiplier, &err)?;
-            let limits = session_limits(
-                &n.send_hold_time,
-                &n.max_as_path_length,
-                &n.max_send_queue,
-                &err,
-            )?;
-            let dir = path.parent().unwrap_or(Path::new("."));
-            let password = password(&n.password, &n.password_file, dir, &err)?;
-            let tcp_ao = tcp_ao(&n.tcp_ao, password.is_some(), dir, &err)?;
-            neighbors.push(Neighbor {
-                export,
-                bfd,
-                limits,
-                import_rules: ImportRules {
-                    enforce_first_as: n.enforce_first_as,
-                    ..ImportRules::neighbor_default()
-                },
-                password,
-                ttl_security: n.ttl_security,
-                tcp_ao,
-                kernel_import: n.kernel_import,
-                name,
-                address,
-                port: n.port,
-                remote_as,
-                local_address: n.local_address,
-                hold_time,
-                connect_retry: Duration::from_secs(connect_retry),
-                passive: n.passive,
-                families,
-            });
+            let n = parse_neighbor(i, n, &neighbors, local_as, &policies, path, &err)?;
+            neighbors.push(n);
         }
         let mut groups: Vec<Group> = Vec::new();
         for g in &raw.group {
@@ -1197,59 +1042,8 @@ impl Config {
                 &err,
             )?);
         }
-        // Two groups that could both claim one VM make the choice arbitrary.
-        for (i, a) in groups.iter().enumerate() {
-            for b in &groups[..i] {
-                let iface = a
-                    .interfaces
-                    .iter()
-                    .any(|p| b.interfaces.iter().any(|q| patterns_overlap(p, q)));
-                let range = a
-                    .ranges
-                    .iter()
-                    .any(|r| b.ranges.iter().any(|s| r.contains(s) || s.contains(r)));
-                if iface && range {
-                    return Err(err(
-                        raw.group[i].span(),
-                        format!("group `{}` overlaps group `{}`: both match the same interfaces and addresses", a.name, b.name),
-                    ));
-                }
-                // The listeners hold one TCP-MD5/TCP-AO key per address.
-                if range && (a.password != b.password || a.tcp_ao != b.tcp_ao) {
-                    return Err(err(
-                        raw.group[i].span(),
-                        format!(
-                            "groups `{}` and `{}` share addresses but not their password or tcp-ao key: \
-                             the listening socket holds one key per address",
-                            a.name, b.name
-                        ),
-                    ));
-                }
-            }
-        }
-        let mut vms: Vec<VmEntry> = Vec::new();
-        for v in &raw.vm {
-            vms.push(parse_vm(v, &err)?);
-        }
-        if let Some(inv) = &raw.inventory {
-            let file = path.parent().unwrap_or(Path::new(".")).join(inv.get_ref());
-            let itext = std::fs::read_to_string(&file)
-                .map_err(|e| err(inv.span(), format!("inventory {}: {e}", file.display())))?;
-            let ierr = |span: Range<usize>, message: String| {
-                let (line, column) = position(&itext, span.start);
-                ConfigError {
-                    file: file.clone(),
-                    line,
-                    column,
-                    message,
-                }
-            };
-            let rawinv: RawInventory = toml::from_str(&itext)
-                .map_err(|e| ierr(e.span().unwrap_or(0..0), e.message().trim_end().to_string()))?;
-            for v in &rawinv.vm {
-                vms.push(parse_vm(v, &ierr)?);
-            }
-        }
+        check_groups(&groups, &raw.group, &err)?;
+        let vms = parse_vms(&raw.vm, &raw.inventory, path, &err)?;
         let gateway = match &raw.gateway {
             None => None,
             Some(g) => Some(parse_gateway(g, &policies, path, &err)?),
@@ -1262,25 +1056,7 @@ impl Config {
                     .into(),
             ));
         }
-        let mut services: Vec<Service> = Vec::new();
-        for (i, sv) in raw.service.iter().enumerate() {
-            let s = parse_service(sv, i, &err)?;
-            if services.iter().any(|o| o.name == s.name) {
-                return Err(err(
-                    sv.span(),
-                    format!("service name `{}` is used twice", s.name),
-                ));
-            }
-            for p in &s.prefixes {
-                if raw.announce.contains(p) || services.iter().any(|o| o.prefixes.contains(p)) {
-                    return Err(err(
-                        sv.get_ref().prefixes.span(),
-                        format!("{p} is announced twice (by `announce` or another service)"),
-                    ));
-                }
-            }
-            services.push(s);
-        }
+        let services = parse_services(&raw.service, &raw.announce, &err)?;
         let check = crate::inventory::Inventory::new(Vec::new(), None);
         let mut check = check;
         for (i, v) in vms.iter().enumerate() {
@@ -1331,6 +1107,299 @@ impl Config {
 }
 
 type ErrFn<'a> = dyn Fn(Range<usize>, String) -> ConfigError + 'a;
+
+/// `[prefix-sets]`: each name's list of patterns.
+fn parse_prefix_sets(
+    raw: &std::collections::BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    err: &ErrFn,
+) -> Result<std::collections::BTreeMap<String, PrefixSet>, ConfigError> {
+    let mut prefix_sets = std::collections::BTreeMap::new();
+    for (name, list) in raw {
+        let mut set = PrefixSet::default();
+        for p in list.get_ref() {
+            set.patterns.push(
+                p.get_ref()
+                    .parse::<PrefixPattern>()
+                    .map_err(|m| err(p.span(), format!("prefix-sets.{name}: {m}")))?,
+            );
+        }
+        prefix_sets.insert(name.clone(), set);
+    }
+    Ok(prefix_sets)
+}
+
+/// `[kernel]`, with the default route protocol (186).
+fn parse_kernel(raw: &Option<RawKernel>, err: &ErrFn) -> Result<KernelConfig, ConfigError> {
+    Ok(match raw {
+        None => KernelConfig::default(),
+        Some(k) => KernelConfig {
+            install: k.install,
+            protocol: match &k.protocol {
+                None => 186,
+                Some(p) => route_protocol(p.get_ref())
+                    .filter(|n| *n > 4)
+                    .ok_or_else(|| {
+                        err(
+                            p.span(),
+                            format!("kernel.protocol: `{}` is not a route protocol name or a number above 4", p.get_ref()),
+                        )
+                    })?,
+            },
+            metric: k.metric,
+            multipath: k.multipath,
+        },
+    })
+}
+
+/// `[graceful-restart]`, within RFC 4724's limits.
+fn parse_graceful_restart(
+    raw: &Option<RawGracefulRestart>,
+    err: &ErrFn,
+) -> Result<GracefulRestartConfig, ConfigError> {
+    let mut graceful_restart = GracefulRestartConfig::default();
+    if let Some(g) = raw {
+        if let Some(t) = &g.restart_time {
+            if *t.get_ref() > 4095 {
+                return Err(err(
+                    t.span(),
+                    "graceful-restart.restart-time: at most 4095 seconds (RFC 4724)".into(),
+                ));
+            }
+            graceful_restart.restart_time = *t.get_ref();
+        }
+        if let Some(d) = &g.deferral {
+            if *d.get_ref() == 0 || *d.get_ref() > 3600 {
+                return Err(err(
+                    d.span(),
+                    "graceful-restart.deferral: 1 to 3600 seconds".into(),
+                ));
+            }
+            graceful_restart.deferral = Duration::from_secs(*d.get_ref());
+        }
+        if let Some(m) = &g.helper_max_time {
+            if !(1..=4095).contains(m.get_ref()) {
+                return Err(err(
+                    m.span(),
+                    "graceful-restart.helper-max-time: 1 to 4095 seconds".into(),
+                ));
+            }
+            graceful_restart.helper_max_time = *m.get_ref();
+        }
+    }
+    Ok(graceful_restart)
+}
+
+/// One `[[neighbor]]` (the `i`th), checked against those before it.
+fn parse_neighbor(
+    i: usize,
+    n: Spanned<RawNeighbor>,
+    neighbors: &[Neighbor],
+    local_as: u32,
+    policies: &std::collections::BTreeMap<String, Arc<Policy>>,
+    path: &Path,
+    err: &ErrFn,
+) -> Result<Neighbor, ConfigError> {
+    let span = n.span();
+    let n = n.into_inner();
+    let address = *n.address.get_ref();
+    if let Some(prev) = neighbors.iter().find(|p| p.address == address) {
+        return Err(err(
+            n.address.span(),
+            format!(
+                "neighbor address {address} is already used by neighbor `{}`",
+                prev.name
+            ),
+        ));
+    }
+    let remote_as = remote_as(n.remote_as.get_ref()).map_err(|m| err(n.remote_as.span(), m))?;
+    let (hold_time, connect_retry) = timers(&n.hold_time, &n.connect_retry, &err)?;
+    let families =
+        match &n.families {
+            None => vec![match address {
+                IpAddr::V4(_) => Afi::Ipv4,
+                IpAddr::V6(_) => Afi::Ipv6,
+            }],
+            Some(list) => {
+                let mut v = Vec::new();
+                for f in list {
+                    v.push(match f.get_ref().as_str() {
+                        "ipv4" => Afi::Ipv4,
+                        "ipv6" => Afi::Ipv6,
+                        other => return Err(err(
+                            f.span(),
+                            format!(
+                                "families: unknown family `{other}` (expected `ipv4` or `ipv6`)"
+                            ),
+                        )),
+                    });
+                }
+                if v.is_empty() {
+                    return Err(err(span, "families: at least one family is needed".into()));
+                }
+                v
+            }
+        };
+    let name = match n.name {
+        Some(s) => {
+            let s = s.into_inner();
+            if neighbors.iter().any(|p| p.name == s) {
+                return Err(err(span, format!("neighbor name `{s}` is used twice")));
+            }
+            s
+        }
+        None => format!("neighbor{}", i + 1),
+    };
+    let internal = match &remote_as {
+        RemoteAsConfig::Internal => true,
+        RemoteAsConfig::Exact(a) => *a == local_as,
+        _ => false,
+    };
+    let export = match &n.export {
+        // RFC 8212: nothing to an external neighbor without a
+        // policy that says what; `tapir check` and the log say so.
+        None if !internal => Arc::new(Policy::rfc8212()),
+        None => Arc::new(Policy::hypervisor_default()),
+        Some(e) => policies.get(e.get_ref()).cloned().ok_or_else(|| {
+            err(
+                e.span(),
+                format!("export: no policy `{}` in [policy]", e.get_ref()),
+            )
+        })?,
+    };
+    let bfd = bfd_timers(n.bfd, &n.bfd_interval, &n.bfd_multiplier, &err)?;
+    let limits = session_limits(
+        &n.send_hold_time,
+        &n.max_as_path_length,
+        &n.max_send_queue,
+        &err,
+    )?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let password = password(&n.password, &n.password_file, dir, &err)?;
+    let tcp_ao = tcp_ao(&n.tcp_ao, password.is_some(), dir, &err)?;
+    Ok(Neighbor {
+        export,
+        bfd,
+        limits,
+        import_rules: ImportRules {
+            enforce_first_as: n.enforce_first_as,
+            ..ImportRules::neighbor_default()
+        },
+        password,
+        ttl_security: n.ttl_security,
+        tcp_ao,
+        kernel_import: n.kernel_import,
+        name,
+        address,
+        port: n.port,
+        remote_as,
+        local_address: n.local_address,
+        hold_time,
+        connect_retry: Duration::from_secs(connect_retry),
+        passive: n.passive,
+        families,
+    })
+}
+
+/// Two groups that could both claim one VM make the choice arbitrary;
+/// two that share addresses must share their keys.
+fn check_groups(
+    groups: &[Group],
+    raw: &[Spanned<RawGroup>],
+    err: &ErrFn,
+) -> Result<(), ConfigError> {
+    // Two groups that could both claim one VM make the choice arbitrary.
+    for (i, a) in groups.iter().enumerate() {
+        for b in &groups[..i] {
+            let iface = a
+                .interfaces
+                .iter()
+                .any(|p| b.interfaces.iter().any(|q| patterns_overlap(p, q)));
+            let range = a
+                .ranges
+                .iter()
+                .any(|r| b.ranges.iter().any(|s| r.contains(s) || s.contains(r)));
+            if iface && range {
+                return Err(err(
+                    raw[i].span(),
+                    format!("group `{}` overlaps group `{}`: both match the same interfaces and addresses", a.name, b.name),
+                ));
+            }
+            // The listeners hold one TCP-MD5/TCP-AO key per address.
+            if range && (a.password != b.password || a.tcp_ao != b.tcp_ao) {
+                return Err(err(
+                    raw[i].span(),
+                    format!(
+                        "groups `{}` and `{}` share addresses but not their password or tcp-ao key: \
+                         the listening socket holds one key per address",
+                        a.name, b.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `[[vm]]` entries, and those of the `inventory` file beside the config.
+fn parse_vms(
+    raw_vms: &[Spanned<RawVm>],
+    inventory: &Option<Spanned<PathBuf>>,
+    path: &Path,
+    err: &ErrFn,
+) -> Result<Vec<VmEntry>, ConfigError> {
+    let mut vms: Vec<VmEntry> = Vec::new();
+    for v in raw_vms {
+        vms.push(parse_vm(v, &err)?);
+    }
+    if let Some(inv) = inventory {
+        let file = path.parent().unwrap_or(Path::new(".")).join(inv.get_ref());
+        let itext = std::fs::read_to_string(&file)
+            .map_err(|e| err(inv.span(), format!("inventory {}: {e}", file.display())))?;
+        let ierr = |span: Range<usize>, message: String| {
+            let (line, column) = position(&itext, span.start);
+            ConfigError {
+                file: file.clone(),
+                line,
+                column,
+                message,
+            }
+        };
+        let rawinv: RawInventory = toml::from_str(&itext)
+            .map_err(|e| ierr(e.span().unwrap_or(0..0), e.message().trim_end().to_string()))?;
+        for v in &rawinv.vm {
+            vms.push(parse_vm(v, &ierr)?);
+        }
+    }
+    Ok(vms)
+}
+
+/// `[[service]]`: names and prefixes unique, none also in `announce`.
+fn parse_services(
+    raw: &[Spanned<RawService>],
+    announce: &[Prefix],
+    err: &ErrFn,
+) -> Result<Vec<Service>, ConfigError> {
+    let mut services: Vec<Service> = Vec::new();
+    for (i, sv) in raw.iter().enumerate() {
+        let s = parse_service(sv, i, &err)?;
+        if services.iter().any(|o| o.name == s.name) {
+            return Err(err(
+                sv.span(),
+                format!("service name `{}` is used twice", s.name),
+            ));
+        }
+        for p in &s.prefixes {
+            if announce.contains(p) || services.iter().any(|o| o.prefixes.contains(p)) {
+                return Err(err(
+                    sv.get_ref().prefixes.span(),
+                    format!("{p} is announced twice (by `announce` or another service)"),
+                ));
+            }
+        }
+        services.push(s);
+    }
+    Ok(services)
+}
 
 fn parse_gateway(
     g: &Spanned<RawGateway>,
