@@ -206,46 +206,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check { config } => match config::Config::load(&config) {
-            Ok(c) if c.gateway.is_some() => {
-                println!(
-                    "{}: ok (guest role: router id {}, AS {}, gateway {}, {} services, {} neighbors)",
-                    config.display(),
-                    c.router_id,
-                    c.local_as,
-                    c.gateway
-                        .as_ref()
-                        .filter(|g| !g.addresses.is_empty())
-                        .map_or("from the default routes".to_string(), |g| {
-                            let a: Vec<String> =
-                                g.addresses.iter().map(|a| a.to_string()).collect();
-                            a.join(", ")
-                        }),
-                    c.services.len(),
-                    c.neighbors.len(),
-                );
-                ExitCode::SUCCESS
-            }
-            Ok(c) => {
-                for w in c.warnings() {
-                    eprintln!("{}: warning: {w}", config.display());
-                }
-                println!(
-                    "{}: ok (router id {}, AS {}, {} neighbors, {} VM groups, {} VMs in the inventory)",
-                    config.display(),
-                    c.router_id,
-                    c.local_as,
-                    c.neighbors.len(),
-                    c.groups.len(),
-                    c.vms.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Check { config } => check(&config),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "tapir", &mut std::io::stdout());
@@ -267,72 +228,16 @@ fn main() -> ExitCode {
             log_format,
             router_id,
             state_dir,
-        } => {
-            let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
-                Ok(f) => f,
-                Err(e) => {
-                    eprintln!("tapir: --log {log:?}: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            init_logging(filter, log_format);
-            let cfg = match config::Config::load(&config) {
-                Ok(mut c) => {
-                    if let Some(id) = router_id {
-                        c.router_id = id;
-                    }
-                    if state_dir.is_some() {
-                        c.state_dir = state_dir;
-                    }
-                    c
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(daemon::run(cfg, &config, &cli.socket)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tapir: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Show { what } => {
-            let (req, json) = match what {
-                Show::Peer { name, json } => return show_peer(&rt, &cli.socket, &name, json),
-                Show::Routes {
-                    prefix,
-                    peer,
-                    vm,
-                    json,
-                } => {
-                    let filter = match RouteFilter::new(prefix, peer, vm) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            eprintln!("tapir: {e}");
-                            return ExitCode::FAILURE;
-                        }
-                    };
-                    return match ask(&rt, &cli.socket, &control::Request::ShowRoutes) {
-                        Ok(control::Response::Routes { mut routes }) => {
-                            routes.retain(|r| filter.matches(r));
-                            print(&control::Response::Routes { routes }, json)
-                        }
-                        Ok(other) => print(&other, json),
-                        Err(code) => code,
-                    };
-                }
-                Show::Status { json } => (control::Request::ShowStatus, json),
-                Show::Peers { json } => (control::Request::ShowPeers, json),
-                Show::Vms { json } => (control::Request::ShowVms, json),
-                Show::Rib { json } => (control::Request::ShowRib, json),
-                Show::Bfd { json } => (control::Request::ShowBfd, json),
-                Show::Services { json } => (control::Request::ShowServices, json),
-            };
-            client(&rt, &cli.socket, req, json)
-        }
+        } => run(
+            &rt,
+            config,
+            log,
+            log_format,
+            router_id,
+            state_dir,
+            &cli.socket,
+        ),
+        Command::Show { what } => show(&rt, &cli.socket, what),
         Command::Reload => client(&rt, &cli.socket, control::Request::Reload, false),
         Command::Drain {
             vm: None,
@@ -369,36 +274,162 @@ fn main() -> ExitCode {
         Command::Stop { graceful } => {
             client(&rt, &cli.socket, control::Request::Stop { graceful }, false)
         }
-        Command::Vm { what } => {
-            let req = match what {
-                Vm::Add {
-                    name,
-                    interface,
-                    addresses,
-                    prefixes,
-                    asn,
-                    mac,
-                } => {
-                    let vm = inventory::Registration {
-                        name,
-                        interface,
-                        addresses,
-                        asn,
-                        prefixes,
-                        mac,
-                    };
-                    // Catch mistakes here, with the daemon's own rules.
-                    if let Err(e) = vm.to_entry() {
-                        eprintln!("tapir: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                    control::Request::VmAdd { vm }
-                }
-                Vm::Remove { name } => control::Request::VmRemove { name },
-            };
-            client(&rt, &cli.socket, req, false)
+        Command::Vm { what } => vm(&rt, &cli.socket, what),
+    }
+}
+
+/// `tapir check`: the config's summary, its warnings, or its error.
+fn check(config: &std::path::Path) -> ExitCode {
+    match config::Config::load(config) {
+        Ok(c) if c.gateway.is_some() => {
+            println!(
+                "{}: ok (guest role: router id {}, AS {}, gateway {}, {} services, {} neighbors)",
+                config.display(),
+                c.router_id,
+                c.local_as,
+                c.gateway
+                    .as_ref()
+                    .filter(|g| !g.addresses.is_empty())
+                    .map_or("from the default routes".to_string(), |g| {
+                        let a: Vec<String> = g.addresses.iter().map(|a| a.to_string()).collect();
+                        a.join(", ")
+                    }),
+                c.services.len(),
+                c.neighbors.len(),
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(c) => {
+            for w in c.warnings() {
+                eprintln!("{}: warning: {w}", config.display());
+            }
+            println!(
+                "{}: ok (router id {}, AS {}, {} neighbors, {} VM groups, {} VMs in the inventory)",
+                config.display(),
+                c.router_id,
+                c.local_as,
+                c.neighbors.len(),
+                c.groups.len(),
+                c.vms.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+/// `tapir run`: logging, the config with the command line's overrides,
+/// and the daemon until it stops.
+fn run(
+    rt: &tokio::runtime::Runtime,
+    config: std::path::PathBuf,
+    log: String,
+    log_format: LogFormat,
+    router_id: Option<std::net::Ipv4Addr>,
+    state_dir: Option<std::path::PathBuf>,
+    socket: &std::path::Path,
+) -> ExitCode {
+    let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("tapir: --log {log:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(filter, log_format);
+    let cfg = match config::Config::load(&config) {
+        Ok(mut c) => {
+            if let Some(id) = router_id {
+                c.router_id = id;
+            }
+            if state_dir.is_some() {
+                c.state_dir = state_dir;
+            }
+            c
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(daemon::run(cfg, &config, socket)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tapir: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tapir show …`: asks the daemon, prints the answer.
+fn show(rt: &tokio::runtime::Runtime, socket: &std::path::Path, what: Show) -> ExitCode {
+    let (req, json) = match what {
+        Show::Peer { name, json } => return show_peer(rt, socket, &name, json),
+        Show::Routes {
+            prefix,
+            peer,
+            vm,
+            json,
+        } => {
+            let filter = match RouteFilter::new(prefix, peer, vm) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("tapir: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            return match ask(rt, socket, &control::Request::ShowRoutes) {
+                Ok(control::Response::Routes { mut routes }) => {
+                    routes.retain(|r| filter.matches(r));
+                    print(&control::Response::Routes { routes }, json)
+                }
+                Ok(other) => print(&other, json),
+                Err(code) => code,
+            };
+        }
+        Show::Status { json } => (control::Request::ShowStatus, json),
+        Show::Peers { json } => (control::Request::ShowPeers, json),
+        Show::Vms { json } => (control::Request::ShowVms, json),
+        Show::Rib { json } => (control::Request::ShowRib, json),
+        Show::Bfd { json } => (control::Request::ShowBfd, json),
+        Show::Services { json } => (control::Request::ShowServices, json),
+    };
+    client(rt, socket, req, json)
+}
+
+/// `tapir vm add|remove`: checked here with the daemon's own rules, then
+/// sent.
+fn vm(rt: &tokio::runtime::Runtime, socket: &std::path::Path, what: Vm) -> ExitCode {
+    let req = match what {
+        Vm::Add {
+            name,
+            interface,
+            addresses,
+            prefixes,
+            asn,
+            mac,
+        } => {
+            let vm = inventory::Registration {
+                name,
+                interface,
+                addresses,
+                asn,
+                prefixes,
+                mac,
+            };
+            // Catch mistakes here, with the daemon's own rules.
+            if let Err(e) = vm.to_entry() {
+                eprintln!("tapir: {e}");
+                return ExitCode::FAILURE;
+            }
+            control::Request::VmAdd { vm }
+        }
+        Vm::Remove { name } => control::Request::VmRemove { name },
+    };
+    client(rt, socket, req, false)
 }
 
 /// Logs go to stderr: colours only on a terminal, and no timestamps under

@@ -143,61 +143,75 @@ pub fn encode(s: &Snapshot) -> String {
     let info = gauge(&mut reg, "build_info", "tapir's version", None);
     info.get_or_create(&l(&[("version", env!("CARGO_PKG_VERSION"))]))
         .set(1);
+    encode_sessions(&mut reg, &s.peers);
+    encode_bfd(&mut reg, &s.bfd);
+    encode_rib_and_kernel(&mut reg, s.rib);
+    encode_services(&mut reg, &s.services);
+    encode_limits(&mut reg);
+    let mut out = String::new();
+    if prometheus_client::encoding::prometheus_text::encode(&mut out, &reg).is_err() {
+        warn!("metrics: encoding failed");
+    }
+    out.push_str(&process_metrics());
+    out
+}
 
+/// One series per session and state, message type and refusal reason.
+fn encode_sessions(reg: &mut Registry, peers: &[crate::control::PeerStatus]) {
     // BGP sessions.
     let state = gauge(
-        &mut reg,
+        reg,
         "bgp_session_state",
         "1 for the session's current RFC 4271 state, 0 for the others",
         None,
     );
     let up = gauge(
-        &mut reg,
+        reg,
         "bgp_session_established",
         "1 if the session is Established",
         None,
     );
     let uptime = gauge(
-        &mut reg,
+        reg,
         "bgp_session_state_duration",
         "Time in the current state",
         Some(Unit::Seconds),
     );
     let flaps = counter(
-        &mut reg,
+        reg,
         "bgp_session_flaps",
         "Times the session left Established",
     );
     let msg_in = counter(
-        &mut reg,
+        reg,
         "bgp_messages_received",
         "BGP messages received, by type",
     );
-    let msg_out = counter(&mut reg, "bgp_messages_sent", "BGP messages sent, by type");
+    let msg_out = counter(reg, "bgp_messages_sent", "BGP messages sent, by type");
     let pfx_in = gauge(
-        &mut reg,
+        reg,
         "bgp_prefixes_received",
         "Prefixes in the session's Adj-RIB-In",
         None,
     );
     let pfx_ok = gauge(
-        &mut reg,
+        reg,
         "bgp_prefixes_accepted",
         "Received prefixes that passed authorisation and import",
         None,
     );
     let pfx_out = gauge(
-        &mut reg,
+        reg,
         "bgp_prefixes_exported",
         "Prefixes advertised to the peer",
         None,
     );
     let refused = counter(
-        &mut reg,
+        reg,
         "bgp_prefixes_rejected",
         "Refused announcements, by reason",
     );
-    for p in &s.peers {
+    for p in peers {
         let iface = p.interface.clone().unwrap_or_default();
         let base = l(&[
             ("peer", &p.name),
@@ -232,20 +246,18 @@ pub fn encode(s: &Snapshot) -> String {
             refused.get_or_create(&labels).inc_by(*n);
         }
     }
+}
 
+/// BFD sessions: up, flaps.
+fn encode_bfd(reg: &mut Registry, bfd: &[crate::bfd::BfdStatus]) {
     // BFD.
-    let bfd_up = gauge(
-        &mut reg,
-        "bfd_session_up",
-        "1 if the BFD session is Up",
-        None,
-    );
+    let bfd_up = gauge(reg, "bfd_session_up", "1 if the BFD session is Up", None);
     let bfd_flaps = counter(
-        &mut reg,
+        reg,
         "bfd_session_flaps",
         "Times the BFD session went from Up to Down",
     );
-    for b in &s.bfd {
+    for b in bfd {
         let iface = b.interface.clone().unwrap_or_default();
         let labels = l(&[
             ("peer", &b.name),
@@ -257,22 +269,25 @@ pub fn encode(s: &Snapshot) -> String {
             .set(i64::from(b.state == "Up"));
         bfd_flaps.get_or_create(&labels).inc_by(b.flaps);
     }
+}
 
+/// The Loc-RIB's sizes and the kernel writer's counters.
+fn encode_rib_and_kernel(reg: &mut Registry, rib: Option<crate::rib::RibStats>) {
     // The Loc-RIB and the kernel.
-    if let Some(r) = s.rib {
-        let rib = gauge(&mut reg, "rib_prefixes", "Prefixes in the Loc-RIB", None);
+    if let Some(r) = rib {
+        let rib = gauge(reg, "rib_prefixes", "Prefixes in the Loc-RIB", None);
         rib.get_or_create(&vec![]).set(r.prefixes as i64);
-        let paths = gauge(&mut reg, "rib_paths", "Paths in the Loc-RIB", None);
+        let paths = gauge(reg, "rib_paths", "Paths in the Loc-RIB", None);
         paths.get_or_create(&vec![]).set(r.paths as i64);
         let attrs = gauge(
-            &mut reg,
+            reg,
             "rib_attribute_sets",
             "Distinct path attribute sets held",
             None,
         );
         attrs.get_or_create(&vec![]).set(r.attribute_sets as i64);
         let fib = gauge(
-            &mut reg,
+            reg,
             "kernel_routes",
             "Prefixes tapir has installed in the kernel",
             None,
@@ -281,7 +296,7 @@ pub fn encode(s: &Snapshot) -> String {
     }
     let k = &crate::kernel::KERNEL_STATS;
     let ops = counter(
-        &mut reg,
+        reg,
         "kernel_route_operations",
         "Route installs and removals sent to the kernel",
     );
@@ -291,13 +306,13 @@ pub fn encode(s: &Snapshot) -> String {
     ops.get_or_create(&l(&[("operation", "remove")]))
         .inc_by(k.removals.load(Relaxed));
     let errors = counter(
-        &mut reg,
+        reg,
         "kernel_route_errors",
         "Route installs the kernel refused",
     );
     errors.get_or_create(&vec![]).inc_by(k.errors.load(Relaxed));
     let overruns = counter(
-        &mut reg,
+        reg,
         "kernel_netlink_overruns",
         "Times the kernel notification socket overran and notifications were lost",
     );
@@ -305,34 +320,41 @@ pub fn encode(s: &Snapshot) -> String {
         .get_or_create(&vec![])
         .inc_by(k.overruns.load(Relaxed));
     let resync = counter(
-        &mut reg,
+        reg,
         "kernel_resync_changes",
         "Link and route changes a resync found that notifications had missed",
     );
     resync
         .get_or_create(&vec![])
         .inc_by(k.resync_changes.load(Relaxed));
+}
 
-    if !s.services.is_empty() {
+/// Health-checked services (guest role).
+fn encode_services(reg: &mut Registry, services: &[crate::health::ServiceStatus]) {
+    if !services.is_empty() {
         let healthy = gauge(
-            &mut reg,
+            reg,
             "service_healthy",
             "1 while a health-checked service is announced (guest role)",
             None,
         );
         let transitions = counter(
-            &mut reg,
+            reg,
             "service_transitions",
             "Times a health-checked service was announced or withdrawn",
         );
-        for sv in &s.services {
+        for sv in services {
             let labels = l(&[("service", &sv.name)]);
             healthy.get_or_create(&labels).set(sv.healthy as i64);
             transitions.get_or_create(&labels).inc_by(sv.transitions);
         }
     }
+}
+
+/// Limits against broken or hostile peers, by limit.
+fn encode_limits(reg: &mut Registry) {
     let limits = counter(
-        &mut reg,
+        reg,
         "limit_hits",
         "Times a limit against a broken or hostile peer was hit, by limit",
     );
@@ -341,13 +363,6 @@ pub fn encode(s: &Snapshot) -> String {
             .get_or_create(&l(&[("limit", lim.name())]))
             .inc_by(crate::limits::hits(lim));
     }
-
-    let mut out = String::new();
-    if prometheus_client::encoding::prometheus_text::encode(&mut out, &reg).is_err() {
-        warn!("metrics: encoding failed");
-    }
-    out.push_str(&process_metrics());
-    out
 }
 
 /// The standard `process_*` metrics, from /proc/self.
