@@ -37,9 +37,10 @@ use libfuzzer_sys::fuzz_target;
 use tapir::adj_rib_in::{AdjRibIn, Judge, PathRules, MAX_KEPT_REFUSED};
 use tapir::authorisation::VmPolicy;
 use tapir::config::{ImportRules, MaxPrefixAction};
-use tapir::peer::{Interface, PeerMsg};
+use tapir::net::Interface;
 use tapir::policy::Policy;
-use tapir::rib::{self, DrainConfig, FibChange, PeerInfo, RibMsg};
+use tapir::peer_info::PeerInfo;
+use tapir::rib::{self, DrainConfig, FibChange, RibMsg, ToPeer};
 use tokio::sync::{mpsc, oneshot};
 
 const LOCAL_AS: u32 = 64600;
@@ -153,7 +154,7 @@ fn allowed(p: &Prefix, nh: &NextHop, pol: &VmPolicy) -> bool {
 struct World {
     rib: mpsc::UnboundedSender<RibMsg>,
     fib_rx: mpsc::UnboundedReceiver<Vec<FibChange>>,
-    export_rx: mpsc::Receiver<PeerMsg>,
+    export_rx: mpsc::Receiver<ToPeer>,
     /// What the kernel and the upstream were told, replayed.
     fib: BTreeMap<Prefix, Vec<(IpAddr, Option<u32>)>>,
     exported: BTreeMap<Prefix, Arc<PathAttributes>>,
@@ -188,7 +189,7 @@ impl World {
             }
         }
         while let Ok(m) = self.export_rx.try_recv() {
-            if let PeerMsg::Export(changes) = m {
+            if let ToPeer::Export(changes) = m {
                 for (p, a) in changes {
                     match a {
                         Some(a) => {

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use bgp::{AsPath, AsSegment, NextHop, Origin, PathAttributes, Prefix, Update};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tapir::adj_rib_in::{AdjRibIn, Judge};
-use tapir::peer::PeerMsg;
+use tapir::peer_info::PeerInfo;
 use tapir::policy::Policy;
-use tapir::rib::{self, DrainConfig, PeerInfo, RibMsg};
+use tapir::rib::{self, DrainConfig, RibMsg, ToPeer};
 use tokio::sync::{mpsc, oneshot};
 
 const N: u32 = 100_000;
@@ -102,7 +102,7 @@ fn adj_rib_in(c: &mut Criterion) {
 
 /// A RIB with one upstream neighbor that takes everything, and what it
 /// is sent.
-fn subscribed() -> (mpsc::UnboundedSender<RibMsg>, mpsc::Receiver<PeerMsg>) {
+fn subscribed() -> (mpsc::UnboundedSender<RibMsg>, mpsc::Receiver<ToPeer>) {
     let rib = rib::spawn(
         64612,
         Vec::new(),
@@ -137,14 +137,14 @@ fn subscribed() -> (mpsc::UnboundedSender<RibMsg>, mpsc::Receiver<PeerMsg>) {
 /// neighbor was sent: exported and withdrawn prefixes.
 async fn settle(
     rib: &mpsc::UnboundedSender<RibMsg>,
-    rx: &mut mpsc::Receiver<PeerMsg>,
+    rx: &mut mpsc::Receiver<ToPeer>,
 ) -> (usize, usize, usize) {
     let (done, wait) = oneshot::channel();
     rib.send(RibMsg::Stats(done)).unwrap();
     let prefixes = wait.await.unwrap().prefixes;
     let (mut sent, mut withdrawn) = (0, 0);
     while let Ok(m) = rx.try_recv() {
-        if let PeerMsg::Export(v) = m {
+        if let ToPeer::Export(v) = m {
             for (_, a) in v {
                 match a {
                     Some(_) => sent += 1,

@@ -136,10 +136,6 @@ impl VmPolicy {
     }
 }
 
-pub fn is_link_local(a: std::net::Ipv6Addr) -> bool {
-    (a.segments()[0] & 0xffc0) == 0xfe80
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::peer::{Interface, PeerMsg};
+use crate::net::Interface;
 
 /// BFD port for single-hop control packets (RFC 5881 §4).
 const PORT: u16 = 3784;
@@ -47,13 +47,16 @@ pub struct BfdTimers {
 /// Sessions are known by the peer's address and the interface.
 pub type Key = (IpAddr, Option<u32>);
 
+/// Tells the BGP session's task that the path failed.
+pub type BfdNotify = Box<dyn Fn() + Send>;
+
 pub enum BfdMsg {
     Add {
         peer: IpAddr,
         interface: Option<Interface>,
         timers: BfdTimers,
-        /// Told `BfdDown` when the session fails.
-        notify: mpsc::Sender<PeerMsg>,
+        /// Called when the session fails (it was Up, it is Down).
+        notify: BfdNotify,
         name: String,
         /// Once Up, hear only the discriminator learned (a static
         /// neighbor's session).
@@ -85,7 +88,7 @@ struct Entry {
     /// session as multihop (a BIRD VM with a `multihop` BGP session does).
     port: u16,
     local_port: u16,
-    notify: mpsc::Sender<PeerMsg>,
+    notify: BfdNotify,
     name: String,
     interface: Option<Interface>,
     /// A session without an interface (a static neighbor): the
@@ -269,7 +272,7 @@ fn tx_socket(
         }
     }
     let to = match (peer, interface) {
-        (IpAddr::V6(a), Some(i)) if crate::authorisation::is_link_local(a) => {
+        (IpAddr::V6(a), Some(i)) if crate::net::is_link_local(a) => {
             SocketAddr::V6(SocketAddrV6::new(a, dest_port, 0, i.index))
         }
         (a, _) => SocketAddr::new(a, dest_port),
@@ -505,7 +508,7 @@ fn deliver(
     let key = if pkt.your_discriminator != 0 {
         named?
     } else {
-        if crate::authorisation::is_link_local(match r.from {
+        if crate::net::is_link_local(match r.from {
             IpAddr::V6(a) => a,
             IpAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
         }) || sessions.contains_key(&(r.from, Some(r.ifindex)))
@@ -572,7 +575,7 @@ async fn flush(e: &mut Entry) {
             if e.session.remote_state() == bfd::State::AdminDown {
                 info!(name = %e.name, "BFD: the peer went AdminDown; not a failure, BGP stays");
             } else {
-                let _ = e.notify.send(PeerMsg::BfdDown).await;
+                (e.notify)();
             }
         }
     }

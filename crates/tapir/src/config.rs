@@ -1213,32 +1213,33 @@ fn parse_neighbor(
     }
     let remote_as = remote_as(n.remote_as.get_ref()).map_err(|m| err(n.remote_as.span(), m))?;
     let (hold_time, connect_retry) = timers(&n.hold_time, &n.connect_retry, &err)?;
-    let families =
-        match &n.families {
-            None => vec![match address {
-                IpAddr::V4(_) => Afi::Ipv4,
-                IpAddr::V6(_) => Afi::Ipv6,
-            }],
-            Some(list) => {
-                let mut v = Vec::new();
-                for f in list {
-                    v.push(match f.get_ref().as_str() {
-                        "ipv4" => Afi::Ipv4,
-                        "ipv6" => Afi::Ipv6,
-                        other => return Err(err(
+    let families = match &n.families {
+        None => vec![match address {
+            IpAddr::V4(_) => Afi::Ipv4,
+            IpAddr::V6(_) => Afi::Ipv6,
+        }],
+        Some(list) => {
+            let mut v = Vec::new();
+            for f in list {
+                v.push(match f.get_ref().as_str() {
+                    "ipv4" => Afi::Ipv4,
+                    "ipv6" => Afi::Ipv6,
+                    other => {
+                        return Err(err(
                             f.span(),
                             format!(
                                 "families: unknown family `{other}` (expected `ipv4` or `ipv6`)"
                             ),
-                        )),
-                    });
-                }
-                if v.is_empty() {
-                    return Err(err(span, "families: at least one family is needed".into()));
-                }
-                v
+                        ))
+                    }
+                });
             }
-        };
+            if v.is_empty() {
+                return Err(err(span, "families: at least one family is needed".into()));
+            }
+            v
+        }
+    };
     let name = match n.name {
         Some(s) => {
             let s = s.into_inner();
@@ -1438,7 +1439,7 @@ fn parse_gateway(
     for a in &r.addresses {
         let ip = *a.get_ref();
         if let IpAddr::V6(v6) = ip {
-            if crate::authorisation::is_link_local(v6) && r.interface.is_none() {
+            if crate::net::is_link_local(v6) && r.interface.is_none() {
                 return Err(err(
                     a.span(),
                     format!("gateway.addresses: {ip} is link-local: set gateway.interface too"),

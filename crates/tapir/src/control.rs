@@ -170,7 +170,7 @@ pub enum Response {
         routes: Vec<RouteEntry>,
     },
     Vms {
-        vms: Vec<crate::dynamic::VmStatus>,
+        vms: Vec<VmStatus>,
     },
     Rib {
         rib: Vec<crate::rib::LocRibEntry>,
@@ -265,3 +265,28 @@ where
 }
 
 use tokio::io::AsyncReadExt as _;
+
+/// One VM, as `tapir show vms` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmStatus {
+    /// Inventory name, if the VM has an entry.
+    pub name: Option<String>,
+    /// `config`, `registered` or `discovered`.
+    pub source: String,
+    pub interface: Option<String>,
+    pub group: Option<String>,
+    pub addresses: Vec<String>,
+    /// Prefixes the VM may announce (its entry's, or the group filter's name).
+    pub allowed: Vec<String>,
+    pub sessions: Vec<VmSession>,
+    /// Being drained (RFC 8326): `shutdown` or `withdrawn`.
+    pub drain: Option<crate::rib::DrainState>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmSession {
+    pub address: String,
+    pub state: String,
+    pub routes_accepted: usize,
+    pub routes_rejected: usize,
+}

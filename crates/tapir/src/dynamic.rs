@@ -20,17 +20,18 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use bgp::notification::{cease, Notification};
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::authorisation::{is_link_local, VmPolicy};
+use crate::authorisation::VmPolicy;
 use crate::config::{Group, RemoteAsConfig};
 use crate::control::PeerStatus;
+use crate::control::{VmSession, VmStatus};
 use crate::inventory::{Inventory, Mac, Registration, Source, VmEntry};
 use crate::kernel::KernelEvent;
-use crate::peer::{self, Interface, Local, PeerConfig, PeerHandle, PeerMsg};
+use crate::net::{is_link_local, Interface};
+use crate::peer::{self, Local, PeerConfig, PeerHandle, PeerMsg};
 
 pub enum HvMsg {
     Kernel(KernelEvent),
@@ -54,31 +55,6 @@ pub enum HvMsg {
         graceful: bool,
         done: oneshot::Sender<()>,
     },
-}
-
-/// One VM, as `tapir show vms` prints it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VmStatus {
-    /// Inventory name, if the VM has an entry.
-    pub name: Option<String>,
-    /// `config`, `registered` or `discovered`.
-    pub source: String,
-    pub interface: Option<String>,
-    pub group: Option<String>,
-    pub addresses: Vec<String>,
-    /// Prefixes the VM may announce (its entry's, or the group filter's name).
-    pub allowed: Vec<String>,
-    pub sessions: Vec<VmSession>,
-    /// Being drained (RFC 8326): `shutdown` or `withdrawn`.
-    pub drain: Option<crate::rib::DrainState>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VmSession {
-    pub address: String,
-    pub state: String,
-    pub routes_accepted: usize,
-    pub routes_rejected: usize,
 }
 
 #[derive(Clone, PartialEq)]

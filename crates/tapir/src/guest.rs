@@ -15,7 +15,7 @@
 //! `show` and metrics treat both roles alike.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bgp::Afi;
@@ -26,7 +26,9 @@ use tracing::{debug, info, warn};
 use crate::config::GatewayConfig;
 use crate::dynamic::HvMsg;
 use crate::kernel::KernelEvent;
-use crate::peer::{self, Interface, Local, PeerConfig, PeerHandle, PeerMsg};
+use crate::net::global_address;
+use crate::net::Interface;
+use crate::peer::{self, Local, PeerConfig, PeerHandle, PeerMsg};
 
 /// One gateway: its address and the interface it is reached on.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -320,7 +322,7 @@ impl Guest {
         });
         c.takeover = true;
         if let IpAddr::V6(a) = g.address {
-            if crate::authorisation::is_link_local(a) {
+            if crate::net::is_link_local(a) {
                 c.global_v6_from = Some(g.index);
                 if global_address(g.index).is_none() {
                     warn!(interface = ?c.interface.as_ref().map(|i| &i.name), "no global IPv6 address on the gateway's interface (yet): IPv6 routes need one as their next hop");
@@ -339,9 +341,7 @@ impl Guest {
         let found = self.running.iter().find(|r| {
             r.gateway.address == ip
                 && match ip {
-                    IpAddr::V6(a) if crate::authorisation::is_link_local(a) => {
-                        scope == r.gateway.index
-                    }
+                    IpAddr::V6(a) if crate::net::is_link_local(a) => scope == r.gateway.index,
                     _ => true,
                 }
         });
@@ -360,59 +360,9 @@ impl Guest {
     }
 }
 
-/// A global, usable IPv6 address on an interface, from
-/// `/proc/net/if_inet6` (address, index, prefix length, scope, flags).
-pub fn global_address(index: u32) -> Option<Ipv6Addr> {
-    let text = std::fs::read_to_string("/proc/net/if_inet6").ok()?;
-    parse_if_inet6(&text, index)
-}
-
-fn parse_if_inet6(text: &str, index: u32) -> Option<Ipv6Addr> {
-    // IFA_F_TENTATIVE, IFA_F_DEPRECATED, IFA_F_DADFAILED, and
-    // IFA_F_TEMPORARY (privacy addresses: not the VM's known address).
-    const UNUSABLE: u32 = 0x40 | 0x20 | 0x08 | 0x01;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() < 5 {
-            return None;
-        }
-        let idx = u32::from_str_radix(f[1], 16).ok()?;
-        let scope = u32::from_str_radix(f[3], 16).ok()?;
-        let flags = u32::from_str_radix(f[4], 16).ok()?;
-        if idx != index || scope != 0 || flags & UNUSABLE != 0 || f[0].len() != 32 {
-            return None;
-        }
-        let n = u128::from_str_radix(f[0], 16).ok()?;
-        Some(Ipv6Addr::from(n))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn global_address_from_proc() {
-        let text = "\
-fe802022ffff00000000000000000001 03 40 20 80     eth0
-20010db8014000000000000000000011 03 80 00 80     eth0
-20010db8014000000000000000000099 03 80 00 20     eth0
-20010db8000300000000000000000001 01 80 00 80       lo
-00000000000000000000000000000001 01 80 10 80       lo
-";
-        assert_eq!(
-            parse_if_inet6(text, 3),
-            Some("2001:db8:140::11".parse().unwrap())
-        );
-        assert_eq!(
-            parse_if_inet6(text, 1),
-            Some("2001:db8:3::1".parse().unwrap())
-        );
-        assert_eq!(parse_if_inet6(text, 7), None);
-        // Deprecated addresses are skipped.
-        let only_deprecated = "20010db8014000000000000000000099 03 80 00 20 eth0\n";
-        assert_eq!(parse_if_inet6(only_deprecated, 3), None);
-    }
 
     fn guest(cfg: GatewayConfig) -> Guest {
         let (rib, _) = mpsc::unbounded_channel();

@@ -152,7 +152,7 @@ pub fn link_local_without_interface(
     }
     addresses
         .iter()
-        .find(|a| matches!(a, IpAddr::V6(v6) if crate::authorisation::is_link_local(*v6)))
+        .find(|a| matches!(a, IpAddr::V6(v6) if crate::net::is_link_local(*v6)))
         .copied()
 }
 

@@ -19,8 +19,16 @@
 use bgp::attribute::LargeCommunity;
 use bgp::{AsPath, AsSegment, PathAttributes, Prefix};
 
+use crate::peer_info::PeerInfo;
 use crate::prefix_set::PrefixSet;
-use crate::rib::PeerInfo;
+
+/// RFC 8326 GRACEFUL_SHUTDOWN community.
+pub const GRACEFUL_SHUTDOWN: u32 = 0xffff_0000;
+/// RFC 1997: not beyond our AS (nor a confederation, which we never are).
+pub const NO_EXPORT: u32 = 0xffff_ff01;
+/// RFC 1997: to no BGP neighbor at all.
+pub const NO_ADVERTISE: u32 = 0xffff_ff02;
+pub const NO_EXPORT_SUBCONFED: u32 = 0xffff_ff03;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AsPathMode {
@@ -315,9 +323,9 @@ impl Term {
 /// `ASN:VALUE` or a well-known name (RFC 1997).
 pub fn parse_community(s: &str) -> Result<u32, String> {
     match s {
-        "no-export" => return Ok(crate::rib::NO_EXPORT),
-        "no-advertise" => return Ok(crate::rib::NO_ADVERTISE),
-        "no-export-subconfed" => return Ok(crate::rib::NO_EXPORT_SUBCONFED),
+        "no-export" => return Ok(crate::policy::NO_EXPORT),
+        "no-advertise" => return Ok(crate::policy::NO_ADVERTISE),
+        "no-export-subconfed" => return Ok(crate::policy::NO_EXPORT_SUBCONFED),
         "graceful-shutdown" => return Ok(0xffff_0000),
         _ => {}
     }

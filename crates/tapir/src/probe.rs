@@ -100,7 +100,7 @@ pub fn spawn(found: mpsc::Sender<KernelEvent>) -> mpsc::UnboundedSender<(u32, St
             // address on the tap the request went out of.
             if let [129, 0, _, _, id0, id1, s0, s1, ..] = buf[..n] {
                 let ours = [id0, id1] == ECHO_ID
-                    && crate::authorisation::is_link_local(*from.ip())
+                    && crate::net::is_link_local(*from.ip())
                     && answered.lock().expect("probe state").answer(
                         from.scope_id(),
                         u16::from_be_bytes([s0, s1]),

@@ -14,7 +14,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -22,11 +22,11 @@ use bgp::{NextHop, PathAttributes, Prefix};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::peer::{Interface, PeerMsg};
-use crate::policy::{Policy, RouteFacts};
+use crate::peer_info::{PeerId, PeerInfo};
+use crate::policy::{
+    Policy, RouteFacts, GRACEFUL_SHUTDOWN, NO_ADVERTISE, NO_EXPORT, NO_EXPORT_SUBCONFED,
+};
 use crate::prefix_map::PrefixMap;
-
-pub type PeerId = u64;
 
 /// Changed prefixes propagated together, at most (and a bit over: one
 /// message's worth). Large enough that exports go out in full UPDATEs,
@@ -124,24 +124,6 @@ impl ExportCount {
 }
 
 pub type Exported = Arc<ExportCount>;
-
-/// The peer a path came from, as best-path selection and policy see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerInfo {
-    pub id: PeerId,
-    pub name: String,
-    pub address: IpAddr,
-    pub asn: u32,
-    pub router_id: Ipv4Addr,
-    pub ebgp: bool,
-    /// For VM sessions: the VM's name (if in the inventory) and group.
-    pub vm: Option<String>,
-    pub group: Option<String>,
-    /// The tap a VM lives on: its routes go into the kernel through it.
-    pub interface: Option<Interface>,
-    /// Install this peer's routes in the kernel.
-    pub kernel: bool,
-}
 
 /// A candidate path for a prefix: 16 bytes, its next hop and attributes
 /// shared with the other prefixes of the UPDATE it came in.
@@ -321,6 +303,26 @@ impl Paths {
     }
 }
 
+/// What the Loc-RIB sends a subscribed neighbor's task (on the channel
+/// given in `RibMsg::Subscribe`).
+#[derive(Debug)]
+pub enum ToPeer {
+    /// Changes to what is exported to the neighbor (`None`: withdrawn);
+    /// attributes come without next hop (next-hop-self).
+    Export(Vec<(Prefix, Option<Arc<PathAttributes>>)>),
+    /// The whole table of a family for connection `conn` (`RibMsg::Refeed`):
+    /// End-of-RIB follows the one marked `end`.
+    Refeed {
+        conn: u64,
+        family: bgp::AfiSafi,
+        routes: Vec<(Prefix, Arc<PathAttributes>)>,
+        end: bool,
+    },
+    /// The Loc-RIB is complete (after a restart's deferral): End-of-RIB may
+    /// go out.
+    RibReady,
+}
+
 pub enum RibMsg {
     /// A batch from one peer: routes now accepted, prefixes no longer.
     Update {
@@ -337,7 +339,7 @@ pub enum RibMsg {
         asn: Option<u32>,
         ebgp: bool,
         policy: Arc<Policy>,
-        tx: mpsc::Sender<PeerMsg>,
+        tx: mpsc::Sender<ToPeer>,
         /// Where the RIB counts what it exports to this neighbor.
         exported: Exported,
         /// The families its sessions may carry (the configured ones):
@@ -346,7 +348,7 @@ pub enum RibMsg {
     },
     Unsubscribe(PeerId),
     /// A session of neighbor `peer` (connection `conn`) needs the whole
-    /// table of a family: sent as `PeerMsg::Refeed`, the last one marked.
+    /// table of a family: sent as `ToPeer::Refeed`, the last one marked.
     Refeed {
         peer: PeerId,
         conn: u64,
@@ -415,14 +417,6 @@ pub struct DrainConfig {
     /// Withdraw this long after the drain starts (None: only when asked).
     pub withdraw_after: Option<std::time::Duration>,
 }
-
-/// RFC 8326 GRACEFUL_SHUTDOWN community.
-pub const GRACEFUL_SHUTDOWN: u32 = 0xffff_0000;
-/// RFC 1997: not beyond our AS (nor a confederation, which we never are).
-pub const NO_EXPORT: u32 = 0xffff_ff01;
-/// RFC 1997: to no BGP neighbor at all.
-pub const NO_ADVERTISE: u32 = 0xffff_ff02;
-pub const NO_EXPORT_SUBCONFED: u32 = 0xffff_ff03;
 
 /// The name a VM is drained by: its inventory name, or its tap.
 pub fn drain_key(p: &PeerInfo) -> Option<String> {
@@ -516,7 +510,7 @@ struct Subscriber {
     asn: Option<u32>,
     ebgp: bool,
     policy: Arc<Policy>,
-    tx: mpsc::Sender<PeerMsg>,
+    tx: mpsc::Sender<ToPeer>,
     families: Vec<bgp::Afi>,
     exported: Exported,
     /// Its place in the routes' export memos, if one was free.
@@ -1151,7 +1145,7 @@ impl Rib {
                 // the whole table once up. Here it is only counted.
                 self.reexport(Some(peer), Before::Now, false).await;
                 if self.ready {
-                    let _ = ready_tx.send(PeerMsg::RibReady).await;
+                    let _ = ready_tx.send(ToPeer::RibReady).await;
                 }
             }
             RibMsg::Sweep => self.sweep(),
@@ -1345,7 +1339,7 @@ impl Rib {
             let _ = fib.send(ops);
         }
         for s in self.subscribers.values() {
-            let _ = s.tx.send(PeerMsg::RibReady).await;
+            let _ = s.tx.send(ToPeer::RibReady).await;
         }
     }
 
@@ -1526,7 +1520,7 @@ impl Rib {
         if out.is_empty() || !send {
             return;
         }
-        let _ = tx.send(PeerMsg::Export(out)).await;
+        let _ = tx.send(ToPeer::Export(out)).await;
     }
 
     /// The whole table of `family` for one session of neighbor `peer`,
@@ -1573,7 +1567,7 @@ impl Rib {
                 continue;
             }
             let _ = tx
-                .send(PeerMsg::Refeed {
+                .send(ToPeer::Refeed {
                     conn,
                     family,
                     routes,
@@ -1684,6 +1678,7 @@ impl Rib {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
     use bgp::AsPath;
 
     /// A RIB with one subscriber, neighbor 9 in AS 65009 taking IPv4
@@ -1692,7 +1687,7 @@ mod tests {
         policy: Policy,
     ) -> (
         mpsc::UnboundedSender<RibMsg>,
-        mpsc::Receiver<PeerMsg>,
+        mpsc::Receiver<ToPeer>,
         Exported,
     ) {
         subscribed_with_fib(policy, None)
@@ -1704,7 +1699,7 @@ mod tests {
         fib: Option<mpsc::UnboundedSender<Vec<FibChange>>>,
     ) -> (
         mpsc::UnboundedSender<RibMsg>,
-        mpsc::Receiver<PeerMsg>,
+        mpsc::Receiver<ToPeer>,
         Exported,
     ) {
         let rib = spawn(
@@ -1871,7 +1866,7 @@ mod tests {
         assert_eq!(a.await.unwrap().prefixes, 2, "both in the Loc-RIB");
         let mut exported = Vec::new();
         while let Ok(m) = rx.try_recv() {
-            if let PeerMsg::Export(changes) = m {
+            if let ToPeer::Export(changes) = m {
                 exported.extend(changes.into_iter().map(|(p, _)| p));
             }
         }
@@ -1889,7 +1884,7 @@ mod tests {
             })
             .unwrap();
             match rx.recv().await {
-                Some(PeerMsg::Refeed {
+                Some(ToPeer::Refeed {
                     conn: 3,
                     family: f,
                     routes,
@@ -1924,10 +1919,10 @@ mod tests {
         let unnamed = peer(1, 65001, true, "10.0.0.1");
         let mut named = (*unnamed).clone();
         named.vm = Some("web1".into());
-        let sent = |rx: &mut mpsc::Receiver<PeerMsg>| {
+        let sent = |rx: &mut mpsc::Receiver<ToPeer>| {
             let mut v = Vec::new();
             while let Ok(m) = rx.try_recv() {
-                if let PeerMsg::Export(changes) = m {
+                if let ToPeer::Export(changes) = m {
                     v.extend(changes.into_iter().map(|(p, a)| (p, a.is_some())));
                 }
             }
@@ -2010,7 +2005,7 @@ mod tests {
             a.await.unwrap();
             let mut sent = Vec::new();
             while let Ok(m) = rx.try_recv() {
-                if let PeerMsg::Export(changes) = m {
+                if let ToPeer::Export(changes) = m {
                     sent.extend(changes.into_iter().map(|(p, a)| (p, a.is_some())));
                 }
             }
@@ -2033,7 +2028,7 @@ mod tests {
         let vm = |id: u64, rid: &str| {
             let mut p = (*peer(id, 64613, true, rid)).clone();
             p.group = Some("vms".into());
-            p.interface = Some(crate::peer::Interface {
+            p.interface = Some(crate::net::Interface {
                 name: format!("tap{id}"),
                 index: id as u32,
             });
@@ -2079,7 +2074,7 @@ mod tests {
         let mut sent = move || {
             let mut last = None;
             while let Ok(m) = rx.try_recv() {
-                if let PeerMsg::Export(changes) = m {
+                if let ToPeer::Export(changes) = m {
                     for (_, a) in changes {
                         last = Some(a.map(|a| a.communities.clone()));
                     }
@@ -2230,6 +2225,7 @@ mod tests {
 #[cfg(test)]
 mod paths_tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn p(id: u64) -> Path {
         let peer = Arc::new(PeerInfo {

@@ -1,7 +1,7 @@
 //! Tables for `tapir show …`, aligned like `birdc show protocols`.
 
+use crate::control::VmStatus;
 use crate::control::{PeerStatus, RouteEntry};
-use crate::dynamic::VmStatus;
 
 /// Left-aligned columns, two spaces apart.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {

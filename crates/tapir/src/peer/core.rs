@@ -33,8 +33,10 @@ use crate::adj_rib_in::{AdjRibIn, Judge, PathRules};
 use crate::authorisation::VmPolicy;
 use crate::config::{ImportRules, Neighbor, RemoteAsConfig};
 use crate::control::{PeerStatus, RouteEntry};
+use crate::net::Interface;
+use crate::peer_info::{PeerId, PeerInfo};
 use crate::policy::Policy;
-use crate::rib::{PeerId, PeerInfo, RibMsg};
+use crate::rib::RibMsg;
 
 /// BIRD (2.0.12 at least) sometimes sends nothing for up to 3 s after it
 /// accepts a new session from the VM's hypervisor in place of an old one
@@ -248,7 +250,7 @@ impl PeerCore {
             last_sent: None,
             last_received: None,
             actions: VecDeque::new(),
-            global_v6: crate::guest::global_address,
+            global_v6: crate::net::global_address,
         }
     }
 
@@ -308,7 +310,7 @@ impl PeerCore {
     /// to the session's interface).
     pub fn connect_to(&self) -> SocketAddr {
         match (self.cfg.address, &self.cfg.interface) {
-            (IpAddr::V6(a), Some(i)) if crate::authorisation::is_link_local(a) => {
+            (IpAddr::V6(a), Some(i)) if crate::net::is_link_local(a) => {
                 SocketAddr::V6(std::net::SocketAddrV6::new(a, self.cfg.port, 0, i.index))
             }
             (a, _) => SocketAddr::new(a, self.cfg.port),
@@ -1150,7 +1152,7 @@ impl PeerCore {
             .local
             .and_then(|l| match (afi, l.ip().to_canonical()) {
                 (bgp::Afi::Ipv4, IpAddr::V4(a)) => Some(NextHop::V4(a)),
-                (bgp::Afi::Ipv6, IpAddr::V6(a)) if !crate::authorisation::is_link_local(a) => {
+                (bgp::Afi::Ipv6, IpAddr::V6(a)) if !crate::net::is_link_local(a) => {
                     Some(NextHop::V6 {
                         global: a,
                         link_local: None,
@@ -1229,7 +1231,7 @@ impl PeerCore {
 
     /// The whole Adj-RIB-Out of a family, then End-of-RIB (after
     /// Established, or for a ROUTE-REFRESH): the Loc-RIB derives it and
-    /// sends it back as `PeerMsg::Refeed`. A neighbor that is exported
+    /// sends it back as `ToPeer::Refeed`. A neighbor that is exported
     /// nothing gets End-of-RIB alone.
     fn send_family(&mut self, i: usize, family: AfiSafi) {
         if family.unicast_afi().is_none() {
@@ -1422,13 +1424,6 @@ fn by_type(counts: &[u64; 6]) -> BTreeMap<String, u64> {
     .skip(1)
     .map(|(n, c)| (n.to_string(), *c))
     .collect()
-}
-
-/// An interface a session is bound to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Interface {
-    pub name: String,
-    pub index: u32,
 }
 
 /// Everything a peer task needs to know about its neighbor: a static

@@ -21,7 +21,7 @@ use std::time::Instant;
 use std::sync::atomic::Ordering::Relaxed;
 
 use bgp::notification::{cease, Notification};
-use bgp::{AfiSafi, PathAttributes, Prefix};
+
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -30,9 +30,9 @@ use tracing::warn;
 use crate::authorisation::VmPolicy;
 use crate::control::{PeerStatus, RouteEntry};
 use crate::policy::Policy;
-use crate::rib::RibMsg;
+use crate::rib::{RibMsg, ToPeer};
 
-pub use self::core::{Action, Identity, Input, Interface, PeerConfig, PeerCore};
+pub use self::core::{Action, Identity, Input, PeerConfig, PeerCore};
 
 /// Read sizes: a quiet session's KEEPALIVEs, and a table transfer.
 const READ_SMALL: usize = 4096;
@@ -200,9 +200,6 @@ pub enum PeerMsg {
     Status(oneshot::Sender<PeerStatus>),
     /// A new authorisation snapshot: every route is judged again.
     Policy(Arc<VmPolicy>),
-    /// Changes to what the Loc-RIB exports to this neighbor (`None`:
-    /// withdrawn); attributes come without next hop (next-hop-self).
-    Export(Vec<(Prefix, Option<Arc<PathAttributes>>)>),
     Routes(oneshot::Sender<Vec<RouteEntry>>),
     /// Stop with this NOTIFICATION (a Cease) and end the task; answers
     /// when done.
@@ -217,17 +214,6 @@ pub enum PeerMsg {
     /// Stop without a NOTIFICATION (tapir restarts gracefully: peers keep
     /// our routes, RFC 4724 §4.1).
     Abort(oneshot::Sender<()>),
-    /// The Loc-RIB is complete (after a restart's deferral): End-of-RIB may
-    /// go out.
-    RibReady,
-    /// The whole table of a family for connection `conn`, from the Loc-RIB
-    /// (`RibMsg::Refeed`): End-of-RIB follows the one marked `end`.
-    Refeed {
-        conn: u64,
-        family: AfiSafi,
-        routes: Vec<(Prefix, Arc<PathAttributes>)>,
-        end: bool,
-    },
     /// A reload changed the export policy (no session reset).
     SetExport(Arc<Policy>),
     /// BFD saw the path fail (it was Up, it is Down).
@@ -252,6 +238,14 @@ pub enum PeerMsg {
 pub struct PeerHandle {
     pub address: IpAddr,
     pub tx: mpsc::Sender<PeerMsg>,
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The socket side of one of the core's connections.
@@ -287,6 +281,8 @@ struct Peer {
     core: PeerCore,
     local: Arc<Local>,
     tx: mpsc::Sender<PeerMsg>,
+    /// Given to the Loc-RIB when subscribing.
+    rib_tx: mpsc::Sender<ToPeer>,
     socks: Vec<Sock>,
     connecting: Option<tokio::task::JoinHandle<()>>,
     /// A connection offered to the core (accepted, or made by us), until
@@ -298,6 +294,8 @@ static NEXT_PEER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 
 pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
     let (tx, rx) = mpsc::channel(256);
+    // What the Loc-RIB sends (exports, whole tables): a channel of its own.
+    let (rib_tx, rib_rx) = mpsc::channel(256);
     let handle = PeerHandle {
         address: cfg.address,
         tx: tx.clone(),
@@ -307,6 +305,7 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         core: PeerCore::new(cfg, local.identity(), id, Instant::now()),
         local,
         tx,
+        rib_tx,
         socks: Vec::new(),
         connecting: None,
         pending: None,
@@ -329,7 +328,7 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
         .map(|_| (cfg.address, cfg.interface.as_ref().map(|i| i.index)));
     let supervised = async move {
         use futures_util::FutureExt;
-        let run = std::panic::AssertUnwindSafe(peer.run(rx)).catch_unwind();
+        let run = std::panic::AssertUnwindSafe(peer.run(rx, rib_rx)).catch_unwind();
         if let Err(p) = run.await {
             let what = p
                 .downcast_ref::<&str>()
@@ -349,14 +348,14 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
 }
 
 impl Peer {
-    async fn run(mut self, mut rx: mpsc::Receiver<PeerMsg>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<PeerMsg>, mut rib_rx: mpsc::Receiver<ToPeer>) {
         if let Some((asn, ebgp, policy)) = self.core.subscription() {
             let _ = self.local.rib.send(RibMsg::Subscribe {
                 peer: self.core.id(),
                 asn,
                 ebgp,
                 policy,
-                tx: self.tx.clone(),
+                tx: self.rib_tx.clone(),
                 exported: self.core.exported().clone(),
                 families: self.core.cfg().families.clone(),
             });
@@ -364,16 +363,26 @@ impl Peer {
         self.core.start(Instant::now());
         self.act();
         loop {
-            let msg = match self.core.poll_timeout() {
-                Some(d) => tokio::select! {
-                    m = rx.recv() => m,
-                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(d)) => {
-                        self.core.handle_timeout(Instant::now());
-                        self.act();
-                        continue;
-                    }
-                },
-                None => rx.recv().await,
+            let deadline = self.core.poll_timeout();
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                Some(m) = rib_rx.recv() => {
+                    let input = match m {
+                        ToPeer::Export(changes) => Input::Export(changes),
+                        ToPeer::Refeed { conn, family, routes, end } => {
+                            Input::Refeed { conn, family, routes, end }
+                        }
+                        ToPeer::RibReady => Input::RibReady,
+                    };
+                    self.core.handle(Instant::now(), input);
+                    self.act();
+                    continue;
+                }
+                _ = sleep_until(deadline) => {
+                    self.core.handle_timeout(Instant::now());
+                    self.act();
+                    continue;
+                }
             };
             let Some(msg) = msg else { break };
             let now = Instant::now();
@@ -429,21 +438,8 @@ impl Peer {
                 PeerMsg::Closed { conn } => Input::Closed { conn },
                 PeerMsg::SendHoldExpired { conn } => Input::SendHoldExpired { conn },
                 PeerMsg::Policy(p) => Input::Policy(p),
-                PeerMsg::Export(changes) => Input::Export(changes),
-                PeerMsg::Refeed {
-                    conn,
-                    family,
-                    routes,
-                    end,
-                } => Input::Refeed {
-                    conn,
-                    family,
-                    routes,
-                    end,
-                },
                 PeerMsg::NextSession(c) => Input::NextSession(c),
                 PeerMsg::SetExport(p) => Input::SetExport(p),
-                PeerMsg::RibReady => Input::RibReady,
                 PeerMsg::BfdDown => Input::BfdDown,
             };
             self.core.handle(now, input);
@@ -496,11 +492,17 @@ impl Peer {
                 Action::BfdAdd { timers, pin_peer } => {
                     if let Some(bfd) = &self.local.bfd {
                         let cfg = self.core.cfg();
+                        let tx = self.tx.clone();
                         let _ = bfd.send(crate::bfd::BfdMsg::Add {
                             peer: cfg.address,
                             interface: cfg.interface.clone(),
                             timers,
-                            notify: self.tx.clone(),
+                            notify: Box::new(move || {
+                                let tx = tx.clone();
+                                tokio::spawn(async move {
+                                    let _ = tx.send(PeerMsg::BfdDown).await;
+                                });
+                            }),
                             name: cfg.name.clone(),
                             pin_peer,
                         });

@@ -18,7 +18,8 @@ use bgp::session::{self, Event, RemoteAs, Session, State};
 use bgp::{AfiSafi, Message, NextHop, PathAttributes, Prefix};
 use tapir::authorisation::VmPolicy;
 use tapir::config::{ImportRules, MaxPrefixAction, RemoteAsConfig};
-use tapir::peer::{Action, Identity, Input, Interface, PeerConfig, PeerCore};
+use tapir::net::Interface;
+use tapir::peer::{Action, Identity, Input, PeerConfig, PeerCore};
 use tapir::policy::Policy;
 use tapir::rib::RibMsg;
 

@@ -1,0 +1,27 @@
+//! Who a route came from, as the Loc-RIB, best-path selection and
+//! policy see it. A leaf beside `net`.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::net::Interface;
+
+/// A peer's identity in the Loc-RIB, unique for the daemon's life.
+pub type PeerId = u64;
+
+/// The peer a path came from, as best-path selection and policy see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub id: PeerId,
+    pub name: String,
+    pub address: IpAddr,
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    pub ebgp: bool,
+    /// For VM sessions: the VM's name (if in the inventory) and group.
+    pub vm: Option<String>,
+    pub group: Option<String>,
+    /// The tap a VM lives on: its routes go into the kernel through it.
+    pub interface: Option<Interface>,
+    /// Install this peer's routes in the kernel.
+    pub kernel: bool,
+}
