@@ -510,7 +510,6 @@ struct Subscriber {
     asn: Option<u32>,
     ebgp: bool,
     policy: Arc<Policy>,
-    tx: mpsc::Sender<ToPeer>,
     families: Vec<bgp::Afi>,
     exported: Exported,
     /// Its place in the routes' export memos, if one was free.
@@ -804,7 +803,8 @@ pub struct Rib {
     /// sweep, the exports'.
     interned: Interned,
     subscribers: HashMap<PeerId, Subscriber>,
-    fib: Option<mpsc::UnboundedSender<Vec<FibChange>>>,
+    /// Routes go into the kernel (a FIB writer listens).
+    fib: bool,
     /// What the kernel was told, per prefix.
     installed: PrefixMap<Hops>,
     /// Install all equally good paths as one ECMP route.
@@ -827,11 +827,90 @@ pub struct Rib {
     /// The generation of the export rules (policies, drains, neighbors)
     /// that routes' export memos were decided under.
     rules: u32,
+    /// Changes not yet propagated (the batch so far).
+    pending: Vec<Change>,
+    restarting: Option<Arc<std::sync::atomic::AtomicBool>>,
+    backlog: Backlog,
+}
+
+/// Where the Loc-RIB's outputs go: the subscribed neighbors' export
+/// channels, the kernel's FIB writer, and the RIB itself later (timers).
+/// The RIB thread's `Shell` is one; tests collect them.
+pub trait Outputs {
+    /// A message for subscribed neighbor `peer` (may wait while its
+    /// channel is full: the RIB goes no faster than the neighbor reads).
+    fn export(&mut self, peer: PeerId, m: ToPeer);
+    /// Route changes for the kernel.
+    fn fib(&mut self, ops: Vec<FibChange>);
+    /// `m` to the RIB itself after `delay`.
+    fn later(&mut self, delay: std::time::Duration, m: RibMsg);
+}
+
+/// The RIB thread's outputs: channels and the daemon's runtime.
+struct Shell {
+    subscribers: HashMap<PeerId, mpsc::Sender<ToPeer>>,
+    fib: Option<mpsc::UnboundedSender<Vec<FibChange>>>,
     /// Weak, so that the RIB (and its thread) ends when the last sender
     /// outside it is dropped.
     self_tx: mpsc::WeakUnboundedSender<RibMsg>,
-    restarting: Option<Arc<std::sync::atomic::AtomicBool>>,
-    backlog: Backlog,
+    /// The daemon's runtime, for the timers.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Outputs for Shell {
+    fn export(&mut self, peer: PeerId, m: ToPeer) {
+        if let Some(tx) = self.subscribers.get(&peer) {
+            // The RIB thread has no runtime of its own: it waits here.
+            let _ = tx.blocking_send(m);
+        }
+    }
+
+    fn fib(&mut self, ops: Vec<FibChange>) {
+        if let Some(fib) = &self.fib {
+            let _ = fib.send(ops);
+        }
+    }
+
+    fn later(&mut self, delay: std::time::Duration, m: RibMsg) {
+        let tx = self.self_tx.clone();
+        self.runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(m);
+            }
+        });
+    }
+}
+
+impl Shell {
+    /// The thread: takes what is queued in batches and applies it.
+    fn run(mut self, mut rib: Rib, mut rx: mpsc::UnboundedReceiver<RibMsg>) {
+        while let Some(msg) = rx.blocking_recv() {
+            // Take whatever else is queued too (up to 256 messages):
+            // changes move in batches.
+            let mut next = Some(msg);
+            let mut taken = 0;
+            while let Some(m) = next {
+                match &m {
+                    RibMsg::Subscribe { peer, tx, .. } => {
+                        self.subscribers.insert(*peer, tx.clone());
+                    }
+                    RibMsg::Unsubscribe(peer) => {
+                        self.subscribers.remove(peer);
+                    }
+                    _ => {}
+                }
+                rib.apply(m, &mut self);
+                taken += 1;
+                next = if taken < 256 {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            rib.end_batch(&mut self);
+        }
+    }
 }
 
 pub fn spawn(
@@ -846,54 +925,35 @@ pub fn spawn(
     // Unbounded so that peers never wait on the RIB (which may be waiting
     // to hand them exports) and their messages stay in order.
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut installed = PrefixMap::new();
-    let (ready, stale, restarting) = match restart {
-        None => (true, Vec::new(), None),
-        Some(r) => {
-            // The kernel still has these; an empty hop list stands for
-            // "there, from before" so that any new choice replaces it.
-            for p in &r.stale {
-                installed.insert(*p, Hops::default());
-            }
-            let t = tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(r.deferral).await;
-                let _ = t.send(RibMsg::DeferralOver);
-            });
-            (false, r.stale, Some(r.restarting))
-        }
-    };
-    let mut rib = Rib {
+    let deferral = restart.as_ref().map(|r| r.deferral);
+    let rib = Rib::new(
         local_as,
-        table: PrefixMap::new(),
-        interned: Default::default(),
+        local_routes,
+        fib.is_some(),
+        multipath,
+        restart,
+        drain_cfg,
+        backlog,
+    );
+    let shell = Shell {
         subscribers: HashMap::new(),
         fib,
-        installed,
-        multipath,
-        ready,
-        stale,
-        restarting,
-        drains: BTreeMap::new(),
-        sweep_at: 1024,
-        table_peak: 0,
-        sweep_due: false,
-        drain_cfg,
-        drain_generation: 0,
-        rules: 1,
         self_tx: tx.downgrade(),
-        backlog,
+        runtime: tokio::runtime::Handle::current(),
     };
-    rib.add_local(local_routes, &mut Vec::new());
+    if let Some(d) = deferral {
+        let t = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            let _ = t.send(RibMsg::DeferralOver);
+        });
+    }
     // The RIB has a core of its own: peers decode, judge and encode on
     // the daemon's thread while best paths and exports are chosen here.
     // It ends when the last sender is dropped.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     std::thread::Builder::new()
         .name("rib".into())
-        .spawn(move || rt.block_on(rib.run(rx)))?;
+        .spawn(move || shell.run(rib, rx))?;
     Ok(tx)
 }
 
@@ -1038,49 +1098,92 @@ impl Rib {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<RibMsg>) {
-        // Send the local routes to the kernel? No: they are ours to
-        // announce, not to forward.
-        let mut changed: Vec<Change> = Vec::new();
-        while let Some(msg) = rx.recv().await {
-            // Take whatever else is queued too (up to 256 messages):
-            // changes move in batches. What they change goes out every
-            // CHUNK prefixes, so that a table transfer does not gather in
-            // one list (and in one export batch per peer).
-            let mut next = Some(msg);
-            let mut taken = 0;
-            while let Some(m) = next {
-                // A question is answered once what came before it has
-                // reached the kernel and the peers' queues; a newcomer is
-                // counted, and a session fed, from the table as its
-                // neighbors were told it (pending changes would be sent
-                // to them again).
-                if matches!(
-                    m,
-                    RibMsg::Show(_)
-                        | RibMsg::Stats(_)
-                        | RibMsg::DrainStates(_)
-                        | RibMsg::Subscribe { .. }
-                        | RibMsg::Refeed { .. }
-                ) {
-                    self.flush(&mut changed).await;
+    /// A Loc-RIB with tapir's own routes (`local_routes`); `fib`: routes
+    /// go into the kernel. After a graceful restart (`restart`), the kernel
+    /// still holds our old routes and the table is not complete until
+    /// `RibMsg::DeferralOver`.
+    pub fn new(
+        local_as: u32,
+        local_routes: Vec<Prefix>,
+        fib: bool,
+        multipath: bool,
+        restart: Option<Restart>,
+        drain_cfg: DrainConfig,
+        backlog: Backlog,
+    ) -> Rib {
+        let mut installed = PrefixMap::new();
+        let (ready, stale, restarting) = match restart {
+            None => (true, Vec::new(), None),
+            Some(r) => {
+                // The kernel still has these; an empty hop list stands for
+                // "there, from before" so that any new choice replaces it.
+                for p in &r.stale {
+                    installed.insert(*p, Hops::default());
                 }
-                self.handle(m, &mut changed).await;
-                if changed.len() >= CHUNK {
-                    self.flush(&mut changed).await;
-                }
-                taken += 1;
-                next = if taken < 256 {
-                    rx.try_recv().ok()
-                } else {
-                    None
-                };
+                (false, r.stale, Some(r.restarting))
             }
-            self.flush(&mut changed).await;
-        }
+        };
+        let mut rib = Rib {
+            local_as,
+            table: PrefixMap::new(),
+            interned: Default::default(),
+            subscribers: HashMap::new(),
+            fib,
+            installed,
+            multipath,
+            ready,
+            stale,
+            restarting,
+            drains: BTreeMap::new(),
+            sweep_at: 1024,
+            table_peak: 0,
+            sweep_due: false,
+            drain_cfg,
+            drain_generation: 0,
+            rules: 1,
+            pending: Vec::new(),
+            backlog,
+        };
+        // Tapir's own routes are announced, not forwarded: not into the
+        // kernel.
+        rib.add_local(local_routes, &mut Vec::new());
+        rib
     }
 
-    async fn handle(&mut self, m: RibMsg, changed: &mut Vec<Change>) {
+    /// Applies one message. What it changes goes out every CHUNK prefixes
+    /// (so that a table transfer does not gather in one list, and in one
+    /// export batch per neighbor), and at `end_batch`.
+    pub fn apply(&mut self, m: RibMsg, sink: &mut dyn Outputs) {
+        let mut changed = std::mem::take(&mut self.pending);
+        // A question is answered once what came before it has reached the
+        // kernel and the neighbors; a newcomer is counted, and a session
+        // fed, from the table as its neighbors were told it (pending
+        // changes would be sent to them again).
+        if matches!(
+            m,
+            RibMsg::Show(_)
+                | RibMsg::Stats(_)
+                | RibMsg::DrainStates(_)
+                | RibMsg::Subscribe { .. }
+                | RibMsg::Refeed { .. }
+        ) {
+            self.flush(&mut changed, sink);
+        }
+        self.handle(m, &mut changed, sink);
+        if changed.len() >= CHUNK {
+            self.flush(&mut changed, sink);
+        }
+        self.pending = changed;
+    }
+
+    /// The end of a batch of messages: every pending change goes out.
+    pub fn end_batch(&mut self, sink: &mut dyn Outputs) {
+        let mut changed = std::mem::take(&mut self.pending);
+        self.flush(&mut changed, sink);
+        self.pending = changed;
+    }
+
+    fn handle(&mut self, m: RibMsg, changed: &mut Vec<Change>, sink: &mut dyn Outputs) {
         match m {
             RibMsg::Update {
                 peer,
@@ -1120,7 +1223,8 @@ impl Rib {
                 exported,
                 families,
             } => {
-                let ready_tx = tx.clone();
+                // The channel is the thread's business (`Shell`).
+                let _ = tx;
                 exported.clear();
                 self.rules_changed();
                 let slot = (0..MEMO_SLOTS).find(|s| {
@@ -1135,7 +1239,6 @@ impl Rib {
                         asn,
                         ebgp,
                         policy,
-                        tx,
                         families,
                         exported,
                         slot,
@@ -1143,24 +1246,24 @@ impl Rib {
                 );
                 // The newcomer has no session yet: its sessions ask for
                 // the whole table once up. Here it is only counted.
-                self.reexport(Some(peer), Before::Now, false).await;
+                self.reexport(Some(peer), Before::Now, false, sink);
                 if self.ready {
-                    let _ = ready_tx.send(ToPeer::RibReady).await;
+                    sink.export(peer, ToPeer::RibReady);
                 }
             }
             RibMsg::Sweep => self.sweep(),
-            RibMsg::DeferralOver => self.deferral_over().await,
+            RibMsg::DeferralOver => self.deferral_over(sink),
             RibMsg::SetPolicy { peer, policy } => {
                 // What is pending goes out under the old policy first.
-                self.flush(changed).await;
+                self.flush(changed, sink);
                 self.rules_changed();
                 if let Some(s) = self.subscribers.get_mut(&peer) {
                     let old = std::mem::replace(&mut s.policy, policy);
-                    self.reexport(Some(peer), Before::Policy(&old), true).await;
+                    self.reexport(Some(peer), Before::Policy(&old), true, sink);
                 }
             }
-            RibMsg::Refeed { peer, conn, family } => self.refeed(peer, conn, family).await,
-            RibMsg::Drain { vm, state, reply } => self.drain(vm, state, reply, changed).await,
+            RibMsg::Refeed { peer, conn, family } => self.refeed(peer, conn, family, sink),
+            RibMsg::Drain { vm, state, reply } => self.drain(vm, state, reply, changed, sink),
             RibMsg::DrainExpired { vm, generation } => {
                 let due = self
                     .drains
@@ -1168,14 +1271,14 @@ impl Rib {
                     .is_some_and(|d| d.0 == DrainState::Shutdown && d.1 == generation);
                 if due {
                     // What is pending goes out under the old drains first.
-                    self.flush(changed).await;
+                    self.flush(changed, sink);
                     self.rules_changed();
                     let old = self.drains.clone();
                     if let Some(d) = self.drains.get_mut(&vm) {
                         d.0 = DrainState::Withdrawn;
                     }
                     tracing::info!(vm = %vm, "drain: withdrawn after the delay");
-                    self.reexport(None, Before::Drains(&old), true).await;
+                    self.reexport(None, Before::Drains(&old), true, sink);
                 }
             }
             RibMsg::DrainStates(tx) => {
@@ -1264,12 +1367,13 @@ impl Rib {
     }
 
     /// `tapir drain`: starts or ends the drain of one VM, or of all.
-    async fn drain(
+    fn drain(
         &mut self,
         vm: Option<String>,
         state: Option<DrainState>,
         reply: oneshot::Sender<Result<usize, String>>,
         changed: &mut Vec<Change>,
+        sink: &mut dyn Outputs,
     ) {
         let known: std::collections::BTreeSet<String> = self
             .table
@@ -1291,7 +1395,7 @@ impl Rib {
             },
         };
         // What is pending goes out under the old drains first.
-        self.flush(changed).await;
+        self.flush(changed, sink);
         self.rules_changed();
         let old = self.drains.clone();
         for t in &targets {
@@ -1305,18 +1409,18 @@ impl Rib {
                     self.drains.insert(t.clone(), (s, g));
                     if let (DrainState::Shutdown, Some(d)) = (s, self.drain_cfg.withdraw_after) {
                         let vm = t.clone();
-                        self.send_later(d, RibMsg::DrainExpired { vm, generation: g });
+                        sink.later(d, RibMsg::DrainExpired { vm, generation: g });
                     }
                 }
             }
             tracing::info!(vm = %t, state = ?state, "drain");
         }
         let _ = reply.send(Ok(targets.len()));
-        self.reexport(None, Before::Drains(&old), true).await;
+        self.reexport(None, Before::Drains(&old), true, sink);
     }
 
     /// The graceful restart's deferral is over: the Loc-RIB is complete.
-    async fn deferral_over(&mut self) {
+    fn deferral_over(&mut self, sink: &mut dyn Outputs) {
         self.ready = true;
         if let Some(r) = self.restarting.take() {
             r.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -1335,11 +1439,11 @@ impl Rib {
             removed = ops.len(),
             "graceful restart complete: stale kernel routes removed, End-of-RIB sent"
         );
-        if let (Some(fib), false) = (&self.fib, ops.is_empty()) {
-            let _ = fib.send(ops);
+        if self.fib && !ops.is_empty() {
+            sink.fib(ops);
         }
-        for s in self.subscribers.values() {
-            let _ = s.tx.send(ToPeer::RibReady).await;
+        for id in self.subscribers.keys() {
+            sink.export(*id, ToPeer::RibReady);
         }
     }
 
@@ -1354,11 +1458,11 @@ impl Rib {
     /// Propagates `changed` and empties it. A prefix changed more than
     /// once since the last flush keeps its first record: the best path
     /// the neighbors were sent the export of.
-    async fn flush(&mut self, changed: &mut Vec<Change>) {
+    fn flush(&mut self, changed: &mut Vec<Change>, sink: &mut dyn Outputs) {
         // Stable: of equal prefixes, the first recorded stays first.
         changed.sort_by_key(|c| c.prefix);
         changed.dedup_by(|later, first| later.prefix == first.prefix);
-        self.propagate(changed).await;
+        self.propagate(changed, sink);
         changed.clear();
         // Drop attribute sets nobody uses any more, once the set has
         // doubled since the last sweep (a sweep per flush would make a
@@ -1370,19 +1474,8 @@ impl Rib {
             self.sweep();
         } else if self.table.len() * 2 < self.table_peak && !self.sweep_due {
             self.sweep_due = true;
-            self.send_later(SWEEP_DELAY, RibMsg::Sweep);
+            sink.later(SWEEP_DELAY, RibMsg::Sweep);
         }
-    }
-
-    /// `m` to the RIB itself after `delay`, unless it has ended.
-    fn send_later(&self, delay: std::time::Duration, m: RibMsg) {
-        let tx = self.self_tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            if let Some(tx) = tx.upgrade() {
-                let _ = tx.send(m);
-            }
-        });
     }
 
     fn sweep(&mut self) {
@@ -1392,20 +1485,26 @@ impl Rib {
         self.sweep_due = false;
     }
 
-    async fn propagate(&mut self, changed: &[Change]) {
+    fn propagate(&mut self, changed: &[Change], sink: &mut dyn Outputs) {
         if changed.is_empty() {
             return;
         }
         let ids: Vec<PeerId> = self.subscribers.keys().copied().collect();
         for id in ids {
-            self.export_to(id, changed, Before::Now, true).await;
+            self.export_to(id, changed, Before::Now, true, sink);
         }
-        self.sync_fib(changed.iter().map(|c| c.prefix));
+        self.sync_fib(changed.iter().map(|c| c.prefix), sink);
     }
 
     /// Every prefix again, for one neighbor or all, after the rules
     /// changed (`before`), or to count what a newcomer would be sent.
-    async fn reexport(&mut self, peer: Option<PeerId>, before: Before<'_>, send: bool) {
+    fn reexport(
+        &mut self,
+        peer: Option<PeerId>,
+        before: Before<'_>,
+        send: bool,
+        sink: &mut dyn Outputs,
+    ) {
         let ids: Vec<PeerId> = match peer {
             Some(p) => vec![p],
             None => self.subscribers.keys().copied().collect(),
@@ -1430,7 +1529,7 @@ impl Rib {
                 })
                 .collect();
             for id in &ids {
-                self.export_to(*id, &changes, before, send).await;
+                self.export_to(*id, &changes, before, send, sink);
             }
             if let Before::Drains(_) = before {
                 // Where a drained path lost (or won back) best-path
@@ -1440,7 +1539,7 @@ impl Rib {
                     .filter(|p| self.table.get(p).is_some_and(|v| v.len() > 1))
                     .copied()
                     .collect();
-                self.sync_fib(several.into_iter());
+                self.sync_fib(several.into_iter(), sink);
             }
         }
     }
@@ -1449,12 +1548,13 @@ impl Rib {
     /// export of each prefix's best path now, where it differs from the
     /// export of the best path it had (by the rules `before`). Counts what
     /// is exported; sends only with `send`.
-    async fn export_to(
+    fn export_to(
         &mut self,
         peer: PeerId,
         changes: &[Change],
         before: Before<'_>,
         send: bool,
+        sink: &mut dyn Outputs,
     ) {
         let Rib {
             subscribers,
@@ -1516,16 +1616,15 @@ impl Rib {
         }
         sub.exported.add(bgp::Afi::Ipv4, d4);
         sub.exported.add(bgp::Afi::Ipv6, d6);
-        let tx = sub.tx.clone();
         if out.is_empty() || !send {
             return;
         }
-        let _ = tx.send(ToPeer::Export(out)).await;
+        sink.export(peer, ToPeer::Export(out));
     }
 
     /// The whole table of `family` for one session of neighbor `peer`,
     /// the last message marked (the session sends End-of-RIB after it).
-    async fn refeed(&mut self, peer: PeerId, conn: u64, family: bgp::AfiSafi) {
+    fn refeed(&mut self, peer: PeerId, conn: u64, family: bgp::AfiSafi, sink: &mut dyn Outputs) {
         let Rib {
             subscribers,
             table,
@@ -1555,7 +1654,6 @@ impl Rib {
                 _ => chunks.push(vec![(p, a)]),
             }
         }
-        let tx = sub.tx.clone();
         // During a restart's deferral the table is not complete: no
         // End-of-RIB yet (RFC 4724 §4.1). `RibReady` makes the session ask
         // again when it is.
@@ -1566,21 +1664,24 @@ impl Rib {
             if routes.is_empty() && !end {
                 continue;
             }
-            let _ = tx
-                .send(ToPeer::Refeed {
+            sink.export(
+                peer,
+                ToPeer::Refeed {
                     conn,
                     family,
                     routes,
                     end,
-                })
-                .await;
+                },
+            );
         }
     }
 
     /// Installs the best path of each changed prefix if it came from a peer
     /// whose routes go into the kernel.
-    fn sync_fib(&mut self, changed: impl Iterator<Item = Prefix>) {
-        let Some(fib) = &self.fib else { return };
+    fn sync_fib(&mut self, changed: impl Iterator<Item = Prefix>, sink: &mut dyn Outputs) {
+        if !self.fib {
+            return;
+        }
         let hop = |b: &Path| -> Option<FibHop> {
             let peer = b.peer.as_ref().filter(|q| q.kernel)?;
             let via = match b.next_hop()? {
@@ -1633,7 +1734,7 @@ impl Rib {
             }
         }
         if !ops.is_empty() {
-            let _ = fib.send(ops);
+            sink.fib(ops);
         }
     }
 
@@ -1678,8 +1779,8 @@ impl Rib {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
     use bgp::AsPath;
+    use std::net::Ipv4Addr;
 
     /// A RIB with one subscriber, neighbor 9 in AS 65009 taking IPv4
     /// through `policy`: the RIB, what the neighbor is sent, its count.
