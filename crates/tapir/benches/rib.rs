@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use bgp::{AsPath, AsSegment, NextHop, Origin, PathAttributes, Prefix, Update};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tapir::adj_rib_in::{AdjRibIn, Judge};
-use tapir::peer_info::PeerInfo;
-use tapir::policy::Policy;
-use tapir::rib::{self, DrainConfig, RibMsg, ToPeer};
+use tapir::routing::adj_rib_in::{AdjRibIn, Judge};
+use tapir::routing::peer_info::PeerInfo;
+use tapir::routing::policy::Policy;
+use tapir::routing::rib::{self, DrainConfig, RibMsg, ToPeer};
 use tokio::sync::{mpsc, oneshot};
 
 const N: u32 = 100_000;
@@ -56,7 +56,7 @@ fn adj_rib_in(c: &mut Criterion) {
     let judge = Judge {
         max_as_path_length: 64,
         policy: None,
-        path: tapir::adj_rib_in::PathRules::plain(64612, 65001, true),
+        path: tapir::routing::adj_rib_in::PathRules::plain(64612, 65001, true),
     };
     let mut g = c.benchmark_group("adj-rib-in");
     g.sample_size(10);

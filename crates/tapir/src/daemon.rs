@@ -10,11 +10,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
-use crate::control::{self, PeerStatus, Request, Response, RouteEntry};
-use crate::dynamic::{self, HvMsg};
-use crate::inventory::Inventory;
+use crate::northbound::config::Config;
+use crate::northbound::control::{self, PeerStatus, Request, Response, RouteEntry};
+use crate::northbound::inventory::Inventory;
 use crate::peer::{self, Local, PeerHandle, PeerMsg};
+use crate::role::hypervisor::{self, HvMsg};
 use bgp::notification::{cease, Notification};
 use tokio::sync::mpsc;
 
@@ -34,9 +34,9 @@ struct Handles {
     peers: Peers,
     /// The role's task (hypervisor or guest), if any.
     hv: Option<mpsc::Sender<HvMsg>>,
-    rib: mpsc::UnboundedSender<crate::rib::RibMsg>,
-    bfd: Option<mpsc::UnboundedSender<crate::bfd::BfdMsg>>,
-    services: crate::health::Statuses,
+    rib: mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
+    bfd: Option<mpsc::UnboundedSender<crate::southbound::bfd::BfdMsg>>,
+    services: crate::role::health::Statuses,
     about: Arc<About>,
     /// To the main loop: stop (graceful or not), reload.
     stop: mpsc::Sender<bool>,
@@ -121,12 +121,12 @@ async fn start_fib(
     restarting: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<
     (
-        Option<mpsc::UnboundedSender<Vec<crate::rib::FibChange>>>,
-        Option<crate::rib::Restart>,
+        Option<mpsc::UnboundedSender<Vec<crate::routing::rib::FibChange>>>,
+        Option<crate::routing::rib::Restart>,
     ),
     String,
 > {
-    let restart = |stale| crate::rib::Restart {
+    let restart = |stale| crate::routing::rib::Restart {
         stale,
         deferral: config.graceful_restart.deferral,
         restarting: restarting.clone(),
@@ -137,7 +137,7 @@ async fn start_fib(
     }
     let mut kept = None;
     if graceful {
-        let stale = crate::kernel::our_routes(config.kernel.protocol)
+        let stale = crate::southbound::kernel::our_routes(config.kernel.protocol)
             .await
             .unwrap_or_default();
         info!(
@@ -147,7 +147,7 @@ async fn start_fib(
         );
         kept = Some(restart(stale));
     } else {
-        match crate::kernel::flush_stale(config.kernel.protocol).await {
+        match crate::southbound::kernel::flush_stale(config.kernel.protocol).await {
             Ok(0) => {}
             Ok(n) => info!(
                 routes = n,
@@ -157,8 +157,9 @@ async fn start_fib(
             Err(e) => warn!(error = %e, "cannot read the kernel's routes"),
         }
     }
-    let writer = crate::kernel::spawn_writer(config.kernel.protocol, config.kernel.metric)
-        .map_err(|e| format!("netlink: {e} (tapir needs CAP_NET_ADMIN to install routes)"))?;
+    let writer =
+        crate::southbound::kernel::spawn_writer(config.kernel.protocol, config.kernel.metric)
+            .map_err(|e| format!("netlink: {e} (tapir needs CAP_NET_ADMIN to install routes)"))?;
     Ok((Some(writer), kept))
 }
 
@@ -186,13 +187,13 @@ async fn start_role(
     let hv = match &config.gateway {
         Some(g) => {
             info!("guest role: following the default gateway");
-            crate::guest::spawn(
+            crate::role::guest::spawn(
                 g.clone(),
                 config.graceful_restart.restart_time,
                 local.clone(),
             )
         }
-        None => dynamic::spawn(
+        None => hypervisor::spawn(
             config.groups.clone(),
             config.neighbors.iter().map(|n| n.address).collect(),
             inventory,
@@ -202,7 +203,7 @@ async fn start_role(
         ),
     };
     let (ktx, mut krx) = mpsc::unbounded_channel();
-    crate::kernel::watch(ktx).await.map_err(|e| {
+    crate::southbound::kernel::watch(ktx).await.map_err(|e| {
         format!("netlink: {e} (tapir needs CAP_NET_ADMIN to follow taps and routes)")
     })?;
     let to_role = hv.clone();
@@ -239,8 +240,8 @@ impl Daemon {
         let (marker, restarting) = graceful_restart_marker(&config);
         let restarting = Arc::new(std::sync::atomic::AtomicBool::new(restarting));
         let (fib, restart) = start_fib(&config, &restarting).await?;
-        let rib_backlog = crate::rib::Backlog::default();
-        let rib = crate::rib::spawn(
+        let rib_backlog = crate::routing::rib::Backlog::default();
+        let rib = crate::routing::rib::spawn(
             config.local_as,
             config.announce.clone(),
             fib,
@@ -251,7 +252,10 @@ impl Daemon {
         )
         .map_err(|e| format!("cannot start the RIB thread: {e}"))?;
         let bfd = match wants_bfd(&config) {
-            true => Some(crate::bfd::spawn().map_err(|e| format!("BFD sockets (UDP 3784): {e}"))?),
+            true => Some(
+                crate::southbound::bfd::spawn()
+                    .map_err(|e| format!("BFD sockets (UDP 3784): {e}"))?,
+            ),
             false => None,
         };
         let local = Arc::new(Local {
@@ -266,7 +270,7 @@ impl Daemon {
         let mut inventory = Inventory::new(config.vms.clone(), config.state_dir.as_deref());
         let registered = inventory.load_registrations()?;
         // Health-checked services: their prefixes come and go in the Loc-RIB.
-        let services = crate::health::spawn(&config.services, rib.clone());
+        let services = crate::role::health::spawn(&config.services, rib.clone());
         let hv = start_role(&config, inventory, registered, &local).await?;
         // The static neighbors, in the config's order.
         let peers: Peers = Arc::new(std::sync::RwLock::new(
@@ -308,10 +312,10 @@ impl Daemon {
             tokio::spawn(accept_bgp(l, handles.clone()));
         }
         if let Some(addr) = config.metrics {
-            let listener =
-                crate::metrics::bind(addr).map_err(|e| format!("metrics listener {addr}: {e}"))?;
+            let listener = crate::northbound::metrics::bind(addr)
+                .map_err(|e| format!("metrics listener {addr}: {e}"))?;
             let h = handles.clone();
-            crate::metrics::serve(listener, move || h.clone().metrics());
+            crate::northbound::metrics::serve(listener, move || h.clone().metrics());
             info!(listen = %addr, "metrics endpoint up");
         }
         tokio::spawn(serve_control(control_listener, handles.clone()));
@@ -336,7 +340,7 @@ impl Daemon {
         let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
         let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
         // Listening, the control socket answering: ready.
-        crate::notify::notify("READY=1");
+        crate::northbound::notify::notify("READY=1");
         // Session tasks that failed (a bug) are started afresh.
         let mut health = tokio::time::interval(std::time::Duration::from_secs(2));
         loop {
@@ -361,7 +365,7 @@ impl Daemon {
     /// One reload: the config file applied as a diff, then the listeners'
     /// keys.
     async fn reload(&mut self) -> Result<String, String> {
-        crate::notify::notify("RELOADING=1");
+        crate::northbound::notify::notify("RELOADING=1");
         let h = &self.handles;
         let mut result = reload(
             &mut self.config,
@@ -376,7 +380,7 @@ impl Daemon {
                 result = Err(format!("the config was applied, but {e}"));
             }
         }
-        crate::notify::notify("READY=1");
+        crate::northbound::notify::notify("READY=1");
         match &result {
             Ok(m) => info!(summary = %m, "config reloaded"),
             Err(e) => warn!(error = %e, "reload refused; the running config stays"),
@@ -387,7 +391,7 @@ impl Daemon {
     /// Ends every session: with a Cease, or (graceful) without, leaving
     /// the routes in the kernel and a marker for the next start.
     async fn shutdown(self, graceful: bool) {
-        crate::notify::notify("STOPPING=1");
+        crate::northbound::notify::notify("STOPPING=1");
         if graceful {
             // Peers that can help keep our routes; the kernel keeps forwarding.
             match &self.marker {
@@ -436,7 +440,7 @@ impl Daemon {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         if !graceful && self.config.kernel.install {
             // A full stop takes our routes out of the kernel.
-            match crate::kernel::flush_stale(self.config.kernel.protocol).await {
+            match crate::southbound::kernel::flush_stale(self.config.kernel.protocol).await {
                 Ok(n) if n > 0 => info!(routes = n, "kernel routes removed"),
                 Err(e) => warn!(error = %e, "cannot remove our kernel routes"),
                 _ => {}
@@ -540,7 +544,7 @@ impl Handles {
     }
 
     /// What the metrics endpoint reports, gathered from every task.
-    async fn metrics(self) -> crate::metrics::Snapshot {
+    async fn metrics(self) -> crate::northbound::metrics::Snapshot {
         let services = self
             .services
             .lock()
@@ -549,11 +553,11 @@ impl Handles {
         let peers = peer_statuses(&snapshot(&self.peers), self.hv.as_ref()).await;
         let bfd = bfd_sessions(self.bfd.clone()).await;
         let (tx, rx) = oneshot::channel();
-        let rib = match self.rib.send(crate::rib::RibMsg::Stats(tx)) {
+        let rib = match self.rib.send(crate::routing::rib::RibMsg::Stats(tx)) {
             Ok(()) => rx.await.ok(),
             Err(_) => None,
         };
-        crate::metrics::Snapshot {
+        crate::northbound::metrics::Snapshot {
             peers,
             bfd,
             rib,
@@ -616,7 +620,8 @@ fn apply_listener_ttl(listeners: &[(std::os::fd::OwnedFd, bool)], config: &Confi
 }
 
 /// TCP-AO keys the listeners hold, as for TCP-MD5.
-type AoKeys = std::collections::BTreeMap<(std::net::IpAddr, Option<u8>), crate::sys::AoKey>;
+type AoKeys =
+    std::collections::BTreeMap<(std::net::IpAddr, Option<u8>), crate::southbound::sys::AoKey>;
 
 fn ao_keys(config: &Config) -> AoKeys {
     let mut keys = AoKeys::new();
@@ -659,7 +664,7 @@ fn apply_ao(
             if !(*v6 || addr.is_ipv4()) {
                 continue;
             }
-            crate::sys::add_tcp_ao(fd, *v6, *addr, *len, key, true).map_err(|e| {
+            crate::southbound::sys::add_tcp_ao(fd, *v6, *addr, *len, key, true).map_err(|e| {
                 format!(
                     "TCP-AO key for {addr}{}: {e}",
                     len.map(|l| format!("/{l}")).unwrap_or_default()
@@ -687,7 +692,7 @@ fn apply_md5(
     for (addr, len) in gone {
         for (fd, v6) in listeners {
             if *v6 || addr.is_ipv4() {
-                let _ = crate::sys::set_tcp_md5(fd, *v6, addr, len, b"");
+                let _ = crate::southbound::sys::set_tcp_md5(fd, *v6, addr, len, b"");
             }
         }
         applied.remove(&(addr, len));
@@ -700,7 +705,7 @@ fn apply_md5(
             if !(*v6 || addr.is_ipv4()) {
                 continue;
             }
-            crate::sys::set_tcp_md5(fd, *v6, *addr, *len, key).map_err(|e| {
+            crate::southbound::sys::set_tcp_md5(fd, *v6, *addr, *len, key).map_err(|e| {
                 format!(
                     "TCP-MD5 key for {addr}{}: {e} (does the kernel have CONFIG_TCP_MD5SIG?)",
                     len.map(|l| format!("/{l}")).unwrap_or_default()
@@ -721,7 +726,10 @@ fn snapshot(peers: &Peers) -> Vec<PeerHandle> {
 
 /// Whether a neighbor's session must restart for a change: what it is and
 /// how it is reached. Timers, BFD and the export policy apply without.
-fn session_changed(a: &crate::config::Neighbor, b: &crate::config::Neighbor) -> bool {
+fn session_changed(
+    a: &crate::northbound::config::Neighbor,
+    b: &crate::northbound::config::Neighbor,
+) -> bool {
     a.address != b.address
         || a.port != b.port
         || a.remote_as != b.remote_as
@@ -911,11 +919,11 @@ struct About {
 }
 
 async fn bfd_sessions(
-    bfd: Option<mpsc::UnboundedSender<crate::bfd::BfdMsg>>,
-) -> Vec<crate::bfd::BfdStatus> {
+    bfd: Option<mpsc::UnboundedSender<crate::southbound::bfd::BfdMsg>>,
+) -> Vec<crate::southbound::bfd::BfdStatus> {
     let Some(b) = bfd else { return Vec::new() };
     let (tx, rx) = oneshot::channel();
-    let _ = b.send(crate::bfd::BfdMsg::Show(tx));
+    let _ = b.send(crate::southbound::bfd::BfdMsg::Show(tx));
     rx.await.unwrap_or_default()
 }
 
@@ -923,14 +931,14 @@ async fn status(
     about: &About,
     peers: &[PeerHandle],
     hv: Option<&mpsc::Sender<HvMsg>>,
-    rib: &mpsc::UnboundedSender<crate::rib::RibMsg>,
-    bfd: Option<mpsc::UnboundedSender<crate::bfd::BfdMsg>>,
+    rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
+    bfd: Option<mpsc::UnboundedSender<crate::southbound::bfd::BfdMsg>>,
 ) -> control::Status {
     let all = peer_statuses(peers, hv).await;
     let (vms, statics): (Vec<_>, Vec<_>) = all.iter().partition(|p| p.interface.is_some());
     let up = |v: &[&PeerStatus]| v.iter().filter(|p| p.state == "Established").count();
     let (tx, rx) = oneshot::channel();
-    let stats = match rib.send(crate::rib::RibMsg::Stats(tx)) {
+    let stats = match rib.send(crate::routing::rib::RibMsg::Stats(tx)) {
         Ok(()) => rx.await.unwrap_or_default(),
         Err(_) => Default::default(),
     };
@@ -974,7 +982,7 @@ async fn peer_statuses(peers: &[PeerHandle], hv: Option<&mpsc::Sender<HvMsg>>) -
 async fn answer(
     peers: &[PeerHandle],
     hv: Option<&mpsc::Sender<HvMsg>>,
-    rib: &mpsc::UnboundedSender<crate::rib::RibMsg>,
+    rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
     req: Request,
 ) -> Response {
     let no_hv = || Response::Error {
@@ -997,8 +1005,8 @@ async fn answer(
             out.sort_by(|a, b| (&a.prefix, &a.peer).cmp(&(&b.prefix, &b.peer)));
             // Which of them the Loc-RIB chose, and whether that is in the kernel.
             let (tx, rx) = oneshot::channel();
-            if rib.send(crate::rib::RibMsg::Show(tx)).is_ok() {
-                let best: std::collections::HashMap<String, crate::rib::LocRibEntry> = rx
+            if rib.send(crate::routing::rib::RibMsg::Show(tx)).is_ok() {
+                let best: std::collections::HashMap<String, crate::routing::rib::LocRibEntry> = rx
                     .await
                     .unwrap_or_default()
                     .into_iter()
@@ -1017,7 +1025,7 @@ async fn answer(
         }
         Request::ShowRib => {
             let (tx, rx) = oneshot::channel();
-            if rib.send(crate::rib::RibMsg::Show(tx)).is_err() {
+            if rib.send(crate::routing::rib::RibMsg::Show(tx)).is_err() {
                 return Response::Error {
                     message: "the RIB is not running".into(),
                 };
@@ -1033,12 +1041,12 @@ async fn answer(
         } => {
             let state = match (undrain, withdraw) {
                 (true, _) => None,
-                (false, true) => Some(crate::rib::DrainState::Withdrawn),
-                (false, false) => Some(crate::rib::DrainState::Shutdown),
+                (false, true) => Some(crate::routing::rib::DrainState::Withdrawn),
+                (false, false) => Some(crate::routing::rib::DrainState::Shutdown),
             };
             let (tx, rx) = oneshot::channel();
             if rib
-                .send(crate::rib::RibMsg::Drain {
+                .send(crate::routing::rib::RibMsg::Drain {
                     vm: vm.clone(),
                     state,
                     reply: tx,
@@ -1055,9 +1063,9 @@ async fn answer(
                         "{} {n} VM(s)",
                         match state {
                             None => "undrained",
-                            Some(crate::rib::DrainState::Shutdown) =>
+                            Some(crate::routing::rib::DrainState::Shutdown) =>
                                 "draining (GRACEFUL_SHUTDOWN)",
-                            Some(crate::rib::DrainState::Withdrawn) => "withdrew",
+                            Some(crate::routing::rib::DrainState::Withdrawn) => "withdrew",
                         }
                     ),
                 },
@@ -1078,7 +1086,10 @@ async fn answer(
             }
             let mut vms = rx.await.unwrap_or_default();
             let (tx, rx) = oneshot::channel();
-            if rib.send(crate::rib::RibMsg::DrainStates(tx)).is_ok() {
+            if rib
+                .send(crate::routing::rib::RibMsg::DrainStates(tx))
+                .is_ok()
+            {
                 let drains = rx.await.unwrap_or_default();
                 for v in &mut vms {
                     let key = v.name.clone().or_else(|| v.interface.clone());

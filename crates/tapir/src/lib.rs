@@ -2,35 +2,36 @@
 //! the CLI; this library is the daemon, so that fuzz targets and tests can
 //! reach its parts.
 //!
-//! - [`config`]: the TOML configuration, checked with line and column;
-//! - [`peer`]: one task per neighbor driving the sans-IO `bgp` session;
-//! - [`daemon`]: `tapir run`, the listener, signals;
-//! - [`control`]: the control socket and its JSON; [`show`]: its tables.
+//! The layout follows the design (docs/design.md):
+//!
+//! - [`routing`]: the routes' life, with no socket in it: the
+//!   Adj-RIB-In, authorisation of VMs' routes, export policy, the Loc-RIB
+//!   (its core `Rib::apply`, sans-IO; its thread a shell);
+//! - [`peer`]: one task per session, a shell around the sans-IO
+//!   [`peer::PeerCore`];
+//! - [`role`]: what tapir is on this host: the hypervisor (VMs on taps)
+//!   or the guest (follows its gateway, announces health-checked
+//!   services);
+//! - [`southbound`]: the host: netlink (taps, routes, the FIB writer),
+//!   BFD sockets, the ICMPv6 probe, socket options (the one module with
+//!   `unsafe`), addresses and interfaces;
+//! - [`northbound`]: the operator: the configuration, the inventory, the
+//!   control socket and its tables, metrics, systemd readiness;
+//! - [`daemon`]: `tapir run`: starts every task, serves, reloads, stops;
+//! - [`limits`] and [`log_budget`]: counters and log budgets for what
+//!   broken or hostile peers make us do.
+//!
+//! Imports go one way: `routing` uses `southbound::net` and `northbound`'s
+//! typed config; `peer` uses `routing`; `role` uses `peer`; `daemon` uses
+//! everything. There is no import cycle between modules.
 
 #![deny(unsafe_code)]
 
-pub mod adj_rib_in;
-pub mod authorisation;
-pub mod bfd;
-pub mod config;
-pub mod control;
 pub mod daemon;
-pub mod dynamic;
-pub mod guest;
-pub mod health;
-pub mod inventory;
-pub mod kernel;
 pub mod limits;
 pub mod log_budget;
-pub mod metrics;
-pub mod net;
-pub mod notify;
+pub mod northbound;
 pub mod peer;
-pub mod peer_info;
-pub mod policy;
-pub mod prefix_map;
-pub mod prefix_set;
-pub mod probe;
-pub mod rib;
-pub mod show;
-pub mod sys;
+pub mod role;
+pub mod routing;
+pub mod southbound;

@@ -3,7 +3,8 @@
 
 #![deny(unsafe_code)]
 
-use tapir::{config, control, daemon, inventory, show};
+use tapir::daemon;
+use tapir::northbound::{config, control, inventory, show};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

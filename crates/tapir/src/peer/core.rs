@@ -29,14 +29,14 @@ use bgp::update::{encode_announce, encode_end_of_rib};
 use bgp::{AfiSafi, NextHop, PathAttributes, Prefix};
 use tracing::{debug, info, warn};
 
-use crate::adj_rib_in::{AdjRibIn, Judge, PathRules};
-use crate::authorisation::VmPolicy;
-use crate::config::{ImportRules, Neighbor, RemoteAsConfig};
-use crate::control::{PeerStatus, RouteEntry};
-use crate::net::Interface;
-use crate::peer_info::{PeerId, PeerInfo};
-use crate::policy::Policy;
-use crate::rib::RibMsg;
+use crate::northbound::config::{ImportRules, Neighbor, RemoteAsConfig};
+use crate::northbound::control::{PeerStatus, RouteEntry};
+use crate::routing::adj_rib_in::{AdjRibIn, Judge, PathRules};
+use crate::routing::authorisation::VmPolicy;
+use crate::routing::peer_info::{PeerId, PeerInfo};
+use crate::routing::policy::Policy;
+use crate::routing::rib::RibMsg;
+use crate::southbound::net::Interface;
 
 /// BIRD (2.0.12 at least) sometimes sends nothing for up to 3 s after it
 /// accepts a new session from the VM's hypervisor in place of an old one
@@ -138,7 +138,7 @@ pub enum Action {
     Rib(RibMsg),
     /// Start a BFD session with the peer (the BGP session is up).
     BfdAdd {
-        timers: crate::bfd::BfdTimers,
+        timers: crate::southbound::bfd::BfdTimers,
         /// A static neighbor's peer never changes; a VM's or a gateway's
         /// may be taken over after a move.
         pin_peer: bool,
@@ -178,7 +178,7 @@ pub struct PeerCore {
     info: Option<Arc<PeerInfo>>,
     /// How many prefixes the Loc-RIB exports to this neighbor, by family
     /// (upstream neighbors only).
-    exported: crate::rib::Exported,
+    exported: crate::routing::rib::Exported,
     /// The peer's graceful restart capability from the last session.
     peer_gr: Option<bgp::capability::GracefulRestart>,
     /// When routes kept for a restarting peer are given up.
@@ -250,7 +250,7 @@ impl PeerCore {
             last_sent: None,
             last_received: None,
             actions: VecDeque::new(),
-            global_v6: crate::net::global_address,
+            global_v6: crate::southbound::net::global_address,
         }
     }
 
@@ -269,8 +269,13 @@ impl PeerCore {
         self.id
     }
 
+    /// The neighbor's routes, as judged (tests and fuzzing look in).
+    pub fn adj_rib_in(&self) -> &AdjRibIn {
+        &self.adj_rib_in
+    }
+
     /// The Loc-RIB's count of what it exports to this neighbor.
-    pub fn exported(&self) -> &crate::rib::Exported {
+    pub fn exported(&self) -> &crate::routing::rib::Exported {
         &self.exported
     }
 
@@ -310,7 +315,7 @@ impl PeerCore {
     /// to the session's interface).
     pub fn connect_to(&self) -> SocketAddr {
         match (self.cfg.address, &self.cfg.interface) {
-            (IpAddr::V6(a), Some(i)) if crate::net::is_link_local(a) => {
+            (IpAddr::V6(a), Some(i)) if crate::southbound::net::is_link_local(a) => {
                 SocketAddr::V6(std::net::SocketAddrV6::new(a, self.cfg.port, 0, i.index))
             }
             (a, _) => SocketAddr::new(a, self.cfg.port),
@@ -346,7 +351,12 @@ impl PeerCore {
 
     /// The next action for the task, in order.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let a = self.actions.pop_front();
+        if a.is_none() && self.actions.capacity() > 0 {
+            // Idle sessions (a thousand VMs) keep no queue.
+            self.actions = VecDeque::new();
+        }
+        a
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -1090,7 +1100,7 @@ impl PeerCore {
     }
 
     /// Routes newly refused, within the session's log budget.
-    fn log_refused(&mut self, refused: &[(Prefix, crate::authorisation::Rejection)]) {
+    fn log_refused(&mut self, refused: &[(Prefix, crate::routing::authorisation::Rejection)]) {
         for (p, r) in refused {
             if self.may_log() {
                 info!(prefix = %p, reason = %r.reason, kind = r.kind, "route refused");
@@ -1152,7 +1162,7 @@ impl PeerCore {
             .local
             .and_then(|l| match (afi, l.ip().to_canonical()) {
                 (bgp::Afi::Ipv4, IpAddr::V4(a)) => Some(NextHop::V4(a)),
-                (bgp::Afi::Ipv6, IpAddr::V6(a)) if !crate::net::is_link_local(a) => {
+                (bgp::Afi::Ipv6, IpAddr::V6(a)) if !crate::southbound::net::is_link_local(a) => {
                     Some(NextHop::V6 {
                         global: a,
                         link_local: None,
@@ -1454,7 +1464,7 @@ pub struct PeerConfig {
     /// Offer IPv4 unicast with IPv6 next hops (RFC 8950).
     pub extended_next_hop: bool,
     /// Run BFD with these timers while the session is up.
-    pub bfd: Option<crate::bfd::BfdTimers>,
+    pub bfd: Option<crate::southbound::bfd::BfdTimers>,
     /// RFC 9687 send hold time; None: the default (see `send_hold_time`).
     pub send_hold_time: Option<std::time::Duration>,
     /// Routes with longer AS paths are treated as withdrawn.
@@ -1468,7 +1478,7 @@ pub struct PeerConfig {
     /// GTSM (RFC 5082).
     pub ttl_security: bool,
     /// TCP-AO (RFC 5925) key for this session's connections.
-    pub tcp_ao: Option<Arc<crate::sys::AoKey>>,
+    pub tcp_ao: Option<Arc<crate::southbound::sys::AoKey>>,
     /// For a VM: what it may announce. Static neighbors accept everything.
     pub policy: Option<Arc<VmPolicy>>,
     /// A session over IPv6 link-local announces a global address of this

@@ -27,10 +27,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::authorisation::VmPolicy;
-use crate::control::{PeerStatus, RouteEntry};
-use crate::policy::Policy;
-use crate::rib::{RibMsg, ToPeer};
+use crate::northbound::control::{PeerStatus, RouteEntry};
+use crate::routing::authorisation::VmPolicy;
+use crate::routing::policy::Policy;
+use crate::routing::rib::{RibMsg, ToPeer};
 
 pub use self::core::{Action, Identity, Input, PeerConfig, PeerCore};
 
@@ -54,7 +54,7 @@ fn gtsm(sock: &impl std::os::fd::AsFd, ipv6: bool) -> std::io::Result<()> {
     }
     // Also for IPv4 on an IPv6 socket (mapped addresses).
     let _ = s.set_ttl_v4(255);
-    crate::sys::set_min_ttl(sock, ipv6, 255)
+    crate::southbound::sys::set_min_ttl(sock, ipv6, 255)
 }
 
 /// How a writer ended.
@@ -170,9 +170,9 @@ pub struct Local {
     /// The Loc-RIB task: accepted routes go there, exports come from it.
     pub rib: mpsc::UnboundedSender<RibMsg>,
     /// What the Loc-RIB has yet to apply: sockets wait while it is long.
-    pub rib_backlog: crate::rib::Backlog,
+    pub rib_backlog: crate::routing::rib::Backlog,
     /// The BFD task, if any session asks for BFD.
-    pub bfd: Option<mpsc::UnboundedSender<crate::bfd::BfdMsg>>,
+    pub bfd: Option<mpsc::UnboundedSender<crate::southbound::bfd::BfdMsg>>,
     /// True while tapir comes back from a graceful restart: OPENs carry
     /// the Restart State and Forwarding State bits (RFC 4724 §4.1).
     pub restarting: Arc<std::sync::atomic::AtomicBool>,
@@ -240,6 +240,15 @@ pub struct PeerHandle {
     pub tx: mpsc::Sender<PeerMsg>,
 }
 
+/// The next message from the Loc-RIB, or never for a peer that takes no
+/// exports.
+async fn from_rib(rx: &mut Option<mpsc::Receiver<ToPeer>>) -> Option<ToPeer> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
@@ -281,8 +290,8 @@ struct Peer {
     core: PeerCore,
     local: Arc<Local>,
     tx: mpsc::Sender<PeerMsg>,
-    /// Given to the Loc-RIB when subscribing.
-    rib_tx: mpsc::Sender<ToPeer>,
+    /// Given to the Loc-RIB when subscribing (upstream neighbors).
+    rib_tx: Option<mpsc::Sender<ToPeer>>,
     socks: Vec<Sock>,
     connecting: Option<tokio::task::JoinHandle<()>>,
     /// A connection offered to the core (accepted, or made by us), until
@@ -294,8 +303,16 @@ static NEXT_PEER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 
 pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
     let (tx, rx) = mpsc::channel(256);
-    // What the Loc-RIB sends (exports, whole tables): a channel of its own.
-    let (rib_tx, rib_rx) = mpsc::channel(256);
+    // What the Loc-RIB sends (exports, whole tables): a channel of its
+    // own, for upstream neighbors only (a bounded channel allocates its
+    // first block of slots at once: 2 KiB a VM session otherwise).
+    let (rib_tx, rib_rx) = match cfg.export {
+        Some(_) => {
+            let (tx, rx) = mpsc::channel(256);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let handle = PeerHandle {
         address: cfg.address,
         tx: tx.clone(),
@@ -339,7 +356,7 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
             let _ = local.rib.send(RibMsg::PeerDown(id));
             let _ = local.rib.send(RibMsg::Unsubscribe(id));
             if let (Some(key), Some(bfd)) = (bfd_key, &local.bfd) {
-                let _ = bfd.send(crate::bfd::BfdMsg::Remove(key));
+                let _ = bfd.send(crate::southbound::bfd::BfdMsg::Remove(key));
             }
         }
     };
@@ -348,14 +365,18 @@ pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
 }
 
 impl Peer {
-    async fn run(mut self, mut rx: mpsc::Receiver<PeerMsg>, mut rib_rx: mpsc::Receiver<ToPeer>) {
-        if let Some((asn, ebgp, policy)) = self.core.subscription() {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<PeerMsg>,
+        mut rib_rx: Option<mpsc::Receiver<ToPeer>>,
+    ) {
+        if let (Some((asn, ebgp, policy)), Some(tx)) = (self.core.subscription(), &self.rib_tx) {
             let _ = self.local.rib.send(RibMsg::Subscribe {
                 peer: self.core.id(),
                 asn,
                 ebgp,
                 policy,
-                tx: self.rib_tx.clone(),
+                tx: tx.clone(),
                 exported: self.core.exported().clone(),
                 families: self.core.cfg().families.clone(),
             });
@@ -366,7 +387,7 @@ impl Peer {
             let deadline = self.core.poll_timeout();
             let msg = tokio::select! {
                 m = rx.recv() => m,
-                Some(m) = rib_rx.recv() => {
+                Some(m) = from_rib(&mut rib_rx) => {
                     let input = match m {
                         ToPeer::Export(changes) => Input::Export(changes),
                         ToPeer::Refeed { conn, family, routes, end } => {
@@ -493,7 +514,7 @@ impl Peer {
                     if let Some(bfd) = &self.local.bfd {
                         let cfg = self.core.cfg();
                         let tx = self.tx.clone();
-                        let _ = bfd.send(crate::bfd::BfdMsg::Add {
+                        let _ = bfd.send(crate::southbound::bfd::BfdMsg::Add {
                             peer: cfg.address,
                             interface: cfg.interface.clone(),
                             timers,
@@ -510,7 +531,7 @@ impl Peer {
                 }
                 Action::BfdRemove(key) => {
                     if let Some(bfd) = &self.local.bfd {
-                        let _ = bfd.send(crate::bfd::BfdMsg::Remove(key));
+                        let _ = bfd.send(crate::southbound::bfd::BfdMsg::Remove(key));
                     }
                 }
             }
@@ -664,7 +685,7 @@ async fn connect(
     device: Option<String>,
     password: Option<&[u8]>,
     ttl_security: bool,
-    tcp_ao: Option<&crate::sys::AoKey>,
+    tcp_ao: Option<&crate::southbound::sys::AoKey>,
 ) -> std::io::Result<TcpStream> {
     let sock = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -674,10 +695,10 @@ async fn connect(
         gtsm(&sock, addr.is_ipv6())?;
     }
     if let Some(key) = password {
-        crate::sys::set_tcp_md5(&sock, addr.is_ipv6(), addr.ip(), None, key)?;
+        crate::southbound::sys::set_tcp_md5(&sock, addr.is_ipv6(), addr.ip(), None, key)?;
     }
     if let Some(k) = tcp_ao {
-        crate::sys::add_tcp_ao(&sock, addr.is_ipv6(), addr.ip(), None, k, false)?;
+        crate::southbound::sys::add_tcp_ao(&sock, addr.is_ipv6(), addr.ip(), None, k, false)?;
     }
     if let Some(d) = device {
         sock.bind_device(Some(d.as_bytes()))?;

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use bgp::attribute::{AsPath, AsSegment, Origin};
 use bgp::session::{self, Event, RemoteAs, Session, State};
 use bgp::{AfiSafi, Message, NextHop, PathAttributes, Prefix};
-use tapir::authorisation::VmPolicy;
-use tapir::config::{ImportRules, MaxPrefixAction, RemoteAsConfig};
-use tapir::net::Interface;
+use tapir::northbound::config::{ImportRules, MaxPrefixAction, RemoteAsConfig};
 use tapir::peer::{Action, Identity, Input, PeerConfig, PeerCore};
-use tapir::policy::Policy;
-use tapir::rib::RibMsg;
+use tapir::routing::authorisation::VmPolicy;
+use tapir::routing::policy::Policy;
+use tapir::routing::rib::RibMsg;
+use tapir::southbound::net::Interface;
 
 pub const LOCAL_AS: u32 = 64600;
 pub const VM_AS: u32 = 64613;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use bgp::notification::{cease, code, Notification};
 use bgp::session::State;
 use bgp::AfiSafi;
-use tapir::config::MaxPrefixAction;
+use tapir::northbound::config::MaxPrefixAction;
 use tapir::peer::Input;
-use tapir::rib::RibMsg;
+use tapir::routing::rib::RibMsg;
 
 use crate::harness::*;
 
@@ -19,7 +19,7 @@ fn secs(s: u64) -> Duration {
 }
 
 /// vm11's session, Established.
-fn vm_up(policy: tapir::authorisation::VmPolicy, remote: Remote) -> Harness {
+fn vm_up(policy: tapir::routing::authorisation::VmPolicy, remote: Remote) -> Harness {
     let mut h = Harness::new(vm_config(policy), remote);
     h.start();
     h.tcp_connects();
@@ -588,7 +588,7 @@ fn a_vms_route_refresh_gets_end_of_rib() {
 #[test]
 fn a_new_export_policy_goes_to_the_loc_rib_without_a_reset() {
     let mut h = tor_up();
-    let mut p = tapir::policy::Policy::hypervisor_default();
+    let mut p = tapir::routing::policy::Policy::hypervisor_default();
     p.name = "STRICTER".into();
     p.terms.clear();
     h.input(
@@ -631,7 +631,7 @@ fn a_send_hold_timer_expiry_ends_the_session() {
 #[test]
 fn bfd_starts_with_the_session_and_ends_with_it() {
     let mut cfg = vm_config(vm_policy(100, MaxPrefixAction::Reject));
-    cfg.bfd = Some(tapir::bfd::BfdTimers {
+    cfg.bfd = Some(tapir::southbound::bfd::BfdTimers {
         interval: Duration::from_millis(300),
         multiplier: 3,
     });
@@ -652,7 +652,7 @@ fn bfd_starts_with_the_session_and_ends_with_it() {
 #[test]
 fn no_bfd_session_without_a_bfd_task() {
     let mut cfg = vm_config(vm_policy(100, MaxPrefixAction::Reject));
-    cfg.bfd = Some(tapir::bfd::BfdTimers {
+    cfg.bfd = Some(tapir::southbound::bfd::BfdTimers {
         interval: Duration::from_millis(300),
         multiplier: 3,
     });

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bgp::{AfiSafi, NextHop, PathAttributes, Prefix};
-use tapir::net::Interface;
-use tapir::peer_info::PeerInfo;
-use tapir::policy::{Policy, GRACEFUL_SHUTDOWN, NO_EXPORT};
-use tapir::rib::{
+use tapir::routing::peer_info::PeerInfo;
+use tapir::routing::policy::{Policy, GRACEFUL_SHUTDOWN, NO_EXPORT};
+use tapir::routing::rib::{
     Backlog, DrainConfig, DrainState, FibChange, Outputs, Restart, Rib, RibMsg, ToPeer,
 };
+use tapir::southbound::net::Interface;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::harness::{attrs, prefix, LOCAL_AS, VM_AS};

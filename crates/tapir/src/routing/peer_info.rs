@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::net::Interface;
+use crate::southbound::net::Interface;
 
 /// A peer's identity in the Loc-RIB, unique for the daemon's life.
 pub type PeerId = u64;

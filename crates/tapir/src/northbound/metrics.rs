@@ -14,9 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::bfd::BfdStatus;
-use crate::control::PeerStatus;
-use crate::rib::RibStats;
+use crate::northbound::control::PeerStatus;
+use crate::routing::rib::RibStats;
+use crate::southbound::bfd::BfdStatus;
 
 type Labels = Vec<(String, String)>;
 
@@ -25,7 +25,7 @@ pub struct Snapshot {
     pub peers: Vec<PeerStatus>,
     pub bfd: Vec<BfdStatus>,
     pub rib: Option<RibStats>,
-    pub services: Vec<crate::health::ServiceStatus>,
+    pub services: Vec<crate::role::health::ServiceStatus>,
 }
 
 /// Serves `GET /metrics` on `listener`; `gather` takes a snapshot.
@@ -157,7 +157,7 @@ pub fn encode(s: &Snapshot) -> String {
 }
 
 /// One series per session and state, message type and refusal reason.
-fn encode_sessions(reg: &mut Registry, peers: &[crate::control::PeerStatus]) {
+fn encode_sessions(reg: &mut Registry, peers: &[crate::northbound::control::PeerStatus]) {
     // BGP sessions.
     let state = gauge(
         reg,
@@ -249,7 +249,7 @@ fn encode_sessions(reg: &mut Registry, peers: &[crate::control::PeerStatus]) {
 }
 
 /// BFD sessions: up, flaps.
-fn encode_bfd(reg: &mut Registry, bfd: &[crate::bfd::BfdStatus]) {
+fn encode_bfd(reg: &mut Registry, bfd: &[crate::southbound::bfd::BfdStatus]) {
     // BFD.
     let bfd_up = gauge(reg, "bfd_session_up", "1 if the BFD session is Up", None);
     let bfd_flaps = counter(
@@ -272,7 +272,7 @@ fn encode_bfd(reg: &mut Registry, bfd: &[crate::bfd::BfdStatus]) {
 }
 
 /// The Loc-RIB's sizes and the kernel writer's counters.
-fn encode_rib_and_kernel(reg: &mut Registry, rib: Option<crate::rib::RibStats>) {
+fn encode_rib_and_kernel(reg: &mut Registry, rib: Option<crate::routing::rib::RibStats>) {
     // The Loc-RIB and the kernel.
     if let Some(r) = rib {
         let rib = gauge(reg, "rib_prefixes", "Prefixes in the Loc-RIB", None);
@@ -294,7 +294,7 @@ fn encode_rib_and_kernel(reg: &mut Registry, rib: Option<crate::rib::RibStats>) 
         );
         fib.get_or_create(&vec![]).set(r.installed as i64);
     }
-    let k = &crate::kernel::KERNEL_STATS;
+    let k = &crate::southbound::kernel::KERNEL_STATS;
     let ops = counter(
         reg,
         "kernel_route_operations",
@@ -330,7 +330,7 @@ fn encode_rib_and_kernel(reg: &mut Registry, rib: Option<crate::rib::RibStats>) 
 }
 
 /// Health-checked services (guest role).
-fn encode_services(reg: &mut Registry, services: &[crate::health::ServiceStatus]) {
+fn encode_services(reg: &mut Registry, services: &[crate::role::health::ServiceStatus]) {
     if !services.is_empty() {
         let healthy = gauge(
             reg,

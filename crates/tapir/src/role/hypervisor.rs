@@ -24,14 +24,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::authorisation::VmPolicy;
-use crate::config::{Group, RemoteAsConfig};
-use crate::control::PeerStatus;
-use crate::control::{VmSession, VmStatus};
-use crate::inventory::{Inventory, Mac, Registration, Source, VmEntry};
-use crate::kernel::KernelEvent;
-use crate::net::{is_link_local, Interface};
+use crate::northbound::config::{Group, RemoteAsConfig};
+use crate::northbound::control::PeerStatus;
+use crate::northbound::control::{VmSession, VmStatus};
+use crate::northbound::inventory::{Inventory, Mac, Registration, Source, VmEntry};
 use crate::peer::{self, Local, PeerConfig, PeerHandle, PeerMsg};
+use crate::routing::authorisation::VmPolicy;
+use crate::southbound::kernel::KernelEvent;
+use crate::southbound::net::{is_link_local, Interface};
 
 pub enum HvMsg {
     Kernel(KernelEvent),
@@ -44,7 +44,7 @@ pub enum HvMsg {
     /// routes are judged again, sessions start or stop as needed.
     Reload {
         groups: Vec<Group>,
-        vms: Vec<crate::inventory::VmEntry>,
+        vms: Vec<crate::northbound::inventory::VmEntry>,
         protected: Vec<IpAddr>,
         registration_grace: std::time::Duration,
         done: oneshot::Sender<Result<(), String>>,
@@ -116,7 +116,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(1024);
     // Link-local addresses that answer the probe come back as neighbours.
     let (found_tx, mut found_rx) = mpsc::channel(256);
-    let probe = crate::probe::spawn(found_tx);
+    let probe = crate::southbound::probe::spawn(found_tx);
     let fwd = tx.clone();
     tokio::spawn(async move {
         while let Some(e) = found_rx.recv().await {
@@ -286,7 +286,7 @@ impl Hypervisor {
                     self.routes.iter().map(|(a, (i, p))| (*a, *i, *p)).collect();
                 let missed = s.missed(&links, &routes);
                 if !missed.is_empty() {
-                    crate::kernel::KERNEL_STATS
+                    crate::southbound::kernel::KERNEL_STATS
                         .resync_changes
                         .fetch_add(missed.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(
@@ -501,7 +501,11 @@ impl Hypervisor {
     /// one of its addresses is routed, is that VM's (on the tap the entry
     /// names, if it names one). A tap's name alone says nothing: after a
     /// missed ifdown it may hold another VM.
-    fn entry_for(&self, index: u32, addr: &IpAddr) -> Option<&crate::inventory::VmEntry> {
+    fn entry_for(
+        &self,
+        index: u32,
+        addr: &IpAddr,
+    ) -> Option<&crate::northbound::inventory::VmEntry> {
         let ifname = self
             .links
             .get(&index)
@@ -537,7 +541,7 @@ impl Hypervisor {
             .iter()
             .map(|(i, l)| (l.name.as_str(), *i))
             .collect();
-        let here = |e: &crate::inventory::VmEntry| {
+        let here = |e: &crate::northbound::inventory::VmEntry| {
             let named = e.interface.as_deref().map(|n| by_name.get(n).copied());
             e.addresses.iter().any(|a| {
                 let index = match a {
@@ -914,7 +918,7 @@ pub(crate) async fn stop(h: &PeerHandle, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::KernelEvent::{HostRoute, Link, LinkGone, Neighbour};
+    use crate::southbound::kernel::KernelEvent::{HostRoute, Link, LinkGone, Neighbour};
 
     const STATIC: u8 = 4;
 
@@ -924,7 +928,7 @@ mod tests {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml");
         let text = std::fs::read_to_string(&path).unwrap();
-        let config = crate::config::Config::parse(&text, &path).unwrap();
+        let config = crate::northbound::config::Config::parse(&text, &path).unwrap();
         let local = Arc::new(Local {
             router_id: config.router_id,
             local_as: config.local_as,

@@ -63,7 +63,7 @@ pub enum KernelEvent {
     Lladdr {
         index: u32,
         addr: IpAddr,
-        mac: Option<crate::inventory::Mac>,
+        mac: Option<crate::northbound::inventory::Mac>,
     },
     /// A fresh dump of links and host routes, for a resync: notifications
     /// lost to a socket overrun are found as differences from it. (The
@@ -398,7 +398,7 @@ fn neighbour_events(m: &NeighbourMessage, add: bool) -> Vec<KernelEvent> {
     let mac = m.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::LinkLayerAddress(b) => <[u8; 6]>::try_from(b.as_slice())
             .ok()
-            .map(crate::inventory::Mac),
+            .map(crate::northbound::inventory::Mac),
         _ => None,
     });
     let index = m.header.ifindex;
@@ -564,7 +564,7 @@ pub async fn watch(tx: mpsc::UnboundedSender<KernelEvent>) -> std::io::Result<()
     Ok(())
 }
 
-use crate::rib::FibChange;
+use crate::routing::rib::FibChange;
 use bgp::Prefix;
 use rtnetlink::packet_route::route::{RouteNextHop, RouteProtocol};
 

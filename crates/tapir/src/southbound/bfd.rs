@@ -26,7 +26,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::net::Interface;
+use crate::southbound::net::Interface;
 
 /// BFD port for single-hop control packets (RFC 5881 §4).
 const PORT: u16 = 3784;
@@ -120,7 +120,7 @@ impl Entry {
             return false;
         }
         self.looked_up = now;
-        self.reached_on = crate::kernel::route_interface(peer).ok();
+        self.reached_on = crate::southbound::kernel::route_interface(peer).ok();
         self.reached_on == Some(ifindex)
     }
 }
@@ -272,7 +272,7 @@ fn tx_socket(
         }
     }
     let to = match (peer, interface) {
-        (IpAddr::V6(a), Some(i)) if crate::net::is_link_local(a) => {
+        (IpAddr::V6(a), Some(i)) if crate::southbound::net::is_link_local(a) => {
             SocketAddr::V6(SocketAddrV6::new(a, dest_port, 0, i.index))
         }
         (a, _) => SocketAddr::new(a, dest_port),
@@ -349,7 +349,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<BfdMsg>, sockets: [UdpSocket; 4]) {
                         };
                         let reached_on = match &interface {
                             Some(_) => None,
-                            None => match crate::kernel::route_interface(peer) {
+                            None => match crate::southbound::kernel::route_interface(peer) {
                                 Ok(i) => Some(i),
                                 Err(e) => {
                                     warn!(%peer, error = %e, "BFD: no route to the peer yet; its packets wait for one");
@@ -508,7 +508,7 @@ fn deliver(
     let key = if pkt.your_discriminator != 0 {
         named?
     } else {
-        if crate::net::is_link_local(match r.from {
+        if crate::southbound::net::is_link_local(match r.from {
             IpAddr::V6(a) => a,
             IpAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
         }) || sessions.contains_key(&(r.from, Some(r.ifindex)))

@@ -26,7 +26,7 @@ pub enum Request {
     /// The guest role's health-checked services.
     ShowServices,
     VmAdd {
-        vm: crate::inventory::Registration,
+        vm: crate::northbound::inventory::Registration,
     },
     VmRemove {
         name: String,
@@ -173,16 +173,16 @@ pub enum Response {
         vms: Vec<VmStatus>,
     },
     Rib {
-        rib: Vec<crate::rib::LocRibEntry>,
+        rib: Vec<crate::routing::rib::LocRibEntry>,
     },
     Bfd {
-        sessions: Vec<crate::bfd::BfdStatus>,
+        sessions: Vec<crate::southbound::bfd::BfdStatus>,
     },
     Status {
         status: Status,
     },
     Services {
-        services: Vec<crate::health::ServiceStatus>,
+        services: Vec<crate::role::health::ServiceStatus>,
     },
     Done {
         message: String,
@@ -280,7 +280,7 @@ pub struct VmStatus {
     pub allowed: Vec<String>,
     pub sessions: Vec<VmSession>,
     /// Being drained (RFC 8326): `shutdown` or `withdrawn`.
-    pub drain: Option<crate::rib::DrainState>,
+    pub drain: Option<crate::routing::rib::DrainState>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

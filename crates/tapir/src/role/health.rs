@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::config::{Check, Service};
-use crate::rib::RibMsg;
+use crate::northbound::config::{Check, Service};
+use crate::routing::rib::RibMsg;
 
 /// One service, as `tapir show services` prints it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Tables for `tapir show …`, aligned like `birdc show protocols`.
 
-use crate::control::VmStatus;
-use crate::control::{PeerStatus, RouteEntry};
+use crate::northbound::control::VmStatus;
+use crate::northbound::control::{PeerStatus, RouteEntry};
 
 /// Left-aligned columns, two spaces apart.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -145,7 +145,7 @@ fn counts(m: &std::collections::BTreeMap<String, u64>) -> String {
 }
 
 /// `show peer`: one session in full, like `birdc show protocols all`.
-pub fn peer(p: &PeerStatus, bfd: Option<&crate::bfd::BfdStatus>) -> String {
+pub fn peer(p: &PeerStatus, bfd: Option<&crate::southbound::bfd::BfdStatus>) -> String {
     let mut out = format!("{} ({}", p.name, p.address);
     if let Some(i) = &p.interface {
         out.push_str(&format!(" on {i}"));
@@ -230,7 +230,7 @@ pub fn peer(p: &PeerStatus, bfd: Option<&crate::bfd::BfdStatus>) -> String {
 }
 
 /// `show status`.
-pub fn status(s: &crate::control::Status) -> String {
+pub fn status(s: &crate::northbound::control::Status) -> String {
     let mut out = format!(
         "tapir {} up {}, router id {}, AS {}\n",
         s.version,
@@ -266,15 +266,15 @@ pub fn status(s: &crate::control::Status) -> String {
     out
 }
 
-fn drain_text(d: Option<crate::rib::DrainState>) -> String {
+fn drain_text(d: Option<crate::routing::rib::DrainState>) -> String {
     match d {
-        Some(crate::rib::DrainState::Shutdown) => "draining".into(),
-        Some(crate::rib::DrainState::Withdrawn) => "withdrawn".into(),
+        Some(crate::routing::rib::DrainState::Shutdown) => "draining".into(),
+        Some(crate::routing::rib::DrainState::Withdrawn) => "withdrawn".into(),
         None => String::new(),
     }
 }
 
-pub fn rib(rib: &[crate::rib::LocRibEntry]) -> String {
+pub fn rib(rib: &[crate::routing::rib::LocRibEntry]) -> String {
     let rows: Vec<Vec<String>> = rib
         .iter()
         .map(|r| {
@@ -305,7 +305,7 @@ pub fn rib(rib: &[crate::rib::LocRibEntry]) -> String {
     )
 }
 
-pub fn bfd(s: &[crate::bfd::BfdStatus]) -> String {
+pub fn bfd(s: &[crate::southbound::bfd::BfdStatus]) -> String {
     let rows: Vec<Vec<String>> = s
         .iter()
         .map(|b| {
@@ -335,7 +335,7 @@ pub fn bfd(s: &[crate::bfd::BfdStatus]) -> String {
     )
 }
 
-pub fn services(s: &[crate::health::ServiceStatus]) -> String {
+pub fn services(s: &[crate::role::health::ServiceStatus]) -> String {
     let rows: Vec<Vec<String>> = s
         .iter()
         .map(|x| {

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use bgp::{NextHop, PathAttributes, Prefix, Update};
 use tracing::debug;
 
-use crate::authorisation::{Rejection, VmPolicy};
-use crate::config::MaxPrefixAction;
-use crate::prefix_map::PrefixMap;
+use crate::northbound::config::MaxPrefixAction;
+use crate::routing::authorisation::{Rejection, VmPolicy};
+use crate::routing::prefix_map::PrefixMap;
 
 /// Refused routes kept for display and re-judging, beyond which more are
 /// only counted (a VM must not grow our memory by announcing junk).
@@ -514,7 +514,7 @@ mod tests {
             own_addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 192, 24, 4))],
             max_prefixes,
             max_prefixes_action: action,
-            import_rules: crate::config::ImportRules::vm_default(),
+            import_rules: crate::northbound::config::ImportRules::vm_default(),
         }
     }
 

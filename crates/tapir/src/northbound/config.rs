@@ -23,9 +23,11 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::inventory::{Source, VmEntry};
-use crate::policy::{parse_community, parse_large_community, AsPathMode, Match, Policy, Term};
-use crate::prefix_set::{PrefixPattern, PrefixSet};
+use crate::northbound::inventory::{Source, VmEntry};
+use crate::routing::policy::{
+    parse_community, parse_large_community, AsPathMode, Match, Policy, Term,
+};
+use crate::routing::prefix_set::{PrefixPattern, PrefixSet};
 use std::sync::Arc;
 
 /// A configuration error with its place in the file.
@@ -77,7 +79,7 @@ pub struct Config {
     /// Graceful restart (`[graceful-restart]`, RFC 4724).
     pub graceful_restart: GracefulRestartConfig,
     /// Drain (`[drain]`, RFC 8326).
-    pub drain: crate::rib::DrainConfig,
+    pub drain: crate::routing::rib::DrainConfig,
     /// Where the Prometheus endpoint listens (`[metrics] listen`); off
     /// without.
     pub metrics: Option<SocketAddr>,
@@ -232,7 +234,7 @@ pub struct Group {
     /// VMs send them.
     pub extended_next_hop: bool,
     /// BFD with every VM of the group.
-    pub bfd: Option<crate::bfd::BfdTimers>,
+    pub bfd: Option<crate::southbound::bfd::BfdTimers>,
     /// Limits (docs/security.md).
     pub limits: SessionLimits,
     /// TCP-MD5 key (RFC 2385) for every VM in the group's ranges.
@@ -240,7 +242,7 @@ pub struct Group {
     /// GTSM (RFC 5082) with every VM: single-hop sessions only.
     pub ttl_security: bool,
     /// TCP-AO (RFC 5925) key for every VM in the group's ranges.
-    pub tcp_ao: Option<crate::sys::AoKey>,
+    pub tcp_ao: Option<crate::southbound::sys::AoKey>,
     /// Sessions in the whole group, and on one tap.
     pub max_sessions: usize,
     pub max_sessions_per_interface: usize,
@@ -365,7 +367,7 @@ pub struct Neighbor {
     /// Install the routes learned from this neighbor into the kernel.
     pub kernel_import: bool,
     /// BFD (single-hop) while the session is up.
-    pub bfd: Option<crate::bfd::BfdTimers>,
+    pub bfd: Option<crate::southbound::bfd::BfdTimers>,
     pub limits: SessionLimits,
     /// What the neighbor's routes must look like.
     pub import_rules: ImportRules,
@@ -374,7 +376,7 @@ pub struct Neighbor {
     /// GTSM (RFC 5082): send with TTL 255, accept only 255.
     pub ttl_security: bool,
     /// TCP-AO (RFC 5925) key.
-    pub tcp_ao: Option<crate::sys::AoKey>,
+    pub tcp_ao: Option<crate::southbound::sys::AoKey>,
 }
 
 /// `remote-as`: a number, `external` or `internal`.
@@ -633,7 +635,7 @@ fn tcp_ao(
     md5: bool,
     dir: &Path,
     err: &ErrFn,
-) -> Result<Option<crate::sys::AoKey>, ConfigError> {
+) -> Result<Option<crate::southbound::sys::AoKey>, ConfigError> {
     let Some(r) = raw else { return Ok(None) };
     if md5 {
         return Err(err(
@@ -653,7 +655,7 @@ fn tcp_ao(
     if !(4..=20).contains(&a.mac_length) {
         return Err(err(r.span(), "tcp-ao: mac-length 4 to 20 bytes".into()));
     }
-    Ok(Some(crate::sys::AoKey {
+    Ok(Some(crate::southbound::sys::AoKey {
         key,
         algorithm: a.algorithm.clone(),
         send_id: a.send_id,
@@ -689,10 +691,13 @@ fn password(
         }
         (None, None) => return Ok(None),
     };
-    if key.0.is_empty() || key.0.len() > crate::sys::MAX_KEY_LEN {
+    if key.0.is_empty() || key.0.len() > crate::southbound::sys::MAX_KEY_LEN {
         return Err(err(
             key.1,
-            format!("password: 1 to {} bytes (TCP-MD5)", crate::sys::MAX_KEY_LEN),
+            format!(
+                "password: 1 to {} bytes (TCP-MD5)",
+                crate::southbound::sys::MAX_KEY_LEN
+            ),
         ));
     }
     Ok(Some(key.0))
@@ -830,7 +835,7 @@ fn bfd_timers(
     interval: &Spanned<u64>,
     mult: &Spanned<u8>,
     err: &ErrFn,
-) -> Result<Option<crate::bfd::BfdTimers>, ConfigError> {
+) -> Result<Option<crate::southbound::bfd::BfdTimers>, ConfigError> {
     if !on {
         return Ok(None);
     }
@@ -845,7 +850,7 @@ fn bfd_timers(
     if m == 0 {
         return Err(err(mult.span(), "bfd-multiplier: at least 1".into()));
     }
-    Ok(Some(crate::bfd::BfdTimers {
+    Ok(Some(crate::southbound::bfd::BfdTimers {
         interval: Duration::from_millis(i),
         multiplier: m,
     }))
@@ -1057,7 +1062,7 @@ impl Config {
             ));
         }
         let services = parse_services(&raw.service, &raw.announce, &err)?;
-        let check = crate::inventory::Inventory::new(Vec::new(), None);
+        let check = crate::northbound::inventory::Inventory::new(Vec::new(), None);
         let mut check = check;
         for (i, v) in vms.iter().enumerate() {
             if let Err(m) = check.register_config(v.clone()) {
@@ -1077,7 +1082,7 @@ impl Config {
             vms,
             state_dir: raw.state_dir,
             registration_grace: match &raw.registration_grace {
-                None => crate::inventory::REGISTRATION_GRACE,
+                None => crate::northbound::inventory::REGISTRATION_GRACE,
                 Some(g) if (1..=86_400).contains(g.get_ref()) => Duration::from_secs(*g.get_ref()),
                 Some(g) => {
                     return Err(err(
@@ -1089,11 +1094,11 @@ impl Config {
             kernel,
             graceful_restart,
             drain: match &raw.drain {
-                None => crate::rib::DrainConfig {
+                None => crate::routing::rib::DrainConfig {
                     local_pref: 0,
                     withdraw_after: None,
                 },
-                Some(d) => crate::rib::DrainConfig {
+                Some(d) => crate::routing::rib::DrainConfig {
                     local_pref: d.local_pref,
                     withdraw_after: (d.withdraw_after > 0)
                         .then(|| Duration::from_secs(d.withdraw_after)),
@@ -1439,7 +1444,7 @@ fn parse_gateway(
     for a in &r.addresses {
         let ip = *a.get_ref();
         if let IpAddr::V6(v6) = ip {
-            if crate::net::is_link_local(v6) && r.interface.is_none() {
+            if crate::southbound::net::is_link_local(v6) && r.interface.is_none() {
                 return Err(err(
                     a.span(),
                     format!("gateway.addresses: {ip} is link-local: set gateway.interface too"),
@@ -1793,9 +1798,9 @@ fn parse_policy(
             source: match &m.source {
                 None => None,
                 Some(s) => Some(match s.get_ref().as_str() {
-                    "vm" => crate::policy::Source::Vm,
-                    "neighbor" => crate::policy::Source::Neighbor,
-                    "local" => crate::policy::Source::Local,
+                    "vm" => crate::routing::policy::Source::Vm,
+                    "neighbor" => crate::routing::policy::Source::Neighbor,
+                    "local" => crate::routing::policy::Source::Local,
                     other => {
                         return Err(err(
                             s.span(),
@@ -2041,7 +2046,9 @@ fn parse_vm(v: &Spanned<RawVm>, err: &ErrFn) -> Result<VmEntry, ConfigError> {
             format!("vm `{name}`: needs at least one address (an entry follows the VM's addresses, never a tap name alone)"),
         ));
     }
-    if let Some(a) = crate::inventory::link_local_without_interface(&v.addresses, &v.interface) {
+    if let Some(a) =
+        crate::northbound::inventory::link_local_without_interface(&v.addresses, &v.interface)
+    {
         return Err(err(
             span,
             format!(
@@ -2150,7 +2157,7 @@ mod tests {
     /// refused with the list of the keys it expected.
     #[test]
     fn every_key_is_documented() {
-        let doc = include_str!("../../../docs/config.md");
+        let doc = include_str!("../../../../docs/config.md");
         let head = "router-id = \"1.1.1.1\"\nlocal-as = 1\n";
         let term = "[policy.X]\n[[policy.X.term]]\naction = \"accept\"\n";
         let cases: [(&str, String); 10] = [

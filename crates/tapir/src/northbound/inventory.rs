@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::prefix_set::PrefixPattern;
+use crate::routing::prefix_set::PrefixPattern;
 
 /// Where an entry came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,7 +152,7 @@ pub fn link_local_without_interface(
     }
     addresses
         .iter()
-        .find(|a| matches!(a, IpAddr::V6(v6) if crate::net::is_link_local(*v6)))
+        .find(|a| matches!(a, IpAddr::V6(v6) if crate::southbound::net::is_link_local(*v6)))
         .copied()
 }
 

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use bgp::{NextHop, Prefix};
 
-use crate::config::{ImportRules, MaxPrefixAction};
-use crate::inventory::Owners;
-use crate::prefix_set::{PrefixPattern, PrefixSet};
+use crate::northbound::config::{ImportRules, MaxPrefixAction};
+use crate::northbound::inventory::Owners;
+use crate::routing::prefix_set::{PrefixPattern, PrefixSet};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct VmPolicy {

@@ -19,8 +19,8 @@
 use bgp::attribute::LargeCommunity;
 use bgp::{AsPath, AsSegment, PathAttributes, Prefix};
 
-use crate::peer_info::PeerInfo;
-use crate::prefix_set::PrefixSet;
+use crate::routing::peer_info::PeerInfo;
+use crate::routing::prefix_set::PrefixSet;
 
 /// RFC 8326 GRACEFUL_SHUTDOWN community.
 pub const GRACEFUL_SHUTDOWN: u32 = 0xffff_0000;
@@ -323,9 +323,9 @@ impl Term {
 /// `ASN:VALUE` or a well-known name (RFC 1997).
 pub fn parse_community(s: &str) -> Result<u32, String> {
     match s {
-        "no-export" => return Ok(crate::policy::NO_EXPORT),
-        "no-advertise" => return Ok(crate::policy::NO_ADVERTISE),
-        "no-export-subconfed" => return Ok(crate::policy::NO_EXPORT_SUBCONFED),
+        "no-export" => return Ok(crate::routing::policy::NO_EXPORT),
+        "no-advertise" => return Ok(crate::routing::policy::NO_ADVERTISE),
+        "no-export-subconfed" => return Ok(crate::routing::policy::NO_EXPORT_SUBCONFED),
         "graceful-shutdown" => return Ok(0xffff_0000),
         _ => {}
     }

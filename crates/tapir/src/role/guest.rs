@@ -23,12 +23,12 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::config::GatewayConfig;
-use crate::dynamic::HvMsg;
-use crate::kernel::KernelEvent;
-use crate::net::global_address;
-use crate::net::Interface;
+use crate::northbound::config::GatewayConfig;
 use crate::peer::{self, Local, PeerConfig, PeerHandle, PeerMsg};
+use crate::role::hypervisor::HvMsg;
+use crate::southbound::kernel::KernelEvent;
+use crate::southbound::net::global_address;
+use crate::southbound::net::Interface;
 
 /// One gateway: its address and the interface it is reached on.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -123,7 +123,7 @@ pub fn spawn(cfg: GatewayConfig, restart_time: u16, local: Arc<Local>) -> mpsc::
                                 let _ = rx.await;
                             }
                         } else {
-                            crate::dynamic::stop(&r.handle, "tapir shutting down").await;
+                            crate::role::hypervisor::stop(&r.handle, "tapir shutting down").await;
                         }
                     }
                     let _ = done.send(());
@@ -258,7 +258,7 @@ impl Guest {
                 keep.push(r);
             } else {
                 info!(gateway = %r.gateway.address, "gateway gone: session stopped");
-                crate::dynamic::stop(&r.handle, "the gateway changed").await;
+                crate::role::hypervisor::stop(&r.handle, "the gateway changed").await;
             }
         }
         self.running = keep;
@@ -322,7 +322,7 @@ impl Guest {
         });
         c.takeover = true;
         if let IpAddr::V6(a) = g.address {
-            if crate::net::is_link_local(a) {
+            if crate::southbound::net::is_link_local(a) {
                 c.global_v6_from = Some(g.index);
                 if global_address(g.index).is_none() {
                     warn!(interface = ?c.interface.as_ref().map(|i| &i.name), "no global IPv6 address on the gateway's interface (yet): IPv6 routes need one as their next hop");
@@ -341,7 +341,9 @@ impl Guest {
         let found = self.running.iter().find(|r| {
             r.gateway.address == ip
                 && match ip {
-                    IpAddr::V6(a) if crate::net::is_link_local(a) => scope == r.gateway.index,
+                    IpAddr::V6(a) if crate::southbound::net::is_link_local(a) => {
+                        scope == r.gateway.index
+                    }
                     _ => true,
                 }
         });
@@ -389,7 +391,7 @@ mod tests {
         let text = format!(
             "router-id = \"10.192.24.11\"\nlocal-as = 64613\n[gateway]\nremote-as = 64612\n{extra}"
         );
-        crate::config::Config::parse(&text, std::path::Path::new("/x.toml"))
+        crate::northbound::config::Config::parse(&text, std::path::Path::new("/x.toml"))
             .unwrap()
             .gateway
             .unwrap()

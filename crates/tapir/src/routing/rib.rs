@@ -22,11 +22,11 @@ use bgp::{NextHop, PathAttributes, Prefix};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::peer_info::{PeerId, PeerInfo};
-use crate::policy::{
+use crate::routing::peer_info::{PeerId, PeerInfo};
+use crate::routing::policy::{
     Policy, RouteFacts, GRACEFUL_SHUTDOWN, NO_ADVERTISE, NO_EXPORT, NO_EXPORT_SUBCONFED,
 };
-use crate::prefix_map::PrefixMap;
+use crate::routing::prefix_map::PrefixMap;
 
 /// Changed prefixes propagated together, at most (and a bit over: one
 /// message's worth). Large enough that exports go out in full UPDATEs,
@@ -2006,12 +2006,14 @@ mod tests {
     async fn a_renamed_peer_is_exported_by_its_new_name() {
         let web = Policy {
             name: "web".into(),
-            as_path: crate::policy::AsPathMode::Keep,
+            as_path: crate::routing::policy::AsPathMode::Keep,
             default_accept: false,
-            terms: vec![crate::policy::Term::accept(crate::policy::Match {
-                vm: Some("web1".into()),
-                ..Default::default()
-            })],
+            terms: vec![crate::routing::policy::Term::accept(
+                crate::routing::policy::Match {
+                    vm: Some("web1".into()),
+                    ..Default::default()
+                },
+            )],
         };
         let (rib, mut rx, count) = subscribed(web);
         let attrs = from_65001();
@@ -2061,7 +2063,7 @@ mod tests {
         let accept_all = Arc::new(accept_all);
         let refuse_all = Arc::new(Policy {
             name: "none".into(),
-            as_path: crate::policy::AsPathMode::Keep,
+            as_path: crate::routing::policy::AsPathMode::Keep,
             default_accept: false,
             terms: Vec::new(),
         });
@@ -2129,7 +2131,7 @@ mod tests {
         let vm = |id: u64, rid: &str| {
             let mut p = (*peer(id, 64613, true, rid)).clone();
             p.group = Some("vms".into());
-            p.interface = Some(crate::net::Interface {
+            p.interface = Some(crate::southbound::net::Interface {
                 name: format!("tap{id}"),
                 index: id as u32,
             });
@@ -2271,7 +2273,7 @@ mod tests {
         // The neighbor takes nothing: no exported sets, only the peer's.
         let (rib, _rx, _count) = subscribed(Policy {
             name: "none".into(),
-            as_path: crate::policy::AsPathMode::Keep,
+            as_path: crate::routing::policy::AsPathMode::Keep,
             default_accept: false,
             terms: Vec::new(),
         });

@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::kernel::KernelEvent;
+use crate::southbound::kernel::KernelEvent;
 
 /// Echo requests sent per tap that comes up: the VM may still be booting.
 const DELAYS: [u64; 4] = [0, 1, 3, 10];
@@ -100,7 +100,7 @@ pub fn spawn(found: mpsc::Sender<KernelEvent>) -> mpsc::UnboundedSender<(u32, St
             // address on the tap the request went out of.
             if let [129, 0, _, _, id0, id1, s0, s1, ..] = buf[..n] {
                 let ours = [id0, id1] == ECHO_ID
-                    && crate::net::is_link_local(*from.ip())
+                    && crate::southbound::net::is_link_local(*from.ip())
                     && answered.lock().expect("probe state").answer(
                         from.scope_id(),
                         u16::from_be_bytes([s0, s1]),
