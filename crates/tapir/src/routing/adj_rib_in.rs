@@ -282,10 +282,11 @@ impl AdjRibIn {
         self.refused.get(p)
     }
 
-    /// The accepted routes that are not stale, as the Loc-RIB has them.
+    /// The accepted routes, stale ones too (graceful restart), as the
+    /// Loc-RIB has them.
     pub fn accepted_routes(&self) -> Vec<(Prefix, NextHop, Arc<PathAttributes>)> {
         self.iter()
-            .filter(|(_, r)| !r.rejected && !r.stale)
+            .filter(|(_, r)| !r.rejected)
             .map(|(p, r)| (p, r.next_hop(), r.attrs().clone()))
             .collect()
     }

@@ -713,3 +713,49 @@ fn counters_and_the_last_notification_are_kept() {
     assert_eq!(s.flaps, 1);
     assert!(s.last_notification_received.unwrap().contains("(6/4)"));
 }
+
+#[test]
+fn a_vm_renamed_during_graceful_restart_keeps_its_stale_routes_under_its_new_name() {
+    let mut h = gr_vm();
+    h.announce(&["10.3.0.1/32", "10.3.0.2/32"], VM_ADDR, vm_attrs());
+    h.tcp_lost();
+    h.advance(secs(5));
+    h.remote_cfg.restarting = true;
+    h.tcp_connects();
+    // Back, but 10.3.0.2/32 not announced again yet: still stale.
+    h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
+    let mut p = vm_policy(100, MaxPrefixAction::Reject);
+    p.entry = Some((
+        "recdns1001".into(),
+        vec!["10.3.0.0/24{24,32}".parse().unwrap()],
+    ));
+    p.owners = vec![
+        (
+            "10.3.0.0/24{24,32}".parse().unwrap(),
+            "recdns1001".to_string(),
+        ),
+        ("10.3.0.77/32".parse().unwrap(), "vm12".to_string()),
+    ]
+    .into();
+    h.input(
+        "the inventory names the VM recdns1001",
+        Input::Policy(Arc::new(p)),
+    );
+    // Both routes now stand under the new name (a drain by that name
+    // reaches them); before, the stale one stayed under the old.
+    let renamed = h.rib.iter().rev().find_map(|m| match m {
+        RibMsg::Update { peer, announce, .. } if peer.name == "recdns1001" => Some(
+            announce
+                .iter()
+                .map(|(p, _, _)| p.to_string())
+                .collect::<Vec<_>>(),
+        ),
+        _ => None,
+    });
+    assert_eq!(
+        renamed.as_deref(),
+        Some(&["10.3.0.1/32".to_string(), "10.3.0.2/32".to_string()][..]),
+        "{}",
+        h.text()
+    );
+}
