@@ -1,11 +1,13 @@
 //! UPDATE processing from the wire through authorisation and policy into
 //! the Loc-RIB, the kernel and the export to an upstream neighbor: the
-//! path a hostile VM's bytes take. A VM ("vm-a", allowed 10.3.0.0/24 and
-//! 2001:db8:3::/48 by its inventory entry or, after some policy steps, by
-//! the group filter; next hop its own address) sends a stream of arbitrary
-//! messages, loses its session with or without graceful restart, and gets
-//! new policy snapshots. Beside it, "vm-b" owns 10.3.0.77/32, inside
-//! vm-a's range.
+//! path a hostile VM's bytes take, through the daemon's own sans-IO cores.
+//! A VM ("vm-a", allowed 10.3.0.0/24 and 2001:db8:3::/48 by its inventory
+//! entry or, after some policy steps, by the group filter; next hop its
+//! own address) opens a session to the real `PeerCore` and sends a stream
+//! of arbitrary messages, loses its session with or without graceful
+//! restart and comes back, and gets new policy snapshots. What the core
+//! asks of the Loc-RIB goes to the real `Rib::apply`. Beside it, "vm-b"
+//! owns 10.3.0.77/32, inside vm-a's range.
 //!
 //! After every step, whatever the input:
 //! - the Loc-RIB holds exactly vm-a's accepted routes, plus vm-b's;
@@ -18,52 +20,39 @@
 //! - the kernel and the upstream neighbor were told exactly that set;
 //! - vm-b's route stays vm-b's, in the RIB, the kernel and upstream.
 //!
-//! The steps between messages (a teardown ends in PeerDown, a lost session
-//! marks routes stale or withdraws them) mirror what the peer task does
-//! with the Adj-RIB-In's answers; the Adj-RIB-In and the Loc-RIB are the
-//! daemon's own.
-//!
-//! Input: one byte of negotiated context, then steps, each one byte of
-//! kind followed by what it needs.
+//! Input: one byte of session settings (the families, 4-octet AS and
+//! extended next hop vm-a's OPEN offers; max-prefixes, teardown, the
+//! AS-path limit), then steps, each one byte of kind followed by what it
+//! needs.
 
 #![no_main]
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU16};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use bgp::capability::{
+    Capability, ExtendedNextHop, GracefulRestart, GracefulRestartFamily,
+};
 use bgp::{AfiSafi, Context, Message, NextHop, PathAttributes, Prefix};
 use libfuzzer_sys::fuzz_target;
-use tapir::adj_rib_in::{AdjRibIn, Judge, PathRules, MAX_KEPT_REFUSED};
-use tapir::authorisation::VmPolicy;
-use tapir::config::{ImportRules, MaxPrefixAction};
-use tapir::net::Interface;
-use tapir::policy::Policy;
-use tapir::peer_info::PeerInfo;
-use tapir::rib::{self, DrainConfig, FibChange, RibMsg, ToPeer};
+use tapir::northbound::config::{ImportRules, MaxPrefixAction, RemoteAsConfig};
+use tapir::peer::{Action, Identity, Input, PeerConfig, PeerCore};
+use tapir::routing::adj_rib_in::MAX_KEPT_REFUSED;
+use tapir::routing::authorisation::VmPolicy;
+use tapir::routing::peer_info::PeerInfo;
+use tapir::routing::policy::Policy;
+use tapir::routing::rib::{DrainConfig, FibChange, Outputs, Rib, RibMsg, ToPeer};
+use tapir::southbound::net::Interface;
 use tokio::sync::{mpsc, oneshot};
 
 const LOCAL_AS: u32 = 64600;
 const VM_AS: u32 = 64613;
+const VM_A: u64 = 1;
 const UPSTREAM: u64 = 1000;
-
-fn vm(id: u64, name: &str, address: IpAddr, index: u32) -> Arc<PeerInfo> {
-    Arc::new(PeerInfo {
-        id,
-        name: name.into(),
-        address,
-        asn: VM_AS,
-        router_id: Ipv4Addr::new(10, 192, 24, id as u8),
-        ebgp: true,
-        vm: Some(name.into()),
-        group: Some("vms".into()),
-        interface: Some(Interface {
-            name: format!("tap{index}"),
-            index,
-        }),
-        kernel: true,
-    })
-}
+const VM_A_ADDR: Ipv4Addr = Ipv4Addr::new(10, 192, 24, 4);
 
 fn policy(max_prefixes: usize, teardown: bool, b_owns_more: bool, entry: bool) -> VmPolicy {
     let mut owners = vec![("10.3.0.77/32".parse().unwrap(), "vm-b".to_string())];
@@ -75,7 +64,7 @@ fn policy(max_prefixes: usize, teardown: bool, b_owns_more: bool, entry: bool) -
         // The inventory's list holds vm-a's own prefixes too.
         owners.push(("10.3.0.0/24{24,32}".parse().unwrap(), "vm-a".to_string()));
     }
-    let set = |v: &[&str]| tapir::prefix_set::PrefixSet {
+    let set = |v: &[&str]| tapir::routing::prefix_set::PrefixSet {
         patterns: v.iter().map(|p| p.parse().unwrap()).collect(),
     };
     VmPolicy {
@@ -112,17 +101,6 @@ fn policy(max_prefixes: usize, teardown: bool, b_owns_more: bool, entry: bool) -
     }
 }
 
-/// vm-a's session: eBGP from AS 64613, under its group's rules.
-fn rules(pol: &VmPolicy) -> PathRules<'_> {
-    PathRules {
-        local_as: LOCAL_AS,
-        peer_as: VM_AS,
-        ebgp: true,
-        enforce_first_as: pol.import_rules.enforce_first_as,
-        allow_attributes: pol.import_rules.allow_attributes.as_deref(),
-    }
-}
-
 /// What vm-a may have accepted, written apart from `VmPolicy::judge`.
 fn allowed(p: &Prefix, nh: &NextHop, pol: &VmPolicy) -> bool {
     let inside = |base: &str, min: u8, max: u8| {
@@ -151,60 +129,192 @@ fn allowed(p: &Prefix, nh: &NextHop, pol: &VmPolicy) -> bool {
     space && !vm_b && hop
 }
 
+
+/// vm-a's session, as the hypervisor role makes it.
+fn session(pol: &VmPolicy, max_as_path_length: usize) -> PeerConfig {
+    PeerConfig {
+        name: "vm-a".into(),
+        address: IpAddr::V4(VM_A_ADDR),
+        port: 179,
+        interface: Some(Interface {
+            name: "tap4".into(),
+            index: 4,
+        }),
+        remote_as: RemoteAsConfig::External,
+        local_address: None,
+        hold_time: 90,
+        connect_retry: Duration::from_secs(5),
+        passive: false,
+        families: vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6],
+        export: None,
+        kernel: true,
+        vm: Some("vm-a".into()),
+        group: Some("vms".into()),
+        graceful_restart: Some(120),
+        extended_next_hop: true,
+        bfd: None,
+        send_hold_time: None,
+        max_as_path_length,
+        import_rules: ImportRules::vm_default(),
+        max_send_queue: 64 << 20,
+        password: None,
+        ttl_security: false,
+        tcp_ao: None,
+        policy: Some(Arc::new(pol.clone())),
+        global_v6_from: None,
+        takeover: false,
+    }
+}
+
+/// vm-a's OPEN, from the settings byte; `restarted`: it comes back from a
+/// restart with its forwarding state (graceful restart, RFC 4724).
+fn open(flags: u8, restarted: bool) -> Vec<u8> {
+    let mut families = Vec::new();
+    if flags & 1 != 0 {
+        families.push(AfiSafi::IPV4_UNICAST);
+    }
+    if flags & 2 != 0 {
+        families.push(AfiSafi::IPV6_UNICAST);
+    }
+    let mut caps: Vec<Capability> = families.iter().map(|f| Capability::Multiprotocol(*f)).collect();
+    caps.push(Capability::RouteRefresh);
+    if flags & 4 != 0 {
+        caps.push(Capability::FourOctetAs(VM_AS));
+    }
+    if flags & 8 != 0 {
+        caps.push(Capability::ExtendedNextHop(vec![ExtendedNextHop {
+            nlri: AfiSafi::IPV4_UNICAST,
+            next_hop_afi: 2,
+        }]));
+    }
+    caps.push(Capability::GracefulRestart(GracefulRestart {
+        restarting: restarted,
+        notification: false,
+        restart_time: 120,
+        families: families
+            .iter()
+            .map(|f| GracefulRestartFamily {
+                family: *f,
+                forwarding_preserved: restarted,
+            })
+            .collect(),
+    }));
+    let o = bgp::open::Open {
+        version: 4,
+        my_as: VM_AS as u16,
+        hold_time: 90,
+        bgp_id: VM_A_ADDR,
+        capabilities: caps,
+    };
+    let mut b = Message::Open(o).encode(&Context::default());
+    b.extend(Message::Keepalive.encode(&Context::default()));
+    b
+}
+
+/// What the kernel and the upstream neighbor were told, replayed.
+#[derive(Default)]
 struct World {
-    rib: mpsc::UnboundedSender<RibMsg>,
-    fib_rx: mpsc::UnboundedReceiver<Vec<FibChange>>,
-    export_rx: mpsc::Receiver<ToPeer>,
-    /// What the kernel and the upstream were told, replayed.
     fib: BTreeMap<Prefix, Vec<(IpAddr, Option<u32>)>>,
     exported: BTreeMap<Prefix, Arc<PathAttributes>>,
 }
 
-impl World {
-    /// Waits until the RIB has handled everything sent so far, then checks
-    /// the invariants.
-    async fn check(
-        &mut self,
-        adj: &AdjRibIn,
-        pol: &VmPolicy,
-        max_as_path_length: usize,
-        b_prefix: Prefix,
-    ) {
-        let (tx, rx) = oneshot::channel();
-        self.rib.send(RibMsg::Show(tx)).unwrap();
-        let table = rx.await.unwrap();
-        while let Ok(changes) = self.fib_rx.try_recv() {
-            for c in changes {
-                match c {
-                    FibChange::Install { prefix, hops } => {
-                        self.fib.insert(prefix, hops.to_vec());
+impl Outputs for World {
+    fn export(&mut self, peer: u64, m: ToPeer) {
+        assert_eq!(peer, UPSTREAM);
+        if let ToPeer::Export(changes) = m {
+            for (p, a) in changes {
+                match a {
+                    Some(a) => {
+                        self.exported.insert(p, a);
                     }
-                    FibChange::Remove { prefix } => {
+                    None => {
                         assert!(
-                            self.fib.remove(&prefix).is_some(),
-                            "{prefix} removed, never installed"
+                            self.exported.remove(&p).is_some(),
+                            "{p} withdrawn, never sent"
                         );
                     }
                 }
             }
         }
-        while let Ok(m) = self.export_rx.try_recv() {
-            if let ToPeer::Export(changes) = m {
-                for (p, a) in changes {
-                    match a {
-                        Some(a) => {
-                            self.exported.insert(p, a);
-                        }
-                        None => {
-                            assert!(
-                                self.exported.remove(&p).is_some(),
-                                "{p} withdrawn, never sent"
-                            );
-                        }
-                    }
+    }
+
+    fn fib(&mut self, ops: Vec<FibChange>) {
+        for c in ops {
+            match c {
+                FibChange::Install { prefix, hops } => {
+                    self.fib.insert(prefix, hops.to_vec());
+                }
+                FibChange::Remove { prefix } => {
+                    assert!(
+                        self.fib.remove(&prefix).is_some(),
+                        "{prefix} removed, never installed"
+                    );
                 }
             }
         }
+    }
+
+    fn later(&mut self, _: Duration, _: RibMsg) {}
+}
+
+/// vm-a's PeerCore and the Loc-RIB, joined as the peer task and the RIB
+/// thread join them.
+struct Harness {
+    core: PeerCore,
+    rib: Rib,
+    world: World,
+    now: Instant,
+    /// vm-a's connection, while there is one.
+    conn: Option<u64>,
+}
+
+impl Harness {
+    /// Carries out what the core asked: its Loc-RIB messages go to the
+    /// Loc-RIB; the rest is the socket's business.
+    fn pump(&mut self) {
+        while let Some(a) = self.core.poll_action() {
+            match a {
+                Action::Rib(m) => self.rib.apply(m, &mut self.world),
+                Action::Accept { conn } | Action::Attach { conn } => self.conn = Some(conn),
+                Action::Close { conn } if Some(conn) == self.conn => self.conn = None,
+                _ => {}
+            }
+        }
+        self.rib.end_batch(&mut self.world);
+    }
+
+    /// vm-a connects and opens its session.
+    fn connect(&mut self, open: &[u8]) {
+        self.core.handle(
+            self.now,
+            Input::Incoming {
+                local: Some(SocketAddr::new(Ipv4Addr::new(10, 192, 24, 1).into(), 179)),
+            },
+        );
+        self.pump();
+        self.bytes(open.to_vec());
+    }
+
+    fn bytes(&mut self, data: Vec<u8>) {
+        if let Some(conn) = self.conn {
+            self.core.handle(
+                self.now,
+                Input::Bytes {
+                    conn,
+                    data,
+                    queued: 0,
+                },
+            );
+            self.pump();
+        }
+    }
+
+    /// Checks the invariants.
+    fn check(&mut self, pol: &VmPolicy, max_as_path_length: usize, b_prefix: Prefix) {
+        let (tx, mut rx) = oneshot::channel();
+        self.rib.apply(RibMsg::Show(tx), &mut self.world);
+        let table = rx.try_recv().expect("the Loc-RIB answers at once");
+        let adj = self.core.adj_rib_in();
         let mut want: BTreeMap<Prefix, NextHop> = adj
             .iter()
             .filter(|(_, r)| !r.rejected)
@@ -270,15 +380,17 @@ impl World {
         let want_rib: BTreeMap<String, String> = want
             .keys()
             .map(|p| {
-                let from = if *p == b_prefix { "vm-b" } else { "vm-a" };
+                // A VM without an inventory entry is known by its tap.
+                let a_name = pol.entry.as_ref().map_or("tap4", |e| e.0.as_str());
+                let from = if *p == b_prefix { "vm-b" } else { a_name };
                 (p.to_string(), from.to_string())
             })
             .collect();
         assert_eq!(in_rib, want_rib, "Loc-RIB differs from the accepted routes");
-        let fib: Vec<&Prefix> = self.fib.keys().collect();
+        let fib: Vec<&Prefix> = self.world.fib.keys().collect();
         let want_keys: Vec<&Prefix> = want.keys().collect();
         assert_eq!(fib, want_keys, "the kernel was told something else");
-        for (p, hops) in &self.fib {
+        for (p, hops) in &self.world.fib {
             let via = match want[p] {
                 NextHop::V4(a) => IpAddr::V4(a),
                 NextHop::V6 {
@@ -290,12 +402,12 @@ impl World {
             assert_eq!(hops.len(), 1);
             assert_eq!(hops[0].0, via, "{p}: kernel next hop");
         }
-        let exported: Vec<&Prefix> = self.exported.keys().collect();
+        let exported: Vec<&Prefix> = self.world.exported.keys().collect();
         assert_eq!(
             exported, want_keys,
             "the upstream neighbor was told something else"
         );
-        for a in self.exported.values() {
+        for a in self.world.exported.values() {
             let path = a.as_path.as_ref().expect("exported without AS_PATH");
             assert_eq!(path.segments.first().map(|s| s.asns()[0]), Some(LOCAL_AS));
             assert!(a.next_hop.is_none() && a.local_pref.is_none());
@@ -307,34 +419,24 @@ fn run(data: &[u8]) {
     let Some((&flags, mut rest)) = data.split_first() else {
         return;
     };
-    let mut families = Vec::new();
-    if flags & 1 != 0 {
-        families.push(AfiSafi::IPV4_UNICAST);
-    }
-    if flags & 2 != 0 {
-        families.push(AfiSafi::IPV6_UNICAST);
-    }
-    let cxt = Context {
-        four_octet_as: flags & 4 != 0,
-        families,
-        ipv4_over_ipv6_next_hop: flags & 8 != 0,
-        max_message_len: 4096,
-        // vm-a is in another AS.
-        external: true,
-    };
     let max_prefixes = [2, 5, 50, 1000][(flags >> 4 & 3) as usize];
     let teardown = flags & 0x40 != 0;
     let max_as_path_length = if flags & 0x80 != 0 { 3 } else { 64 };
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let (fib_tx, fib_rx) = mpsc::unbounded_channel();
-        let rib = rib::spawn(
+    let mut pol = policy(max_prefixes, teardown, false, true);
+    let now = Instant::now();
+    let env = Identity {
+        router_id: Ipv4Addr::new(10, 192, 24, 1),
+        local_as: LOCAL_AS,
+        restarting: Arc::new(AtomicBool::new(false)),
+        gr_helper_max: Arc::new(AtomicU16::new(300)),
+        bfd: false,
+    };
+    let mut h = Harness {
+        core: PeerCore::new(session(&pol, max_as_path_length), env, VM_A, now),
+        rib: Rib::new(
             LOCAL_AS,
             Vec::new(),
-            Some(fib_tx),
+            true,
             false,
             None,
             DrainConfig {
@@ -342,10 +444,14 @@ fn run(data: &[u8]) {
                 withdraw_after: None,
             },
             Default::default(),
-        )
-        .expect("RIB thread");
-        let (export_tx, export_rx) = mpsc::channel(1 << 16);
-        rib.send(RibMsg::Subscribe {
+        ),
+        world: World::default(),
+        now,
+        conn: None,
+    };
+    let (export_tx, _export_rx) = mpsc::channel(1);
+    h.rib.apply(
+        RibMsg::Subscribe {
             peer: UPSTREAM,
             asn: None,
             ebgp: true,
@@ -353,12 +459,27 @@ fn run(data: &[u8]) {
             tx: export_tx,
             exported: Default::default(),
             families: vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6],
-        })
-        .unwrap();
-        let a = vm(1, "vm-a", IpAddr::V4(Ipv4Addr::new(10, 192, 24, 4)), 4);
-        let b = vm(2, "vm-b", IpAddr::V4(Ipv4Addr::new(10, 192, 24, 9)), 9);
-        let b_prefix: Prefix = "10.3.0.77/32".parse().unwrap();
-        rib.send(RibMsg::Update {
+        },
+        &mut h.world,
+    );
+    let b = Arc::new(PeerInfo {
+        id: 2,
+        name: "vm-b".into(),
+        address: IpAddr::V4(Ipv4Addr::new(10, 192, 24, 9)),
+        asn: VM_AS,
+        router_id: Ipv4Addr::new(10, 192, 24, 9),
+        ebgp: true,
+        vm: Some("vm-b".into()),
+        group: Some("vms".into()),
+        interface: Some(Interface {
+            name: "tap9".into(),
+            index: 9,
+        }),
+        kernel: true,
+    });
+    let b_prefix: Prefix = "10.3.0.77/32".parse().unwrap();
+    h.rib.apply(
+        RibMsg::Update {
             peer: b,
             announce: vec![(
                 b_prefix,
@@ -370,102 +491,70 @@ fn run(data: &[u8]) {
                 }),
             )],
             withdraw: Vec::new(),
-        })
-        .unwrap();
-        let mut world = World {
-            rib: rib.clone(),
-            fib_rx,
-            export_rx,
-            fib: BTreeMap::new(),
-            exported: BTreeMap::new(),
-        };
-        let mut pol = policy(max_prefixes, teardown, false, true);
-        let mut adj = AdjRibIn::default();
-        world.check(&adj, &pol, max_as_path_length, b_prefix).await;
+        },
+        &mut h.world,
+    );
+    h.rib.end_batch(&mut h.world);
+    h.core.start(now);
+    h.pump();
+    h.connect(&open(flags, false));
+    h.check(&pol, max_as_path_length, b_prefix);
 
-        let mut steps = 0;
-        while let Some((&kind, tail)) = rest.split_first() {
-            rest = tail;
-            steps += 1;
-            if steps > 64 {
-                break;
-            }
-            let judge = Judge {
-                max_as_path_length,
-                policy: Some(&pol),
-                path: rules(&pol),
-            };
-            match kind % 8 {
-                // A new policy snapshot (a registration changed).
-                6 => {
-                    pol = policy(max_prefixes, teardown, kind & 0x80 != 0, kind & 0x40 == 0);
-                    let judge = Judge {
-                        max_as_path_length,
-                        policy: Some(&pol),
-                        path: rules(&pol),
-                    };
-                    let c = adj.rejudge(&judge);
-                    rib.send(RibMsg::Update {
-                        peer: a.clone(),
-                        announce: c.announce,
-                        withdraw: c.withdraw,
-                    })
-                    .unwrap();
-                }
-                // The session goes down: routes kept stale (graceful
-                // restart) or withdrawn.
-                7 => {
-                    if kind & 0x80 != 0 {
-                        adj.mark_stale();
-                    } else {
-                        adj.clear();
-                        rib.send(RibMsg::PeerDown(a.id)).unwrap();
-                    }
-                }
-                // The next message on the wire.
-                _ => match Message::decode(rest, &cxt) {
-                    Ok(Some((msg, used))) => {
-                        rest = &rest[used..];
-                        if let Message::Update(u) = msg {
-                            if let Some(f) = u.end_of_rib() {
-                                if let Some(afi) = f.unicast_afi() {
-                                    let gone = adj.flush_stale(Some(afi));
-                                    rib.send(RibMsg::Update {
-                                        peer: a.clone(),
-                                        announce: Vec::new(),
-                                        withdraw: gone,
-                                    })
-                                    .unwrap();
-                                }
-                            } else {
-                                let c = adj.apply(*u, true, &judge);
-                                rib.send(RibMsg::Update {
-                                    peer: a.clone(),
-                                    announce: c.announce,
-                                    withdraw: c.withdraw,
-                                })
-                                .unwrap();
-                                if c.teardown.is_some() {
-                                    adj.clear();
-                                    rib.send(RibMsg::PeerDown(a.id)).unwrap();
-                                }
-                            }
-                        }
-                    }
-                    // Incomplete: the stream ends here.
-                    Ok(None) => break,
-                    // A NOTIFICATION goes out and the session is reset.
-                    Err(_) => {
-                        adj.clear();
-                        rib.send(RibMsg::PeerDown(a.id)).unwrap();
-                        break;
-                    }
-                },
-            }
-            world.check(&adj, &pol, max_as_path_length, b_prefix).await;
+    let mut steps = 0;
+    while let Some((&kind, tail)) = rest.split_first() {
+        rest = tail;
+        steps += 1;
+        if steps > 64 {
+            break;
         }
-        world.check(&adj, &pol, max_as_path_length, b_prefix).await;
-    });
+        // A session that ended (a NOTIFICATION either way) comes back.
+        if h.conn.is_none() {
+            h.connect(&open(flags, false));
+        }
+        match kind % 8 {
+            // A new policy snapshot (a registration changed).
+            6 => {
+                pol = policy(max_prefixes, teardown, kind & 0x80 != 0, kind & 0x40 == 0);
+                h.core.handle(h.now, Input::Policy(Arc::new(pol.clone())));
+                h.pump();
+            }
+            // The session goes down: the connection is lost (graceful
+            // restart: routes kept stale) or vm-a sends a Cease; then
+            // vm-a comes back, with or without its forwarding state.
+            7 => {
+                if kind & 0x80 != 0 {
+                    if let Some(conn) = h.conn {
+                        h.core.handle(h.now, Input::Closed { conn });
+                        h.pump();
+                    }
+                } else {
+                    let cease = bgp::notification::Notification::new(
+                        bgp::notification::code::CEASE,
+                        bgp::notification::cease::ADMINISTRATIVE_RESET,
+                    );
+                    h.bytes(Message::Notification(cease).encode(&Context::default()));
+                }
+                h.connect(&open(flags, kind & 0x40 != 0));
+            }
+            // The next message on the wire, as its header says.
+            _ => {
+                if rest.len() < 19 {
+                    h.bytes(rest.to_vec());
+                    rest = &[];
+                } else {
+                    let len = u16::from_be_bytes([rest[16], rest[17]]) as usize;
+                    let take = if (19..=rest.len()).contains(&len) {
+                        len
+                    } else {
+                        rest.len()
+                    };
+                    h.bytes(rest[..take].to_vec());
+                    rest = &rest[take..];
+                }
+            }
+        }
+        h.check(&pol, max_as_path_length, b_prefix);
+    }
 }
 
 fuzz_target!(|data: &[u8]| run(data));
