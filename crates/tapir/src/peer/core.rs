@@ -1103,7 +1103,7 @@ impl PeerCore {
     fn log_refused(&mut self, refused: &[(Prefix, crate::routing::authorisation::Rejection)]) {
         for (p, r) in refused {
             if self.may_log() {
-                info!(prefix = %p, reason = %r.reason, kind = r.kind, "route refused");
+                info!(prefix = %p, reason = %r.reason, kind = %r.kind, "route refused");
             }
         }
     }

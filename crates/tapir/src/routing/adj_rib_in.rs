@@ -12,7 +12,7 @@ use bgp::{NextHop, PathAttributes, Prefix, Update};
 use tracing::debug;
 
 use crate::northbound::config::MaxPrefixAction;
-use crate::routing::authorisation::{Rejection, VmPolicy};
+use crate::routing::authorisation::{RejectKind, Rejection, VmPolicy};
 use crate::routing::prefix_map::PrefixMap;
 
 /// Refused routes kept for display and re-judging, beyond which more are
@@ -98,12 +98,15 @@ impl PathRules<'_> {
         if asns > max_len {
             crate::limits::hit(crate::limits::Limit::AsPathLength);
             return refuse(
-                "as-path-length",
+                RejectKind::AsPathLength,
                 format!("AS path of {asns} ASNs, more than max-as-path-length {max_len}"),
             );
         }
         if path.segments.iter().any(|s| s.asns().contains(&0)) {
-            return refuse("as-path-zero", "AS 0 in the AS path (RFC 7607)".into());
+            return refuse(
+                RejectKind::AsPathZero,
+                "AS 0 in the AS path (RFC 7607)".into(),
+            );
         }
         if path.segments.iter().any(|s| {
             matches!(
@@ -112,7 +115,7 @@ impl PathRules<'_> {
             )
         }) {
             return refuse(
-                "as-path-confed",
+                RejectKind::AsPathConfed,
                 "a confederation segment from outside our confederation (RFC 5065 §5.3)".into(),
             );
         }
@@ -122,7 +125,7 @@ impl PathRules<'_> {
             .any(|s| s.asns().contains(&self.local_as))
         {
             return refuse(
-                "as-path-loop",
+                RejectKind::AsPathLoop,
                 format!(
                     "our own AS {} is in the AS path (RFC 4271 §9.1.2)",
                     self.local_as
@@ -131,9 +134,9 @@ impl PathRules<'_> {
         }
         if self.ebgp && self.enforce_first_as && path.first_asn() != Some(self.peer_as) {
             let kind = if path.segments.is_empty() {
-                "as-path-empty"
+                RejectKind::AsPathEmpty
             } else {
-                "first-as"
+                RejectKind::FirstAs
             };
             let reason = match path.first_asn() {
                 _ if path.segments.is_empty() => "an empty AS path from an external peer".into(),
@@ -191,7 +194,7 @@ pub struct AdjRibIn {
     /// Routes that are accepted.
     accepted: usize,
     /// Refusals by kind, counted per refused announcement.
-    rejections: BTreeMap<&'static str, u64>,
+    rejections: BTreeMap<RejectKind, u64>,
     /// Unknown attributes removed on import (`allow-attributes`).
     attributes_removed: u64,
     /// Each distinct next hop and attribute set once: a speaker may
@@ -255,7 +258,7 @@ impl AdjRibIn {
         self.accepted
     }
 
-    pub fn rejections(&self) -> &BTreeMap<&'static str, u64> {
+    pub fn rejections(&self) -> &BTreeMap<RejectKind, u64> {
         &self.rejections
     }
 
@@ -388,7 +391,7 @@ impl AdjRibIn {
                 if was_accepted {
                     out.withdraw.push(p);
                 }
-                if r.kind == "max-prefixes" {
+                if r.kind == RejectKind::MaxPrefixes {
                     if let Some(pol) = judge.policy {
                         if pol.max_prefixes_action == MaxPrefixAction::Teardown {
                             out.teardown = Some((p, pol.max_prefixes));
@@ -494,7 +497,7 @@ impl AdjRibIn {
             false => self.accepted,
         };
         (accepted >= policy.max_prefixes).then(|| Rejection {
-            kind: "max-prefixes",
+            kind: RejectKind::MaxPrefixes,
             reason: format!("more than {} prefixes (max-prefixes)", policy.max_prefixes),
         })
     }
@@ -616,7 +619,7 @@ mod tests {
         assert_eq!(c.announce[0].2.local_pref, None);
         assert_eq!((adj.len(), adj.accepted()), (2, 1));
         assert_eq!(
-            adj.rejections().get("not-in-inventory"),
+            adj.rejections().get(&RejectKind::NotInInventory),
             Some(&1),
             "{:?}",
             adj.rejections()
@@ -643,7 +646,7 @@ mod tests {
             &judge,
         );
         assert!(c.announce.is_empty());
-        assert_eq!(adj.rejections().get("next-hop"), Some(&1));
+        assert_eq!(adj.rejections().get(&RejectKind::NextHop), Some(&1));
     }
 
     #[test]
@@ -748,7 +751,7 @@ mod tests {
                 "{kind}"
             );
             let p: Prefix = "10.3.0.1/32".parse().unwrap();
-            assert_eq!(adj.rejection(&p).map(|r| r.kind), Some(kind));
+            assert_eq!(adj.rejection(&p).map(|r| r.kind.name()), Some(kind));
         }
         // An iBGP peer may send an empty path, and one that does not
         // begin with its AS; AS 0 and our own AS stay refused.

@@ -37,10 +37,86 @@ pub struct VmPolicy {
     pub import_rules: ImportRules,
 }
 
+/// Why a route was refused: the label of the refusal counters (metrics,
+/// `show`), one per check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RejectKind {
+    /// the next hop is not one of the VM's own addresses.
+    NextHop,
+    /// the route covers a static neighbor's address.
+    CoversNeighbor,
+    /// outside the VM's inventory entry.
+    NotInInventory,
+    /// another VM's inventory entry owns it.
+    OwnedByOtherVm,
+    /// outside the group's filter.
+    GroupFilter,
+    /// the VM has no entry and its group no filter.
+    NoFilter,
+    /// over max-prefixes.
+    MaxPrefixes,
+    /// an AS path over max-as-path-length.
+    AsPathLength,
+    /// AS 0 in the AS path (RFC 7607).
+    AsPathZero,
+    /// a confederation segment (RFC 5065).
+    AsPathConfed,
+    /// our own AS in the AS path.
+    AsPathLoop,
+    /// an empty AS path from an external peer.
+    AsPathEmpty,
+    /// the AS path does not begin with the peer's AS.
+    FirstAs,
+}
+
+impl RejectKind {
+    /// Every kind, for metrics that list them all.
+    pub const ALL: [RejectKind; 13] = [
+        RejectKind::NextHop,
+        RejectKind::CoversNeighbor,
+        RejectKind::NotInInventory,
+        RejectKind::OwnedByOtherVm,
+        RejectKind::GroupFilter,
+        RejectKind::NoFilter,
+        RejectKind::MaxPrefixes,
+        RejectKind::AsPathLength,
+        RejectKind::AsPathZero,
+        RejectKind::AsPathConfed,
+        RejectKind::AsPathLoop,
+        RejectKind::AsPathEmpty,
+        RejectKind::FirstAs,
+    ];
+
+    /// The label, as in metrics and `show`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectKind::NextHop => "next-hop",
+            RejectKind::CoversNeighbor => "covers-neighbor",
+            RejectKind::NotInInventory => "not-in-inventory",
+            RejectKind::OwnedByOtherVm => "owned-by-other-vm",
+            RejectKind::GroupFilter => "group-filter",
+            RejectKind::NoFilter => "no-filter",
+            RejectKind::MaxPrefixes => "max-prefixes",
+            RejectKind::AsPathLength => "as-path-length",
+            RejectKind::AsPathZero => "as-path-zero",
+            RejectKind::AsPathConfed => "as-path-confed",
+            RejectKind::AsPathLoop => "as-path-loop",
+            RejectKind::AsPathEmpty => "as-path-empty",
+            RejectKind::FirstAs => "first-as",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Why a route was refused; `kind` is the counter label.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
-    pub kind: &'static str,
+    pub kind: RejectKind,
     pub reason: String,
 }
 
@@ -71,7 +147,7 @@ impl VmPolicy {
         };
         if !nh_ok {
             return Err(Rejection {
-                kind: "next-hop",
+                kind: RejectKind::NextHop,
                 reason: format!("next hop {next_hop} is not the VM's own address"),
             });
         }
@@ -81,7 +157,7 @@ impl VmPolicy {
             .find(|a| prefix.contains(&Prefix::host(**a)))
         {
             return Err(Rejection {
-                kind: "covers-neighbor",
+                kind: RejectKind::CoversNeighbor,
                 reason: format!("{prefix} covers neighbor address {a}"),
             });
         }
@@ -89,7 +165,7 @@ impl VmPolicy {
             Some((name, owned)) => {
                 if !owned.iter().any(|p| p.matches(prefix)) {
                     return Err(Rejection {
-                        kind: "not-in-inventory",
+                        kind: RejectKind::NotInInventory,
                         reason: format!("{prefix} is not among the prefixes of VM {name}"),
                     });
                 }
@@ -97,14 +173,14 @@ impl VmPolicy {
             None => {
                 if let Some(owner) = self.owned_elsewhere(prefix) {
                     return Err(Rejection {
-                        kind: "owned-by-other-vm",
+                        kind: RejectKind::OwnedByOtherVm,
                         reason: format!("{prefix} belongs to VM {owner}"),
                     });
                 }
                 match &self.group_filter {
                     Some((name, set)) if !set.matches(prefix) => {
                         return Err(Rejection {
-                            kind: "group-filter",
+                            kind: RejectKind::GroupFilter,
                             reason: format!(
                                 "{prefix} is not allowed by {name} (group {})",
                                 self.group
@@ -114,7 +190,7 @@ impl VmPolicy {
                     Some(_) => {}
                     None => {
                         return Err(Rejection {
-                            kind: "no-filter",
+                            kind: RejectKind::NoFilter,
                             reason: format!(
                                 "group {} has no import filter and the VM no inventory entry",
                                 self.group
@@ -128,7 +204,7 @@ impl VmPolicy {
         // overlaps (the inventory refuses overlaps, this is a second guard).
         if let Some(owner) = self.owned_elsewhere(prefix) {
             return Err(Rejection {
-                kind: "owned-by-other-vm",
+                kind: RejectKind::OwnedByOtherVm,
                 reason: format!("{prefix} belongs to VM {owner}"),
             });
         }
@@ -212,7 +288,7 @@ mod tests {
                     false => nh4(),
                 };
                 let e = p.judge(&covering.parse().unwrap(), &nh).unwrap_err();
-                assert_eq!(e.kind, "covers-neighbor", "{covering}");
+                assert_eq!(e.kind, RejectKind::CoversNeighbor, "{covering}");
             }
             assert!(p.judge(&"10.192.21.2/32".parse().unwrap(), &nh4()).is_ok());
         }
@@ -225,13 +301,13 @@ mod tests {
             p.judge(&"10.3.0.1/32".parse().unwrap(), &nh4())
                 .unwrap_err()
                 .kind,
-            "owned-by-other-vm"
+            RejectKind::OwnedByOtherVm
         );
         assert_eq!(
             p.judge(&"10.99.0.0/24".parse().unwrap(), &nh4())
                 .unwrap_err()
                 .kind,
-            "group-filter"
+            RejectKind::GroupFilter
         );
         assert!(p.judge(&"10.3.0.5/32".parse().unwrap(), &nh4()).is_ok());
         let bad_nh = NextHop::V4("10.192.24.11".parse().unwrap());
@@ -239,7 +315,7 @@ mod tests {
             p.judge(&"10.3.0.5/32".parse().unwrap(), &bad_nh)
                 .unwrap_err()
                 .kind,
-            "next-hop"
+            RejectKind::NextHop
         );
         let ll_only = NextHop::V6 {
             global: "::".parse().unwrap(),
@@ -265,7 +341,7 @@ mod tests {
             p.judge(&"10.3.0.5/32".parse().unwrap(), &nh4())
                 .unwrap_err()
                 .kind,
-            "not-in-inventory"
+            RejectKind::NotInInventory
         );
     }
 }
