@@ -13,13 +13,50 @@ use tracing::{error, info, warn};
 use crate::northbound::config::Config;
 use crate::northbound::control::{self, PeerStatus, Request, Response, RouteEntry};
 use crate::northbound::inventory::Inventory;
-use crate::peer::{self, Local, PeerHandle, PeerMsg};
-use crate::role::hypervisor::{self, HvMsg};
+use crate::peer::{self, DaemonHandles, PeerHandle, PeerMsg};
+use crate::role::hypervisor::{self, RoleMsg};
 use bgp::notification::{cease, Notification};
 use tokio::sync::mpsc;
 
+/// Why the daemon could not start (or serve): nothing is left running.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("control socket {}: {source}", path.display())]
+    ControlSocket {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+    /// TCP-MD5 or TCP-AO keys the listeners would not take.
+    #[error("{0}")]
+    Keys(String),
+    #[error("netlink: {0} (tapir needs CAP_NET_ADMIN to install routes)")]
+    FibWriter(std::io::Error),
+    #[error("netlink: {0} (tapir needs CAP_NET_ADMIN to follow taps and routes)")]
+    Watcher(std::io::Error),
+    #[error("cannot start the RIB thread: {0}")]
+    RibThread(std::io::Error),
+    #[error("BFD sockets (UDP 3784): {0}")]
+    Bfd(std::io::Error),
+    #[error("registrations: {0}")]
+    Inventory(#[from] crate::northbound::inventory::InventoryError),
+    #[error("metrics listener {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("signals: {0}")]
+    Signals(std::io::Error),
+}
+
 /// `tapir run`: start, serve until stopped, shut down.
-pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<(), String> {
+pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<(), StartError> {
     let mut daemon = Daemon::start(config, config_path, socket).await?;
     let graceful = daemon.serve().await?;
     daemon.shutdown(graceful).await;
@@ -33,7 +70,7 @@ struct Handles {
     /// The static neighbors' tasks; a reload changes them.
     peers: Peers,
     /// The role's task (hypervisor or guest), if any.
-    hv: Option<mpsc::Sender<HvMsg>>,
+    hv: Option<mpsc::Sender<RoleMsg>>,
     rib: mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
     bfd: Option<mpsc::UnboundedSender<crate::southbound::bfd::BfdMsg>>,
     services: crate::role::health::Statuses,
@@ -52,7 +89,7 @@ struct ListenerKeys {
 }
 
 impl ListenerKeys {
-    fn new(listeners: &[TcpListener], config: &Config) -> Result<ListenerKeys, String> {
+    fn new(listeners: &[TcpListener], config: &Config) -> Result<ListenerKeys, StartError> {
         let fds = listeners
             .iter()
             .map(|l| {
@@ -61,13 +98,13 @@ impl ListenerKeys {
                 l.as_fd().try_clone_to_owned().map(|fd| (fd, v6))
             })
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("listener: {e}"))?;
+            .map_err(StartError::Listener)?;
         let mut keys = ListenerKeys {
             fds,
             md5: Md5Keys::new(),
             ao: AoKeys::new(),
         };
-        keys.apply(config)?;
+        keys.apply(config).map_err(StartError::Keys)?;
         Ok(keys)
     }
 
@@ -82,7 +119,7 @@ impl ListenerKeys {
 struct Daemon {
     config: Config,
     config_path: std::path::PathBuf,
-    local: Arc<Local>,
+    local: Arc<DaemonHandles>,
     handles: Handles,
     keys: ListenerKeys,
     /// Written at a graceful stop, read at the next start.
@@ -124,7 +161,7 @@ async fn start_fib(
         Option<mpsc::UnboundedSender<Vec<crate::routing::rib::FibChange>>>,
         Option<crate::routing::rib::Restart>,
     ),
-    String,
+    StartError,
 > {
     let restart = |stale| crate::routing::rib::Restart {
         stale,
@@ -159,7 +196,7 @@ async fn start_fib(
     }
     let writer =
         crate::southbound::kernel::spawn_writer(config.kernel.protocol, config.kernel.metric)
-            .map_err(|e| format!("netlink: {e} (tapir needs CAP_NET_ADMIN to install routes)"))?;
+            .map_err(StartError::FibWriter)?;
     Ok((Some(writer), kept))
 }
 
@@ -179,8 +216,8 @@ async fn start_role(
     config: &Config,
     inventory: Inventory,
     registered: usize,
-    local: &Arc<Local>,
-) -> Result<Option<mpsc::Sender<HvMsg>>, String> {
+    local: &Arc<DaemonHandles>,
+) -> Result<Option<mpsc::Sender<RoleMsg>>, StartError> {
     if config.groups.is_empty() && config.gateway.is_none() {
         return Ok(None);
     }
@@ -203,13 +240,13 @@ async fn start_role(
         ),
     };
     let (ktx, mut krx) = mpsc::unbounded_channel();
-    crate::southbound::kernel::watch(ktx).await.map_err(|e| {
-        format!("netlink: {e} (tapir needs CAP_NET_ADMIN to follow taps and routes)")
-    })?;
+    crate::southbound::kernel::watch(ktx)
+        .await
+        .map_err(StartError::Watcher)?;
     let to_role = hv.clone();
     tokio::spawn(async move {
         while let Some(e) = krx.recv().await {
-            if to_role.send(HvMsg::Kernel(e)).await.is_err() {
+            if to_role.send(RoleMsg::Kernel(e)).await.is_err() {
                 return;
             }
         }
@@ -226,15 +263,25 @@ async fn start_role(
 impl Daemon {
     /// Binds every socket and starts every task; an error here leaves
     /// nothing running.
-    async fn start(config: Config, config_path: &Path, socket: &Path) -> Result<Daemon, String> {
+    async fn start(
+        config: Config,
+        config_path: &Path,
+        socket: &Path,
+    ) -> Result<Daemon, StartError> {
         for w in config.warnings() {
             warn!("{w}");
         }
-        let (control_listener, guard) = control::bind(socket)
-            .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
+        let (control_listener, guard) =
+            control::bind(socket).map_err(|source| StartError::ControlSocket {
+                path: socket.to_path_buf(),
+                source,
+            })?;
         let mut listeners = Vec::new();
         for addr in &config.listen {
-            listeners.push(bind_bgp(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+            listeners.push(bind_bgp(*addr).map_err(|source| StartError::Listen {
+                addr: *addr,
+                source,
+            })?);
         }
         let keys = ListenerKeys::new(&listeners, &config)?;
         let (marker, restarting) = graceful_restart_marker(&config);
@@ -250,15 +297,12 @@ impl Daemon {
             config.drain,
             rib_backlog.clone(),
         )
-        .map_err(|e| format!("cannot start the RIB thread: {e}"))?;
+        .map_err(StartError::RibThread)?;
         let bfd = match wants_bfd(&config) {
-            true => Some(
-                crate::southbound::bfd::spawn()
-                    .map_err(|e| format!("BFD sockets (UDP 3784): {e}"))?,
-            ),
+            true => Some(crate::southbound::bfd::spawn().map_err(StartError::Bfd)?),
             false => None,
         };
-        let local = Arc::new(Local {
+        let local = Arc::new(DaemonHandles {
             router_id: config.router_id,
             local_as: config.local_as,
             bfd: bfd.clone(),
@@ -313,7 +357,7 @@ impl Daemon {
         }
         if let Some(addr) = config.metrics {
             let listener = crate::northbound::metrics::bind(addr)
-                .map_err(|e| format!("metrics listener {addr}: {e}"))?;
+                .map_err(|source| StartError::Metrics { addr, source })?;
             let h = handles.clone();
             crate::northbound::metrics::serve(listener, move || h.clone().metrics());
             info!(listen = %addr, "metrics endpoint up");
@@ -335,10 +379,10 @@ impl Daemon {
     /// Runs until a signal or `tapir stop`: reloads on SIGHUP and
     /// `tapir reload`, and starts failed session tasks again. True for a
     /// graceful stop.
-    async fn serve(&mut self) -> Result<bool, String> {
-        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-        let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    async fn serve(&mut self) -> Result<bool, StartError> {
+        let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+        let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
         // Listening, the control socket answering: ready.
         crate::northbound::notify::notify("READY=1");
         // Session tasks that failed (a bug) are started afresh.
@@ -426,7 +470,7 @@ impl Daemon {
         if let Some(hv) = &self.handles.hv {
             let (tx, rx) = oneshot::channel();
             if hv
-                .send(HvMsg::Shutdown { graceful, done: tx })
+                .send(RoleMsg::Shutdown { graceful, done: tx })
                 .await
                 .is_ok()
             {
@@ -468,7 +512,7 @@ async fn accept_bgp(l: TcpListener, h: Handles) {
                 let _ = p.tx.send(PeerMsg::Incoming(stream)).await;
             }
             (None, Some(hv)) => {
-                let _ = hv.send(HvMsg::Incoming(stream, from)).await;
+                let _ = hv.send(RoleMsg::Incoming(stream, from)).await;
             }
             (None, None) => {
                 info!(from = %ip, "connection from an address that is no neighbor refused")
@@ -568,7 +612,7 @@ impl Handles {
 
 /// Starts a static neighbor's task again if it ended without being told
 /// to (it failed), from the current configuration.
-fn respawn_failed(peers: &Peers, config: &Config, local: &Arc<Local>) {
+fn respawn_failed(peers: &Peers, config: &Config, local: &Arc<DaemonHandles>) {
     let mut v = peers.write().unwrap_or_else(|e| e.into_inner());
     for (i, n) in config.neighbors.iter().enumerate() {
         if v.get(i).is_some_and(|h| h.tx.is_closed()) {
@@ -760,8 +804,8 @@ async fn reload(
     current: &mut Config,
     path: &Path,
     peers: &Peers,
-    local: &Arc<Local>,
-    hv: Option<&mpsc::Sender<HvMsg>>,
+    local: &Arc<DaemonHandles>,
+    hv: Option<&mpsc::Sender<RoleMsg>>,
 ) -> Result<String, String> {
     let new = Config::load(path).map_err(|e| e.to_string())?;
     for w in new.warnings() {
@@ -803,7 +847,7 @@ async fn reload(
     // The VM side first: it is the part that can still refuse the file.
     if let Some(hv) = hv {
         let (tx, rx) = oneshot::channel();
-        hv.send(HvMsg::Reload {
+        hv.send(RoleMsg::Reload {
             groups: new.groups.clone(),
             vms: new.vms.clone(),
             protected: new.neighbors.iter().map(|n| n.address).collect(),
@@ -900,11 +944,11 @@ fn bind_bgp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Static peers and the VM sessions of the moment.
-async fn all_peers(peers: &[PeerHandle], hv: Option<&mpsc::Sender<HvMsg>>) -> Vec<PeerHandle> {
+async fn all_peers(peers: &[PeerHandle], hv: Option<&mpsc::Sender<RoleMsg>>) -> Vec<PeerHandle> {
     let mut all = peers.to_vec();
     if let Some(hv) = hv {
         let (tx, rx) = oneshot::channel();
-        if hv.send(HvMsg::Peers(tx)).await.is_ok() {
+        if hv.send(RoleMsg::Peers(tx)).await.is_ok() {
             all.extend(rx.await.unwrap_or_default());
         }
     }
@@ -913,7 +957,7 @@ async fn all_peers(peers: &[PeerHandle], hv: Option<&mpsc::Sender<HvMsg>>) -> Ve
 
 /// What `show status` tells about the daemon itself.
 struct About {
-    local: Arc<Local>,
+    local: Arc<DaemonHandles>,
     config: String,
     started: std::time::Instant,
 }
@@ -930,7 +974,7 @@ async fn bfd_sessions(
 async fn status(
     about: &About,
     peers: &[PeerHandle],
-    hv: Option<&mpsc::Sender<HvMsg>>,
+    hv: Option<&mpsc::Sender<RoleMsg>>,
     rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
     bfd: Option<mpsc::UnboundedSender<crate::southbound::bfd::BfdMsg>>,
 ) -> control::Status {
@@ -966,7 +1010,10 @@ async fn status(
 }
 
 /// The status of every session, static and VM.
-async fn peer_statuses(peers: &[PeerHandle], hv: Option<&mpsc::Sender<HvMsg>>) -> Vec<PeerStatus> {
+async fn peer_statuses(
+    peers: &[PeerHandle],
+    hv: Option<&mpsc::Sender<RoleMsg>>,
+) -> Vec<PeerStatus> {
     let mut out: Vec<PeerStatus> = Vec::new();
     for p in all_peers(peers, hv).await {
         let (tx, rx) = oneshot::channel();
@@ -981,7 +1028,7 @@ async fn peer_statuses(peers: &[PeerHandle], hv: Option<&mpsc::Sender<HvMsg>>) -
 
 async fn answer(
     peers: &[PeerHandle],
-    hv: Option<&mpsc::Sender<HvMsg>>,
+    hv: Option<&mpsc::Sender<RoleMsg>>,
     rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
     req: Request,
 ) -> Response {
@@ -1081,7 +1128,7 @@ async fn answer(
         Request::ShowVms => {
             let Some(hv) = hv else { return no_hv() };
             let (tx, rx) = oneshot::channel();
-            if hv.send(HvMsg::ShowVms(tx)).await.is_err() {
+            if hv.send(RoleMsg::ShowVms(tx)).await.is_err() {
                 return no_hv();
             }
             let mut vms = rx.await.unwrap_or_default();
@@ -1102,7 +1149,7 @@ async fn answer(
             let Some(hv) = hv else { return no_hv() };
             let name = vm.name.clone();
             let (tx, rx) = oneshot::channel();
-            if hv.send(HvMsg::VmAdd(vm, tx)).await.is_err() {
+            if hv.send(RoleMsg::VmAdd(vm, tx)).await.is_err() {
                 return no_hv();
             }
             match rx.await {
@@ -1119,7 +1166,7 @@ async fn answer(
         Request::VmRemove { name } => {
             let Some(hv) = hv else { return no_hv() };
             let (tx, rx) = oneshot::channel();
-            if hv.send(HvMsg::VmRemove(name.clone(), tx)).await.is_err() {
+            if hv.send(RoleMsg::VmRemove(name.clone(), tx)).await.is_err() {
                 return no_hv();
             }
             match rx.await {

@@ -1067,7 +1067,7 @@ impl Config {
         for (i, v) in vms.iter().enumerate() {
             if let Err(m) = check.register_config(v.clone()) {
                 let span = raw.vm.get(i).map(|s| s.span()).unwrap_or(0..0);
-                return Err(err(span, m));
+                return Err(err(span, m.to_string()));
             }
         }
         Ok(Config {

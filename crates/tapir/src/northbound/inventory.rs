@@ -91,35 +91,87 @@ impl std::fmt::Display for Mac {
     }
 }
 
+/// Why a VM cannot join (or leave) the inventory, or the registrations
+/// cannot be read or kept.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("VM name `{0}` is empty or has blanks")]
+    BadName(String),
+    #[error("VM `{0}` needs at least one --address: a registration follows the VM's addresses, never a tap name alone")]
+    NoAddress(String),
+    #[error(
+        "VM `{name}`: address {address} is link-local, the same on every tap: give --interface too"
+    )]
+    LinkLocalWithoutInterface { name: String, address: IpAddr },
+    #[error("VM `{name}`: prefix {reason}")]
+    BadPrefix { name: String, reason: String },
+    #[error("VM `{name}`: {reason}")]
+    BadMac { name: String, reason: String },
+    #[error("VM `{0}` is already in the inventory")]
+    NameTaken(String),
+    #[error("address {address} already belongs to VM `{owner}`")]
+    AddressTaken { address: IpAddr, owner: String },
+    #[error("prefix {prefix} overlaps {other}, owned by VM `{owner}`")]
+    PrefixTaken {
+        prefix: PrefixPattern,
+        other: PrefixPattern,
+        owner: String,
+    },
+    #[error("registered VM `{name}` conflicts with the new config: {reason}")]
+    ConflictsWithConfig {
+        name: String,
+        reason: Box<InventoryError>,
+    },
+    #[error("no VM `{0}` in the inventory")]
+    NotFound(String),
+    #[error("VM `{0}` comes from the config file; edit it there")]
+    FromConfig(String),
+    #[error("{}: {source}", path.display())]
+    StateFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    StateFileSyntax {
+        path: std::path::PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}: {reason}", path.display())]
+    InStateFile {
+        path: std::path::PathBuf,
+        reason: Box<InventoryError>,
+    },
+}
+
 impl Registration {
     /// Validates a registration into an entry.
-    pub fn to_entry(&self) -> Result<VmEntry, String> {
+    pub fn to_entry(&self) -> Result<VmEntry, InventoryError> {
         if self.name.is_empty()
             || self
                 .name
                 .chars()
                 .any(|c| c.is_whitespace() || c.is_control())
         {
-            return Err(format!("VM name `{}` is empty or has blanks", self.name));
+            return Err(InventoryError::BadName(self.name.clone()));
         }
         if self.addresses.is_empty() {
-            return Err(format!(
-                "VM `{}` needs at least one --address: a registration follows the VM's addresses, never a tap name alone",
-                self.name
-            ));
+            return Err(InventoryError::NoAddress(self.name.clone()));
         }
         if let Some(a) = link_local_without_interface(&self.addresses, &self.interface) {
-            return Err(format!(
-                "VM `{}`: address {a} is link-local, the same on every tap: give --interface too",
-                self.name
-            ));
+            return Err(InventoryError::LinkLocalWithoutInterface {
+                name: self.name.clone(),
+                address: a,
+            });
         }
         let prefixes = self
             .prefixes
             .iter()
             .map(|p| {
                 p.parse::<PrefixPattern>()
-                    .map_err(|e| format!("VM `{}`: prefix {e}", self.name))
+                    .map_err(|reason| InventoryError::BadPrefix {
+                        name: self.name.clone(),
+                        reason,
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mac = self
@@ -127,7 +179,10 @@ impl Registration {
             .as_deref()
             .map(|m| m.parse::<Mac>())
             .transpose()
-            .map_err(|e| format!("VM `{}`: {e}", self.name))?;
+            .map_err(|reason| InventoryError::BadMac {
+                name: self.name.clone(),
+                reason,
+            })?;
         Ok(VmEntry {
             name: self.name.clone(),
             interface: self.interface.clone(),
@@ -231,24 +286,30 @@ impl Inventory {
 
     /// Loads the registrations kept by an earlier run. A broken state file
     /// is reported and left as it is, never overwritten silently.
-    pub fn load_registrations(&mut self) -> Result<usize, String> {
+    pub fn load_registrations(&mut self) -> Result<usize, InventoryError> {
         let Some(f) = self.state_file.clone() else {
             return Ok(0);
         };
         let text = match std::fs::read_to_string(&f) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(format!("{}: {e}", f.display())),
+            Err(source) => return Err(InventoryError::StateFile { path: f, source }),
         };
         let regs: Vec<Registration> =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+            serde_json::from_str(&text).map_err(|source| InventoryError::StateFileSyntax {
+                path: f.clone(),
+                source,
+            })?;
         // All or nothing: a broken entry leaves the inventory as it was.
         let before = self.entries.len();
         for r in &regs {
             let e = r
                 .to_entry()
                 .and_then(|e| self.check_new(&e).map(|_| e))
-                .map_err(|e| format!("{}: {e}", f.display()));
+                .map_err(|reason| InventoryError::InStateFile {
+                    path: f.clone(),
+                    reason: Box::new(reason),
+                });
             match e {
                 Ok(e) => self.entries.push(e),
                 Err(e) => {
@@ -261,7 +322,7 @@ impl Inventory {
         Ok(regs.len())
     }
 
-    fn save(&self) -> Result<(), String> {
+    fn save(&self) -> Result<(), InventoryError> {
         let Some(f) = &self.state_file else {
             return Ok(());
         };
@@ -279,27 +340,48 @@ impl Inventory {
             })
             .collect();
         if let Some(d) = f.parent() {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            std::fs::create_dir_all(d).map_err(|source| InventoryError::StateFile {
+                path: d.to_path_buf(),
+                source,
+            })?;
         }
         // Write then rename, so a crash never leaves half a file.
         let tmp = f.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(&regs).map_err(|e| e.to_string())?;
-        std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, f).map_err(|e| format!("{}: {e}", f.display()))
+        let text = serde_json::to_string_pretty(&regs).map_err(|source| {
+            InventoryError::StateFileSyntax {
+                path: f.clone(),
+                source,
+            }
+        })?;
+        std::fs::write(&tmp, text).map_err(|source| InventoryError::StateFile {
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, f).map_err(|source| InventoryError::StateFile {
+            path: f.clone(),
+            source,
+        })
     }
 
     /// Why `e` cannot join the inventory, if it cannot.
-    fn check_new(&self, e: &VmEntry) -> Result<(), String> {
+    fn check_new(&self, e: &VmEntry) -> Result<(), InventoryError> {
         for o in &self.entries {
             if o.name == e.name {
-                return Err(format!("VM `{}` is already in the inventory", e.name));
+                return Err(InventoryError::NameTaken(e.name.clone()));
             }
             if let Some(a) = e.addresses.iter().find(|a| o.addresses.contains(a)) {
-                return Err(format!("address {a} already belongs to VM `{}`", o.name));
+                return Err(InventoryError::AddressTaken {
+                    address: *a,
+                    owner: o.name.clone(),
+                });
             }
             for p in &e.prefixes {
                 if let Some(q) = o.prefixes.iter().find(|q| q.overlaps(p)) {
-                    return Err(format!("prefix {p} overlaps {q}, owned by VM `{}`", o.name));
+                    return Err(InventoryError::PrefixTaken {
+                        prefix: *p,
+                        other: *q,
+                        owner: o.name.clone(),
+                    });
                 }
             }
         }
@@ -308,7 +390,7 @@ impl Inventory {
 
     /// Replaces the entries from the config file (a reload), keeping the
     /// registrations; nothing changes if the new set conflicts.
-    pub fn replace_config(&mut self, entries: Vec<VmEntry>) -> Result<(), String> {
+    pub fn replace_config(&mut self, entries: Vec<VmEntry>) -> Result<(), InventoryError> {
         let mut next = Inventory {
             entries,
             state_file: self.state_file.clone(),
@@ -319,12 +401,11 @@ impl Inventory {
             .iter()
             .filter(|e| e.source == Source::Registered)
         {
-            next.check_new(e).map_err(|m| {
-                format!(
-                    "registered VM `{}` conflicts with the new config: {m}",
-                    e.name
-                )
-            })?;
+            next.check_new(e)
+                .map_err(|reason| InventoryError::ConflictsWithConfig {
+                    name: e.name.clone(),
+                    reason: Box::new(reason),
+                })?;
             next.entries.push(e.clone());
         }
         *self = next;
@@ -333,7 +414,7 @@ impl Inventory {
     }
 
     /// Adds an entry from the config file (not persisted).
-    pub fn register_config(&mut self, e: VmEntry) -> Result<(), String> {
+    pub fn register_config(&mut self, e: VmEntry) -> Result<(), InventoryError> {
         self.check_new(&e)?;
         self.entries.push(e);
         self.reindex();
@@ -341,7 +422,7 @@ impl Inventory {
     }
 
     /// Registers a VM at run time and persists the registration.
-    pub fn register(&mut self, e: VmEntry) -> Result<(), String> {
+    pub fn register(&mut self, e: VmEntry) -> Result<(), InventoryError> {
         self.check_new(&e)?;
         self.entries.push(e);
         if let Err(err) = self.save() {
@@ -353,16 +434,14 @@ impl Inventory {
     }
 
     /// Removes a registered VM. Entries from the config file stay.
-    pub fn unregister(&mut self, name: &str) -> Result<VmEntry, String> {
+    pub fn unregister(&mut self, name: &str) -> Result<VmEntry, InventoryError> {
         let i = self
             .entries
             .iter()
             .position(|e| e.name == name)
-            .ok_or_else(|| format!("no VM `{name}` in the inventory"))?;
+            .ok_or_else(|| InventoryError::NotFound(name.to_string()))?;
         if self.entries[i].source == Source::Config {
-            return Err(format!(
-                "VM `{name}` comes from the config file; edit it there"
-            ));
+            return Err(InventoryError::FromConfig(name.to_string()));
         }
         let e = self.entries.remove(i);
         if let Err(err) = self.save() {
@@ -440,18 +519,18 @@ mod tests {
         let mut inv = Inventory::new(vec![], Some(&dir));
         inv.register(reg("a", "10.192.24.11", "10.3.0.1/32"))
             .unwrap();
-        assert!(inv
-            .register(reg("a", "10.192.24.12", "10.3.0.2/32"))
-            .unwrap_err()
-            .contains("already"));
-        assert!(inv
-            .register(reg("b", "10.192.24.11", "10.3.0.2/32"))
-            .unwrap_err()
-            .contains("belongs"));
-        assert!(inv
-            .register(reg("b", "10.192.24.12", "10.3.0.0/24+"))
-            .unwrap_err()
-            .contains("overlaps"));
+        assert!(matches!(
+            inv.register(reg("a", "10.192.24.12", "10.3.0.2/32")),
+            Err(InventoryError::NameTaken(n)) if n == "a"
+        ));
+        assert!(matches!(
+            inv.register(reg("b", "10.192.24.11", "10.3.0.2/32")),
+            Err(InventoryError::AddressTaken { owner, .. }) if owner == "a"
+        ));
+        assert!(matches!(
+            inv.register(reg("b", "10.192.24.12", "10.3.0.0/24+")),
+            Err(InventoryError::PrefixTaken { owner, .. }) if owner == "a"
+        ));
         inv.register(reg("b", "10.192.24.12", "10.3.0.2/32"))
             .unwrap();
         let mut again = Inventory::new(vec![], Some(&dir));
@@ -500,7 +579,8 @@ mod tests {
         }
         .to_entry()
         .unwrap_err();
-        assert!(e.contains("never a tap name alone"), "{e}");
+        assert!(matches!(e, InventoryError::NoAddress(_)), "{e}");
+        assert!(e.to_string().contains("never a tap name alone"), "{e}");
         // A link-local address is anybody's without the tap it is on.
         let ll = |interface: Option<&str>| {
             Registration {
@@ -513,7 +593,10 @@ mod tests {
             }
             .to_entry()
         };
-        assert!(ll(None).unwrap_err().contains("--interface"));
+        assert!(matches!(
+            ll(None),
+            Err(InventoryError::LinkLocalWithoutInterface { .. })
+        ));
         assert!(ll(Some("tap12")).is_ok());
     }
 
@@ -542,7 +625,7 @@ mod tests {
             prefixes: vec![],
             mac: Some("52:54:00:ab:cd:zz".into()),
         };
-        assert!(r.to_entry().unwrap_err().contains("VM `e`"));
+        assert!(r.to_entry().unwrap_err().to_string().contains("VM `e`"));
         r.mac = Some("52:54:00:ab:cd:0f".into());
         assert_eq!(r.to_entry().unwrap().mac, Some(m));
         let dir = std::env::temp_dir().join(format!("tapir-inv-mac-{}", std::process::id()));

@@ -162,9 +162,10 @@ async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     Written::Done
 }
 
-/// What the rest of the daemon knows of every peer.
+/// The daemon's handles every peer task gets: who we are, the Loc-RIB and
+/// its backlog, the BFD task, the graceful-restart flags.
 #[derive(Clone, Debug)]
-pub struct Local {
+pub struct DaemonHandles {
     pub router_id: std::net::Ipv4Addr,
     pub local_as: u32,
     /// The Loc-RIB task: accepted routes go there, exports come from it.
@@ -181,7 +182,7 @@ pub struct Local {
     pub gr_helper_max: Arc<std::sync::atomic::AtomicU16>,
 }
 
-impl Local {
+impl DaemonHandles {
     /// What every peer core is told of the daemon.
     pub fn identity(&self) -> Identity {
         Identity {
@@ -288,7 +289,7 @@ impl Drop for Sock {
 
 struct Peer {
     core: PeerCore,
-    local: Arc<Local>,
+    local: Arc<DaemonHandles>,
     tx: mpsc::Sender<PeerMsg>,
     /// Given to the Loc-RIB when subscribing (upstream neighbors).
     rib_tx: Option<mpsc::Sender<ToPeer>>,
@@ -301,7 +302,7 @@ struct Peer {
 
 static NEXT_PEER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-pub fn spawn(cfg: PeerConfig, local: Arc<Local>) -> PeerHandle {
+pub fn spawn(cfg: PeerConfig, local: Arc<DaemonHandles>) -> PeerHandle {
     let (tx, rx) = mpsc::channel(256);
     // What the Loc-RIB sends (exports, whole tables): a channel of its
     // own, for upstream neighbors only (a bounded channel allocates its

@@ -11,7 +11,7 @@
 //! failure or a reset from the new host end it otherwise, and the session
 //! is retried after `connect-retry` (1 s), with no back-off.
 //!
-//! The task speaks the hypervisor role's [`HvMsg`], so that the listener,
+//! The task speaks the hypervisor role's [`RoleMsg`], so that the listener,
 //! `show` and metrics treat both roles alike.
 
 use std::collections::BTreeMap;
@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::northbound::config::GatewayConfig;
-use crate::peer::{self, Local, PeerConfig, PeerHandle, PeerMsg};
-use crate::role::hypervisor::HvMsg;
+use crate::peer::{self, DaemonHandles, PeerConfig, PeerHandle, PeerMsg};
+use crate::role::hypervisor::RoleMsg;
 use crate::southbound::kernel::KernelEvent;
 use crate::southbound::net::global_address;
 use crate::southbound::net::Interface;
@@ -52,7 +52,7 @@ const GONE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 struct Guest {
     cfg: GatewayConfig,
     restart_time: u16,
-    local: Arc<Local>,
+    local: Arc<DaemonHandles>,
     /// index → name.
     links: BTreeMap<u32, String>,
     /// Default routes as the kernel has them: (family, interface,
@@ -70,7 +70,11 @@ struct Guest {
 /// Refused addresses remembered for logging, at most.
 const REFUSED_KEPT: usize = 256;
 
-pub fn spawn(cfg: GatewayConfig, restart_time: u16, local: Arc<Local>) -> mpsc::Sender<HvMsg> {
+pub fn spawn(
+    cfg: GatewayConfig,
+    restart_time: u16,
+    local: Arc<DaemonHandles>,
+) -> mpsc::Sender<RoleMsg> {
     let (tx, mut rx) = mpsc::channel(1024);
     let mut g = Guest {
         cfg,
@@ -95,27 +99,27 @@ pub fn spawn(cfg: GatewayConfig, restart_time: u16, local: Arc<Local>) -> mpsc::
                 }
             };
             match m {
-                HvMsg::Kernel(e) => {
+                RoleMsg::Kernel(e) => {
                     if g.kernel(e) {
                         g.follow().await;
                     }
                 }
-                HvMsg::Incoming(stream, from) => g.incoming(stream, from).await,
-                HvMsg::Peers(tx) => {
+                RoleMsg::Incoming(stream, from) => g.incoming(stream, from).await,
+                RoleMsg::Peers(tx) => {
                     let _ = tx.send(g.running.iter().map(|r| r.handle.clone()).collect());
                 }
-                HvMsg::ShowVms(tx) => {
+                RoleMsg::ShowVms(tx) => {
                     let _ = tx.send(Vec::new());
                 }
-                HvMsg::VmAdd(_, tx) | HvMsg::VmRemove(_, tx) => {
+                RoleMsg::VmAdd(_, tx) | RoleMsg::VmRemove(_, tx) => {
                     let _ = tx.send(Err(
                         "this tapir runs in the guest role ([gateway]): it has no VMs".into(),
                     ));
                 }
-                HvMsg::Reload { done, .. } => {
+                RoleMsg::Reload { done, .. } => {
                     let _ = done.send(Ok(()));
                 }
-                HvMsg::Shutdown { graceful, done } => {
+                RoleMsg::Shutdown { graceful, done } => {
                     for r in std::mem::take(&mut g.running) {
                         if graceful {
                             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -371,7 +375,7 @@ mod tests {
         Guest {
             cfg,
             restart_time: 120,
-            local: Arc::new(Local {
+            local: Arc::new(DaemonHandles {
                 router_id: "10.192.24.11".parse().unwrap(),
                 local_as: 64613,
                 rib,

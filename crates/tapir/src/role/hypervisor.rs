@@ -28,12 +28,14 @@ use crate::northbound::config::{Group, RemoteAsConfig};
 use crate::northbound::control::PeerStatus;
 use crate::northbound::control::{VmSession, VmStatus};
 use crate::northbound::inventory::{Inventory, Mac, Registration, Source, VmEntry};
-use crate::peer::{self, Local, PeerConfig, PeerHandle, PeerMsg};
+use crate::peer::{self, DaemonHandles, PeerConfig, PeerHandle, PeerMsg};
 use crate::routing::authorisation::VmPolicy;
 use crate::southbound::kernel::KernelEvent;
 use crate::southbound::net::{is_link_local, Interface};
 
-pub enum HvMsg {
+/// The role's mailbox (hypervisor or guest): kernel events, connections
+/// for VM or gateway addresses, questions and commands from the daemon.
+pub enum RoleMsg {
     Kernel(KernelEvent),
     Incoming(TcpStream, SocketAddr),
     ShowVms(oneshot::Sender<Vec<VmStatus>>),
@@ -72,7 +74,7 @@ struct DynPeer {
 pub struct Hypervisor {
     groups: Vec<Group>,
     inventory: Inventory,
-    local: Arc<Local>,
+    local: Arc<DaemonHandles>,
     links: HashMap<u32, Link>,
     /// Host routes: address -> (interface index, route protocol).
     routes: HashMap<IpAddr, (u32, u8)>,
@@ -109,10 +111,10 @@ pub fn spawn(
     groups: Vec<Group>,
     protected: Vec<IpAddr>,
     inventory: Inventory,
-    local: Arc<Local>,
+    local: Arc<DaemonHandles>,
     kernel: bool,
     registration_grace: std::time::Duration,
-) -> mpsc::Sender<HvMsg> {
+) -> mpsc::Sender<RoleMsg> {
     let (tx, rx) = mpsc::channel(1024);
     // Link-local addresses that answer the probe come back as neighbours.
     let (found_tx, mut found_rx) = mpsc::channel(256);
@@ -120,7 +122,7 @@ pub fn spawn(
     let fwd = tx.clone();
     tokio::spawn(async move {
         while let Some(e) = found_rx.recv().await {
-            if fwd.send(HvMsg::Kernel(e)).await.is_err() {
+            if fwd.send(RoleMsg::Kernel(e)).await.is_err() {
                 return;
             }
         }
@@ -135,7 +137,7 @@ impl Hypervisor {
     fn new(
         groups: Vec<Group>,
         inventory: Inventory,
-        local: Arc<Local>,
+        local: Arc<DaemonHandles>,
         kernel: bool,
         registration_grace: std::time::Duration,
         probe: mpsc::UnboundedSender<(u32, String)>,
@@ -161,7 +163,7 @@ impl Hypervisor {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<HvMsg>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<RoleMsg>) {
         let mut health = tokio::time::interval(std::time::Duration::from_secs(2));
         loop {
             let msg = tokio::select! {
@@ -190,44 +192,54 @@ impl Hypervisor {
             };
             let Some(msg) = msg else { break };
             match msg {
-                HvMsg::Kernel(e) => {
+                RoleMsg::Kernel(e) => {
                     // Neighbour entries change state all the time on a
                     // thousand taps: only a real change costs a reconcile,
                     // of the taps it touched.
                     self.kernel(e);
                     self.reconcile().await;
                 }
-                HvMsg::Incoming(stream, from) => self.incoming(stream, from).await,
-                HvMsg::ShowVms(tx) => {
+                RoleMsg::Incoming(stream, from) => self.incoming(stream, from).await,
+                RoleMsg::ShowVms(tx) => {
                     let _ = tx.send(self.show_vms().await);
                 }
-                HvMsg::Peers(tx) => {
+                RoleMsg::Peers(tx) => {
                     let _ = tx.send(self.sessions.values().map(|d| d.handle.clone()).collect());
                 }
-                HvMsg::VmAdd(reg, tx) => {
-                    let r = reg.to_entry().and_then(|e| self.inventory.register(e));
+                RoleMsg::VmAdd(reg, tx) => {
+                    let r = reg
+                        .to_entry()
+                        .and_then(|e| self.inventory.register(e))
+                        .map_err(|e| e.to_string());
                     if r.is_ok() {
                         info!(vm = %reg.name, "VM registered");
                     }
                     let _ = tx.send(r);
                     self.reconcile_all().await;
                 }
-                HvMsg::VmRemove(name, tx) => {
-                    let r = self.inventory.unregister(&name).map(|_| ());
+                RoleMsg::VmRemove(name, tx) => {
+                    let r = self
+                        .inventory
+                        .unregister(&name)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
                     if r.is_ok() {
                         info!(vm = %name, "VM unregistered");
                     }
                     let _ = tx.send(r);
                     self.reconcile_all().await;
                 }
-                HvMsg::Reload {
+                RoleMsg::Reload {
                     groups,
                     vms,
                     protected,
                     registration_grace,
                     done,
                 } => {
-                    let r = self.inventory.replace_config(vms);
+                    let r = self
+                        .inventory
+                        .replace_config(vms)
+                        .map_err(|e| e.to_string());
                     if r.is_ok() {
                         self.groups = groups;
                         self.protected = protected.into();
@@ -238,7 +250,7 @@ impl Hypervisor {
                     }
                     let _ = done.send(r);
                 }
-                HvMsg::Shutdown { graceful, done } => {
+                RoleMsg::Shutdown { graceful, done } => {
                     for (_, d) in std::mem::take(&mut self.sessions) {
                         if graceful {
                             let (tx, rx) = oneshot::channel();
@@ -929,7 +941,7 @@ mod tests {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         let config = crate::northbound::config::Config::parse(&text, &path).unwrap();
-        let local = Arc::new(Local {
+        let local = Arc::new(DaemonHandles {
             router_id: config.router_id,
             local_as: config.local_as,
             rib: mpsc::unbounded_channel().0,

@@ -1,5 +1,7 @@
 //! An ordered map keyed by prefix, compact enough for the tables that hold
-//! a full table: a neighbor's Adj-RIB-In, the Loc-RIB, an Adj-RIB-Out.
+//! a full table: a neighbor's Adj-RIB-In, the Loc-RIB and what it put in
+//! the kernel (there is no Adj-RIB-Out: what a neighbor was sent is
+//! derived, docs/design.md).
 //!
 //! A `BTreeMap<Prefix, V>` keeps 18-byte keys in nodes that prefixes
 //! arriving in order (as a peer sends its table) fill to about 60 %. Here

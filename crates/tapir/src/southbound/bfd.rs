@@ -1,9 +1,11 @@
-//! BFD in the daemon: single-hop sessions (RFC 5881) for BGP sessions that
-//! ask for it, driven by the sans-IO [`bfd::Session`].
+//! BFD in the daemon: single-hop (RFC 5881) and multihop (RFC 5883)
+//! sessions for BGP sessions that ask for it, driven by the sans-IO
+//! [`bfd::Session`].
 //!
-//! One task owns every BFD session and two receiving sockets (UDP 3784,
-//! IPv4 and IPv6). A packet is taken only with TTL / hop limit 255 (RFC 5881
-//! §5: it cannot have crossed a router), and is matched to its session by
+//! One task owns every BFD session and four receiving sockets (UDP 3784
+//! single-hop and 4784 multihop, IPv4 and IPv6). A single-hop packet is
+//! taken only with TTL / hop limit 255 (RFC 5881 §5: it cannot have
+//! crossed a router), and is matched to its session by
 //! Your Discriminator, or before that by source address and the interface it
 //! arrived on. Each session sends from its own socket: source port
 //! 49152–65535, TTL 255, bound to the tap. When a session that was Up goes
