@@ -46,6 +46,16 @@ use crate::southbound::net::Interface;
 /// ROUTE-REFRESH (RFC 2918), which wakes it and asks for its routes anyway.
 pub const NUDGE_AFTER: Duration = Duration::from_millis(10);
 
+/// BIRD 2.0.12 sending its table sometimes stops short of the end: once
+/// its sending has caught up with its table walk, the walk's last
+/// UPDATEs wait until its main loop next wakes, which is the next packet
+/// it receives or its 3 s tick (measured: every 100k run into tapir,
+/// which reads fast enough to catch up, and 4 in 20 into BIRD). A peer
+/// whose table is on its way (UPDATEs, no End-of-RIB yet) and that has
+/// sent nothing for this long gets one KEEPALIVE, which wakes it; at most
+/// one a second (RFC 4271 §4.4).
+pub const WAKE_AFTER: Duration = Duration::from_millis(40);
+
 /// What the daemon as a whole tells every peer core.
 #[derive(Clone, Debug)]
 pub struct Identity {
@@ -186,6 +196,14 @@ pub struct PeerCore {
     /// A VM session that has sent nothing since Established gets a
     /// ROUTE-REFRESH at this time (see `NUDGE_AFTER`).
     nudge_at: Option<Instant>,
+    /// The peer's table is on its way (UPDATEs since Established, no
+    /// End-of-RIB yet): a KEEPALIVE goes out at this time if nothing more
+    /// arrives meanwhile (see `WAKE_AFTER`).
+    wake_at: Option<Instant>,
+    /// When the last such KEEPALIVE went out; whether the peer's table is
+    /// complete (End-of-RIB).
+    woken_at: Option<Instant>,
+    table_done: bool,
     /// IPv6 routes went unannounced for want of a global next hop (a
     /// link-local session whose interface has no usable global address
     /// yet): the family is sent again at this time.
@@ -242,6 +260,9 @@ impl PeerCore {
             peer_gr: None,
             stale_until: None,
             nudge_at: None,
+            wake_at: None,
+            woken_at: None,
+            table_done: false,
             resend_v6_at: None,
             bfd_registered: None,
             sent: [0; 6],
@@ -345,6 +366,7 @@ impl PeerCore {
             .filter_map(|c| c.session.poll_timeout())
             .chain(self.stale_until)
             .chain(self.nudge_at)
+            .chain(self.wake_at)
             .chain(self.resend_v6_at)
             .min()
     }
@@ -369,6 +391,9 @@ impl PeerCore {
         }
         if self.nudge_at.is_some_and(|t| t <= now) {
             self.nudge();
+        }
+        if self.wake_at.is_some_and(|t| t <= now) {
+            self.wake();
         }
         if self.resend_v6_at.is_some_and(|t| t <= now) {
             self.resend_v6_at = None;
@@ -618,6 +643,15 @@ impl PeerCore {
                     self.last_received = Some(n.to_string());
                 }
             }
+            // Anything from the peer moves the wake-up on; UPDATEs of a
+            // table not complete yet set it.
+            let updates = after[2] > before[2];
+            if c.session.state() == State::Established
+                && !self.table_done
+                && (updates || self.wake_at.is_some())
+            {
+                self.wake_at = Some(self.now + WAKE_AFTER);
+            }
         }
         self.take_over();
     }
@@ -794,6 +828,8 @@ impl PeerCore {
             "session established"
         );
         self.state_since = self.now;
+        self.table_done = false;
+        self.wake_at = None;
         self.info = Some(Arc::new(PeerInfo {
             id: self.id,
             name: self.cfg.name.clone(),
@@ -833,6 +869,7 @@ impl PeerCore {
 
     fn down(&mut self, reason: session::DownReason) {
         self.flaps += 1;
+        self.wake_at = None;
         self.bfd_remove();
         let held_back = self.log_budget.finish();
         if held_back > 0 {
@@ -975,6 +1012,35 @@ impl PeerCore {
         }
     }
 
+    /// See `WAKE_AFTER`. RFC 4271 §4.4: no KEEPALIVE within a second of
+    /// another, ours or the regular ones; the wake-up waits for that.
+    fn wake(&mut self) {
+        self.wake_at = None;
+        let now = self.now;
+        let Some(i) = self.established() else { return };
+        let s = &self.conns[i].session;
+        let second = Duration::from_secs(1);
+        let mut earliest = self.woken_at.map(|t| t + second);
+        if let (Some(due), Some(n)) = (s.keepalive_deadline(), s.negotiated()) {
+            if due.saturating_duration_since(now) < second {
+                // The regular one is about to go, and wakes the peer.
+                return;
+            }
+            let last = due.checked_sub(Duration::from_secs(n.keepalive.into()));
+            earliest = earliest.max(last.map(|l| l + second));
+        }
+        if let Some(e) = earliest.filter(|e| *e > now) {
+            self.wake_at = Some(e);
+            return;
+        }
+        debug!("the peer's table stopped short of End-of-RIB: KEEPALIVE to wake it");
+        self.woken_at = Some(now);
+        self.conns[i].session.send(
+            now,
+            bgp::Message::Keepalive.encode(&bgp::Context::default()),
+        );
+    }
+
     fn apply_update(&mut self, u: bgp::Update) {
         #[cfg(feature = "failpoints")]
         failpoint(&u);
@@ -989,6 +1055,8 @@ impl PeerCore {
             }
         }
         if let Some(f) = u.end_of_rib() {
+            self.table_done = true;
+            self.wake_at = None;
             // RFC 4724 §4.2: what was not announced again is gone.
             if let Some(afi) = f.unicast_afi() {
                 self.flush_stale(Some(afi));

@@ -759,3 +759,53 @@ fn a_vm_renamed_during_graceful_restart_keeps_its_stale_routes_under_its_new_nam
         h.text()
     );
 }
+
+/// A peer whose table stops short of End-of-RIB (BIRD 2.0.12 waits for
+/// its next wake-up) gets one KEEPALIVE once it has been silent a while,
+/// never within a second of another KEEPALIVE (RFC 4271 §4.4).
+fn tor_sending_its_table() -> Harness {
+    let mut r = Remote::tor();
+    r.graceful_restart = Some(120);
+    let mut h = Harness::new(tor_config(), r);
+    h.start();
+    h.tcp_connects();
+    h.announce(&["192.0.2.0/24"], TOR_ADDR, attrs(&[TOR_AS]));
+    h.transcript.clear();
+    h
+}
+
+fn keepalives(h: &Harness) -> usize {
+    h.text().matches("KEEPALIVE").count()
+}
+
+#[test]
+fn a_table_that_stops_short_of_end_of_rib_gets_a_keepalive() {
+    let mut h = tor_sending_its_table();
+    // Within a second of the KEEPALIVE of the OPEN exchange: it waits.
+    h.advance_core_only(Duration::from_millis(500));
+    assert_eq!(keepalives(&h), 0, "{}", h.text());
+    h.advance_core_only(Duration::from_millis(600));
+    assert_eq!(keepalives(&h), 1, "{}", h.text());
+    // Still silent: no second one.
+    h.advance_core_only(Duration::from_millis(900));
+    assert_eq!(keepalives(&h), 1, "{}", h.text());
+    insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn a_table_that_ends_gets_no_extra_keepalive() {
+    let mut h = tor_sending_its_table();
+    h.end_of_rib();
+    h.advance_core_only(Duration::from_secs(5));
+    assert_eq!(keepalives(&h), 0, "{}", h.text());
+}
+
+#[test]
+fn a_table_still_arriving_gets_no_extra_keepalive() {
+    let mut h = tor_sending_its_table();
+    for i in 0..30u8 {
+        h.advance_core_only(Duration::from_millis(30));
+        h.announce(&[&format!("198.51.100.{i}/32")], TOR_ADDR, attrs(&[TOR_AS]));
+    }
+    assert_eq!(keepalives(&h), 0, "{}", h.text());
+}
