@@ -20,15 +20,170 @@ use std::time::Duration;
 use bgp::session::RemoteAs;
 use bgp::{Afi, Prefix};
 use serde::de::{self, Deserializer};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::northbound::inventory::{Source, VmEntry};
 use crate::routing::policy::{
     parse_community, parse_large_community, AsPathMode, Match, Policy, Term,
 };
 use crate::routing::prefix_set::{PrefixPattern, PrefixSet};
 use std::sync::Arc;
+
+// The types below are the configuration's vocabulary that the rest of
+// the daemon reads (BFD timers, TCP-AO keys, drains, VM entries): they
+// live here so that the configuration imports no domain module.
+
+/// Timers asked for a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BfdTimers {
+    pub interval: Duration,
+    pub multiplier: u8,
+}
+
+/// The longest TCP-MD5 or TCP-AO key the kernel takes
+/// (`TCP_MD5SIG_MAXKEYLEN`).
+pub const MAX_KEY_LEN: usize = 80;
+
+/// A TCP-AO master key tuple (RFC 5925): the key, its algorithm as the
+/// kernel's crypto API names it (`hmac(sha1)`, `cmac(aes128)`, …), the
+/// KeyIDs each way and the MAC length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AoKey {
+    pub key: Vec<u8>,
+    pub algorithm: String,
+    pub send_id: u8,
+    pub recv_id: u8,
+    pub mac_len: u8,
+}
+
+/// How drains are done (`[drain]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainConfig {
+    pub local_pref: u32,
+    /// Withdraw this long after the drain starts (None: only when asked).
+    pub withdraw_after: Option<std::time::Duration>,
+}
+
+/// Where an entry came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    Config,
+    Registered,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmEntry {
+    pub name: String,
+    /// The tap the VM must be on, if the entry says.
+    pub interface: Option<String>,
+    pub addresses: Vec<IpAddr>,
+    pub asn: Option<u32>,
+    pub prefixes: Vec<PrefixPattern>,
+    /// The MAC address of the VM's NIC, if the entry gives it: the entry
+    /// is the VM's only where the kernel sees that MAC behind the address
+    /// (another VM given a reused address does not inherit it).
+    pub mac: Option<Mac>,
+    pub source: Source,
+    /// A registration whose VM is nowhere to be seen (its tap gone, or
+    /// none of its addresses routed there) since then: it is dropped after
+    /// [`REGISTRATION_GRACE`] unless the VM comes back.
+    pub missing_since: Option<std::time::Instant>,
+}
+
+/// How long a registration outlives its VM's absence: enough for a
+/// reboot or a NIC hot-plug; a node that crashed, or an ifdown hook that
+/// never ran, leaves nothing for the next VM on the same tap.
+pub const REGISTRATION_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// An Ethernet address, `52:54:00:12:34:56`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mac, String> {
+        let bad = || format!("`{s}` is not a MAC address (like 52:54:00:12:34:56)");
+        let mut m = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for b in &mut m {
+            let p = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Mac(m))
+    }
+}
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// A link-local address among `addresses` when no interface says which
+/// tap it is on: any VM could have it on its own.
+pub fn link_local_without_interface(
+    addresses: &[IpAddr],
+    interface: &Option<String>,
+) -> Option<IpAddr> {
+    if interface.is_some() {
+        return None;
+    }
+    addresses
+        .iter()
+        .find(|a| matches!(a, IpAddr::V6(v6) if crate::southbound::net::is_link_local(*v6)))
+        .copied()
+}
+
+/// Why a VM entry cannot stand beside another: the inventory holds each
+/// name, address and prefix once.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    #[error("VM `{0}` is already in the inventory")]
+    Name(String),
+    #[error("address {address} already belongs to VM `{owner}`")]
+    Address { address: IpAddr, owner: String },
+    #[error("prefix {prefix} overlaps {other}, owned by VM `{owner}`")]
+    Prefix {
+        prefix: PrefixPattern,
+        other: PrefixPattern,
+        owner: String,
+    },
+}
+
+impl VmEntry {
+    /// Why `self` cannot join an inventory that holds `other`, if it
+    /// cannot.
+    pub fn conflict(&self, other: &VmEntry) -> Option<Conflict> {
+        if other.name == self.name {
+            return Some(Conflict::Name(self.name.clone()));
+        }
+        if let Some(a) = self.addresses.iter().find(|a| other.addresses.contains(a)) {
+            return Some(Conflict::Address {
+                address: *a,
+                owner: other.name.clone(),
+            });
+        }
+        for p in &self.prefixes {
+            if let Some(q) = other.prefixes.iter().find(|q| q.overlaps(p)) {
+                return Some(Conflict::Prefix {
+                    prefix: *p,
+                    other: *q,
+                    owner: other.name.clone(),
+                });
+            }
+        }
+        None
+    }
+}
 
 /// A configuration error with its place in the file.
 #[derive(Debug)]
@@ -79,7 +234,7 @@ pub struct Config {
     /// Graceful restart (`[graceful-restart]`, RFC 4724).
     pub graceful_restart: GracefulRestartConfig,
     /// Drain (`[drain]`, RFC 8326).
-    pub drain: crate::routing::rib::DrainConfig,
+    pub drain: DrainConfig,
     /// Where the Prometheus endpoint listens (`[metrics] listen`); off
     /// without.
     pub metrics: Option<SocketAddr>,
@@ -234,7 +389,7 @@ pub struct Group {
     /// VMs send them.
     pub extended_next_hop: bool,
     /// BFD with every VM of the group.
-    pub bfd: Option<crate::southbound::bfd::BfdTimers>,
+    pub bfd: Option<BfdTimers>,
     /// Limits (docs/security.md).
     pub limits: SessionLimits,
     /// TCP-MD5 key (RFC 2385) for every VM in the group's ranges.
@@ -242,7 +397,7 @@ pub struct Group {
     /// GTSM (RFC 5082) with every VM: single-hop sessions only.
     pub ttl_security: bool,
     /// TCP-AO (RFC 5925) key for every VM in the group's ranges.
-    pub tcp_ao: Option<crate::southbound::sys::AoKey>,
+    pub tcp_ao: Option<AoKey>,
     /// Sessions in the whole group, and on one tap.
     pub max_sessions: usize,
     pub max_sessions_per_interface: usize,
@@ -367,7 +522,7 @@ pub struct Neighbor {
     /// Install the routes learned from this neighbor into the kernel.
     pub kernel_import: bool,
     /// BFD (single-hop) while the session is up.
-    pub bfd: Option<crate::southbound::bfd::BfdTimers>,
+    pub bfd: Option<BfdTimers>,
     pub limits: SessionLimits,
     /// What the neighbor's routes must look like.
     pub import_rules: ImportRules,
@@ -376,7 +531,7 @@ pub struct Neighbor {
     /// GTSM (RFC 5082): send with TTL 255, accept only 255.
     pub ttl_security: bool,
     /// TCP-AO (RFC 5925) key.
-    pub tcp_ao: Option<crate::southbound::sys::AoKey>,
+    pub tcp_ao: Option<AoKey>,
 }
 
 /// `remote-as`: a number, `external` or `internal`.
@@ -635,7 +790,7 @@ fn tcp_ao(
     md5: bool,
     dir: &Path,
     err: &ErrFn,
-) -> Result<Option<crate::southbound::sys::AoKey>, ConfigError> {
+) -> Result<Option<AoKey>, ConfigError> {
     let Some(r) = raw else { return Ok(None) };
     if md5 {
         return Err(err(
@@ -655,7 +810,7 @@ fn tcp_ao(
     if !(4..=20).contains(&a.mac_length) {
         return Err(err(r.span(), "tcp-ao: mac-length 4 to 20 bytes".into()));
     }
-    Ok(Some(crate::southbound::sys::AoKey {
+    Ok(Some(AoKey {
         key,
         algorithm: a.algorithm.clone(),
         send_id: a.send_id,
@@ -691,13 +846,10 @@ fn password(
         }
         (None, None) => return Ok(None),
     };
-    if key.0.is_empty() || key.0.len() > crate::southbound::sys::MAX_KEY_LEN {
+    if key.0.is_empty() || key.0.len() > MAX_KEY_LEN {
         return Err(err(
             key.1,
-            format!(
-                "password: 1 to {} bytes (TCP-MD5)",
-                crate::southbound::sys::MAX_KEY_LEN
-            ),
+            format!("password: 1 to {} bytes (TCP-MD5)", MAX_KEY_LEN),
         ));
     }
     Ok(Some(key.0))
@@ -835,7 +987,7 @@ fn bfd_timers(
     interval: &Spanned<u64>,
     mult: &Spanned<u8>,
     err: &ErrFn,
-) -> Result<Option<crate::southbound::bfd::BfdTimers>, ConfigError> {
+) -> Result<Option<BfdTimers>, ConfigError> {
     if !on {
         return Ok(None);
     }
@@ -850,7 +1002,7 @@ fn bfd_timers(
     if m == 0 {
         return Err(err(mult.span(), "bfd-multiplier: at least 1".into()));
     }
-    Ok(Some(crate::southbound::bfd::BfdTimers {
+    Ok(Some(BfdTimers {
         interval: Duration::from_millis(i),
         multiplier: m,
     }))
@@ -1062,12 +1214,10 @@ impl Config {
             ));
         }
         let services = parse_services(&raw.service, &raw.announce, &err)?;
-        let check = crate::northbound::inventory::Inventory::new(Vec::new(), None);
-        let mut check = check;
         for (i, v) in vms.iter().enumerate() {
-            if let Err(m) = check.register_config(v.clone()) {
+            if let Some(c) = vms[..i].iter().find_map(|o| v.conflict(o)) {
                 let span = raw.vm.get(i).map(|s| s.span()).unwrap_or(0..0);
-                return Err(err(span, m.to_string()));
+                return Err(err(span, c.to_string()));
             }
         }
         Ok(Config {
@@ -1082,7 +1232,7 @@ impl Config {
             vms,
             state_dir: raw.state_dir,
             registration_grace: match &raw.registration_grace {
-                None => crate::northbound::inventory::REGISTRATION_GRACE,
+                None => REGISTRATION_GRACE,
                 Some(g) if (1..=86_400).contains(g.get_ref()) => Duration::from_secs(*g.get_ref()),
                 Some(g) => {
                     return Err(err(
@@ -1094,11 +1244,11 @@ impl Config {
             kernel,
             graceful_restart,
             drain: match &raw.drain {
-                None => crate::routing::rib::DrainConfig {
+                None => DrainConfig {
                     local_pref: 0,
                     withdraw_after: None,
                 },
-                Some(d) => crate::routing::rib::DrainConfig {
+                Some(d) => DrainConfig {
                     local_pref: d.local_pref,
                     withdraw_after: (d.withdraw_after > 0)
                         .then(|| Duration::from_secs(d.withdraw_after)),
@@ -2046,9 +2196,7 @@ fn parse_vm(v: &Spanned<RawVm>, err: &ErrFn) -> Result<VmEntry, ConfigError> {
             format!("vm `{name}`: needs at least one address (an entry follows the VM's addresses, never a tap name alone)"),
         ));
     }
-    if let Some(a) =
-        crate::northbound::inventory::link_local_without_interface(&v.addresses, &v.interface)
-    {
+    if let Some(a) = link_local_without_interface(&v.addresses, &v.interface) {
         return Err(err(
             span,
             format!(

@@ -13,39 +13,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::northbound::config::{
+    link_local_without_interface, Conflict, Mac, Source, VmEntry, REGISTRATION_GRACE,
+};
 use crate::routing::prefix_set::PrefixPattern;
-
-/// Where an entry came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Source {
-    Config,
-    Registered,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmEntry {
-    pub name: String,
-    /// The tap the VM must be on, if the entry says.
-    pub interface: Option<String>,
-    pub addresses: Vec<IpAddr>,
-    pub asn: Option<u32>,
-    pub prefixes: Vec<PrefixPattern>,
-    /// The MAC address of the VM's NIC, if the entry gives it: the entry
-    /// is the VM's only where the kernel sees that MAC behind the address
-    /// (another VM given a reused address does not inherit it).
-    pub mac: Option<Mac>,
-    pub source: Source,
-    /// A registration whose VM is nowhere to be seen (its tap gone, or
-    /// none of its addresses routed there) since then: it is dropped after
-    /// [`REGISTRATION_GRACE`] unless the VM comes back.
-    pub missing_since: Option<std::time::Instant>,
-}
-
-/// How long a registration outlives its VM's absence: enough for a
-/// reboot or a NIC hot-plug; a node that crashed, or an ifdown hook that
-/// never ran, leaves nothing for the next VM on the same tap.
-pub const REGISTRATION_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A registration as stored in the state file and sent over the socket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,38 +28,6 @@ pub struct Registration {
     pub prefixes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
-}
-
-/// An Ethernet address, `52:54:00:12:34:56`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl std::str::FromStr for Mac {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Mac, String> {
-        let bad = || format!("`{s}` is not a MAC address (like 52:54:00:12:34:56)");
-        let mut m = [0u8; 6];
-        let mut parts = s.split([':', '-']);
-        for b in &mut m {
-            let p = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
-            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-        }
-        if parts.next().is_some() {
-            return Err(bad());
-        }
-        Ok(Mac(m))
-    }
-}
-
-impl std::fmt::Display for Mac {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
 }
 
 /// Why a VM cannot join (or leave) the inventory, or the registrations
@@ -107,16 +46,8 @@ pub enum InventoryError {
     BadPrefix { name: String, reason: String },
     #[error("VM `{name}`: {reason}")]
     BadMac { name: String, reason: String },
-    #[error("VM `{0}` is already in the inventory")]
-    NameTaken(String),
-    #[error("address {address} already belongs to VM `{owner}`")]
-    AddressTaken { address: IpAddr, owner: String },
-    #[error("prefix {prefix} overlaps {other}, owned by VM `{owner}`")]
-    PrefixTaken {
-        prefix: PrefixPattern,
-        other: PrefixPattern,
-        owner: String,
-    },
+    #[error(transparent)]
+    Taken(#[from] Conflict),
     #[error("registered VM `{name}` conflicts with the new config: {reason}")]
     ConflictsWithConfig {
         name: String,
@@ -194,21 +125,6 @@ impl Registration {
             missing_since: None,
         })
     }
-}
-
-/// A link-local address among `addresses` when no interface says which
-/// tap it is on: any VM could have it on its own.
-pub fn link_local_without_interface(
-    addresses: &[IpAddr],
-    interface: &Option<String>,
-) -> Option<IpAddr> {
-    if interface.is_some() {
-        return None;
-    }
-    addresses
-        .iter()
-        .find(|a| matches!(a, IpAddr::V6(v6) if crate::southbound::net::is_link_local(*v6)))
-        .copied()
 }
 
 #[derive(Clone, Debug, Default)]
@@ -365,27 +281,10 @@ impl Inventory {
 
     /// Why `e` cannot join the inventory, if it cannot.
     fn check_new(&self, e: &VmEntry) -> Result<(), InventoryError> {
-        for o in &self.entries {
-            if o.name == e.name {
-                return Err(InventoryError::NameTaken(e.name.clone()));
-            }
-            if let Some(a) = e.addresses.iter().find(|a| o.addresses.contains(a)) {
-                return Err(InventoryError::AddressTaken {
-                    address: *a,
-                    owner: o.name.clone(),
-                });
-            }
-            for p in &e.prefixes {
-                if let Some(q) = o.prefixes.iter().find(|q| q.overlaps(p)) {
-                    return Err(InventoryError::PrefixTaken {
-                        prefix: *p,
-                        other: *q,
-                        owner: o.name.clone(),
-                    });
-                }
-            }
+        match self.entries.iter().find_map(|o| e.conflict(o)) {
+            Some(c) => Err(InventoryError::Taken(c)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Replaces the entries from the config file (a reload), keeping the
@@ -521,15 +420,15 @@ mod tests {
             .unwrap();
         assert!(matches!(
             inv.register(reg("a", "10.192.24.12", "10.3.0.2/32")),
-            Err(InventoryError::NameTaken(n)) if n == "a"
+            Err(InventoryError::Taken(Conflict::Name(n))) if n == "a"
         ));
         assert!(matches!(
             inv.register(reg("b", "10.192.24.11", "10.3.0.2/32")),
-            Err(InventoryError::AddressTaken { owner, .. }) if owner == "a"
+            Err(InventoryError::Taken(Conflict::Address { owner, .. })) if owner == "a"
         ));
         assert!(matches!(
             inv.register(reg("b", "10.192.24.12", "10.3.0.0/24+")),
-            Err(InventoryError::PrefixTaken { owner, .. }) if owner == "a"
+            Err(InventoryError::Taken(Conflict::Prefix { owner, .. })) if owner == "a"
         ));
         inv.register(reg("b", "10.192.24.12", "10.3.0.2/32"))
             .unwrap();

@@ -22,6 +22,7 @@ use bgp::{NextHop, PathAttributes, Prefix};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::northbound::config::DrainConfig;
 use crate::routing::peer_info::{PeerId, PeerInfo};
 use crate::routing::policy::{
     Policy, RouteFacts, GRACEFUL_SHUTDOWN, NO_ADVERTISE, NO_EXPORT, NO_EXPORT_SUBCONFED,
@@ -408,14 +409,6 @@ pub enum DrainState {
     Shutdown,
     /// Withdrawn upstream (still in the kernel: the VM still serves).
     Withdrawn,
-}
-
-/// How drains are done (`[drain]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DrainConfig {
-    pub local_pref: u32,
-    /// Withdraw this long after the drain starts (None: only when asked).
-    pub withdraw_after: Option<std::time::Duration>,
 }
 
 /// The name a VM is drained by: its inventory name, or its tap.

@@ -28,6 +28,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+pub use crate::northbound::config::BfdTimers;
 use crate::southbound::net::Interface;
 
 /// BFD port for single-hop control packets (RFC 5881 §4).
@@ -38,13 +39,6 @@ const PORT: u16 = 3784;
 const TIMER_SLACK: Duration = Duration::from_millis(2);
 /// BFD port for multihop control packets (RFC 5883 §5).
 const MULTIHOP_PORT: u16 = 4784;
-
-/// Timers asked for a session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BfdTimers {
-    pub interval: Duration,
-    pub multiplier: u8,
-}
 
 /// Sessions are known by the peer's address and the interface.
 pub type Key = (IpAddr, Option<u32>);

@@ -10,6 +10,8 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 
+pub use crate::northbound::config::{AoKey, MAX_KEY_LEN};
+
 /// `struct tcp_md5sig` of linux/tcp.h.
 #[repr(C)]
 struct TcpMd5Sig {
@@ -21,8 +23,6 @@ struct TcpMd5Sig {
     key: [u8; MAX_KEY_LEN],
 }
 
-/// `TCP_MD5SIG_MAXKEYLEN`.
-pub const MAX_KEY_LEN: usize = 80;
 const TCP_MD5SIG: libc::c_int = 14;
 const TCP_MD5SIG_EXT: libc::c_int = 32;
 const TCP_MD5SIG_FLAG_PREFIX: u8 = 1;
@@ -86,18 +86,6 @@ struct TcpAoAdd {
 }
 
 const TCP_AO_ADD_KEY: libc::c_int = 38;
-
-/// A TCP-AO master key tuple (RFC 5925): the key, its algorithm as the
-/// kernel's crypto API names it (`hmac(sha1)`, `cmac(aes128)`, …), the
-/// KeyIDs each way and the MAC length.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AoKey {
-    pub key: Vec<u8>,
-    pub algorithm: String,
-    pub send_id: u8,
-    pub recv_id: u8,
-    pub mac_len: u8,
-}
 
 /// Adds a TCP-AO key for connections with `peer` (or every address in
 /// `peer/prefix_len`). On a socket about to connect it becomes the current
