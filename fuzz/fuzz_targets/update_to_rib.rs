@@ -33,16 +33,14 @@ use std::sync::atomic::{AtomicBool, AtomicU16};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bgp::capability::{
-    Capability, ExtendedNextHop, GracefulRestart, GracefulRestartFamily,
-};
+use bgp::capability::{Capability, ExtendedNextHop, GracefulRestart, GracefulRestartFamily};
 use bgp::{AfiSafi, Context, Message, NextHop, PathAttributes, Prefix};
 use libfuzzer_sys::fuzz_target;
 use tapir::northbound::config::{ImportRules, MaxPrefixAction, RemoteAsConfig};
 use tapir::peer::{Action, Identity, Input, PeerConfig, PeerCore};
 use tapir::routing::adj_rib_in::MAX_KEPT_REFUSED;
 use tapir::routing::authorisation::VmPolicy;
-use tapir::routing::peer_info::PeerInfo;
+use tapir::routing::peer_info::{ConnId, PeerId, PeerInfo};
 use tapir::routing::policy::Policy;
 use tapir::routing::rib::{DrainConfig, FibChange, Outputs, Rib, RibMsg, ToPeer};
 use tapir::southbound::net::Interface;
@@ -50,8 +48,8 @@ use tokio::sync::{mpsc, oneshot};
 
 const LOCAL_AS: u32 = 64600;
 const VM_AS: u32 = 64613;
-const VM_A: u64 = 1;
-const UPSTREAM: u64 = 1000;
+const VM_A: PeerId = PeerId(1);
+const UPSTREAM: PeerId = PeerId(1000);
 const VM_A_ADDR: Ipv4Addr = Ipv4Addr::new(10, 192, 24, 4);
 
 fn policy(max_prefixes: usize, teardown: bool, b_owns_more: bool, entry: bool) -> VmPolicy {
@@ -129,7 +127,6 @@ fn allowed(p: &Prefix, nh: &NextHop, pol: &VmPolicy) -> bool {
     space && !vm_b && hop
 }
 
-
 /// vm-a's session, as the hypervisor role makes it.
 fn session(pol: &VmPolicy, max_as_path_length: usize) -> PeerConfig {
     PeerConfig {
@@ -176,7 +173,10 @@ fn open(flags: u8, restarted: bool) -> Vec<u8> {
     if flags & 2 != 0 {
         families.push(AfiSafi::IPV6_UNICAST);
     }
-    let mut caps: Vec<Capability> = families.iter().map(|f| Capability::Multiprotocol(*f)).collect();
+    let mut caps: Vec<Capability> = families
+        .iter()
+        .map(|f| Capability::Multiprotocol(*f))
+        .collect();
     caps.push(Capability::RouteRefresh);
     if flags & 4 != 0 {
         caps.push(Capability::FourOctetAs(VM_AS));
@@ -219,7 +219,7 @@ struct World {
 }
 
 impl Outputs for World {
-    fn export(&mut self, peer: u64, m: ToPeer) {
+    fn export(&mut self, peer: PeerId, m: ToPeer) {
         assert_eq!(peer, UPSTREAM);
         if let ToPeer::Export(changes) = m {
             for (p, a) in changes {
@@ -265,7 +265,7 @@ struct Harness {
     world: World,
     now: Instant,
     /// vm-a's connection, while there is one.
-    conn: Option<u64>,
+    conn: Option<ConnId>,
 }
 
 impl Harness {
@@ -463,7 +463,7 @@ fn run(data: &[u8]) {
         &mut h.world,
     );
     let b = Arc::new(PeerInfo {
-        id: 2,
+        id: PeerId(2),
         name: "vm-b".into(),
         address: IpAddr::V4(Ipv4Addr::new(10, 192, 24, 9)),
         asn: VM_AS,

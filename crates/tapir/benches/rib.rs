@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bgp::{AsPath, AsSegment, NextHop, Origin, PathAttributes, Prefix, Update};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tapir::routing::adj_rib_in::{AdjRibIn, Judge};
-use tapir::routing::peer_info::PeerInfo;
+use tapir::routing::peer_info::{PeerId, PeerInfo};
 use tapir::routing::policy::Policy;
 use tapir::routing::rib::{self, DrainConfig, RibMsg, ToPeer};
 use tokio::sync::{mpsc, oneshot};
@@ -120,7 +120,7 @@ fn subscribed() -> (mpsc::UnboundedSender<RibMsg>, mpsc::Receiver<ToPeer>) {
     let mut accept_all = Policy::hypervisor_default();
     accept_all.default_accept = true;
     rib.send(RibMsg::Subscribe {
-        peer: 2,
+        peer: PeerId(2),
         asn: Some(65002),
         ebgp: true,
         policy: Arc::new(accept_all),
@@ -169,7 +169,7 @@ fn loc_rib(c: &mut Criterion) {
         })
         .collect();
     let peer = Arc::new(PeerInfo {
-        id: 1,
+        id: PeerId(1),
         name: "injector".into(),
         address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
         asn: 65001,

@@ -33,7 +33,7 @@ use crate::northbound::config::{ImportRules, Neighbor, RemoteAsConfig};
 use crate::northbound::control::{PeerStatus, RouteEntry};
 use crate::routing::adj_rib_in::{AdjRibIn, Judge, PathRules};
 use crate::routing::authorisation::VmPolicy;
-use crate::routing::peer_info::{PeerId, PeerInfo};
+use crate::routing::peer_info::{ConnId, PeerId, PeerInfo};
 use crate::routing::policy::Policy;
 use crate::routing::rib::RibMsg;
 use crate::southbound::net::Interface;
@@ -82,23 +82,23 @@ pub enum Input {
     /// failed. On success the core answers [`Action::Attach`] if it still
     /// wants the connection.
     Connected {
-        conn: u64,
+        conn: ConnId,
         result: Result<Option<SocketAddr>, String>,
     },
     /// Bytes read from `conn`; `queued`: bytes still waiting in its
     /// outbox (what we sent that has not left yet).
     Bytes {
-        conn: u64,
+        conn: ConnId,
         data: Vec<u8>,
         queued: usize,
     },
     /// The peer closed `conn`, or it failed.
-    Closed { conn: u64 },
+    Closed { conn: ConnId },
     /// The writer of `conn` made no progress for the send hold time.
-    SendHoldExpired { conn: u64 },
+    SendHoldExpired { conn: ConnId },
     /// More than `max-send-queue` bytes wait for `conn`'s socket (the
     /// task has already dropped its writer).
-    SendQueueOver { conn: u64, queued: usize },
+    SendQueueOver { conn: ConnId, queued: usize },
     /// A new authorisation snapshot: every route is judged again.
     Policy(Arc<VmPolicy>),
     /// Changes to what the Loc-RIB exports to this neighbor (`None`:
@@ -106,7 +106,7 @@ pub enum Input {
     Export(Vec<(Prefix, Option<Arc<PathAttributes>>)>),
     /// The whole table of a family for `conn`; End-of-RIB follows `end`.
     Refeed {
-        conn: u64,
+        conn: ConnId,
         family: AfiSafi,
         routes: Vec<(Prefix, Arc<PathAttributes>)>,
         end: bool,
@@ -129,21 +129,21 @@ pub enum Input {
 pub enum Action {
     /// Open a connection for `conn` to the neighbor (`PeerCore::connect_to`
     /// says where and how), in place of any attempt in flight.
-    Connect { conn: u64 },
+    Connect { conn: ConnId },
     /// Give up the connection attempt in flight, if any.
     CancelConnect,
     /// The connection just offered (`Input::Incoming`) is now `conn`.
-    Accept { conn: u64 },
+    Accept { conn: ConnId },
     /// The connection offered is refused: send it Cease / Connection
     /// Rejected and close it.
     Refuse,
     /// The connection `Input::Connected` announced is now `conn`.
-    Attach { conn: u64 },
+    Attach { conn: ConnId },
     /// Bytes for `conn`'s socket.
-    Send { conn: u64, bytes: Vec<u8> },
+    Send { conn: ConnId, bytes: Vec<u8> },
     /// Close `conn`'s socket once what is queued has left; what it reads
     /// from now on is ignored.
-    Close { conn: u64 },
+    Close { conn: ConnId },
     /// A message for the Loc-RIB.
     Rib(RibMsg),
     /// Start a BFD session with the peer (the BGP session is up).
@@ -159,7 +159,7 @@ pub enum Action {
 
 /// One connection and the session that runs on it.
 struct Conn {
-    id: u64,
+    id: ConnId,
     session: Session,
     /// A socket carries it (the task has it): bytes may be sent.
     attached: bool,
@@ -503,11 +503,16 @@ impl PeerCore {
         self.process();
     }
 
-    fn new_conn(&mut self) -> Conn {
-        let id = self.next_id;
+    /// A new connection number.
+    fn next_conn(&mut self) -> ConnId {
+        let id = ConnId(self.next_id);
         self.next_id += 1;
+        id
+    }
+
+    fn new_conn(&mut self) -> Conn {
         Conn {
-            id,
+            id: self.next_conn(),
             session: Session::new(session_config(&self.cfg, &self.env)),
             attached: false,
             local: None,
@@ -567,8 +572,7 @@ impl PeerCore {
                 if self.conns[0].attached {
                     self.actions.push_back(Action::Close { conn: old });
                 }
-                let id = self.next_id;
-                self.next_id += 1;
+                let id = self.next_conn();
                 let c = &mut self.conns[0];
                 c.id = id;
                 c.attached = true;
@@ -608,7 +612,7 @@ impl PeerCore {
         self.conns.push(c);
     }
 
-    fn connected(&mut self, conn: u64, result: Result<Option<SocketAddr>, String>) {
+    fn connected(&mut self, conn: ConnId, result: Result<Option<SocketAddr>, String>) {
         let Some(i) = self.conns.iter().position(|c| c.id == conn) else {
             return;
         };
@@ -629,7 +633,7 @@ impl PeerCore {
         }
     }
 
-    fn bytes(&mut self, conn: u64, data: &[u8], queued: usize) {
+    fn bytes(&mut self, conn: ConnId, data: &[u8], queued: usize) {
         if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
             c.queued = queued;
             let before = c.session.messages_received();
@@ -660,7 +664,7 @@ impl PeerCore {
     /// its own.
     fn refeed(
         &mut self,
-        conn: u64,
+        conn: ConnId,
         family: AfiSafi,
         routes: &[(Prefix, Arc<PathAttributes>)],
         end: bool,
@@ -795,8 +799,7 @@ impl PeerCore {
                 // a fresh id, so that late bytes from the old socket are
                 // ignored.
                 self.release(i);
-                self.conns[i].id = self.next_id;
-                self.next_id += 1;
+                self.conns[i].id = self.next_conn();
             }
             Event::StateChanged { from, to } => {
                 if primary {

@@ -29,6 +29,7 @@ use tracing::warn;
 
 use crate::northbound::control::{PeerStatus, RouteEntry};
 use crate::routing::authorisation::VmPolicy;
+use crate::routing::peer_info::ConnId;
 use crate::routing::policy::Policy;
 use crate::routing::rib::{RibMsg, ToPeer};
 
@@ -210,7 +211,7 @@ pub enum PeerMsg {
     NextSession(Box<PeerConfig>),
     /// The writer made no progress for the send hold time (RFC 9687).
     SendHoldExpired {
-        conn: u64,
+        conn: ConnId,
     },
     /// Stop without a NOTIFICATION (tapir restarts gracefully: peers keep
     /// our routes, RFC 4724 §4.1).
@@ -220,18 +221,18 @@ pub enum PeerMsg {
     /// BFD saw the path fail (it was Up, it is Down).
     BfdDown,
     Connected {
-        conn: u64,
+        conn: ConnId,
         result: std::io::Result<TcpStream>,
     },
     Bytes {
-        conn: u64,
+        conn: ConnId,
         data: Vec<u8>,
         /// One of the connection's reads in flight (`READ_WINDOW`),
         /// given back when this is handled.
         read: tokio::sync::OwnedSemaphorePermit,
     },
     Closed {
-        conn: u64,
+        conn: ConnId,
     },
 }
 
@@ -260,7 +261,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// The socket side of one of the core's connections.
 struct Sock {
-    conn: u64,
+    conn: ConnId,
     /// What goes to the writer task (none once it is stopped).
     writer: Option<Arc<Outbox>>,
     reader: Option<tokio::task::JoinHandle<()>>,
@@ -318,7 +319,7 @@ pub fn spawn(cfg: PeerConfig, local: Arc<DaemonHandles>) -> PeerHandle {
         address: cfg.address,
         tx: tx.clone(),
     };
-    let id = NEXT_PEER_ID.fetch_add(1, Relaxed);
+    let id = crate::routing::peer_info::PeerId(NEXT_PEER_ID.fetch_add(1, Relaxed));
     let peer = Peer {
         core: PeerCore::new(cfg, local.identity(), id, Instant::now()),
         local,
@@ -539,7 +540,7 @@ impl Peer {
         }
     }
 
-    fn send(&mut self, conn: u64, bytes: &[u8]) {
+    fn send(&mut self, conn: ConnId, bytes: &[u8]) {
         let Some(s) = self.socks.iter_mut().find(|s| s.conn == conn) else {
             return;
         };
@@ -560,7 +561,7 @@ impl Peer {
         }
     }
 
-    fn connect(&mut self, conn: u64) {
+    fn connect(&mut self, conn: ConnId) {
         if let Some(c) = self.connecting.take() {
             c.abort();
         }
@@ -598,7 +599,7 @@ impl Peer {
     }
 
     /// Gives connection `conn` its socket: a reader task and a writer task.
-    fn attach(&mut self, conn: u64, stream: TcpStream) {
+    fn attach(&mut self, conn: ConnId, stream: TcpStream) {
         let cfg = self.core.cfg();
         let _ = stream.set_nodelay(true);
         if cfg.ttl_security {

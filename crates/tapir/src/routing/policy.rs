@@ -365,7 +365,7 @@ mod tests {
 
     fn vm_peer() -> PeerInfo {
         PeerInfo {
-            id: 1,
+            id: crate::routing::peer_info::PeerId(1),
             name: "recdns1001".into(),
             address: "10.192.24.11".parse::<IpAddr>().unwrap(),
             asn: 64613,

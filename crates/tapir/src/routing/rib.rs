@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use crate::northbound::config::DrainConfig;
-use crate::routing::peer_info::{PeerId, PeerInfo};
+use crate::routing::peer_info::{ConnId, PeerId, PeerInfo};
 use crate::routing::policy::{
     Policy, RouteFacts, GRACEFUL_SHUTDOWN, NO_ADVERTISE, NO_EXPORT, NO_EXPORT_SUBCONFED,
 };
@@ -314,7 +314,7 @@ pub enum ToPeer {
     /// The whole table of a family for connection `conn` (`RibMsg::Refeed`):
     /// End-of-RIB follows the one marked `end`.
     Refeed {
-        conn: u64,
+        conn: ConnId,
         family: bgp::AfiSafi,
         routes: Vec<(Prefix, Arc<PathAttributes>)>,
         end: bool,
@@ -352,7 +352,7 @@ pub enum RibMsg {
     /// table of a family: sent as `ToPeer::Refeed`, the last one marked.
     Refeed {
         peer: PeerId,
-        conn: u64,
+        conn: ConnId,
         family: bgp::AfiSafi,
     },
     /// A reload changed a neighbor's export policy: send it the difference.
@@ -1617,7 +1617,7 @@ impl Rib {
 
     /// The whole table of `family` for one session of neighbor `peer`,
     /// the last message marked (the session sends End-of-RIB after it).
-    fn refeed(&mut self, peer: PeerId, conn: u64, family: bgp::AfiSafi, sink: &mut dyn Outputs) {
+    fn refeed(&mut self, peer: PeerId, conn: ConnId, family: bgp::AfiSafi, sink: &mut dyn Outputs) {
         let Rib {
             subscribers,
             table,
@@ -1812,7 +1812,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(64);
         let count = Exported::default();
         rib.send(RibMsg::Subscribe {
-            peer: 9,
+            peer: PeerId(9),
             asn: Some(65009),
             ebgp: true,
             policy: Arc::new(policy),
@@ -1835,7 +1835,7 @@ mod tests {
 
     fn peer(id: u64, asn: u32, ebgp: bool, rid: &str) -> Arc<PeerInfo> {
         Arc::new(PeerInfo {
-            id,
+            id: PeerId(id),
             name: format!("p{id}"),
             address: format!("10.0.0.{id}").parse().unwrap(),
             asn,
@@ -1972,14 +1972,14 @@ mod tests {
             (bgp::AfiSafi::IPV6_UNICAST, vec![]),
         ] {
             rib.send(RibMsg::Refeed {
-                peer: 9,
-                conn: 3,
+                peer: PeerId(9),
+                conn: ConnId(3),
                 family,
             })
             .unwrap();
             match rx.recv().await {
                 Some(ToPeer::Refeed {
-                    conn: 3,
+                    conn: ConnId(3),
                     family: f,
                     routes,
                     end: true,
@@ -2075,7 +2075,7 @@ mod tests {
             withdraw: vec![p],
         };
         let policy = |p: &Arc<Policy>| RibMsg::SetPolicy {
-            peer: 9,
+            peer: PeerId(9),
             policy: p.clone(),
         };
         let steps = [
@@ -2325,7 +2325,7 @@ mod paths_tests {
 
     fn p(id: u64) -> Path {
         let peer = Arc::new(PeerInfo {
-            id,
+            id: PeerId(id),
             name: format!("p{id}"),
             address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8)),
             asn: 65000,
@@ -2340,7 +2340,7 @@ mod paths_tests {
     }
 
     fn ids(v: &Paths) -> Vec<u64> {
-        v.iter().map(|x| x.peer.as_ref().unwrap().id).collect()
+        v.iter().map(|x| x.peer.as_ref().unwrap().id.0).collect()
     }
 
     #[test]
@@ -2352,9 +2352,9 @@ mod paths_tests {
         v.push(p(2));
         v.push(p(3));
         assert_eq!(ids(&v), [1, 2, 3]);
-        v.retain(|x| x.peer.as_ref().unwrap().id != 2);
+        v.retain(|x| x.peer.as_ref().unwrap().id != PeerId(2));
         assert_eq!(ids(&v), [1, 3]);
-        v.retain(|x| x.peer.as_ref().unwrap().id == 3);
+        v.retain(|x| x.peer.as_ref().unwrap().id == PeerId(3));
         assert!(matches!(v, Paths::One(_)));
         assert_eq!(ids(&v), [3]);
         v.retain(|_| false);

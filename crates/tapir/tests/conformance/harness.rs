@@ -19,6 +19,7 @@ use bgp::{AfiSafi, Message, NextHop, PathAttributes, Prefix};
 use tapir::northbound::config::{ImportRules, MaxPrefixAction, RemoteAsConfig};
 use tapir::peer::{Action, Identity, Input, PeerConfig, PeerCore};
 use tapir::routing::authorisation::VmPolicy;
+use tapir::routing::peer_info::ConnId;
 use tapir::routing::policy::Policy;
 use tapir::routing::rib::RibMsg;
 use tapir::southbound::net::Interface;
@@ -196,14 +197,14 @@ pub struct Harness {
     pub remote_cfg: Remote,
     pub now: Instant,
     /// The connection the remote is on, as the core numbers it.
-    pub conn: Option<u64>,
+    pub conn: Option<ConnId>,
     /// A connection attempt the core asked for.
-    connecting: Option<u64>,
+    connecting: Option<ConnId>,
     /// A connection offered to the core, waiting for its answer.
     offered: bool,
     /// A connection whose writer is stopped: nothing more reaches the
     /// remote on it.
-    stuck: Option<u64>,
+    stuck: Option<ConnId>,
     pub transcript: Vec<String>,
     /// Every message for the Loc-RIB, in order.
     pub rib: Vec<RibMsg>,
@@ -226,7 +227,7 @@ impl Harness {
             bfd,
         };
         Harness {
-            core: PeerCore::new(cfg, env, 7, now),
+            core: PeerCore::new(cfg, env, tapir::routing::peer_info::PeerId(7), now),
             remote: remote.session(),
             remote_cfg: remote,
             now,
@@ -258,7 +259,7 @@ impl Harness {
     /// Our connection attempt reaches the remote, which accepts it.
     pub fn tcp_connects(&mut self) {
         let conn = self.connecting.take().expect("no connection attempt");
-        self.note(format!("> connection #{conn} made"));
+        self.note(format!("> connection {conn} made"));
         // A new connection: the remote's session starts afresh.
         self.remote = self.remote_cfg.session();
         self.remote.start(self.now);
@@ -277,7 +278,7 @@ impl Harness {
     /// Our connection attempt fails.
     pub fn tcp_refused(&mut self) {
         let conn = self.connecting.take().expect("no connection attempt");
-        self.note(format!("> connection #{conn} refused"));
+        self.note(format!("> connection {conn} refused"));
         self.core.handle(
             self.now,
             Input::Connected {
@@ -307,7 +308,7 @@ impl Harness {
     /// The connection drops under both (no NOTIFICATION).
     pub fn tcp_lost(&mut self) {
         let conn = self.conn.take().expect("no connection");
-        self.note(format!("> connection #{conn} lost"));
+        self.note(format!("> connection {conn} lost"));
         self.remote.closed(self.now);
         self.drain_remote_events();
         self.core.handle(self.now, Input::Closed { conn });
@@ -420,7 +421,7 @@ impl Harness {
                         unreachable!()
                     };
                     let line = describe(&bytes, &self.remote.context());
-                    self.note(format!("< send #{conn}: {line}"));
+                    self.note(format!("< send {conn}: {line}"));
                     continue;
                 }
                 self.act(a);
@@ -529,7 +530,7 @@ impl Harness {
     fn act(&mut self, a: Action) {
         match a {
             Action::Connect { conn } => {
-                self.note(format!("< connect #{conn}"));
+                self.note(format!("< connect {conn}"));
                 self.connecting = Some(conn);
             }
             Action::CancelConnect => {
@@ -538,7 +539,7 @@ impl Harness {
                 }
             }
             Action::Accept { conn } => {
-                self.note(format!("< accept as #{conn}"));
+                self.note(format!("< accept as {conn}"));
                 assert!(
                     std::mem::take(&mut self.offered),
                     "accepted nothing offered"
@@ -550,23 +551,23 @@ impl Harness {
                 assert!(std::mem::take(&mut self.offered), "refused nothing offered");
             }
             Action::Attach { conn } => {
-                self.note(format!("< attach #{conn}"));
+                self.note(format!("< attach {conn}"));
             }
             Action::Send { conn, bytes } => {
                 let line = describe(&bytes, &self.remote.context());
                 if Some(conn) == self.stuck {
                     self.note(format!(
-                        "< send #{conn}: {line} (lost: the writer is stopped)"
+                        "< send {conn}: {line} (lost: the writer is stopped)"
                     ));
                     return;
                 }
-                self.note(format!("< send #{conn}: {line}"));
+                self.note(format!("< send {conn}: {line}"));
                 if Some(conn) == self.conn {
                     self.remote.receive(self.now, &bytes);
                 }
             }
             Action::Close { conn } => {
-                self.note(format!("< close #{conn}"));
+                self.note(format!("< close {conn}"));
                 if Some(conn) == self.conn {
                     self.conn = None;
                     self.remote.closed(self.now);
@@ -681,7 +682,7 @@ fn describe_rib(m: &RibMsg) -> String {
         }
         RibMsg::PeerDown(_) => "peer down: every route withdrawn".into(),
         RibMsg::Unsubscribe(_) => "unsubscribe".into(),
-        RibMsg::Refeed { family, conn, .. } => format!("refeed {family} for #{conn}"),
+        RibMsg::Refeed { family, conn, .. } => format!("refeed {family} for {conn}"),
         RibMsg::SetPolicy { policy, .. } => format!("export policy {}", policy.name),
         _ => "other".into(),
     }

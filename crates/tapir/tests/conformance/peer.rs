@@ -613,7 +613,7 @@ fn a_send_queue_over_the_limit_ends_the_session_with_out_of_resources() {
             queued: 65 << 20,
         },
     );
-    assert!(h.text().contains(&format!("close #{conn}")), "{}", h.text());
+    assert!(h.text().contains(&format!("close {conn}")), "{}", h.text());
     assert_ne!(h.core.state(), State::Established);
     insta::assert_snapshot!(h.text());
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bgp::{AfiSafi, NextHop, PathAttributes, Prefix};
-use tapir::routing::peer_info::PeerInfo;
+use tapir::routing::peer_info::{PeerId, PeerInfo};
 use tapir::routing::policy::{Policy, GRACEFUL_SHUTDOWN, NO_EXPORT};
 use tapir::routing::rib::{
     Backlog, DrainConfig, DrainState, FibChange, Outputs, Restart, Rib, RibMsg, ToPeer,
@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::harness::{attrs, prefix, LOCAL_AS, VM_AS};
 
-const TOR: u64 = 100;
+const TOR: PeerId = PeerId(100);
 const TOR_AS: u32 = 64612;
 
 /// Every output, in order, and the transcript.
@@ -54,18 +54,19 @@ fn show_attrs(a: &PathAttributes) -> String {
 }
 
 impl Outputs for Collected {
-    fn export(&mut self, peer: u64, m: ToPeer) {
+    fn export(&mut self, peer: PeerId, m: ToPeer) {
         match m {
             ToPeer::Export(changes) => {
                 for (p, a) in changes {
                     match a {
                         Some(a) => {
                             let v = show_attrs(&a);
-                            self.lines.push(format!("< to #{peer}: announce {p} {v}"));
+                            self.lines
+                                .push(format!("< to #{}: announce {p} {v}", peer.0));
                             self.tor.insert(p, v);
                         }
                         None => {
-                            self.lines.push(format!("< to #{peer}: withdraw {p}"));
+                            self.lines.push(format!("< to #{}: withdraw {p}", peer.0));
                             self.tor.remove(&p);
                         }
                     }
@@ -74,17 +75,17 @@ impl Outputs for Collected {
             ToPeer::Refeed { routes, end, .. } => {
                 for (p, a) in routes {
                     let v = show_attrs(&a);
-                    self.lines.push(format!("< to #{peer}: table {p} {v}"));
+                    self.lines.push(format!("< to #{}: table {p} {v}", peer.0));
                     self.tor.insert(p, v);
                 }
                 if end {
-                    self.lines.push(format!("< to #{peer}: end of table"));
+                    self.lines.push(format!("< to #{}: end of table", peer.0));
                 }
             }
             ToPeer::RibReady => {
                 self.ready += 1;
                 self.lines
-                    .push(format!("< to #{peer}: the Loc-RIB is complete"));
+                    .push(format!("< to #{}: the Loc-RIB is complete", peer.0));
             }
         }
     }
@@ -224,7 +225,7 @@ impl H {
             "tor's session asks for the table",
             RibMsg::Refeed {
                 peer: TOR,
-                conn: 1,
+                conn: tapir::routing::peer_info::ConnId(1),
                 family: AfiSafi::IPV4_UNICAST,
             },
         );
@@ -254,7 +255,7 @@ impl H {
 /// A VM on tap `index`, its address 10.192.24.`index`.
 fn vm(id: u64, index: u8) -> Arc<PeerInfo> {
     Arc::new(PeerInfo {
-        id,
+        id: PeerId(id),
         name: format!("vm{index}"),
         address: IpAddr::V4(Ipv4Addr::new(10, 192, 24, index)),
         asn: VM_AS,
@@ -302,7 +303,7 @@ fn a_peer_down_takes_all_its_routes() {
     h.tor(Policy::hypervisor_default());
     let a = vm(1, 11);
     h.announce(&a, &["10.3.0.1/32", "10.3.0.2/32"], vm_attrs());
-    h.apply("vm11's session goes down", RibMsg::PeerDown(1));
+    h.apply("vm11's session goes down", RibMsg::PeerDown(PeerId(1)));
     assert!(h.kernel().is_empty());
     assert!(h.tor_table().is_empty());
 }
