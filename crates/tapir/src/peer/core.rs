@@ -200,10 +200,15 @@ pub struct PeerCore {
     /// End-of-RIB yet): a KEEPALIVE goes out at this time if nothing more
     /// arrives meanwhile (see `WAKE_AFTER`).
     wake_at: Option<Instant>,
-    /// When the last such KEEPALIVE went out; whether the peer's table is
-    /// complete (End-of-RIB).
+    /// When the last such KEEPALIVE went out.
     woken_at: Option<Instant>,
-    table_done: bool,
+    /// The families whose End-of-RIB the peer has yet to send: its table
+    /// is complete when none is left.
+    tables_pending: Vec<AfiSafi>,
+    /// Started after our own restart: the session waits for the Loc-RIB
+    /// (`Input::RibReady`), and a table sent meanwhile went without
+    /// End-of-RIB.
+    awaiting_rib: bool,
     /// IPv6 routes went unannounced for want of a global next hop (a
     /// link-local session whose interface has no usable global address
     /// yet): the family is sent again at this time.
@@ -262,7 +267,8 @@ impl PeerCore {
             nudge_at: None,
             wake_at: None,
             woken_at: None,
-            table_done: false,
+            tables_pending: Vec::new(),
+            awaiting_rib: false,
             resend_v6_at: None,
             bfd_registered: None,
             sent: [0; 6],
@@ -352,6 +358,7 @@ impl PeerCore {
         self.now = now;
         let mut primary = self.new_conn();
         let wait_for_rib = self.cfg.export.is_some() && self.env.restarting.load(Relaxed);
+        self.awaiting_rib = wait_for_rib;
         if !wait_for_rib {
             primary.session.start(now);
         }
@@ -647,13 +654,9 @@ impl PeerCore {
                     self.last_received = Some(n.to_string());
                 }
             }
-            // Anything from the peer moves the wake-up on; UPDATEs of a
-            // table not complete yet set it.
-            let updates = after[2] > before[2];
-            if c.session.state() == State::Established
-                && !self.table_done
-                && (updates || self.wake_at.is_some())
-            {
+            // Anything from the peer moves the wake-up on (its UPDATEs set
+            // it, as they are handled).
+            if self.wake_at.is_some() {
                 self.wake_at = Some(self.now + WAKE_AFTER);
             }
         }
@@ -716,6 +719,11 @@ impl PeerCore {
     }
 
     fn rib_ready(&mut self) {
+        // The Loc-RIB says so to every newcomer too: only a peer that
+        // waited for it has anything to do.
+        if !std::mem::take(&mut self.awaiting_rib) {
+            return;
+        }
         if self.conns.len() == 1 && self.conns[0].session.state() == State::Idle {
             self.conns[0].session.start(self.now);
         }
@@ -817,6 +825,10 @@ impl PeerCore {
             Event::Down(reason) => self.down(reason),
             Event::Update(u) => {
                 self.nudge_at = None;
+                // Part of a table not complete yet: see `WAKE_AFTER`.
+                if !self.tables_pending.is_empty() && u.end_of_rib().is_none() {
+                    self.wake_at = Some(self.now + WAKE_AFTER);
+                }
                 self.apply_update(*u)
             }
             Event::RouteRefresh(family) => self.route_refresh(i, family),
@@ -831,7 +843,14 @@ impl PeerCore {
             "session established"
         );
         self.state_since = self.now;
-        self.table_done = false;
+        // A peer that can restart gracefully ends each family's table with
+        // End-of-RIB (RFC 4724); with a hold time of 0 no KEEPALIVE is
+        // sent at all (RFC 4271 §4.4): no wake-up for either.
+        self.tables_pending = if n.peer_graceful_restart.is_some() && n.hold_time > 0 {
+            n.context.families.clone()
+        } else {
+            Vec::new()
+        };
         self.wake_at = None;
         self.info = Some(Arc::new(PeerInfo {
             id: self.id,
@@ -1058,8 +1077,10 @@ impl PeerCore {
             }
         }
         if let Some(f) = u.end_of_rib() {
-            self.table_done = true;
-            self.wake_at = None;
+            self.tables_pending.retain(|t| *t != f);
+            if self.tables_pending.is_empty() {
+                self.wake_at = None;
+            }
             // RFC 4724 §4.2: what was not announced again is gone.
             if let Some(afi) = f.unicast_afi() {
                 self.flush_stale(Some(afi));

@@ -809,3 +809,48 @@ fn a_table_still_arriving_gets_no_extra_keepalive() {
     }
     assert_eq!(keepalives(&h), 0, "{}", h.text());
 }
+
+#[test]
+fn a_dual_stack_table_is_done_only_when_both_families_end() {
+    let mut r = Remote::tor();
+    r.graceful_restart = Some(120);
+    r.families = vec![AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST];
+    let mut cfg = tor_config();
+    cfg.families = vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6];
+    let mut h = Harness::new(cfg, r);
+    h.start();
+    h.tcp_connects();
+    h.announce(&["192.0.2.0/24"], TOR_ADDR, attrs(&[TOR_AS]));
+    // IPv4's table ends; IPv6's has not.
+    h.end_of_rib();
+    h.transcript.clear();
+    h.advance_core_only(Duration::from_millis(1100));
+    assert_eq!(keepalives(&h), 1, "{}", h.text());
+}
+
+#[test]
+fn a_peer_without_graceful_restart_gets_no_wake_up() {
+    // Without the capability it need not send End-of-RIB at all.
+    let mut h = Harness::new(tor_config(), Remote::tor());
+    h.start();
+    h.tcp_connects();
+    h.announce(&["192.0.2.0/24"], TOR_ADDR, attrs(&[TOR_AS]));
+    h.transcript.clear();
+    h.advance_core_only(Duration::from_secs(5));
+    assert_eq!(keepalives(&h), 0, "{}", h.text());
+}
+
+#[test]
+fn the_loc_ribs_ready_signal_refeeds_only_a_peer_that_waited_for_it() {
+    let mut h = tor_up();
+    let asked = |h: &Harness| {
+        h.rib
+            .iter()
+            .filter(|m| matches!(m, RibMsg::Refeed { .. }))
+            .count()
+    };
+    assert_eq!(asked(&h), 1);
+    // The Loc-RIB tells every newcomer it is ready; this one never waited.
+    h.input("the Loc-RIB is ready", Input::RibReady);
+    assert_eq!(asked(&h), 1, "{}", h.text());
+}
