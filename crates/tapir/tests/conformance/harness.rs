@@ -289,12 +289,8 @@ impl Harness {
         self.pump();
     }
 
-    /// The remote connects to us (a fresh remote session).
-    pub fn remote_connects(&mut self) {
-        self.note("> the peer connects".into());
-        self.remote = self.remote_cfg.session();
-        self.remote.start(self.now);
-        self.remote.connected(self.now);
+    /// A connection from the peer's address is offered to the core.
+    fn offer(&mut self) {
         self.offered = true;
         self.core.handle(
             self.now,
@@ -303,6 +299,15 @@ impl Harness {
             },
         );
         self.pump();
+    }
+
+    /// The remote connects to us (a fresh remote session).
+    pub fn remote_connects(&mut self) {
+        self.note("> the peer connects".into());
+        self.remote = self.remote_cfg.session();
+        self.remote.start(self.now);
+        self.remote.connected(self.now);
+        self.offer();
     }
 
     /// The connection drops under both (no NOTIFICATION).
@@ -395,14 +400,7 @@ impl Harness {
     /// (a second remote that the test does not drive further).
     pub fn offer_second_connection(&mut self) {
         self.note("> another connection from the peer".into());
-        self.offered = true;
-        self.core.handle(
-            self.now,
-            Input::Incoming {
-                local: Some(SocketAddr::new(self.remote_cfg.ours.into(), 179)),
-            },
-        );
-        self.pump();
+        self.offer();
         self.offered = false;
     }
 

@@ -362,8 +362,8 @@ fn a_new_policy_snapshot_judges_every_route_again() {
     insta::assert_snapshot!(h.text());
 }
 
-#[test]
-fn a_vm_that_gets_an_inventory_entry_is_renamed_without_a_flap() {
+/// vm11's policy once the inventory names it recdns1001 (same space).
+fn recdns1001() -> tapir::routing::authorisation::VmPolicy {
     let mut p = vm_policy(100, MaxPrefixAction::Reject);
     p.entry = Some((
         "recdns1001".into(),
@@ -377,6 +377,12 @@ fn a_vm_that_gets_an_inventory_entry_is_renamed_without_a_flap() {
         ("10.3.0.77/32".parse().unwrap(), "vm12".to_string()),
     ]
     .into();
+    p
+}
+
+#[test]
+fn a_vm_that_gets_an_inventory_entry_is_renamed_without_a_flap() {
+    let p = recdns1001();
     let mut h = vm11();
     h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
     h.input(
@@ -724,19 +730,7 @@ fn a_vm_renamed_during_graceful_restart_keeps_its_stale_routes_under_its_new_nam
     h.tcp_connects();
     // Back, but 10.3.0.2/32 not announced again yet: still stale.
     h.announce(&["10.3.0.1/32"], VM_ADDR, vm_attrs());
-    let mut p = vm_policy(100, MaxPrefixAction::Reject);
-    p.entry = Some((
-        "recdns1001".into(),
-        vec!["10.3.0.0/24{24,32}".parse().unwrap()],
-    ));
-    p.owners = vec![
-        (
-            "10.3.0.0/24{24,32}".parse().unwrap(),
-            "recdns1001".to_string(),
-        ),
-        ("10.3.0.77/32".parse().unwrap(), "vm12".to_string()),
-    ]
-    .into();
+    let p = recdns1001();
     h.input(
         "the inventory names the VM recdns1001",
         Input::Policy(Arc::new(p)),
