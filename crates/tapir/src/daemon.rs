@@ -630,14 +630,25 @@ fn respawn_failed(peers: &Peers, config: &Config, local: &Arc<DaemonHandles>) {
 type Md5Keys = std::collections::BTreeMap<(std::net::IpAddr, Option<u8>), Vec<u8>>;
 
 fn md5_keys(config: &Config) -> Md5Keys {
-    let mut keys = Md5Keys::new();
+    listener_keys(config, |n| n.password.as_ref(), |g| g.password.as_ref())
+}
+
+/// The keys the listening sockets must hold, by address: each
+/// neighbor's, and each range of each group (`neighbor` and `group` pick
+/// the key out of the session's settings).
+fn listener_keys<K: Clone>(
+    config: &Config,
+    neighbor: impl Fn(&crate::northbound::config::Neighbor) -> Option<&K>,
+    group: impl Fn(&crate::northbound::config::Group) -> Option<&K>,
+) -> std::collections::BTreeMap<(std::net::IpAddr, Option<u8>), K> {
+    let mut keys = std::collections::BTreeMap::new();
     for n in &config.neighbors {
-        if let Some(k) = &n.password {
+        if let Some(k) = neighbor(n) {
             keys.insert((n.address, None), k.clone());
         }
     }
     for g in &config.groups {
-        if let Some(k) = &g.password {
+        if let Some(k) = group(g) {
             for r in &g.ranges {
                 keys.insert((r.addr(), Some(r.len())), k.clone());
             }
@@ -668,20 +679,7 @@ type AoKeys =
     std::collections::BTreeMap<(std::net::IpAddr, Option<u8>), crate::southbound::sys::AoKey>;
 
 fn ao_keys(config: &Config) -> AoKeys {
-    let mut keys = AoKeys::new();
-    for n in &config.neighbors {
-        if let Some(k) = &n.tcp_ao {
-            keys.insert((n.address, None), k.clone());
-        }
-    }
-    for g in &config.groups {
-        if let Some(k) = &g.tcp_ao {
-            for r in &g.ranges {
-                keys.insert((r.addr(), Some(r.len())), k.clone());
-            }
-        }
-    }
-    keys
+    listener_keys(config, |n| n.tcp_ao.as_ref(), |g| g.tcp_ao.as_ref())
 }
 
 /// Adds `new`'s TCP-AO keys that are not on the listeners yet; `applied`
