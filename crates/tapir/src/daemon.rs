@@ -15,6 +15,7 @@ use crate::northbound::control::{self, PeerStatus, Request, Response, RouteEntry
 use crate::northbound::inventory::Inventory;
 use crate::peer::{self, DaemonHandles, PeerHandle, PeerMsg};
 use crate::role::hypervisor::{self, RoleMsg};
+use crate::tasks::{self, Task};
 use bgp::notification::{cease, Notification};
 use tokio::sync::mpsc;
 
@@ -244,7 +245,7 @@ async fn start_role(
         .await
         .map_err(StartError::Watcher)?;
     let to_role = hv.clone();
-    tokio::spawn(async move {
+    tasks::spawn(Task::Forward, async move {
         while let Some(e) = krx.recv().await {
             if to_role.send(RoleMsg::Kernel(e)).await.is_err() {
                 return;
@@ -336,8 +337,8 @@ impl Daemon {
             socket = %socket.display(),
             "tapir started"
         );
-        let (stop_tx, stop) = mpsc::channel(1);
-        let (reload_tx, reload) = mpsc::channel(4);
+        let (stop_tx, stop) = mpsc::channel(tasks::STOP);
+        let (reload_tx, reload) = mpsc::channel(tasks::RELOAD);
         let handles = Handles {
             peers,
             hv,
@@ -353,7 +354,7 @@ impl Daemon {
             reload: reload_tx,
         };
         for l in listeners {
-            tokio::spawn(accept_bgp(l, handles.clone()));
+            tasks::spawn(Task::Accept, accept_bgp(l, handles.clone()));
         }
         if let Some(addr) = config.metrics {
             let listener = crate::northbound::metrics::bind(addr)
@@ -362,7 +363,10 @@ impl Daemon {
             crate::northbound::metrics::serve(listener, move || h.clone().metrics());
             info!(listen = %addr, "metrics endpoint up");
         }
-        tokio::spawn(serve_control(control_listener, handles.clone()));
+        tasks::spawn(
+            Task::Control,
+            serve_control(control_listener, handles.clone()),
+        );
         Ok(Daemon {
             config,
             config_path: config_path.to_path_buf(),
@@ -528,10 +532,13 @@ async fn serve_control(listener: tokio::net::UnixListener, h: Handles) {
             continue;
         };
         let h = h.clone();
-        tokio::spawn(control::serve_client(stream, move |req| {
-            let h = h.clone();
-            async move { h.request(req).await }
-        }));
+        tasks::spawn(
+            Task::ControlClient,
+            control::serve_client(stream, move |req| {
+                let h = h.clone();
+                async move { h.request(req).await }
+            }),
+        );
     }
 }
 
@@ -1004,6 +1011,11 @@ async fn status(
             .local
             .restarting
             .load(std::sync::atomic::Ordering::Relaxed),
+        tasks: Task::ALL
+            .iter()
+            .map(|&t| (t.name().to_string(), tasks::live(t)))
+            .filter(|&(_, n)| n > 0)
+            .collect(),
     }
 }
 

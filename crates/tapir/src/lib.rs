@@ -17,6 +17,7 @@
 //!   `unsafe`), addresses and interfaces;
 //! - [`northbound`]: the operator: the configuration, the inventory, the
 //!   control socket and its tables, metrics, systemd readiness;
+//! - [`tasks`]: every task, thread and channel capacity, with their map;
 //! - [`daemon`]: `tapir run`: starts every task, serves, reloads, stops;
 //! - [`limits`] and [`log_budget`]: counters and log budgets for what
 //!   broken or hostile peers make us do.
@@ -35,3 +36,4 @@ pub mod peer;
 pub mod role;
 pub mod routing;
 pub mod southbound;
+pub mod tasks;

@@ -158,6 +158,9 @@ pub struct Status {
     pub bfd_sessions: usize,
     /// A graceful restart is in progress (RFC 4724).
     pub restarting: bool,
+    /// Tasks running, by kind (`tasks.rs`); kinds with none are left out.
+    #[serde(default)]
+    pub tasks: std::collections::BTreeMap<String, usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use crate::northbound::control::PeerStatus;
 use crate::routing::rib::RibStats;
 use crate::southbound::bfd::BfdStatus;
+use crate::tasks::{self, Task};
 
 type Labels = Vec<(String, String)>;
 
@@ -34,7 +35,7 @@ where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Snapshot> + Send,
 {
-    tokio::spawn(async move {
+    tasks::spawn(Task::Metrics, async move {
         loop {
             let (stream, from) = match listener.accept().await {
                 Ok(x) => x,
@@ -45,7 +46,7 @@ where
                 }
             };
             let gather = gather.clone();
-            tokio::spawn(async move {
+            tasks::spawn(Task::MetricsClient, async move {
                 if let Err(e) = answer(stream, gather).await {
                     debug!(%from, error = %e, "metrics: client dropped");
                 }

@@ -263,6 +263,10 @@ pub fn status(s: &crate::northbound::control::Status) -> String {
     if s.restarting {
         line("Restart", "graceful restart in progress".into());
     }
+    if !s.tasks.is_empty() {
+        let tasks: Vec<String> = s.tasks.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        line("Tasks", tasks.join(", "));
+    }
     out
 }
 

@@ -27,6 +27,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
+use crate::tasks::{self, Task};
+
 use crate::northbound::control::{PeerStatus, RouteEntry};
 use crate::routing::authorisation::VmPolicy;
 use crate::routing::peer_info::ConnId;
@@ -280,7 +282,7 @@ impl Drop for Sock {
             o.close();
         }
         if let Some(r) = self.reader.take() {
-            tokio::spawn(async move {
+            tasks::spawn(Task::Timer, async move {
                 tokio::time::sleep(LINGER).await;
                 r.abort();
             });
@@ -304,13 +306,13 @@ struct Peer {
 static NEXT_PEER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 pub fn spawn(cfg: PeerConfig, local: Arc<DaemonHandles>) -> PeerHandle {
-    let (tx, rx) = mpsc::channel(256);
+    let (tx, rx) = mpsc::channel(tasks::PEER_MAILBOX);
     // What the Loc-RIB sends (exports, whole tables): a channel of its
     // own, for upstream neighbors only (a bounded channel allocates its
     // first block of slots at once: 2 KiB a VM session otherwise).
     let (rib_tx, rib_rx) = match cfg.export {
         Some(_) => {
-            let (tx, rx) = mpsc::channel(256);
+            let (tx, rx) = mpsc::channel(tasks::EXPORTS);
             (Some(tx), Some(rx))
         }
         None => (None, None),
@@ -362,7 +364,10 @@ pub fn spawn(cfg: PeerConfig, local: Arc<DaemonHandles>) -> PeerHandle {
             }
         }
     };
-    tokio::spawn(tracing::Instrument::instrument(supervised, span));
+    tasks::spawn(
+        Task::Peer,
+        tracing::Instrument::instrument(supervised, span),
+    );
     handle
 }
 
@@ -489,7 +494,7 @@ impl Peer {
                 }
                 Action::Refuse => {
                     if let Some(mut s) = self.pending.take() {
-                        tokio::spawn(async move {
+                        tasks::spawn(Task::Refuse, async move {
                             let n = Notification::new(
                                 bgp::notification::code::CEASE,
                                 cease::CONNECTION_REJECTED,
@@ -522,7 +527,7 @@ impl Peer {
                             timers,
                             notify: Box::new(move || {
                                 let tx = tx.clone();
-                                tokio::spawn(async move {
+                                tasks::spawn(Task::Forward, async move {
                                     let _ = tx.send(PeerMsg::BfdDown).await;
                                 });
                             }),
@@ -574,7 +579,7 @@ impl Peer {
         let password = cfg.password.clone();
         let gtsm = cfg.ttl_security;
         let ao = cfg.tcp_ao.clone();
-        self.connecting = Some(tokio::spawn(async move {
+        self.connecting = Some(tasks::spawn(Task::Connect, async move {
             let result = match tokio::time::timeout(
                 timeout,
                 connect(
@@ -622,7 +627,7 @@ impl Peer {
         let tx = self.tx.clone();
         let send_hold = self.core.send_hold_time();
         let out = outbox.clone();
-        let writer_task = tokio::spawn(async move {
+        let writer_task = tasks::spawn(Task::PeerWriter, async move {
             if write_loop(w, &out, send_hold).await == Written::Stalled {
                 let _ = tx.send(PeerMsg::SendHoldExpired { conn }).await;
             }
@@ -630,7 +635,7 @@ impl Peer {
         let tx = self.tx.clone();
         let backlog = self.local.rib_backlog.clone();
         let window = Arc::new(tokio::sync::Semaphore::new(READ_WINDOW));
-        let reader = tokio::spawn(async move {
+        let reader = tasks::spawn(Task::PeerReader, async move {
             // No buffer is held while the socket is quiet (a thousand idle
             // VM sessions must not keep 64 KiB each): one is made when
             // there is something to read, small unless the last read

@@ -29,6 +29,7 @@ use crate::role::hypervisor::RoleMsg;
 use crate::southbound::kernel::KernelEvent;
 use crate::southbound::net::global_address;
 use crate::southbound::net::Interface;
+use crate::tasks::{self, Task};
 
 /// One gateway: its address and the interface it is reached on.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -75,7 +76,7 @@ pub fn spawn(
     restart_time: u16,
     local: Arc<DaemonHandles>,
 ) -> mpsc::Sender<RoleMsg> {
-    let (tx, mut rx) = mpsc::channel(1024);
+    let (tx, mut rx) = mpsc::channel(tasks::ROLE_MAILBOX);
     let mut g = Guest {
         cfg,
         restart_time,
@@ -85,7 +86,7 @@ pub fn spawn(
         running: Vec::new(),
         refused: Default::default(),
     };
-    tokio::spawn(async move {
+    tasks::spawn(Task::Role, async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             let m = tokio::select! {

@@ -48,7 +48,10 @@ pub fn spawn(services: &[Service], rib: mpsc::UnboundedSender<RibMsg>) -> Status
             .collect(),
     ));
     for (i, s) in services.iter().enumerate() {
-        tokio::spawn(run(s.clone(), i, statuses.clone(), rib.clone()));
+        crate::tasks::spawn(
+            crate::tasks::Task::Health,
+            run(s.clone(), i, statuses.clone(), rib.clone()),
+        );
     }
     statuses
 }

@@ -32,6 +32,7 @@ use crate::peer::{self, DaemonHandles, PeerConfig, PeerHandle, PeerMsg};
 use crate::routing::authorisation::VmPolicy;
 use crate::southbound::kernel::KernelEvent;
 use crate::southbound::net::{is_link_local, Interface};
+use crate::tasks::{self, Task};
 
 /// The role's mailbox (hypervisor or guest): kernel events, connections
 /// for VM or gateway addresses, questions and commands from the daemon.
@@ -115,12 +116,12 @@ pub fn spawn(
     kernel: bool,
     registration_grace: std::time::Duration,
 ) -> mpsc::Sender<RoleMsg> {
-    let (tx, rx) = mpsc::channel(1024);
+    let (tx, rx) = mpsc::channel(tasks::ROLE_MAILBOX);
     // Link-local addresses that answer the probe come back as neighbours.
-    let (found_tx, mut found_rx) = mpsc::channel(256);
+    let (found_tx, mut found_rx) = mpsc::channel(tasks::PROBE_FOUND);
     let probe = crate::southbound::probe::spawn(found_tx);
     let fwd = tx.clone();
-    tokio::spawn(async move {
+    tasks::spawn(Task::Forward, async move {
         while let Some(e) = found_rx.recv().await {
             if fwd.send(RoleMsg::Kernel(e)).await.is_err() {
                 return;
@@ -129,7 +130,7 @@ pub fn spawn(
     });
     let mut hv = Hypervisor::new(groups, inventory, local, kernel, registration_grace, probe);
     hv.protected = protected.into();
-    tokio::spawn(hv.run(rx));
+    tasks::spawn(Task::Role, hv.run(rx));
     tx
 }
 

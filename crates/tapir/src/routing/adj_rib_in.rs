@@ -301,7 +301,7 @@ impl AdjRibIn {
         // thread does it, so that the withdrawals go out first.
         let routes = std::mem::take(&mut self.routes);
         if routes.len() >= BIG_TABLE {
-            std::thread::spawn(move || drop(routes));
+            crate::tasks::drop_elsewhere(routes);
         }
         self.refused.clear();
         self.shared = SharedParts::default();

@@ -612,7 +612,7 @@ impl Interned {
             .map(|(_, a)| a)
             .collect();
         if dead.len() >= 10_000 {
-            std::thread::spawn(move || drop(dead));
+            crate::tasks::drop_elsewhere(dead);
         }
     }
 }
@@ -866,7 +866,7 @@ impl Outputs for Shell {
 
     fn later(&mut self, delay: std::time::Duration, m: RibMsg) {
         let tx = self.self_tx.clone();
-        self.runtime.spawn(async move {
+        crate::tasks::spawn_on(&self.runtime, crate::tasks::Task::Timer, async move {
             tokio::time::sleep(delay).await;
             if let Some(tx) = tx.upgrade() {
                 let _ = tx.send(m);
@@ -936,7 +936,7 @@ pub fn spawn(
     };
     if let Some(d) = deferral {
         let t = tx.clone();
-        tokio::spawn(async move {
+        crate::tasks::spawn(crate::tasks::Task::Timer, async move {
             tokio::time::sleep(d).await;
             let _ = t.send(RibMsg::DeferralOver);
         });
@@ -944,9 +944,7 @@ pub fn spawn(
     // The RIB has a core of its own: peers decode, judge and encode on
     // the daemon's thread while best paths and exports are chosen here.
     // It ends when the last sender is dropped.
-    std::thread::Builder::new()
-        .name("rib".into())
-        .spawn(move || shell.run(rib, rx))?;
+    crate::tasks::thread(crate::tasks::Thread::Rib, move || shell.run(rib, rx))?;
     Ok(tx)
 }
 

@@ -142,7 +142,7 @@ pub fn spawn() -> std::io::Result<mpsc::UnboundedSender<BfdMsg>> {
         rx_socket_v4(MULTIHOP_PORT)?,
         rx_socket_v6(MULTIHOP_PORT)?,
     ];
-    tokio::spawn(run(rx, sockets));
+    crate::tasks::spawn(crate::tasks::Task::Bfd, run(rx, sockets));
     Ok(tx)
 }
 

@@ -21,6 +21,8 @@ use rtnetlink::{IpVersion, MulticastGroup, RouteMessageBuilder};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::tasks::{self, Task, Thread};
+
 /// The main routing table.
 const RT_TABLE_MAIN: u32 = 254;
 
@@ -145,7 +147,7 @@ const OVERRUN_SETTLE: std::time::Duration = std::time::Duration::from_millis(200
 /// the dump failed: a partial list is no list (a resync would take the
 /// missing links for gone).
 async fn links() -> Option<Vec<KernelEvent>> {
-    let e = match tokio::task::spawn_blocking(dump_links).await {
+    let e = match tasks::blocking(dump_links).await {
         Ok(Ok(v)) => return Some(v),
         Ok(Err(e)) => e.to_string(),
         Err(e) => e.to_string(),
@@ -468,7 +470,7 @@ pub async fn watch(tx: mpsc::UnboundedSender<KernelEvent>) -> std::io::Result<()
             warn!(error = %e, "cannot enlarge the netlink receive buffer");
         }
     }
-    tokio::spawn(conn);
+    tasks::spawn(Task::Netlink, conn);
     // Set when notifications were lost (the socket overran): resync now
     // rather than at the next tick.
     let overrun = Arc::new(tokio::sync::Notify::new());
@@ -476,7 +478,7 @@ pub async fn watch(tx: mpsc::UnboundedSender<KernelEvent>) -> std::io::Result<()
     let pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pending2 = pending.clone();
     let tx2 = tx.clone();
-    tokio::spawn(async move {
+    tasks::spawn(Task::KernelWatcher, async move {
         for e in links().await.unwrap_or_default() {
             let _ = tx2.send(e);
         }
@@ -538,7 +540,7 @@ pub async fn watch(tx: mpsc::UnboundedSender<KernelEvent>) -> std::io::Result<()
             }
         }
     });
-    tokio::spawn(async move {
+    tasks::spawn(Task::KernelWatcher, async move {
         while let Some((m, _)) = messages.next().await {
             match m.payload {
                 NetlinkPayload::InnerMessage(inner) => {
@@ -605,7 +607,7 @@ async fn dump_ours(handle: &rtnetlink::Handle, protocol: u8) -> Vec<RouteMessage
 /// graceful restart).
 pub async fn our_routes(protocol: u8) -> std::io::Result<Vec<Prefix>> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
-    tokio::spawn(conn);
+    tasks::spawn(Task::Netlink, conn);
     Ok(dump_ours(&handle, protocol)
         .await
         .iter()
@@ -623,7 +625,7 @@ pub async fn our_routes(protocol: u8) -> std::io::Result<Vec<Prefix>> {
 /// Removes routes of our protocol left by an earlier run (C9, docs/design.md).
 pub async fn flush_stale(protocol: u8) -> std::io::Result<usize> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
-    tokio::spawn(conn);
+    tasks::spawn(Task::Netlink, conn);
     let stale = dump_ours(&handle, protocol).await;
     let n = stale.len();
     for m in stale {
@@ -666,9 +668,9 @@ pub fn spawn_writer(
     sock.bind_auto()?;
     sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
     let (tx, rx) = mpsc::unbounded_channel::<Vec<FibChange>>();
-    std::thread::Builder::new()
-        .name("tapir-fib".into())
-        .spawn(move || write_batches(sock, rx, protocol, metric))?;
+    tasks::thread(Thread::Fib, move || {
+        write_batches(sock, rx, protocol, metric)
+    })?;
     Ok(tx)
 }
 

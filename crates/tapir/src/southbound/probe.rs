@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::southbound::kernel::KernelEvent;
+use crate::tasks::{self, Task};
 
 /// Echo requests sent per tap that comes up: the VM may still be booting.
 const DELAYS: [u64; 4] = [0, 1, 3, 10];
@@ -78,14 +79,17 @@ pub fn spawn(found: mpsc::Sender<KernelEvent>) -> mpsc::UnboundedSender<(u32, St
         Ok(s) => Arc::new(s),
         Err(e) => {
             warn!(error = %e, "no ICMPv6 socket: link-local VMs are found only when they speak first");
-            tokio::spawn(async move { while rx.recv().await.is_some() {} });
+            tasks::spawn(
+                Task::Probe,
+                async move { while rx.recv().await.is_some() {} },
+            );
             return tx;
         }
     };
     let outstanding = Arc::new(Mutex::new(Outstanding::default()));
     let reader = sock.clone();
     let answered = outstanding.clone();
-    tokio::spawn(async move {
+    tasks::spawn(Task::Probe, async move {
         let mut buf = [0u8; 1500];
         loop {
             let (n, from) = match reader.recv_from(&mut buf).await {
@@ -123,7 +127,7 @@ pub fn spawn(found: mpsc::Sender<KernelEvent>) -> mpsc::UnboundedSender<(u32, St
             }
         }
     });
-    tokio::spawn(async move {
+    tasks::spawn(Task::Probe, async move {
         // Not 0: a forger should not know where the numbers are.
         let mut seq: u16 = {
             use std::hash::{BuildHasher, Hasher};
@@ -138,7 +142,7 @@ pub fn spawn(found: mpsc::Sender<KernelEvent>) -> mpsc::UnboundedSender<(u32, St
                 let name = name.clone();
                 let s = seq;
                 let outstanding = outstanding.clone();
-                tokio::spawn(async move {
+                tasks::spawn(Task::Timer, async move {
                     tokio::time::sleep(Duration::from_secs(d)).await;
                     outstanding
                         .lock()

@@ -1,0 +1,333 @@
+//! Every task and thread the daemon runs, and the channels between them.
+//!
+//! Nothing else in the crate calls `tokio::spawn` or starts a thread: a
+//! task is started here under a [`Task`] name, a thread under a
+//! [`Thread`] name, and every bounded channel's capacity is a constant
+//! below. A unit test keeps it so. The number of live tasks of each kind
+//! is kept ([`live`]) and shown by `tapir show status`.
+//!
+//! ```text
+//!  main thread: one single-threaded tokio runtime
+//!  ┌──────────────────────────────────────────────────────────────────────┐
+//!  │ Accept ──(conn)──► Peer ◄──(PeerMsg, PEER_MAILBOX)── Role, Daemon    │
+//!  │                     │ ├─ PeerReader ─(bytes)─► Peer                  │
+//!  │                     │ ├─ PeerWriter ◄─(Outbox)─ Peer                 │
+//!  │                     │ └─ Connect ─(socket)─► Peer                    │
+//!  │ KernelWatcher ─(KernelEvent)─► KernelForward ─(RoleMsg)─► Role       │
+//!  │ Probe ─(found, PROBE_FOUND)─► ProbeForward ─(RoleMsg)─► Role         │
+//!  │ Role (hypervisor or guest: ROLE_MAILBOX) ─ starts/stops VM Peers     │
+//!  │ Bfd ─(session down: a closure)─► Peer                                │
+//!  │ Health (one per [[service]]) ─(RibMsg)─► rib thread                  │
+//!  │ Control ─► ControlClient ─► Daemon (one place answers requests)     │
+//!  │ Metrics ─► MetricsClient                                             │
+//!  │ Timer: one-shot sleeps (linger, deferral end, RIB's own timers)      │
+//!  └──────────┬───────────────────────────────────────────▲───────────────┘
+//!             │ RibMsg (unbounded, in order)              │ ToPeer (EXPORTS,
+//!             ▼                                           │ upstream peers only)
+//!  rib thread: Shell around the sans-IO Rib ──────────────┘
+//!             │ Vec<FibChange> (unbounded, batched)
+//!             ▼
+//!  fib thread: blocking netlink, up to 64 requests in flight
+//!
+//!  drop threads: a short-lived thread frees a large table (a peer's
+//!  Adj-RIB-In, a dead peer's paths) so that neither the main thread nor
+//!  the RIB waits on the allocator.
+//! ```
+//!
+//! Channels: `RibMsg` is unbounded so that a peer never waits on the RIB
+//! while the RIB waits to hand it exports; `ToPeer` is bounded so that a
+//! slow upstream neighbor slows the RIB's export to it (backpressure);
+//! the rest are bounded mailboxes (capacities below) or oneshot replies.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::task::JoinHandle;
+
+/// A session's mailbox: session events, role requests, `show` questions.
+pub const PEER_MAILBOX: usize = 256;
+/// What the Loc-RIB sends an upstream neighbor (exports, whole tables).
+pub const EXPORTS: usize = 256;
+/// The role's mailbox: kernel events, control requests, session news.
+pub const ROLE_MAILBOX: usize = 1024;
+/// Link-local neighbours that answered the probe, on their way to the role.
+pub const PROBE_FOUND: usize = 256;
+/// `tapir stop` (one is enough).
+pub const STOP: usize = 1;
+/// `tapir reload` and SIGHUP, queued while one is applied.
+pub const RELOAD: usize = 4;
+
+/// The kinds of task, each with what it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// One BGP session (static neighbor or VM address): the shell around
+    /// `PeerCore`.
+    Peer,
+    /// Reads a session's socket into its mailbox.
+    PeerReader,
+    /// Writes a session's outbox to its socket.
+    PeerWriter,
+    /// An outgoing TCP connection being made.
+    Connect,
+    /// Answers a connection the session refuses with a NOTIFICATION.
+    Refuse,
+    /// Accepts BGP connections on one listening socket.
+    Accept,
+    /// The role: the hypervisor's (taps, VMs, their sessions) or the
+    /// guest's (the default gateway).
+    Role,
+    /// Reads rtnetlink notifications and the periodic resync.
+    KernelWatcher,
+    /// Drives an rtnetlink connection.
+    Netlink,
+    /// Passes kernel or probe events on to the role.
+    Forward,
+    /// Sends and reads the ICMPv6 echo that finds link-local VMs.
+    Probe,
+    /// The BFD sessions (one task for all).
+    Bfd,
+    /// One health-checked service.
+    Health,
+    /// Accepts control connections.
+    Control,
+    /// One control connection.
+    ControlClient,
+    /// Accepts metrics scrapes.
+    Metrics,
+    /// One metrics scrape.
+    MetricsClient,
+    /// A one-shot delay that then sends a message or acts once.
+    Timer,
+}
+
+impl Task {
+    pub const ALL: [Task; 18] = [
+        Task::Peer,
+        Task::PeerReader,
+        Task::PeerWriter,
+        Task::Connect,
+        Task::Refuse,
+        Task::Accept,
+        Task::Role,
+        Task::KernelWatcher,
+        Task::Netlink,
+        Task::Forward,
+        Task::Probe,
+        Task::Bfd,
+        Task::Health,
+        Task::Control,
+        Task::ControlClient,
+        Task::Metrics,
+        Task::MetricsClient,
+        Task::Timer,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Peer => "peer",
+            Task::PeerReader => "peer-reader",
+            Task::PeerWriter => "peer-writer",
+            Task::Connect => "connect",
+            Task::Refuse => "refuse",
+            Task::Accept => "accept",
+            Task::Role => "role",
+            Task::KernelWatcher => "kernel-watcher",
+            Task::Netlink => "netlink",
+            Task::Forward => "forward",
+            Task::Probe => "probe",
+            Task::Bfd => "bfd",
+            Task::Health => "health",
+            Task::Control => "control",
+            Task::ControlClient => "control-client",
+            Task::Metrics => "metrics",
+            Task::MetricsClient => "metrics-client",
+            Task::Timer => "timer",
+        }
+    }
+}
+
+/// The daemon's threads besides the main one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Thread {
+    /// The Loc-RIB.
+    Rib,
+    /// The FIB writer.
+    Fib,
+}
+
+impl Thread {
+    fn name(self) -> &'static str {
+        match self {
+            Thread::Rib => "tapir-rib",
+            Thread::Fib => "tapir-fib",
+        }
+    }
+}
+
+static LIVE: [AtomicUsize; Task::ALL.len()] = [const { AtomicUsize::new(0) }; Task::ALL.len()];
+
+/// Tasks of this kind now running.
+pub fn live(task: Task) -> usize {
+    LIVE[task as usize].load(Ordering::Relaxed)
+}
+
+/// Counts a task from its start until it ends or is aborted.
+struct Alive(Task);
+
+impl Alive {
+    fn new(task: Task) -> Alive {
+        LIVE[task as usize].fetch_add(1, Ordering::Relaxed);
+        Alive(task)
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        LIVE[self.0 as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Starts a task on the current runtime.
+pub fn spawn<F>(task: Task, fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let alive = Alive::new(task);
+    tokio::spawn(async move {
+        let _alive = alive;
+        fut.await
+    })
+}
+
+/// Starts a task on `runtime` from a thread outside it (the RIB's).
+pub fn spawn_on<F>(runtime: &tokio::runtime::Handle, task: Task, fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let alive = Alive::new(task);
+    runtime.spawn(async move {
+        let _alive = alive;
+        fut.await
+    })
+}
+
+/// Runs a blocking call (a netlink dump) off the runtime's thread.
+pub async fn blocking<F, R>(f: F) -> Result<R, tokio::task::JoinError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await
+}
+
+/// Starts one of the daemon's threads.
+pub fn thread<F>(thread: Thread, f: F) -> std::io::Result<()>
+where
+    F: FnOnce() + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name(thread.name().into())
+        .spawn(f)
+        .map(drop)
+}
+
+/// Frees `value` on a short-lived thread of its own. If no thread can be
+/// started it is freed here.
+pub fn drop_elsewhere<T: Send + 'static>(value: T) {
+    // On failure the closure, and the value with it, is dropped here.
+    let _ = std::thread::Builder::new()
+        .name("drop".into())
+        .spawn(move || drop(value));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Accept: no other unit test starts one (they run in parallel).
+    #[test]
+    fn counts_a_task_while_it_runs_and_after_abort() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let before = live(Task::Accept);
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let done = spawn(Task::Accept, async move {
+                let _ = rx.await;
+            });
+            assert_eq!(live(Task::Accept), before + 1);
+            tx.send(()).unwrap();
+            done.await.unwrap();
+            assert_eq!(live(Task::Accept), before);
+            let forever = spawn(Task::Accept, std::future::pending::<()>());
+            assert_eq!(live(Task::Accept), before + 1);
+            forever.abort();
+            assert!(forever.await.unwrap_err().is_cancelled());
+            assert_eq!(live(Task::Accept), before);
+        });
+    }
+
+    #[test]
+    fn every_task_has_its_own_slot() {
+        for (i, t) in Task::ALL.iter().enumerate() {
+            assert_eq!(*t as usize, i, "{t:?} out of order in Task::ALL");
+        }
+    }
+
+    #[test]
+    fn drop_elsewhere_frees_the_value() {
+        let value = std::sync::Arc::new(());
+        drop_elsewhere(value.clone());
+        for _ in 0..1000 {
+            if std::sync::Arc::strong_count(&value) == 1 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("the value was never dropped");
+    }
+
+    /// Every spawn in the crate goes through this module.
+    #[test]
+    fn no_spawn_outside_this_module() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut stack = vec![src];
+        let mut found = Vec::new();
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                if p.file_name().is_some_and(|n| n == "tasks.rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&p).unwrap();
+                // Unit tests may start helpers of their own (fake servers).
+                let code = text.split("#[cfg(test)]").next().unwrap_or("");
+                for (n, line) in code.lines().enumerate() {
+                    for pat in [
+                        "tokio::spawn(",
+                        "runtime.spawn(",
+                        "spawn_blocking(",
+                        "thread::spawn(",
+                        "thread::Builder",
+                    ] {
+                        if line.contains(pat) {
+                            found.push(format!("{}:{}: {}", p.display(), n + 1, line.trim()));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "spawns outside tasks.rs:\n{}",
+            found.join("\n")
+        );
+    }
+}
