@@ -34,9 +34,8 @@ pub enum StartError {
     },
     #[error("listener: {0}")]
     Listener(std::io::Error),
-    /// TCP-MD5 or TCP-AO keys the listeners would not take.
-    #[error("{0}")]
-    Keys(String),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
     #[error("netlink: {0} (tapir needs CAP_NET_ADMIN to install routes)")]
     FibWriter(std::io::Error),
     #[error("netlink: {0} (tapir needs CAP_NET_ADMIN to follow taps and routes)")]
@@ -54,6 +53,50 @@ pub enum StartError {
     },
     #[error("signals: {0}")]
     Signals(std::io::Error),
+}
+
+/// A TCP-MD5 or TCP-AO key the listeners would not take.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("TCP-MD5 key for {}: {source} (does the kernel have CONFIG_TCP_MD5SIG?)", key_for(.addr, .len))]
+    Md5 {
+        addr: std::net::IpAddr,
+        len: Option<u8>,
+        source: std::io::Error,
+    },
+    #[error("TCP-AO key for {}: {source}", key_for(.addr, .len))]
+    Ao {
+        addr: std::net::IpAddr,
+        len: Option<u8>,
+        source: std::io::Error,
+    },
+    #[error("the TCP-AO key for {addr} changed: that takes a restart (tapir does not replace listener keys yet)")]
+    AoChanged { addr: std::net::IpAddr },
+}
+
+fn key_for(addr: &std::net::IpAddr, len: &Option<u8>) -> String {
+    match len {
+        Some(l) => format!("{addr}/{l}"),
+        None => addr.to_string(),
+    }
+}
+
+/// Why a reload was refused (the running config stays) or only partly
+/// applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::northbound::config::ConfigError),
+    #[error("[gateway] (the guest role) was added or removed: restart tapir to change roles")]
+    RoleChanged,
+    #[error("VM groups were added to or removed from a daemon without/with them: restart tapir")]
+    GroupsChanged,
+    #[error(transparent)]
+    Role(#[from] crate::role::hypervisor::RoleError),
+    #[error("the hypervisor task is gone")]
+    RoleGone,
+    #[error("the config was applied, but {0}")]
+    Keys(#[from] KeyError),
 }
 
 /// `tapir run`: start, serve until stopped, shut down.
@@ -78,7 +121,7 @@ struct Handles {
     about: Arc<About>,
     /// To the main loop: stop (graceful or not), reload.
     stop: mpsc::Sender<bool>,
-    reload: mpsc::Sender<oneshot::Sender<Result<String, String>>>,
+    reload: mpsc::Sender<oneshot::Sender<Result<String, ReloadError>>>,
 }
 
 /// The listening sockets' descriptors (TCP-MD5 and TCP-AO keys, GTSM) and
@@ -105,11 +148,11 @@ impl ListenerKeys {
             md5: Md5Keys::new(),
             ao: AoKeys::new(),
         };
-        keys.apply(config).map_err(StartError::Keys)?;
+        keys.apply(config)?;
         Ok(keys)
     }
 
-    fn apply(&mut self, config: &Config) -> Result<(), String> {
+    fn apply(&mut self, config: &Config) -> Result<(), KeyError> {
         apply_listener_ttl(&self.fds, config);
         apply_md5(&self.fds, &mut self.md5, &md5_keys(config))?;
         apply_ao(&self.fds, &mut self.ao, &ao_keys(config))
@@ -126,7 +169,7 @@ struct Daemon {
     /// Written at a graceful stop, read at the next start.
     marker: Option<std::path::PathBuf>,
     stop: mpsc::Receiver<bool>,
-    reload: mpsc::Receiver<oneshot::Sender<Result<String, String>>>,
+    reload: mpsc::Receiver<oneshot::Sender<Result<String, ReloadError>>>,
     /// Removes the control socket when the daemon ends.
     _control: control::SocketGuard,
 }
@@ -412,7 +455,7 @@ impl Daemon {
 
     /// One reload: the config file applied as a diff, then the listeners'
     /// keys.
-    async fn reload(&mut self) -> Result<String, String> {
+    async fn reload(&mut self) -> Result<String, ReloadError> {
         crate::northbound::notify::notify("RELOADING=1");
         let h = &self.handles;
         let mut result = reload(
@@ -425,7 +468,7 @@ impl Daemon {
         .await;
         if result.is_ok() {
             if let Err(e) = self.keys.apply(&self.config) {
-                result = Err(format!("the config was applied, but {e}"));
+                result = Err(e.into());
             }
         }
         crate::northbound::notify::notify("READY=1");
@@ -576,7 +619,9 @@ impl Handles {
                 }
                 match rx.await {
                     Ok(Ok(message)) => Response::Done { message },
-                    Ok(Err(message)) => Response::Error { message },
+                    Ok(Err(e)) => Response::Error {
+                        message: e.to_string(),
+                    },
                     Err(_) => shutting_down(),
                 }
             }
@@ -697,12 +742,10 @@ fn apply_ao(
     listeners: &[(std::os::fd::OwnedFd, bool)],
     applied: &mut AoKeys,
     new: &AoKeys,
-) -> Result<(), String> {
+) -> Result<(), KeyError> {
     for ((addr, len), key) in new {
         if applied.get(&(*addr, *len)).is_some_and(|k| k != key) {
-            return Err(format!(
-                "the TCP-AO key for {addr} changed: that takes a restart (tapir does not replace listener keys yet)"
-            ));
+            return Err(KeyError::AoChanged { addr: *addr });
         }
     }
     for ((addr, len), key) in new {
@@ -713,12 +756,13 @@ fn apply_ao(
             if !(*v6 || addr.is_ipv4()) {
                 continue;
             }
-            crate::southbound::sys::add_tcp_ao(fd, *v6, *addr, *len, key, true).map_err(|e| {
-                format!(
-                    "TCP-AO key for {addr}{}: {e}",
-                    len.map(|l| format!("/{l}")).unwrap_or_default()
-                )
-            })?;
+            crate::southbound::sys::add_tcp_ao(fd, *v6, *addr, *len, key, true).map_err(
+                |source| KeyError::Ao {
+                    addr: *addr,
+                    len: *len,
+                    source,
+                },
+            )?;
         }
         applied.insert((*addr, *len), key.clone());
     }
@@ -732,7 +776,7 @@ fn apply_md5(
     listeners: &[(std::os::fd::OwnedFd, bool)],
     applied: &mut Md5Keys,
     new: &Md5Keys,
-) -> Result<(), String> {
+) -> Result<(), KeyError> {
     let gone: Vec<(std::net::IpAddr, Option<u8>)> = applied
         .keys()
         .filter(|k| !new.contains_key(k))
@@ -754,11 +798,12 @@ fn apply_md5(
             if !(*v6 || addr.is_ipv4()) {
                 continue;
             }
-            crate::southbound::sys::set_tcp_md5(fd, *v6, *addr, *len, key).map_err(|e| {
-                format!(
-                    "TCP-MD5 key for {addr}{}: {e} (does the kernel have CONFIG_TCP_MD5SIG?)",
-                    len.map(|l| format!("/{l}")).unwrap_or_default()
-                )
+            crate::southbound::sys::set_tcp_md5(fd, *v6, *addr, *len, key).map_err(|source| {
+                KeyError::Md5 {
+                    addr: *addr,
+                    len: *len,
+                    source,
+                }
             })?;
         }
         applied.insert((*addr, *len), key.clone());
@@ -811,8 +856,8 @@ async fn reload(
     peers: &Peers,
     local: &Arc<DaemonHandles>,
     hv: Option<&mpsc::Sender<RoleMsg>>,
-) -> Result<String, String> {
-    let new = Config::load(path).map_err(|e| e.to_string())?;
+) -> Result<String, ReloadError> {
+    let new = Config::load(path)?;
     for w in new.warnings() {
         warn!("reload: {w}");
     }
@@ -836,18 +881,13 @@ async fn reload(
         later.push("BFD (it was off at start)");
     }
     if new.gateway.is_some() != current.gateway.is_some() {
-        return Err(
-            "[gateway] (the guest role) was added or removed: restart tapir to change roles".into(),
-        );
+        return Err(ReloadError::RoleChanged);
     }
     if new.gateway != current.gateway || new.services != current.services {
         later.push("[gateway]/[[service]]");
     }
     if new.groups.is_empty() != current.groups.is_empty() {
-        return Err(
-            "VM groups were added to or removed from a daemon without/with them: restart tapir"
-                .into(),
-        );
+        return Err(ReloadError::GroupsChanged);
     }
     // The VM side first: it is the part that can still refuse the file.
     if let Some(hv) = hv {
@@ -860,9 +900,8 @@ async fn reload(
             done: tx,
         })
         .await
-        .map_err(|_| "the hypervisor task is gone".to_string())?;
-        rx.await
-            .map_err(|_| "the hypervisor task is gone".to_string())??;
+        .map_err(|_| ReloadError::RoleGone)?;
+        rx.await.map_err(|_| ReloadError::RoleGone)??;
     }
     local.gr_helper_max.store(
         new.graceful_restart.helper_max_time,
@@ -1126,7 +1165,9 @@ async fn answer(
                         }
                     ),
                 },
-                Ok(Err(message)) => Response::Error { message },
+                Ok(Err(e)) => Response::Error {
+                    message: e.to_string(),
+                },
                 Err(_) => Response::Error {
                     message: "the RIB is not running".into(),
                 },
@@ -1166,7 +1207,9 @@ async fn answer(
                 Ok(Ok(())) => Response::Done {
                     message: format!("VM {name} registered"),
                 },
-                Ok(Err(message)) => Response::Error { message },
+                Ok(Err(e)) => Response::Error {
+                    message: e.to_string(),
+                },
                 Err(_) => no_hv(),
             }
         }
@@ -1183,7 +1226,9 @@ async fn answer(
                 Ok(Ok(())) => Response::Done {
                     message: format!("VM {name} removed"),
                 },
-                Ok(Err(message)) => Response::Error { message },
+                Ok(Err(e)) => Response::Error {
+                    message: e.to_string(),
+                },
                 Err(_) => no_hv(),
             }
         }

@@ -195,26 +195,36 @@ pub enum Response {
     },
 }
 
+/// Why the CLI got no answer from the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach tapir at {}: {source} (is `tapir run` running with this --socket?)", path.display())]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("control socket: bad answer: {0}")]
+    Answer(serde_json::Error),
+}
+
 /// Sends one request to a running daemon.
-pub async fn request(socket: &Path, req: &Request) -> Result<Response, String> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| {
-        format!(
-            "cannot reach tapir at {}: {e} (is `tapir run` running with this --socket?)",
-            socket.display()
-        )
-    })?;
+pub async fn request(socket: &Path, req: &Request) -> Result<Response, ClientError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: socket.to_path_buf(),
+            source,
+        })?;
     let (r, mut w) = stream.into_split();
-    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    // A request is plain data: serialising it cannot fail.
+    let mut line = serde_json::to_string(req).unwrap_or_default();
     line.push('\n');
-    w.write_all(line.as_bytes())
-        .await
-        .map_err(|e| format!("control socket: {e}"))?;
+    w.write_all(line.as_bytes()).await?;
     let mut answer = String::new();
-    BufReader::new(r)
-        .read_line(&mut answer)
-        .await
-        .map_err(|e| format!("control socket: {e}"))?;
-    serde_json::from_str(&answer).map_err(|e| format!("control socket: bad answer: {e}"))
+    BufReader::new(r).read_line(&mut answer).await?;
+    serde_json::from_str(&answer).map_err(ClientError::Answer)
 }
 
 /// Binds the control socket: its directory is created, a stale socket file

@@ -113,9 +113,7 @@ pub fn spawn(
                     let _ = tx.send(Vec::new());
                 }
                 RoleMsg::VmAdd(_, tx) | RoleMsg::VmRemove(_, tx) => {
-                    let _ = tx.send(Err(
-                        "this tapir runs in the guest role ([gateway]): it has no VMs".into(),
-                    ));
+                    let _ = tx.send(Err(crate::role::hypervisor::RoleError::GuestRole));
                 }
                 RoleMsg::Reload { done, .. } => {
                     let _ = done.send(Ok(()));

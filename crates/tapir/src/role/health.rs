@@ -92,7 +92,7 @@ async fn run(s: Service, i: usize, statuses: Statuses, rib: mpsc::UnboundedSende
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = round(&s).await;
+        let result = round(&s).await.map_err(|e| e.to_string());
         let flip = state.record(result.is_ok(), s.rise, s.fall);
         if flip {
             if state.up {
@@ -120,21 +120,73 @@ async fn run(s: Service, i: usize, statuses: Statuses, rib: mpsc::UnboundedSende
     }
 }
 
+/// Why a round of a service's checks failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    #[error("{0} is not configured on any interface")]
+    AddressMissing(IpAddr),
+    #[error("{check}: {source}")]
+    Check { check: String, source: CheckError },
+    #[error("{check}: no answer within {timeout:?}")]
+    Timeout {
+        check: String,
+        timeout: std::time::Duration,
+    },
+}
+
+/// Why one check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("cannot run: {0}")]
+    Spawn(std::io::Error),
+    #[error("exited with {0}")]
+    Exit(std::process::ExitStatus),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("status {0}")]
+    HttpStatus(u16),
+    #[error("not an HTTP response")]
+    NotHttp,
+    #[error("no answer records")]
+    NoRecords,
+    #[error("{}", rcode_name(*.0))]
+    Rcode(u8),
+}
+
+fn rcode_name(rcode: u8) -> String {
+    match rcode {
+        2 => "SERVFAIL".into(),
+        3 => "NXDOMAIN".into(),
+        5 => "REFUSED".into(),
+        r => format!("rcode {r}"),
+    }
+}
+
 /// One round: the address check, then every check; the first failure is
 /// the answer.
-async fn round(s: &Service) -> Result<(), String> {
+async fn round(s: &Service) -> Result<(), RoundError> {
     if s.require_address {
         for p in &s.prefixes {
             if !is_local_address(p.addr()) {
-                return Err(format!("{} is not configured on any interface", p.addr()));
+                return Err(RoundError::AddressMissing(p.addr()));
             }
         }
     }
     for c in &s.checks {
         match tokio::time::timeout(s.timeout, check(c)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("{c}: {e}")),
-            Err(_) => return Err(format!("{c}: no answer within {:?}", s.timeout)),
+            Ok(Err(source)) => {
+                return Err(RoundError::Check {
+                    check: c.to_string(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(RoundError::Timeout {
+                    check: c.to_string(),
+                    timeout: s.timeout,
+                })
+            }
         }
     }
     Ok(())
@@ -153,7 +205,7 @@ fn is_local_address(a: IpAddr) -> bool {
     })
 }
 
-pub async fn check(c: &Check) -> Result<(), String> {
+pub async fn check(c: &Check) -> Result<(), CheckError> {
     match c {
         Check::Command(argv) => {
             let out = tokio::process::Command::new(&argv[0])
@@ -164,17 +216,17 @@ pub async fn check(c: &Check) -> Result<(), String> {
                 .kill_on_drop(true)
                 .status()
                 .await
-                .map_err(|e| format!("cannot run: {e}"))?;
+                .map_err(CheckError::Spawn)?;
             if out.success() {
                 Ok(())
             } else {
-                Err(format!("exited with {out}"))
+                Err(CheckError::Exit(out))
             }
         }
         Check::Tcp(a) => tokio::net::TcpStream::connect(a)
             .await
             .map(drop)
-            .map_err(|e| e.to_string()),
+            .map_err(CheckError::Io),
         Check::Http {
             address,
             host,
@@ -185,7 +237,7 @@ pub async fn check(c: &Check) -> Result<(), String> {
             if got == *status {
                 Ok(())
             } else {
-                Err(format!("status {got}"))
+                Err(CheckError::HttpStatus(got))
             }
         }
         Check::Dns {
@@ -196,27 +248,23 @@ pub async fn check(c: &Check) -> Result<(), String> {
     }
 }
 
-async fn http_status(address: SocketAddr, host: &str, path: &str) -> Result<u16, String> {
-    let mut s = tokio::net::TcpStream::connect(address)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn http_status(address: SocketAddr, host: &str, path: &str) -> Result<u16, CheckError> {
+    let mut s = tokio::net::TcpStream::connect(address).await?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tapir-health\r\nConnection: close\r\n\r\n"
     );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes()).await?;
     // The status line is all that matters; read until it is complete.
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];
     while !buf.contains(&b'\n') && buf.len() < 4096 {
-        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let n = s.read(&mut chunk).await?;
         if n == 0 {
             break;
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    parse_status_line(&buf).ok_or_else(|| "not an HTTP response".to_string())
+    parse_status_line(&buf).ok_or(CheckError::NotHttp)
 }
 
 /// `HTTP/1.x NNN …` → NNN.
@@ -250,7 +298,7 @@ pub fn dns_query(id: u16, name: &str, record: u16) -> Vec<u8> {
 
 /// Judges an answer to `dns_query(id, …)`: None if it is not one (wrong
 /// id, not a response), else whether it answered.
-pub fn dns_answered(id: u16, reply: &[u8]) -> Option<Result<(), String>> {
+pub fn dns_answered(id: u16, reply: &[u8]) -> Option<Result<(), CheckError>> {
     if reply.len() < 12 || u16::from_be_bytes([reply[0], reply[1]]) != id {
         return None;
     }
@@ -260,31 +308,24 @@ pub fn dns_answered(id: u16, reply: &[u8]) -> Option<Result<(), String>> {
     let rcode = reply[3] & 0x0f;
     let answers = u16::from_be_bytes([reply[6], reply[7]]);
     Some(match (rcode, answers) {
-        (0, 0) => Err("no answer records".into()),
+        (0, 0) => Err(CheckError::NoRecords),
         (0, _) => Ok(()),
-        (2, _) => Err("SERVFAIL".into()),
-        (3, _) => Err("NXDOMAIN".into()),
-        (5, _) => Err("REFUSED".into()),
-        (r, _) => Err(format!("rcode {r}")),
+        (r, _) => Err(CheckError::Rcode(r)),
     })
 }
 
-async fn dns(server: SocketAddr, name: &str, record: u16) -> Result<(), String> {
+async fn dns(server: SocketAddr, name: &str, record: u16) -> Result<(), CheckError> {
     let any: SocketAddr = match server {
         SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let sock = tokio::net::UdpSocket::bind(any)
-        .await
-        .map_err(|e| e.to_string())?;
-    sock.connect(server).await.map_err(|e| e.to_string())?;
+    let sock = tokio::net::UdpSocket::bind(any).await?;
+    sock.connect(server).await?;
     let id: u16 = rand_id();
-    sock.send(&dns_query(id, name, record))
-        .await
-        .map_err(|e| e.to_string())?;
+    sock.send(&dns_query(id, name, record)).await?;
     let mut buf = [0u8; 1500];
     loop {
-        let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
+        let n = sock.recv(&mut buf).await?;
         if let Some(r) = dns_answered(id, &buf[..n]) {
             return r;
         }
@@ -338,17 +379,22 @@ mod tests {
         );
         let mut reply = q.clone();
         reply[2] |= 0x80;
-        assert_eq!(
+        assert!(matches!(
             dns_answered(0x1234, &reply),
-            Some(Err("no answer records".into()))
-        );
+            Some(Err(CheckError::NoRecords))
+        ));
         reply[7] = 1;
-        assert_eq!(dns_answered(0x1234, &reply), Some(Ok(())));
+        assert!(matches!(dns_answered(0x1234, &reply), Some(Ok(()))));
         reply[3] = 3;
-        assert_eq!(dns_answered(0x1234, &reply), Some(Err("NXDOMAIN".into())));
-        assert_eq!(dns_answered(0x4321, &reply), None, "another query's answer");
-        assert_eq!(dns_answered(0x1234, &q), None, "not a response");
-        assert_eq!(dns_answered(0x1234, &reply[..5]), None);
+        let nx = dns_answered(0x1234, &reply);
+        assert!(matches!(nx, Some(Err(CheckError::Rcode(3)))), "{nx:?}");
+        assert_eq!(nx.unwrap().unwrap_err().to_string(), "NXDOMAIN");
+        assert!(
+            dns_answered(0x4321, &reply).is_none(),
+            "another query's answer"
+        );
+        assert!(dns_answered(0x1234, &q).is_none(), "not a response");
+        assert!(dns_answered(0x1234, &reply[..5]).is_none());
     }
 
     #[test]
@@ -392,15 +438,16 @@ mod tests {
                     });
                 }
             });
-            assert_eq!(check(&Check::Tcp(tcp_addr)).await, Ok(()));
+            assert!(check(&Check::Tcp(tcp_addr)).await.is_ok());
             let http = |path: &str| Check::Http {
                 address: tcp_addr,
                 host: "h".into(),
                 path: path.into(),
                 status: 200,
             };
-            assert_eq!(check(&http("/ok")).await, Ok(()));
-            assert_eq!(check(&http("/down")).await, Err("status 503".into()));
+            assert!(check(&http("/ok")).await.is_ok());
+            let down = check(&http("/down")).await;
+            assert!(matches!(down, Err(CheckError::HttpStatus(503))), "{down:?}");
             // Nothing listens there any more.
             let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let closed_addr = closed.local_addr().unwrap();
@@ -429,14 +476,17 @@ mod tests {
                 name: name.into(),
                 record: 1,
             };
-            assert_eq!(check(&dns("good.example")).await, Ok(()));
-            assert_eq!(check(&dns("bad.example")).await, Err("NXDOMAIN".into()));
+            assert!(check(&dns("good.example")).await.is_ok());
+            let bad = check(&dns("bad.example")).await;
+            assert!(matches!(bad, Err(CheckError::Rcode(3))), "{bad:?}");
 
-            assert_eq!(check(&Check::Command(vec!["true".into()])).await, Ok(()));
-            assert!(check(&Check::Command(vec!["false".into()])).await.is_err());
+            assert!(check(&Check::Command(vec!["true".into()])).await.is_ok());
+            let f = check(&Check::Command(vec!["false".into()])).await;
+            assert!(matches!(f, Err(CheckError::Exit(_))), "{f:?}");
             assert!(check(&Check::Command(vec!["/nonexistent/x".into()]))
                 .await
                 .unwrap_err()
+                .to_string()
                 .contains("cannot run"));
         });
     }

@@ -34,6 +34,15 @@ use crate::southbound::kernel::KernelEvent;
 use crate::southbound::net::{is_link_local, Interface};
 use crate::tasks::{self, Task};
 
+/// Why the role refused a VM request or a reload.
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    #[error(transparent)]
+    Inventory(#[from] crate::northbound::inventory::InventoryError),
+    #[error("this tapir runs in the guest role ([gateway]): it has no VMs")]
+    GuestRole,
+}
+
 /// The role's mailbox (hypervisor or guest): kernel events, connections
 /// for VM or gateway addresses, questions and commands from the daemon.
 pub enum RoleMsg {
@@ -41,8 +50,8 @@ pub enum RoleMsg {
     Incoming(TcpStream, SocketAddr),
     ShowVms(oneshot::Sender<Vec<VmStatus>>),
     Peers(oneshot::Sender<Vec<PeerHandle>>),
-    VmAdd(Registration, oneshot::Sender<Result<(), String>>),
-    VmRemove(String, oneshot::Sender<Result<(), String>>),
+    VmAdd(Registration, oneshot::Sender<Result<(), RoleError>>),
+    VmRemove(String, oneshot::Sender<Result<(), RoleError>>),
     /// A reloaded config: new groups and inventory entries; every VM's
     /// routes are judged again, sessions start or stop as needed.
     Reload {
@@ -50,7 +59,7 @@ pub enum RoleMsg {
         vms: Vec<crate::northbound::inventory::VmEntry>,
         protected: Vec<IpAddr>,
         registration_grace: std::time::Duration,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), RoleError>>,
     },
     /// Stop every VM session: with a Cease, or (graceful) silently so that
     /// the VMs keep their state for our restart.
@@ -211,7 +220,7 @@ impl Hypervisor {
                     let r = reg
                         .to_entry()
                         .and_then(|e| self.inventory.register(e))
-                        .map_err(|e| e.to_string());
+                        .map_err(RoleError::from);
                     if r.is_ok() {
                         info!(vm = %reg.name, "VM registered");
                     }
@@ -223,7 +232,7 @@ impl Hypervisor {
                         .inventory
                         .unregister(&name)
                         .map(|_| ())
-                        .map_err(|e| e.to_string());
+                        .map_err(RoleError::from);
                     if r.is_ok() {
                         info!(vm = %name, "VM unregistered");
                     }
@@ -237,10 +246,7 @@ impl Hypervisor {
                     registration_grace,
                     done,
                 } => {
-                    let r = self
-                        .inventory
-                        .replace_config(vms)
-                        .map_err(|e| e.to_string());
+                    let r = self.inventory.replace_config(vms).map_err(RoleError::from);
                     if r.is_ok() {
                         self.groups = groups;
                         self.protected = protected.into();

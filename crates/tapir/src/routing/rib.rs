@@ -324,6 +324,11 @@ pub enum ToPeer {
     RibReady,
 }
 
+/// A drain named a VM the Loc-RIB has no routes from.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no VM `{0}` has routes (give its inventory name or its tap)")]
+pub struct UnknownVm(pub String);
+
 pub enum RibMsg {
     /// A batch from one peer: routes now accepted, prefixes no longer.
     Update {
@@ -379,7 +384,7 @@ pub enum RibMsg {
     Drain {
         vm: Option<String>,
         state: Option<DrainState>,
-        reply: oneshot::Sender<Result<usize, String>>,
+        reply: oneshot::Sender<Result<usize, UnknownVm>>,
     },
     /// A drain's delay ran out: withdraw if still draining.
     DrainExpired {
@@ -1362,7 +1367,7 @@ impl Rib {
         &mut self,
         vm: Option<String>,
         state: Option<DrainState>,
-        reply: oneshot::Sender<Result<usize, String>>,
+        reply: oneshot::Sender<Result<usize, UnknownVm>>,
         changed: &mut Vec<Change>,
         sink: &mut dyn Outputs,
     ) {
@@ -1375,9 +1380,7 @@ impl Rib {
         let targets: Vec<String> = match &vm {
             Some(v) if known.contains(v) || self.drains.contains_key(v) => vec![v.clone()],
             Some(v) => {
-                let _ = reply.send(Err(format!(
-                    "no VM `{v}` has routes (give its inventory name or its tap)"
-                )));
+                let _ = reply.send(Err(UnknownVm(v.clone())));
                 return;
             }
             None => match state {

@@ -207,7 +207,11 @@ impl H {
         );
     }
 
-    fn drain(&mut self, vm: &str, state: Option<DrainState>) -> Result<usize, String> {
+    fn drain(
+        &mut self,
+        vm: &str,
+        state: Option<DrainState>,
+    ) -> Result<usize, tapir::routing::rib::UnknownVm> {
         let (tx, mut rx) = oneshot::channel();
         self.apply(
             &format!("drain {vm} {state:?}"),
@@ -396,7 +400,8 @@ fn a_drain_with_a_delay_withdraws_when_it_runs_out() {
 fn draining_an_unknown_vm_is_an_error() {
     let mut h = H::new(false);
     let e = h.drain("nosuchvm", Some(DrainState::Shutdown)).unwrap_err();
-    assert!(e.contains("nosuchvm"), "{e}");
+    assert_eq!(e, tapir::routing::rib::UnknownVm("nosuchvm".into()));
+    assert!(e.to_string().contains("nosuchvm"), "{e}");
 }
 
 #[test]
