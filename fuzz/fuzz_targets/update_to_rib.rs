@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 use bgp::capability::{Capability, ExtendedNextHop, GracefulRestart, GracefulRestartFamily};
 use bgp::{AfiSafi, Context, Message, NextHop, PathAttributes, Prefix};
 use libfuzzer_sys::fuzz_target;
-use tapir::northbound::config::{ImportRules, MaxPrefixAction, RemoteAsConfig};
+use tapir::northbound::config::{
+    ImportRules, MaxPrefixAction, RemoteAsConfig, SessionLimits, SessionSettings,
+};
 use tapir::peer::{Action, Identity, Input, PeerConfig, PeerCore};
 use tapir::routing::adj_rib_in::MAX_KEPT_REFUSED;
 use tapir::routing::authorisation::VmPolicy;
@@ -137,10 +139,22 @@ fn session(pol: &VmPolicy, max_as_path_length: usize) -> PeerConfig {
             name: "tap4".into(),
             index: 4,
         }),
-        remote_as: RemoteAsConfig::External,
+        session: SessionSettings {
+            remote_as: RemoteAsConfig::External,
+            hold_time: 90,
+            connect_retry: Duration::from_secs(5),
+            bfd: None,
+            import_rules: ImportRules::vm_default(),
+            password: None,
+            ttl_security: false,
+            tcp_ao: None,
+            limits: SessionLimits {
+                send_hold_time: None,
+        max_as_path_length,
+                max_send_queue: 64 << 20,
+            },
+        },
         local_address: None,
-        hold_time: 90,
-        connect_retry: Duration::from_secs(5),
         passive: false,
         families: vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6],
         export: None,
@@ -149,14 +163,6 @@ fn session(pol: &VmPolicy, max_as_path_length: usize) -> PeerConfig {
         group: Some("vms".into()),
         graceful_restart: Some(120),
         extended_next_hop: true,
-        bfd: None,
-        send_hold_time: None,
-        max_as_path_length,
-        import_rules: ImportRules::vm_default(),
-        max_send_queue: 64 << 20,
-        password: None,
-        ttl_security: false,
-        tcp_ao: None,
         policy: Some(Arc::new(pol.clone())),
         global_v6_from: None,
         takeover: false,

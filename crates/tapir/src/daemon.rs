@@ -246,12 +246,12 @@ async fn start_fib(
 
 /// Whether any session of `config` asks for BFD.
 fn wants_bfd(config: &Config) -> bool {
-    config.neighbors.iter().any(|n| n.bfd.is_some())
-        || config.groups.iter().any(|g| g.bfd.is_some())
+    config.neighbors.iter().any(|n| n.session.bfd.is_some())
+        || config.groups.iter().any(|g| g.session.bfd.is_some())
         || config
             .gateway
             .as_ref()
-            .is_some_and(|g| g.template.bfd.is_some())
+            .is_some_and(|g| g.template.session.bfd.is_some())
 }
 
 /// The role's task: the guest's (a gateway is configured) or the
@@ -679,10 +679,14 @@ fn respawn_failed(peers: &Peers, config: &Config, local: &Arc<DaemonHandles>) {
 
 /// TCP-MD5 keys the listeners hold: an address, or a prefix (a group's
 /// range, so that any VM in it can use the group's key), and its key.
-type Md5Keys = std::collections::BTreeMap<(std::net::IpAddr, Option<u8>), Vec<u8>>;
+type Md5Keys = std::collections::BTreeMap<(std::net::IpAddr, Option<u8>), Arc<[u8]>>;
 
 fn md5_keys(config: &Config) -> Md5Keys {
-    listener_keys(config, |n| n.password.as_ref(), |g| g.password.as_ref())
+    listener_keys(
+        config,
+        |n| n.session.password.as_ref(),
+        |g| g.session.password.as_ref(),
+    )
 }
 
 /// The keys the listening sockets must hold, by address: each
@@ -712,8 +716,8 @@ fn listener_keys<K: Clone>(
 /// With GTSM anywhere, the listeners answer with TTL 255 (our SYN-ACK must
 /// pass the peer's check); the minimum is set per session after accept.
 fn apply_listener_ttl(listeners: &[(std::os::fd::OwnedFd, bool)], config: &Config) {
-    let wanted = config.neighbors.iter().any(|n| n.ttl_security)
-        || config.groups.iter().any(|g| g.ttl_security);
+    let wanted = config.neighbors.iter().any(|n| n.session.ttl_security)
+        || config.groups.iter().any(|g| g.session.ttl_security);
     if !wanted {
         return;
     }
@@ -728,10 +732,14 @@ fn apply_listener_ttl(listeners: &[(std::os::fd::OwnedFd, bool)], config: &Confi
 
 /// TCP-AO keys the listeners hold, as for TCP-MD5.
 type AoKeys =
-    std::collections::BTreeMap<(std::net::IpAddr, Option<u8>), crate::southbound::sys::AoKey>;
+    std::collections::BTreeMap<(std::net::IpAddr, Option<u8>), Arc<crate::southbound::sys::AoKey>>;
 
 fn ao_keys(config: &Config) -> AoKeys {
-    listener_keys(config, |n| n.tcp_ao.as_ref(), |g| g.tcp_ao.as_ref())
+    listener_keys(
+        config,
+        |n| n.session.tcp_ao.as_ref(),
+        |g| g.session.tcp_ao.as_ref(),
+    )
 }
 
 /// Adds `new`'s TCP-AO keys that are not on the listeners yet; `applied`
@@ -826,14 +834,14 @@ fn session_changed(
 ) -> bool {
     a.address != b.address
         || a.port != b.port
-        || a.remote_as != b.remote_as
+        || a.session.remote_as != b.session.remote_as
         || a.local_address != b.local_address
         || a.passive != b.passive
         || a.families != b.families
         || a.kernel_import != b.kernel_import
-        || a.password != b.password
-        || a.ttl_security != b.ttl_security
-        || a.tcp_ao != b.tcp_ao
+        || a.session.password != b.session.password
+        || a.session.ttl_security != b.session.ttl_security
+        || a.session.tcp_ao != b.session.tcp_ao
 }
 
 async fn stop_peer(h: &PeerHandle, subcode: u8) {
@@ -871,12 +879,12 @@ async fn reload(
     {
         later.push("listen/kernel/announce");
     }
-    let wants_bfd = new.neighbors.iter().any(|n| n.bfd.is_some())
-        || new.groups.iter().any(|g| g.bfd.is_some())
+    let wants_bfd = new.neighbors.iter().any(|n| n.session.bfd.is_some())
+        || new.groups.iter().any(|g| g.session.bfd.is_some())
         || new
             .gateway
             .as_ref()
-            .is_some_and(|g| g.template.bfd.is_some());
+            .is_some_and(|g| g.template.session.bfd.is_some());
     if wants_bfd && local.bfd.is_none() {
         later.push("BFD (it was off at start)");
     }
@@ -931,11 +939,11 @@ async fn reload(
                 restarted += 1;
             }
             Some((o, h)) => {
-                if o.hold_time != n.hold_time
-                    || o.connect_retry != n.connect_retry
-                    || o.bfd != n.bfd
-                    || o.limits != n.limits
-                    || o.import_rules != n.import_rules
+                if o.session.hold_time != n.session.hold_time
+                    || o.session.connect_retry != n.session.connect_retry
+                    || o.session.bfd != n.session.bfd
+                    || o.session.limits != n.session.limits
+                    || o.session.import_rules != n.session.import_rules
                     || current.graceful_restart.restart_time != restart_time
                 {
                     let _ = h.tx.send(PeerMsg::NextSession(Box::new(cfg))).await;

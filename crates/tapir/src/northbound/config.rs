@@ -374,9 +374,9 @@ pub struct Group {
     pub name: String,
     pub interfaces: Vec<String>,
     pub ranges: Vec<Prefix>,
-    pub remote_as: RemoteAsConfig,
-    pub hold_time: u16,
-    pub connect_retry: Duration,
+    /// Every VM session's settings; an inventory entry's `asn` overrides
+    /// `remote-as`.
+    pub session: SessionSettings,
     /// Group-level filter for VMs without an inventory entry.
     pub import: Option<(String, PrefixSet)>,
     pub max_prefixes: usize,
@@ -388,23 +388,35 @@ pub struct Group {
     /// Accept IPv4 routes with IPv6 next hops (RFC 8950), as link-local
     /// VMs send them.
     pub extended_next_hop: bool,
-    /// BFD with every VM of the group.
-    pub bfd: Option<BfdTimers>,
-    /// Limits (docs/security.md).
-    pub limits: SessionLimits,
-    /// TCP-MD5 key (RFC 2385) for every VM in the group's ranges.
-    pub password: Option<Vec<u8>>,
-    /// GTSM (RFC 5082) with every VM: single-hop sessions only.
-    pub ttl_security: bool,
-    /// TCP-AO (RFC 5925) key for every VM in the group's ranges.
-    pub tcp_ao: Option<AoKey>,
     /// Sessions in the whole group, and on one tap.
     pub max_sessions: usize,
     pub max_sessions_per_interface: usize,
     /// New connections accepted from one tap per second (burst: twice it).
     pub connection_rate: u32,
-    /// What a VM's routes must look like.
+}
+
+/// What every session is configured with, a static neighbor's, a VM
+/// group's or the gateway's alike; the running session keeps it as it is
+/// (`PeerConfig::session`). The keys are shared, not copied, by the
+/// thousand sessions of a group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionSettings {
+    pub remote_as: RemoteAsConfig,
+    /// 0 or at least 3 seconds (RFC 4271 §4.2).
+    pub hold_time: u16,
+    pub connect_retry: Duration,
+    /// BFD (single-hop) while the session is up.
+    pub bfd: Option<BfdTimers>,
+    /// Limits against a broken or hostile peer (docs/security.md).
+    pub limits: SessionLimits,
+    /// What the peer's routes must look like.
     pub import_rules: ImportRules,
+    /// TCP-MD5 key (RFC 2385).
+    pub password: Option<Arc<[u8]>>,
+    /// GTSM (RFC 5082): send with TTL 255, accept only 255.
+    pub ttl_security: bool,
+    /// TCP-AO (RFC 5925) key.
+    pub tcp_ao: Option<Arc<AoKey>>,
 }
 
 /// What is checked of a peer's routes beyond what every peer gets (AS 0,
@@ -511,27 +523,14 @@ pub struct Neighbor {
     pub name: String,
     pub address: IpAddr,
     pub port: u16,
-    pub remote_as: RemoteAsConfig,
     pub local_address: Option<IpAddr>,
-    pub hold_time: u16,
-    pub connect_retry: Duration,
     pub passive: bool,
     pub families: Vec<Afi>,
     /// Export policy (`export = "NAME"`); the hypervisor default without.
     pub export: Arc<Policy>,
     /// Install the routes learned from this neighbor into the kernel.
     pub kernel_import: bool,
-    /// BFD (single-hop) while the session is up.
-    pub bfd: Option<BfdTimers>,
-    pub limits: SessionLimits,
-    /// What the neighbor's routes must look like.
-    pub import_rules: ImportRules,
-    /// TCP-MD5 key (RFC 2385).
-    pub password: Option<Vec<u8>>,
-    /// GTSM (RFC 5082): send with TTL 255, accept only 255.
-    pub ttl_security: bool,
-    /// TCP-AO (RFC 5925) key.
-    pub tcp_ao: Option<AoKey>,
+    pub session: SessionSettings,
 }
 
 /// `remote-as`: a number, `external` or `internal`.
@@ -639,6 +638,9 @@ struct RawGateway {
     password_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     ttl_security: bool,
+    /// Not for the gateway (yet): `tcp-ao` there is an unknown key.
+    #[serde(skip)]
+    tcp_ao: Option<Spanned<RawAo>>,
 }
 
 fn default_gateway_connect_retry() -> Spanned<u64> {
@@ -1366,8 +1368,12 @@ fn parse_neighbor(
             ),
         ));
     }
-    let remote_as = remote_as(n.remote_as.get_ref()).map_err(|m| err(n.remote_as.span(), m))?;
-    let (hold_time, connect_retry) = timers(&n.hold_time, &n.connect_retry, &err)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let import_rules = ImportRules {
+        enforce_first_as: n.enforce_first_as,
+        ..ImportRules::neighbor_default()
+    };
+    let session = session_settings(n.session(), import_rules, dir, err)?;
     let families = match &n.families {
         None => vec![match address {
             IpAddr::V4(_) => Afi::Ipv4,
@@ -1405,7 +1411,7 @@ fn parse_neighbor(
         }
         None => format!("neighbor{}", i + 1),
     };
-    let internal = match &remote_as {
+    let internal = match &session.remote_as {
         RemoteAsConfig::Internal => true,
         RemoteAsConfig::Exact(a) => *a == local_as,
         _ => false,
@@ -1422,37 +1428,16 @@ fn parse_neighbor(
             )
         })?,
     };
-    let bfd = bfd_timers(n.bfd, &n.bfd_interval, &n.bfd_multiplier, &err)?;
-    let limits = session_limits(
-        &n.send_hold_time,
-        &n.max_as_path_length,
-        &n.max_send_queue,
-        &err,
-    )?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let password = password(&n.password, &n.password_file, dir, &err)?;
-    let tcp_ao = tcp_ao(&n.tcp_ao, password.is_some(), dir, &err)?;
     Ok(Neighbor {
         export,
-        bfd,
-        limits,
-        import_rules: ImportRules {
-            enforce_first_as: n.enforce_first_as,
-            ..ImportRules::neighbor_default()
-        },
-        password,
-        ttl_security: n.ttl_security,
-        tcp_ao,
         kernel_import: n.kernel_import,
         name,
         address,
         port: n.port,
-        remote_as,
         local_address: n.local_address,
-        hold_time,
-        connect_retry: Duration::from_secs(connect_retry),
         passive: n.passive,
         families,
+        session,
     })
 }
 
@@ -1481,7 +1466,10 @@ fn check_groups(
                 ));
             }
             // The listeners hold one TCP-MD5/TCP-AO key per address.
-            if range && (a.password != b.password || a.tcp_ao != b.tcp_ao) {
+            if range
+                && (a.session.password != b.session.password
+                    || a.session.tcp_ao != b.session.tcp_ao)
+            {
                 return Err(err(
                     raw[i].span(),
                     format!(
@@ -1564,8 +1552,8 @@ fn parse_gateway(
     err: &ErrFn,
 ) -> Result<GatewayConfig, ConfigError> {
     let r = g.get_ref();
-    let remote_as = remote_as(r.remote_as.get_ref()).map_err(|m| err(r.remote_as.span(), m))?;
-    let (hold_time, connect_retry) = timers(&r.hold_time, &r.connect_retry, err)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let session = session_settings(r.session(), ImportRules::neighbor_default(), dir, err)?;
     let mut families = Vec::new();
     for f in r.families.iter().flatten() {
         families.push(match f.get_ref().as_str() {
@@ -1612,34 +1600,17 @@ fn parse_gateway(
             )
         })?,
     };
-    let bfd = bfd_timers(r.bfd, &r.bfd_interval, &r.bfd_multiplier, err)?;
-    let limits = session_limits(
-        &r.send_hold_time,
-        &r.max_as_path_length,
-        &r.max_send_queue,
-        err,
-    )?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let password = password(&r.password, &r.password_file, dir, err)?;
     Ok(GatewayConfig {
         template: Neighbor {
             name: "gateway".into(),
             address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port: 179,
-            remote_as,
             local_address: None,
-            hold_time,
-            connect_retry: Duration::from_secs(connect_retry),
             passive: false,
             families,
             export,
             kernel_import: false,
-            bfd,
-            limits,
-            import_rules: ImportRules::neighbor_default(),
-            password,
-            ttl_security: r.ttl_security,
-            tcp_ao: None,
+            session,
         },
         interface: r.interface.clone(),
         addresses,
@@ -1868,6 +1839,82 @@ fn parse_check(c: &Spanned<RawCheck>, service: &str, err: &ErrFn) -> Result<Chec
 
 /// `hold-time` (0 or at least 3 s, RFC 4271 §4.2) and `connect-retry`
 /// (at least 1 s), for neighbors and groups alike.
+/// The settings every session section has (`[[neighbor]]`, `[[group]]`,
+/// `[gateway]`), borrowed from its raw form: one parser checks them all.
+struct RawSession<'a> {
+    remote_as: &'a Spanned<RawRemoteAs>,
+    hold_time: &'a Spanned<u16>,
+    connect_retry: &'a Spanned<u64>,
+    bfd: bool,
+    bfd_interval: &'a Spanned<u64>,
+    bfd_multiplier: &'a Spanned<u8>,
+    send_hold_time: &'a Option<Spanned<u64>>,
+    max_as_path_length: &'a Spanned<usize>,
+    max_send_queue: &'a Spanned<usize>,
+    password: &'a Option<Spanned<String>>,
+    password_file: &'a Option<Spanned<PathBuf>>,
+    ttl_security: bool,
+    tcp_ao: &'a Option<Spanned<RawAo>>,
+}
+
+/// Generates `RawX::session()` for a section with the common settings.
+macro_rules! raw_session {
+    ($raw:ty) => {
+        impl $raw {
+            fn session(&self) -> RawSession<'_> {
+                RawSession {
+                    remote_as: &self.remote_as,
+                    hold_time: &self.hold_time,
+                    connect_retry: &self.connect_retry,
+                    bfd: self.bfd,
+                    bfd_interval: &self.bfd_interval,
+                    bfd_multiplier: &self.bfd_multiplier,
+                    send_hold_time: &self.send_hold_time,
+                    max_as_path_length: &self.max_as_path_length,
+                    max_send_queue: &self.max_send_queue,
+                    password: &self.password,
+                    password_file: &self.password_file,
+                    ttl_security: self.ttl_security,
+                    tcp_ao: &self.tcp_ao,
+                }
+            }
+        }
+    };
+}
+raw_session!(RawNeighbor);
+raw_session!(RawGroup);
+raw_session!(RawGateway);
+
+/// Checks the common settings of a session section; `import_rules` are
+/// the section's (they differ by kind of peer).
+fn session_settings(
+    r: RawSession,
+    import_rules: ImportRules,
+    dir: &Path,
+    err: &ErrFn,
+) -> Result<SessionSettings, ConfigError> {
+    let remote_as = remote_as(r.remote_as.get_ref()).map_err(|m| err(r.remote_as.span(), m))?;
+    let (hold_time, connect_retry) = timers(r.hold_time, r.connect_retry, err)?;
+    let password = password(r.password, r.password_file, dir, err)?;
+    let tcp_ao = tcp_ao(r.tcp_ao, password.is_some(), dir, err)?;
+    Ok(SessionSettings {
+        remote_as,
+        hold_time,
+        connect_retry: Duration::from_secs(connect_retry),
+        bfd: bfd_timers(r.bfd, r.bfd_interval, r.bfd_multiplier, err)?,
+        limits: session_limits(
+            r.send_hold_time,
+            r.max_as_path_length,
+            r.max_send_queue,
+            err,
+        )?,
+        import_rules,
+        password: password.map(Arc::from),
+        ttl_security: r.ttl_security,
+        tcp_ao: tcp_ao.map(Arc::new),
+    })
+}
+
 fn timers(
     hold: &Spanned<u16>,
     retry: &Spanned<u64>,
@@ -2043,8 +2090,15 @@ fn parse_group(
                 .map_err(|e| err(r.span(), format!("group `{name}`: ranges: {e}")))?,
         );
     }
-    let remote_as = remote_as(g.remote_as.get_ref()).map_err(|m| err(g.remote_as.span(), m))?;
-    let (hold_time, connect_retry) = timers(&g.hold_time, &g.connect_retry, err)?;
+    let import_rules = ImportRules {
+        enforce_first_as: g.enforce_first_as,
+        allow_attributes: Some(allow_attributes(
+            g.name.get_ref(),
+            &g.allow_attributes,
+            err,
+        )?),
+    };
+    let session = session_settings(g.session(), import_rules, dir, err)?;
     let import = match &g.import {
         None => None,
         Some(i) => {
@@ -2099,30 +2153,13 @@ fn parse_group(
         name,
         interfaces,
         ranges,
-        remote_as,
-        hold_time,
-        connect_retry: Duration::from_secs(connect_retry),
+        session,
         import,
         max_prefixes: g.max_prefixes,
         max_prefixes_action,
         route_protocols,
         graceful_restart_time: gr,
         extended_next_hop: g.extended_next_hop,
-        bfd: bfd_timers(g.bfd, &g.bfd_interval, &g.bfd_multiplier, err)?,
-        limits: session_limits(
-            &g.send_hold_time,
-            &g.max_as_path_length,
-            &g.max_send_queue,
-            err,
-        )?,
-        tcp_ao: tcp_ao(
-            &g.tcp_ao,
-            g.password.is_some() || g.password_file.is_some(),
-            dir,
-            err,
-        )?,
-        password: password(&g.password, &g.password_file, dir, err)?,
-        ttl_security: g.ttl_security,
         max_sessions: at_least_one(&g.max_sessions, "max-sessions", err)?,
         max_sessions_per_interface: at_least_one(
             &g.max_sessions_per_interface,
@@ -2130,14 +2167,6 @@ fn parse_group(
             err,
         )?,
         connection_rate: at_least_one(&g.connection_rate, "connection-rate", err)?,
-        import_rules: ImportRules {
-            enforce_first_as: g.enforce_first_as,
-            allow_attributes: Some(allow_attributes(
-                g.name.get_ref(),
-                &g.allow_attributes,
-                err,
-            )?),
-        },
     })
 }
 
@@ -2283,9 +2312,15 @@ mod tests {
         let head = "router-id = \"1.1.1.1\"\nlocal-as = 1\n[[neighbor]]\naddress = \"10.0.0.1\"\nremote-as = 2\n";
         let load = |extra: &str| Config::parse(&format!("{head}{extra}\n"), &dir.join("t.toml"));
         let c = load("password-file = \"k\"").unwrap();
-        assert_eq!(c.neighbors[0].password.as_deref(), Some(&b"s3cret"[..]));
+        assert_eq!(
+            c.neighbors[0].session.password.as_deref(),
+            Some(&b"s3cret"[..])
+        );
         let c = load("password = \"inline\"").unwrap();
-        assert_eq!(c.neighbors[0].password.as_deref(), Some(&b"inline"[..]));
+        assert_eq!(
+            c.neighbors[0].session.password.as_deref(),
+            Some(&b"inline"[..])
+        );
         let e = load("password = \"a\"\npassword-file = \"k\"")
             .unwrap_err()
             .to_string();
@@ -2455,7 +2490,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            ok.groups[0].remote_as,
+            ok.groups[0].session.remote_as,
             RemoteAsConfig::Ranges(vec![(64613, 64613), (64700, 64799)])
         );
         let e = parse(&format!(
@@ -2512,13 +2547,13 @@ mod tests {
             )
         };
         let c = parse(&group("")).unwrap();
-        assert_eq!(c.groups[0].import_rules, ImportRules::vm_default());
+        assert_eq!(c.groups[0].session.import_rules, ImportRules::vm_default());
         let c = parse(&group(
             "enforce-first-as = false\nallow-attributes = [99, 240]\n",
         ))
         .unwrap();
         assert_eq!(
-            c.groups[0].import_rules,
+            c.groups[0].session.import_rules,
             ImportRules {
                 enforce_first_as: false,
                 allow_attributes: Some(vec![99, 240]),
@@ -2532,10 +2567,13 @@ mod tests {
         assert_eq!(e.line, 8, "{e}");
         let n = "[[neighbor]]\naddress = \"10.192.21.1\"\nremote-as = 65020\n";
         let c = parse(&format!("{HEAD}{n}")).unwrap();
-        assert_eq!(c.neighbors[0].import_rules, ImportRules::neighbor_default());
+        assert_eq!(
+            c.neighbors[0].session.import_rules,
+            ImportRules::neighbor_default()
+        );
         let c = parse(&format!("{HEAD}{n}enforce-first-as = true\n")).unwrap();
-        assert!(c.neighbors[0].import_rules.enforce_first_as);
-        assert_eq!(c.neighbors[0].import_rules.allow_attributes, None);
+        assert!(c.neighbors[0].session.import_rules.enforce_first_as);
+        assert_eq!(c.neighbors[0].session.import_rules.allow_attributes, None);
     }
 
     #[test]

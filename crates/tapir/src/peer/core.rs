@@ -29,7 +29,7 @@ use bgp::update::{encode_announce, encode_end_of_rib};
 use bgp::{AfiSafi, NextHop, PathAttributes, Prefix};
 use tracing::{debug, info, warn};
 
-use crate::northbound::config::{ImportRules, Neighbor, RemoteAsConfig};
+use crate::northbound::config::{Neighbor, RemoteAsConfig, SessionSettings};
 use crate::northbound::control::{PeerStatus, RouteEntry};
 use crate::routing::adj_rib_in::{AdjRibIn, Judge, PathRules};
 use crate::routing::authorisation::VmPolicy;
@@ -233,10 +233,10 @@ pub struct PeerCore {
 fn session_config(cfg: &PeerConfig, env: &Identity) -> session::Config {
     session::Config {
         local_as: env.local_as,
-        remote_as: cfg.remote_as.to_session(),
+        remote_as: cfg.session.remote_as.to_session(),
         router_id: env.router_id,
-        hold_time: cfg.hold_time,
-        connect_retry: cfg.connect_retry,
+        hold_time: cfg.session.hold_time,
+        connect_retry: cfg.session.connect_retry,
         passive: cfg.passive,
         families: cfg.families.iter().map(|a| AfiSafi::unicast(*a)).collect(),
         extended_next_hop: cfg.extended_next_hop,
@@ -310,11 +310,11 @@ impl PeerCore {
     /// task adds its mailbox): (asn if fixed, eBGP, export policy).
     pub fn subscription(&self) -> Option<(Option<u32>, bool, Arc<Policy>)> {
         let policy = self.cfg.export.clone()?;
-        let asn = match self.cfg.remote_as {
+        let asn = match self.cfg.session.remote_as {
             RemoteAsConfig::Exact(a) => Some(a),
             _ => None,
         };
-        let ebgp = match self.cfg.remote_as {
+        let ebgp = match self.cfg.session.remote_as {
             RemoteAsConfig::Internal => false,
             RemoteAsConfig::Exact(a) => a != self.env.local_as,
             _ => true,
@@ -333,9 +333,9 @@ impl PeerCore {
     /// taken to have stopped reading. The configured value, else 8 minutes
     /// or twice the hold time, whichever is larger.
     pub fn send_hold_time(&self) -> Duration {
-        self.cfg
-            .send_hold_time
-            .unwrap_or_else(|| Duration::from_secs(480.max(2 * u64::from(self.cfg.hold_time))))
+        self.cfg.session.limits.send_hold_time.unwrap_or_else(|| {
+            Duration::from_secs(480.max(2 * u64::from(self.cfg.session.hold_time)))
+        })
     }
 
     /// The address a connection attempt goes to (a link-local one scoped
@@ -425,7 +425,7 @@ impl PeerCore {
             Input::SendHoldExpired { conn } => {
                 if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
                     warn!(
-                        send_hold_time = ?self.cfg.send_hold_time,
+                        send_hold_time = ?self.cfg.session.limits.send_hold_time,
                         "send hold timer expired (RFC 9687): the peer stopped reading; connection closed"
                     );
                     crate::limits::hit(crate::limits::Limit::SendHoldTime);
@@ -441,7 +441,7 @@ impl PeerCore {
                     // queued rather than grow without end.
                     warn!(
                         queued,
-                        limit = self.cfg.max_send_queue,
+                        limit = self.cfg.session.limits.max_send_queue,
                         "send queue over max-send-queue: connection closed (Cease, Out of Resources)"
                     );
                     crate::limits::hit(crate::limits::Limit::SendQueue);
@@ -699,21 +699,21 @@ impl PeerCore {
 
     fn next_session(&mut self, c: PeerConfig) {
         info!("new timers take effect at the next session");
-        self.cfg.send_hold_time = c.send_hold_time;
-        self.cfg.max_as_path_length = c.max_as_path_length;
-        self.cfg.max_send_queue = c.max_send_queue;
-        self.cfg.hold_time = c.hold_time;
-        self.cfg.connect_retry = c.connect_retry;
-        self.cfg.bfd = c.bfd;
+        self.cfg.session.limits.send_hold_time = c.session.limits.send_hold_time;
+        self.cfg.session.limits.max_as_path_length = c.session.limits.max_as_path_length;
+        self.cfg.session.limits.max_send_queue = c.session.limits.max_send_queue;
+        self.cfg.session.hold_time = c.session.hold_time;
+        self.cfg.session.connect_retry = c.session.connect_retry;
+        self.cfg.session.bfd = c.session.bfd;
         self.cfg.graceful_restart = c.graceful_restart;
         // Each session takes the new settings at its next connection.
         for i in 0..self.conns.len() {
             let config = session_config(&self.cfg, &self.env);
             self.conns[i].session.set_config(config);
         }
-        if c.import_rules != self.cfg.import_rules {
+        if c.session.import_rules != self.cfg.session.import_rules {
             info!("new import rules: routes judged again");
-            self.cfg.import_rules = c.import_rules;
+            self.cfg.session.import_rules = c.session.import_rules;
             self.judge_all();
         }
     }
@@ -871,7 +871,7 @@ impl PeerCore {
         if self.adj_rib_in.has_stale() {
             self.flush_stale_families_not_kept(true);
         }
-        if let (Some(timers), true) = (self.cfg.bfd, self.env.bfd) {
+        if let (Some(timers), true) = (self.cfg.session.bfd, self.env.bfd) {
             self.bfd_registered = Some((
                 self.cfg.address,
                 self.cfg.interface.as_ref().map(|i| i.index),
@@ -1090,7 +1090,7 @@ impl PeerCore {
         let ebgp = self.info.as_ref().is_none_or(|i| i.ebgp);
         let policy = self.cfg.policy.clone();
         let judge = Judge {
-            max_as_path_length: self.cfg.max_as_path_length,
+            max_as_path_length: self.cfg.session.limits.max_as_path_length,
             policy: policy.as_deref(),
             path: path_rules(&self.cfg, self.info.as_deref(), self.env.local_as),
         };
@@ -1177,7 +1177,7 @@ impl PeerCore {
     fn judge_all(&mut self) {
         let policy = self.cfg.policy.clone();
         let judge = Judge {
-            max_as_path_length: self.cfg.max_as_path_length,
+            max_as_path_length: self.cfg.session.limits.max_as_path_length,
             policy: policy.as_deref(),
             path: path_rules(&self.cfg, self.info.as_deref(), self.env.local_as),
         };
@@ -1400,7 +1400,7 @@ impl PeerCore {
         PeerStatus {
             name: self.cfg.name.clone(),
             address: self.cfg.address.to_string(),
-            remote_as: self.cfg.remote_as.to_string(),
+            remote_as: self.cfg.session.remote_as.to_string(),
             asn: n.map(|n| n.remote_as),
             state: s.state().to_string(),
             since_secs: now.saturating_duration_since(self.state_since).as_secs(),
@@ -1443,8 +1443,8 @@ impl PeerCore {
             messages_sent: by_type(&self.sent),
             last_notification_sent: self.last_sent.clone(),
             last_notification_received: self.last_received.clone(),
-            configured_hold_time: self.cfg.hold_time,
-            connect_retry_secs: self.cfg.connect_retry.as_secs(),
+            configured_hold_time: self.cfg.session.hold_time,
+            connect_retry_secs: self.cfg.session.connect_retry.as_secs(),
             hold_timer_left_ms: s
                 .hold_deadline()
                 .map(|d| d.saturating_duration_since(now).as_millis() as u64),
@@ -1538,10 +1538,7 @@ pub struct PeerConfig {
     /// The tap the session lives on (SO_BINDTODEVICE, and the scope of a
     /// link-local address).
     pub interface: Option<Interface>,
-    pub remote_as: RemoteAsConfig,
     pub local_address: Option<IpAddr>,
-    pub hold_time: u16,
-    pub connect_retry: std::time::Duration,
     pub passive: bool,
     pub families: Vec<bgp::Afi>,
     /// Upstream neighbors: the export policy (they get the Loc-RIB).
@@ -1555,22 +1552,9 @@ pub struct PeerConfig {
     pub graceful_restart: Option<u16>,
     /// Offer IPv4 unicast with IPv6 next hops (RFC 8950).
     pub extended_next_hop: bool,
-    /// Run BFD with these timers while the session is up.
-    pub bfd: Option<crate::southbound::bfd::BfdTimers>,
-    /// RFC 9687 send hold time; None: the default (see `send_hold_time`).
-    pub send_hold_time: Option<std::time::Duration>,
-    /// Routes with longer AS paths are treated as withdrawn.
-    pub max_as_path_length: usize,
-    /// What the peer's paths must look like.
-    pub import_rules: ImportRules,
-    /// Bytes queued for the socket beyond which the connection is closed.
-    pub max_send_queue: usize,
-    /// TCP-MD5 key (RFC 2385) for this session's connections.
-    pub password: Option<Arc<[u8]>>,
-    /// GTSM (RFC 5082).
-    pub ttl_security: bool,
-    /// TCP-AO (RFC 5925) key for this session's connections.
-    pub tcp_ao: Option<Arc<crate::southbound::sys::AoKey>>,
+    /// Remote AS, timers, BFD, limits, import rules, keys: as configured
+    /// for the neighbor, the VM's group or the gateway.
+    pub session: SessionSettings,
     /// For a VM: what it may announce. Static neighbors accept everything.
     pub policy: Option<Arc<VmPolicy>>,
     /// A session over IPv6 link-local announces a global address of this
@@ -1592,10 +1576,7 @@ impl From<&Neighbor> for PeerConfig {
             address: n.address,
             port: n.port,
             interface: None,
-            remote_as: n.remote_as.clone(),
             local_address: n.local_address,
-            hold_time: n.hold_time,
-            connect_retry: n.connect_retry,
             passive: n.passive,
             families: n.families.clone(),
             export: Some(n.export.clone()),
@@ -1604,14 +1585,7 @@ impl From<&Neighbor> for PeerConfig {
             group: None,
             graceful_restart: None,
             extended_next_hop: false,
-            bfd: n.bfd,
-            send_hold_time: n.limits.send_hold_time,
-            max_as_path_length: n.limits.max_as_path_length,
-            import_rules: n.import_rules.clone(),
-            max_send_queue: n.limits.max_send_queue,
-            password: n.password.as_deref().map(Arc::from),
-            ttl_security: n.ttl_security,
-            tcp_ao: n.tcp_ao.clone().map(Arc::new),
+            session: n.session.clone(),
             policy: None,
             global_v6_from: None,
             takeover: false,
@@ -1636,7 +1610,7 @@ fn path_rules<'a>(cfg: &'a PeerConfig, info: Option<&PeerInfo>, local_as: u32) -
     // judges its routes again.
     let rules = match &cfg.policy {
         Some(p) => &p.import_rules,
-        None => &cfg.import_rules,
+        None => &cfg.session.import_rules,
     };
     PathRules {
         local_as,

@@ -345,6 +345,7 @@ pub fn spawn(cfg: PeerConfig, local: Arc<DaemonHandles>) -> PeerHandle {
     // start it afresh from the current configuration.
     let local = peer.local.clone();
     let bfd_key = cfg
+        .session
         .bfd
         .map(|_| (cfg.address, cfg.interface.as_ref().map(|i| i.index)));
     let supervised = async move {
@@ -551,7 +552,7 @@ impl Peer {
         };
         let Some(w) = &s.writer else { return };
         let total = w.push(bytes);
-        if total > self.core.cfg().max_send_queue {
+        if total > self.core.cfg().session.limits.max_send_queue {
             if let Some(t) = s.writer_task.take() {
                 t.abort();
             }
@@ -575,10 +576,10 @@ impl Peer {
         let addr = self.core.connect_to();
         let local = cfg.local_address;
         let device = cfg.interface.as_ref().map(|i| i.name.clone());
-        let timeout = cfg.connect_retry;
-        let password = cfg.password.clone();
-        let gtsm = cfg.ttl_security;
-        let ao = cfg.tcp_ao.clone();
+        let timeout = cfg.session.connect_retry;
+        let password = cfg.session.password.clone();
+        let gtsm = cfg.session.ttl_security;
+        let ao = cfg.session.tcp_ao.clone();
         self.connecting = Some(tasks::spawn(Task::Connect, async move {
             let result = match tokio::time::timeout(
                 timeout,
@@ -607,7 +608,7 @@ impl Peer {
     fn attach(&mut self, conn: ConnId, stream: TcpStream) {
         let cfg = self.core.cfg();
         let _ = stream.set_nodelay(true);
-        if cfg.ttl_security {
+        if cfg.session.ttl_security {
             let v6 = stream.local_addr().is_ok_and(|a| a.is_ipv6());
             if let Err(e) = gtsm(&stream, v6) {
                 warn!(error = %e, "cannot set up GTSM (RFC 5082) on the connection");

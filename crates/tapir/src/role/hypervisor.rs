@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::northbound::config::{Group, RemoteAsConfig};
+use crate::northbound::config::{Group, RemoteAsConfig, SessionSettings};
 use crate::northbound::control::PeerStatus;
 use crate::northbound::control::{VmSession, VmStatus};
 use crate::northbound::inventory::{Inventory, Mac, Registration, Source, VmEntry};
@@ -511,7 +511,7 @@ impl Hypervisor {
             protected: self.protected.clone(),
             max_prefixes: group.max_prefixes,
             max_prefixes_action: group.max_prefixes_action,
-            import_rules: group.import_rules.clone(),
+            import_rules: group.session.import_rules.clone(),
         }
     }
 
@@ -614,27 +614,20 @@ impl Hypervisor {
                 name: ifname,
                 index,
             }),
-            remote_as: match entry.and_then(|e| e.asn) {
-                Some(a) => RemoteAsConfig::Exact(a),
-                None => group.remote_as.clone(),
-            },
             local_address: None,
-            hold_time: group.hold_time,
-            connect_retry: group.connect_retry,
             passive: false,
             // Both families on every VM session: the VM's own config
             // decides which it uses (the capability intersection), and a
             // link-local session can carry IPv4 too (RFC 8950).
             families: vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6],
             extended_next_hop: group.extended_next_hop,
-            bfd: group.bfd,
-            send_hold_time: group.limits.send_hold_time,
-            max_as_path_length: group.limits.max_as_path_length,
-            import_rules: group.import_rules.clone(),
-            max_send_queue: group.limits.max_send_queue,
-            password: group.password.as_deref().map(Arc::from),
-            ttl_security: group.ttl_security,
-            tcp_ao: group.tcp_ao.clone().map(Arc::new),
+            session: SessionSettings {
+                remote_as: match entry.and_then(|e| e.asn) {
+                    Some(a) => RemoteAsConfig::Exact(a),
+                    None => group.session.remote_as.clone(),
+                },
+                ..group.session.clone()
+            },
             export: None,
             kernel: self.kernel,
             vm: entry.map(|e| e.name.clone()),

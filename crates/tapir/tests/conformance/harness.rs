@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use bgp::attribute::{AsPath, AsSegment, Origin};
 use bgp::session::{self, Event, RemoteAs, Session, State};
 use bgp::{AfiSafi, Message, NextHop, PathAttributes, Prefix};
-use tapir::northbound::config::{ImportRules, MaxPrefixAction, RemoteAsConfig};
+use tapir::northbound::config::{
+    ImportRules, MaxPrefixAction, RemoteAsConfig, SessionLimits, SessionSettings,
+};
 use tapir::peer::{Action, Identity, Input, PeerConfig, PeerCore};
 use tapir::routing::authorisation::VmPolicy;
 use tapir::routing::peer_info::ConnId;
@@ -96,10 +98,22 @@ pub fn vm_config(policy: VmPolicy) -> PeerConfig {
             name: "tap11".into(),
             index: 11,
         }),
-        remote_as: RemoteAsConfig::External,
+        session: SessionSettings {
+            remote_as: RemoteAsConfig::External,
+            hold_time: 90,
+            connect_retry: Duration::from_secs(5),
+            bfd: None,
+            import_rules: ImportRules::vm_default(),
+            password: None,
+            ttl_security: false,
+            tcp_ao: None,
+            limits: SessionLimits {
+                send_hold_time: None,
+                max_as_path_length: 32,
+                max_send_queue: 64 << 20,
+            },
+        },
         local_address: None,
-        hold_time: 90,
-        connect_retry: Duration::from_secs(5),
         passive: false,
         families: vec![bgp::Afi::Ipv4],
         export: None,
@@ -108,14 +122,6 @@ pub fn vm_config(policy: VmPolicy) -> PeerConfig {
         group: Some("vms".into()),
         graceful_restart: Some(120),
         extended_next_hop: false,
-        bfd: None,
-        send_hold_time: None,
-        max_as_path_length: 32,
-        import_rules: ImportRules::vm_default(),
-        max_send_queue: 64 << 20,
-        password: None,
-        ttl_security: false,
-        tcp_ao: None,
         policy: Some(Arc::new(policy)),
         global_v6_from: None,
         takeover: false,
@@ -129,10 +135,22 @@ pub fn tor_config() -> PeerConfig {
         address: IpAddr::V4(TOR_ADDR),
         port: 179,
         interface: None,
-        remote_as: RemoteAsConfig::Exact(TOR_AS),
+        session: SessionSettings {
+            remote_as: RemoteAsConfig::Exact(TOR_AS),
+            hold_time: 90,
+            connect_retry: Duration::from_secs(5),
+            bfd: None,
+            import_rules: ImportRules::neighbor_default(),
+            password: None,
+            ttl_security: false,
+            tcp_ao: None,
+            limits: SessionLimits {
+                send_hold_time: None,
+                max_as_path_length: 32,
+                max_send_queue: 64 << 20,
+            },
+        },
         local_address: None,
-        hold_time: 90,
-        connect_retry: Duration::from_secs(5),
         passive: false,
         families: vec![bgp::Afi::Ipv4],
         export: Some(Arc::new(Policy::hypervisor_default())),
@@ -141,14 +159,6 @@ pub fn tor_config() -> PeerConfig {
         group: None,
         graceful_restart: None,
         extended_next_hop: false,
-        bfd: None,
-        send_hold_time: None,
-        max_as_path_length: 32,
-        import_rules: ImportRules::neighbor_default(),
-        max_send_queue: 64 << 20,
-        password: None,
-        ttl_security: false,
-        tcp_ao: None,
         policy: None,
         global_v6_from: None,
         takeover: false,

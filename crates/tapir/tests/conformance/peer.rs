@@ -637,7 +637,7 @@ fn a_send_hold_timer_expiry_ends_the_session() {
 #[test]
 fn bfd_starts_with_the_session_and_ends_with_it() {
     let mut cfg = vm_config(vm_policy(100, MaxPrefixAction::Reject));
-    cfg.bfd = Some(tapir::southbound::bfd::BfdTimers {
+    cfg.session.bfd = Some(tapir::southbound::bfd::BfdTimers {
         interval: Duration::from_millis(300),
         multiplier: 3,
     });
@@ -658,7 +658,7 @@ fn bfd_starts_with_the_session_and_ends_with_it() {
 #[test]
 fn no_bfd_session_without_a_bfd_task() {
     let mut cfg = vm_config(vm_policy(100, MaxPrefixAction::Reject));
-    cfg.bfd = Some(tapir::southbound::bfd::BfdTimers {
+    cfg.session.bfd = Some(tapir::southbound::bfd::BfdTimers {
         interval: Duration::from_millis(300),
         multiplier: 3,
     });
@@ -699,7 +699,7 @@ fn abort_closes_without_a_notification_and_tells_the_loc_rib_nothing() {
 fn new_timers_apply_from_the_next_session() {
     let mut h = vm11();
     let mut c = vm_config(vm_policy(100, MaxPrefixAction::Reject));
-    c.hold_time = 9;
+    c.session.hold_time = 9;
     h.input("a reload sets hold-time 9", Input::NextSession(Box::new(c)));
     assert_eq!(h.core.status(h.now).hold_time, Some(90));
     h.remote_stops(Notification::new(code::CEASE, cease::ADMINISTRATIVE_RESET));
