@@ -1542,6 +1542,29 @@ impl Rib {
     /// export of each prefix's best path now, where it differs from the
     /// export of the best path it had (by the rules `before`). Counts what
     /// is exported; sends only with `send`.
+    /// What exporting to neighbor `peer` under the rules now takes: its
+    /// subscription, the best-path selection under the drains in force,
+    /// and its exporter (memoized).
+    fn exporting_to(&self, peer: PeerId) -> Option<(&Subscriber, Selection<'_>, Exporter<'_>)> {
+        let sub = self.subscribers.get(&peer)?;
+        let now = self
+            .exporter_with(sub, peer, &sub.policy, &self.drains)
+            .memoized(sub, self.rules);
+        Some((sub, Selection::new(&self.drains), now))
+    }
+
+    /// `sub`'s exporter under `policy` and `drains` (the ones now, or
+    /// those before a change).
+    fn exporter_with<'a>(
+        &'a self,
+        sub: &'a Subscriber,
+        peer: PeerId,
+        policy: &'a Policy,
+        drains: &'a Drains,
+    ) -> Exporter<'a> {
+        Exporter::new(sub, peer, policy, self.local_as, drains, self.drain_cfg)
+    }
+
     fn export_to(
         &mut self,
         peer: PeerId,
@@ -1550,26 +1573,14 @@ impl Rib {
         send: bool,
         sink: &mut dyn Outputs,
     ) {
-        let Rib {
-            subscribers,
-            table,
-            drains,
-            local_as,
-            drain_cfg,
-            rules,
-            ..
-        } = self;
-        let Some(sub) = subscribers.get(&peer) else {
+        let Some((sub, sel, mut now)) = self.exporting_to(peer) else {
             return;
         };
-        let sel = Selection::new(drains);
-        let exporter =
-            |policy, drains| Exporter::new(sub, peer, policy, *local_as, drains, *drain_cfg);
-        let mut now = exporter(&sub.policy, drains).memoized(sub, *rules);
+        let table = &self.table;
         let mut then = match before {
             Before::Now => None,
-            Before::Policy(p) => Some(exporter(p, drains)),
-            Before::Drains(d) => Some(exporter(&sub.policy, d)),
+            Before::Policy(p) => Some(self.exporter_with(sub, peer, p, &self.drains)),
+            Before::Drains(d) => Some(self.exporter_with(sub, peer, &sub.policy, d)),
         };
         let mut out: Vec<(Prefix, Option<Arc<PathAttributes>>)> = Vec::new();
         let (mut d4, mut d6) = (0isize, 0isize);
@@ -1619,22 +1630,11 @@ impl Rib {
     /// The whole table of `family` for one session of neighbor `peer`,
     /// the last message marked (the session sends End-of-RIB after it).
     fn refeed(&mut self, peer: PeerId, conn: ConnId, family: bgp::AfiSafi, sink: &mut dyn Outputs) {
-        let Rib {
-            subscribers,
-            table,
-            drains,
-            local_as,
-            drain_cfg,
-            rules,
-            ..
-        } = self;
-        let Some(sub) = subscribers.get(&peer) else {
+        let Some((sub, sel, mut now)) = self.exporting_to(peer) else {
             return;
         };
+        let table = &self.table;
         let afi = family.unicast_afi();
-        let sel = Selection::new(drains);
-        let mut now = Exporter::new(sub, peer, &sub.policy, *local_as, drains, *drain_cfg)
-            .memoized(sub, *rules);
         let mut chunks: Vec<Vec<(Prefix, Arc<PathAttributes>)>> = vec![Vec::new()];
         for (p, v) in table.iter() {
             if Some(p.afi()) != afi || !sub.takes(&p) {
