@@ -36,6 +36,26 @@ pub fn vm_v6(n: u32) -> String {
     format!("2001:db8:140::{n}")
 }
 
+/// The AS of the reference VMs' BIRD.
+pub const VM_AS: u32 = 64613;
+
+/// The lab most tests start from: `tor`'s bridge, `hv1` on it, and VMs
+/// `vmN` behind `tapN` on hv1 for each N of `vms`.
+pub fn standard(vms: &[u32]) -> Lab {
+    let mut lab = Lab::new();
+    build(&mut lab, &["hv1"]);
+    for &n in vms {
+        add_vm(&mut lab, "hv1", n);
+    }
+    lab
+}
+
+/// BIRD in `vmN` with the reference VM config (multihop to the gateway,
+/// AS [`VM_AS`]), announcing `announce`.
+pub fn vm_bird(lab: &mut Lab, n: u32, announce: &[&str]) -> crate::bird::Bird {
+    lab.bird(&format!("vm{n}"), &vm_bird_config(n, VM_AS, announce))
+}
+
 /// Creates `tor` and the given hypervisors joined to its bridge.
 pub fn build(lab: &mut Lab, hvs: &[&str]) {
     lab.add_host("tor");

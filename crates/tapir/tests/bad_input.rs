@@ -31,8 +31,7 @@ struct Bench {
 
 impl Bench {
     fn new() -> Bench {
-        let mut lab = Lab::new();
-        reference::build(&mut lab, &["hv1"]);
+        let mut lab = reference::standard(&[]);
         // A host for the misbehaving peer, on its own link to hv1.
         lab.add_host("raw");
         lab.link("hv1", "raw0", "raw", "eth0");

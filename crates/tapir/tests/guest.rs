@@ -70,9 +70,7 @@ fn hv_tapir_config(router_id: &str) -> String {
 /// failing, the prefix leaves tor; passing again, it is back.
 #[test]
 fn guest_with_a_bird_hypervisor_and_a_health_check() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     service_addresses(&lab);
     let tor = tor::start(&mut lab, Kind::Bird);
     let hv = lab.bird("hv1", &reference::hv_bird_config("10.192.21.6"));
@@ -146,9 +144,7 @@ fn guest_with_a_bird_hypervisor_and_a_health_check() {
 /// The service address removed from lo: withdrawn too.
 #[test]
 fn guest_with_a_tapir_hypervisor_and_a_dns_check() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     service_addresses(&lab);
     let tor = tor::start(&mut lab, Kind::Bird);
     let c1 = lab.write("hv1/tapir.toml", &hv_tapir_config("10.192.21.6"));

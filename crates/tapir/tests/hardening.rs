@@ -41,9 +41,7 @@ fn metric(lab: &Lab, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn long_as_paths_are_refused_and_the_rest_goes_through() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 12);
+    let mut lab = reference::standard(&[12]);
     let tor = tor::start(&mut lab, Kind::Bird);
     // vm12 (no inventory entry; the group filter allows 10.3.0.0/24{32,32})
     // sends 10.3.0.13/32 with ten more copies of its AS.
@@ -77,14 +75,9 @@ fn long_as_paths_are_refused_and_the_rest_goes_through() {
 
 #[test]
 fn a_tap_with_many_addresses_gets_only_so_many_sessions() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     let tor = tor::start(&mut lab, Kind::Bird);
-    let vm = lab.bird(
-        "vm11",
-        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
-    );
+    let vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     // The honest VM is tried at its IPv4, IPv6 and link-local addresses:
     // three sessions, the limit.
     let cfg = lab.write("hv1/tapir.toml", &config("max-sessions-per-interface = 3"));
@@ -128,14 +121,9 @@ fn a_tap_with_many_addresses_gets_only_so_many_sessions() {
 
 #[test]
 fn a_connection_flood_from_a_tap_is_cut_off() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     let tor = tor::start(&mut lab, Kind::Bird);
-    let vm = lab.bird(
-        "vm11",
-        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
-    );
+    let vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     let cfg = lab.write("hv1/tapir.toml", &config("connection-rate = 2"));
     let _t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
     assert!(wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some());
@@ -172,11 +160,7 @@ fn a_connection_flood_from_a_tap_is_cut_off() {
 /// wrong key, or none, gets no session; the others do not notice.
 #[test]
 fn tcp_md5_with_bird_for_groups_and_neighbors() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    for n in [11, 12, 13] {
-        reference::add_vm(&mut lab, "hv1", n);
-    }
+    let mut lab = reference::standard(&[11, 12, 13]);
     // vm14 is a static neighbor on a tap outside the group, passive on our
     // side: its connections meet the listener's key.
     lab.add_host("vm14");
@@ -190,10 +174,7 @@ fn tcp_md5_with_bird_for_groups_and_neighbors() {
         "vm12",
         &reference::vm_bird_config_with(12, 64613, &["10.3.0.12/32"], "password \"guess\";"),
     );
-    let none = lab.bird(
-        "vm13",
-        &reference::vm_bird_config(13, 64613, &["10.3.0.13/32"]),
-    );
+    let none = reference::vm_bird(&mut lab, 13, &["10.3.0.13/32"]);
     let nbr = lab.bird(
         "vm14",
         &reference::vm_bird_config_with(14, 65014, &["10.9.0.0/24"], "password \"nbr-secret\";"),
@@ -237,10 +218,7 @@ fn tcp_md5_with_bird_for_groups_and_neighbors() {
 /// a TTL below 255 does not.
 #[test]
 fn gtsm_for_a_single_hop_group_with_bird() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 12);
-    reference::add_vm(&mut lab, "hv1", 13);
+    let mut lab = reference::standard(&[12, 13]);
     let tor = tor::start(&mut lab, Kind::Bird);
     let good = lab.bird(
         "vm12",
@@ -275,15 +253,9 @@ fn gtsm_for_a_single_hop_group_with_bird() {
 /// and the failed session is started again.
 #[test]
 fn a_panicking_session_task_takes_nothing_else_down() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
-    reference::add_vm(&mut lab, "hv1", 12);
+    let mut lab = reference::standard(&[11, 12]);
     let tor = tor::start(&mut lab, Kind::Bird);
-    let good = lab.bird(
-        "vm11",
-        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
-    );
+    let good = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     let _bad = lab.bird(
         "vm12",
         &reference::vm_bird_config_with(
@@ -365,9 +337,7 @@ fn tapir_with_env(lab: &mut Lab, env: &str, cfg: &Path) -> lab::tapir::Tapir {
 /// the route and peers with the VM, whose prefix reaches tor.
 #[test]
 fn a_netlink_overrun_is_caught_up_at_once() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     // vm12's tap is up with the gateway address, but the hypervisor has
     // not routed its address yet: no session.
     lab.add_host("vm12");
@@ -386,10 +356,7 @@ fn a_netlink_overrun_is_caught_up_at_once() {
         ],
     );
     let tor = tor::start(&mut lab, Kind::Bird);
-    let good = lab.bird(
-        "vm11",
-        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
-    );
+    let good = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     let _vm12 = lab.bird(
         "vm12",
         &reference::vm_bird_config_with(
@@ -452,8 +419,7 @@ fn a_netlink_overrun_is_caught_up_at_once() {
 /// rather than run without the authentication the config asks for.
 #[test]
 fn tcp_ao_runs_where_the_kernel_has_it_and_says_so_where_not() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
+    let mut lab = reference::standard(&[]);
     let cfg = config(
         "tcp-ao = { key = \"ao-secret\", algorithm = \"hmac(sha1)\", send-id = 1, recv-id = 1 }",
     );

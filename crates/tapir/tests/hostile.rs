@@ -60,11 +60,8 @@ fn kernel_route(lab: &Lab, prefix: &str) -> Option<String> {
 /// BIRD VM vm11 (recdns1001, 10.3.0.1/32), and vm13 plugged in for the
 /// raw speaker.
 fn lab_with_vm11() -> (Lab, lab::tapir::Tapir, Tor) {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
+    let mut lab = reference::standard(&[11, 13]);
     let tor = tor::start(&mut lab, tor::Kind::Bird);
-    reference::add_vm(&mut lab, "hv1", 11);
-    reference::add_vm(&mut lab, "hv1", 13);
     lab.bird(
         "vm11",
         &reference::vm_bird_config(11, VM_AS, &["10.3.0.1/32"]),
@@ -262,11 +259,9 @@ fn frr_view(frr: &lab::frr::Frr) -> Option<(String, u64, u64, String)> {
 
 #[test]
 fn a_vm_forging_the_tors_bfd_packets_moves_nothing() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
+    let mut lab = reference::standard(&[13]);
     let tor = tor::start_with(&mut lab, tor::Kind::Frr, true);
     let Tor::Frr(frr) = &tor else { unreachable!() };
-    reference::add_vm(&mut lab, "hv1", 13);
     // The worst case: hv1 does not filter by reverse path, and vm13
     // sends from tor's address (its own, as far as its kernel knows).
     lab.exec("hv1", &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
@@ -478,10 +473,8 @@ fn registered(lab: &Lab) -> Vec<String> {
 
 #[test]
 fn a_new_vm_on_a_reused_tap_inherits_no_registration() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
+    let mut lab = reference::standard(&[13]);
     let tor = tor::start(&mut lab, tor::Kind::Bird);
-    reference::add_vm(&mut lab, "hv1", 13);
     let cfg = std::fs::read_to_string(example()).unwrap().replacen(
         "state-dir = \"/var/lib/tapir\"\n",
         "state-dir = \"/var/lib/tapir\"\nregistration-grace = 8\n",
@@ -556,11 +549,8 @@ fn a_new_vm_on_a_reused_tap_inherits_no_registration() {
 /// kernel sends it to vm12.
 #[test]
 fn a_vm_cannot_take_a_shared_prefix_off_tor_with_no_export() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
+    let mut lab = reference::standard(&[12, 13]);
     let tor = tor::start(&mut lab, tor::Kind::Bird);
-    reference::add_vm(&mut lab, "hv1", 12);
-    reference::add_vm(&mut lab, "hv1", 13);
     let prefix = "10.3.0.53/32";
     lab.bird("vm12", &reference::vm_bird_config(12, VM_AS, &[prefix]));
     let t = lab.tapir("hv1", Path::new(TAPIR), &example());
@@ -604,10 +594,8 @@ fn a_vm_cannot_take_a_shared_prefix_off_tor_with_no_export() {
 /// nor tor; both are refused as covering a neighbor.
 #[test]
 fn no_vm_route_covers_the_tors_address() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
+    let mut lab = reference::standard(&[13]);
     let tor = tor::start(&mut lab, tor::Kind::Bird);
-    reference::add_vm(&mut lab, "hv1", 13);
     let cfg = std::fs::read_to_string(example()).unwrap().replace(
         r#"BGP-FROM-VMS = ["10.3.0.0/24{32,32}","#,
         r#"BGP-FROM-VMS = ["10.3.0.0/24{32,32}", "10.192.21.0/24{24,32}","#,
@@ -654,10 +642,8 @@ fn mac_of(lab: &Lab, host: &str) -> String {
 /// address, but its own NIC, inherits nothing.
 #[test]
 fn a_new_vm_with_a_reused_address_inherits_no_registration() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
+    let mut lab = reference::standard(&[13]);
     let tor = tor::start(&mut lab, tor::Kind::Bird);
-    reference::add_vm(&mut lab, "hv1", 13);
     let cfg = lab.write(
         "hv1/tapir.toml",
         &std::fs::read_to_string(example()).unwrap(),
@@ -858,10 +844,8 @@ fn graceful_restart_keeps_only_what_the_vm_can_keep() {
 
 #[test]
 fn a_vms_restart_time_is_clamped_and_flaps_do_not_extend_it() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
+    let mut lab = reference::standard(&[13]);
     let tor = tor::start(&mut lab, tor::Kind::Bird);
-    reference::add_vm(&mut lab, "hv1", 13);
     let cfg =
         std::fs::read_to_string(example()).unwrap() + "\n[graceful-restart]\nhelper-max-time = 4\n";
     let cfg = lab.write("hv1/tapir.toml", &cfg);
@@ -945,10 +929,8 @@ fn a_route_too_large_to_pass_on_is_withdrawn_upstream_not_left_stale() {
 
 #[test]
 fn an_external_neighbor_without_export_gets_nothing() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
+    let mut lab = reference::standard(&[11]);
     let tor = tor::start(&mut lab, tor::Kind::Bird);
-    reference::add_vm(&mut lab, "hv1", 11);
     lab.bird(
         "vm11",
         &reference::vm_bird_config(11, VM_AS, &["10.3.0.1/32"]),

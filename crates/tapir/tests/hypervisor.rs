@@ -54,11 +54,7 @@ fn wait_up(lab: &Lab, b: &Bird, what: &str) {
 
 #[test]
 fn three_reference_vms_one_group() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    for n in [11, 12, 13] {
-        reference::add_vm(&mut lab, "hv1", n);
-    }
+    let mut lab = reference::standard(&[11, 12, 13]);
     let vm11 = lab.bird(
         "vm11",
         &reference::vm_bird_config_with(11, 64613, &["10.3.0.1/32"], SLOW_VM),
@@ -147,17 +143,12 @@ fn three_reference_vms_one_group() {
 
 #[test]
 fn a_vm_cannot_pose_as_another_from_the_wrong_tap() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     // vm14 sits behind tap14 (the hypervisor routes 10.192.24.14 there) but
     // configures vm11's address and announces from it.
     lab.add_host("vm14");
     reference::plug(&mut lab, "hv1", "tap14", 14, 11);
-    let vm11 = lab.bird(
-        "vm11",
-        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
-    );
+    let vm11 = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     let spoof = lab.bird(
         "vm14",
         &reference::vm_bird_config_with(
@@ -187,9 +178,7 @@ fn a_vm_cannot_pose_as_another_from_the_wrong_tap() {
 
 #[test]
 fn route_or_tap_removed_withdraws_and_the_vm_comes_back() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     let vm11 = lab.bird(
         "vm11",
         &reference::vm_bird_config_with(11, 64613, &["10.3.0.1/32"], SLOW_VM),
@@ -268,10 +257,7 @@ fn route_or_tap_removed_withdraws_and_the_vm_comes_back() {
 
 #[test]
 fn tapir_restart_reconnects_without_the_vms_timers() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
-    reference::add_vm(&mut lab, "hv1", 12);
+    let mut lab = reference::standard(&[11, 12]);
     let vm11 = lab.bird(
         "vm11",
         &reference::vm_bird_config_with(11, 64613, &["10.3.0.1/32"], SLOW_VM),
@@ -307,13 +293,8 @@ fn tapir_restart_reconnects_without_the_vms_timers() {
 
 #[test]
 fn registrations_change_what_a_vm_may_announce_and_survive_a_restart() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 13);
-    let vm13 = lab.bird(
-        "vm13",
-        &reference::vm_bird_config(13, 64613, &["10.3.0.1/32", "10.99.0.0/24"]),
-    );
+    let mut lab = reference::standard(&[13]);
+    let vm13 = reference::vm_bird(&mut lab, 13, &["10.3.0.1/32", "10.99.0.0/24"]);
     let t = lab.tapir("hv1", Path::new(TAPIR), &example());
     wait_up(&lab, &vm13, "vm13");
     let accepted =
@@ -418,10 +399,7 @@ fn registrations_change_what_a_vm_may_announce_and_survive_a_restart() {
 
 #[test]
 fn max_prefixes_reject_and_teardown() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 13);
-    reference::add_vm(&mut lab, "hv1", 14);
+    let mut lab = reference::standard(&[13, 14]);
     let three = ["10.3.0.5/32", "10.3.0.6/32", "10.3.0.7/32"];
     let vm13 = lab.bird("vm13", &reference::vm_bird_config(13, 64613, &three));
     let vm14 = lab.bird("vm14", &reference::vm_bird_config(14, 64613, &three));
@@ -470,9 +448,7 @@ fn max_prefixes_reject_and_teardown() {
 
 #[test]
 fn bfd_with_a_bird_vm_ends_the_session_when_the_vm_freezes() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 12);
+    let mut lab = reference::standard(&[12]);
     // vm12 as the reference lab has it: link-local, `bfd on`, 300 ms x 3.
     let vm_cfg = reference::vm_bird_link_local_config(12, 64613, &["2001:db8:3::2/128"], "bfd on;")
         .replace(
@@ -528,9 +504,7 @@ fn bfd_with_a_bird_vm_ends_the_session_when_the_vm_freezes() {
 
 #[test]
 fn bfd_multihop_with_the_reference_vm() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     // The reference config (`multihop`) with `bfd on`: BIRD runs BFD as
     // multihop (RFC 5883, port 4784); tapir follows it there.
     let vm_cfg = reference::vm_bird_config_with(11, 64613, &["10.3.0.1/32"], "bfd on;").replace(
@@ -587,14 +561,9 @@ fn send_bfd(lab: &Lab, vm: &str, from: &str, ttl: u8, my: u32, your: u32, state:
 
 #[test]
 fn bfd_packets_with_wrong_ttl_or_discriminator_are_ignored() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     // The VM runs BGP but no BFD: the packets below are the only ones.
-    let vm = lab.bird(
-        "vm11",
-        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
-    );
+    let vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     let cfg = std::fs::read_to_string(example()).unwrap().replace(
         "graceful-restart-time = 120",
         "graceful-restart-time = 120\nbfd = true",

@@ -99,14 +99,9 @@ fn assert_tapir_received_tor_routes(t: &lab::tapir::Tapir, lab: &Lab) {
 
 #[test]
 fn example_config_with_bird_tor_and_reference_vm() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     let tor = lab.bird("tor", &bird_tor_config());
-    let vm = lab.bird(
-        "vm11",
-        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
-    );
+    let vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml");
     let t = lab.tapir("hv1", Path::new(TAPIR), &example);
 
@@ -147,8 +142,7 @@ fn example_config_with_bird_tor_and_reference_vm() {
 
 #[test]
 fn bird_exchanges_ipv4_and_ipv6_routes() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
+    let mut lab = reference::standard(&[]);
     let tor = lab.bird("tor", &bird_tor_config());
     let cfg = lab.write("hv1/tapir.toml", &hv1_config());
     let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
@@ -176,8 +170,7 @@ fn bird_exchanges_ipv4_and_ipv6_routes() {
 
 #[test]
 fn frr_exchanges_ipv4_and_ipv6_routes() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
+    let mut lab = reference::standard(&[]);
     let frr = lab.frr(
         "tor",
         &format!(
@@ -248,8 +241,7 @@ fn frr_exchanges_ipv4_and_ipv6_routes() {
 
 #[test]
 fn gobgp_exchanges_ipv4_and_ipv6_routes() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
+    let mut lab = reference::standard(&[]);
     let g = lab.gobgp(
         "tor",
         &format!(
@@ -318,8 +310,7 @@ fn gobgp_exchanges_ipv4_and_ipv6_routes() {
 
 #[test]
 fn bfd_with_frr_bfdd_at_the_tor() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
+    let mut lab = reference::standard(&[]);
     let tor = lab::tor::start_with(&mut lab, lab::tor::Kind::Frr, true);
     let lab::tor::Tor::Frr(frr) = &tor else {
         unreachable!()

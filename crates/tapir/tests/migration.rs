@@ -139,14 +139,8 @@ fn drained_path_loses_at_tor_when_another_exists() {
     reference::add_vm(&mut lab, "hv2", 13);
     let tor = tor::start(&mut lab, Kind::Bird);
     // One anycast prefix from a VM on each hypervisor.
-    let _a = lab.bird(
-        "vm12",
-        &reference::vm_bird_config(12, 64613, &["10.3.0.53/32"]),
-    );
-    let _b = lab.bird(
-        "vm13",
-        &reference::vm_bird_config(13, 64613, &["10.3.0.53/32"]),
-    );
+    let _a = reference::vm_bird(&mut lab, 12, &["10.3.0.53/32"]);
+    let _b = reference::vm_bird(&mut lab, 13, &["10.3.0.53/32"]);
     let example = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml"),
     )
@@ -185,14 +179,11 @@ fn drained_path_loses_at_tor_when_another_exists() {
 /// VM's routes leaves tor's route in place.
 #[test]
 fn drained_path_loses_on_the_hypervisor_to_another_vm() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 12);
-    reference::add_vm(&mut lab, "hv1", 13);
+    let mut lab = reference::standard(&[12, 13]);
     let tor = tor::start(&mut lab, Kind::Bird);
     let prefix = "10.3.0.53/32";
-    let _a = lab.bird("vm12", &reference::vm_bird_config(12, 64613, &[prefix]));
-    let _b = lab.bird("vm13", &reference::vm_bird_config(13, 64613, &[prefix]));
+    let _a = reference::vm_bird(&mut lab, 12, &[prefix]);
+    let _b = reference::vm_bird(&mut lab, 13, &[prefix]);
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml");
     let t = lab.tapir("hv1", Path::new(TAPIR), &example);
     // hv1's kernel route for the prefix: the tap it goes out of.

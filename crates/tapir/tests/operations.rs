@@ -69,9 +69,7 @@ fn run_with_stdin(cmd: &mut Command, stdin: &str) -> (bool, String) {
 
 #[test]
 fn metrics_pass_promtool_and_match_what_peers_see() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     let tor = tor::start(&mut lab, Kind::Bird);
     let vm = lab.bird(
         "vm11",
@@ -222,14 +220,9 @@ fn stable(text: &str) -> String {
 
 #[test]
 fn cli_status_peer_and_routes_show_what_peers_see() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     let tor = tor::start(&mut lab, Kind::Bird);
-    let _vm = lab.bird(
-        "vm11",
-        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
-    );
+    let _vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     let cfg = lab.write("hv1/tapir.toml", &example());
     let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
     let at_tor = wait_for(WAIT, || tor.route("10.3.0.1/32").map(|_| ()));
@@ -334,14 +327,9 @@ fn cli_status_peer_and_routes_show_what_peers_see() {
 #[test]
 fn unprivileged_with_three_capabilities_and_systemd_readiness() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     let tor = tor::start(&mut lab, Kind::Bird);
-    let _vm = lab.bird(
-        "vm11",
-        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
-    );
+    let _vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     let cfg = lab.write("hv1/tapir.toml", &example());
     let run = lab.dir().join("hv1/run");
     std::fs::create_dir_all(&run).unwrap();
@@ -479,8 +467,7 @@ fn registered(t: &lab::tapir::Tapir, name: &str) -> Option<serde_json::Value> {
 /// is what tor sees.
 #[test]
 fn ganeti_and_libvirt_hooks() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
+    let mut lab = reference::standard(&[]);
     lab.add_host("vm12");
     reference::plug_bare(&mut lab, "hv1", "tap12", 12);
     // The NIC's MAC, as Ganeti gives it to the ifup hook.
@@ -491,10 +478,7 @@ fn ganeti_and_libvirt_hooks() {
     let tor = tor::start(&mut lab, Kind::Bird);
     // 10.3.0.99/32 passes the group's filter, but the VM's tags allow it
     // 10.3.0.2/32 only.
-    let _vm = lab.bird(
-        "vm12",
-        &reference::vm_bird_config(12, 64613, &["10.3.0.2/32", "10.3.0.99/32"]),
-    );
+    let _vm = reference::vm_bird(&mut lab, 12, &["10.3.0.2/32", "10.3.0.99/32"]);
     let cfg = lab.write("hv1/tapir.toml", &example());
     let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
     let socket = t.socket.to_string_lossy().into_owned();
@@ -634,14 +618,9 @@ fn ganeti_and_libvirt_hooks() {
 #[test]
 fn stuck_control_clients_hold_up_nobody() {
     use std::os::unix::net::UnixStream;
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     let tor = tor::start(&mut lab, Kind::Bird);
-    let _vm = lab.bird(
-        "vm11",
-        &reference::vm_bird_config(11, 64613, &["10.3.0.1/32"]),
-    );
+    let _vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     let cfg = lab.write("hv1/tapir.toml", &example());
     let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
     assert!(wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some());

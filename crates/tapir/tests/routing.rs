@@ -48,9 +48,7 @@ fn kernel_routes(lab: &Lab) -> Vec<String> {
 /// hv1 with vm11 (recdns1001) announcing its IPv4 and IPv6 service prefixes
 /// over its two sessions, and tor of the given kind.
 fn setup(kind: Kind, mode: &str) -> (Lab, Tor, lab::tapir::Tapir, lab::bird::Bird) {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     let tor = tor::start(&mut lab, kind);
     let vm = lab.bird(
         "vm11",
@@ -230,19 +228,10 @@ fn kernel_holds_what_the_loc_rib_selected() {
 
 #[test]
 fn two_vms_one_anycast_prefix() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 12);
-    reference::add_vm(&mut lab, "hv1", 13);
+    let mut lab = reference::standard(&[12, 13]);
     let tor = tor::start(&mut lab, Kind::Bird);
-    let _a = lab.bird(
-        "vm12",
-        &reference::vm_bird_config(12, 64613, &["10.3.0.53/32"]),
-    );
-    let b = lab.bird(
-        "vm13",
-        &reference::vm_bird_config(13, 64613, &["10.3.0.53/32"]),
-    );
+    let _a = reference::vm_bird(&mut lab, 12, &["10.3.0.53/32"]);
+    let b = reference::vm_bird(&mut lab, 13, &["10.3.0.53/32"]);
     let cfg = lab.write("hv1/tapir.toml", &example_with_mode("strip"));
     let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
     // Equal paths: the lower router id (vm12, 10.192.24.12) wins.
@@ -284,18 +273,9 @@ fn two_vms_one_anycast_prefix() {
 
 #[test]
 fn two_vms_one_anycast_prefix_with_multipath() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 12);
-    reference::add_vm(&mut lab, "hv1", 13);
-    let _a = lab.bird(
-        "vm12",
-        &reference::vm_bird_config(12, 64613, &["10.3.0.53/32"]),
-    );
-    let _b = lab.bird(
-        "vm13",
-        &reference::vm_bird_config(13, 64613, &["10.3.0.53/32"]),
-    );
+    let mut lab = reference::standard(&[12, 13]);
+    let _a = reference::vm_bird(&mut lab, 12, &["10.3.0.53/32"]);
+    let _b = reference::vm_bird(&mut lab, 13, &["10.3.0.53/32"]);
     let cfg = example_with_mode("strip").replace("metric = 20", "metric = 20\nmultipath = true");
     let cfg = lab.write("hv1/tapir.toml", &cfg);
     let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
@@ -328,9 +308,7 @@ fn two_vms_one_anycast_prefix_with_multipath() {
 
 #[test]
 fn graceful_restart_keeps_forwarding_and_the_tor_route() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     let tor = tor::start(&mut lab, Kind::Bird);
     let vm = lab.bird(
         "vm11",
@@ -411,9 +389,7 @@ fn graceful_restart_keeps_forwarding_and_the_tor_route() {
 
 #[test]
 fn graceful_restart_helper_keeps_a_crashed_vms_routes_until_its_end_of_rib() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     let tor = tor::start(&mut lab, Kind::Bird);
     // BIRD's default is to be "aware" only: it must be told it can restart
     // gracefully, then it lists its families in the capability.
@@ -616,9 +592,7 @@ fn without_tor_v6(cfg: &str) -> String {
 
 #[test]
 fn reload_adds_changes_and_removes_neighbors() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     let tor = tor::start(&mut lab, Kind::Bird);
     let vm = lab.bird(
         "vm11",
@@ -701,9 +675,7 @@ fn reload_adds_changes_and_removes_neighbors() {
 
 #[test]
 fn ibgp_vm_and_kernel_import_of_upstream_routes() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 11);
+    let mut lab = reference::standard(&[11]);
     let tor = tor::start(&mut lab, Kind::Bird);
     // recdns1001 as an iBGP client (AS 64612, tapir its route reflector):
     // no AS hop is added, even with as-path = "keep".
@@ -750,9 +722,7 @@ fn ibgp_vm_and_kernel_import_of_upstream_routes() {
 
 #[test]
 fn ipv4_over_a_link_local_session_rfc8950() {
-    let mut lab = Lab::new();
-    reference::build(&mut lab, &["hv1"]);
-    reference::add_vm(&mut lab, "hv1", 12);
+    let mut lab = reference::standard(&[12]);
     let tor = tor::start(&mut lab, Kind::Bird);
     // vm12 peers over IPv6 link-local only and also announces an IPv4
     // prefix, with its IPv6 address as next hop.
