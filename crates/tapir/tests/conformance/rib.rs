@@ -30,6 +30,10 @@ struct Collected {
     tor: std::collections::BTreeMap<Prefix, String>,
     later: Vec<(Duration, RibMsg)>,
     ready: usize,
+    /// Export messages to tor (each a batch of changes).
+    exports: usize,
+    /// Batches of FIB changes.
+    fib_batches: usize,
 }
 
 fn show_attrs(a: &PathAttributes) -> String {
@@ -57,6 +61,7 @@ impl Outputs for Collected {
     fn export(&mut self, peer: PeerId, m: ToPeer) {
         match m {
             ToPeer::Export(changes) => {
+                self.exports += 1;
                 for (p, a) in changes {
                     match a {
                         Some(a) => {
@@ -91,6 +96,7 @@ impl Outputs for Collected {
     }
 
     fn fib(&mut self, ops: Vec<FibChange>) {
+        self.fib_batches += 1;
         for op in ops {
             match op {
                 FibChange::Install { prefix, hops } => {
@@ -310,6 +316,55 @@ fn a_peer_down_takes_all_its_routes() {
     h.apply("vm11's session goes down", RibMsg::PeerDown(PeerId(1)));
     assert!(h.kernel().is_empty());
     assert!(h.tor_table().is_empty());
+}
+
+/// A lost session with a big table: what another VM also announces fails
+/// over to it, the rest is withdrawn, and it all goes out in batches (the
+/// first withdrawals leave before the last are decided).
+#[test]
+fn a_big_peer_down_fails_over_and_goes_out_in_batches() {
+    let mut h = H::new(false);
+    h.tor(Policy::hypervisor_default());
+    let (a, b) = (vm(1, 11), vm(2, 12));
+    let all: Vec<String> = (0..20_000u32)
+        .map(|i| format!("10.{}.{}.{}/32", 100 + i / 65536, (i / 256) % 256, i % 256))
+        .collect();
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let shared: Vec<&str> = refs.iter().copied().step_by(3).collect();
+    h.announce(&a, &refs, vm_attrs());
+    h.announce(&b, &shared, vm_attrs());
+    assert_eq!(h.kernel().len(), all.len());
+    let (exports, batches) = (h.out.exports, h.out.fib_batches);
+    h.out.lines.clear();
+    h.apply("vm11's session goes down", RibMsg::PeerDown(PeerId(1)));
+    // The shared prefixes now via vm12, and only they.
+    let expect: Vec<String> = shared
+        .iter()
+        .map(|p| format!("{p} via 10.192.24.12 dev Some(12)"))
+        .collect();
+    let mut kernel = h.kernel();
+    kernel.sort();
+    let mut expect_sorted = expect.clone();
+    expect_sorted.sort();
+    assert_eq!(kernel, expect_sorted);
+    assert_eq!(h.tor_table().len(), shared.len());
+    // tor never lost a shared prefix.
+    let withdrawn: std::collections::HashSet<&str> = h
+        .out
+        .lines
+        .iter()
+        .filter_map(|l| l.split_once(": withdraw ").map(|(_, p)| p))
+        .collect();
+    assert!(shared.iter().all(|p| !withdrawn.contains(p)));
+    assert_eq!(withdrawn.len(), all.len() - shared.len());
+    assert!(
+        h.out.exports - exports > 1,
+        "one export for the whole table"
+    );
+    assert!(
+        h.out.fib_batches - batches > 1,
+        "one FIB batch for the whole table"
+    );
 }
 
 #[test]
