@@ -302,6 +302,26 @@ impl Paths {
             }
         }
     }
+
+    /// Moves out the first path `pick` chooses.
+    pub fn take(&mut self, pick: impl Fn(&Path) -> bool) -> Option<Path> {
+        match self {
+            Paths::One(p) if pick(p) => match std::mem::take(self) {
+                Paths::One(p) => Some(p),
+                Paths::Many(_) => None,
+            },
+            Paths::One(_) => None,
+            Paths::Many(v) => {
+                let i = v.iter().position(pick)?;
+                let p = v.remove(i);
+                if v.len() == 1 {
+                    let last = v.pop().expect("one path");
+                    *self = Paths::One(last);
+                }
+                Some(p)
+            }
+        }
+    }
 }
 
 /// What the Loc-RIB sends a subscribed neighbor's task (on the channel
@@ -1454,12 +1474,22 @@ impl Rib {
             .filter(|(_, v)| v.iter().any(from))
             .map(|(p, _)| p)
             .collect();
+        let multipath = self.multipath;
         for part in gone.chunks(CHUNK) {
             let sel = Selection::new(&self.drains);
-            for p in part {
-                self.table.change(p, |v| {
-                    changed.push(Change::new(*p, Some(v), sel));
-                    v.retain(|x| !from(x));
+            for &prefix in part {
+                self.table.change(&prefix, |v| {
+                    let was_best = sel.best(v).is_some_and(from);
+                    // A session has one path per prefix. When it was the
+                    // best, it is what the change records (moved, not
+                    // copied); when not, nothing changes but the kernel's
+                    // next hops under multipath.
+                    let path = v.take(from);
+                    if was_best {
+                        changed.push(Change { prefix, was: path });
+                    } else if multipath {
+                        changed.push(Change::new(prefix, Some(v), sel));
+                    }
                     !v.is_empty()
                 });
             }
