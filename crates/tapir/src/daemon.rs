@@ -1083,6 +1083,90 @@ async fn peer_statuses(
     out
 }
 
+/// `show routes`: every session's routes, marked with what the Loc-RIB
+/// chose and whether that is in the kernel.
+async fn show_routes(
+    peers: &[PeerHandle],
+    hv: Option<&mpsc::Sender<RoleMsg>>,
+    rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
+) -> Response {
+    let mut out: Vec<RouteEntry> = Vec::new();
+    for p in all_peers(peers, hv).await {
+        let (tx, rx) = oneshot::channel();
+        if p.tx.send(PeerMsg::Routes(tx)).await.is_ok() {
+            if let Ok(r) = rx.await {
+                out.extend(r);
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.prefix, &a.peer).cmp(&(&b.prefix, &b.peer)));
+    // Which of them the Loc-RIB chose, and whether that is in the kernel.
+    let (tx, rx) = oneshot::channel();
+    if rib.send(crate::routing::rib::RibMsg::Show(tx)).is_ok() {
+        let best: std::collections::HashMap<String, crate::routing::rib::LocRibEntry> = rx
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.prefix.clone(), e))
+            .collect();
+        for r in &mut out {
+            if let Some(b) = best.get(&r.prefix) {
+                r.best = r.accepted
+                    && b.from == r.peer
+                    && b.next_hop.as_deref() == Some(r.next_hop.as_str());
+                r.installed = r.best && b.installed;
+            }
+        }
+    }
+    Response::Routes { routes: out }
+}
+
+/// `tapir drain` and `undrain`.
+async fn drain(
+    rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
+    vm: Option<String>,
+    withdraw: bool,
+    undrain: bool,
+) -> Response {
+    let state = match (undrain, withdraw) {
+        (true, _) => None,
+        (false, true) => Some(crate::routing::rib::DrainState::Withdrawn),
+        (false, false) => Some(crate::routing::rib::DrainState::Shutdown),
+    };
+    let (tx, rx) = oneshot::channel();
+    if rib
+        .send(crate::routing::rib::RibMsg::Drain {
+            vm: vm.clone(),
+            state,
+            reply: tx,
+        })
+        .is_err()
+    {
+        return Response::Error {
+            message: "the RIB is not running".into(),
+        };
+    }
+    match rx.await {
+        Ok(Ok(n)) => Response::Done {
+            message: format!(
+                "{} {n} VM(s)",
+                match state {
+                    None => "undrained",
+                    Some(crate::routing::rib::DrainState::Shutdown) =>
+                        "draining (GRACEFUL_SHUTDOWN)",
+                    Some(crate::routing::rib::DrainState::Withdrawn) => "withdrew",
+                }
+            ),
+        },
+        Ok(Err(e)) => Response::Error {
+            message: e.to_string(),
+        },
+        Err(_) => Response::Error {
+            message: "the RIB is not running".into(),
+        },
+    }
+}
+
 async fn answer(
     peers: &[PeerHandle],
     hv: Option<&mpsc::Sender<RoleMsg>>,
@@ -1096,37 +1180,7 @@ async fn answer(
         Request::ShowPeers => Response::Peers {
             peers: peer_statuses(peers, hv).await,
         },
-        Request::ShowRoutes => {
-            let mut out: Vec<RouteEntry> = Vec::new();
-            for p in all_peers(peers, hv).await {
-                let (tx, rx) = oneshot::channel();
-                if p.tx.send(PeerMsg::Routes(tx)).await.is_ok() {
-                    if let Ok(r) = rx.await {
-                        out.extend(r);
-                    }
-                }
-            }
-            out.sort_by(|a, b| (&a.prefix, &a.peer).cmp(&(&b.prefix, &b.peer)));
-            // Which of them the Loc-RIB chose, and whether that is in the kernel.
-            let (tx, rx) = oneshot::channel();
-            if rib.send(crate::routing::rib::RibMsg::Show(tx)).is_ok() {
-                let best: std::collections::HashMap<String, crate::routing::rib::LocRibEntry> = rx
-                    .await
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|e| (e.prefix.clone(), e))
-                    .collect();
-                for r in &mut out {
-                    if let Some(b) = best.get(&r.prefix) {
-                        r.best = r.accepted
-                            && b.from == r.peer
-                            && b.next_hop.as_deref() == Some(r.next_hop.as_str());
-                        r.installed = r.best && b.installed;
-                    }
-                }
-            }
-            Response::Routes { routes: out }
-        }
+        Request::ShowRoutes => show_routes(peers, hv, rib).await,
         Request::ShowRib => {
             let (tx, rx) = oneshot::channel();
             if rib.send(crate::routing::rib::RibMsg::Show(tx)).is_err() {
@@ -1142,45 +1196,7 @@ async fn answer(
             vm,
             withdraw,
             undrain,
-        } => {
-            let state = match (undrain, withdraw) {
-                (true, _) => None,
-                (false, true) => Some(crate::routing::rib::DrainState::Withdrawn),
-                (false, false) => Some(crate::routing::rib::DrainState::Shutdown),
-            };
-            let (tx, rx) = oneshot::channel();
-            if rib
-                .send(crate::routing::rib::RibMsg::Drain {
-                    vm: vm.clone(),
-                    state,
-                    reply: tx,
-                })
-                .is_err()
-            {
-                return Response::Error {
-                    message: "the RIB is not running".into(),
-                };
-            }
-            match rx.await {
-                Ok(Ok(n)) => Response::Done {
-                    message: format!(
-                        "{} {n} VM(s)",
-                        match state {
-                            None => "undrained",
-                            Some(crate::routing::rib::DrainState::Shutdown) =>
-                                "draining (GRACEFUL_SHUTDOWN)",
-                            Some(crate::routing::rib::DrainState::Withdrawn) => "withdrew",
-                        }
-                    ),
-                },
-                Ok(Err(e)) => Response::Error {
-                    message: e.to_string(),
-                },
-                Err(_) => Response::Error {
-                    message: "the RIB is not running".into(),
-                },
-            }
-        }
+        } => drain(rib, vm, withdraw, undrain).await,
         Request::ShowBfd | Request::ShowStatus | Request::ShowServices => Response::Error {
             message: "handled by the daemon loop".into(),
         },
