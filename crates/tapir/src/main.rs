@@ -453,6 +453,18 @@ fn init_logging(filter: tracing_subscriber::EnvFilter, format: LogFormat) {
     }
 }
 
+/// A `show routes` argument that is neither a prefix nor an address.
+#[derive(Debug, thiserror::Error)]
+enum FilterError {
+    #[error("{text}: {source}")]
+    Prefix {
+        text: String,
+        source: bgp::prefix::PrefixError,
+    },
+    #[error("{0}: neither a prefix nor an address")]
+    Neither(String),
+}
+
 /// `show routes` filters.
 struct RouteFilter {
     prefix: Option<bgp::Prefix>,
@@ -466,16 +478,16 @@ impl RouteFilter {
         prefix: Option<String>,
         peer: Option<String>,
         vm: Option<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FilterError> {
         let (mut p, mut a) = (None, None);
         if let Some(s) = prefix {
             if s.contains('/') {
-                p = Some(s.parse().map_err(|e| format!("{s}: {e}"))?);
+                p = Some(s.parse().map_err(|source| FilterError::Prefix {
+                    text: s.clone(),
+                    source,
+                })?);
             } else {
-                a = Some(
-                    s.parse()
-                        .map_err(|_| format!("{s}: neither a prefix nor an address"))?,
-                );
+                a = Some(s.parse().map_err(|_| FilterError::Neither(s.clone()))?);
             }
         }
         Ok(RouteFilter {

@@ -100,10 +100,15 @@ pub const REGISTRATION_GRACE: std::time::Duration = std::time::Duration::from_se
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Mac(pub [u8; 6]);
 
+/// A MAC address that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a MAC address (like 52:54:00:12:34:56)")]
+pub struct MacError(pub String);
+
 impl std::str::FromStr for Mac {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Mac, String> {
-        let bad = || format!("`{s}` is not a MAC address (like 52:54:00:12:34:56)");
+    type Err = MacError;
+    fn from_str(s: &str) -> Result<Mac, MacError> {
+        let bad = || MacError(s.to_string());
         let mut m = [0u8; 6];
         let mut parts = s.split([':', '-']);
         for b in &mut m {
@@ -1082,43 +1087,54 @@ enum RawAsItem {
 }
 
 /// Parses `remote-as`; the error says what is wrong with it.
-fn remote_as(raw: &RawRemoteAs) -> Result<RemoteAsConfig, String> {
-    let range = |s: &str| -> Result<(u32, u32), String> {
-        let (a, b) = s.split_once('-').ok_or_else(|| {
-            format!(
-                "remote-as: `{s}` is neither an AS number, a range A-B, `external` nor `internal`"
-            )
-        })?;
-        let a: u32 = a
-            .trim()
-            .parse()
-            .map_err(|_| format!("remote-as: `{s}` has a bad AS number"))?;
-        let b: u32 = b
-            .trim()
-            .parse()
-            .map_err(|_| format!("remote-as: `{s}` has a bad AS number"))?;
+fn remote_as(raw: &RawRemoteAs) -> Result<RemoteAsConfig, RemoteAsError> {
+    let range = |s: &str| -> Result<(u32, u32), RemoteAsError> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| RemoteAsError::Word(s.to_string()))?;
+        let asn = |x: &str| {
+            x.trim()
+                .parse::<u32>()
+                .map_err(|_| RemoteAsError::BadNumber(s.to_string()))
+        };
+        let (a, b) = (asn(a)?, asn(b)?);
         if a == 0 || a > b {
-            return Err(format!("remote-as: range `{s}` is empty or starts at 0"));
+            return Err(RemoteAsError::EmptyRange(s.to_string()));
         }
         Ok((a, b))
     };
     match raw {
-        RawRemoteAs::Number(0) => Err("remote-as: 0 is not an AS number".into()),
+        RawRemoteAs::Number(0) => Err(RemoteAsError::Zero),
         RawRemoteAs::Number(a) => Ok(RemoteAsConfig::Exact(*a)),
         RawRemoteAs::Word(w) if w == "external" => Ok(RemoteAsConfig::External),
         RawRemoteAs::Word(w) if w == "internal" => Ok(RemoteAsConfig::Internal),
         RawRemoteAs::Word(w) => Ok(RemoteAsConfig::Ranges(vec![range(w)?])),
-        RawRemoteAs::List(items) if items.is_empty() => Err("remote-as: the list is empty".into()),
+        RawRemoteAs::List(items) if items.is_empty() => Err(RemoteAsError::EmptyList),
         RawRemoteAs::List(items) => items
             .iter()
             .map(|i| match i {
-                RawAsItem::Number(0) => Err("remote-as: 0 is not an AS number".into()),
+                RawAsItem::Number(0) => Err(RemoteAsError::Zero),
                 RawAsItem::Number(a) => Ok((*a, *a)),
                 RawAsItem::Range(s) => range(s),
             })
-            .collect::<Result<Vec<_>, String>>()
+            .collect::<Result<Vec<_>, _>>()
             .map(RemoteAsConfig::Ranges),
     }
+}
+
+/// A `remote-as` that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum RemoteAsError {
+    #[error("remote-as: 0 is not an AS number")]
+    Zero,
+    #[error("remote-as: `{0}` is neither an AS number, a range A-B, `external` nor `internal`")]
+    Word(String),
+    #[error("remote-as: `{0}` has a bad AS number")]
+    BadNumber(String),
+    #[error("remote-as: range `{0}` is empty or starts at 0")]
+    EmptyRange(String),
+    #[error("remote-as: the list is empty")]
+    EmptyList,
 }
 
 fn default_port() -> u16 {
@@ -1277,7 +1293,7 @@ fn parse_prefix_sets(
             set.patterns.push(
                 p.get_ref()
                     .parse::<PrefixPattern>()
-                    .map_err(|m| err(p.span(), format!("prefix-sets.{name}: {m}")))?,
+                    .map_err(|e| err(p.span(), format!("prefix-sets.{name}: {e}")))?,
             );
         }
         prefix_sets.insert(name.clone(), set);
@@ -1893,7 +1909,8 @@ fn session_settings(
     dir: &Path,
     err: &ErrFn,
 ) -> Result<SessionSettings, ConfigError> {
-    let remote_as = remote_as(r.remote_as.get_ref()).map_err(|m| err(r.remote_as.span(), m))?;
+    let remote_as =
+        remote_as(r.remote_as.get_ref()).map_err(|e| err(r.remote_as.span(), e.to_string()))?;
     let (hold_time, connect_retry) = timers(r.hold_time, r.connect_retry, err)?;
     let password = password(r.password, r.password_file, dir, err)?;
     let tcp_ao = tcp_ao(r.tcp_ao, password.is_some(), dir, err)?;

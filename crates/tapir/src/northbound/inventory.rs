@@ -43,9 +43,15 @@ pub enum InventoryError {
     )]
     LinkLocalWithoutInterface { name: String, address: IpAddr },
     #[error("VM `{name}`: prefix {reason}")]
-    BadPrefix { name: String, reason: String },
+    BadPrefix {
+        name: String,
+        reason: crate::routing::prefix_set::PatternError,
+    },
     #[error("VM `{name}`: {reason}")]
-    BadMac { name: String, reason: String },
+    BadMac {
+        name: String,
+        reason: crate::northbound::config::MacError,
+    },
     #[error(transparent)]
     Taken(#[from] Conflict),
     #[error("registered VM `{name}` conflicts with the new config: {reason}")]
@@ -512,7 +518,10 @@ mod tests {
             "5:54:00:ab:cd:0f0",
         ] {
             assert!(
-                bad.parse::<Mac>().unwrap_err().contains("not a MAC"),
+                bad.parse::<Mac>()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("not a MAC"),
                 "{bad}"
             );
         }

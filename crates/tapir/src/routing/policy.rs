@@ -41,9 +41,27 @@ pub enum AsPathMode {
     Prepend(u8),
 }
 
+/// A policy value that does not parse: `as-path`, a community or a
+/// large community.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("as-path: `prepend {0}`: N must be 1 to 10")]
+    Prepend(String),
+    #[error("as-path: `{0}` is not one of keep, strip, strip-private, prepend N")]
+    AsPath(String),
+    #[error("community `{0}` is not ASN:VALUE")]
+    Community(String),
+    #[error("community `{community}`: `{part}` is not 0-65535")]
+    CommunityPart { community: String, part: String },
+    #[error("large community `{0}` is not GLOBAL:LOCAL1:LOCAL2")]
+    LargeCommunity(String),
+    #[error("large community `{community}`: `{part}` is not a 32-bit number")]
+    LargeCommunityPart { community: String, part: String },
+}
+
 impl std::str::FromStr for AsPathMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<AsPathMode, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<AsPathMode, ValueError> {
         match s.split_whitespace().collect::<Vec<_>>().as_slice() {
             ["keep"] => Ok(AsPathMode::Keep),
             ["strip"] => Ok(AsPathMode::Strip),
@@ -53,10 +71,8 @@ impl std::str::FromStr for AsPathMode {
                 .ok()
                 .filter(|n| (1..=10).contains(n))
                 .map(AsPathMode::Prepend)
-                .ok_or_else(|| format!("as-path: `prepend {n}`: N must be 1 to 10")),
-            _ => Err(format!(
-                "as-path: `{s}` is not one of keep, strip, strip-private, prepend N"
-            )),
+                .ok_or_else(|| ValueError::Prepend(n.to_string())),
+            _ => Err(ValueError::AsPath(s.to_string())),
         }
     }
 }
@@ -321,7 +337,7 @@ impl Term {
 }
 
 /// `ASN:VALUE` or a well-known name (RFC 1997).
-pub fn parse_community(s: &str) -> Result<u32, String> {
+pub fn parse_community(s: &str) -> Result<u32, ValueError> {
     match s {
         "no-export" => return Ok(crate::routing::policy::NO_EXPORT),
         "no-advertise" => return Ok(crate::routing::policy::NO_ADVERTISE),
@@ -331,22 +347,25 @@ pub fn parse_community(s: &str) -> Result<u32, String> {
     }
     let (a, b) = s
         .split_once(':')
-        .ok_or_else(|| format!("community `{s}` is not ASN:VALUE"))?;
-    let a: u16 = a
-        .parse()
-        .map_err(|_| format!("community `{s}`: `{a}` is not 0-65535"))?;
-    let b: u16 = b
-        .parse()
-        .map_err(|_| format!("community `{s}`: `{b}` is not 0-65535"))?;
-    Ok(((a as u32) << 16) | b as u32)
+        .ok_or_else(|| ValueError::Community(s.to_string()))?;
+    let half = |x: &str| {
+        x.parse::<u16>().map_err(|_| ValueError::CommunityPart {
+            community: s.to_string(),
+            part: x.to_string(),
+        })
+    };
+    Ok(((half(a)? as u32) << 16) | half(b)? as u32)
 }
 
 /// `GLOBAL:LOCAL1:LOCAL2` (RFC 8092).
-pub fn parse_large_community(s: &str) -> Result<LargeCommunity, String> {
+pub fn parse_large_community(s: &str) -> Result<LargeCommunity, ValueError> {
     let v: Vec<&str> = s.split(':').collect();
     let n = |x: &str| {
         x.parse::<u32>()
-            .map_err(|_| format!("large community `{s}`: `{x}` is not a 32-bit number"))
+            .map_err(|_| ValueError::LargeCommunityPart {
+                community: s.to_string(),
+                part: x.to_string(),
+            })
     };
     match v.as_slice() {
         [a, b, c] => Ok(LargeCommunity {
@@ -354,7 +373,7 @@ pub fn parse_large_community(s: &str) -> Result<LargeCommunity, String> {
             local1: n(b)?,
             local2: n(c)?,
         }),
-        _ => Err(format!("large community `{s}` is not GLOBAL:LOCAL1:LOCAL2")),
+        _ => Err(ValueError::LargeCommunity(s.to_string())),
     }
 }
 

@@ -38,15 +38,28 @@ impl fmt::Display for PrefixPattern {
     }
 }
 
-impl FromStr for PrefixPattern {
-    type Err = String;
+/// Why a prefix pattern does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error(transparent)]
+    Prefix(#[from] bgp::prefix::PrefixError),
+    #[error("`{0}`: a length range is written {{MIN,MAX}}, `+` or `-`")]
+    RangeSyntax(String),
+    #[error("`{pattern}`: bad length `{length}`")]
+    BadLength { pattern: String, length: String },
+    #[error("`{pattern}`: the length range must lie within {len}..{max} and MIN <= MAX")]
+    OutOfRange { pattern: String, len: u8, max: u8 },
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for PrefixPattern {
+    type Err = PatternError;
+
+    fn from_str(s: &str) -> Result<Self, PatternError> {
         let (base, range) = match s.find(['{', '+', '-']) {
             Some(i) => (&s[..i], Some(&s[i..])),
             None => (s, None),
         };
-        let prefix: Prefix = base.parse().map_err(|e| format!("{e}"))?;
+        let prefix: Prefix = base.parse()?;
         let l = prefix.len();
         let max_len = match prefix {
             Prefix::V4(..) => 32,
@@ -57,30 +70,27 @@ impl FromStr for PrefixPattern {
             Some("+") => (l, max_len),
             Some("-") => (0, l),
             Some(r) => {
+                let syntax = || PatternError::RangeSyntax(s.to_string());
                 let inner = r
                     .strip_prefix('{')
                     .and_then(|r| r.strip_suffix('}'))
-                    .ok_or_else(|| {
-                        format!("`{s}`: a length range is written {{MIN,MAX}}, `+` or `-`")
-                    })?;
-                let (a, b) = inner
-                    .split_once(',')
-                    .ok_or_else(|| format!("`{s}`: a length range is written {{MIN,MAX}}"))?;
-                let a: u8 = a
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("`{s}`: bad length `{a}`"))?;
-                let b: u8 = b
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("`{s}`: bad length `{b}`"))?;
-                (a, b)
+                    .ok_or_else(syntax)?;
+                let (a, b) = inner.split_once(',').ok_or_else(syntax)?;
+                let length = |x: &str| {
+                    x.trim().parse::<u8>().map_err(|_| PatternError::BadLength {
+                        pattern: s.to_string(),
+                        length: x.to_string(),
+                    })
+                };
+                (length(a)?, length(b)?)
             }
         };
         if min < l || max > max_len || min > max {
-            return Err(format!(
-                "`{s}`: the length range must lie within {l}..{max_len} and MIN <= MAX"
-            ));
+            return Err(PatternError::OutOfRange {
+                pattern: s.to_string(),
+                len: l,
+                max: max_len,
+            });
         }
         Ok(PrefixPattern { prefix, min, max })
     }
