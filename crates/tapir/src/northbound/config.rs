@@ -615,37 +615,68 @@ struct RawConfig {
     service: Vec<Spanned<RawService>>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct RawGateway {
-    remote_as: Spanned<RawRemoteAs>,
-    interface: Option<String>,
-    #[serde(default)]
-    addresses: Vec<Spanned<IpAddr>>,
-    families: Option<Vec<Spanned<String>>>,
-    #[serde(default = "default_hold_time")]
-    hold_time: Spanned<u16>,
-    #[serde(default = "default_gateway_connect_retry")]
-    connect_retry: Spanned<u64>,
-    export: Option<Spanned<String>>,
-    #[serde(default)]
-    bfd: bool,
-    #[serde(default = "default_bfd_interval")]
-    bfd_interval: Spanned<u64>,
-    #[serde(default = "default_bfd_multiplier")]
-    bfd_multiplier: Spanned<u8>,
-    send_hold_time: Option<Spanned<u64>>,
-    #[serde(default = "default_max_as_path")]
-    max_as_path_length: Spanned<usize>,
-    #[serde(default = "default_max_send_queue")]
-    max_send_queue: Spanned<usize>,
-    password: Option<Spanned<String>>,
-    password_file: Option<Spanned<PathBuf>>,
-    #[serde(default)]
-    ttl_security: bool,
-    /// Not for the gateway (yet): `tcp-ao` there is an unknown key.
-    #[serde(skip)]
-    tcp_ao: Option<Spanned<RawAo>>,
+/// Declares the raw form of a session section (`[[neighbor]]`,
+/// `[[group]]`, `[gateway]`): its own keys, then the keys every session
+/// section has, once for all three, and `session()` to borrow those.
+macro_rules! session_section {
+    (struct $name:ident (connect_retry = $retry:literal) { $($own:tt)* }) => {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+        struct $name {
+            $($own)*
+            remote_as: Spanned<RawRemoteAs>,
+            #[serde(default = "default_hold_time")]
+            hold_time: Spanned<u16>,
+            #[serde(default = $retry)]
+            connect_retry: Spanned<u64>,
+            #[serde(default)]
+            bfd: bool,
+            #[serde(default = "default_bfd_interval")]
+            bfd_interval: Spanned<u64>,
+            #[serde(default = "default_bfd_multiplier")]
+            bfd_multiplier: Spanned<u8>,
+            send_hold_time: Option<Spanned<u64>>,
+            #[serde(default = "default_max_as_path")]
+            max_as_path_length: Spanned<usize>,
+            #[serde(default = "default_max_send_queue")]
+            max_send_queue: Spanned<usize>,
+            password: Option<Spanned<String>>,
+            password_file: Option<Spanned<PathBuf>>,
+            #[serde(default)]
+            ttl_security: bool,
+            tcp_ao: Option<Spanned<RawAo>>,
+        }
+
+        impl $name {
+            fn session(&self) -> RawSession<'_> {
+                RawSession {
+                    remote_as: &self.remote_as,
+                    hold_time: &self.hold_time,
+                    connect_retry: &self.connect_retry,
+                    bfd: self.bfd,
+                    bfd_interval: &self.bfd_interval,
+                    bfd_multiplier: &self.bfd_multiplier,
+                    send_hold_time: &self.send_hold_time,
+                    max_as_path_length: &self.max_as_path_length,
+                    max_send_queue: &self.max_send_queue,
+                    password: &self.password,
+                    password_file: &self.password_file,
+                    ttl_security: self.ttl_security,
+                    tcp_ao: &self.tcp_ao,
+                }
+            }
+        }
+    };
+}
+
+session_section! {
+    struct RawGateway (connect_retry = "default_gateway_connect_retry") {
+        interface: Option<String>,
+        #[serde(default)]
+        addresses: Vec<Spanned<IpAddr>>,
+        families: Option<Vec<Spanned<String>>>,
+        export: Option<Spanned<String>>,
+    }
 }
 
 fn default_gateway_connect_retry() -> Spanned<u64> {
@@ -720,52 +751,31 @@ struct RawGracefulRestart {
     helper_max_time: Option<Spanned<u16>>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct RawGroup {
-    name: Spanned<String>,
-    interfaces: Spanned<Vec<Spanned<String>>>,
-    ranges: Spanned<Vec<Spanned<String>>>,
-    remote_as: Spanned<RawRemoteAs>,
-    #[serde(default = "default_hold_time")]
-    hold_time: Spanned<u16>,
-    #[serde(default = "default_connect_retry")]
-    connect_retry: Spanned<u64>,
-    import: Option<Spanned<String>>,
-    #[serde(default = "default_max_prefixes")]
-    max_prefixes: usize,
-    max_prefixes_action: Option<Spanned<String>>,
-    route_protocols: Option<Vec<Spanned<String>>>,
-    #[serde(default = "default_gr_time")]
-    graceful_restart_time: Spanned<u16>,
-    #[serde(default = "yes")]
-    extended_next_hop: bool,
-    #[serde(default)]
-    bfd: bool,
-    #[serde(default = "default_bfd_interval")]
-    bfd_interval: Spanned<u64>,
-    #[serde(default = "default_bfd_multiplier")]
-    bfd_multiplier: Spanned<u8>,
-    send_hold_time: Option<Spanned<u64>>,
-    #[serde(default = "default_max_as_path")]
-    max_as_path_length: Spanned<usize>,
-    #[serde(default = "default_max_send_queue")]
-    max_send_queue: Spanned<usize>,
-    #[serde(default = "default_max_sessions")]
-    max_sessions: Spanned<usize>,
-    #[serde(default = "default_max_sessions_per_interface")]
-    max_sessions_per_interface: Spanned<usize>,
-    #[serde(default = "default_connection_rate")]
-    connection_rate: Spanned<u32>,
-    password: Option<Spanned<String>>,
-    password_file: Option<Spanned<PathBuf>>,
-    #[serde(default)]
-    ttl_security: bool,
-    tcp_ao: Option<Spanned<RawAo>>,
-    #[serde(default = "yes")]
-    enforce_first_as: bool,
-    #[serde(default)]
-    allow_attributes: Vec<Spanned<u8>>,
+session_section! {
+    struct RawGroup (connect_retry = "default_connect_retry") {
+        name: Spanned<String>,
+        interfaces: Spanned<Vec<Spanned<String>>>,
+        ranges: Spanned<Vec<Spanned<String>>>,
+        import: Option<Spanned<String>>,
+        #[serde(default = "default_max_prefixes")]
+        max_prefixes: usize,
+        max_prefixes_action: Option<Spanned<String>>,
+        route_protocols: Option<Vec<Spanned<String>>>,
+        #[serde(default = "default_gr_time")]
+        graceful_restart_time: Spanned<u16>,
+        #[serde(default = "yes")]
+        extended_next_hop: bool,
+        #[serde(default = "default_max_sessions")]
+        max_sessions: Spanned<usize>,
+        #[serde(default = "default_max_sessions_per_interface")]
+        max_sessions_per_interface: Spanned<usize>,
+        #[serde(default = "default_connection_rate")]
+        connection_rate: Spanned<u32>,
+        #[serde(default = "yes")]
+        enforce_first_as: bool,
+        #[serde(default)]
+        allow_attributes: Vec<Spanned<u8>>,
+    }
 }
 
 /// `tcp-ao = { … }`.
@@ -942,43 +952,22 @@ fn default_gr_time() -> Spanned<u16> {
     Spanned::new(0..0, 120)
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct RawNeighbor {
-    name: Option<Spanned<String>>,
-    address: Spanned<IpAddr>,
-    #[serde(default = "default_port")]
-    port: u16,
-    remote_as: Spanned<RawRemoteAs>,
-    local_address: Option<IpAddr>,
-    #[serde(default = "default_hold_time")]
-    hold_time: Spanned<u16>,
-    #[serde(default = "default_connect_retry")]
-    connect_retry: Spanned<u64>,
-    #[serde(default)]
-    passive: bool,
-    families: Option<Vec<Spanned<String>>>,
-    export: Option<Spanned<String>>,
-    #[serde(default)]
-    kernel_import: bool,
-    #[serde(default)]
-    bfd: bool,
-    #[serde(default = "default_bfd_interval")]
-    bfd_interval: Spanned<u64>,
-    #[serde(default = "default_bfd_multiplier")]
-    bfd_multiplier: Spanned<u8>,
-    send_hold_time: Option<Spanned<u64>>,
-    #[serde(default = "default_max_as_path")]
-    max_as_path_length: Spanned<usize>,
-    #[serde(default = "default_max_send_queue")]
-    max_send_queue: Spanned<usize>,
-    password: Option<Spanned<String>>,
-    password_file: Option<Spanned<PathBuf>>,
-    #[serde(default)]
-    ttl_security: bool,
-    tcp_ao: Option<Spanned<RawAo>>,
-    #[serde(default)]
-    enforce_first_as: bool,
+session_section! {
+    struct RawNeighbor (connect_retry = "default_connect_retry") {
+        name: Option<Spanned<String>>,
+        address: Spanned<IpAddr>,
+        #[serde(default = "default_port")]
+        port: u16,
+        local_address: Option<IpAddr>,
+        #[serde(default)]
+        passive: bool,
+        families: Option<Vec<Spanned<String>>>,
+        export: Option<Spanned<String>>,
+        #[serde(default)]
+        kernel_import: bool,
+        #[serde(default)]
+        enforce_first_as: bool,
+    }
 }
 
 fn default_bfd_interval() -> Spanned<u64> {
@@ -1568,6 +1557,14 @@ fn parse_gateway(
     err: &ErrFn,
 ) -> Result<GatewayConfig, ConfigError> {
     let r = g.get_ref();
+    if let Some(ao) = &r.tcp_ao {
+        // The listeners hold no key for the gateway's own connections (a
+        // new hypervisor's after a migration).
+        return Err(err(
+            ao.span(),
+            "gateway.tcp-ao: not supported for the gateway (yet); use password (TCP-MD5)".into(),
+        ));
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     let session = session_settings(r.session(), ImportRules::neighbor_default(), dir, err)?;
     let mut families = Vec::new();
@@ -1853,8 +1850,6 @@ fn parse_check(c: &Spanned<RawCheck>, service: &str, err: &ErrFn) -> Result<Chec
     }
 }
 
-/// `hold-time` (0 or at least 3 s, RFC 4271 §4.2) and `connect-retry`
-/// (at least 1 s), for neighbors and groups alike.
 /// The settings every session section has (`[[neighbor]]`, `[[group]]`,
 /// `[gateway]`), borrowed from its raw form: one parser checks them all.
 struct RawSession<'a> {
@@ -1872,34 +1867,6 @@ struct RawSession<'a> {
     ttl_security: bool,
     tcp_ao: &'a Option<Spanned<RawAo>>,
 }
-
-/// Generates `RawX::session()` for a section with the common settings.
-macro_rules! raw_session {
-    ($raw:ty) => {
-        impl $raw {
-            fn session(&self) -> RawSession<'_> {
-                RawSession {
-                    remote_as: &self.remote_as,
-                    hold_time: &self.hold_time,
-                    connect_retry: &self.connect_retry,
-                    bfd: self.bfd,
-                    bfd_interval: &self.bfd_interval,
-                    bfd_multiplier: &self.bfd_multiplier,
-                    send_hold_time: &self.send_hold_time,
-                    max_as_path_length: &self.max_as_path_length,
-                    max_send_queue: &self.max_send_queue,
-                    password: &self.password,
-                    password_file: &self.password_file,
-                    ttl_security: self.ttl_security,
-                    tcp_ao: &self.tcp_ao,
-                }
-            }
-        }
-    };
-}
-raw_session!(RawNeighbor);
-raw_session!(RawGroup);
-raw_session!(RawGateway);
 
 /// Checks the common settings of a session section; `import_rules` are
 /// the section's (they differ by kind of peer).
@@ -1932,6 +1899,8 @@ fn session_settings(
     })
 }
 
+/// `hold-time` (0 or at least 3 s, RFC 4271 §4.2) and `connect-retry`
+/// (at least 1 s), for every session section alike.
 fn timers(
     hold: &Spanned<u16>,
     retry: &Spanned<u64>,
