@@ -1,5 +1,8 @@
-//! `tapir run`: starts a task per neighbor, the BGP listener and the control
-//! socket, and stops them all cleanly on SIGTERM or SIGINT.
+//! `tapir run`: `Daemon` binds the listeners and the control socket and
+//! starts every task (`start`), serves signals, reloads and failed
+//! session tasks (`serve`), applies a changed config as a diff
+//! (`reload`), and ends every session (`shutdown`, graceful or not).
+//! `Handles::request` answers every control request.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,7 +17,8 @@ use crate::northbound::config::Config;
 use crate::northbound::control::{self, PeerStatus, Request, Response, RouteEntry};
 use crate::northbound::inventory::Inventory;
 use crate::peer::{self, DaemonHandles, PeerHandle, PeerMsg};
-use crate::role::hypervisor::{self, RoleMsg};
+use crate::role::hypervisor;
+use crate::role::RoleMsg;
 use crate::tasks::{self, Task};
 use bgp::notification::{cease, Notification};
 use tokio::sync::mpsc;
@@ -92,7 +96,7 @@ pub enum ReloadError {
     #[error("VM groups were added to or removed from a daemon without/with them: restart tapir")]
     GroupsChanged,
     #[error(transparent)]
-    Role(#[from] crate::role::hypervisor::RoleError),
+    Role(#[from] crate::role::RoleError),
     #[error("the hypervisor task is gone")]
     RoleGone,
     #[error("the config was applied, but {0}")]
@@ -114,7 +118,7 @@ struct Handles {
     /// The static neighbors' tasks; a reload changes them.
     peers: Peers,
     /// The role's task (hypervisor or guest), if any.
-    hv: Option<mpsc::Sender<RoleMsg>>,
+    role: Option<mpsc::Sender<RoleMsg>>,
     rib: mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
     bfd: Option<mpsc::UnboundedSender<crate::southbound::bfd::BfdMsg>>,
     services: crate::role::health::Statuses,
@@ -265,7 +269,7 @@ async fn start_role(
     if config.groups.is_empty() && config.gateway.is_none() {
         return Ok(None);
     }
-    let hv = match &config.gateway {
+    let role = match &config.gateway {
         Some(g) => {
             info!("guest role: following the default gateway");
             crate::role::guest::spawn(
@@ -287,7 +291,7 @@ async fn start_role(
     crate::southbound::kernel::watch(ktx)
         .await
         .map_err(StartError::Watcher)?;
-    let to_role = hv.clone();
+    let to_role = role.clone();
     tasks::spawn(Task::Forward, async move {
         while let Some(e) = krx.recv().await {
             if to_role.send(RoleMsg::Kernel(e)).await.is_err() {
@@ -301,7 +305,7 @@ async fn start_role(
             registered, "hypervisor role: following taps"
         );
     }
-    Ok(Some(hv))
+    Ok(Some(role))
 }
 
 impl Daemon {
@@ -359,7 +363,7 @@ impl Daemon {
         let registered = inventory.load_registrations()?;
         // Health-checked services: their prefixes come and go in the Loc-RIB.
         let services = crate::role::health::spawn(&config.services, rib.clone());
-        let hv = start_role(&config, inventory, registered, &local).await?;
+        let role = start_role(&config, inventory, registered, &local).await?;
         // The static neighbors, in the config's order.
         let peers: Peers = Arc::new(std::sync::RwLock::new(
             config
@@ -384,7 +388,7 @@ impl Daemon {
         let (reload_tx, reload) = mpsc::channel(tasks::RELOAD);
         let handles = Handles {
             peers,
-            hv,
+            role,
             rib,
             bfd,
             services,
@@ -463,7 +467,7 @@ impl Daemon {
             &self.config_path,
             &h.peers,
             &self.local,
-            h.hv.as_ref(),
+            h.role.as_ref(),
         )
         .await;
         if result.is_ok() {
@@ -514,9 +518,9 @@ impl Daemon {
                 waits.push(rx);
             }
         }
-        if let Some(hv) = &self.handles.hv {
+        if let Some(role) = &self.handles.role {
             let (tx, rx) = oneshot::channel();
-            if hv
+            if role
                 .send(RoleMsg::Shutdown { graceful, done: tx })
                 .await
                 .is_ok()
@@ -554,12 +558,12 @@ async fn accept_bgp(l: TcpListener, h: Handles) {
         };
         let ip = from.ip().to_canonical();
         let neighbor = snapshot(&h.peers).into_iter().find(|p| p.address == ip);
-        match (neighbor, &h.hv) {
+        match (neighbor, &h.role) {
             (Some(p), _) => {
                 let _ = p.tx.send(PeerMsg::Incoming(stream)).await;
             }
-            (None, Some(hv)) => {
-                let _ = hv.send(RoleMsg::Incoming(stream, from)).await;
+            (None, Some(role)) => {
+                let _ = role.send(RoleMsg::Incoming(stream, from)).await;
             }
             (None, None) => {
                 info!(from = %ip, "connection from an address that is no neighbor refused")
@@ -600,7 +604,7 @@ impl Handles {
                 status: status(
                     &self.about,
                     &snapshot(&self.peers),
-                    self.hv.as_ref(),
+                    self.role.as_ref(),
                     &self.rib,
                     self.bfd.clone(),
                 )
@@ -635,7 +639,27 @@ impl Handles {
                     },
                 }
             }
-            req => answer(&snapshot(&self.peers), self.hv.as_ref(), &self.rib, req).await,
+            Request::ShowPeers => Response::Peers {
+                peers: peer_statuses(&snapshot(&self.peers), self.role.as_ref()).await,
+            },
+            Request::ShowRoutes => {
+                show_routes(&snapshot(&self.peers), self.role.as_ref(), &self.rib).await
+            }
+            Request::ShowRib => show_rib(&self.rib).await,
+            Request::ShowVms => show_vms(self.role.as_ref(), &self.rib).await,
+            Request::Drain {
+                vm,
+                withdraw,
+                undrain,
+            } => drain(&self.rib, vm, withdraw, undrain).await,
+            Request::VmAdd { vm } => {
+                let done = format!("VM {} registered", vm.name);
+                vm_request(self.role.as_ref(), |tx| RoleMsg::VmAdd(vm, tx), done).await
+            }
+            Request::VmRemove { name } => {
+                let done = format!("VM {name} removed");
+                vm_request(self.role.as_ref(), |tx| RoleMsg::VmRemove(name, tx), done).await
+            }
         }
     }
 
@@ -646,7 +670,7 @@ impl Handles {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let peers = peer_statuses(&snapshot(&self.peers), self.hv.as_ref()).await;
+        let peers = peer_statuses(&snapshot(&self.peers), self.role.as_ref()).await;
         let bfd = bfd_sessions(self.bfd.clone()).await;
         let (tx, rx) = oneshot::channel();
         let rib = match self.rib.send(crate::routing::rib::RibMsg::Stats(tx)) {
@@ -863,7 +887,7 @@ async fn reload(
     path: &Path,
     peers: &Peers,
     local: &Arc<DaemonHandles>,
-    hv: Option<&mpsc::Sender<RoleMsg>>,
+    role: Option<&mpsc::Sender<RoleMsg>>,
 ) -> Result<String, ReloadError> {
     let new = Config::load(path)?;
     for w in new.warnings() {
@@ -898,9 +922,9 @@ async fn reload(
         return Err(ReloadError::GroupsChanged);
     }
     // The VM side first: it is the part that can still refuse the file.
-    if let Some(hv) = hv {
+    if let Some(role) = role {
         let (tx, rx) = oneshot::channel();
-        hv.send(RoleMsg::Reload {
+        role.send(RoleMsg::Reload {
             groups: new.groups.clone(),
             vms: new.vms.clone(),
             protected: new.neighbors.iter().map(|n| n.address).collect(),
@@ -996,11 +1020,11 @@ fn bind_bgp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Static peers and the VM sessions of the moment.
-async fn all_peers(peers: &[PeerHandle], hv: Option<&mpsc::Sender<RoleMsg>>) -> Vec<PeerHandle> {
+async fn all_peers(peers: &[PeerHandle], role: Option<&mpsc::Sender<RoleMsg>>) -> Vec<PeerHandle> {
     let mut all = peers.to_vec();
-    if let Some(hv) = hv {
+    if let Some(role) = role {
         let (tx, rx) = oneshot::channel();
-        if hv.send(RoleMsg::Peers(tx)).await.is_ok() {
+        if role.send(RoleMsg::Peers(tx)).await.is_ok() {
             all.extend(rx.await.unwrap_or_default());
         }
     }
@@ -1026,11 +1050,11 @@ async fn bfd_sessions(
 async fn status(
     about: &About,
     peers: &[PeerHandle],
-    hv: Option<&mpsc::Sender<RoleMsg>>,
+    role: Option<&mpsc::Sender<RoleMsg>>,
     rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
     bfd: Option<mpsc::UnboundedSender<crate::southbound::bfd::BfdMsg>>,
 ) -> control::Status {
-    let all = peer_statuses(peers, hv).await;
+    let all = peer_statuses(peers, role).await;
     let (vms, statics): (Vec<_>, Vec<_>) = all.iter().partition(|p| p.interface.is_some());
     let up = |v: &[&PeerStatus]| v.iter().filter(|p| p.state == "Established").count();
     let (tx, rx) = oneshot::channel();
@@ -1069,10 +1093,10 @@ async fn status(
 /// The status of every session, static and VM.
 async fn peer_statuses(
     peers: &[PeerHandle],
-    hv: Option<&mpsc::Sender<RoleMsg>>,
+    role: Option<&mpsc::Sender<RoleMsg>>,
 ) -> Vec<PeerStatus> {
     let mut out: Vec<PeerStatus> = Vec::new();
-    for p in all_peers(peers, hv).await {
+    for p in all_peers(peers, role).await {
         let (tx, rx) = oneshot::channel();
         if p.tx.send(PeerMsg::Status(tx)).await.is_ok() {
             if let Ok(s) = rx.await {
@@ -1087,11 +1111,11 @@ async fn peer_statuses(
 /// chose and whether that is in the kernel.
 async fn show_routes(
     peers: &[PeerHandle],
-    hv: Option<&mpsc::Sender<RoleMsg>>,
+    role: Option<&mpsc::Sender<RoleMsg>>,
     rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
 ) -> Response {
     let mut out: Vec<RouteEntry> = Vec::new();
-    for p in all_peers(peers, hv).await {
+    for p in all_peers(peers, role).await {
         let (tx, rx) = oneshot::channel();
         if p.tx.send(PeerMsg::Routes(tx)).await.is_ok() {
             if let Ok(r) = rx.await {
@@ -1167,94 +1191,72 @@ async fn drain(
     }
 }
 
-async fn answer(
-    peers: &[PeerHandle],
-    hv: Option<&mpsc::Sender<RoleMsg>>,
-    rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
-    req: Request,
-) -> Response {
-    let no_hv = || Response::Error {
+/// A request for the role when there is none: no VM groups.
+fn no_role() -> Response {
+    Response::Error {
         message: "no VM groups are configured ([[group]])".into(),
-    };
-    match req {
-        Request::ShowPeers => Response::Peers {
-            peers: peer_statuses(peers, hv).await,
+    }
+}
+
+fn rib_gone() -> Response {
+    Response::Error {
+        message: "the RIB is not running".into(),
+    }
+}
+
+/// `show rib`.
+async fn show_rib(rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if rib.send(crate::routing::rib::RibMsg::Show(tx)).is_err() {
+        return rib_gone();
+    }
+    Response::Rib {
+        rib: rx.await.unwrap_or_default(),
+    }
+}
+
+/// `show vms`: the role's VMs with the Loc-RIB's drain state of each.
+async fn show_vms(
+    role: Option<&mpsc::Sender<RoleMsg>>,
+    rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
+) -> Response {
+    let Some(role) = role else { return no_role() };
+    let (tx, rx) = oneshot::channel();
+    if role.send(RoleMsg::ShowVms(tx)).await.is_err() {
+        return no_role();
+    }
+    let mut vms = rx.await.unwrap_or_default();
+    let (tx, rx) = oneshot::channel();
+    if rib
+        .send(crate::routing::rib::RibMsg::DrainStates(tx))
+        .is_ok()
+    {
+        let drains = rx.await.unwrap_or_default();
+        for v in &mut vms {
+            let key = v.name.clone().or_else(|| v.interface.clone());
+            v.drain = key.and_then(|k| drains.get(&k).copied());
+        }
+    }
+    Response::Vms { vms }
+}
+
+/// `tapir vm add` and `vm remove`: the role answers, `done` says what
+/// happened when it agreed.
+async fn vm_request(
+    role: Option<&mpsc::Sender<RoleMsg>>,
+    msg: impl FnOnce(oneshot::Sender<Result<(), crate::role::RoleError>>) -> RoleMsg,
+    done: String,
+) -> Response {
+    let Some(role) = role else { return no_role() };
+    let (tx, rx) = oneshot::channel();
+    if role.send(msg(tx)).await.is_err() {
+        return no_role();
+    }
+    match rx.await {
+        Ok(Ok(())) => Response::Done { message: done },
+        Ok(Err(e)) => Response::Error {
+            message: e.to_string(),
         },
-        Request::ShowRoutes => show_routes(peers, hv, rib).await,
-        Request::ShowRib => {
-            let (tx, rx) = oneshot::channel();
-            if rib.send(crate::routing::rib::RibMsg::Show(tx)).is_err() {
-                return Response::Error {
-                    message: "the RIB is not running".into(),
-                };
-            }
-            Response::Rib {
-                rib: rx.await.unwrap_or_default(),
-            }
-        }
-        Request::Drain {
-            vm,
-            withdraw,
-            undrain,
-        } => drain(rib, vm, withdraw, undrain).await,
-        Request::ShowBfd | Request::ShowStatus | Request::ShowServices => Response::Error {
-            message: "handled by the daemon loop".into(),
-        },
-        Request::ShowVms => {
-            let Some(hv) = hv else { return no_hv() };
-            let (tx, rx) = oneshot::channel();
-            if hv.send(RoleMsg::ShowVms(tx)).await.is_err() {
-                return no_hv();
-            }
-            let mut vms = rx.await.unwrap_or_default();
-            let (tx, rx) = oneshot::channel();
-            if rib
-                .send(crate::routing::rib::RibMsg::DrainStates(tx))
-                .is_ok()
-            {
-                let drains = rx.await.unwrap_or_default();
-                for v in &mut vms {
-                    let key = v.name.clone().or_else(|| v.interface.clone());
-                    v.drain = key.and_then(|k| drains.get(&k).copied());
-                }
-            }
-            Response::Vms { vms }
-        }
-        Request::VmAdd { vm } => {
-            let Some(hv) = hv else { return no_hv() };
-            let name = vm.name.clone();
-            let (tx, rx) = oneshot::channel();
-            if hv.send(RoleMsg::VmAdd(vm, tx)).await.is_err() {
-                return no_hv();
-            }
-            match rx.await {
-                Ok(Ok(())) => Response::Done {
-                    message: format!("VM {name} registered"),
-                },
-                Ok(Err(e)) => Response::Error {
-                    message: e.to_string(),
-                },
-                Err(_) => no_hv(),
-            }
-        }
-        Request::Stop { .. } | Request::Reload => Response::Error {
-            message: "stop is handled by the daemon loop".into(),
-        },
-        Request::VmRemove { name } => {
-            let Some(hv) = hv else { return no_hv() };
-            let (tx, rx) = oneshot::channel();
-            if hv.send(RoleMsg::VmRemove(name.clone(), tx)).await.is_err() {
-                return no_hv();
-            }
-            match rx.await {
-                Ok(Ok(())) => Response::Done {
-                    message: format!("VM {name} removed"),
-                },
-                Ok(Err(e)) => Response::Error {
-                    message: e.to_string(),
-                },
-                Err(_) => no_hv(),
-            }
-        }
+        Err(_) => no_role(),
     }
 }

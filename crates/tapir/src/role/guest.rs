@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::northbound::config::GatewayConfig;
 use crate::peer::{self, DaemonHandles, PeerConfig, PeerHandle, PeerMsg};
-use crate::role::hypervisor::RoleMsg;
+use crate::role::RoleMsg;
 use crate::southbound::kernel::KernelEvent;
 use crate::southbound::net::global_address;
 use crate::southbound::net::Interface;
@@ -113,7 +113,7 @@ pub fn spawn(
                     let _ = tx.send(Vec::new());
                 }
                 RoleMsg::VmAdd(_, tx) | RoleMsg::VmRemove(_, tx) => {
-                    let _ = tx.send(Err(crate::role::hypervisor::RoleError::GuestRole));
+                    let _ = tx.send(Err(crate::role::RoleError::GuestRole));
                 }
                 RoleMsg::Reload { done, .. } => {
                     let _ = done.send(Ok(()));

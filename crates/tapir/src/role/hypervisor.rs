@@ -27,47 +27,13 @@ use tracing::{info, warn};
 use crate::northbound::config::{Group, RemoteAsConfig, SessionSettings};
 use crate::northbound::control::PeerStatus;
 use crate::northbound::control::{VmSession, VmStatus};
-use crate::northbound::inventory::{Inventory, Mac, Registration, Source, VmEntry};
+use crate::northbound::inventory::{Inventory, Mac, Source, VmEntry};
 use crate::peer::{self, DaemonHandles, PeerConfig, PeerHandle, PeerMsg};
+use crate::role::{RoleError, RoleMsg};
 use crate::routing::authorisation::VmPolicy;
 use crate::southbound::kernel::KernelEvent;
 use crate::southbound::net::{is_link_local, Interface};
 use crate::tasks::{self, Task};
-
-/// Why the role refused a VM request or a reload.
-#[derive(Debug, thiserror::Error)]
-pub enum RoleError {
-    #[error(transparent)]
-    Inventory(#[from] crate::northbound::inventory::InventoryError),
-    #[error("this tapir runs in the guest role ([gateway]): it has no VMs")]
-    GuestRole,
-}
-
-/// The role's mailbox (hypervisor or guest): kernel events, connections
-/// for VM or gateway addresses, questions and commands from the daemon.
-pub enum RoleMsg {
-    Kernel(KernelEvent),
-    Incoming(TcpStream, SocketAddr),
-    ShowVms(oneshot::Sender<Vec<VmStatus>>),
-    Peers(oneshot::Sender<Vec<PeerHandle>>),
-    VmAdd(Registration, oneshot::Sender<Result<(), RoleError>>),
-    VmRemove(String, oneshot::Sender<Result<(), RoleError>>),
-    /// A reloaded config: new groups and inventory entries; every VM's
-    /// routes are judged again, sessions start or stop as needed.
-    Reload {
-        groups: Vec<Group>,
-        vms: Vec<crate::northbound::inventory::VmEntry>,
-        protected: Vec<IpAddr>,
-        registration_grace: std::time::Duration,
-        done: oneshot::Sender<Result<(), RoleError>>,
-    },
-    /// Stop every VM session: with a Cease, or (graceful) silently so that
-    /// the VMs keep their state for our restart.
-    Shutdown {
-        graceful: bool,
-        done: oneshot::Sender<()>,
-    },
-}
 
 #[derive(Clone, PartialEq)]
 struct Link {
@@ -930,6 +896,7 @@ pub(crate) async fn stop(h: &PeerHandle, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::northbound::inventory::Registration;
     use crate::southbound::kernel::KernelEvent::{HostRoute, Link, LinkGone, Neighbour};
 
     const STATIC: u8 = 4;
