@@ -83,7 +83,7 @@ pub enum Input {
     /// wants the connection.
     Connected {
         conn: ConnId,
-        result: Result<Option<SocketAddr>, String>,
+        result: std::io::Result<Option<SocketAddr>>,
     },
     /// Bytes read from `conn`; `queued`: bytes still waiting in its
     /// outbox (what we sent that has not left yet).
@@ -619,7 +619,7 @@ impl PeerCore {
         self.conns.push(c);
     }
 
-    fn connected(&mut self, conn: ConnId, result: Result<Option<SocketAddr>, String>) {
+    fn connected(&mut self, conn: ConnId, result: std::io::Result<Option<SocketAddr>>) {
         let Some(i) = self.conns.iter().position(|c| c.id == conn) else {
             return;
         };

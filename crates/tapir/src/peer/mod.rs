@@ -451,7 +451,7 @@ impl Peer {
                             self.pending = Some(stream);
                             Ok(local)
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(e),
                     },
                 },
                 PeerMsg::Bytes { conn, data, read } => {

@@ -293,7 +293,7 @@ impl Harness {
             self.now,
             Input::Connected {
                 conn,
-                result: Err("connection refused".into()),
+                result: Err(std::io::ErrorKind::ConnectionRefused.into()),
             },
         );
         self.pump();
