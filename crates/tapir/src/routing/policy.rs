@@ -493,7 +493,7 @@ mod tests {
     }
 
     #[test]
-    fn every_match_and_action() {
+    fn every_match() {
         let p: Prefix = "10.3.0.1/32".parse().unwrap();
         let a = attrs(&[64613]);
         let vm = vm_peer();
@@ -601,7 +601,15 @@ mod tests {
             assert_eq!(m.holds(&facts(&p, &a, Some(&vm))), vm_holds, "{m:?}");
             assert_eq!(m.holds(&facts(&p, &a, Some(&tor))), tor_holds, "{m:?}");
         }
-        // Actions: reject, set and add communities, MED, local-pref, AS path.
+    }
+
+    /// Actions: reject, set and add communities, MED, local-pref, AS path.
+    #[test]
+    fn every_action() {
+        let p: Prefix = "10.3.0.1/32".parse().unwrap();
+        let a = attrs(&[64613]);
+        let vm = vm_peer();
+        let tor = tor_peer();
         let mut t = Term::accept(Match {
             vm: Some("recdns1001".into()),
             ..Default::default()
