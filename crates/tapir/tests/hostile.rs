@@ -62,10 +62,7 @@ fn kernel_route(lab: &Lab, prefix: &str) -> Option<String> {
 fn lab_with_vm11() -> (Lab, lab::tapir::Tapir, Tor) {
     let mut lab = reference::standard(&[11, 13]);
     let tor = tor::start(&mut lab, tor::Kind::Bird);
-    lab.bird(
-        "vm11",
-        &reference::vm_bird_config(11, VM_AS, &["10.3.0.1/32"]),
-    );
+    reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     let t = lab.tapir("hv1", Path::new(TAPIR), &example());
     (lab, t, tor)
 }
@@ -433,10 +430,7 @@ fn forged_echo_replies_from_a_vm_grow_nothing_and_stall_nothing() {
     assert!(forged <= 8, "{forged} connections to made-up addresses");
     // A VM that comes now is served as before: its route reaches tor.
     reference::add_vm(&mut lab, "hv1", 14);
-    lab.bird(
-        "vm14",
-        &reference::vm_bird_config(14, VM_AS, &["10.3.0.14/32"]),
-    );
+    reference::vm_bird(&mut lab, 14, &["10.3.0.14/32"]);
     let r = wait_for(WAIT, || tor.route("10.3.0.14/32"));
     assert!(
         r.is_some(),
@@ -510,10 +504,7 @@ fn a_new_vm_on_a_reused_tap_inherits_no_registration() {
     reference::unplug(&mut lab, "hv1", "tap13");
     lab.add_host("vm15");
     reference::plug(&mut lab, "hv1", "tap13", 15, 15);
-    lab.bird(
-        "vm15",
-        &reference::vm_bird_config(15, VM_AS, &["10.3.0.50/32", "10.3.0.51/32"]),
-    );
+    reference::vm_bird(&mut lab, 15, &["10.3.0.50/32", "10.3.0.51/32"]);
     // Before: vm15 took old's entry by the tap's name, so 10.3.0.51/32
     // was refused as not old's and 10.3.0.50/32 accepted.
     let served = wait_for(WAIT, || tor.route("10.3.0.51/32"));
@@ -552,7 +543,7 @@ fn a_vm_cannot_take_a_shared_prefix_off_tor_with_no_export() {
     let mut lab = reference::standard(&[12, 13]);
     let tor = tor::start(&mut lab, tor::Kind::Bird);
     let prefix = "10.3.0.53/32";
-    lab.bird("vm12", &reference::vm_bird_config(12, VM_AS, &[prefix]));
+    reference::vm_bird(&mut lab, 12, &[prefix]);
     let t = lab.tapir("hv1", Path::new(TAPIR), &example());
     let r = wait_for(WAIT, || tor.route(prefix));
     assert!(r.is_some(), "{}", lab.all_logs());
@@ -666,10 +657,7 @@ fn a_new_vm_with_a_reused_address_inherits_no_registration() {
         "10.3.0.50/32",
     ]);
     assert!(ok, "{err}");
-    let _bird = lab.bird(
-        "vm13",
-        &reference::vm_bird_config(13, VM_AS, &["10.3.0.50/32", "10.3.0.51/32"]),
-    );
+    let _bird = reference::vm_bird(&mut lab, 13, &["10.3.0.50/32", "10.3.0.51/32"]);
     // The registered VM: its prefix at tor, the other not its own.
     let r = wait_for(WAIT, || tor.route("10.3.0.50/32"));
     assert!(r.is_some(), "{}\n{}", t.show(&["routes"]), lab.all_logs());
@@ -931,10 +919,7 @@ fn a_route_too_large_to_pass_on_is_withdrawn_upstream_not_left_stale() {
 fn an_external_neighbor_without_export_gets_nothing() {
     let mut lab = reference::standard(&[11]);
     let tor = tor::start(&mut lab, tor::Kind::Bird);
-    lab.bird(
-        "vm11",
-        &reference::vm_bird_config(11, VM_AS, &["10.3.0.1/32"]),
-    );
+    reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     // The example, with tor-v4's export line taken out.
     let cfg = std::fs::read_to_string(example()).unwrap().replacen(
         "families = [\"ipv4\"]\nexport = \"TO-TOR\"\n",

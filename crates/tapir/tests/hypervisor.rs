@@ -401,8 +401,8 @@ fn registrations_change_what_a_vm_may_announce_and_survive_a_restart() {
 fn max_prefixes_reject_and_teardown() {
     let mut lab = reference::standard(&[13, 14]);
     let three = ["10.3.0.5/32", "10.3.0.6/32", "10.3.0.7/32"];
-    let vm13 = lab.bird("vm13", &reference::vm_bird_config(13, 64613, &three));
-    let vm14 = lab.bird("vm14", &reference::vm_bird_config(14, 64613, &three));
+    let vm13 = reference::vm_bird(&mut lab, 13, &three);
+    let vm14 = reference::vm_bird(&mut lab, 14, &three);
     let example = std::fs::read_to_string(example()).unwrap();
     // Two groups: tap13 rejects past 2 prefixes, tap14 tears down.
     let cfg = example
