@@ -22,9 +22,12 @@
 //! - [`limits`] and [`log_budget`]: counters and log budgets for what
 //!   broken or hostile peers make us do.
 //!
-//! Imports go one way: `routing` uses `southbound::net` and `northbound`'s
-//! typed config; `peer` uses `routing`; `role` uses `peer`; `daemon` uses
-//! everything. There is no import cycle between modules.
+//! There is no import cycle between files. `northbound`'s inputs
+//! (`config`, `inventory`) are read by all and read only value types;
+//! `routing` reads them; `peer` uses `routing`; `role` uses `peer`;
+//! `northbound`'s outputs (`control`, `show`, `metrics`) read the status
+//! types of what they report on; `daemon` uses everything
+//! (docs/design.md draws it).
 
 #![deny(unsafe_code)]
 

@@ -1,10 +1,11 @@
 //! Every task and thread the daemon runs, and the channels between them.
 //!
-//! Nothing else in the crate calls `tokio::spawn` or starts a thread: a
-//! task is started here under a [`Task`] name, a thread under a
-//! [`Thread`] name, and every bounded channel's capacity is a constant
-//! below. A unit test keeps it so. The number of live tasks of each kind
-//! is kept ([`live`]) and shown by `tapir show status`.
+//! Every task starts through [`spawn`] (or [`spawn_on`] from the RIB's
+//! thread) under a [`Task`] kind, every thread through [`thread`] or
+//! [`drop_elsewhere`], and every bounded channel's capacity is a constant
+//! below: the modules say what a task does, this one what runs. A unit
+//! test fails on a spawn anywhere else. The number of live tasks of each
+//! kind is kept ([`live`]) and shown by `tapir show status`.
 //!
 //! ```text
 //!  main thread: one single-threaded tokio runtime
@@ -12,32 +13,39 @@
 //!  │ Accept ──(conn)──► Peer ◄──(PeerMsg, PEER_MAILBOX)── Role, Daemon    │
 //!  │                     │ ├─ PeerReader ─(bytes)─► Peer                  │
 //!  │                     │ ├─ PeerWriter ◄─(Outbox)─ Peer                 │
-//!  │                     │ └─ Connect ─(socket)─► Peer                    │
-//!  │ KernelWatcher ─(KernelEvent)─► KernelForward ─(RoleMsg)─► Role       │
-//!  │ Probe ─(found, PROBE_FOUND)─► ProbeForward ─(RoleMsg)─► Role         │
+//!  │                     │ ├─ Connect ─(socket)─► Peer                    │
+//!  │                     │ └─ Refuse: a NOTIFICATION to a refused conn.   │
+//!  │ KernelWatcher ─(KernelEvent, unbounded)─► Forward ─(RoleMsg)─► Role  │
+//!  │ Probe ─(found, PROBE_FOUND)─► Forward ─(RoleMsg)─► Role              │
 //!  │ Role (hypervisor or guest: ROLE_MAILBOX) ─ starts/stops VM Peers     │
-//!  │ Bfd ─(session down: a closure)─► Peer                                │
+//!  │ Bfd ─(session down: a closure)─► Forward ─(PeerMsg)─► Peer           │
 //!  │ Health (one per [[service]]) ─(RibMsg)─► rib thread                  │
-//!  │ Control ─► ControlClient ─► Daemon (one place answers requests)     │
+//!  │ Control ─► ControlClient ─► Handles::request (answers every request) │
 //!  │ Metrics ─► MetricsClient                                             │
+//!  │ Netlink: drives each rtnetlink connection (watcher, dumps)           │
 //!  │ Timer: one-shot sleeps (linger, deferral end, RIB's own timers)      │
+//!  │ (tokio's blocking pool: the link dump at start)                      │
 //!  └──────────┬───────────────────────────────────────────▲───────────────┘
 //!             │ RibMsg (unbounded, in order)              │ ToPeer (EXPORTS,
 //!             ▼                                           │ upstream peers only)
-//!  rib thread: Shell around the sans-IO Rib ──────────────┘
+//!  tapir-rib thread: Shell around the sans-IO Rib ────────┘
 //!             │ Vec<FibChange> (unbounded, batched)
 //!             ▼
-//!  fib thread: blocking netlink, up to 64 requests in flight
+//!  tapir-fib thread: blocking netlink, up to 60 KiB of requests per
+//!  sendmsg, no acknowledgement asked (the kernel answers errors only)
 //!
-//!  drop threads: a short-lived thread frees a large table (a peer's
-//!  Adj-RIB-In, a dead peer's paths) so that neither the main thread nor
-//!  the RIB waits on the allocator.
+//!  drop threads: a short-lived thread frees a large table (a lost
+//!  session's Adj-RIB-In, the attribute sets a sweep found unused) so
+//!  that neither the main thread nor the RIB waits on the allocator.
 //! ```
 //!
 //! Channels: `RibMsg` is unbounded so that a peer never waits on the RIB
 //! while the RIB waits to hand it exports; `ToPeer` is bounded so that a
-//! slow upstream neighbor slows the RIB's export to it (backpressure);
-//! the rest are bounded mailboxes (capacities below) or oneshot replies.
+//! slow upstream neighbor slows the RIB's export to it (backpressure).
+//! Also unbounded, each with one reader that only forwards or applies:
+//! kernel events, BFD requests, probe requests and the FIB writer's
+//! batches. The other mailboxes are bounded (capacities below); replies
+//! are oneshot channels.
 
 use std::future::Future;
 
@@ -81,7 +89,8 @@ pub enum Task {
     KernelWatcher,
     /// Drives an rtnetlink connection.
     Netlink,
-    /// Passes kernel or probe events on to the role.
+    /// Passes kernel or probe events on to the role, or a BFD session's
+    /// loss to its peer.
     Forward,
     /// Sends and reads the ICMPv6 echo that finds link-local VMs.
     Probe,
@@ -329,10 +338,13 @@ mod tests {
                 // Unit tests may start helpers of their own (fake servers).
                 let code = text.split("#[cfg(test)]").next().unwrap_or("");
                 for (n, line) in code.lines().enumerate() {
+                    // `.spawn(` is any handle's, builder's or set's.
                     for pat in [
                         "tokio::spawn(",
-                        "runtime.spawn(",
+                        ".spawn(",
                         "spawn_blocking(",
+                        "spawn_local(",
+                        "JoinSet",
                         "thread::spawn(",
                         "thread::Builder",
                     ] {

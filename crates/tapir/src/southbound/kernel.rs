@@ -636,8 +636,6 @@ pub async fn flush_stale(protocol: u8) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// The kernel writer: applies batches of FIB changes from the Loc-RIB, in
-/// order, each route with our protocol number and metric.
 /// What the FIB writer did since start, for metrics.
 #[derive(Default)]
 pub struct KernelStats {
@@ -660,6 +658,8 @@ pub static KERNEL_STATS: KernelStats = KernelStats {
     resync_changes: std::sync::atomic::AtomicU64::new(0),
 };
 
+/// The kernel writer: applies batches of FIB changes from the Loc-RIB, in
+/// order, each route with our protocol number and metric.
 pub fn spawn_writer(
     protocol: u8,
     metric: u32,
