@@ -11,7 +11,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use tapir::routing::adj_rib_in::{AdjRibIn, Judge};
 use tapir::routing::peer_info::{PeerId, PeerInfo};
 use tapir::routing::policy::Policy;
-use tapir::routing::rib::{self, DrainConfig, RibMsg, ToPeer};
+use tapir::routing::rib::{DrainConfig, RibMsg, ToPeer};
+use tapir::routing::rib_thread;
 use tokio::sync::{mpsc, oneshot};
 
 const N: u32 = 100_000;
@@ -103,7 +104,7 @@ fn adj_rib_in(c: &mut Criterion) {
 /// A RIB with one upstream neighbor that takes everything, and what it
 /// is sent.
 fn subscribed() -> (mpsc::UnboundedSender<RibMsg>, mpsc::Receiver<ToPeer>) {
-    let rib = rib::spawn(
+    let rib = rib_thread::spawn(
         64612,
         Vec::new(),
         None,

@@ -336,7 +336,7 @@ impl Daemon {
         let restarting = Arc::new(std::sync::atomic::AtomicBool::new(restarting));
         let (fib, restart) = start_fib(&config, &restarting).await?;
         let rib_backlog = crate::routing::rib::Backlog::default();
-        let rib = crate::routing::rib::spawn(
+        let rib = crate::routing::rib_thread::spawn(
             config.local_as,
             config.announce.clone(),
             fib,

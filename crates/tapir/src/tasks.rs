@@ -348,7 +348,16 @@ mod tests {
                         "thread::spawn(",
                         "thread::Builder",
                     ] {
-                        if line.contains(pat) {
+                        // At a word's start: `rib_thread::spawn(` is
+                        // not `thread::spawn(`.
+                        let hit = line.match_indices(pat).any(|(i, _)| {
+                            pat.starts_with('.')
+                                || !line[..i]
+                                    .chars()
+                                    .next_back()
+                                    .is_some_and(|c| c.is_alphanumeric() || c == '_')
+                        });
+                        if hit {
                             found.push(format!("{}:{}: {}", p.display(), n + 1, line.trim()));
                         }
                     }
