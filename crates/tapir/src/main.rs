@@ -12,11 +12,19 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tapir", version, about = "BGP for routed hypervisors")]
+#[command(
+    name = "tapir",
+    version,
+    about = "BGP for routed hypervisors",
+    infer_subcommands = true
+)]
 struct Cli {
     /// Control socket of the daemon.
     #[arg(long, global = true, default_value = control::DEFAULT_SOCKET, value_name = "PATH")]
     socket: PathBuf,
+    /// Seconds to wait for the daemon's answer.
+    #[arg(long, global = true, default_value_t = 10.0, value_name = "SECONDS", value_parser = timeout_secs)]
+    timeout: f64,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +57,7 @@ enum Command {
         config: PathBuf,
     },
     /// Show the state of a running daemon.
+    #[command(infer_subcommands = true)]
     Show {
         #[command(subcommand)]
         what: Show,
@@ -85,6 +94,7 @@ enum Command {
         all: bool,
     },
     /// Register or unregister VMs at run time (for hypervisor hooks).
+    #[command(infer_subcommands = true)]
     Vm {
         #[command(subcommand)]
         what: Vm,
@@ -138,6 +148,9 @@ enum Show {
         json: bool,
     },
     /// One line per session.
+    // `pe` is a prefix of both `peer` and `peers`; like birdc's `sh pr`,
+    // it means the list.
+    #[command(alias = "pe")]
     Peers {
         /// Print JSON (schema in docs/json.md).
         #[arg(long)]
@@ -194,8 +207,81 @@ enum Show {
     },
 }
 
+/// How the CLI reaches the daemon.
+struct Ctl<'a> {
+    socket: &'a std::path::Path,
+    timeout: std::time::Duration,
+}
+
+/// `--timeout`: a positive number of seconds.
+fn timeout_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t > 0.0 && t <= 3600.0 => Ok(t),
+        _ => Err(format!("`{s}`: seconds, more than 0 and at most 3600")),
+    }
+}
+
+/// The subcommand of `cmd` that `word` names: exactly, by an alias, or
+/// as the start of one name only.
+fn subcommand<'a>(cmd: &'a clap::Command, word: &str) -> Option<&'a clap::Command> {
+    let exact = cmd
+        .get_subcommands()
+        .find(|s| s.get_name() == word || s.get_all_aliases().any(|a| a == word));
+    exact.or_else(|| {
+        let mut starting = cmd
+            .get_subcommands()
+            .filter(|s| s.get_name().starts_with(word));
+        match (starting.next(), starting.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        }
+    })
+}
+
+/// For an abbreviation that fits several commands, the message that
+/// names them (clap only says it does not know the word).
+fn ambiguous(err: &clap::Error, args: &[String]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let ContextValue::String(bad) = err.get(ContextKind::InvalidSubcommand)? else {
+        return None;
+    };
+    let root = <Cli as clap::CommandFactory>::command();
+    let mut cmd = &root;
+    for word in args.iter().skip(1).take_while(|w| *w != bad) {
+        if let Some(sub) = subcommand(cmd, word) {
+            cmd = sub;
+        }
+    }
+    let fits: Vec<&str> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name())
+        .filter(|n| n.starts_with(bad.as_str()))
+        .collect();
+    (fits.len() > 1).then(|| format!("`{bad}` is ambiguous: {}", fits.join(", ")))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => match ambiguous(
+            &e,
+            &args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+        ) {
+            Some(m) => {
+                eprintln!("tapir: {m}");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
+    let ctl = Ctl {
+        socket: &cli.socket,
+        timeout: std::time::Duration::from_secs_f64(cli.timeout),
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -238,8 +324,8 @@ fn main() -> ExitCode {
             state_dir,
             &cli.socket,
         ),
-        Command::Show { what } => show(&rt, &cli.socket, what),
-        Command::Reload => client(&rt, &cli.socket, control::Request::Reload, false),
+        Command::Show { what } => show(&rt, &ctl, what),
+        Command::Reload => client(&rt, &ctl, control::Request::Reload, false),
         Command::Drain {
             vm: None,
             all: false,
@@ -254,7 +340,7 @@ fn main() -> ExitCode {
         }
         Command::Drain { vm, withdraw, .. } => client(
             &rt,
-            &cli.socket,
+            &ctl,
             control::Request::Drain {
                 vm,
                 withdraw,
@@ -264,7 +350,7 @@ fn main() -> ExitCode {
         ),
         Command::Undrain { vm, .. } => client(
             &rt,
-            &cli.socket,
+            &ctl,
             control::Request::Drain {
                 vm,
                 withdraw: false,
@@ -272,10 +358,8 @@ fn main() -> ExitCode {
             },
             false,
         ),
-        Command::Stop { graceful } => {
-            client(&rt, &cli.socket, control::Request::Stop { graceful }, false)
-        }
-        Command::Vm { what } => vm(&rt, &cli.socket, what),
+        Command::Stop { graceful } => client(&rt, &ctl, control::Request::Stop { graceful }, false),
+        Command::Vm { what } => vm(&rt, &ctl, what),
     }
 }
 
@@ -366,9 +450,9 @@ fn run(
 }
 
 /// `tapir show …`: asks the daemon, prints the answer.
-fn show(rt: &tokio::runtime::Runtime, socket: &std::path::Path, what: Show) -> ExitCode {
+fn show(rt: &tokio::runtime::Runtime, ctl: &Ctl, what: Show) -> ExitCode {
     let (req, json) = match what {
-        Show::Peer { name, json } => return show_peer(rt, socket, &name, json),
+        Show::Peer { name, json } => return show_peer(rt, ctl, &name, json),
         Show::Routes {
             prefix,
             peer,
@@ -382,7 +466,7 @@ fn show(rt: &tokio::runtime::Runtime, socket: &std::path::Path, what: Show) -> E
                     return ExitCode::FAILURE;
                 }
             };
-            return match ask(rt, socket, &control::Request::ShowRoutes) {
+            return match ask(rt, ctl, &control::Request::ShowRoutes) {
                 Ok(control::Response::Routes { mut routes }) => {
                     routes.retain(|r| filter.matches(r));
                     print(&control::Response::Routes { routes }, json)
@@ -398,12 +482,12 @@ fn show(rt: &tokio::runtime::Runtime, socket: &std::path::Path, what: Show) -> E
         Show::Bfd { json } => (control::Request::ShowBfd, json),
         Show::Services { json } => (control::Request::ShowServices, json),
     };
-    client(rt, socket, req, json)
+    client(rt, ctl, req, json)
 }
 
 /// `tapir vm add|remove`: checked here with the daemon's own rules, then
 /// sent.
-fn vm(rt: &tokio::runtime::Runtime, socket: &std::path::Path, what: Vm) -> ExitCode {
+fn vm(rt: &tokio::runtime::Runtime, ctl: &Ctl, what: Vm) -> ExitCode {
     let req = match what {
         Vm::Add {
             name,
@@ -430,7 +514,7 @@ fn vm(rt: &tokio::runtime::Runtime, socket: &std::path::Path, what: Vm) -> ExitC
         }
         Vm::Remove { name } => control::Request::VmRemove { name },
     };
-    client(rt, socket, req, false)
+    client(rt, ctl, req, false)
 }
 
 /// Logs go to stderr: colours only on a terminal, and no timestamps under
@@ -532,18 +616,13 @@ impl RouteFilter {
 
 /// `show peer NAME|ADDRESS`: every session with that name or address,
 /// with its BFD session.
-fn show_peer(
-    rt: &tokio::runtime::Runtime,
-    socket: &std::path::Path,
-    name: &str,
-    json: bool,
-) -> ExitCode {
-    let peers = match ask(rt, socket, &control::Request::ShowPeers) {
+fn show_peer(rt: &tokio::runtime::Runtime, ctl: &Ctl, name: &str, json: bool) -> ExitCode {
+    let peers = match ask(rt, ctl, &control::Request::ShowPeers) {
         Ok(control::Response::Peers { peers }) => peers,
         Ok(other) => return print(&other, json),
         Err(code) => return code,
     };
-    let bfd = match ask(rt, socket, &control::Request::ShowBfd) {
+    let bfd = match ask(rt, ctl, &control::Request::ShowBfd) {
         Ok(control::Response::Bfd { sessions }) => sessions,
         _ => Vec::new(),
     };
@@ -580,23 +659,19 @@ fn show_peer(
 
 fn ask(
     rt: &tokio::runtime::Runtime,
-    socket: &std::path::Path,
+    ctl: &Ctl,
     req: &control::Request,
 ) -> Result<control::Response, ExitCode> {
-    rt.block_on(control::request(socket, req)).map_err(|e| {
-        eprintln!("tapir: {e}");
-        ExitCode::FAILURE
-    })
+    rt.block_on(control::request(ctl.socket, req, ctl.timeout))
+        .map_err(|e| {
+            eprintln!("tapir: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 /// Sends one request to the daemon and prints the answer.
-fn client(
-    rt: &tokio::runtime::Runtime,
-    socket: &std::path::Path,
-    req: control::Request,
-    json: bool,
-) -> ExitCode {
-    match ask(rt, socket, &req) {
+fn client(rt: &tokio::runtime::Runtime, ctl: &Ctl, req: control::Request, json: bool) -> ExitCode {
+    match ask(rt, ctl, &req) {
         Ok(resp) => print(&resp, json),
         Err(code) => code,
     }

@@ -224,3 +224,63 @@ fn man_page_and_completions_cover_the_cli() {
     let (ok, _, err) = tapir(&["completions", "tcsh"]);
     assert!(!ok && err.contains("tcsh"), "{err}");
 }
+
+/// Unambiguous abbreviations reach the command they name (here `show
+/// peers`, which then finds no daemon); an ambiguous one is refused with
+/// the candidates.
+#[test]
+fn abbreviations_that_name_one_command() {
+    for args in [["sh", "pe"], ["show", "peers"], ["sho", "pe"]] {
+        let mut a = vec!["--socket", "/nonexistent/t.sock"];
+        a.extend(args);
+        let (ok, _, err) = tapir(&a);
+        assert!(!ok);
+        assert!(
+            err.contains("cannot reach tapir at /nonexistent/t.sock"),
+            "{args:?}: {err}"
+        );
+    }
+    // `show pee`/`show peer`: `peer` is a command of its own, and wins.
+    let (ok, _, err) = tapir(&["--socket", "/nonexistent/t.sock", "sh", "peer", "x"]);
+    assert!(!ok && err.contains("cannot reach tapir"), "{err}");
+    // `s` is show or stop; `show r` is routes or rib.
+    let (ok, _, err) = tapir(&["s", "peers"]);
+    assert!(!ok && !err.contains("cannot reach"), "{err}");
+    let (ok, _, err) = tapir(&["show", "r"]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("routes") && err.contains("rib"),
+        "an ambiguous abbreviation names its candidates: {err}"
+    );
+}
+
+/// A daemon that takes the connection but never answers: the CLI gives
+/// up after --timeout with an error that says so, instead of hanging.
+#[test]
+fn a_daemon_that_does_not_answer_times_out() {
+    let dir = temp("placeholder", "");
+    let sock = dir.parent().unwrap().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // Accept and hold the connections, never answering.
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in listener.incoming().take(1) {
+            conns.push(c);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        drop(conns);
+    });
+    let s = sock.to_str().unwrap();
+    let (ok, _, err) = tapir(&["--socket", s, "--timeout", "0.5", "show", "status"]);
+    assert!(!ok);
+    assert!(
+        err.contains("no answer from tapir at") && err.contains("within 0.5 s"),
+        "{err}"
+    );
+    let (ok, _, err) = tapir(&["--socket", s, "--timeout", "0", "show", "status"]);
+    assert!(
+        !ok && err.contains("--timeout") && err.contains("more than 0"),
+        "{err}"
+    );
+    held.join().unwrap();
+}

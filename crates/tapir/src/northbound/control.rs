@@ -207,10 +207,31 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("control socket: bad answer: {0}")]
     Answer(serde_json::Error),
+    #[error("no answer from tapir at {} within {} s (--timeout); is the daemon stuck? Its log says more", path.display(), after.as_secs_f64())]
+    Timeout {
+        path: PathBuf,
+        after: std::time::Duration,
+    },
 }
 
-/// Sends one request to a running daemon.
-pub async fn request(socket: &Path, req: &Request) -> Result<Response, ClientError> {
+/// Sends one request to a running daemon and waits for its answer, at
+/// most `timeout`.
+pub async fn request(
+    socket: &Path,
+    req: &Request,
+    timeout: std::time::Duration,
+) -> Result<Response, ClientError> {
+    tokio::time::timeout(timeout, exchange(socket, req))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::Timeout {
+                path: socket.to_path_buf(),
+                after: timeout,
+            })
+        })
+}
+
+async fn exchange(socket: &Path, req: &Request) -> Result<Response, ClientError> {
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|source| ClientError::Connect {
