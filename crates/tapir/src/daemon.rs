@@ -642,8 +642,8 @@ impl Handles {
             Request::ShowPeers => Response::Peers {
                 peers: peer_statuses(&snapshot(&self.peers), self.role.as_ref()).await,
             },
-            Request::ShowRoutes => {
-                show_routes(&snapshot(&self.peers), self.role.as_ref(), &self.rib).await
+            Request::ShowRoutes { query } => {
+                show_routes(&snapshot(&self.peers), self.role.as_ref(), &self.rib, query).await
             }
             Request::ShowRib => show_rib(&self.rib).await,
             Request::ShowVms => show_vms(self.role.as_ref(), &self.rib).await,
@@ -1113,7 +1113,13 @@ async fn show_routes(
     peers: &[PeerHandle],
     role: Option<&mpsc::Sender<RoleMsg>>,
     rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
+    query: control::RouteQuery,
 ) -> Response {
+    if let Err(e) = query.check() {
+        return Response::Error {
+            message: e.to_string(),
+        };
+    }
     let mut out: Vec<RouteEntry> = Vec::new();
     for p in all_peers(peers, role).await {
         let (tx, rx) = oneshot::channel();
@@ -1142,7 +1148,20 @@ async fn show_routes(
             }
         }
     }
-    Response::Routes { routes: out }
+    let routes = match query.select(out) {
+        Ok(r) => r,
+        Err(e) => {
+            return Response::Error {
+                message: e.to_string(),
+            }
+        }
+    };
+    if query.count {
+        return Response::RouteCount {
+            count: control::RouteCount::of(&routes),
+        };
+    }
+    Response::Routes { routes }
 }
 
 /// `tapir drain` and `undrain`.

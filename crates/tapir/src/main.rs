@@ -176,6 +176,12 @@ enum Show {
         /// Only routes from this VM (inventory name or tap).
         #[arg(long)]
         vm: Option<String>,
+        /// Only the routes authorisation refused.
+        #[arg(long)]
+        refused: bool,
+        /// Only how many: routes, accepted, refused, best, in the kernel.
+        #[arg(long)]
+        count: bool,
         /// Print JSON (schema in docs/json.md).
         #[arg(long)]
         json: bool,
@@ -457,23 +463,22 @@ fn show(rt: &tokio::runtime::Runtime, ctl: &Ctl, what: Show) -> ExitCode {
             prefix,
             peer,
             vm,
+            refused,
+            count,
             json,
         } => {
-            let filter = match RouteFilter::new(prefix, peer, vm) {
-                Ok(f) => f,
-                Err(e) => {
-                    eprintln!("tapir: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let query = control::RouteQuery {
+                prefix,
+                peer,
+                vm,
+                refused,
+                count,
             };
-            return match ask(rt, ctl, &control::Request::ShowRoutes) {
-                Ok(control::Response::Routes { mut routes }) => {
-                    routes.retain(|r| filter.matches(r));
-                    print(&control::Response::Routes { routes }, json)
-                }
-                Ok(other) => print(&other, json),
-                Err(code) => code,
-            };
+            if let Err(e) = query.check() {
+                eprintln!("tapir: {e}");
+                return ExitCode::FAILURE;
+            }
+            (control::Request::ShowRoutes { query }, json)
         }
         Show::Status { json } => (control::Request::ShowStatus, json),
         Show::Peers { json } => (control::Request::ShowPeers, json),
@@ -534,83 +539,6 @@ fn init_logging(filter: tracing_subscriber::EnvFilter, format: LogFormat) {
             .init(),
         (LogFormat::Text, true) => builder.without_time().init(),
         (LogFormat::Text, false) => builder.init(),
-    }
-}
-
-/// A `show routes` argument that is neither a prefix nor an address.
-#[derive(Debug, thiserror::Error)]
-enum FilterError {
-    #[error("{text}: {source}")]
-    Prefix {
-        text: String,
-        source: bgp::prefix::PrefixError,
-    },
-    #[error("{0}: neither a prefix nor an address")]
-    Neither(String),
-}
-
-/// `show routes` filters.
-struct RouteFilter {
-    prefix: Option<bgp::Prefix>,
-    address: Option<std::net::IpAddr>,
-    peer: Option<String>,
-    vm: Option<String>,
-}
-
-impl RouteFilter {
-    fn new(
-        prefix: Option<String>,
-        peer: Option<String>,
-        vm: Option<String>,
-    ) -> Result<Self, FilterError> {
-        let (mut p, mut a) = (None, None);
-        if let Some(s) = prefix {
-            if s.contains('/') {
-                p = Some(s.parse().map_err(|source| FilterError::Prefix {
-                    text: s.clone(),
-                    source,
-                })?);
-            } else {
-                a = Some(s.parse().map_err(|_| FilterError::Neither(s.clone()))?);
-            }
-        }
-        Ok(RouteFilter {
-            prefix: p,
-            address: a,
-            peer,
-            vm,
-        })
-    }
-
-    fn matches(&self, r: &control::RouteEntry) -> bool {
-        let parsed: Option<bgp::Prefix> = r.prefix.parse().ok();
-        if let Some(p) = &self.prefix {
-            if parsed.as_ref() != Some(p) {
-                return false;
-            }
-        }
-        if let Some(a) = self.address {
-            let host: bgp::Prefix = match a {
-                std::net::IpAddr::V4(v) => format!("{v}/32"),
-                std::net::IpAddr::V6(v) => format!("{v}/128"),
-            }
-            .parse()
-            .expect("a host prefix");
-            if !parsed.is_some_and(|p| p.contains(&host)) {
-                return false;
-            }
-        }
-        if let Some(peer) = &self.peer {
-            if &r.peer != peer && &r.peer_address != peer {
-                return false;
-            }
-        }
-        if let Some(vm) = &self.vm {
-            if r.vm.as_ref() != Some(vm) && r.interface.as_ref() != Some(vm) {
-                return false;
-            }
-        }
-        true
     }
 }
 
@@ -696,6 +624,11 @@ fn print(resp: &control::Response, json: bool) -> ExitCode {
         (Response::Bfd { sessions }, false) => show::bfd(sessions),
         (Response::Peers { peers }, false) => show::peers(peers),
         (Response::Routes { routes }, false) => show::routes(routes),
+        (Response::RouteCount { count }, true) => pretty(serde_json::to_string_pretty(count)),
+        (Response::RouteCount { count }, false) => format!(
+            "{} routes: {} accepted, {} refused; {} best, {} in the kernel\n",
+            count.routes, count.accepted, count.refused, count.best, count.installed
+        ),
         (Response::Vms { vms }, false) => show::vms(vms),
         (Response::Status { status }, true) => pretty(serde_json::to_string_pretty(status)),
         (Response::Status { status }, false) => show::status(status),

@@ -300,6 +300,27 @@ fn registrations_change_what_a_vm_may_announce_and_survive_a_restart() {
     let accepted =
         |t: &lab::tapir::Tapir, p: &str| t.routes_for(p).first().map(|r| r["accepted"] == true);
     assert_eq!(wait_for(WAIT, || accepted(&t, "10.99.0.0/24")), Some(false));
+    // The daemon filters: only what authorisation refused, and how many.
+    let (ok, out, err) = t.cli(&["show", "routes", "--refused", "--json"]);
+    assert!(ok, "{err}");
+    let refused: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let refused: Vec<&str> = refused
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["prefix"].as_str().unwrap())
+        .collect();
+    // 10.3.0.1/32 is recdns1001's (vm11) in the inventory, not vm13's.
+    assert_eq!(refused, ["10.3.0.1/32", "10.99.0.0/24"], "{out}");
+    let (ok, out, err) = t.cli(&["sh", "routes", "--count", "--json"]);
+    assert!(ok, "{err}");
+    let count: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(count["routes"], 2, "{out}");
+    assert_eq!(count["refused"], 2, "{out}");
+    assert_eq!(count["installed"], 0, "{out}");
+    // An address: the longest prefix that covers it.
+    let (ok, out, err) = t.cli(&["show", "routes", "10.99.0.7", "--json"]);
+    assert!(ok && out.contains("10.99.0.0/24"), "{out}{err}");
 
     // A hook registers the VM with the prefix it serves.
     let (ok, out, err) = t.cli(&[

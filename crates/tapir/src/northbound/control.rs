@@ -18,7 +18,11 @@ pub const DEFAULT_SOCKET: &str = "/run/tapir/tapir.sock";
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
     ShowPeers,
-    ShowRoutes,
+    /// Routes as the sessions have them, filtered in the daemon.
+    ShowRoutes {
+        #[serde(default, flatten)]
+        query: RouteQuery,
+    },
     ShowVms,
     ShowRib,
     ShowBfd,
@@ -44,6 +48,125 @@ pub enum Request {
         withdraw: bool,
         undrain: bool,
     },
+}
+
+/// What `show routes` asks for; every field narrows the answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteQuery {
+    /// A prefix (exactly that prefix), or an address: the routes of the
+    /// longest prefix that covers it, as forwarding would pick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Routes from this session (its name or address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Routes from this VM (inventory name or tap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    /// Only the routes authorisation refused.
+    #[serde(default)]
+    pub refused: bool,
+    /// Only how many there are.
+    #[serde(default)]
+    pub count: bool,
+}
+
+/// A `show routes` argument that is neither a prefix nor an address.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{text}: {source}")]
+    Prefix {
+        text: String,
+        source: bgp::prefix::PrefixError,
+    },
+    #[error("{0}: neither a prefix nor an address")]
+    Neither(String),
+}
+
+/// A route query's prefix argument, parsed.
+enum Target {
+    Prefix(bgp::Prefix),
+    Address(std::net::IpAddr),
+}
+
+impl RouteQuery {
+    /// Checks the query; the CLI calls it before asking, the daemon again.
+    pub fn check(&self) -> Result<(), QueryError> {
+        self.target().map(drop)
+    }
+
+    fn target(&self) -> Result<Option<Target>, QueryError> {
+        let Some(s) = &self.prefix else {
+            return Ok(None);
+        };
+        if s.contains('/') {
+            return s
+                .parse()
+                .map(|p| Some(Target::Prefix(p)))
+                .map_err(|source| QueryError::Prefix {
+                    text: s.clone(),
+                    source,
+                });
+        }
+        s.parse()
+            .map(|a| Some(Target::Address(a)))
+            .map_err(|_| QueryError::Neither(s.clone()))
+    }
+
+    /// The routes that answer the query, in the order given.
+    pub fn select(&self, routes: Vec<RouteEntry>) -> Result<Vec<RouteEntry>, QueryError> {
+        let target = self.target()?;
+        let mut out: Vec<RouteEntry> = routes
+            .into_iter()
+            .filter(|r| !self.refused || !r.accepted)
+            .filter(|r| {
+                self.peer
+                    .as_ref()
+                    .is_none_or(|p| &r.peer == p || &r.peer_address == p)
+            })
+            .filter(|r| {
+                self.vm
+                    .as_ref()
+                    .is_none_or(|v| r.vm.as_ref() == Some(v) || r.interface.as_ref() == Some(v))
+            })
+            .collect();
+        let parsed = |r: &RouteEntry| r.prefix.parse::<bgp::Prefix>().ok();
+        match target {
+            None => {}
+            Some(Target::Prefix(p)) => out.retain(|r| parsed(r) == Some(p)),
+            Some(Target::Address(a)) => {
+                let host =
+                    bgp::Prefix::new(a, if a.is_ipv4() { 32 } else { 128 }).expect("a host prefix");
+                out.retain(|r| parsed(r).is_some_and(|p| p.contains(&host)));
+                let longest = out.iter().filter_map(parsed).map(|p| p.len()).max();
+                out.retain(|r| parsed(r).map(|p| p.len()) == longest);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `show routes --count`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteCount {
+    pub routes: usize,
+    pub accepted: usize,
+    pub refused: usize,
+    /// Best paths in the Loc-RIB, and of them in the kernel.
+    pub best: usize,
+    pub installed: usize,
+}
+
+impl RouteCount {
+    pub fn of(routes: &[RouteEntry]) -> RouteCount {
+        RouteCount {
+            routes: routes.len(),
+            accepted: routes.iter().filter(|r| r.accepted).count(),
+            refused: routes.iter().filter(|r| !r.accepted).count(),
+            best: routes.iter().filter(|r| r.best).count(),
+            installed: routes.iter().filter(|r| r.installed).count(),
+        }
+    }
 }
 
 /// One session, as `tapir show peers` prints it.
@@ -171,6 +294,9 @@ pub enum Response {
     },
     Routes {
         routes: Vec<RouteEntry>,
+    },
+    RouteCount {
+        count: RouteCount,
     },
     Vms {
         vms: Vec<VmStatus>,
@@ -323,4 +449,124 @@ pub struct VmSession {
     pub state: String,
     pub routes_accepted: usize,
     pub routes_rejected: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, peer: &str, accepted: bool) -> RouteEntry {
+        RouteEntry {
+            prefix: prefix.into(),
+            peer: peer.into(),
+            next_hop: "10.192.24.11".into(),
+            as_path: "64613".into(),
+            origin: "igp".into(),
+            med: None,
+            local_pref: None,
+            communities: Vec::new(),
+            large_communities: Vec::new(),
+            accepted,
+            rejected_reason: (!accepted).then(|| "not-allowed".into()),
+            peer_address: format!("addr-{peer}"),
+            vm: Some(peer.into()),
+            interface: Some(format!("tap-{peer}")),
+            best: accepted,
+            installed: accepted,
+        }
+    }
+
+    fn table() -> Vec<RouteEntry> {
+        vec![
+            route("10.3.0.0/24", "vm11", true),
+            route("10.3.0.1/32", "vm11", true),
+            route("10.3.0.1/32", "vm12", true),
+            route("10.99.0.0/24", "vm13", false),
+            route("2001:db8:3::2/128", "vm12", true),
+        ]
+    }
+
+    fn prefixes(q: RouteQuery) -> Vec<String> {
+        q.select(table())
+            .unwrap()
+            .into_iter()
+            .map(|r| format!("{} {}", r.prefix, r.peer))
+            .collect()
+    }
+
+    #[test]
+    fn an_address_selects_its_longest_match() {
+        let q = |a: &str| RouteQuery {
+            prefix: Some(a.into()),
+            ..Default::default()
+        };
+        // Both sessions' /32, not the /24 that also covers it.
+        assert_eq!(
+            prefixes(q("10.3.0.1")),
+            ["10.3.0.1/32 vm11", "10.3.0.1/32 vm12"]
+        );
+        assert_eq!(prefixes(q("10.3.0.7")), ["10.3.0.0/24 vm11"]);
+        assert!(prefixes(q("192.0.2.1")).is_empty());
+        assert_eq!(prefixes(q("2001:db8:3::2")), ["2001:db8:3::2/128 vm12"]);
+        // A prefix is that prefix only.
+        assert_eq!(prefixes(q("10.3.0.0/24")), ["10.3.0.0/24 vm11"]);
+    }
+
+    #[test]
+    fn refused_peer_and_vm_narrow_the_answer() {
+        let refused = RouteQuery {
+            refused: true,
+            ..Default::default()
+        };
+        assert_eq!(prefixes(refused), ["10.99.0.0/24 vm13"]);
+        let by_peer = RouteQuery {
+            peer: Some("addr-vm12".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            prefixes(by_peer),
+            ["10.3.0.1/32 vm12", "2001:db8:3::2/128 vm12"]
+        );
+        let by_tap = RouteQuery {
+            vm: Some("tap-vm11".into()),
+            prefix: Some("10.3.0.1".into()),
+            ..Default::default()
+        };
+        assert_eq!(prefixes(by_tap), ["10.3.0.1/32 vm11"]);
+        let all = RouteQuery::default().select(table()).unwrap();
+        assert_eq!(
+            RouteCount::of(&all),
+            RouteCount {
+                routes: 5,
+                accepted: 4,
+                refused: 1,
+                best: 4,
+                installed: 4
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_argument_is_an_error_that_names_it() {
+        for bad in ["10.3.0.300/32", "10.3.0.1/33", "nonsense"] {
+            let q = RouteQuery {
+                prefix: Some(bad.into()),
+                ..Default::default()
+            };
+            let e = q.check().unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    /// An old client's `show-routes` (no query) still parses.
+    #[test]
+    fn a_plain_show_routes_request_parses() {
+        let r: Request = serde_json::from_str(r#"{"command":"show-routes"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::ShowRoutes {
+                query: RouteQuery::default()
+            }
+        );
+    }
 }
