@@ -36,9 +36,7 @@ use std::time::{Duration, Instant};
 use bgp::capability::{Capability, ExtendedNextHop, GracefulRestart, GracefulRestartFamily};
 use bgp::{AfiSafi, Context, Message, NextHop, PathAttributes, Prefix};
 use libfuzzer_sys::fuzz_target;
-use tapir::northbound::config::{
-    ImportRules, MaxPrefixAction, RemoteAsConfig, SessionLimits, SessionSettings,
-};
+use tapir::northbound::config::{ImportRules, MaxPrefixAction, RemoteAsConfig, SessionSettings};
 use tapir::peer::{Action, Identity, Input, PeerConfig, PeerCore};
 use tapir::routing::adj_rib_in::MAX_KEPT_REFUSED;
 use tapir::routing::authorisation::VmPolicy;
@@ -139,21 +137,8 @@ fn session(pol: &VmPolicy, max_as_path_length: usize) -> PeerConfig {
             name: "tap4".into(),
             index: 4,
         }),
-        session: SessionSettings {
-            remote_as: RemoteAsConfig::External,
-            hold_time: 90,
-            connect_retry: Duration::from_secs(5),
-            bfd: None,
-            import_rules: ImportRules::vm_default(),
-            password: None,
-            ttl_security: false,
-            tcp_ao: None,
-            limits: SessionLimits {
-                send_hold_time: None,
-        max_as_path_length,
-                max_send_queue: 64 << 20,
-            },
-        },
+        session: SessionSettings::new(RemoteAsConfig::External, ImportRules::vm_default())
+            .max_as_path_length(max_as_path_length),
         local_address: None,
         passive: false,
         families: vec![bgp::Afi::Ipv4, bgp::Afi::Ipv6],

@@ -1111,6 +1111,35 @@ fn remote_as(raw: &RawRemoteAs) -> Result<RemoteAsConfig, RemoteAsError> {
     }
 }
 
+impl SessionSettings {
+    /// A section's settings when it says nothing but `remote-as`: hold
+    /// time 90 s, connect-retry 5 s, no BFD, no keys, the default limits.
+    pub fn new(remote_as: RemoteAsConfig, import_rules: ImportRules) -> SessionSettings {
+        SessionSettings {
+            remote_as,
+            hold_time: *default_hold_time().get_ref(),
+            connect_retry: Duration::from_secs(*default_connect_retry().get_ref()),
+            bfd: None,
+            limits: SessionLimits {
+                send_hold_time: None,
+                max_as_path_length: *default_max_as_path().get_ref(),
+                max_send_queue: *default_max_send_queue().get_ref(),
+            },
+            import_rules,
+            password: None,
+            ttl_security: false,
+            tcp_ao: None,
+        }
+    }
+
+    /// The same with routes whose AS path is longer than `n` treated as
+    /// withdrawn.
+    pub fn max_as_path_length(mut self, n: usize) -> SessionSettings {
+        self.limits.max_as_path_length = n;
+        self
+    }
+}
+
 /// A `remote-as` that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 enum RemoteAsError {

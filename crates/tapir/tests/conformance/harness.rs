@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use bgp::attribute::{AsPath, AsSegment, Origin};
 use bgp::session::{self, Event, RemoteAs, Session, State};
 use bgp::{AfiSafi, Message, NextHop, PathAttributes, Prefix};
-use tapir::northbound::config::{
-    ImportRules, MaxPrefixAction, RemoteAsConfig, SessionLimits, SessionSettings,
-};
+use tapir::northbound::config::{ImportRules, MaxPrefixAction, RemoteAsConfig, SessionSettings};
 use tapir::peer::{Action, Identity, Input, PeerConfig, PeerCore};
 use tapir::routing::authorisation::VmPolicy;
 use tapir::routing::peer_info::ConnId;
@@ -98,21 +96,8 @@ pub fn vm_config(policy: VmPolicy) -> PeerConfig {
             name: "tap11".into(),
             index: 11,
         }),
-        session: SessionSettings {
-            remote_as: RemoteAsConfig::External,
-            hold_time: 90,
-            connect_retry: Duration::from_secs(5),
-            bfd: None,
-            import_rules: ImportRules::vm_default(),
-            password: None,
-            ttl_security: false,
-            tcp_ao: None,
-            limits: SessionLimits {
-                send_hold_time: None,
-                max_as_path_length: 32,
-                max_send_queue: 64 << 20,
-            },
-        },
+        session: SessionSettings::new(RemoteAsConfig::External, ImportRules::vm_default())
+            .max_as_path_length(32),
         local_address: None,
         passive: false,
         families: vec![bgp::Afi::Ipv4],
@@ -135,21 +120,11 @@ pub fn tor_config() -> PeerConfig {
         address: IpAddr::V4(TOR_ADDR),
         port: 179,
         interface: None,
-        session: SessionSettings {
-            remote_as: RemoteAsConfig::Exact(TOR_AS),
-            hold_time: 90,
-            connect_retry: Duration::from_secs(5),
-            bfd: None,
-            import_rules: ImportRules::neighbor_default(),
-            password: None,
-            ttl_security: false,
-            tcp_ao: None,
-            limits: SessionLimits {
-                send_hold_time: None,
-                max_as_path_length: 32,
-                max_send_queue: 64 << 20,
-            },
-        },
+        session: SessionSettings::new(
+            RemoteAsConfig::Exact(TOR_AS),
+            ImportRules::neighbor_default(),
+        )
+        .max_as_path_length(32),
         local_address: None,
         passive: false,
         families: vec![bgp::Afi::Ipv4],
