@@ -1115,6 +1115,7 @@ async fn show_routes(
     rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
     query: control::RouteQuery,
 ) -> Response {
+    // A bad query costs nothing: refused before any session is asked.
     if let Err(e) = query.check() {
         return Response::Error {
             message: e.to_string(),
@@ -1185,9 +1186,7 @@ async fn drain(
         })
         .is_err()
     {
-        return Response::Error {
-            message: "the RIB is not running".into(),
-        };
+        return rib_gone();
     }
     match rx.await {
         Ok(Ok(n)) => Response::Done {
@@ -1204,9 +1203,7 @@ async fn drain(
         Ok(Err(e)) => Response::Error {
             message: e.to_string(),
         },
-        Err(_) => Response::Error {
-            message: "the RIB is not running".into(),
-        },
+        Err(_) => rib_gone(),
     }
 }
 
