@@ -91,6 +91,11 @@ pub struct Config {
     pub hold_time: u16,
     /// ConnectRetryTimer, also the wait before an automatic restart.
     pub connect_retry: Duration,
+    /// Each connection attempt that gets no TCP connection doubles the
+    /// wait before the next, up to this (§8.1.1 notes implementations may
+    /// back off); a connection resets it. Equal to `connect_retry`: no
+    /// back-off.
+    pub connect_retry_max: Duration,
     /// Only wait for the peer to connect (§8.1.1 PassiveTcpEstablishment).
     pub passive: bool,
     /// Families offered in the multiprotocol capability.
@@ -205,6 +210,14 @@ pub struct Session {
     transmit: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
     connect_retry_at: Option<Instant>,
+    /// The ConnectRetryTime in force: `connect_retry`, doubled for each
+    /// attempt nobody answered.
+    retry_delay: Duration,
+    /// The peer spoke BGP (a message came) since the last connection
+    /// that ended without one.
+    answered: bool,
+    /// The current connection brought a BGP message.
+    heard: bool,
     hold_at: Option<Instant>,
     keepalive_at: Option<Instant>,
     negotiated: Option<Negotiated>,
@@ -219,6 +232,9 @@ pub struct Session {
 impl Session {
     pub fn new(config: Config) -> Session {
         Session {
+            retry_delay: config.connect_retry,
+            answered: false,
+            heard: false,
             config,
             state: State::Idle,
             enabled: false,
@@ -242,7 +258,10 @@ impl Session {
     /// negotiated.
     pub fn set_config(&mut self, config: Config) {
         match self.state {
-            State::Idle | State::Connect | State::Active => self.config = config,
+            State::Idle | State::Connect | State::Active => {
+                self.retry_delay = config.connect_retry;
+                self.config = config
+            }
             State::OpenSent | State::OpenConfirm | State::Established => {
                 self.next_config = Some(config)
             }
@@ -270,6 +289,17 @@ impl Session {
     }
     pub fn is_inbound(&self) -> bool {
         self.inbound
+    }
+    /// Whether the peer answered: a BGP message came since the last
+    /// connection that ended without one (refused, timed out, or closed
+    /// before the peer said anything).
+    pub fn answered(&self) -> bool {
+        self.answered
+    }
+    /// The wait between connection attempts now (backed off while nobody
+    /// answers).
+    pub fn retry_delay(&self) -> Duration {
+        self.retry_delay
     }
     pub fn last_error(&self) -> Option<&DownReason> {
         self.last_error.as_ref()
@@ -308,11 +338,12 @@ impl Session {
 
     fn begin(&mut self, now: Instant) {
         self.inbound = false;
+        self.heard = false;
         if self.config.passive {
             self.connect_retry_at = None;
             self.set_state(State::Active);
         } else {
-            self.connect_retry_at = Some(now + self.config.connect_retry);
+            self.connect_retry_at = Some(now + self.retry_delay);
             self.set_state(State::Connect);
             self.events.push_back(Event::Connect);
         }
@@ -373,6 +404,7 @@ impl Session {
             State::Idle | State::Connect | State::Active => {
                 self.enabled = true;
                 self.inbound = true;
+                self.heard = false;
                 self.send_open(now);
                 true
             }
@@ -385,8 +417,9 @@ impl Session {
         if self.state == State::Connect {
             // Stay in Active until the ConnectRetryTimer fires again.
             if self.connect_retry_at.is_none() {
-                self.connect_retry_at = Some(now + self.config.connect_retry);
+                self.connect_retry_at = Some(now + self.retry_delay);
             }
+            self.answered = false;
             self.set_state(State::Active);
         }
     }
@@ -480,6 +513,11 @@ impl Session {
             };
             if let Some(n) = self.received.get_mut(self.rx[at + 18] as usize) {
                 *n += 1;
+            }
+            if !self.heard {
+                self.heard = true;
+                self.answered = true;
+                self.retry_delay = self.config.connect_retry;
             }
             at += used;
             let state = self.state;
@@ -646,13 +684,25 @@ impl Session {
         self.remote_open = None;
         self.rx.clear();
         self.inbound = false;
+        if !std::mem::take(&mut self.heard) {
+            self.back_off();
+        }
         if let Some(c) = self.next_config.take() {
+            self.retry_delay = c.connect_retry;
             self.config = c;
         }
         // Automatic restart (§8.1.1 AutomaticStart) after ConnectRetryTime,
         // unless stopped.
-        self.connect_retry_at = self.enabled.then(|| now + self.config.connect_retry);
+        self.connect_retry_at = self.enabled.then(|| now + self.retry_delay);
         self.set_state(State::Idle);
+    }
+
+    /// A connection ended, or an attempt ran out, without a word from the
+    /// peer: the next attempt waits twice as long, up to the maximum.
+    fn back_off(&mut self) {
+        self.answered = false;
+        self.retry_delay = (self.retry_delay * 2)
+            .min(self.config.connect_retry_max.max(self.config.connect_retry));
     }
 
     /// The earliest time `handle_timeout` needs to be called.
@@ -681,7 +731,8 @@ impl Session {
                 State::Idle if self.enabled => self.begin(now),
                 State::Connect | State::Active if !self.config.passive => {
                     // §8.2.2: ConnectRetryTimer_Expires: drop the attempt
-                    // and try again.
+                    // and try again, later each time nobody answers.
+                    self.back_off();
                     self.events.push_back(Event::Disconnect);
                     self.begin(now);
                 }

@@ -14,6 +14,7 @@ fn cfg(asn: u32, id: &str) -> Config {
         router_id: id.parse().unwrap(),
         hold_time: 90,
         connect_retry: Duration::from_secs(5),
+        connect_retry_max: Duration::from_secs(5),
         passive: false,
         families: vec![AfiSafi::IPV4_UNICAST],
         extended_next_hop: false,

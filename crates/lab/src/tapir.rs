@@ -71,6 +71,12 @@ impl Tapir {
 
     /// Any client command (`vm add …`): success, stdout, stderr.
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let (code, out, err) = self.cli_code(args);
+        (code == Some(0), out, err)
+    }
+
+    /// As [`Tapir::cli`], with the exit code.
+    pub fn cli_code(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let o = Command::new(&self.bin)
             .arg("--socket")
             .arg(&self.socket)
@@ -78,7 +84,7 @@ impl Tapir {
             .output()
             .expect("run tapir");
         (
-            o.status.success(),
+            o.status.code(),
             String::from_utf8_lossy(&o.stdout).into_owned(),
             String::from_utf8_lossy(&o.stderr).into_owned(),
         )
@@ -92,7 +98,14 @@ impl Tapir {
 
     /// `tapir show WHAT --json`.
     pub fn json(&self, what: &str) -> Value {
-        serde_json::from_str(&self.show(&[what, "--json"])).unwrap_or(Value::Null)
+        self.json_args(&[what])
+    }
+
+    /// `tapir show ARGS… --json`.
+    pub fn json_args(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        serde_json::from_str(&self.show(&args)).unwrap_or(Value::Null)
     }
 
     /// A peer's state by name, from `show peers --json`.

@@ -91,10 +91,8 @@ fn key_for(addr: &std::net::IpAddr, len: &Option<u8>) -> String {
 pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] crate::northbound::config::ConfigError),
-    #[error("[gateway] (the guest role) was added or removed: restart tapir to change roles")]
-    RoleChanged,
-    #[error("VM groups were added to or removed from a daemon without/with them: restart tapir")]
-    GroupsChanged,
+    #[error(transparent)]
+    Refused(#[from] crate::reload::Refusal),
     #[error(transparent)]
     Role(#[from] crate::role::RoleError),
     #[error("the hypervisor task is gone")]
@@ -104,8 +102,14 @@ pub enum ReloadError {
 }
 
 /// `tapir run`: start, serve until stopped, shut down.
-pub async fn run(config: Config, config_path: &Path, socket: &Path) -> Result<(), StartError> {
+pub async fn run(
+    config: Config,
+    overrides: crate::northbound::config::Overrides,
+    config_path: &Path,
+    socket: &Path,
+) -> Result<(), StartError> {
     let mut daemon = Daemon::start(config, config_path, socket).await?;
+    daemon.overrides = overrides;
     let graceful = daemon.serve().await?;
     daemon.shutdown(graceful).await;
     Ok(())
@@ -125,7 +129,7 @@ struct Handles {
     about: Arc<About>,
     /// To the main loop: stop (graceful or not), reload.
     stop: mpsc::Sender<bool>,
-    reload: mpsc::Sender<oneshot::Sender<Result<String, ReloadError>>>,
+    reload: mpsc::Sender<ToMain>,
 }
 
 /// The listening sockets' descriptors (TCP-MD5 and TCP-AO keys, GTSM) and
@@ -163,6 +167,16 @@ impl ListenerKeys {
     }
 }
 
+/// What the control socket asks of the main loop, which owns the
+/// running config.
+enum ToMain {
+    Reload {
+        dry_run: bool,
+        reply: oneshot::Sender<Result<crate::reload::Report, ReloadError>>,
+    },
+    ShowConfig(oneshot::Sender<control::ConfigView>),
+}
+
 /// The running daemon.
 struct Daemon {
     config: Config,
@@ -173,7 +187,12 @@ struct Daemon {
     /// Written at a graceful stop, read at the next start.
     marker: Option<std::path::PathBuf>,
     stop: mpsc::Receiver<bool>,
-    reload: mpsc::Receiver<oneshot::Sender<Result<String, ReloadError>>>,
+    reload: mpsc::Receiver<ToMain>,
+    /// The text the running config was read from (at start or the last
+    /// reload).
+    config_text: String,
+    /// The command line's values over the file's.
+    overrides: crate::northbound::config::Overrides,
     /// Removes the control socket when the daemon ends.
     _control: control::SocketGuard,
 }
@@ -249,7 +268,7 @@ async fn start_fib(
 }
 
 /// Whether any session of `config` asks for BFD.
-fn wants_bfd(config: &Config) -> bool {
+pub(crate) fn wants_bfd(config: &Config) -> bool {
     config.neighbors.iter().any(|n| n.session.bfd.is_some())
         || config.groups.iter().any(|g| g.session.bfd.is_some())
         || config
@@ -416,6 +435,8 @@ impl Daemon {
         );
         Ok(Daemon {
             config,
+            config_text: std::fs::read_to_string(config_path).unwrap_or_default(),
+            overrides: Default::default(),
             config_path: config_path.to_path_buf(),
             local,
             handles,
@@ -448,36 +469,90 @@ impl Daemon {
                 _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(false) }
                 Some(g) = self.stop.recv() => { info!(graceful = g, "stop requested"); return Ok(g) }
                 _ = hup.recv() => None,
-                Some(tx) = self.reload.recv() => Some(tx),
+                Some(m) = self.reload.recv() => Some(m),
             };
-            let result = self.reload().await;
-            if let Some(tx) = reply {
-                let _ = tx.send(result);
+            match reply {
+                None => {
+                    let _ = self.reload(false).await;
+                }
+                Some(ToMain::Reload { dry_run, reply }) => {
+                    let _ = reply.send(self.reload(dry_run).await);
+                }
+                Some(ToMain::ShowConfig(reply)) => {
+                    let _ = reply.send(self.config_view());
+                }
             }
         }
     }
 
+    /// `show config`: the running config's text, and how the file on disk
+    /// differs from what runs.
+    fn config_view(&self) -> control::ConfigView {
+        let file = Config::load(&self.config_path).map(|c| self.overrides.apply(c));
+        let (pending, error) = match file {
+            Ok(file) => match crate::reload::plan(&self.config, &file, self.local.bfd.is_some()) {
+                Ok(p) => (p, None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            },
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        control::ConfigView {
+            path: self.config_path.display().to_string(),
+            text: self.config_text.clone(),
+            pending,
+            file_error: error,
+        }
+    }
+
     /// One reload: the config file applied as a diff, then the listeners'
-    /// keys.
-    async fn reload(&mut self) -> Result<String, ReloadError> {
+    /// keys; with `dry_run`, only what it would do.
+    async fn reload(&mut self, dry_run: bool) -> Result<crate::reload::Report, ReloadError> {
+        let text = std::fs::read_to_string(&self.config_path).map_err(|e| {
+            crate::northbound::config::ConfigError {
+                file: self.config_path.clone(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            }
+        })?;
+        let file = self
+            .overrides
+            .apply(Config::parse(&text, &self.config_path)?);
+        let changes = crate::reload::plan(&self.config, &file, self.local.bfd.is_some())?;
+        let report = crate::reload::Report { dry_run, changes };
+        if dry_run {
+            return Ok(report);
+        }
         crate::northbound::notify::notify("RELOADING=1");
         let h = &self.handles;
         let mut result = reload(
             &mut self.config,
-            &self.config_path,
+            file,
             &h.peers,
             &self.local,
             h.role.as_ref(),
         )
-        .await;
+        .await
+        .map(|()| report);
         if result.is_ok() {
+            self.config_text = text;
             if let Err(e) = self.keys.apply(&self.config) {
                 result = Err(e.into());
             }
         }
         crate::northbound::notify::notify("READY=1");
         match &result {
-            Ok(m) => info!(summary = %m, "config reloaded"),
+            Ok(r) => {
+                for c in &r.changes {
+                    info!(change = %c.what, effect = %c.effect, "reload");
+                }
+                let pending: Vec<&str> = r.pending_restart().map(|c| c.what.as_str()).collect();
+                if pending.is_empty() {
+                    info!(changes = r.changes.len(), "config reloaded");
+                } else {
+                    warn!(changes = r.changes.len(), awaiting_restart = ?pending, "config reloaded; some changes wait for a restart of tapir");
+                }
+            }
             Err(e) => warn!(error = %e, "reload refused; the running config stays"),
         }
         result
@@ -613,19 +688,31 @@ impl Handles {
             Request::ShowBfd => Response::Bfd {
                 sessions: bfd_sessions(self.bfd.clone()).await,
             },
-            Request::Reload => {
-                let shutting_down = || Response::Error {
-                    message: "shutting down".into(),
-                };
-                let (tx, rx) = oneshot::channel();
-                if self.reload.send(tx).await.is_err() {
+            Request::Reload { dry_run } => {
+                let (reply, rx) = oneshot::channel();
+                if self
+                    .reload
+                    .send(ToMain::Reload { dry_run, reply })
+                    .await
+                    .is_err()
+                {
                     return shutting_down();
                 }
                 match rx.await {
-                    Ok(Ok(message)) => Response::Done { message },
+                    Ok(Ok(report)) => Response::Reloaded { report },
                     Ok(Err(e)) => Response::Error {
                         message: e.to_string(),
                     },
+                    Err(_) => shutting_down(),
+                }
+            }
+            Request::ShowConfig => {
+                let (tx, rx) = oneshot::channel();
+                if self.reload.send(ToMain::ShowConfig(tx)).await.is_err() {
+                    return shutting_down();
+                }
+                match rx.await {
+                    Ok(config) => Response::Config { config },
                     Err(_) => shutting_down(),
                 }
             }
@@ -639,19 +726,24 @@ impl Handles {
                     },
                 }
             }
-            Request::ShowPeers => Response::Peers {
-                peers: peer_statuses(&snapshot(&self.peers), self.role.as_ref()).await,
-            },
+            Request::ShowPeers { all } => {
+                let mut peers = peer_statuses(&snapshot(&self.peers), self.role.as_ref()).await;
+                peers.retain(|p| all || !p.probing);
+                Response::Peers { peers }
+            }
             Request::ShowRoutes { query } => {
                 show_routes(&snapshot(&self.peers), self.role.as_ref(), &self.rib, query).await
             }
             Request::ShowRib => show_rib(&self.rib).await,
-            Request::ShowVms => show_vms(self.role.as_ref(), &self.rib).await,
+            Request::ShowVms => show_vms(self.role.as_ref(), &self.rib, self.bfd.clone()).await,
             Request::Drain {
                 vm,
                 withdraw,
                 undrain,
             } => drain(&self.rib, vm, withdraw, undrain).await,
+            Request::Neighbor { op, target } => {
+                neighbor(&snapshot(&self.peers), self.role.as_ref(), op, target).await
+            }
             Request::VmAdd { vm } => {
                 let done = format!("VM {} registered", vm.name);
                 vm_request(self.role.as_ref(), |tx| RoleMsg::VmAdd(vm, tx), done).await
@@ -850,24 +942,6 @@ fn snapshot(peers: &Peers) -> Vec<PeerHandle> {
     peers.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// Whether a neighbor's session must restart for a change: what it is and
-/// how it is reached. Timers, BFD and the export policy apply without.
-fn session_changed(
-    a: &crate::northbound::config::Neighbor,
-    b: &crate::northbound::config::Neighbor,
-) -> bool {
-    a.address != b.address
-        || a.port != b.port
-        || a.session.remote_as != b.session.remote_as
-        || a.local_address != b.local_address
-        || a.passive != b.passive
-        || a.families != b.families
-        || a.kernel_import != b.kernel_import
-        || a.session.password != b.session.password
-        || a.session.ttl_security != b.session.ttl_security
-        || a.session.tcp_ao != b.session.tcp_ao
-}
-
 async fn stop_peer(h: &PeerHandle, subcode: u8) {
     let (tx, rx) = oneshot::channel();
     let n = Notification::new(bgp::notification::code::CEASE, subcode);
@@ -876,51 +950,25 @@ async fn stop_peer(h: &PeerHandle, subcode: u8) {
     }
 }
 
-/// Applies a changed config file to the running daemon as a diff: new
-/// neighbors start, removed ones stop (Cease, Peer De-configured), changed
-/// ones restart (Cease, Other Configuration Change) if what the session is
-/// changed, else get new timers for their next session; policies, VM
-/// groups and the inventory apply without resetting a session. A file
-/// that does not parse, or conflicts with registrations, changes nothing.
+/// Applies `file` as a diff to the running `current`: new neighbors
+/// start, removed ones stop (Cease, Peer De-configured), changed ones
+/// restart (Cease, Other Configuration Change) if what the session is
+/// changed, else get new timers for their next session; `announce`,
+/// policies, VM groups and the inventory apply without resetting a
+/// session. What needs a restart keeps its running value
+/// (`reload::effective`). The VM side may still refuse the file
+/// (conflicts with registrations): then nothing changes.
 async fn reload(
     current: &mut Config,
-    path: &Path,
+    new: Config,
     peers: &Peers,
     local: &Arc<DaemonHandles>,
     role: Option<&mpsc::Sender<RoleMsg>>,
-) -> Result<String, ReloadError> {
-    let new = Config::load(path)?;
+) -> Result<(), ReloadError> {
     for w in new.warnings() {
         warn!("reload: {w}");
     }
-    let mut later = Vec::new();
-    if new.router_id != current.router_id || new.local_as != current.local_as {
-        later.push("router-id/local-as");
-    }
-    if new.listen != current.listen
-        || new.kernel != current.kernel
-        || new.announce != current.announce
-    {
-        later.push("listen/kernel/announce");
-    }
-    let wants_bfd = new.neighbors.iter().any(|n| n.session.bfd.is_some())
-        || new.groups.iter().any(|g| g.session.bfd.is_some())
-        || new
-            .gateway
-            .as_ref()
-            .is_some_and(|g| g.template.session.bfd.is_some());
-    if wants_bfd && local.bfd.is_none() {
-        later.push("BFD (it was off at start)");
-    }
-    if new.gateway.is_some() != current.gateway.is_some() {
-        return Err(ReloadError::RoleChanged);
-    }
-    if new.gateway != current.gateway || new.services != current.services {
-        later.push("[gateway]/[[service]]");
-    }
-    if new.groups.is_empty() != current.groups.is_empty() {
-        return Err(ReloadError::GroupsChanged);
-    }
+    let new = crate::reload::effective(current, new);
     // The VM side first: it is the part that can still refuse the file.
     if let Some(role) = role {
         let (tx, rx) = oneshot::channel();
@@ -939,9 +987,16 @@ async fn reload(
         new.graceful_restart.helper_max_time,
         std::sync::atomic::Ordering::Relaxed,
     );
+    let (old, now): (std::collections::BTreeSet<_>, std::collections::BTreeSet<_>) = (
+        current.announce.iter().collect(),
+        new.announce.iter().collect(),
+    );
+    let _ = local.rib.send(crate::routing::rib::RibMsg::Local {
+        announce: now.difference(&old).map(|p| **p).collect(),
+        withdraw: old.difference(&now).map(|p| **p).collect(),
+    });
     let old = snapshot(peers);
     let restart_time = new.graceful_restart.restart_time;
-    let (mut added, mut removed, mut restarted, mut retimed) = (0, 0, 0, 0);
     let mut next = Vec::new();
     for n in &new.neighbors {
         let cfg = peer::PeerConfig::from_neighbor(n, restart_time);
@@ -954,13 +1009,11 @@ async fn reload(
             None => {
                 info!(neighbor = %n.name, address = %n.address, "reload: new neighbor");
                 next.push(peer::spawn(cfg, local.clone()));
-                added += 1;
             }
-            Some((o, h)) if session_changed(o, n) => {
+            Some((o, h)) if crate::reload::session_changed(o, n) => {
                 info!(neighbor = %n.name, "reload: neighbor changed, session restarts");
                 stop_peer(h, cease::OTHER_CONFIGURATION_CHANGE).await;
                 next.push(peer::spawn(cfg, local.clone()));
-                restarted += 1;
             }
             Some((o, h)) => {
                 if o.session.hold_time != n.session.hold_time
@@ -971,7 +1024,6 @@ async fn reload(
                     || current.graceful_restart.restart_time != restart_time
                 {
                     let _ = h.tx.send(PeerMsg::NextSession(Box::new(cfg))).await;
-                    retimed += 1;
                 }
                 let _ = h.tx.send(PeerMsg::SetExport(n.export.clone())).await;
                 next.push(h.clone());
@@ -982,26 +1034,11 @@ async fn reload(
         if !new.neighbors.iter().any(|n| n.name == o.name) {
             info!(neighbor = %o.name, "reload: neighbor removed");
             stop_peer(h, cease::PEER_DECONFIGURED).await;
-            removed += 1;
         }
     }
     *peers.write().unwrap_or_else(|e| e.into_inner()) = next;
-    let mut msg = format!(
-        "applied: neighbors {added} added, {removed} removed, {restarted} restarted, \
-         {retimed} with new timers for their next session; {} export policies, {} VM groups, \
-         {} inventory entries",
-        new.neighbors.len(),
-        new.groups.len(),
-        new.vms.len()
-    );
-    if !later.is_empty() {
-        msg.push_str(&format!(
-            "; {} take effect at the next restart",
-            later.join(", ")
-        ));
-    }
     *current = new;
-    Ok(msg)
+    Ok(())
 }
 
 /// Binds a BGP listener. An IPv6 wildcard also takes IPv4 (mapped
@@ -1107,6 +1144,46 @@ async fn peer_statuses(
     out
 }
 
+/// `tapir neighbor OP TARGET`: done on every session `target` names.
+async fn neighbor(
+    peers: &[PeerHandle],
+    role: Option<&mpsc::Sender<RoleMsg>>,
+    op: control::NeighborOp,
+    target: String,
+) -> Response {
+    let (mut done, mut failed) = (Vec::new(), Vec::new());
+    for p in all_peers(peers, role).await {
+        let (reply, rx) = oneshot::channel();
+        let msg = PeerMsg::Admin {
+            op,
+            target: target.clone(),
+            reply,
+        };
+        if p.tx.send(msg).await.is_err() {
+            continue;
+        }
+        match rx.await {
+            Ok(Some(Ok(m))) => done.push(m),
+            Ok(Some(Err(e))) => failed.push(e.to_string()),
+            _ => {}
+        }
+    }
+    if done.is_empty() && failed.is_empty() {
+        return Response::Error {
+            message: format!(
+                "no neighbor or VM session is named {target:?} (see `tapir show peers --all`)"
+            ),
+        };
+    }
+    done.extend(failed.iter().cloned());
+    let message = done.join("\n");
+    if failed.is_empty() {
+        Response::Done { message }
+    } else {
+        Response::Error { message }
+    }
+}
+
 /// `show routes`: every session's routes, marked with what the Loc-RIB
 /// chose and whether that is in the kernel.
 async fn show_routes(
@@ -1207,6 +1284,13 @@ async fn drain(
     }
 }
 
+/// A request for the main loop while it stops.
+fn shutting_down() -> Response {
+    Response::Error {
+        message: "shutting down".into(),
+    }
+}
+
 /// A request for the role when there is none: no VM groups.
 fn no_role() -> Response {
     Response::Error {
@@ -1231,10 +1315,12 @@ async fn show_rib(rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>) -> R
     }
 }
 
-/// `show vms`: the role's VMs with the Loc-RIB's drain state of each.
+/// `show vms`: the role's VMs with the Loc-RIB's drain state of each
+/// and the BFD state of each session.
 async fn show_vms(
     role: Option<&mpsc::Sender<RoleMsg>>,
     rib: &mpsc::UnboundedSender<crate::routing::rib::RibMsg>,
+    bfd: Option<mpsc::UnboundedSender<crate::southbound::bfd::BfdMsg>>,
 ) -> Response {
     let Some(role) = role else { return no_role() };
     let (tx, rx) = oneshot::channel();
@@ -1251,6 +1337,16 @@ async fn show_vms(
         for v in &mut vms {
             let key = v.name.clone().or_else(|| v.interface.clone());
             v.drain = key.and_then(|k| drains.get(&k).copied());
+        }
+    }
+    let bfd = bfd_sessions(bfd).await;
+    for v in &mut vms {
+        for s in &mut v.sessions {
+            let bare = s.address.split('%').next().unwrap_or(&s.address);
+            s.bfd = bfd
+                .iter()
+                .find(|b| b.peer == bare && b.interface == v.interface)
+                .map(|b| b.state.clone());
         }
     }
     Response::Vms { vms }

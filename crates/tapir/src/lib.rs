@@ -19,6 +19,8 @@
 //!   control socket and its tables, metrics, systemd readiness;
 //! - [`tasks`]: every task, thread and channel capacity, with their map;
 //! - [`daemon`]: `tapir run`: starts every task, serves, reloads, stops;
+//! - [`reload`]: what a new config file changes and what each change
+//!   will do, before anything is touched;
 //! - [`limits`] and [`log_budget`]: counters and log budgets for what
 //!   broken or hostile peers make us do.
 //!
@@ -36,6 +38,7 @@ pub mod limits;
 pub mod log_budget;
 pub mod northbound;
 pub mod peer;
+pub mod reload;
 pub mod role;
 pub mod routing;
 pub mod southbound;

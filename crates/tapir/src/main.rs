@@ -62,11 +62,21 @@ enum Command {
         #[command(subcommand)]
         what: Show,
     },
-    /// Read the config file again and apply it as a diff: neighbors are
-    /// added, removed or restarted, policies, VM groups and the inventory
-    /// change without resetting sessions; a bad file changes nothing (also
-    /// on SIGHUP).
-    Reload,
+    /// Read the config file again and apply it as a diff (also on
+    /// SIGHUP): prints each change and what it did. Neighbors are added,
+    /// removed or reset; `announce`, policies, VM groups and the inventory
+    /// change without resetting sessions; router-id, local-as, listen,
+    /// [kernel], [metrics], [drain], [gateway] and [[service]] wait for a
+    /// restart. A bad file changes nothing. Exits 2 when changes wait for
+    /// a restart, 1 on an error.
+    Reload {
+        /// Only print what a reload would do.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON (schema in docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the daemon: Cease to every peer and our routes out of the
     /// kernel, or with --graceful keep forwarding and let peers keep our
     /// routes while tapir restarts (RFC 4724).
@@ -93,6 +103,13 @@ enum Command {
         #[arg(long, conflicts_with = "vm")]
         all: bool,
     },
+    /// Disable, enable, restart or refresh a session (a neighbor's or a
+    /// VM's name, or an address; a VM's name means all its sessions).
+    #[command(infer_subcommands = true)]
+    Neighbor {
+        #[command(subcommand)]
+        what: Neighbor,
+    },
     /// Register or unregister VMs at run time (for hypervisor hooks).
     #[command(infer_subcommands = true)]
     Vm {
@@ -109,6 +126,21 @@ enum Command {
 enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Subcommand)]
+enum Neighbor {
+    /// Close the session (Cease, Administrative Shutdown) and keep it
+    /// closed, both ways, until `enable` (or a restart of tapir).
+    Disable { target: String },
+    /// Open a disabled session again.
+    Enable { target: String },
+    /// Close the session (Cease, Administrative Reset) and open it again
+    /// at once.
+    Restart { target: String },
+    /// Without a reset: ask the peer for its routes again (ROUTE-REFRESH)
+    /// and send it ours again.
+    Refresh { target: String },
 }
 
 #[derive(Subcommand)]
@@ -152,6 +184,9 @@ enum Show {
     // it means the list.
     #[command(alias = "pe")]
     Peers {
+        /// Also the VM addresses where nothing answers yet (probes).
+        #[arg(long)]
+        all: bool,
         /// Print JSON (schema in docs/json.md).
         #[arg(long)]
         json: bool,
@@ -195,6 +230,13 @@ enum Show {
     /// Health-checked services (guest role): healthy or not, the checks,
     /// the last error.
     Services {
+        /// Print JSON (schema in docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The running config, and how the file on disk differs from it
+    /// (what a reload would do, what waits for a restart).
+    Config {
         /// Print JSON (schema in docs/json.md).
         #[arg(long)]
         json: bool,
@@ -331,7 +373,9 @@ fn main() -> ExitCode {
             &cli.socket,
         ),
         Command::Show { what } => show(&rt, &ctl, what),
-        Command::Reload => client(&rt, &ctl, control::Request::Reload, false),
+        Command::Reload { dry_run, json } => {
+            client(&rt, &ctl, control::Request::Reload { dry_run }, json)
+        }
         Command::Drain {
             vm: None,
             all: false,
@@ -354,6 +398,15 @@ fn main() -> ExitCode {
             },
             false,
         ),
+        Command::Neighbor { what } => {
+            let (op, target) = match what {
+                Neighbor::Disable { target } => (control::NeighborOp::Disable, target),
+                Neighbor::Enable { target } => (control::NeighborOp::Enable, target),
+                Neighbor::Restart { target } => (control::NeighborOp::Restart, target),
+                Neighbor::Refresh { target } => (control::NeighborOp::Refresh, target),
+            };
+            client(&rt, &ctl, control::Request::Neighbor { op, target }, false)
+        }
         Command::Undrain { vm, .. } => client(
             &rt,
             &ctl,
@@ -431,22 +484,18 @@ fn run(
         }
     };
     init_logging(filter, log_format);
+    let overrides = config::Overrides {
+        router_id,
+        state_dir,
+    };
     let cfg = match config::Config::load(&config) {
-        Ok(mut c) => {
-            if let Some(id) = router_id {
-                c.router_id = id;
-            }
-            if state_dir.is_some() {
-                c.state_dir = state_dir;
-            }
-            c
-        }
+        Ok(c) => overrides.apply(c),
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(daemon::run(cfg, &config, socket)) {
+    match rt.block_on(daemon::run(cfg, overrides, &config, socket)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tapir: {e}");
@@ -481,11 +530,12 @@ fn show(rt: &tokio::runtime::Runtime, ctl: &Ctl, what: Show) -> ExitCode {
             (control::Request::ShowRoutes { query }, json)
         }
         Show::Status { json } => (control::Request::ShowStatus, json),
-        Show::Peers { json } => (control::Request::ShowPeers, json),
+        Show::Peers { all, json } => (control::Request::ShowPeers { all }, json),
         Show::Vms { json } => (control::Request::ShowVms, json),
         Show::Rib { json } => (control::Request::ShowRib, json),
         Show::Bfd { json } => (control::Request::ShowBfd, json),
         Show::Services { json } => (control::Request::ShowServices, json),
+        Show::Config { json } => (control::Request::ShowConfig, json),
     };
     client(rt, ctl, req, json)
 }
@@ -545,7 +595,7 @@ fn init_logging(filter: tracing_subscriber::EnvFilter, format: LogFormat) {
 /// `show peer NAME|ADDRESS`: every session with that name or address,
 /// with its BFD session.
 fn show_peer(rt: &tokio::runtime::Runtime, ctl: &Ctl, name: &str, json: bool) -> ExitCode {
-    let peers = match ask(rt, ctl, &control::Request::ShowPeers) {
+    let peers = match ask(rt, ctl, &control::Request::ShowPeers { all: true }) {
         Ok(control::Response::Peers { peers }) => peers,
         Ok(other) => return print(&other, json),
         Err(code) => return code,
@@ -615,6 +665,20 @@ fn print(resp: &control::Response, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
         (Response::Done { message }, _) => format!("{message}\n"),
+        (Response::Reloaded { report }, _) => {
+            print!(
+                "{}",
+                match json {
+                    true => pretty(serde_json::to_string_pretty(report)),
+                    false => show::reload(report),
+                }
+            );
+            // A script must not take "some of it waits" for done.
+            let waits = !report.dry_run && report.pending_restart().next().is_some();
+            return ExitCode::from(if waits { 2 } else { 0 });
+        }
+        (Response::Config { config }, true) => pretty(serde_json::to_string_pretty(config)),
+        (Response::Config { config }, false) => show::config(config),
         (Response::Peers { peers }, true) => pretty(serde_json::to_string_pretty(peers)),
         (Response::Routes { routes }, true) => pretty(serde_json::to_string_pretty(routes)),
         (Response::Vms { vms }, true) => pretty(serde_json::to_string_pretty(vms)),

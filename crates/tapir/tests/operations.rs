@@ -149,6 +149,26 @@ fn metrics_pass_promtool_and_match_what_peers_see() {
     assert!(
         lab::metric_sample(&text, "process_resident_memory_bytes", &[]).is_some_and(|n| n > 1e6)
     );
+    // The VM's link-local address has no BGP session (its BIRD peers over
+    // IPv4 and the global IPv6 address): a probe, with no session series.
+    let up = wait_for(WAIT, || {
+        scrape(&lab).filter(|t| lab::metric_sample(t, "tapir_vm_probes", &[]) == Some(1.0))
+    })
+    .unwrap_or_else(|| panic!("{:?}\n{}", scrape(&lab), t.show(&["peers", "--all"])));
+    let sessions: Vec<&str> = up
+        .lines()
+        .filter(|l| l.starts_with("tapir_bgp_session_established{"))
+        .collect();
+    assert_eq!(sessions.len(), 4, "{sessions:?}");
+    assert!(sessions.iter().all(|l| l.ends_with(" 1")), "{sessions:?}");
+    assert_eq!(
+        sessions
+            .iter()
+            .filter(|l| l.contains("kind=\"vm\""))
+            .count(),
+        2,
+        "{sessions:?}"
+    );
 
     // The VM stops: its sessions go down and count a flap.
     lab.stop(vm.pid);

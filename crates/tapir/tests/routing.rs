@@ -614,14 +614,22 @@ fn reload_adds_changes_and_removes_neighbors() {
     std::fs::write(&cfg, &full).unwrap();
     let (ok, out, err) = t.cli(&["reload"]);
     assert!(ok, "{err}");
-    assert!(out.contains("1 added"), "{out}");
+    assert!(
+        out.contains("neighbor tor-v6 (2001:db8:21::1) added: a session starts"),
+        "{out}"
+    );
     wait_tor(&lab, &tor, "2001:db8:3::1/128", |_| true);
 
     // Changed timers: applied at the next session, nothing resets now.
     std::fs::write(&cfg, full.replacen("hold-time = 90", "hold-time = 30", 1)).unwrap();
     let (ok, out, err) = t.cli(&["reload"]);
     assert!(ok, "{err}");
-    assert!(out.contains("1 with new timers"), "{out}");
+    assert!(
+        out.contains(
+            "neighbor tor-v4: timers, BFD, limits or import rules: from its next session on"
+        ),
+        "{out}"
+    );
 
     // Removed: tor-v4's session ends, so tor loses the IPv4 route; the
     // IPv6 one stays.
@@ -649,7 +657,10 @@ fn reload_adds_changes_and_removes_neighbors() {
     std::fs::write(&cfg, format!("{}{}", &full[..start], &full[end..])).unwrap();
     let (ok, out, err) = t.cli(&["reload"]);
     assert!(ok, "{err}");
-    assert!(out.contains("1 removed"), "{out}");
+    assert!(
+        out.contains("neighbor tor-v4 removed: its session closes"),
+        "{out}"
+    );
     let gone = wait_for(WAIT, || tor.route("10.3.0.1/32").is_none().then_some(()));
     assert!(gone.is_some(), "{}", t.show(&["peers"]));
     assert!(tor.route("2001:db8:3::1/128").is_some());

@@ -11,6 +11,7 @@ fn config(asn: u32, id: &str, remote: RemoteAs) -> Config {
         router_id: id.parse().unwrap(),
         hold_time: 90,
         connect_retry: Duration::from_secs(5),
+        connect_retry_max: Duration::from_secs(5),
         passive: false,
         families: vec![AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST],
         extended_next_hop: false,
@@ -500,4 +501,55 @@ fn new_settings_wait_for_the_next_connection() {
     assert!(established(&p));
     assert_eq!(p.a.negotiated().unwrap().hold_time, 9);
     assert_eq!(p.b.negotiated().unwrap().hold_time, 9);
+}
+
+#[test]
+fn attempts_nobody_answers_back_off_and_a_connection_resets_them() {
+    let mut c = config(64612, "10.0.0.1", RemoteAs::External);
+    c.connect_retry = Duration::from_secs(2);
+    c.connect_retry_max = Duration::from_secs(60);
+    let mut s = Session::new(c);
+    let mut now = Instant::now();
+    s.start(now);
+    let mut waits = Vec::new();
+    for _ in 0..8 {
+        assert!(!s.answered());
+        s.connect_failed(now);
+        let next = s.poll_timeout().unwrap();
+        waits.push((next - now).as_secs());
+        now = next;
+        s.handle_timeout(now);
+        assert_eq!(s.state(), State::Connect);
+    }
+    assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60, 60]);
+    // A listener that closes without a word is no answer either.
+    s.connected(now);
+    assert_eq!(s.state(), State::OpenSent);
+    s.closed(now);
+    assert!(!s.answered());
+    assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(60)));
+    // A peer that speaks BGP resets the wait, even one that refuses us.
+    now += Duration::from_secs(60);
+    s.handle_timeout(now);
+    s.connected(now);
+    let peer = Open::new(64612, 90, "10.0.0.1".parse().unwrap(), vec![]);
+    s.receive(now, &Message::Open(peer).encode(&Context::default()));
+    assert!(s.answered());
+    assert_eq!(s.retry_delay(), Duration::from_secs(2));
+    assert_eq!(s.state(), State::Idle, "our own AS from an eBGP peer");
+    assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(2)));
+}
+
+#[test]
+fn without_a_maximum_attempts_do_not_back_off() {
+    let mut s = Session::new(config(64612, "10.0.0.1", RemoteAs::External));
+    let mut now = Instant::now();
+    s.start(now);
+    for _ in 0..4 {
+        s.connect_failed(now);
+        let next = s.poll_timeout().unwrap();
+        assert_eq!(next - now, Duration::from_secs(5));
+        now = next;
+        s.handle_timeout(now);
+    }
 }

@@ -1180,6 +1180,26 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// What `tapir run`'s command line puts over the file's values, at start
+/// and at every reload.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub router_id: Option<Ipv4Addr>,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Overrides {
+    pub fn apply(&self, mut c: Config) -> Config {
+        if let Some(id) = self.router_id {
+            c.router_id = id;
+        }
+        if self.state_dir.is_some() {
+            c.state_dir = self.state_dir.clone();
+        }
+        c
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {

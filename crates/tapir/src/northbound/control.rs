@@ -17,7 +17,12 @@ pub const DEFAULT_SOCKET: &str = "/run/tapir/tapir.sock";
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
-    ShowPeers,
+    /// Static neighbors and the VM sessions where something answered;
+    /// `all` adds the probes.
+    ShowPeers {
+        #[serde(default)]
+        all: bool,
+    },
     /// Routes as the sessions have them, filtered in the daemon.
     ShowRoutes {
         #[serde(default, flatten)]
@@ -40,14 +45,56 @@ pub enum Request {
     Stop {
         graceful: bool,
     },
-    /// Read the config file again and apply what changed.
-    Reload,
+    /// Read the config file again and apply what changed; `dry_run`:
+    /// only say what that would do.
+    Reload {
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// The running config and how the file differs from it.
+    ShowConfig,
+    /// `tapir neighbor OP TARGET`: every session that `target` names (a
+    /// neighbor's or VM's name, or an address).
+    Neighbor {
+        op: NeighborOp,
+        target: String,
+    },
     /// Drain a VM (or all, `vm` None) before a planned move (RFC 8326).
     Drain {
         vm: Option<String>,
         withdraw: bool,
         undrain: bool,
     },
+}
+
+/// `show config`: what runs, and what in the file does not (yet).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConfigView {
+    pub path: String,
+    /// The text the running config was read from.
+    pub text: String,
+    /// How the file on disk now differs from what runs, and what a
+    /// reload would do with each difference.
+    pub pending: Vec<crate::reload::Change>,
+    /// The file on disk cannot be read or would be refused.
+    pub file_error: Option<String>,
+}
+
+/// What `tapir neighbor` does to a session.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NeighborOp {
+    /// Close the session (Cease, Administrative Shutdown) and keep it
+    /// closed, both ways, until `enable`.
+    Disable,
+    /// Open a disabled session again.
+    Enable,
+    /// Close the session (Cease, Administrative Reset) and open it again
+    /// at once.
+    Restart,
+    /// Without a reset: ask the peer for its routes again (ROUTE-REFRESH)
+    /// and send it ours again.
+    Refresh,
 }
 
 /// What `show routes` asks for; every field narrows the answer.
@@ -218,11 +265,22 @@ pub struct PeerStatus {
     pub last_notification_sent: Option<String>,
     #[serde(default)]
     pub last_notification_received: Option<String>,
-    /// The hold time we offer and the connect-retry interval (seconds).
+    /// The hold time we offer and the connect-retry interval in force
+    /// (seconds; backed off for a probe).
     #[serde(default)]
     pub configured_hold_time: u16,
     #[serde(default)]
     pub connect_retry_secs: u64,
+    /// `static` (a configured neighbor) or `vm`.
+    #[serde(default)]
+    pub kind: String,
+    /// A VM address where nothing has answered: tried with back-off, left
+    /// out of `show peers` (unless `--all`) and of the session metrics.
+    #[serde(default)]
+    pub probing: bool,
+    /// Stopped by `tapir neighbor disable`.
+    #[serde(default)]
+    pub disabled: bool,
     /// Until the hold timer and the keepalive timer fire (milliseconds).
     #[serde(default)]
     pub hold_timer_left_ms: Option<u64>,
@@ -315,6 +373,12 @@ pub enum Response {
     },
     Done {
         message: String,
+    },
+    Reloaded {
+        report: crate::reload::Report,
+    },
+    Config {
+        config: ConfigView,
     },
     Error {
         message: String,
@@ -446,9 +510,13 @@ pub struct VmStatus {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VmSession {
     pub address: String,
+    /// The RFC 4271 state, or `probing` while nothing answers there.
     pub state: String,
     pub routes_accepted: usize,
     pub routes_rejected: usize,
+    /// The BFD session's state, if the group runs BFD.
+    #[serde(default)]
+    pub bfd: Option<String>,
 }
 
 #[cfg(test)]

@@ -212,12 +212,23 @@ fn encode_sessions(reg: &mut Registry, peers: &[crate::northbound::control::Peer
         "bgp_prefixes_rejected",
         "Refused announcements, by reason",
     );
-    for p in peers {
+    let probes = gauge(
+        reg,
+        "vm_probes",
+        "VM addresses where nothing answers BGP yet, tried with back-off (not sessions)",
+        None,
+    );
+    probes
+        .get_or_create(&Vec::new())
+        .set(peers.iter().filter(|p| p.probing).count() as i64);
+    // A probe is not a session: it has no series of its own.
+    for p in peers.iter().filter(|p| !p.probing) {
         let iface = p.interface.clone().unwrap_or_default();
         let base = l(&[
             ("peer", &p.name),
             ("address", &p.address),
             ("interface", &iface),
+            ("kind", &p.kind),
         ]);
         for st in STATES {
             let mut labels = base.clone();

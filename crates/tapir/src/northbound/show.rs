@@ -196,7 +196,17 @@ pub fn peer(p: &PeerStatus, bfd: Option<&crate::southbound::bfd::BfdStatus>) -> 
             format!("{k} s, next in {}", ms(p.keepalive_timer_left_ms)),
         );
     }
-    line("Connect retry", format!("{} s", p.connect_retry_secs));
+    line(
+        "Connect retry",
+        if p.probing {
+            format!(
+                "{} s (probing: nothing answers, backed off)",
+                p.connect_retry_secs
+            )
+        } else {
+            format!("{} s", p.connect_retry_secs)
+        },
+    );
     let mut routes = format!(
         "received {}, accepted {}, exported {}",
         p.routes_received, p.routes_accepted, p.routes_exported
@@ -370,8 +380,12 @@ pub fn vms(vms: &[VmStatus]) -> String {
                 .sessions
                 .iter()
                 .map(|s| {
+                    let bfd = s
+                        .bfd
+                        .as_ref()
+                        .map_or(String::new(), |b| format!(" bfd {b}"));
                     format!(
-                        "{} {} {}/{}",
+                        "{} {} {}/{}{bfd}",
                         s.address, s.state, s.routes_accepted, s.routes_rejected
                     )
                 })
@@ -403,6 +417,47 @@ pub fn vms(vms: &[VmStatus]) -> String {
         ],
         &rows,
     )
+}
+
+/// `tapir reload`: each change and what it did (or would do).
+pub fn reload(r: &crate::reload::Report) -> String {
+    let mut out = String::new();
+    if r.changes.is_empty() {
+        out.push_str("the file is what runs: nothing to do\n");
+    }
+    for c in &r.changes {
+        out.push_str(&format!("{c}\n"));
+    }
+    let pending: Vec<&str> = r.pending_restart().map(|c| c.what.as_str()).collect();
+    match (r.dry_run, pending.is_empty()) {
+        (true, _) => out.push_str("dry run: nothing was changed\n"),
+        (false, true) => out.push_str("applied\n"),
+        (false, false) => out.push_str(&format!(
+            "applied, except what waits for a restart of tapir: {}\n",
+            pending.join("; ")
+        )),
+    }
+    out
+}
+
+/// `show config`: the running config's text, then what differs in the
+/// file.
+pub fn config(c: &crate::northbound::control::ConfigView) -> String {
+    let mut out = format!("# running: {}\n{}", c.path, c.text);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    if let Some(e) = &c.file_error {
+        out.push_str(&format!("# the file now: {e}\n"));
+    } else if c.pending.is_empty() {
+        out.push_str("# the file is what runs\n");
+    } else {
+        out.push_str("# pending: the file differs from what runs\n");
+        for p in &c.pending {
+            out.push_str(&format!("#   {p}\n"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -38,6 +38,9 @@ use crate::routing::policy::Policy;
 use crate::routing::rib::RibMsg;
 use crate::southbound::net::Interface;
 
+mod admin;
+pub use admin::AdminError;
+
 /// BIRD (2.0.12 at least) sometimes sends nothing for up to 3 s after it
 /// accepts a new session from the VM's hypervisor in place of an old one
 /// (a graceful-restart takeover after a migration): the export is queued,
@@ -182,6 +185,9 @@ pub struct PeerCore {
     adj_rib_in: AdjRibIn,
     state_since: Instant,
     flaps: u64,
+    /// Stopped by `tapir neighbor disable`: no connection either way
+    /// until enabled.
+    disabled: bool,
     /// This peer's identity in the Loc-RIB.
     id: PeerId,
     /// Set while Established: what the Loc-RIB knows of this peer.
@@ -230,6 +236,10 @@ pub struct PeerCore {
     global_v6: fn(u32) -> Option<Ipv6Addr>,
 }
 
+/// The longest wait between connection attempts to a VM address that
+/// never answered.
+pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
 fn session_config(cfg: &PeerConfig, env: &Identity) -> session::Config {
     session::Config {
         local_as: env.local_as,
@@ -237,6 +247,13 @@ fn session_config(cfg: &PeerConfig, env: &Identity) -> session::Config {
         router_id: env.router_id,
         hold_time: cfg.session.hold_time,
         connect_retry: cfg.session.connect_retry,
+        // A VM address where nothing speaks BGP is a probe: tried less
+        // and less often, up to once a minute, until something answers.
+        connect_retry_max: if cfg.group.is_some() {
+            PROBE_BACKOFF_MAX.max(cfg.session.connect_retry)
+        } else {
+            cfg.session.connect_retry
+        },
         passive: cfg.passive,
         families: cfg.families.iter().map(|a| AfiSafi::unicast(*a)).collect(),
         extended_next_hop: cfg.extended_next_hop,
@@ -259,6 +276,7 @@ impl PeerCore {
             adj_rib_in: AdjRibIn::default(),
             state_since: now,
             flaps: 0,
+            disabled: false,
             id,
             info: None,
             exported: Default::default(),
@@ -571,6 +589,10 @@ impl PeerCore {
         let now = self.now;
         let state = self.conns[0].session.state();
         match state {
+            _ if self.disabled => {
+                info!("connection refused: the neighbor is disabled (tapir neighbor enable)");
+                self.actions.push_back(Action::Refuse);
+            }
             State::Idle | State::Connect | State::Active => {
                 // The peer was faster than our own attempt: use its
                 // connection and drop ours (§8.2.2, Connect state).
@@ -1394,6 +1416,16 @@ impl PeerCore {
         self.send_announcements(i, &announce);
     }
 
+    /// A VM session whose address has not answered (no TCP connection
+    /// since the last attempt that got none): a probe, not a session.
+    pub fn probing(&self) -> bool {
+        let s = &self.conns[0].session;
+        self.cfg.group.is_some()
+            && !self.disabled
+            && !s.answered()
+            && matches!(s.state(), State::Idle | State::Connect | State::Active)
+    }
+
     pub fn status(&self, now: Instant) -> PeerStatus {
         let s = &self.conns[0].session;
         let n = s.negotiated();
@@ -1444,7 +1476,15 @@ impl PeerCore {
             last_notification_sent: self.last_sent.clone(),
             last_notification_received: self.last_received.clone(),
             configured_hold_time: self.cfg.session.hold_time,
-            connect_retry_secs: self.cfg.session.connect_retry.as_secs(),
+            connect_retry_secs: s.retry_delay().as_secs(),
+            kind: if self.cfg.group.is_some() {
+                "vm"
+            } else {
+                "static"
+            }
+            .into(),
+            probing: self.probing(),
+            disabled: self.disabled,
             hold_timer_left_ms: s
                 .hold_deadline()
                 .map(|d| d.saturating_duration_since(now).as_millis() as u64),

@@ -222,6 +222,13 @@ pub enum PeerMsg {
     SetExport(Arc<Policy>),
     /// BFD saw the path fail (it was Up, it is Down).
     BfdDown,
+    /// `tapir neighbor OP TARGET`: answered with `None` if `target` does
+    /// not name this session.
+    Admin {
+        op: crate::northbound::control::NeighborOp,
+        target: String,
+        reply: oneshot::Sender<Option<Result<String, core::AdminError>>>,
+    },
     Connected {
         conn: ConnId,
         result: std::io::Result<TcpStream>,
@@ -424,6 +431,15 @@ impl Peer {
                 }
                 PeerMsg::Routes(tx) => {
                     let _ = tx.send(self.core.routes());
+                    continue;
+                }
+                PeerMsg::Admin { op, target, reply } => {
+                    let done = self
+                        .core
+                        .answers_to(&target)
+                        .then(|| self.core.admin(now, op));
+                    self.act();
+                    let _ = reply.send(done);
                     continue;
                 }
                 PeerMsg::Abort(done) => {

@@ -838,11 +838,16 @@ impl Hypervisor {
             v.addresses.push(addr_s.clone());
             v.sessions.push(VmSession {
                 address: addr_s,
-                state: st.as_ref().map_or("Idle".into(), |s| s.state.clone()),
+                state: match &st {
+                    Some(s) if s.probing => "probing".into(),
+                    Some(s) => s.state.clone(),
+                    None => "Idle".into(),
+                },
                 routes_accepted: st.as_ref().map_or(0, |s| s.routes_accepted),
                 routes_rejected: st
                     .as_ref()
                     .map_or(0, |s| s.routes_received - s.routes_accepted),
+                bfd: None,
             });
         }
         let mut out: Vec<VmStatus> = by_key.into_values().collect();

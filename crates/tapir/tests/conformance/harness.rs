@@ -77,6 +77,7 @@ impl Remote {
             router_id: self.router_id,
             hold_time: self.hold_time,
             connect_retry: Duration::from_secs(5),
+            connect_retry_max: Duration::from_secs(5),
             passive: true,
             families: self.families.clone(),
             extended_next_hop: false,
