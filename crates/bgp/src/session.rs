@@ -328,11 +328,13 @@ impl Session {
     }
 
     /// ManualStart / ManualStart_with_PassiveTcpEstablishment (§8.1.2).
+    /// An operator's start also ends any back-off.
     pub fn start(&mut self, now: Instant) {
         self.enabled = true;
         if self.state != State::Idle {
             return;
         }
+        self.retry_delay = self.config.connect_retry;
         self.begin(now);
     }
 

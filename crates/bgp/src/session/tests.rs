@@ -538,6 +538,15 @@ fn attempts_nobody_answers_back_off_and_a_connection_resets_them() {
     assert_eq!(s.retry_delay(), Duration::from_secs(2));
     assert_eq!(s.state(), State::Idle, "our own AS from an eBGP peer");
     assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(2)));
+    // An operator's stop and start ends a back-off.
+    for _ in 0..3 {
+        s.handle_timeout(s.poll_timeout().unwrap());
+        s.connect_failed(now);
+    }
+    assert!(s.retry_delay() > Duration::from_secs(2));
+    s.stop(now, Notification::new(6, 4));
+    s.start(now);
+    assert_eq!(s.retry_delay(), Duration::from_secs(2));
 }
 
 #[test]
