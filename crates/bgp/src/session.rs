@@ -91,10 +91,10 @@ pub struct Config {
     pub hold_time: u16,
     /// ConnectRetryTimer, also the wait before an automatic restart.
     pub connect_retry: Duration,
-    /// Each connection attempt that gets no TCP connection doubles the
-    /// wait before the next, up to this (§8.1.1 notes implementations may
-    /// back off); a connection resets it. Equal to `connect_retry`: no
-    /// back-off.
+    /// Each connection that ends (or attempt that runs out) without a
+    /// BGP message from the peer doubles the wait before the next, up to
+    /// this; the peer's first message resets it. Equal to
+    /// `connect_retry`: no back-off.
     pub connect_retry_max: Duration,
     /// Only wait for the peer to connect (§8.1.1 PassiveTcpEstablishment).
     pub passive: bool,
@@ -268,6 +268,13 @@ impl Session {
         }
     }
 
+    /// A new maximum wait between attempts (see `Config::connect_retry_max`),
+    /// in force at once.
+    pub fn set_connect_retry_max(&mut self, max: Duration) {
+        self.config.connect_retry_max = max;
+        self.retry_delay = self.retry_delay.min(max.max(self.config.connect_retry));
+    }
+
     /// Messages received on this session so far, indexed by type code
     /// (1 OPEN, 2 UPDATE, 3 NOTIFICATION, 4 KEEPALIVE, 5 ROUTE-REFRESH).
     pub fn messages_received(&self) -> [u64; 6] {
@@ -329,6 +336,8 @@ impl Session {
 
     /// ManualStart / ManualStart_with_PassiveTcpEstablishment (§8.1.2).
     /// An operator's start also ends any back-off.
+    ///
+    /// (`set_connect_retry_max` changes the back-off of a running session.)
     pub fn start(&mut self, now: Instant) {
         self.enabled = true;
         if self.state != State::Idle {

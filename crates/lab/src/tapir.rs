@@ -23,25 +23,44 @@ impl Lab {
 
     /// As [`Lab::tapir`] with a log level (benchmarks use `info`).
     pub fn tapir_with_log(&mut self, host: &str, bin: &Path, config: &Path, level: &str) -> Tapir {
+        self.tapir_with_env(host, bin, config, level, &[])
+    }
+
+    /// As [`Lab::tapir_with_log`], with `NAME=VALUE` environment
+    /// variables (test switches such as `TAPIR_FAILPOINT`).
+    pub fn tapir_with_env(
+        &mut self,
+        host: &str,
+        bin: &Path,
+        config: &Path,
+        level: &str,
+        env: &[&str],
+    ) -> Tapir {
         let socket = self.dir().join(host).join("tapir.sock");
         std::fs::create_dir_all(self.dir().join(host)).expect("host directory");
         let log = format!("{host}/tapir.log");
-        let pid = self.spawn(
-            host,
-            &[
-                &bin.to_string_lossy(),
-                "run",
-                "--config",
-                &config.to_string_lossy(),
-                "--socket",
-                &socket.to_string_lossy(),
-                "--log",
-                level,
-                "--state-dir",
-                &self.dir().join(host).join("state").to_string_lossy(),
-            ],
-            &log,
+        let (bin_s, config_s, socket_s) = (
+            bin.to_string_lossy(),
+            config.to_string_lossy(),
+            socket.to_string_lossy(),
         );
+        let state = self.dir().join(host).join("state");
+        let state_s = state.to_string_lossy();
+        let mut args: Vec<&str> = vec!["env"];
+        args.extend_from_slice(env);
+        args.extend_from_slice(&[
+            &bin_s,
+            "run",
+            "--config",
+            &config_s,
+            "--socket",
+            &socket_s,
+            "--log",
+            level,
+            "--state-dir",
+            &state_s,
+        ]);
+        let pid = self.spawn(host, &args, &log);
         let t = Tapir {
             bin: bin.to_owned(),
             socket,

@@ -365,6 +365,13 @@ impl Daemon {
             rib_backlog.clone(),
         )
         .map_err(StartError::RibThread)?;
+        if config.kernel.install {
+            crate::southbound::fib::spawn_scanner(
+                config.kernel.protocol,
+                config.kernel.scan_interval,
+                rib.clone(),
+            );
+        }
         let bfd = match wants_bfd(&config) {
             true => Some(crate::southbound::bfd::spawn().map_err(StartError::Bfd)?),
             false => None,
@@ -465,7 +472,12 @@ impl Daemon {
                     respawn_failed(&self.handles.peers, &self.config, &self.local);
                     continue;
                 }
-                _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(false) }
+                _ = term.recv() => {
+                    // `systemctl restart` and upgrades: keep forwarding.
+                    let g = self.graceful_on_sigterm();
+                    info!(graceful = g, "SIGTERM: shutting down");
+                    return Ok(g)
+                }
                 _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(false) }
                 Some(g) = self.stop.recv() => { info!(graceful = g, "stop requested"); return Ok(g) }
                 _ = hup.recv() => None,
@@ -483,6 +495,13 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Whether SIGTERM stops for a graceful restart (RFC 4724): when the
+    /// config offers one (`restart-time` above 0) and the next start can
+    /// know it was one (a state directory for the marker).
+    fn graceful_on_sigterm(&self) -> bool {
+        self.config.graceful_restart.restart_time > 0 && self.marker.is_some()
     }
 
     /// `show config`: the running config's text, and how the file on disk
@@ -720,9 +739,9 @@ impl Handles {
                 let _ = self.stop.send(graceful).await;
                 Response::Done {
                     message: if graceful {
-                        "stopping for a graceful restart".into()
+                        "stopping for a graceful restart: peers keep our routes and the kernel keeps forwarding until tapir starts again (within the restart time); `systemctl restart tapir` does both steps".into()
                     } else {
-                        "stopping".into()
+                        "stopping: a Cease to every peer, our routes out of the kernel; the shipped unit (Restart=on-failure) leaves tapir stopped. (`systemctl restart tapir` restarts gracefully instead.)".into()
                     },
                 }
             }
@@ -1175,13 +1194,86 @@ async fn neighbor(
             ),
         };
     }
-    done.extend(failed.iter().cloned());
+    // Something done is success (a VM's probes cannot be refreshed while
+    // its session is); what was not is said too.
+    let ok = !done.is_empty();
+    done.extend(failed);
     let message = done.join("\n");
-    if failed.is_empty() {
-        Response::Done { message }
-    } else {
-        Response::Error { message }
+    match ok {
+        true => Response::Done { message },
+        false => Response::Error { message },
     }
+}
+
+/// `show routes --export NEIGHBOR [PREFIX]` and `--why PREFIX`: what goes
+/// out after policy, as the Loc-RIB makes it for each neighbor.
+async fn show_export(
+    peers: &[PeerHandle],
+    role: Option<&mpsc::Sender<RoleMsg>>,
+    query: control::RouteQuery,
+) -> Response {
+    let prefix = match query.export_prefix() {
+        Ok(p) => p,
+        Err(e) => {
+            return Response::Error {
+                message: e.to_string(),
+            }
+        }
+    };
+    let mut asks = Vec::new();
+    for p in all_peers(peers, role).await {
+        let (reply, rx) = oneshot::channel();
+        let msg = PeerMsg::ShowExport {
+            target: query.export.clone(),
+            prefix,
+            reply,
+        };
+        if p.tx.send(msg).await.is_ok() {
+            if let Ok(Some(ask)) = rx.await {
+                asks.push(ask);
+            }
+        }
+    }
+    if asks.is_empty() {
+        let message = match &query.export {
+            Some(n) => format!("no neighbor named {n:?} gets routes from tapir (only [[neighbor]]s with an export policy do)"),
+            None => "no neighbor gets routes from tapir".into(),
+        };
+        return Response::Error { message };
+    }
+    let (mut routes, mut verdicts) = (Vec::new(), Vec::new());
+    for ask in asks {
+        let view = ask.view.await.ok().flatten();
+        if let (Some(p), true) = (prefix, query.why.is_some()) {
+            verdicts.push(control::ExportVerdict {
+                neighbor: ask.name.clone(),
+                prefix: p.to_string(),
+                sent: view.as_ref().is_some_and(|v| !v.routes.is_empty()),
+                reason: match &view {
+                    Some(v) => v.why.clone().unwrap_or_default(),
+                    None => "not sent: the session is not Established".into(),
+                },
+            });
+            continue;
+        }
+        for (p, a) in view.map(|v| v.routes).unwrap_or_default() {
+            let nh = match p {
+                bgp::Prefix::V4(..) => &ask.next_hop_v4,
+                bgp::Prefix::V6(..) => &ask.next_hop_v6,
+            };
+            routes.push(RouteEntry::new(
+                &p,
+                &ask.name,
+                nh.clone().unwrap_or_default(),
+                &a,
+            ));
+        }
+    }
+    if query.why.is_some() {
+        return Response::Why { verdicts };
+    }
+    routes.sort_by(|a, b| (&a.prefix, &a.peer).cmp(&(&b.prefix, &b.peer)));
+    Response::Routes { routes }
 }
 
 /// `show routes`: every session's routes, marked with what the Loc-RIB
@@ -1197,6 +1289,9 @@ async fn show_routes(
         return Response::Error {
             message: e.to_string(),
         };
+    }
+    if query.export.is_some() || query.why.is_some() {
+        return show_export(peers, role, query).await;
     }
     let mut out: Vec<RouteEntry> = Vec::new();
     for p in all_peers(peers, role).await {
@@ -1223,6 +1318,14 @@ async fn show_routes(
                     && b.from == r.peer
                     && b.next_hop.as_deref() == Some(r.next_hop.as_str());
                 r.installed = r.best && b.installed;
+                // Asked of the kernel, but refused: not there.
+                let refused = || crate::southbound::fib::refused(&r.prefix.parse().ok()?);
+                if r.installed {
+                    if let Some(e) = refused() {
+                        r.installed = false;
+                        r.kernel_error = Some(e);
+                    }
+                }
             }
         }
     }

@@ -77,9 +77,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Stop the daemon: Cease to every peer and our routes out of the
-    /// kernel, or with --graceful keep forwarding and let peers keep our
-    /// routes while tapir restarts (RFC 4724).
+    /// Stop the daemon for good: a Cease to every peer and our routes out
+    /// of the kernel; the shipped unit (Restart=on-failure) leaves it
+    /// stopped. With --graceful, keep forwarding and let peers keep our
+    /// routes until tapir starts again (RFC 4724). SIGTERM (`systemctl
+    /// stop|restart`, upgrades) stops gracefully when the config has a
+    /// graceful restart time and a state-dir; SIGINT stops for good.
     Stop {
         #[arg(long)]
         graceful: bool,
@@ -217,6 +220,14 @@ enum Show {
         /// Only how many: routes, accepted, refused, best, in the kernel.
         #[arg(long)]
         count: bool,
+        /// What goes out to this neighbor instead (name or address), after
+        /// policy, with the attributes as sent.
+        #[arg(long, value_name = "NEIGHBOR")]
+        export: Option<String>,
+        /// Why this prefix goes to the neighbor (--export, or each
+        /// upstream neighbor) or not: the policy term, or the reason.
+        #[arg(long, value_name = "PREFIX")]
+        why: Option<String>,
         /// Print JSON (schema in docs/json.md).
         #[arg(long)]
         json: bool,
@@ -514,6 +525,8 @@ fn show(rt: &tokio::runtime::Runtime, ctl: &Ctl, what: Show) -> ExitCode {
             vm,
             refused,
             count,
+            export,
+            why,
             json,
         } => {
             let query = control::RouteQuery {
@@ -522,6 +535,8 @@ fn show(rt: &tokio::runtime::Runtime, ctl: &Ctl, what: Show) -> ExitCode {
                 vm,
                 refused,
                 count,
+                export,
+                why,
             };
             if let Err(e) = query.check() {
                 eprintln!("tapir: {e}");
@@ -665,6 +680,8 @@ fn print(resp: &control::Response, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
         (Response::Done { message }, _) => format!("{message}\n"),
+        (Response::Why { verdicts }, true) => pretty(serde_json::to_string_pretty(verdicts)),
+        (Response::Why { verdicts }, false) => show::why(verdicts),
         (Response::Reloaded { report }, _) => {
             print!(
                 "{}",

@@ -124,6 +124,13 @@ pub fn plan(running: &Config, file: &Config, bfd_running: bool) -> Result<Vec<Ch
         if a.metric != b.metric {
             d.push(format!("metric {} → {}", a.metric, b.metric));
         }
+        if a.scan_interval != b.scan_interval {
+            d.push(format!(
+                "scan-interval {} → {}",
+                a.scan_interval.as_secs(),
+                b.scan_interval.as_secs()
+            ));
+        }
         if a.multipath != b.multipath {
             d.push(format!("multipath {} → {}", a.multipath, b.multipath));
         }
@@ -164,11 +171,18 @@ pub fn plan(running: &Config, file: &Config, bfd_running: bool) -> Result<Vec<Ch
         running.announce.iter().collect(),
         file.announce.iter().collect(),
     );
+    // A prefix that is also a service's is one local route in the Loc-RIB:
+    // moving it between the two waits for the restart that moves the
+    // services.
+    let effect = match announce_clashes(running, file) {
+        true => restart,
+        false => Effect::Applied,
+    };
     for p in new.difference(&old) {
-        change(format!("announce {p}: announced"), Effect::Applied);
+        change(format!("announce {p}: announced"), effect);
     }
     for p in old.difference(&new) {
-        change(format!("announce {p}: withdrawn"), Effect::Applied);
+        change(format!("announce {p}: withdrawn"), effect);
     }
     let gr = file.graceful_restart.restart_time != running.graceful_restart.restart_time;
     for n in &file.neighbors {
@@ -185,16 +199,44 @@ pub fn plan(running: &Config, file: &Config, bfd_running: bool) -> Result<Vec<Ch
             change(format!("neighbor {} removed", o.name), Effect::SessionStops);
         }
     }
-    if file.graceful_restart != running.graceful_restart {
-        change("[graceful-restart]".into(), Effect::NextSession);
+    let (g0, g1) = (&running.graceful_restart, &file.graceful_restart);
+    if g0.restart_time != g1.restart_time {
+        change(
+            format!(
+                "[graceful-restart] restart-time {} → {}",
+                g0.restart_time, g1.restart_time
+            ),
+            Effect::NextSession,
+        );
+    }
+    if g0.helper_max_time != g1.helper_max_time {
+        change(
+            format!(
+                "[graceful-restart] helper-max-time {} → {}",
+                g0.helper_max_time, g1.helper_max_time
+            ),
+            Effect::Applied,
+        );
+    }
+    if g0.deferral != g1.deferral {
+        change(
+            format!(
+                "[graceful-restart] deferral {:?} → {:?}",
+                g0.deferral, g1.deferral
+            ),
+            restart,
+        );
     }
     if file.groups != running.groups {
         for g in &file.groups {
             match running.groups.iter().find(|o| o.name == g.name) {
                 Some(o) if o == g => {}
                 Some(_) => change(
-                    format!("group {}: VM sessions get the new settings", g.name),
-                    Effect::NextSession,
+                    format!(
+                        "group {}: its import rules apply now; its session settings to VM sessions made from now on (a session that exists keeps its own)",
+                        g.name
+                    ),
+                    Effect::Applied,
                 ),
                 None => change(format!("group {} added", g.name), Effect::Applied),
             }
@@ -241,6 +283,22 @@ pub fn plan(running: &Config, file: &Config, bfd_running: bool) -> Result<Vec<Ch
 /// A path as the operator wrote it, or `none`.
 fn shown(p: Option<&std::path::Path>) -> String {
     p.map_or("none".into(), |p| p.display().to_string())
+}
+
+/// Whether the `announce` change touches a prefix of a running or a new
+/// `[[service]]`.
+fn announce_clashes(running: &Config, file: &Config) -> bool {
+    let services: BTreeSet<_> = running
+        .services
+        .iter()
+        .chain(&file.services)
+        .flat_map(|s| &s.prefixes)
+        .collect();
+    let (old, new): (BTreeSet<_>, BTreeSet<_>) = (
+        running.announce.iter().collect(),
+        file.announce.iter().collect(),
+    );
+    old.symmetric_difference(&new).any(|p| services.contains(p))
 }
 
 /// A static neighbor's changes.
@@ -291,6 +349,9 @@ pub fn session_changed(a: &Neighbor, b: &Neighbor) -> bool {
 /// The config that runs after a reload: the file's, except what needs a
 /// restart, which keeps its running value (and stays pending).
 pub fn effective(running: &Config, mut file: Config) -> Config {
+    if announce_clashes(running, &file) {
+        file.announce = running.announce.clone();
+    }
     file.router_id = running.router_id;
     file.local_as = running.local_as;
     file.listen = running.listen.clone();
@@ -300,6 +361,7 @@ pub fn effective(running: &Config, mut file: Config) -> Config {
     file.drain = running.drain;
     file.gateway = running.gateway.clone();
     file.services = running.services.clone();
+    file.graceful_restart.deferral = running.graceful_restart.deferral;
     file
 }
 
@@ -339,7 +401,7 @@ remote-as = 65020
             text,
             [
                 "router-id 10.0.0.1 → 10.0.0.9: NEEDS A RESTART of tapir",
-                "[kernel] metric 20 → 30: NEEDS A RESTART of tapir",
+                "[kernel] metric 180 → 30: NEEDS A RESTART of tapir",
                 "announce 198.51.100.0/24: announced: applied, no session reset",
                 "announce 192.0.2.0/24: withdrawn: applied, no session reset",
                 "neighbor tor-v4: address, port, AS, families, keys or TTL: its session resets",
@@ -356,6 +418,26 @@ remote-as = 65020
         let again = plan(&now, &file, false).unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].effect, Effect::NeedsRestart);
+    }
+
+    #[test]
+    fn an_announce_that_moves_a_service_prefix_waits_for_a_restart() {
+        let guest = "router-id = \"10.0.0.1\"\nlocal-as = 64612\n[gateway]\nremote-as = 64612\n\
+            [[service]]\nname = \"dns\"\nprefixes = [\"10.3.0.1/32\"]\n\
+            check = [{ type = \"tcp\", address = \"10.3.0.1:53\" }]\n";
+        // The prefix moves from the service (which runs until a restart)
+        // to `announce`.
+        let moved = "router-id = \"10.0.0.1\"\nlocal-as = 64612\nannounce = [\"10.3.0.1/32\"]\n\
+            [gateway]\nremote-as = 64612\n";
+        let (running, file) = (load(guest), load(moved));
+        let p = plan(&running, &file, false).unwrap();
+        assert!(
+            p.iter()
+                .any(|c| c.what == "announce 10.3.0.1/32: announced"
+                    && c.effect == Effect::NeedsRestart),
+            "{p:?}"
+        );
+        assert!(effective(&running, file).announce.is_empty());
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //!  │                     │ ├─ Connect ─(socket)─► Peer                    │
 //!  │                     │ └─ Refuse: a NOTIFICATION to a refused conn.   │
 //!  │ KernelWatcher ─(KernelEvent, unbounded)─► Forward ─(RoleMsg)─► Role  │
+//!  │ KernelScan ─(our routes in the kernel: RibMsg)─► rib thread          │
 //!  │ Probe ─(found, PROBE_FOUND)─► Forward ─(RoleMsg)─► Role              │
 //!  │ Role (hypervisor or guest: ROLE_MAILBOX) ─ starts/stops VM Peers     │
 //!  │ Bfd ─(session down: a closure)─► Forward ─(PeerMsg)─► Peer           │
@@ -87,6 +88,8 @@ pub enum Task {
     Role,
     /// Reads rtnetlink notifications and the periodic resync.
     KernelWatcher,
+    /// Dumps our routes from the kernel for the Loc-RIB to repair.
+    KernelScan,
     /// Drives an rtnetlink connection.
     Netlink,
     /// Passes kernel or probe events on to the role, or a BFD session's
@@ -111,7 +114,7 @@ pub enum Task {
 }
 
 impl Task {
-    pub const ALL: [Task; 18] = [
+    pub const ALL: [Task; 19] = [
         Task::Peer,
         Task::PeerReader,
         Task::PeerWriter,
@@ -120,6 +123,7 @@ impl Task {
         Task::Accept,
         Task::Role,
         Task::KernelWatcher,
+        Task::KernelScan,
         Task::Netlink,
         Task::Forward,
         Task::Probe,
@@ -142,6 +146,7 @@ impl Task {
             Task::Accept => "accept",
             Task::Role => "role",
             Task::KernelWatcher => "kernel-watcher",
+            Task::KernelScan => "kernel-scan",
             Task::Netlink => "netlink",
             Task::Forward => "forward",
             Task::Probe => "probe",

@@ -267,10 +267,12 @@ fn a_panicking_session_task_takes_nothing_else_down() {
         ),
     );
     let cfg = lab.write("hv1/tapir.toml", &config(""));
-    let t = tapir_with_env(
-        &mut lab,
-        "TAPIR_FAILPOINT=panic-on-prefix:10.3.0.66/32",
+    let t = lab.tapir_with_env(
+        "hv1",
+        Path::new(TAPIR),
         &cfg,
+        "info",
+        &["TAPIR_FAILPOINT=panic-on-prefix:10.3.0.66/32"],
     );
     assert!(
         wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some(),
@@ -299,35 +301,6 @@ fn a_panicking_session_task_takes_nothing_else_down() {
     assert!(tor.route("10.3.0.1/32").is_some());
     assert!(tor.route("10.3.0.66/32").is_none());
     lab.stop(t.pid);
-}
-
-/// Starts tapir on hv1 with extra environment (test-build switches).
-fn tapir_with_env(lab: &mut Lab, env: &str, cfg: &Path) -> lab::tapir::Tapir {
-    let socket = lab.dir().join("hv1/tapir.sock");
-    let pid = lab.spawn(
-        "hv1",
-        &[
-            "env",
-            env,
-            TAPIR,
-            "--socket",
-            &socket.to_string_lossy(),
-            "run",
-            "--config",
-            &cfg.to_string_lossy(),
-            "--log",
-            "info",
-            "--state-dir",
-            &lab.dir().join("hv1/state").to_string_lossy(),
-        ],
-        "hv1/tapir.log",
-    );
-    lab::tapir::Tapir {
-        bin: TAPIR.into(),
-        socket,
-        pid,
-        log: "hv1/tapir.log".into(),
-    }
 }
 
 /// The kernel drops notifications when tapir's netlink socket is full (a
@@ -368,7 +341,13 @@ fn a_netlink_overrun_is_caught_up_at_once() {
         ),
     );
     let cfg = lab.write("hv1/tapir.toml", &config(""));
-    let t = tapir_with_env(&mut lab, "TAPIR_NETLINK_RCVBUF=1024", &cfg);
+    let t = lab.tapir_with_env(
+        "hv1",
+        Path::new(TAPIR),
+        &cfg,
+        "info",
+        &["TAPIR_NETLINK_RCVBUF=1024"],
+    );
     assert!(
         wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some(),
         "{}",

@@ -51,7 +51,7 @@ fn seq(asns: &[u32]) -> Vec<AsSegment> {
 
 /// hv1's kernel route for `prefix` put there by tapir, if any.
 fn kernel_route(lab: &Lab, prefix: &str) -> Option<String> {
-    let o = lab.ip("hv1", &["route", "show", prefix, "proto", "bgp"]);
+    let o = lab.ip("hv1", &["route", "show", prefix, "proto", "180"]);
     let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
     (!s.is_empty()).then_some(s)
 }

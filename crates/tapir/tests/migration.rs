@@ -188,7 +188,7 @@ fn drained_path_loses_on_the_hypervisor_to_another_vm() {
     let t = lab.tapir("hv1", Path::new(TAPIR), &example);
     // hv1's kernel route for the prefix: the tap it goes out of.
     let kernel_tap = |lab: &Lab| {
-        let o = lab.ip("hv1", &["route", "show", prefix, "proto", "bgp"]);
+        let o = lab.ip("hv1", &["route", "show", prefix, "proto", "180"]);
         let s = String::from_utf8_lossy(&o.stdout).to_string();
         s.split_whitespace()
             .skip_while(|w| *w != "dev")

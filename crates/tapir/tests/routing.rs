@@ -35,7 +35,7 @@ fn wait_tor(lab: &Lab, tor: &Tor, prefix: &str, want: impl Fn(&TorRoute) -> bool
 fn kernel_routes(lab: &Lab) -> Vec<String> {
     let mut v = Vec::new();
     for fam in ["-4", "-6"] {
-        let o = lab.ip("hv1", &[fam, "route", "show", "proto", "bgp"]);
+        let o = lab.ip("hv1", &[fam, "route", "show", "proto", "180"]);
         v.extend(
             String::from_utf8_lossy(&o.stdout)
                 .lines()
@@ -208,7 +208,7 @@ fn kernel_holds_what_the_loc_rib_selected() {
             "dev",
             "tap11",
             "proto",
-            "bgp",
+            "180",
         ],
     );
     lab.stop(t.pid);
@@ -276,7 +276,8 @@ fn two_vms_one_anycast_prefix_with_multipath() {
     let mut lab = reference::standard(&[12, 13]);
     let _a = reference::vm_bird(&mut lab, 12, &["10.3.0.53/32"]);
     let _b = reference::vm_bird(&mut lab, 13, &["10.3.0.53/32"]);
-    let cfg = example_with_mode("strip").replace("metric = 20", "metric = 20\nmultipath = true");
+    let cfg = example_with_mode("strip").replace("metric = 180", "metric = 180\nmultipath = true");
+    assert!(cfg.contains("multipath = true"));
     let cfg = lab.write("hv1/tapir.toml", &cfg);
     let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
     let both = |k: &[String]| {
@@ -336,7 +337,7 @@ fn graceful_restart_keeps_forwarding_and_the_tor_route() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 checks += 1;
                 let o = std::process::Command::new("ip")
-                    .args(["-n", &ns, "-6", "route", "show", "proto", "bgp"])
+                    .args(["-n", &ns, "-6", "route", "show", "proto", "180"])
                     .output()
                     .unwrap();
                 if !String::from_utf8_lossy(&o.stdout).contains("2001:db8:3::1 ") {

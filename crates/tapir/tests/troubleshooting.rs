@@ -370,3 +370,285 @@ fn reload_says_what_it_will_do_and_what_waits_for_a_restart() {
     })
     .unwrap_or_else(|| panic!("{}", lab.all_logs()));
 }
+
+/// The prefixes tor's BIRD holds from one of its protocols.
+fn tor_prefixes_from(tor: &lab::bird::Bird, protocol: &str) -> Vec<String> {
+    let mut out: Vec<String> = tor
+        .cmd(&["show", "route", "protocol", protocol])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.contains('/'))
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn what_goes_out_is_what_tor_holds_and_why_says_which_term() {
+    let mut lab = reference::standard(&[11, 13]);
+    let bird_tor = tor::start(&mut lab, Kind::Bird);
+    let tor = match &bird_tor {
+        tor::Tor::Bird(b) => b,
+        _ => unreachable!(),
+    };
+    let _vm = lab.bird(
+        "vm11",
+        &reference::vm_bird_dual_config(11, 64613, &["10.3.0.1/32"], &["2001:db8:3::1/128"]),
+    );
+    // The rogue: its routes never reach the Loc-RIB.
+    let _vm13 = reference::vm_bird(&mut lab, 13, &["10.99.0.0/24"]);
+    let cfg = example().replace(
+        "local-as = 64612\n",
+        "local-as = 64612\nannounce = [\"198.51.100.0/24\"]\n",
+    );
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let (v4, _) = reference::hv_addresses("hv1");
+    let (session, _) = wait_for(WAIT, || {
+        bird_tor.route("10.3.0.1/32")?;
+        bird_tor.route("198.51.100.0/24")?;
+        tor_session(tor, &v4)
+    })
+    .unwrap_or_else(|| panic!("{}", lab.all_logs()));
+
+    // --export tor-v4: exactly the prefixes tor holds from hv1's IPv4
+    // session, with the AS path, communities and next hop tor sees.
+    let sent = rows(&t.json_args(&["routes", "--export", "tor-v4"]));
+    let mut prefixes: Vec<String> = sent
+        .iter()
+        .map(|r| r["prefix"].as_str().unwrap().to_string())
+        .collect();
+    prefixes.sort();
+    assert_eq!(prefixes, tor_prefixes_from(tor, &session), "{sent:?}");
+    assert_eq!(prefixes, ["10.3.0.1/32", "198.51.100.0/24"]);
+    for r in &sent {
+        let at_tor = bird_tor.route(r["prefix"].as_str().unwrap()).unwrap();
+        let path: Vec<String> = at_tor.as_path.iter().map(|a| a.to_string()).collect();
+        assert_eq!(r["as_path"], path.join(" "), "{r} vs {at_tor:?}");
+        let communities: Vec<String> = r["communities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(communities, at_tor.communities, "{r}");
+        assert_eq!(r["next_hop"], at_tor.next_hop, "{r}");
+    }
+    // One prefix; the text table says the same.
+    let one = rows(&t.json_args(&["routes", "10.3.0.1/32", "--export", "tor-v4"]));
+    assert_eq!(one.len(), 1, "{one:?}");
+    let text = t.show(&["routes", "--export", "tor-v4"]);
+    assert!(text.contains("198.51.100.0/24"), "{text}");
+
+    // --why: the term that decided, for each upstream neighbor.
+    let why = rows(&t.json_args(&["routes", "--why", "10.3.0.1/32"]));
+    let v4_why = why.iter().find(|v| v["neighbor"] == "tor-v4").unwrap();
+    assert_eq!(v4_why["sent"], true, "{why:?}");
+    assert!(
+        v4_why["reason"]
+            .as_str()
+            .unwrap()
+            .contains("accepted by term 1 of policy TO-TOR"),
+        "{v4_why}"
+    );
+    let v6_why = why.iter().find(|v| v["neighbor"] == "tor-v6").unwrap();
+    assert_eq!(v6_why["sent"], false);
+    assert!(v6_why["reason"].as_str().unwrap().contains("not a family"));
+    let local = rows(&t.json_args(&["routes", "--why", "198.51.100.0/24", "--export", "tor-v4"]));
+    assert!(
+        local[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("tapir itself (announce): sent: accepted by term 2 of policy TO-TOR"),
+        "{local:?}"
+    );
+    let refused = rows(&t.json_args(&["routes", "--why", "10.99.0.0/24", "--export", "tor-v4"]));
+    assert_eq!(refused[0]["sent"], false);
+    assert!(
+        refused[0]["reason"].as_str().unwrap().contains("no route"),
+        "{refused:?}"
+    );
+    assert!(tor.route("10.99.0.0/24").is_none());
+
+    // Mistakes are named.
+    let (ok, _, err) = t.cli(&["show", "routes", "--export", "vm11"]);
+    assert!(!ok && err.contains("export policy"), "{err}");
+    let (ok, _, err) = t.cli(&["show", "routes", "--why", "10.3.0.1", "--export", "tor-v4"]);
+    assert!(!ok && err.contains("give a prefix"), "{err}");
+    let (ok, _, err) = t.cli(&["show", "routes", "--export", "tor-v4", "--refused"]);
+    assert!(!ok && err.contains("about what came in"), "{err}");
+}
+
+/// `ip route show PREFIX proto PROTOCOL` in hv1, if it has one.
+fn kernel_route(lab: &Lab, prefix: &str, protocol: &str) -> Option<String> {
+    let o = lab.ip("hv1", &["route", "show", prefix, "proto", protocol]);
+    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    (!out.is_empty()).then_some(out)
+}
+
+#[test]
+fn the_kernel_table_is_repaired_and_a_refusal_is_shown_and_retried() {
+    let mut lab = reference::standard(&[11]);
+    let _tor = tor::start(&mut lab, Kind::Bird);
+    let _vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
+    // Another daemon's route, as FRR's zebra installs its BGP routes
+    // (protocol 186, metric 20): tapir's start and scans leave it alone.
+    lab.ip(
+        "hv1",
+        &[
+            "route",
+            "add",
+            "10.3.0.88/32",
+            "dev",
+            "tap11",
+            "proto",
+            "186",
+            "metric",
+            "20",
+        ],
+    );
+    let cfg = example().replace("scan-interval = 60", "scan-interval = 2");
+    assert!(cfg.contains("scan-interval = 2"));
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    // The first three installs of 10.3.0.1/32 name an interface that does
+    // not exist: the kernel refuses them (the gateway is unreachable
+    // through it: ENETUNREACH).
+    let t = lab.tapir_with_env(
+        "hv1",
+        Path::new(TAPIR),
+        &cfg,
+        "debug",
+        &["TAPIR_FAILPOINT=kernel-refuse:10.3.0.1/32:3"],
+    );
+    let r = wait_for(WAIT, || {
+        t.routes_for("10.3.0.1/32")
+            .into_iter()
+            .find(|r| r["kernel_error"].is_string())
+    })
+    .unwrap_or_else(|| panic!("{}\n{}", t.show(&["routes"]), lab.all_logs()));
+    assert_eq!(r["best"], true, "{r}");
+    assert_eq!(r["installed"], false, "{r}");
+    let why = r["kernel_error"].as_str().unwrap();
+    assert!(
+        why.starts_with("ENETUNREACH (") && why.ends_with("refused 1 time"),
+        "{r}"
+    );
+    let text = t.show(&["routes", "10.3.0.1/32"]);
+    assert!(
+        text.contains("10.3.0.1/32 *K!") && text.contains("KERNEL REFUSED: ENETUNREACH"),
+        "{text}"
+    );
+    // Tried again (after 1, 2, 4 s): the fourth install goes through.
+    wait_for(WAIT, || kernel_route(&lab, "10.3.0.1/32", "180"))
+        .unwrap_or_else(|| panic!("never installed\n{}", lab.log(&t.log)));
+    let r = wait_for(WAIT, || {
+        t.routes_for("10.3.0.1/32")
+            .into_iter()
+            .find(|r| r["installed"] == true)
+    })
+    .unwrap_or_else(|| panic!("{}", t.show(&["routes"])));
+    assert!(r["kernel_error"].is_null(), "{r}");
+    let log = lab.log(&t.log);
+    assert_eq!(log.matches("kernel refused a route").count(), 3, "{log}");
+
+    // Someone deletes it: back within the scan interval.
+    lab.ip("hv1", &["route", "del", "10.3.0.1/32", "proto", "180"]);
+    assert_eq!(kernel_route(&lab, "10.3.0.1/32", "180"), None);
+    wait_for(Duration::from_secs(10), || {
+        kernel_route(&lab, "10.3.0.1/32", "180")
+    })
+    .unwrap_or_else(|| panic!("not repaired\n{}", lab.log(&t.log)));
+    // A route of our protocol the Loc-RIB does not have: removed.
+    lab.ip(
+        "hv1",
+        &[
+            "route",
+            "add",
+            "10.3.0.77/32",
+            "dev",
+            "tap11",
+            "proto",
+            "180",
+            "metric",
+            "180",
+        ],
+    );
+    wait_for(Duration::from_secs(10), || {
+        kernel_route(&lab, "10.3.0.77/32", "180")
+            .is_none()
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("not removed\n{}", lab.log(&t.log)));
+    // And the other daemon's route is still there.
+    assert!(kernel_route(&lab, "10.3.0.88/32", "186").is_some());
+}
+
+#[test]
+fn a_restart_by_sigterm_keeps_the_prefix_at_tor_and_in_the_kernel() {
+    let mut lab = reference::standard(&[11]);
+    let bird_tor = tor::start(&mut lab, Kind::Bird);
+    let vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
+    let cfg = example() + "\n[graceful-restart]\nrestart-time = 120\ndeferral = 3\n";
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    wait_for(WAIT, || {
+        bird_tor.route("10.3.0.1/32")?;
+        kernel_route(&lab, "10.3.0.1/32", "180")
+    })
+    .unwrap_or_else(|| panic!("{}", lab.all_logs()));
+    let vm_since = vm.since_ms("bgp1");
+
+    // Watched every 10 ms from outside: tor's table and hv1's kernel.
+    let ns = lab.netns("hv1");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (misses, checks, t2, first_log) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let (mut misses, mut checks) = (Vec::new(), 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                checks += 1;
+                let o = std::process::Command::new("ip")
+                    .args(["-n", &ns, "route", "show", "10.3.0.1/32", "proto", "180"])
+                    .output()
+                    .unwrap();
+                if o.stdout.is_empty() {
+                    misses.push("kernel");
+                }
+                if bird_tor.route("10.3.0.1/32").is_none() {
+                    misses.push("tor");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (misses, checks)
+        });
+        // What `systemctl restart tapir` does: SIGTERM, then a new start.
+        lab.stop(t.pid);
+        let first_log = lab.log(&t.log);
+        let t2 = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+        // The VM is back, and the deferral (3 s) is over.
+        wait_for(WAIT, || {
+            t2.routes_for("10.3.0.1/32")
+                .into_iter()
+                .find(|r| r["installed"] == true)
+        })
+        .unwrap_or_else(|| panic!("{}", lab.all_logs()));
+        std::thread::sleep(Duration::from_secs(4));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (m, c) = watcher.join().unwrap();
+        (m, c, t2, first_log)
+    });
+    assert!(checks > 100, "the watcher ran {checks} times");
+    assert!(
+        misses.is_empty(),
+        "10.3.0.1/32 went missing during the restart: {misses:?}\n{}",
+        lab.all_logs()
+    );
+    assert!(
+        first_log.contains("SIGTERM: shutting down graceful=true"),
+        "{first_log}"
+    );
+    assert!(bird_tor.route("10.3.0.1/32").is_some());
+    assert!(t2.json("peers").as_array().is_some());
+    // The VM's session was made anew (tapir's side restarted).
+    assert!(!lab::bird::same_instant(vm.since_ms("bgp1"), vm_since));
+}

@@ -125,7 +125,7 @@ fn violations(
                     .collect()
             })
             .unwrap_or_default();
-        let k = lab.ip(hv, &["-4", "route", "show", "proto", "bgp"]);
+        let k = lab.ip(hv, &["-4", "route", "show", "proto", "180"]);
         let kernel: BTreeSet<String> = String::from_utf8_lossy(&k.stdout)
             .lines()
             .filter_map(|l| l.split_whitespace().next())

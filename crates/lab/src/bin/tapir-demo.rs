@@ -87,9 +87,9 @@ fn main() -> ExitCode {
         tor.route("10.3.0.1/32").unwrap_or_else(|| "(not there)\n".into())
     );
     for fam in ["-4", "-6"] {
-        let k = lab.ip("hv1", &[fam, "route", "show", "proto", "bgp"]);
+        let k = lab.ip("hv1", &[fam, "route", "show", "proto", "180"]);
         println!(
-            "$ ip {fam} route show proto bgp   # in hv1\n{}",
+            "$ ip {fam} route show proto 180   # in hv1 (180: tapir)\n{}",
             String::from_utf8_lossy(&k.stdout)
         );
     }

@@ -343,10 +343,13 @@ impl Default for GracefulRestartConfig {
 pub struct KernelConfig {
     /// Install routes at all (VM routes, and neighbors with `kernel-import`).
     pub install: bool,
-    /// Our route protocol number (default `bgp`, 186 in iproute2's rt_protos).
+    /// Our route protocol number (default `tapir`, [`TAPIR_PROTOCOL`]).
     pub protocol: u8,
     /// Route metric (priority); lower is preferred by the kernel.
     pub metric: u32,
+    /// Seconds between scans of our routes in the kernel (see
+    /// `southbound::fib`).
+    pub scan_interval: Duration,
     /// Install all equally good paths as one ECMP route (anycast served by
     /// several VMs).
     pub multipath: bool,
@@ -356,8 +359,9 @@ impl Default for KernelConfig {
     fn default() -> Self {
         KernelConfig {
             install: true,
-            protocol: 186,
-            metric: 20,
+            protocol: TAPIR_PROTOCOL,
+            metric: TAPIR_METRIC,
+            scan_interval: Duration::from_secs(60),
             multipath: false,
         }
     }
@@ -507,6 +511,14 @@ pub fn glob(pattern: &str, name: &str) -> bool {
     }
 }
 
+/// tapir's own route protocol (`tapir` in /etc/iproute2/rt_protos.d/,
+/// which the package installs): not 186 (`bgp`), which FRR's zebra uses
+/// for its BGP routes, so that tapir's start never flushes them.
+pub const TAPIR_PROTOCOL: u8 = 180;
+/// tapir's route metric: not FRR's 20 nor BIRD's 32, so that a route of
+/// theirs for the same prefix is never replaced by ours.
+pub const TAPIR_METRIC: u32 = 180;
+
 /// Route protocol names as in iproute2's rt_protos.
 fn route_protocol(name: &str) -> Option<u8> {
     Some(match name {
@@ -519,6 +531,7 @@ fn route_protocol(name: &str) -> Option<u8> {
         "zebra" => 11,
         "bird" => 12,
         "bgp" => 186,
+        "tapir" => TAPIR_PROTOCOL,
         n => return n.parse().ok(),
     })
 }
@@ -1014,13 +1027,14 @@ struct RawKernel {
     metric: u32,
     #[serde(default)]
     multipath: bool,
+    scan_interval: Option<Spanned<u64>>,
 }
 
 fn yes() -> bool {
     true
 }
 fn default_metric() -> u32 {
-    20
+    TAPIR_METRIC
 }
 
 #[derive(Deserialize)]
@@ -1339,14 +1353,14 @@ fn parse_prefix_sets(
     Ok(prefix_sets)
 }
 
-/// `[kernel]`, with the default route protocol (186).
+/// `[kernel]`, with tapir's own route protocol by default.
 fn parse_kernel(raw: &Option<RawKernel>, err: &ErrFn) -> Result<KernelConfig, ConfigError> {
     Ok(match raw {
         None => KernelConfig::default(),
         Some(k) => KernelConfig {
             install: k.install,
             protocol: match &k.protocol {
-                None => 186,
+                None => TAPIR_PROTOCOL,
                 Some(p) => route_protocol(p.get_ref())
                     .filter(|n| *n > 4)
                     .ok_or_else(|| {
@@ -1357,6 +1371,16 @@ fn parse_kernel(raw: &Option<RawKernel>, err: &ErrFn) -> Result<KernelConfig, Co
                     })?,
             },
             metric: k.metric,
+            scan_interval: match &k.scan_interval {
+                None => Duration::from_secs(60),
+                Some(s) if (1..=3600).contains(s.get_ref()) => Duration::from_secs(*s.get_ref()),
+                Some(s) => {
+                    return Err(err(
+                        s.span(),
+                        "kernel.scan-interval: 1 to 3600 seconds".into(),
+                    ))
+                }
+            },
             multipath: k.multipath,
         },
     })

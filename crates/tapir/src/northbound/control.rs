@@ -116,6 +116,14 @@ pub struct RouteQuery {
     /// Only how many there are.
     #[serde(default)]
     pub count: bool,
+    /// Instead of what came in: what goes out to this neighbor (its name
+    /// or address), after policy, with the attributes as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<String>,
+    /// Why this prefix goes to the neighbor (`export`, or every upstream
+    /// neighbor) or not: the policy term, or the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// A `show routes` argument that is neither a prefix nor an address.
@@ -128,6 +136,10 @@ pub enum QueryError {
     },
     #[error("{0}: neither a prefix nor an address")]
     Neither(String),
+    #[error("{0}: give a prefix (what goes out is by prefix), e.g. 10.3.0.1/32")]
+    NotAPrefix(String),
+    #[error("--export and --why list what goes out: --refused, --peer, --vm and --count are about what came in")]
+    Mixed,
 }
 
 /// A route query's prefix argument, parsed.
@@ -139,7 +151,26 @@ enum Target {
 impl RouteQuery {
     /// Checks the query; the CLI calls it before asking, the daemon again.
     pub fn check(&self) -> Result<(), QueryError> {
-        self.target().map(drop)
+        self.target()?;
+        if self.export.is_some() || self.why.is_some() {
+            if self.refused || self.count || self.peer.is_some() || self.vm.is_some() {
+                return Err(QueryError::Mixed);
+            }
+            self.export_prefix()?;
+        }
+        Ok(())
+    }
+
+    /// The prefix `--export` lists (or `--why` asks about), if any.
+    pub fn export_prefix(&self) -> Result<Option<bgp::Prefix>, QueryError> {
+        match self.why.as_ref().or(self.prefix.as_ref()) {
+            None => Ok(None),
+            Some(s) if !s.contains('/') => Err(QueryError::NotAPrefix(s.clone())),
+            Some(s) => s.parse().map(Some).map_err(|source| QueryError::Prefix {
+                text: s.clone(),
+                source,
+            }),
+        }
     }
 
     fn target(&self) -> Result<Option<Target>, QueryError> {
@@ -316,6 +347,64 @@ pub struct RouteEntry {
     /// The best path, and in the kernel.
     #[serde(default)]
     pub installed: bool,
+    /// The best path, asked of the kernel, which refused it: why (e.g.
+    /// `ENETUNREACH (Network is unreachable), refused 3 times`).
+    #[serde(default)]
+    pub kernel_error: Option<String>,
+}
+
+impl RouteEntry {
+    /// A route with its attributes as text, from `peer` (or, exported,
+    /// to it); the rest is the caller's.
+    pub fn new(
+        prefix: &bgp::Prefix,
+        peer: &str,
+        next_hop: String,
+        a: &bgp::PathAttributes,
+    ) -> RouteEntry {
+        RouteEntry {
+            prefix: prefix.to_string(),
+            peer: peer.to_string(),
+            next_hop,
+            as_path: a
+                .as_path
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            origin: a.origin.map(|o| o.name().to_string()).unwrap_or_default(),
+            med: a.med,
+            local_pref: a.local_pref,
+            communities: a
+                .communities
+                .iter()
+                .map(|c| format!("{}:{}", c >> 16, c & 0xffff))
+                .collect(),
+            large_communities: a
+                .large_communities
+                .iter()
+                .map(|c| format!("{}:{}:{}", c.global, c.local1, c.local2))
+                .collect(),
+            accepted: true,
+            rejected_reason: None,
+            peer_address: String::new(),
+            vm: None,
+            interface: None,
+            best: false,
+            installed: false,
+            kernel_error: None,
+        }
+    }
+}
+
+/// `show routes --why PREFIX`: one neighbor's verdict.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportVerdict {
+    pub neighbor: String,
+    pub prefix: String,
+    /// Whether the neighbor is sent the prefix.
+    pub sent: bool,
+    /// The policy term that decided, or why not.
+    pub reason: String,
 }
 
 /// `tapir show status`.
@@ -376,6 +465,9 @@ pub enum Response {
     },
     Reloaded {
         report: crate::reload::Report,
+    },
+    Why {
+        verdicts: Vec<ExportVerdict>,
     },
     Config {
         config: ConfigView,
@@ -541,6 +633,7 @@ mod tests {
             interface: Some(format!("tap-{peer}")),
             best: accepted,
             installed: accepted,
+            kernel_error: None,
         }
     }
 

@@ -305,6 +305,17 @@ fn encode_rib_and_kernel(reg: &mut Registry, rib: Option<crate::routing::rib::Ri
             None,
         );
         fib.get_or_create(&vec![]).set(r.installed as i64);
+        let repairs = counter(
+            reg,
+            "kernel_scan_repairs",
+            "What kernel scans repaired: our routes installed again, foreign routes of our protocol removed",
+        );
+        repairs
+            .get_or_create(&l(&[("action", "reinstalled")]))
+            .inc_by(r.kernel_reinstalled);
+        repairs
+            .get_or_create(&l(&[("action", "removed")]))
+            .inc_by(r.kernel_removed);
     }
     let k = &crate::southbound::kernel::KERNEL_STATS;
     let ops = counter(
@@ -320,9 +331,20 @@ fn encode_rib_and_kernel(reg: &mut Registry, rib: Option<crate::routing::rib::Ri
     let errors = counter(
         reg,
         "kernel_route_errors",
-        "Route installs the kernel refused",
+        "Route installs the kernel refused, by errno",
     );
-    errors.get_or_create(&vec![]).inc_by(k.errors.load(Relaxed));
+    for (reason, n) in crate::southbound::fib::by_reason() {
+        errors.get_or_create(&l(&[("reason", reason)])).inc_by(n);
+    }
+    let refused = gauge(
+        reg,
+        "kernel_routes_refused",
+        "Prefixes whose last install the kernel refused (tried again at each scan)",
+        None,
+    );
+    refused
+        .get_or_create(&vec![])
+        .set(crate::southbound::fib::refused_now() as i64);
     let overruns = counter(
         reg,
         "kernel_netlink_overruns",

@@ -96,9 +96,10 @@ pub fn routes(routes: &[RouteEntry]) -> String {
                 ));
             }
             vec![
-                match (r.best, r.installed) {
-                    (true, true) => format!("{} *K", r.prefix),
-                    (true, false) => format!("{} *", r.prefix),
+                match (r.best, r.installed, &r.kernel_error) {
+                    (true, true, _) => format!("{} *K", r.prefix),
+                    (true, false, Some(_)) => format!("{} *K!", r.prefix),
+                    (true, false, None) => format!("{} *", r.prefix),
                     _ => r.prefix.clone(),
                 },
                 r.next_hop.clone(),
@@ -109,9 +110,10 @@ pub fn routes(routes: &[RouteEntry]) -> String {
                     r.as_path.clone()
                 },
                 r.origin.clone(),
-                match &r.rejected_reason {
-                    Some(why) => format!("REFUSED: {why}"),
-                    None => extra.join(", "),
+                match (&r.rejected_reason, &r.kernel_error) {
+                    (Some(why), _) => format!("REFUSED: {why}"),
+                    (None, Some(e)) => format!("KERNEL REFUSED: {e}"),
+                    (None, None) => extra.join(", "),
                 },
             ]
         })
@@ -417,6 +419,22 @@ pub fn vms(vms: &[VmStatus]) -> String {
         ],
         &rows,
     )
+}
+
+/// `show routes --why PREFIX`: each neighbor's verdict.
+pub fn why(verdicts: &[crate::northbound::control::ExportVerdict]) -> String {
+    let rows: Vec<Vec<String>> = verdicts
+        .iter()
+        .map(|v| {
+            vec![
+                v.neighbor.clone(),
+                v.prefix.clone(),
+                if v.sent { "sent" } else { "not sent" }.into(),
+                v.reason.clone(),
+            ]
+        })
+        .collect();
+    table(&["Neighbor", "Prefix", "Verdict", "Why"], &rows)
 }
 
 /// `tapir reload`: each change and what it did (or would do).

@@ -39,7 +39,7 @@ use crate::routing::rib::RibMsg;
 use crate::southbound::net::Interface;
 
 mod admin;
-pub use admin::AdminError;
+pub use admin::{AdminError, ExportAsk};
 
 /// BIRD (2.0.12 at least) sometimes sends nothing for up to 3 s after it
 /// accepts a new session from the VM's hypervisor in place of an old one
@@ -188,6 +188,9 @@ pub struct PeerCore {
     /// Stopped by `tapir neighbor disable`: no connection either way
     /// until enabled.
     disabled: bool,
+    /// The session has been Established: a VM session is never a probe
+    /// again, and its attempts no longer back off.
+    ever_established: bool,
     /// This peer's identity in the Loc-RIB.
     id: PeerId,
     /// Set while Established: what the Loc-RIB knows of this peer.
@@ -240,7 +243,9 @@ pub struct PeerCore {
 /// never answered.
 pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
-fn session_config(cfg: &PeerConfig, env: &Identity) -> session::Config {
+/// A session's settings; `probe`: a VM address that has never had a
+/// session, whose attempts back off.
+fn session_config(cfg: &PeerConfig, env: &Identity, probe: bool) -> session::Config {
     session::Config {
         local_as: env.local_as,
         remote_as: cfg.session.remote_as.to_session(),
@@ -249,7 +254,7 @@ fn session_config(cfg: &PeerConfig, env: &Identity) -> session::Config {
         connect_retry: cfg.session.connect_retry,
         // A VM address where nothing speaks BGP is a probe: tried less
         // and less often, up to once a minute, until something answers.
-        connect_retry_max: if cfg.group.is_some() {
+        connect_retry_max: if probe {
             PROBE_BACKOFF_MAX.max(cfg.session.connect_retry)
         } else {
             cfg.session.connect_retry
@@ -277,6 +282,7 @@ impl PeerCore {
             state_since: now,
             flaps: 0,
             disabled: false,
+            ever_established: false,
             id,
             info: None,
             exported: Default::default(),
@@ -538,7 +544,7 @@ impl PeerCore {
     fn new_conn(&mut self) -> Conn {
         Conn {
             id: self.next_conn(),
-            session: Session::new(session_config(&self.cfg, &self.env)),
+            session: Session::new(session_config(&self.cfg, &self.env, self.may_probe())),
             attached: false,
             local: None,
             queued: 0,
@@ -730,7 +736,7 @@ impl PeerCore {
         self.cfg.graceful_restart = c.graceful_restart;
         // Each session takes the new settings at its next connection.
         for i in 0..self.conns.len() {
-            let config = session_config(&self.cfg, &self.env);
+            let config = session_config(&self.cfg, &self.env, self.may_probe());
             self.conns[i].session.set_config(config);
         }
         if c.session.import_rules != self.cfg.session.import_rules {
@@ -746,7 +752,7 @@ impl PeerCore {
         if !std::mem::take(&mut self.awaiting_rib) {
             return;
         }
-        if self.conns.len() == 1 && self.conns[0].session.state() == State::Idle {
+        if self.conns.len() == 1 && self.conns[0].session.state() == State::Idle && !self.disabled {
             self.conns[0].session.start(self.now);
         }
         // A session that came up meanwhile has had the table as it was,
@@ -865,6 +871,13 @@ impl PeerCore {
             "session established"
         );
         self.state_since = self.now;
+        if !self.ever_established {
+            self.ever_established = true;
+            for c in &mut self.conns {
+                c.session
+                    .set_connect_retry_max(self.cfg.session.connect_retry);
+            }
+        }
         // A peer that can restart gracefully ends each family's table with
         // End-of-RIB (RFC 4724); with a hold time of 0 no KEEPALIVE is
         // sent at all (RFC 4271 §4.4): no wake-up for either.
@@ -1416,14 +1429,17 @@ impl PeerCore {
         self.send_announcements(i, &announce);
     }
 
-    /// A VM session whose address has not answered (no TCP connection
-    /// since the last attempt that got none): a probe, not a session.
+    /// A VM address that has never had a session: its attempts back off.
+    fn may_probe(&self) -> bool {
+        self.cfg.group.is_some() && !self.ever_established
+    }
+
+    /// A VM address that has never had a session and where nothing has
+    /// spoken BGP since the last attempt: a probe, not a session. (A VM
+    /// session that was up stays a session when it goes down.)
     pub fn probing(&self) -> bool {
         let s = &self.conns[0].session;
-        self.cfg.group.is_some()
-            && !self.disabled
-            && !s.answered()
-            && matches!(s.state(), State::Idle | State::Connect | State::Active)
+        self.cfg.group.is_some() && !self.disabled && !self.ever_established && !s.answered()
     }
 
     pub fn status(&self, now: Instant) -> PeerStatus {
@@ -1498,41 +1514,12 @@ impl PeerCore {
         self.adj_rib_in
             .iter()
             .map(|(p, r)| RouteEntry {
-                prefix: p.to_string(),
-                peer: self.cfg.name.clone(),
                 peer_address: self.cfg.address.to_string(),
                 vm: self.cfg.vm.clone(),
                 interface: self.cfg.interface.as_ref().map(|i| i.name.clone()),
-                best: false,
-                installed: false,
-                next_hop: r.next_hop().to_string(),
-                as_path: r
-                    .attrs()
-                    .as_path
-                    .as_ref()
-                    .map(|p| p.to_string())
-                    .unwrap_or_default(),
-                origin: r
-                    .attrs()
-                    .origin
-                    .map(|o| o.name().to_string())
-                    .unwrap_or_default(),
-                med: r.attrs().med,
-                local_pref: r.attrs().local_pref,
-                communities: r
-                    .attrs()
-                    .communities
-                    .iter()
-                    .map(|c| format!("{}:{}", c >> 16, c & 0xffff))
-                    .collect(),
-                large_communities: r
-                    .attrs()
-                    .large_communities
-                    .iter()
-                    .map(|c| format!("{}:{}:{}", c.global, c.local1, c.local2))
-                    .collect(),
                 accepted: !r.rejected,
                 rejected_reason: self.adj_rib_in.rejection(&p).map(|x| x.reason.clone()),
+                ..RouteEntry::new(&p, &self.cfg.name, r.next_hop().to_string(), r.attrs())
             })
             .collect()
     }

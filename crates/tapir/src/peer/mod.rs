@@ -229,6 +229,13 @@ pub enum PeerMsg {
         target: String,
         reply: oneshot::Sender<Option<Result<String, core::AdminError>>>,
     },
+    /// `show routes --export`: answered with `None` unless this is an
+    /// upstream neighbor that `target` (or, `None`, any) names.
+    ShowExport {
+        target: Option<String>,
+        prefix: Option<bgp::Prefix>,
+        reply: oneshot::Sender<Option<core::ExportAsk>>,
+    },
     Connected {
         conn: ConnId,
         result: std::io::Result<TcpStream>,
@@ -440,6 +447,16 @@ impl Peer {
                         .then(|| self.core.admin(now, op));
                     self.act();
                     let _ = reply.send(done);
+                    continue;
+                }
+                PeerMsg::ShowExport {
+                    target,
+                    prefix,
+                    reply,
+                } => {
+                    let ask = self.core.ask_export(target.as_deref(), prefix);
+                    self.act();
+                    let _ = reply.send(ask);
                     continue;
                 }
                 PeerMsg::Abort(done) => {

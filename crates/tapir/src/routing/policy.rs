@@ -251,8 +251,15 @@ impl Policy {
 
     /// The first term that matches, and whether the route goes out.
     fn decide(&self, f: &RouteFacts) -> (Option<&Term>, bool) {
-        let term = self.terms.iter().find(|t| t.matches.holds(f));
-        (term, term.map_or(self.default_accept, |t| t.accept))
+        let (i, accept) = self.verdict(f);
+        (i.map(|i| &self.terms[i]), accept)
+    }
+
+    /// The first term that matches (its index), or none (the default),
+    /// and whether the route is accepted.
+    pub fn verdict(&self, f: &RouteFacts) -> (Option<usize>, bool) {
+        let i = self.terms.iter().position(|t| t.matches.holds(f));
+        (i, i.map_or(self.default_accept, |i| self.terms[i].accept))
     }
 
     /// Whether the route goes out at all (`export` gives `Some`), without

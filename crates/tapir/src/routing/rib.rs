@@ -30,6 +30,10 @@ use crate::routing::policy::{
 };
 use crate::routing::prefix_map::PrefixMap;
 
+mod scan;
+mod show;
+pub use show::ExportView;
+
 /// Changed prefixes propagated together, at most (and a bit over: one
 /// message's worth). Large enough that exports go out in full UPDATEs,
 /// small enough that a full table never waits in one list.
@@ -387,6 +391,13 @@ pub enum RibMsg {
         policy: Arc<Policy>,
     },
     Show(oneshot::Sender<Vec<LocRibEntry>>),
+    /// What neighbor `peer` is sent (only `prefix`, if given) and why
+    /// `prefix` is or is not; `None` if it gets nothing from the Loc-RIB.
+    ShowExport {
+        peer: PeerId,
+        prefix: Option<Prefix>,
+        reply: oneshot::Sender<Option<ExportView>>,
+    },
     /// tapir's own routes that come and go (the guest role's services,
     /// as their health checks pass and fail).
     Local {
@@ -395,6 +406,11 @@ pub enum RibMsg {
     },
     /// Sizes, for metrics.
     Stats(oneshot::Sender<RibStats>),
+    /// The prefixes of our protocol the kernel has (a scan): the
+    /// difference with what was asked goes to the FIB writer again.
+    KernelScan {
+        present: Vec<Prefix>,
+    },
     /// The restart deferral is over (RFC 4724 §4.1).
     DeferralOver,
     /// Time to drop the attribute sets of a table that shrank (sent by
@@ -425,6 +441,11 @@ pub struct RibStats {
     pub installed: usize,
     /// Distinct interned attribute sets.
     pub attribute_sets: usize,
+    /// What kernel scans found and repaired: our routes missing from the
+    /// kernel (installed again), routes of our protocol the Loc-RIB did
+    /// not have (removed).
+    pub kernel_reinstalled: u64,
+    pub kernel_removed: u64,
 }
 
 /// A VM being drained before a planned move (RFC 8326).
@@ -850,6 +871,8 @@ pub struct Rib {
     pending: Vec<Change>,
     restarting: Option<Arc<std::sync::atomic::AtomicBool>>,
     backlog: Backlog,
+    /// Kernel scans' repairs: (installed again, removed).
+    kernel_repairs: (u64, u64),
 }
 
 /// Where the Loc-RIB's outputs go: the subscribed neighbors' export
@@ -1051,6 +1074,7 @@ impl Rib {
             rules: 1,
             pending: Vec::new(),
             backlog,
+            kernel_repairs: (0, 0),
         };
         // Tapir's own routes are announced, not forwarded: not into the
         // kernel.
@@ -1070,6 +1094,7 @@ impl Rib {
         if matches!(
             m,
             RibMsg::Show(_)
+                | RibMsg::ShowExport { .. }
                 | RibMsg::Stats(_)
                 | RibMsg::DrainStates(_)
                 | RibMsg::Subscribe { .. }
@@ -1188,12 +1213,22 @@ impl Rib {
             RibMsg::Show(tx) => {
                 let _ = tx.send(self.show());
             }
+            RibMsg::ShowExport {
+                peer,
+                prefix,
+                reply,
+            } => {
+                let _ = reply.send(self.show_export(peer, prefix));
+            }
+            RibMsg::KernelScan { present } => self.kernel_scan(present, sink),
             RibMsg::Stats(tx) => {
                 let _ = tx.send(RibStats {
                     prefixes: self.table.len(),
                     paths: self.table.values().map(|v| v.len()).sum(),
                     installed: self.installed.len(),
                     attribute_sets: self.interned.len(),
+                    kernel_reinstalled: self.kernel_repairs.0,
+                    kernel_removed: self.kernel_repairs.1,
                 });
             }
         }
@@ -1673,43 +1708,6 @@ impl Rib {
         if !ops.is_empty() {
             sink.fib(ops);
         }
-    }
-
-    fn show(&self) -> Vec<LocRibEntry> {
-        let origin = |p: &Path| {
-            p.peer
-                .as_ref()
-                .map_or("local".to_string(), |q| q.name.clone())
-        };
-        let sel = Selection::new(&self.drains);
-        self.table
-            .iter()
-            .filter_map(|(p, v)| {
-                let b = sel.best(v)?;
-                Some(LocRibEntry {
-                    prefix: p.to_string(),
-                    from: origin(b),
-                    next_hop: b.next_hop().map(|n| n.to_string()),
-                    as_path: b
-                        .attrs()
-                        .as_path
-                        .as_ref()
-                        .map(|a| a.to_string())
-                        .unwrap_or_default(),
-                    others: v
-                        .iter()
-                        .filter(|x| !std::ptr::eq(*x, b))
-                        .map(origin)
-                        .collect(),
-                    drain: b
-                        .peer
-                        .as_deref()
-                        .and_then(drain_key)
-                        .and_then(|k| self.drains.get(&k).map(|d| d.0)),
-                    installed: self.installed.contains_key(&p),
-                })
-            })
-            .collect()
     }
 }
 

@@ -608,7 +608,12 @@ async fn dump_ours(handle: &rtnetlink::Handle, protocol: u8) -> Vec<RouteMessage
 pub async fn our_routes(protocol: u8) -> std::io::Result<Vec<Prefix>> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
     tasks::spawn(Task::Netlink, conn);
-    Ok(dump_ours(&handle, protocol)
+    Ok(our_prefixes(&handle, protocol).await)
+}
+
+/// The prefixes of the routes of our protocol in the kernel.
+pub(crate) async fn our_prefixes(handle: &rtnetlink::Handle, protocol: u8) -> Vec<Prefix> {
+    dump_ours(handle, protocol)
         .await
         .iter()
         .filter_map(|m| {
@@ -619,7 +624,7 @@ pub async fn our_routes(protocol: u8) -> std::io::Result<Vec<Prefix>> {
             })?;
             Prefix::new(dst, m.header.destination_prefix_length).ok()
         })
-        .collect())
+        .collect()
 }
 
 /// Removes routes of our protocol left by an earlier run (C9, docs/design.md).
@@ -641,9 +646,6 @@ pub async fn flush_stale(protocol: u8) -> std::io::Result<usize> {
 pub struct KernelStats {
     pub installs: std::sync::atomic::AtomicU64,
     pub removals: std::sync::atomic::AtomicU64,
-    /// Requests the kernel refused (a removal of a route already gone is
-    /// not counted).
-    pub errors: std::sync::atomic::AtomicU64,
     /// Times the notification socket overran (notifications were lost).
     pub overruns: std::sync::atomic::AtomicU64,
     /// Changes a resync found that notifications had not told.
@@ -653,7 +655,6 @@ pub struct KernelStats {
 pub static KERNEL_STATS: KernelStats = KernelStats {
     installs: std::sync::atomic::AtomicU64::new(0),
     removals: std::sync::atomic::AtomicU64::new(0),
-    errors: std::sync::atomic::AtomicU64::new(0),
     overruns: std::sync::atomic::AtomicU64::new(0),
     resync_changes: std::sync::atomic::AtomicU64::new(0),
 };
@@ -705,6 +706,8 @@ fn change_message(ch: &FibChange, protocol: u8, metric: u32) -> Option<(RouteNet
                         return None;
                     };
                     m.attributes.push(a);
+                    #[cfg(feature = "failpoints")]
+                    let dev = &refuse_failpoint(&prefix).or(*dev);
                     if let Some(d) = dev {
                         m.attributes.push(RouteAttribute::Oif(*d));
                     }
@@ -727,10 +730,17 @@ fn change_message(ch: &FibChange, protocol: u8, metric: u32) -> Option<(RouteNet
                 NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE,
             ))
         }
-        FibChange::Remove { prefix } => Some((
-            RouteNetlinkMessage::DelRoute(route_message(prefix, protocol, metric)),
-            NLM_F_REQUEST,
-        )),
+        FibChange::Remove { prefix } => {
+            // Scope "nowhere" matches a route of any scope, as `ip route
+            // del` does (a route without a gateway has scope link); no
+            // metric matches any: a route of our protocol is ours whatever
+            // its metric (one left by a run with another `metric`).
+            let mut m = route_message(prefix, protocol, metric);
+            m.header.scope = rtnetlink::packet_route::route::RouteScope::NoWhere;
+            m.attributes
+                .retain(|a| !matches!(a, RouteAttribute::Priority(_)));
+            Some((RouteNetlinkMessage::DelRoute(m), NLM_F_REQUEST))
+        }
     }
 }
 
@@ -748,15 +758,21 @@ fn write_batches(
     // Sequence numbers: odd for installs, even for removals, so that an
     // error says which it was.
     let mut seq: u32 = 0;
-    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK + 4096);
-    let mut reply: Vec<u8> = Vec::with_capacity(65536);
-    let mut logged = 0u32;
+    let mut w = Written {
+        buf: Vec::with_capacity(WRITE_CHUNK + 4096),
+        reply: Vec::with_capacity(65536),
+        prefixes: Vec::new(),
+        budget: Default::default(),
+    };
     while let Some(batch) = rx.blocking_recv() {
         for ch in &batch {
             let Some((msg, flags)) = change_message(ch, protocol, metric) else {
                 continue;
             };
-            let install = matches!(ch, FibChange::Install { .. });
+            let (install, prefix) = match ch {
+                FibChange::Install { prefix, .. } => (true, *prefix),
+                FibChange::Remove { prefix } => (false, *prefix),
+            };
             if install {
                 KERNEL_STATS.installs.fetch_add(1, Relaxed);
             } else {
@@ -765,66 +781,121 @@ fn write_batches(
             seq = seq.wrapping_add(1);
             let mut header = NetlinkHeader::default();
             header.flags = flags;
-            header.sequence_number = (seq << 1) | install as u32;
+            let number = (seq << 1) | install as u32;
+            header.sequence_number = number;
             let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
             m.finalize();
             let len = m.buffer_len();
-            if buf.len() + len > WRITE_CHUNK {
-                flush(&sock, &mut buf, &mut reply, &mut logged);
+            if w.buf.len() + len > WRITE_CHUNK {
+                w.flush(&sock);
             }
-            let at = buf.len();
-            buf.resize(at + len, 0);
-            m.serialize(&mut buf[at..]);
+            let at = w.buf.len();
+            w.buf.resize(at + len, 0);
+            m.serialize(&mut w.buf[at..]);
+            w.prefixes.push((number, prefix));
         }
-        flush(&sock, &mut buf, &mut reply, &mut logged);
+        w.flush(&sock);
     }
+}
+
+/// Builds with the `failpoints` feature only (the lab tests):
+/// `TAPIR_FAILPOINT=kernel-refuse:PREFIX:N` sends the first N installs
+/// of PREFIX through an interface that does not exist, so that the kernel
+/// refuses them (its gateway is unreachable through it: ENETUNREACH) and
+/// the lab sees what tapir makes of a refusal.
+#[cfg(feature = "failpoints")]
+fn refuse_failpoint(prefix: &Prefix) -> Option<u32> {
+    static SPEC: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+    static DONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (p, n) = SPEC
+        .get_or_init(|| {
+            let f = std::env::var("TAPIR_FAILPOINT").ok()?;
+            let (p, n) = f.strip_prefix("kernel-refuse:")?.rsplit_once(':')?;
+            Some((p.to_string(), n.parse().ok()?))
+        })
+        .as_ref()?;
+    (prefix.to_string() == *p && DONE.fetch_add(1, Relaxed) < *n).then_some(0x7fff_fff0)
+}
+
+/// The FIB writer's buffers: requests not yet sent, and the prefix of
+/// each (by sequence number), to match the kernel's errors to.
+struct Written {
+    buf: Vec<u8>,
+    reply: Vec<u8>,
+    prefixes: Vec<(u32, Prefix)>,
+    /// Refusals are logged at most so many lines in a window.
+    budget: crate::log_budget::LogBudget,
 }
 
 /// Bytes of requests per `sendmsg`.
 const WRITE_CHUNK: usize = 60 * 1024;
 
-/// Sends what `buf` holds, then reads the errors the kernel sent back.
-fn flush(sock: &netlink_sys::Socket, buf: &mut Vec<u8>, reply: &mut Vec<u8>, logged: &mut u32) {
-    use rtnetlink::packet_core::NetlinkMessage;
-    if buf.is_empty() {
-        return;
-    }
-    if let Err(e) = sock.send(buf, 0) {
-        KERNEL_STATS.errors.fetch_add(1, Relaxed);
-        warn!(error = %e, "netlink write of route changes failed");
-    }
-    buf.clear();
-    loop {
-        reply.clear();
-        match sock.recv(reply, libc::MSG_DONTWAIT) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+impl Written {
+    /// Sends what `buf` holds, then reads the errors the kernel sent back
+    /// and matches them to their prefixes: a refused install stands as
+    /// refused (`fib`) until one of that prefix goes through.
+    fn flush(&mut self, sock: &netlink_sys::Socket) {
+        use rtnetlink::packet_core::NetlinkMessage;
+        if self.buf.is_empty() {
+            return;
         }
-        let mut at = 0;
-        while at + 16 <= reply.len() {
-            let len = u32::from_ne_bytes([reply[at], reply[at + 1], reply[at + 2], reply[at + 3]])
-                as usize;
-            if len < 16 || at + len > reply.len() {
-                break;
+        if let Err(e) = sock.send(&self.buf, 0) {
+            super::fib::count("write-failed");
+            warn!(error = %e, "netlink write of route changes failed");
+        }
+        self.buf.clear();
+        let mut refused: Vec<(u32, i32)> = Vec::new();
+        loop {
+            self.reply.clear();
+            match sock.recv(&mut self.reply, libc::MSG_DONTWAIT) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
             }
-            if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[at..at + len])
-            {
-                if let NetlinkPayload::Error(e) = m.payload {
-                    let install = m.header.sequence_number & 1 == 1;
-                    if let Some(code) = e.code {
+            let reply = &self.reply;
+            let mut at = 0;
+            while at + 16 <= reply.len() {
+                let len =
+                    u32::from_ne_bytes([reply[at], reply[at + 1], reply[at + 2], reply[at + 3]])
+                        as usize;
+                if len < 16 || at + len > reply.len() {
+                    break;
+                }
+                if let Ok(m) =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[at..at + len])
+                {
+                    if let NetlinkPayload::Error(e) = m.payload {
                         // A removal of a route already gone is no error.
-                        if install {
-                            KERNEL_STATS.errors.fetch_add(1, Relaxed);
-                            if *logged < 10 {
-                                *logged += 1;
-                                warn!(error = %std::io::Error::from_raw_os_error(-code.get()), "kernel refused a route");
-                            }
+                        let install = m.header.sequence_number & 1 == 1;
+                        if let (Some(code), true) = (e.code, install) {
+                            refused.push((m.header.sequence_number, -code.get()));
                         }
                     }
                 }
+                at += (len + 3) & !3;
             }
-            at += (len + 3) & !3;
         }
+        for &(seq, errno) in &refused {
+            let Some(&(_, prefix)) = self.prefixes.iter().find(|(s, _)| *s == seq) else {
+                continue;
+            };
+            let times = super::fib::record(prefix, errno);
+            let v = self.budget.line(std::time::Instant::now());
+            if v.held_back > 0 {
+                warn!(
+                    held_back = v.held_back,
+                    "more routes were refused by the kernel than logged"
+                );
+            }
+            if v.log {
+                warn!(%prefix, error = %std::io::Error::from_raw_os_error(errno), reason = super::fib::errno_name(errno), times, "kernel refused a route; it is tried again");
+            }
+        }
+        super::fib::clear(
+            self.prefixes
+                .drain(..)
+                .filter(|(s, _)| !refused.iter().any(|(r, _)| r == s))
+                .map(|(_, p)| p),
+        );
     }
 }
 

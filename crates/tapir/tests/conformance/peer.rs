@@ -848,3 +848,32 @@ fn the_loc_ribs_ready_signal_refeeds_only_a_peer_that_waited_for_it() {
     h.input("the Loc-RIB is ready", Input::RibReady);
     assert_eq!(asked(&h), 1, "{}", h.text());
 }
+
+#[test]
+fn a_vm_address_is_a_probe_until_a_session_and_never_again_after() {
+    let mut h = Harness::new(
+        vm_config(vm_policy(100, MaxPrefixAction::Reject)),
+        Remote::vm(),
+    );
+    h.start();
+    assert!(h.core.probing(), "nothing has answered yet");
+    h.tcp_refused();
+    // Refused: the next attempt waits 5 s, then 10 s (doubling).
+    h.advance(secs(5));
+    h.tcp_refused();
+    assert!(h.core.probing());
+    assert_eq!(h.core.status(h.now).connect_retry_secs, 10);
+    h.advance(secs(10));
+    h.tcp_connects();
+    assert_eq!(h.remote_state(), State::Established);
+    assert!(!h.core.probing());
+    // The VM's speaker goes away: the session is down, not a probe, and
+    // its attempts no longer back off.
+    h.tcp_lost();
+    for _ in 0..3 {
+        h.advance(secs(5));
+        h.tcp_refused();
+    }
+    assert!(!h.core.probing(), "{}", h.text());
+    assert_eq!(h.core.status(h.now).connect_retry_secs, 5);
+}

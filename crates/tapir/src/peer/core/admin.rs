@@ -1,8 +1,11 @@
 //! `tapir neighbor disable|enable|restart|refresh`: the operator's hand on
 //! one session, like birdc's `disable`, `enable`, `restart` and
-//! `reload in|out`.
+//! `reload in|out`; and `show routes --export`, what it is sent.
 
 use std::time::Instant;
+
+use bgp::Prefix;
+use tokio::sync::oneshot;
 
 use bgp::notification::{cease, Notification};
 use bgp::session::State;
@@ -10,6 +13,17 @@ use tracing::info;
 
 use super::PeerCore;
 use crate::northbound::control::NeighborOp;
+use crate::routing::rib::{ExportView, RibMsg};
+
+/// A neighbor's answer to `show routes --export`: the Loc-RIB answers
+/// `view`; the UPDATEs carry the session's own next hops.
+#[derive(Debug)]
+pub struct ExportAsk {
+    pub name: String,
+    pub next_hop_v4: Option<String>,
+    pub next_hop_v6: Option<String>,
+    pub view: oneshot::Receiver<Option<ExportView>>,
+}
 
 /// Why a neighbor command did nothing.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,12 +36,48 @@ pub enum AdminError {
 
 impl PeerCore {
     /// Whether `target` (a name, a VM's name, or an address, with or
-    /// without `%interface`) names this session.
+    /// without `%interface`) names this session. An address with an
+    /// interface names only the session on that interface (link-local
+    /// addresses repeat on every tap).
     pub fn answers_to(&self, target: &str) -> bool {
-        let bare = target.split('%').next().unwrap_or(target);
+        let (addr, scope) = match target.split_once('%') {
+            Some((a, i)) => (a, Some(i)),
+            None => (target, None),
+        };
+        let on = |i: &str| self.cfg.interface.as_ref().is_some_and(|x| x.name == i);
         self.cfg.name == target
             || self.cfg.vm.as_deref() == Some(target)
-            || bare.parse() == Ok(self.cfg.address)
+            || (addr.parse() == Ok(self.cfg.address) && scope.is_none_or(on))
+    }
+
+    /// Asks the Loc-RIB what this neighbor is sent, if it is an upstream
+    /// neighbor that `target` (or, `None`, any) names.
+    pub fn ask_export(
+        &mut self,
+        target: Option<&str>,
+        prefix: Option<Prefix>,
+    ) -> Option<ExportAsk> {
+        self.cfg.export.as_ref()?;
+        if target.is_some_and(|t| !self.answers_to(t)) {
+            return None;
+        }
+        let (reply, view) = oneshot::channel();
+        self.tell_rib(RibMsg::ShowExport {
+            peer: self.id,
+            prefix,
+            reply,
+        });
+        let nh = |afi| {
+            self.established()
+                .and_then(|i| self.next_hop_self(i, afi))
+                .map(|n| n.to_string())
+        };
+        Some(ExportAsk {
+            name: self.cfg.name.clone(),
+            next_hop_v4: nh(bgp::Afi::Ipv4),
+            next_hop_v6: nh(bgp::Afi::Ipv6),
+            view,
+        })
     }
 
     /// Runs an operator's command; says what it did.

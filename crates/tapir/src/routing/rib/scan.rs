@@ -1,0 +1,55 @@
+//! The kernel scan's answer: the difference between what the Loc-RIB
+//! asked the kernel for and what the kernel has of our protocol, sent
+//! to the FIB writer again (see `southbound::fib`).
+
+use std::collections::HashSet;
+
+use bgp::Prefix;
+use tracing::{info, warn};
+
+use super::{FibChange, Outputs, Rib};
+
+impl Rib {
+    /// `present`: the prefixes of our protocol the kernel has. Ours that
+    /// are missing (removed by someone, or refused) are installed again;
+    /// ones the Loc-RIB no longer has are removed. Not while a restart's
+    /// deferral keeps the kernel's old routes.
+    pub(super) fn kernel_scan(&mut self, present: Vec<Prefix>, sink: &mut dyn Outputs) {
+        if !self.fib || !self.ready {
+            return;
+        }
+        let present: HashSet<Prefix> = present.into_iter().collect();
+        let mut ops: Vec<FibChange> = self
+            .installed
+            .iter()
+            .filter(|(p, hops)| !hops.is_empty() && !present.contains(p))
+            .map(|(prefix, hops)| FibChange::Install {
+                prefix,
+                hops: hops.clone(),
+            })
+            .collect();
+        let missing = ops.len();
+        ops.extend(
+            present
+                .iter()
+                .filter(|p| !self.installed.contains_key(p))
+                .map(|p| FibChange::Remove { prefix: *p }),
+        );
+        let extra = ops.len() - missing;
+        if ops.is_empty() {
+            return;
+        }
+        self.kernel_repairs.0 += missing as u64;
+        self.kernel_repairs.1 += extra as u64;
+        if extra > 0 {
+            warn!(
+                routes = extra,
+                "kernel scan: routes of our protocol the Loc-RIB does not have: removed"
+            );
+        }
+        if missing > 0 {
+            info!(routes = missing, "kernel scan: our routes missing from the kernel (removed by someone, or refused): installed again");
+        }
+        sink.fib(ops);
+    }
+}
