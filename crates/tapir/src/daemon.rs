@@ -193,23 +193,38 @@ struct Daemon {
     config_text: String,
     /// The command line's values over the file's.
     overrides: crate::northbound::config::Overrides,
+    /// The health-checked services' tasks (a reload changes them).
+    services: crate::role::health::Services,
     /// Removes the control socket when the daemon ends.
     _control: control::SocketGuard,
 }
 
-/// Whether the last run stopped with `tapir stop --graceful` within the
-/// restart time (RFC 4724 §4.1); the marker file, consumed.
+/// What a graceful stop writes in its marker: the kernel routes it left
+/// are of this protocol and metric.
+fn marker_text(config: &Config) -> String {
+    format!("{} {}\n", config.kernel.protocol, config.kernel.metric)
+}
+
+/// Whether the last run stopped gracefully within the restart time (RFC
+/// 4724 §4.1), leaving kernel routes of the protocol and metric this run
+/// uses (a changed `[kernel]` is a cold start: the old routes would not
+/// be ours); the marker file, consumed.
 fn graceful_restart_marker(config: &Config) -> (Option<std::path::PathBuf>, bool) {
     let marker = config
         .state_dir
         .as_ref()
         .map(|d| d.join("graceful-restart"));
     let restarting = marker.as_ref().is_some_and(|m| {
-        std::fs::metadata(m)
+        let recent = std::fs::metadata(m)
             .and_then(|md| md.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age.as_secs() <= config.graceful_restart.restart_time as u64)
+            .is_some_and(|age| age.as_secs() <= config.graceful_restart.restart_time as u64);
+        let same = std::fs::read_to_string(m).is_ok_and(|t| t == marker_text(config));
+        if recent && !same {
+            warn!("the last stop was graceful, but with another [kernel] protocol or metric (or an older tapir): starting cold");
+        }
+        recent && same
     });
     if let Some(m) = &marker {
         let _ = std::fs::remove_file(m);
@@ -388,7 +403,7 @@ impl Daemon {
         let mut inventory = Inventory::new(config.vms.clone(), config.state_dir.as_deref());
         let registered = inventory.load_registrations()?;
         // Health-checked services: their prefixes come and go in the Loc-RIB.
-        let services = crate::role::health::spawn(&config.services, rib.clone());
+        let services = crate::role::health::Services::spawn(&config.services, rib.clone());
         let role = start_role(&config, inventory, registered, &local).await?;
         // The static neighbors, in the config's order.
         let peers: Peers = Arc::new(std::sync::RwLock::new(
@@ -417,7 +432,7 @@ impl Daemon {
             role,
             rib,
             bfd,
-            services,
+            services: services.statuses(),
             about: Arc::new(About {
                 local: local.clone(),
                 config: config_path.display().to_string(),
@@ -444,6 +459,7 @@ impl Daemon {
             config,
             config_text: std::fs::read_to_string(config_path).unwrap_or_default(),
             overrides: Default::default(),
+            services,
             config_path: config_path.to_path_buf(),
             local,
             handles,
@@ -550,6 +566,7 @@ impl Daemon {
             &h.peers,
             &self.local,
             h.role.as_ref(),
+            &mut self.services,
         )
         .await
         .map(|()| report);
@@ -588,7 +605,7 @@ impl Daemon {
                     if let Some(d) = m.parent() {
                         let _ = std::fs::create_dir_all(d);
                     }
-                    if let Err(e) = std::fs::write(m, b"") {
+                    if let Err(e) = std::fs::write(m, marker_text(&self.config)) {
                         warn!(error = %e, "cannot record the graceful restart; the next start will be a cold one");
                     }
                 }
@@ -983,6 +1000,7 @@ async fn reload(
     peers: &Peers,
     local: &Arc<DaemonHandles>,
     role: Option<&mpsc::Sender<RoleMsg>>,
+    services: &mut crate::role::health::Services,
 ) -> Result<(), ReloadError> {
     for w in new.warnings() {
         warn!("reload: {w}");
@@ -1006,6 +1024,11 @@ async fn reload(
         new.graceful_restart.helper_max_time,
         std::sync::atomic::Ordering::Relaxed,
     );
+    // Services before `announce`: a prefix moving from one to the other
+    // is withdrawn by the old service first, then announced.
+    if new.services != current.services {
+        services.apply(&new.services);
+    }
     let (old, now): (std::collections::BTreeSet<_>, std::collections::BTreeSet<_>) = (
         current.announce.iter().collect(),
         new.announce.iter().collect(),
@@ -1243,29 +1266,53 @@ async fn show_export(
     }
     let (mut routes, mut verdicts) = (Vec::new(), Vec::new());
     for ask in asks {
-        let view = ask.view.await.ok().flatten();
+        let view = ask.view.await.ok().flatten().unwrap_or_default();
+        // What the session itself keeps back: a family it did not
+        // negotiate, an IPv6 route without a global next hop.
+        let held = |p: &bgp::Prefix| -> Option<&str> {
+            let nh = match p {
+                bgp::Prefix::V4(..) => &ask.next_hop_v4,
+                bgp::Prefix::V6(..) => &ask.next_hop_v6,
+            };
+            if ask.families.is_empty() {
+                Some("not sent: the session is not Established")
+            } else if !ask.families.contains(&p.afi()) {
+                Some("not sent: the family is not negotiated with the peer")
+            } else if nh.is_none() {
+                Some("not sent: no next hop of ours for its family on this session (an IPv6 route over link-local needs a global address)")
+            } else {
+                None
+            }
+        };
         if let (Some(p), true) = (prefix, query.why.is_some()) {
+            let (sent, reason) = match held(&p) {
+                Some(why) => (false, why.to_string()),
+                None => (
+                    view.routes.iter().any(|(q, _)| *q == p),
+                    view.why.clone().unwrap_or_default(),
+                ),
+            };
             verdicts.push(control::ExportVerdict {
                 neighbor: ask.name.clone(),
                 prefix: p.to_string(),
-                sent: view.as_ref().is_some_and(|v| !v.routes.is_empty()),
-                reason: match &view {
-                    Some(v) => v.why.clone().unwrap_or_default(),
-                    None => "not sent: the session is not Established".into(),
-                },
+                sent,
+                reason,
             });
             continue;
         }
-        for (p, a) in view.map(|v| v.routes).unwrap_or_default() {
+        for (p, a) in &view.routes {
+            if held(p).is_some() {
+                continue;
+            }
             let nh = match p {
                 bgp::Prefix::V4(..) => &ask.next_hop_v4,
                 bgp::Prefix::V6(..) => &ask.next_hop_v6,
             };
             routes.push(RouteEntry::new(
-                &p,
+                p,
                 &ask.name,
                 nh.clone().unwrap_or_default(),
-                &a,
+                a,
             ));
         }
     }
@@ -1473,5 +1520,38 @@ async fn vm_request(
             message: e.to_string(),
         },
         Err(_) => no_role(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_graceful_marker_holds_only_for_the_same_kernel_protocol_and_metric() {
+        let dir = std::env::temp_dir().join(format!("tapir-marker-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = format!(
+            "router-id = \"10.0.0.1\"\nlocal-as = 64612\nstate-dir = \"{}\"\n",
+            dir.display()
+        );
+        let config = Config::parse(&text, Path::new("t.toml")).unwrap();
+        let marker = dir.join("graceful-restart");
+        for (written, restarting) in [
+            (marker_text(&config), true),
+            // An older tapir's marker, or another [kernel]: cold.
+            (String::new(), false),
+            ("186 20\n".to_string(), false),
+        ] {
+            std::fs::write(&marker, &written).unwrap();
+            assert_eq!(
+                graceful_restart_marker(&config),
+                (Some(marker.clone()), restarting),
+                "{written:?}"
+            );
+            // Consumed either way.
+            assert!(!marker.exists());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

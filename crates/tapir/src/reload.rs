@@ -161,8 +161,26 @@ pub fn plan(running: &Config, file: &Config, bfd_running: bool) -> Result<Vec<Ch
     if file.gateway != running.gateway {
         change("[gateway]".into(), restart);
     }
-    if file.services != running.services {
-        change("[[service]]".into(), restart);
+    for s in &file.services {
+        match running.services.iter().find(|o| o.name == s.name) {
+            Some(o) if o == s => {}
+            Some(_) => change(
+                format!("service {}: changed: its checks start again, its prefixes withdrawn until they pass", s.name),
+                Effect::Applied,
+            ),
+            None => change(
+                format!("service {} added: announced once its checks pass", s.name),
+                Effect::Applied,
+            ),
+        }
+    }
+    for o in &running.services {
+        if !file.services.iter().any(|s| s.name == o.name) {
+            change(
+                format!("service {} removed: its prefixes withdrawn", o.name),
+                Effect::Applied,
+            );
+        }
     }
     if crate::daemon::wants_bfd(file) && !bfd_running {
         change("BFD (no session had it at start)".into(), restart);
@@ -171,18 +189,11 @@ pub fn plan(running: &Config, file: &Config, bfd_running: bool) -> Result<Vec<Ch
         running.announce.iter().collect(),
         file.announce.iter().collect(),
     );
-    // A prefix that is also a service's is one local route in the Loc-RIB:
-    // moving it between the two waits for the restart that moves the
-    // services.
-    let effect = match announce_clashes(running, file) {
-        true => restart,
-        false => Effect::Applied,
-    };
     for p in new.difference(&old) {
-        change(format!("announce {p}: announced"), effect);
+        change(format!("announce {p}: announced"), Effect::Applied);
     }
     for p in old.difference(&new) {
-        change(format!("announce {p}: withdrawn"), effect);
+        change(format!("announce {p}: withdrawn"), Effect::Applied);
     }
     let gr = file.graceful_restart.restart_time != running.graceful_restart.restart_time;
     for n in &file.neighbors {
@@ -285,22 +296,6 @@ fn shown(p: Option<&std::path::Path>) -> String {
     p.map_or("none".into(), |p| p.display().to_string())
 }
 
-/// Whether the `announce` change touches a prefix of a running or a new
-/// `[[service]]`.
-fn announce_clashes(running: &Config, file: &Config) -> bool {
-    let services: BTreeSet<_> = running
-        .services
-        .iter()
-        .chain(&file.services)
-        .flat_map(|s| &s.prefixes)
-        .collect();
-    let (old, new): (BTreeSet<_>, BTreeSet<_>) = (
-        running.announce.iter().collect(),
-        file.announce.iter().collect(),
-    );
-    old.symmetric_difference(&new).any(|p| services.contains(p))
-}
-
 /// A static neighbor's changes.
 fn neighbor_changes(o: &Neighbor, n: &Neighbor, gr: bool, change: &mut impl FnMut(String, Effect)) {
     let name = &n.name;
@@ -349,9 +344,6 @@ pub fn session_changed(a: &Neighbor, b: &Neighbor) -> bool {
 /// The config that runs after a reload: the file's, except what needs a
 /// restart, which keeps its running value (and stays pending).
 pub fn effective(running: &Config, mut file: Config) -> Config {
-    if announce_clashes(running, &file) {
-        file.announce = running.announce.clone();
-    }
     file.router_id = running.router_id;
     file.local_as = running.local_as;
     file.listen = running.listen.clone();
@@ -360,7 +352,6 @@ pub fn effective(running: &Config, mut file: Config) -> Config {
     file.state_dir = running.state_dir.clone();
     file.drain = running.drain;
     file.gateway = running.gateway.clone();
-    file.services = running.services.clone();
     file.graceful_restart.deferral = running.graceful_restart.deferral;
     file
 }
@@ -421,23 +412,27 @@ remote-as = 65020
     }
 
     #[test]
-    fn an_announce_that_moves_a_service_prefix_waits_for_a_restart() {
+    fn a_prefix_moving_from_a_service_to_announce_is_applied() {
         let guest = "router-id = \"10.0.0.1\"\nlocal-as = 64612\n[gateway]\nremote-as = 64612\n\
             [[service]]\nname = \"dns\"\nprefixes = [\"10.3.0.1/32\"]\n\
             check = [{ type = \"tcp\", address = \"10.3.0.1:53\" }]\n";
-        // The prefix moves from the service (which runs until a restart)
-        // to `announce`.
         let moved = "router-id = \"10.0.0.1\"\nlocal-as = 64612\nannounce = [\"10.3.0.1/32\"]\n\
             [gateway]\nremote-as = 64612\n";
         let (running, file) = (load(guest), load(moved));
-        let p = plan(&running, &file, false).unwrap();
-        assert!(
-            p.iter()
-                .any(|c| c.what == "announce 10.3.0.1/32: announced"
-                    && c.effect == Effect::NeedsRestart),
-            "{p:?}"
+        let p: Vec<String> = plan(&running, &file, false)
+            .unwrap()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            p,
+            [
+                "service dns removed: its prefixes withdrawn: applied, no session reset",
+                "announce 10.3.0.1/32: announced: applied, no session reset",
+            ]
         );
-        assert!(effective(&running, file).announce.is_empty());
+        let now = effective(&running, file);
+        assert!(now.services.is_empty() && now.announce.len() == 1);
     }
 
     #[test]

@@ -135,6 +135,31 @@ fn guest_with_a_bird_hypervisor_and_a_health_check() {
     // Back once more: the session never went down meanwhile.
     std::fs::write(&flag, "").unwrap();
     assert!(wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some());
+
+    // A reload takes the service out: withdrawn at tor, without a restart.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let (start, end) = (
+        text.find("[[service]]").unwrap(),
+        text.find("[metrics]").unwrap(),
+    );
+    let without = format!("{}{}", &text[..start], &text[end..]);
+    std::fs::write(&cfg, &without).unwrap();
+    let (code, out, err) = guest.cli_code(&["reload"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("service recdns removed"), "{out}");
+    let gone = wait_for(WAIT, || tor.route("10.3.0.1/32").is_none().then_some(()));
+    assert!(gone.is_some(), "{}", lab.log(&guest.log));
+    assert_eq!(guest.json("services"), serde_json::json!([]));
+    // …and announces the prefix unconditionally instead.
+    let announcing = without.replace(
+        "local-as = 64613\n",
+        "local-as = 64613\nannounce = [\"10.3.0.1/32\"]\n",
+    );
+    assert_ne!(announcing, without);
+    std::fs::write(&cfg, &announcing).unwrap();
+    let (code, out, err) = guest.cli_code(&["reload"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some());
 }
 
 /// The example guest config verbatim against tapir on the hypervisor

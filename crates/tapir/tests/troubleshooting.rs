@@ -454,7 +454,10 @@ fn what_goes_out_is_what_tor_holds_and_why_says_which_term() {
     );
     let v6_why = why.iter().find(|v| v["neighbor"] == "tor-v6").unwrap();
     assert_eq!(v6_why["sent"], false);
-    assert!(v6_why["reason"].as_str().unwrap().contains("not a family"));
+    assert!(v6_why["reason"]
+        .as_str()
+        .unwrap()
+        .contains("family is not negotiated"));
     let local = rows(&t.json_args(&["routes", "--why", "198.51.100.0/24", "--export", "tor-v4"]));
     assert!(
         local[0]["reason"]

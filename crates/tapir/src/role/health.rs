@@ -5,6 +5,7 @@
 //! in a VM today.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -34,26 +35,89 @@ pub struct ServiceStatus {
 /// Every service's status, shared with the control socket and metrics.
 pub type Statuses = Arc<Mutex<Vec<ServiceStatus>>>;
 
-/// Starts one task per service; they run until the RIB goes away.
-pub fn spawn(services: &[Service], rib: mpsc::UnboundedSender<RibMsg>) -> Statuses {
-    let statuses: Statuses = Arc::new(Mutex::new(
-        services
-            .iter()
-            .map(|s| ServiceStatus {
-                name: s.name.clone(),
-                prefixes: s.prefixes.iter().map(|p| p.to_string()).collect(),
-                checks: s.checks.iter().map(|c| c.to_string()).collect(),
-                ..Default::default()
-            })
-            .collect(),
-    ));
-    for (i, s) in services.iter().enumerate() {
-        crate::tasks::spawn(
-            crate::tasks::Task::Health,
-            run(s.clone(), i, statuses.clone(), rib.clone()),
-        );
+/// The running services: one task each, until the RIB goes away or a
+/// reload takes the service out or changes it.
+pub struct Services {
+    statuses: Statuses,
+    running: Vec<(Service, Arc<AtomicBool>)>,
+    rib: mpsc::UnboundedSender<RibMsg>,
+}
+
+impl Services {
+    /// Starts one task per service.
+    pub fn spawn(services: &[Service], rib: mpsc::UnboundedSender<RibMsg>) -> Services {
+        let mut s = Services {
+            statuses: Arc::default(),
+            running: Vec::new(),
+            rib,
+        };
+        s.apply(services);
+        s
     }
-    statuses
+
+    /// What `show services` and the metrics read.
+    pub fn statuses(&self) -> Statuses {
+        self.statuses.clone()
+    }
+
+    /// A reload: services that are the same run on untouched; removed
+    /// and changed ones stop, their prefixes withdrawn if announced,
+    /// before anything else the reload announces; new and changed ones
+    /// start (down, announced after `rise` passes).
+    pub fn apply(&mut self, services: &[Service]) {
+        let mut keep = Vec::new();
+        for (s, stop) in std::mem::take(&mut self.running) {
+            if services.contains(&s) {
+                keep.push((s, stop));
+                continue;
+            }
+            // The task checks the flag before each message to the RIB, on
+            // this same thread: it sends nothing after this.
+            stop.store(true, Relaxed);
+            let up = self.lock().iter().any(|st| st.name == s.name && st.healthy);
+            if up {
+                info!(service = %s.name, "service removed or changed by a reload: withdrawn");
+                let _ = self.rib.send(RibMsg::Local {
+                    announce: Vec::new(),
+                    withdraw: s.prefixes.clone(),
+                });
+            }
+        }
+        let old = std::mem::take(&mut *self.lock());
+        let mut statuses = Vec::new();
+        for s in services {
+            match keep.iter().position(|(k, _)| k == s) {
+                Some(i) => {
+                    statuses.extend(old.iter().find(|st| st.name == s.name).cloned());
+                    self.running.push(keep.swap_remove(i));
+                }
+                None => {
+                    statuses.push(ServiceStatus {
+                        name: s.name.clone(),
+                        prefixes: s.prefixes.iter().map(|p| p.to_string()).collect(),
+                        checks: s.checks.iter().map(|c| c.to_string()).collect(),
+                        ..Default::default()
+                    });
+                    let stop = Arc::new(AtomicBool::new(false));
+                    crate::tasks::spawn(
+                        crate::tasks::Task::Health,
+                        run(
+                            s.clone(),
+                            self.statuses.clone(),
+                            self.rib.clone(),
+                            stop.clone(),
+                        ),
+                    );
+                    self.running.push((s.clone(), stop));
+                }
+            }
+        }
+        *self.lock() = statuses;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ServiceStatus>> {
+        self.statuses.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The up/down decision, apart from the IO: `rise` passes in a row bring
@@ -86,13 +150,25 @@ impl Hysteresis {
     }
 }
 
-async fn run(s: Service, i: usize, statuses: Statuses, rib: mpsc::UnboundedSender<RibMsg>) {
+async fn run(
+    s: Service,
+    statuses: Statuses,
+    rib: mpsc::UnboundedSender<RibMsg>,
+    stop: Arc<AtomicBool>,
+) {
     let mut state = Hysteresis::default();
     let mut tick = tokio::time::interval(s.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if stop.load(Relaxed) {
+            return;
+        }
         let result = round(&s).await.map_err(|e| e.to_string());
+        // Taken out by a reload while the round ran: nothing more.
+        if stop.load(Relaxed) {
+            return;
+        }
         let flip = state.record(result.is_ok(), s.rise, s.fall);
         if flip {
             if state.up {
@@ -110,7 +186,9 @@ async fn run(s: Service, i: usize, statuses: Statuses, rib: mpsc::UnboundedSende
             }
         }
         let mut all = statuses.lock().unwrap_or_else(|e| e.into_inner());
-        let st = &mut all[i];
+        let Some(st) = all.iter_mut().find(|st| st.name == s.name) else {
+            continue;
+        };
         st.healthy = state.up;
         st.streak = state.streak;
         if flip {

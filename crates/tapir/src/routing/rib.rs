@@ -406,10 +406,12 @@ pub enum RibMsg {
     },
     /// Sizes, for metrics.
     Stats(oneshot::Sender<RibStats>),
-    /// The prefixes of our protocol the kernel has (a scan): the
-    /// difference with what was asked goes to the FIB writer again.
+    /// The prefixes of our protocol the kernel has (a scan), dumped when
+    /// `queued` batches had gone to the FIB writer and all were applied:
+    /// the difference with what was asked goes to the FIB writer again.
     KernelScan {
         present: Vec<Prefix>,
+        queued: u64,
     },
     /// The restart deferral is over (RFC 4724 §4.1).
     DeferralOver,
@@ -532,6 +534,20 @@ impl From<Vec<FibHop>> for Hops {
         }
     }
 }
+
+/// Batches of FIB changes handed to the FIB writer, and batches it has
+/// applied: equal when the writer is idle. A kernel scan compares the
+/// kernel with what was asked only then, and is dropped if more was
+/// asked since (what is still queued is not missing).
+pub struct FibProgress {
+    pub queued: std::sync::atomic::AtomicU64,
+    pub done: std::sync::atomic::AtomicU64,
+}
+
+pub static FIB_PROGRESS: FibProgress = FibProgress {
+    queued: std::sync::atomic::AtomicU64::new(0),
+    done: std::sync::atomic::AtomicU64::new(0),
+};
 
 /// A route change for the kernel writer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1220,7 +1236,7 @@ impl Rib {
             } => {
                 let _ = reply.send(self.show_export(peer, prefix));
             }
-            RibMsg::KernelScan { present } => self.kernel_scan(present, sink),
+            RibMsg::KernelScan { present, queued } => self.kernel_scan(present, queued, sink),
             RibMsg::Stats(tx) => {
                 let _ = tx.send(RibStats {
                     prefixes: self.table.len(),

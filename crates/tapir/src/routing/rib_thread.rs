@@ -34,7 +34,11 @@ impl Outputs for Shell {
 
     fn fib(&mut self, ops: Vec<FibChange>) {
         if let Some(fib) = &self.fib {
-            let _ = fib.send(ops);
+            if fib.send(ops).is_ok() {
+                crate::routing::rib::FIB_PROGRESS
+                    .queued
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 

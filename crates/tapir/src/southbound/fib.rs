@@ -1,9 +1,10 @@
 //! What the kernel did with our routes: the installs it refused (by
 //! prefix, with the errno, until one of that prefix goes through), and a
-//! scan that brings the kernel's routes of our protocol back to what the
-//! Loc-RIB asked for — our routes someone removed are installed again,
-//! routes of ours the Loc-RIB no longer has are removed, and refused ones
-//! are tried again.
+//! scan that brings the prefixes of our protocol in the kernel back to
+//! those the Loc-RIB asked for — ours someone removed are installed
+//! again, ones the Loc-RIB no longer has are removed, and refused ones
+//! are tried again. It runs only while the FIB writer is idle
+//! (`FIB_PROGRESS`), and compares prefixes, not next hops.
 //!
 //! The FIB writer (in `kernel`) reports each refusal here; the scanner
 //! dumps the kernel's routes of our protocol every `[kernel]
@@ -171,15 +172,32 @@ pub fn spawn_scanner(protocol: u8, every: Duration, rib: mpsc::UnboundedSender<R
             }
         };
         let stats = &super::kernel::KERNEL_STATS;
+        let progress = &crate::routing::rib::FIB_PROGRESS;
         let mut s = Schedule::new(every, stats.overruns.load(Relaxed));
         let tick = Duration::from_secs(1);
+        let mut due = false;
         loop {
             tokio::time::sleep(tick).await;
-            if !s.tick(tick, stats.overruns.load(Relaxed), refused_now() > 0) {
+            due |= s.tick(tick, stats.overruns.load(Relaxed), refused_now() > 0);
+            // Only while the writer is idle: what is still queued is not
+            // missing (a table transfer would be installed twice).
+            let queued = progress.queued.load(Relaxed);
+            if !due || queued != progress.done.load(Relaxed) {
                 continue;
             }
-            let present = super::kernel::our_prefixes(&handle, protocol).await;
-            if rib.send(RibMsg::KernelScan { present }).is_err() {
+            let present = match super::kernel::our_prefixes(&handle, protocol).await {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = %e, "kernel scan: the route dump failed; tried again at the next tick");
+                    continue;
+                }
+            };
+            // Asked meanwhile: the dump may miss it; at the next tick.
+            if progress.queued.load(Relaxed) != queued || progress.done.load(Relaxed) != queued {
+                continue;
+            }
+            due = false;
+            if rib.send(RibMsg::KernelScan { present, queued }).is_err() {
                 return;
             }
         }

@@ -608,23 +608,42 @@ async fn dump_ours(handle: &rtnetlink::Handle, protocol: u8) -> Vec<RouteMessage
 pub async fn our_routes(protocol: u8) -> std::io::Result<Vec<Prefix>> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
     tasks::spawn(Task::Netlink, conn);
-    Ok(our_prefixes(&handle, protocol).await)
+    our_prefixes(&handle, protocol)
+        .await
+        .map_err(std::io::Error::other)
 }
 
-/// The prefixes of the routes of our protocol in the kernel.
-pub(crate) async fn our_prefixes(handle: &rtnetlink::Handle, protocol: u8) -> Vec<Prefix> {
-    dump_ours(handle, protocol)
-        .await
-        .iter()
-        .filter_map(|m| {
+/// The prefixes of the routes of our protocol in the kernel, made while
+/// the dump streams in (a million routes are never held as messages); an
+/// error rather than a partial list.
+pub(crate) async fn our_prefixes(
+    handle: &rtnetlink::Handle,
+    protocol: u8,
+) -> Result<Vec<Prefix>, rtnetlink::Error> {
+    let mut out = Vec::new();
+    for v in [IpVersion::V4, IpVersion::V6] {
+        let msg = match v {
+            IpVersion::V4 => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            IpVersion::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
+        let mut routes = handle.route().get(msg).execute();
+        while let Some(m) = routes.try_next().await? {
+            if u8::from(m.header.protocol) != protocol {
+                continue;
+            }
             let dst = m.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
                 RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
                 _ => None,
-            })?;
-            Prefix::new(dst, m.header.destination_prefix_length).ok()
-        })
-        .collect()
+            });
+            if let Some(p) =
+                dst.and_then(|d| Prefix::new(d, m.header.destination_prefix_length).ok())
+            {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Removes routes of our protocol left by an earlier run (C9, docs/design.md).
@@ -668,6 +687,15 @@ pub fn spawn_writer(
     let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
     sock.bind_auto()?;
     sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    // The kernel's errors for one 60 KiB write (a refusal each, at
+    // worst) must fit: errors without the request copied back, and room
+    // for a few thousand of them.
+    sock.set_cap_ack(true)?;
+    if let Err(e) =
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &(4 << 20))
+    {
+        warn!(error = %e, "cannot enlarge the FIB writer's receive buffer");
+    }
     let (tx, rx) = mpsc::unbounded_channel::<Vec<FibChange>>();
     tasks::thread(Thread::Fib, move || {
         write_batches(sock, rx, protocol, metric)
@@ -795,6 +823,7 @@ fn write_batches(
             w.prefixes.push((number, prefix));
         }
         w.flush(&sock);
+        crate::routing::rib::FIB_PROGRESS.done.fetch_add(1, Relaxed);
     }
 }
 
@@ -832,24 +861,61 @@ const WRITE_CHUNK: usize = 60 * 1024;
 
 impl Written {
     /// Sends what `buf` holds, then reads the errors the kernel sent back
-    /// and matches them to their prefixes: a refused install stands as
-    /// refused (`fib`) until one of that prefix goes through.
+    /// and matches them to their prefixes, in the order they were asked:
+    /// a refused install stands as refused (`fib`) until one of that
+    /// prefix goes through, or it is removed.
     fn flush(&mut self, sock: &netlink_sys::Socket) {
-        use rtnetlink::packet_core::NetlinkMessage;
         if self.buf.is_empty() {
             return;
         }
-        if let Err(e) = sock.send(&self.buf, 0) {
+        let sent = sock.send(&self.buf, 0);
+        self.buf.clear();
+        if let Err(e) = sent {
+            // Nothing was applied: nothing is known of these prefixes.
             super::fib::count("write-failed");
             warn!(error = %e, "netlink write of route changes failed");
+            self.prefixes.clear();
+            return;
         }
-        self.buf.clear();
-        let mut refused: Vec<(u32, i32)> = Vec::new();
+        let errors = self.read_errors(sock);
+        let now = std::time::Instant::now();
+        for (seq, prefix) in self.prefixes.drain(..) {
+            // A removal of a route already gone is no error.
+            let refused = (seq & 1 == 1).then(|| errors.get(&seq)).flatten();
+            let Some(&errno) = refused else {
+                super::fib::clear(std::iter::once(prefix));
+                continue;
+            };
+            let times = super::fib::record(prefix, errno);
+            let v = self.budget.line(now);
+            if v.held_back > 0 {
+                warn!(
+                    held_back = v.held_back,
+                    "more routes were refused by the kernel than logged"
+                );
+            }
+            if v.log {
+                warn!(%prefix, error = %std::io::Error::from_raw_os_error(errno), reason = super::fib::errno_name(errno), times, "kernel refused a route; it is tried again");
+            }
+        }
+    }
+
+    /// The kernel's errors for what was sent, by sequence number.
+    fn read_errors(&mut self, sock: &netlink_sys::Socket) -> std::collections::HashMap<u32, i32> {
+        use rtnetlink::packet_core::NetlinkMessage;
+        let mut errors = std::collections::HashMap::new();
         loop {
             self.reply.clear();
             match sock.recv(&mut self.reply, libc::MSG_DONTWAIT) {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
                 Ok(_) => {}
+                // Errors were lost (the buffer overran): read on; the
+                // scan finds what they were about.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    super::fib::count("errors-lost");
+                    continue;
+                }
+                Err(_) => break,
             }
             let reply = &self.reply;
             let mut at = 0;
@@ -863,39 +929,16 @@ impl Written {
                 if let Ok(m) =
                     NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[at..at + len])
                 {
-                    if let NetlinkPayload::Error(e) = m.payload {
-                        // A removal of a route already gone is no error.
-                        let install = m.header.sequence_number & 1 == 1;
-                        if let (Some(code), true) = (e.code, install) {
-                            refused.push((m.header.sequence_number, -code.get()));
+                    if let (NetlinkPayload::Error(e), n) = (m.payload, m.header.sequence_number) {
+                        if let Some(code) = e.code {
+                            errors.insert(n, -code.get());
                         }
                     }
                 }
                 at += (len + 3) & !3;
             }
         }
-        for &(seq, errno) in &refused {
-            let Some(&(_, prefix)) = self.prefixes.iter().find(|(s, _)| *s == seq) else {
-                continue;
-            };
-            let times = super::fib::record(prefix, errno);
-            let v = self.budget.line(std::time::Instant::now());
-            if v.held_back > 0 {
-                warn!(
-                    held_back = v.held_back,
-                    "more routes were refused by the kernel than logged"
-                );
-            }
-            if v.log {
-                warn!(%prefix, error = %std::io::Error::from_raw_os_error(errno), reason = super::fib::errno_name(errno), times, "kernel refused a route; it is tried again");
-            }
-        }
-        super::fib::clear(
-            self.prefixes
-                .drain(..)
-                .filter(|(s, _)| !refused.iter().any(|(r, _)| r == s))
-                .map(|(_, p)| p),
-        );
+        errors
     }
 }
 

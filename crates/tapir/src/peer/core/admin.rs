@@ -20,6 +20,9 @@ use crate::routing::rib::{ExportView, RibMsg};
 #[derive(Debug)]
 pub struct ExportAsk {
     pub name: String,
+    /// The families negotiated with the peer; empty unless Established
+    /// (then nothing goes out at all).
+    pub families: Vec<bgp::Afi>,
     pub next_hop_v4: Option<String>,
     pub next_hop_v6: Option<String>,
     pub view: oneshot::Receiver<Option<ExportView>>,
@@ -72,8 +75,19 @@ impl PeerCore {
                 .and_then(|i| self.next_hop_self(i, afi))
                 .map(|n| n.to_string())
         };
+        let families = self
+            .established()
+            .map(|i| {
+                let cxt = self.conns[i].session.context();
+                cxt.families
+                    .iter()
+                    .filter_map(|f| f.unicast_afi())
+                    .collect()
+            })
+            .unwrap_or_default();
         Some(ExportAsk {
             name: self.cfg.name.clone(),
+            families,
             next_hop_v4: nh(bgp::Afi::Ipv4),
             next_hop_v6: nh(bgp::Afi::Ipv6),
             view,

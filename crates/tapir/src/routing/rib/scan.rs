@@ -7,15 +7,24 @@ use std::collections::HashSet;
 use bgp::Prefix;
 use tracing::{info, warn};
 
-use super::{FibChange, Outputs, Rib};
+use super::{FibChange, Outputs, Rib, FIB_PROGRESS};
 
 impl Rib {
     /// `present`: the prefixes of our protocol the kernel has. Ours that
     /// are missing (removed by someone, or refused) are installed again;
     /// ones the Loc-RIB no longer has are removed. Not while a restart's
     /// deferral keeps the kernel's old routes.
-    pub(super) fn kernel_scan(&mut self, present: Vec<Prefix>, sink: &mut dyn Outputs) {
-        if !self.fib || !self.ready {
+    pub(super) fn kernel_scan(
+        &mut self,
+        present: Vec<Prefix>,
+        queued: u64,
+        sink: &mut dyn Outputs,
+    ) {
+        // Changes asked since the dump are not in it: another time.
+        let now = FIB_PROGRESS
+            .queued
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if !self.fib || !self.ready || now != queued {
             return;
         }
         let present: HashSet<Prefix> = present.into_iter().collect();
