@@ -241,6 +241,7 @@ impl Outputs for World {
                         "{prefix} removed, never installed"
                     );
                 }
+                FibChange::Settings { .. } => {}
             }
         }
     }

@@ -195,6 +195,9 @@ struct Daemon {
     overrides: crate::northbound::config::Overrides,
     /// The health-checked services' tasks (a reload changes them).
     services: crate::role::health::Services,
+    /// The FIB writer runs (`[kernel] install` at start): `[kernel]`
+    /// changes apply at a reload.
+    fib_running: bool,
     /// Removes the control socket when the daemon ends.
     _control: control::SocketGuard,
 }
@@ -455,11 +458,13 @@ impl Daemon {
             Task::Control,
             serve_control(control_listener, handles.clone()),
         );
+        let fib_running = config.kernel.install;
         Ok(Daemon {
             config,
             config_text: std::fs::read_to_string(config_path).unwrap_or_default(),
             overrides: Default::default(),
             services,
+            fib_running,
             config_path: config_path.to_path_buf(),
             local,
             handles,
@@ -525,7 +530,12 @@ impl Daemon {
     fn config_view(&self) -> control::ConfigView {
         let file = Config::load(&self.config_path).map(|c| self.overrides.apply(c));
         let (pending, error) = match file {
-            Ok(file) => match crate::reload::plan(&self.config, &file, self.local.bfd.is_some()) {
+            Ok(file) => match crate::reload::plan(
+                &self.config,
+                &file,
+                self.local.bfd.is_some(),
+                self.fib_running,
+            ) {
                 Ok(p) => (p, None),
                 Err(e) => (Vec::new(), Some(e.to_string())),
             },
@@ -553,7 +563,12 @@ impl Daemon {
         let file = self
             .overrides
             .apply(Config::parse(&text, &self.config_path)?);
-        let changes = crate::reload::plan(&self.config, &file, self.local.bfd.is_some())?;
+        let changes = crate::reload::plan(
+            &self.config,
+            &file,
+            self.local.bfd.is_some(),
+            self.fib_running,
+        )?;
         let report = crate::reload::Report { dry_run, changes };
         if dry_run {
             return Ok(report);
@@ -567,6 +582,7 @@ impl Daemon {
             &self.local,
             h.role.as_ref(),
             &mut self.services,
+            self.fib_running,
         )
         .await
         .map(|()| report);
@@ -1001,11 +1017,12 @@ async fn reload(
     local: &Arc<DaemonHandles>,
     role: Option<&mpsc::Sender<RoleMsg>>,
     services: &mut crate::role::health::Services,
+    fib_running: bool,
 ) -> Result<(), ReloadError> {
     for w in new.warnings() {
         warn!("reload: {w}");
     }
-    let new = crate::reload::effective(current, new);
+    let new = crate::reload::effective(current, new, fib_running);
     // The VM side first: it is the part that can still refuse the file.
     if let Some(role) = role {
         let (tx, rx) = oneshot::channel();
@@ -1033,6 +1050,20 @@ async fn reload(
         current.announce.iter().collect(),
         new.announce.iter().collect(),
     );
+    let (k0, k1) = (&current.kernel, &new.kernel);
+    if k0 != k1 {
+        // The Loc-RIB reinstalls, removes or reshapes our routes; the FIB
+        // writer removes each one's route under the old protocol and
+        // metric right after its new one is in.
+        let rekey = (k0.protocol != k1.protocol || k0.metric != k1.metric)
+            .then_some((k1.protocol, k1.metric));
+        let _ = local.rib.send(crate::routing::rib::RibMsg::Kernel {
+            install: k1.install,
+            multipath: k1.multipath,
+            rekey,
+        });
+        crate::southbound::fib::set_scan(k1.protocol, k1.scan_interval);
+    }
     let _ = local.rib.send(crate::routing::rib::RibMsg::Local {
         announce: now.difference(&old).map(|p| **p).collect(),
         withdraw: old.difference(&now).map(|p| **p).collect(),

@@ -64,9 +64,9 @@ enum Command {
     },
     /// Read the config file again and apply it as a diff (also on
     /// SIGHUP): prints each change and what it did. Neighbors are added,
-    /// removed or reset; `announce`, [[service]], policies, VM groups and
-    /// the inventory change without resetting sessions; router-id,
-    /// local-as, listen, [kernel], [metrics], [drain] and [gateway] wait
+    /// removed or reset; `announce`, [[service]], [kernel], policies, VM
+    /// groups and the inventory change without resetting sessions;
+    /// router-id, local-as, listen, [metrics], [drain] and [gateway] wait
     /// for a restart. A bad file changes nothing. Exits 2 when changes wait for
     /// a restart, 1 on an error.
     Reload {

@@ -84,7 +84,14 @@ pub enum Refusal {
 /// Every difference between `running` and `file`, with its effect.
 /// `bfd_running`: whether the BFD task was started (it is only started
 /// when some session wants BFD at start).
-pub fn plan(running: &Config, file: &Config, bfd_running: bool) -> Result<Vec<Change>, Refusal> {
+/// `fib_running`: whether the FIB writer was started (`[kernel] install`
+/// at start); without it, `[kernel]` waits for a restart.
+pub fn plan(
+    running: &Config,
+    file: &Config,
+    bfd_running: bool,
+    fib_running: bool,
+) -> Result<Vec<Change>, Refusal> {
     if file.gateway.is_some() != running.gateway.is_some() {
         return Err(Refusal::RoleChanged);
     }
@@ -134,7 +141,11 @@ pub fn plan(running: &Config, file: &Config, bfd_running: bool) -> Result<Vec<Ch
         if a.multipath != b.multipath {
             d.push(format!("multipath {} → {}", a.multipath, b.multipath));
         }
-        change(format!("[kernel] {}", d.join(", ")), restart);
+        let effect = match fib_running {
+            true => Effect::Applied,
+            false => restart,
+        };
+        change(format!("[kernel] {}", d.join(", ")), effect);
     }
     if file.metrics != running.metrics {
         change(
@@ -343,11 +354,13 @@ pub fn session_changed(a: &Neighbor, b: &Neighbor) -> bool {
 
 /// The config that runs after a reload: the file's, except what needs a
 /// restart, which keeps its running value (and stays pending).
-pub fn effective(running: &Config, mut file: Config) -> Config {
+pub fn effective(running: &Config, mut file: Config, fib_running: bool) -> Config {
+    if !fib_running {
+        file.kernel = running.kernel.clone();
+    }
     file.router_id = running.router_id;
     file.local_as = running.local_as;
     file.listen = running.listen.clone();
-    file.kernel = running.kernel.clone();
     file.metrics = running.metrics;
     file.state_dir = running.state_dir.clone();
     file.drain = running.drain;
@@ -376,7 +389,7 @@ remote-as = 65020
 
     #[test]
     fn an_unchanged_file_changes_nothing() {
-        assert_eq!(plan(&load(BASE), &load(BASE), false), Ok(vec![]));
+        assert_eq!(plan(&load(BASE), &load(BASE), false, true), Ok(vec![]));
     }
 
     #[test]
@@ -386,13 +399,13 @@ remote-as = 65020
             .replace("192.0.2.0/24", "198.51.100.0/24")
             .replace("65020", "65021")
             + "[[neighbor]]\nname = \"tor-b\"\naddress = \"10.0.0.3\"\nremote-as = 65020\n[kernel]\nmetric = 30\n";
-        let p = plan(&load(BASE), &load(&new), false).unwrap();
+        let p = plan(&load(BASE), &load(&new), false, true).unwrap();
         let text: Vec<String> = p.iter().map(|c| c.to_string()).collect();
         assert_eq!(
             text,
             [
                 "router-id 10.0.0.1 → 10.0.0.9: NEEDS A RESTART of tapir",
-                "[kernel] metric 180 → 30: NEEDS A RESTART of tapir",
+                "[kernel] metric 180 → 30: applied, no session reset",
                 "announce 198.51.100.0/24: announced: applied, no session reset",
                 "announce 192.0.2.0/24: withdrawn: applied, no session reset",
                 "neighbor tor-v4: address, port, AS, families, keys or TTL: its session resets",
@@ -404,9 +417,9 @@ remote-as = 65020
     #[test]
     fn what_needs_a_restart_keeps_running_and_stays_pending() {
         let (running, file) = (load(BASE), load(&BASE.replace("10.0.0.1", "10.0.0.9")));
-        let now = effective(&running, file.clone());
+        let now = effective(&running, file.clone(), true);
         assert_eq!(now.router_id, running.router_id);
-        let again = plan(&now, &file, false).unwrap();
+        let again = plan(&now, &file, false, true).unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].effect, Effect::NeedsRestart);
     }
@@ -419,7 +432,7 @@ remote-as = 65020
         let moved = "router-id = \"10.0.0.1\"\nlocal-as = 64612\nannounce = [\"10.3.0.1/32\"]\n\
             [gateway]\nremote-as = 64612\n";
         let (running, file) = (load(guest), load(moved));
-        let p: Vec<String> = plan(&running, &file, false)
+        let p: Vec<String> = plan(&running, &file, false, true)
             .unwrap()
             .iter()
             .map(|c| c.to_string())
@@ -431,7 +444,7 @@ remote-as = 65020
                 "announce 10.3.0.1/32: announced: applied, no session reset",
             ]
         );
-        let now = effective(&running, file);
+        let now = effective(&running, file, true);
         assert!(now.services.is_empty() && now.announce.len() == 1);
     }
 
@@ -439,7 +452,7 @@ remote-as = 65020
     fn a_role_change_is_refused() {
         let guest = format!("{BASE}[gateway]\nremote-as = 64612\n");
         assert_eq!(
-            plan(&load(BASE), &load(&guest), false),
+            plan(&load(BASE), &load(&guest), false, true),
             Err(Refusal::RoleChanged)
         );
     }

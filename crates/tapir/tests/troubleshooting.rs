@@ -302,13 +302,14 @@ fn reload_says_what_it_will_do_and_what_waits_for_a_restart() {
         tor::Tor::Bird(b) => b,
         _ => unreachable!(),
     };
-    let _vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
+    let vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     let base = example();
     let cfg = lab.write("hv1/tapir.toml", &base);
     let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
     let (v4, _) = reference::hv_addresses("hv1");
     wait_for(WAIT, || tor.route("10.3.0.1/32")).unwrap_or_else(|| panic!("{}", lab.all_logs()));
     let session = tor_session(&tor, &v4).unwrap();
+    let vm_since = vm.since_ms("bgp1");
 
     // A new `announce`: the dry run names it and changes nothing.
     let announcing = base.replace(
@@ -369,6 +370,26 @@ fn reload_says_what_it_will_do_and_what_waits_for_a_restart() {
         tor.route("198.51.100.0/24").is_none().then_some(())
     })
     .unwrap_or_else(|| panic!("{}", lab.all_logs()));
+
+    // A group added before the VMs' own: their sessions are untouched.
+    let grouped = base.replacen(
+        "[[group]]\n",
+        "[[group]]\nname = \"other\"\ninterfaces = [\"vnet*\"]\nranges = [\"10.250.0.0/24\"]\n\
+         remote-as = \"external\"\nimport = \"BGP-FROM-VMS\"\n\n[[group]]\n",
+        1,
+    );
+    assert_ne!(grouped, base);
+    std::fs::write(&cfg, &grouped).unwrap();
+    let (code, out, err) = t.cli_code(&["reload"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("group other added"), "{out}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        lab::bird::same_instant(vm.since_ms("bgp1"), vm_since),
+        "the VM's session was reset: {:?}",
+        vm.protocol("bgp1")
+    );
+    assert!(tor.route("10.3.0.1/32").is_some());
 }
 
 /// The prefixes tor's BIRD holds from one of its protocols.
@@ -654,4 +675,59 @@ fn a_restart_by_sigterm_keeps_the_prefix_at_tor_and_in_the_kernel() {
     assert!(t2.json("peers").as_array().is_some());
     // The VM's session was made anew (tapir's side restarted).
     assert!(!lab::bird::same_instant(vm.since_ms("bgp1"), vm_since));
+}
+
+#[test]
+fn a_reload_moves_our_kernel_routes_to_a_new_protocol_and_metric() {
+    let mut lab = reference::standard(&[11]);
+    let bird_tor = tor::start(&mut lab, Kind::Bird);
+    let _vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
+    let base = example();
+    let cfg = lab.write("hv1/tapir.toml", &base);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    wait_for(WAIT, || kernel_route(&lab, "10.3.0.1/32", "180"))
+        .unwrap_or_else(|| panic!("{}", lab.all_logs()));
+
+    // Another protocol and metric: the route moves, nothing stays behind.
+    let moved = base.replace(
+        "protocol = \"tapir\"\nmetric = 180\n",
+        "protocol = \"181\"\nmetric = 190\n",
+    );
+    assert_ne!(moved, base);
+    std::fs::write(&cfg, &moved).unwrap();
+    let (code, out, err) = t.cli_code(&["reload"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("[kernel] protocol 180 → 181, metric 180 → 190: applied"),
+        "{out}"
+    );
+    let now = wait_for(WAIT, || kernel_route(&lab, "10.3.0.1/32", "181"))
+        .unwrap_or_else(|| panic!("{}", lab.log(&t.log)));
+    assert!(now.contains("metric 190"), "{now}");
+    wait_for(WAIT, || {
+        kernel_route(&lab, "10.3.0.1/32", "180")
+            .is_none()
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the old route stayed\n{}", lab.log(&t.log)));
+    assert!(bird_tor.route("10.3.0.1/32").is_some());
+
+    // Install off: our routes leave the kernel, not tor; on: back.
+    let off = moved.replace("install = true", "install = false");
+    assert_ne!(off, moved);
+    std::fs::write(&cfg, &off).unwrap();
+    let (code, out, err) = t.cli_code(&["reload"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    wait_for(WAIT, || {
+        kernel_route(&lab, "10.3.0.1/32", "181")
+            .is_none()
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", lab.log(&t.log)));
+    assert!(bird_tor.route("10.3.0.1/32").is_some());
+    std::fs::write(&cfg, &moved).unwrap();
+    let (code, out, err) = t.cli_code(&["reload"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    wait_for(WAIT, || kernel_route(&lab, "10.3.0.1/32", "181"))
+        .unwrap_or_else(|| panic!("{}", lab.log(&t.log)));
 }

@@ -214,6 +214,16 @@ impl Hypervisor {
                 } => {
                     let r = self.inventory.replace_config(vms).map_err(RoleError::from);
                     if r.is_ok() {
+                        // Sessions know their group by position: the same
+                        // group by name keeps its sessions when groups are
+                        // added, removed or reordered (a removed one's get
+                        // no position, and end).
+                        for d in self.sessions.values_mut() {
+                            let name = self.groups.get(d.group).map(|g| &g.name);
+                            d.group = name
+                                .and_then(|n| groups.iter().position(|g| g.name == *n))
+                                .unwrap_or(usize::MAX);
+                        }
                         self.groups = groups;
                         self.protected = protected.into();
                         self.registration_grace = registration_grace;
@@ -814,7 +824,7 @@ impl Hypervisor {
                     }
                     .into(),
                     interface: ifname.clone(),
-                    group: Some(self.groups[d.group].name.clone()),
+                    group: self.groups.get(d.group).map(|g| g.name.clone()),
                     addresses: Vec::new(),
                     allowed: match &d.policy.entry {
                         Some((_, p)) => p.iter().map(|p| p.to_string()).collect(),

@@ -413,6 +413,13 @@ pub enum RibMsg {
         present: Vec<Prefix>,
         queued: u64,
     },
+    /// A reload changed `[kernel]`: install or not, ECMP or not, and
+    /// (`rekey`) every route again with a new protocol and metric.
+    Kernel {
+        install: bool,
+        multipath: bool,
+        rekey: Option<(u8, u32)>,
+    },
     /// The restart deferral is over (RFC 4724 §4.1).
     DeferralOver,
     /// Time to drop the attribute sets of a table that shrank (sent by
@@ -559,6 +566,12 @@ pub enum FibChange {
     },
     Remove {
         prefix: Prefix,
+    },
+    /// From here on, routes go in with this protocol and metric (a
+    /// reload changed `[kernel]`).
+    Settings {
+        protocol: u8,
+        metric: u32,
     },
 }
 
@@ -1237,6 +1250,11 @@ impl Rib {
                 let _ = reply.send(self.show_export(peer, prefix));
             }
             RibMsg::KernelScan { present, queued } => self.kernel_scan(present, queued, sink),
+            RibMsg::Kernel {
+                install,
+                multipath,
+                rekey,
+            } => self.kernel_settings(install, multipath, rekey, sink),
             RibMsg::Stats(tx) => {
                 let _ = tx.send(RibStats {
                     prefixes: self.table.len(),

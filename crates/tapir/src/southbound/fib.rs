@@ -115,6 +115,16 @@ pub fn by_reason() -> BTreeMap<&'static str, u64> {
     BY_REASON.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// The scan's protocol and interval (seconds), which a reload changes.
+static SCAN_PROTOCOL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static SCAN_EVERY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(60);
+
+/// What the scan looks for, and how often (a reload of `[kernel]`).
+pub fn set_scan(protocol: u8, every: Duration) {
+    SCAN_PROTOCOL.store(protocol, Relaxed);
+    SCAN_EVERY.store(every.as_secs().max(1), Relaxed);
+}
+
 /// The first retry of a refused install; it doubles up to the interval.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 
@@ -136,6 +146,11 @@ impl Schedule {
             since: Duration::ZERO,
             overruns,
         }
+    }
+
+    /// A new interval (a reload).
+    pub fn set_every(&mut self, every: Duration) {
+        self.every = every;
     }
 
     /// One more second passed; whether to scan now.
@@ -160,6 +175,7 @@ impl Schedule {
 /// Starts the scanner: the kernel's routes of `protocol` go to the
 /// Loc-RIB (`RibMsg::KernelScan`) when the schedule says.
 pub fn spawn_scanner(protocol: u8, every: Duration, rib: mpsc::UnboundedSender<RibMsg>) {
+    set_scan(protocol, every);
     tasks::spawn(Task::KernelScan, async move {
         let handle = match rtnetlink::new_connection() {
             Ok((conn, handle, _)) => {
@@ -178,6 +194,8 @@ pub fn spawn_scanner(protocol: u8, every: Duration, rib: mpsc::UnboundedSender<R
         let mut due = false;
         loop {
             tokio::time::sleep(tick).await;
+            s.set_every(Duration::from_secs(SCAN_EVERY.load(Relaxed)));
+            let protocol = SCAN_PROTOCOL.load(Relaxed);
             due |= s.tick(tick, stats.overruns.load(Relaxed), refused_now() > 0);
             // Only while the writer is idle: what is still queued is not
             // missing (a table transfer would be installed twice).

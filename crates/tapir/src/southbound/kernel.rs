@@ -758,6 +758,7 @@ fn change_message(ch: &FibChange, protocol: u8, metric: u32) -> Option<(RouteNet
                 NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE,
             ))
         }
+        FibChange::Settings { .. } => None,
         FibChange::Remove { prefix } => {
             // Scope "nowhere" matches a route of any scope, as `ip route
             // del` does (a route without a gateway has scope link); no
@@ -779,10 +780,9 @@ fn change_message(ch: &FibChange, protocol: u8, metric: u32) -> Option<(RouteNet
 fn write_batches(
     sock: netlink_sys::Socket,
     mut rx: mpsc::UnboundedReceiver<Vec<FibChange>>,
-    protocol: u8,
-    metric: u32,
+    mut protocol: u8,
+    mut metric: u32,
 ) {
-    use rtnetlink::packet_core::{NetlinkHeader, NetlinkMessage};
     // Sequence numbers: odd for installs, even for removals, so that an
     // error says which it was.
     let mut seq: u32 = 0;
@@ -793,13 +793,26 @@ fn write_batches(
         budget: Default::default(),
     };
     while let Some(batch) = rx.blocking_recv() {
+        // A reload's new protocol and metric: the batch reinstalls every
+        // route, and each one's route under the old ones goes after it.
+        let mut old: Option<(u8, u32)> = None;
         for ch in &batch {
+            if let FibChange::Settings {
+                protocol: p,
+                metric: m,
+            } = ch
+            {
+                old = Some((protocol, metric)).filter(|o| *o != (*p, *m));
+                (protocol, metric) = (*p, *m);
+                continue;
+            }
             let Some((msg, flags)) = change_message(ch, protocol, metric) else {
                 continue;
             };
             let (install, prefix) = match ch {
                 FibChange::Install { prefix, .. } => (true, *prefix),
                 FibChange::Remove { prefix } => (false, *prefix),
+                FibChange::Settings { .. } => continue,
             };
             if install {
                 KERNEL_STATS.installs.fetch_add(1, Relaxed);
@@ -807,20 +820,22 @@ fn write_batches(
                 KERNEL_STATS.removals.fetch_add(1, Relaxed);
             }
             seq = seq.wrapping_add(1);
-            let mut header = NetlinkHeader::default();
-            header.flags = flags;
             let number = (seq << 1) | install as u32;
-            header.sequence_number = number;
-            let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-            m.finalize();
-            let len = m.buffer_len();
-            if w.buf.len() + len > WRITE_CHUNK {
-                w.flush(&sock);
-            }
-            let at = w.buf.len();
-            w.buf.resize(at + len, 0);
-            m.serialize(&mut w.buf[at..]);
+            w.push(&sock, msg, flags, number);
             w.prefixes.push((number, prefix));
+            if let (true, Some((op, om))) = (install, old) {
+                // Same protocol and metric: replaced in place, and this
+                // finds nothing (a removal's error is no error).
+                let mut gone = route_message(&prefix, op, om);
+                gone.header.scope = rtnetlink::packet_route::route::RouteScope::NoWhere;
+                seq = seq.wrapping_add(1);
+                w.push(
+                    &sock,
+                    RouteNetlinkMessage::DelRoute(gone),
+                    rtnetlink::packet_core::NLM_F_REQUEST,
+                    seq << 1,
+                );
+            }
         }
         w.flush(&sock);
         crate::routing::rib::FIB_PROGRESS.done.fetch_add(1, Relaxed);
@@ -860,6 +875,30 @@ struct Written {
 const WRITE_CHUNK: usize = 60 * 1024;
 
 impl Written {
+    /// Adds one request to `buf`, sending what is there first if it would
+    /// not fit.
+    fn push(
+        &mut self,
+        sock: &netlink_sys::Socket,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        number: u32,
+    ) {
+        use rtnetlink::packet_core::{NetlinkHeader, NetlinkMessage};
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = number;
+        let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        m.finalize();
+        let len = m.buffer_len();
+        if self.buf.len() + len > WRITE_CHUNK {
+            self.flush(sock);
+        }
+        let at = self.buf.len();
+        self.buf.resize(at + len, 0);
+        m.serialize(&mut self.buf[at..]);
+    }
+
     /// Sends what `buf` holds, then reads the errors the kernel sent back
     /// and matches them to their prefixes, in the order they were asked:
     /// a refused install stands as refused (`fib`) until one of that

@@ -112,6 +112,10 @@ impl Outputs for Collected {
                     self.lines.push(format!("< kernel: remove {prefix}"));
                     self.kernel.remove(&prefix);
                 }
+                FibChange::Settings { protocol, metric } => {
+                    self.lines
+                        .push(format!("< kernel: protocol {protocol} metric {metric}"));
+                }
             }
         }
     }
@@ -574,4 +578,44 @@ fn a_question_is_answered_after_what_came_before_it() {
     let shown = rx.try_recv().unwrap();
     assert_eq!(shown.len(), 1);
     assert!(shown[0].installed);
+}
+
+#[test]
+fn a_reloaded_kernel_section_reshapes_and_rekeys_our_routes() {
+    let mut h = H::new(false);
+    let (a, b) = (vm(1, 11), vm(2, 12));
+    h.announce(&a, &["10.3.0.53/32"], vm_attrs());
+    h.announce(&b, &["10.3.0.53/32"], vm_attrs());
+    assert_eq!(h.kernel(), ["10.3.0.53/32 via 10.192.24.11 dev Some(11)"]);
+    let kernel = |install, multipath, rekey| RibMsg::Kernel {
+        install,
+        multipath,
+        rekey,
+    };
+    // multipath on: one ECMP route.
+    h.apply("multipath on", kernel(true, true, None));
+    assert_eq!(
+        h.kernel(),
+        ["10.3.0.53/32 via 10.192.24.11 dev Some(11), via 10.192.24.12 dev Some(12)"]
+    );
+    // A new protocol and metric: the settings, then every route again.
+    h.apply(
+        "protocol 181 metric 190",
+        kernel(true, true, Some((181, 190))),
+    );
+    let text = h.text();
+    let tail: Vec<&str> = text.lines().rev().take(2).collect();
+    assert_eq!(
+        tail,
+        [
+            "< kernel: install 10.3.0.53/32 via 10.192.24.11 dev Some(11), via 10.192.24.12 dev Some(12)",
+            "< kernel: protocol 181 metric 190",
+        ],
+        "{text}"
+    );
+    // install off: out of the kernel; on: back.
+    h.apply("install off", kernel(false, true, None));
+    assert!(h.kernel().is_empty());
+    h.apply("install on", kernel(true, true, None));
+    assert_eq!(h.kernel().len(), 1);
 }

@@ -61,4 +61,60 @@ impl Rib {
         }
         sink.fib(ops);
     }
+
+    /// A reload's `[kernel]`: the routes again under a new protocol and
+    /// metric (the old ones are removed by the daemon once these are in),
+    /// all of them out (`install` off) or in again (on), each prefix's
+    /// hops again for a changed `multipath`.
+    pub(super) fn kernel_settings(
+        &mut self,
+        install: bool,
+        multipath: bool,
+        rekey: Option<(u8, u32)>,
+        sink: &mut dyn Outputs,
+    ) {
+        if let Some((protocol, metric)) = rekey {
+            let mut ops = vec![FibChange::Settings { protocol, metric }];
+            ops.extend(
+                self.installed
+                    .iter()
+                    .filter(|(_, hops)| !hops.is_empty())
+                    .map(|(prefix, hops)| FibChange::Install {
+                        prefix,
+                        hops: hops.clone(),
+                    }),
+            );
+            info!(
+                protocol,
+                metric,
+                routes = ops.len() - 1,
+                "kernel: our routes go in again with a new protocol and metric"
+            );
+            sink.fib(ops);
+        }
+        let all: Vec<Prefix> = self.table.iter().map(|(p, _)| p).collect();
+        if install != self.fib {
+            if install {
+                self.fib = true;
+                self.sync_fib(all.iter().copied(), sink);
+            } else {
+                let ops: Vec<FibChange> = self
+                    .installed
+                    .iter()
+                    .map(|(prefix, _)| FibChange::Remove { prefix })
+                    .collect();
+                self.installed = Default::default();
+                self.fib = false;
+                info!(
+                    routes = ops.len(),
+                    "kernel: install turned off, our routes removed"
+                );
+                sink.fib(ops);
+            }
+        }
+        if multipath != self.multipath {
+            self.multipath = multipath;
+            self.sync_fib(all.into_iter(), sink);
+        }
+    }
 }
