@@ -21,6 +21,14 @@ fn example() -> String {
     .unwrap()
 }
 
+/// tor with BIRD, as its own type (its protocols are asked directly).
+fn bird_tor(lab: &mut Lab) -> lab::bird::Bird {
+    match tor::start(lab, Kind::Bird) {
+        tor::Tor::Bird(b) => b,
+        _ => unreachable!(),
+    }
+}
+
 fn rows(v: &Value) -> Vec<Value> {
     v.as_array().cloned().unwrap_or_default()
 }
@@ -28,11 +36,7 @@ fn rows(v: &Value) -> Vec<Value> {
 #[test]
 fn the_demo_shows_one_row_per_session_and_the_rest_as_probes() {
     let mut lab = reference::standard(&[11, 12, 13]);
-    let tor = tor::start(&mut lab, Kind::Bird);
-    let tor = match tor {
-        tor::Tor::Bird(b) => b,
-        _ => unreachable!(),
-    };
+    let tor = bird_tor(&mut lab);
     let vms = [
         lab.bird(
             "vm11",
@@ -207,10 +211,7 @@ fn imported(b: &lab::bird::Bird, protocol: &str) -> u64 {
 #[test]
 fn neighbor_commands_act_on_that_session_alone() {
     let mut lab = reference::standard(&[11]);
-    let tor = match tor::start(&mut lab, Kind::Bird) {
-        tor::Tor::Bird(b) => b,
-        _ => unreachable!(),
-    };
+    let tor = bird_tor(&mut lab);
     let vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     let cfg = lab.write("hv1/tapir.toml", &example());
     let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
@@ -298,10 +299,7 @@ fn neighbor_commands_act_on_that_session_alone() {
 #[test]
 fn reload_says_what_it_will_do_and_what_waits_for_a_restart() {
     let mut lab = reference::standard(&[11]);
-    let tor = match tor::start(&mut lab, Kind::Bird) {
-        tor::Tor::Bird(b) => b,
-        _ => unreachable!(),
-    };
+    let tor = bird_tor(&mut lab);
     let vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
     let base = example();
     let cfg = lab.write("hv1/tapir.toml", &base);

@@ -585,20 +585,33 @@ fn route_message(prefix: &Prefix, protocol: u8, metric: u32) -> RouteMessage {
     }
 }
 
-/// Every route of our protocol in the kernel (both families).
-async fn dump_ours(handle: &rtnetlink::Handle, protocol: u8) -> Vec<RouteMessage> {
-    let mut out = Vec::new();
+/// Every route of our protocol in the kernel (both families), to `f` as
+/// the dump streams in; an error rather than a partial dump.
+async fn each_of_ours(
+    handle: &rtnetlink::Handle,
+    protocol: u8,
+    mut f: impl FnMut(RouteMessage),
+) -> Result<(), rtnetlink::Error> {
     for v in [IpVersion::V4, IpVersion::V6] {
         let msg = match v {
             IpVersion::V4 => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
             IpVersion::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
         };
         let mut routes = handle.route().get(msg).execute();
-        while let Ok(Some(m)) = routes.try_next().await {
+        while let Some(m) = routes.try_next().await? {
             if u8::from(m.header.protocol) == protocol {
-                out.push(m);
+                f(m);
             }
         }
+    }
+    Ok(())
+}
+
+/// Every route of our protocol in the kernel (both families).
+async fn dump_ours(handle: &rtnetlink::Handle, protocol: u8) -> Vec<RouteMessage> {
+    let mut out = Vec::new();
+    if let Err(e) = each_of_ours(handle, protocol, |m| out.push(m)).await {
+        warn!(error = %e, "route dump failed part-way");
     }
     out
 }
@@ -621,28 +634,17 @@ pub(crate) async fn our_prefixes(
     protocol: u8,
 ) -> Result<Vec<Prefix>, rtnetlink::Error> {
     let mut out = Vec::new();
-    for v in [IpVersion::V4, IpVersion::V6] {
-        let msg = match v {
-            IpVersion::V4 => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-            IpVersion::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        };
-        let mut routes = handle.route().get(msg).execute();
-        while let Some(m) = routes.try_next().await? {
-            if u8::from(m.header.protocol) != protocol {
-                continue;
-            }
-            let dst = m.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
-                RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
-                _ => None,
-            });
-            if let Some(p) =
-                dst.and_then(|d| Prefix::new(d, m.header.destination_prefix_length).ok())
-            {
-                out.push(p);
-            }
+    each_of_ours(handle, protocol, |m| {
+        let dst = m.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+            _ => None,
+        });
+        if let Some(p) = dst.and_then(|d| Prefix::new(d, m.header.destination_prefix_length).ok()) {
+            out.push(p);
         }
-    }
+    })
+    .await?;
     Ok(out)
 }
 
