@@ -76,7 +76,7 @@ fn main() -> ExitCode {
             .sum::<usize>();
         (n == 5 && routes == 4).then_some(())
     });
-    println!("\n$ tapir show peers   # VM addresses with no BGP speaker behind them stay Active");
+    println!("\n$ tapir show peers   # one row per session; --all adds the VM addresses that are only probed");
     println!("{}", t.show(&["peers"]));
     println!("$ tapir show routes\n{}", t.show(&["routes"]));
     println!("$ tapir show vms\n{}", t.show(&["vms"]));
