@@ -700,23 +700,34 @@ impl<'a> Exporter<'a> {
     /// arrived with (RFC 1997): NO_ADVERTISE to nobody, NO_EXPORT and
     /// NO_EXPORT_SUBCONFED to no external neighbor.
     fn barred(&self, b: &Path) -> bool {
+        self.bar(b).is_some()
+    }
+
+    /// What bars `b` (see `barred`), if anything, as `show routes --why`
+    /// says it.
+    fn bar(&self, b: &Path) -> Option<&'static str> {
         if b.peer.as_ref().is_some_and(|q| q.id == self.peer) {
-            return true;
+            return Some("it came from this neighbor");
         }
         let communities = &b.attrs().communities;
-        if !communities.is_empty()
-            && communities.iter().any(|&c| {
-                c == NO_ADVERTISE || self.ebgp && (c == NO_EXPORT || c == NO_EXPORT_SUBCONFED)
-            })
-        {
-            return true;
+        if !communities.is_empty() {
+            if communities.contains(&NO_ADVERTISE) {
+                return Some("it carries NO_ADVERTISE");
+            }
+            if self.ebgp
+                && communities
+                    .iter()
+                    .any(|&c| c == NO_EXPORT || c == NO_EXPORT_SUBCONFED)
+            {
+                return Some("it carries NO_EXPORT, and this neighbor is external");
+            }
         }
         if let (Some(asn), Some(path)) = (self.asn, &b.attrs().as_path) {
             if path.segments.iter().any(|s| s.asns().contains(&asn)) {
-                return true;
+                return Some("the neighbor's AS is in its AS path");
             }
         }
-        self.drain(b) == Some(DrainState::Withdrawn)
+        (self.drain(b) == Some(DrainState::Withdrawn)).then_some("its VM is drained (withdrawn)")
     }
 
     fn drain(&self, b: &Path) -> Option<DrainState> {

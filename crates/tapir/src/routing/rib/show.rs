@@ -9,9 +9,7 @@ use bgp::{PathAttributes, Prefix};
 use super::{
     drain_key, DrainState, Exporter, LocRibEntry, Path, PeerId, Rib, Selection, Subscriber,
 };
-use crate::routing::policy::{
-    RouteFacts, GRACEFUL_SHUTDOWN, NO_ADVERTISE, NO_EXPORT, NO_EXPORT_SUBCONFED,
-};
+use crate::routing::policy::{RouteFacts, GRACEFUL_SHUTDOWN};
 
 /// What one neighbor gets (`prefix` given: that prefix only), and why
 /// `prefix` goes out or not.
@@ -113,27 +111,10 @@ impl Exporter<'_> {
     /// Why best path `b` of `p` goes to the neighbor or not, in the
     /// order `attrs` decides it.
     fn why(&self, b: &Path, p: &Prefix) -> String {
-        if b.peer.as_ref().is_some_and(|q| q.id == self.peer) {
-            return "not sent: it came from this neighbor".into();
-        }
-        let communities = &b.attrs().communities;
-        if communities.contains(&NO_ADVERTISE) {
-            return "not sent: it carries NO_ADVERTISE".into();
-        }
-        if self.ebgp
-            && (communities.contains(&NO_EXPORT) || communities.contains(&NO_EXPORT_SUBCONFED))
-        {
-            return "not sent: it carries NO_EXPORT, and this neighbor is external".into();
-        }
-        if let (Some(asn), Some(path)) = (self.asn, &b.attrs().as_path) {
-            if path.segments.iter().any(|s| s.asns().contains(&asn)) {
-                return format!("not sent: the neighbor's AS {asn} is in its AS path");
-            }
+        if let Some(why) = self.bar(b) {
+            return format!("not sent: {why}");
         }
         let drain = self.drain(b);
-        if drain == Some(DrainState::Withdrawn) {
-            return "not sent: its VM is drained (withdrawn)".into();
-        }
         let facts = RouteFacts {
             prefix: p,
             attrs: b.attrs(),
