@@ -487,7 +487,7 @@ fn run(
     state_dir: Option<std::path::PathBuf>,
     socket: &std::path::Path,
 ) -> ExitCode {
-    let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
+    let filter = match log.parse::<tracing_subscriber::filter::Targets>() {
         Ok(f) => f,
         Err(e) => {
             eprintln!("tapir: --log {log:?}: {e}");
@@ -589,11 +589,13 @@ fn vm(rt: &tokio::runtime::Runtime, ctl: &Ctl, what: Vm) -> ExitCode {
 
 /// Logs go to stderr: colours only on a terminal, and no timestamps under
 /// systemd (journald stamps every line itself).
-fn init_logging(filter: tracing_subscriber::EnvFilter, format: LogFormat) {
+fn init_logging(filter: tracing_subscriber::filter::Targets, format: LogFormat) {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(tracing::Level::TRACE)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     match (format, journald) {
@@ -601,9 +603,11 @@ fn init_logging(filter: tracing_subscriber::EnvFilter, format: LogFormat) {
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .finish()
+            .with(filter)
             .init(),
-        (LogFormat::Text, true) => builder.without_time().init(),
-        (LogFormat::Text, false) => builder.init(),
+        (LogFormat::Text, true) => builder.without_time().finish().with(filter).init(),
+        (LogFormat::Text, false) => builder.finish().with(filter).init(),
     }
 }
 
