@@ -2,8 +2,6 @@
 //! asked the kernel for and what the kernel has of our protocol, sent
 //! to the FIB writer again (see `southbound::fib`).
 
-use std::collections::HashSet;
-
 use bgp::Prefix;
 use tracing::{info, warn};
 
@@ -27,23 +25,16 @@ impl Rib {
         if !self.fib || !self.ready || now != queued {
             return;
         }
-        let present: HashSet<Prefix> = present.into_iter().collect();
-        let mut ops: Vec<FibChange> = self
-            .installed
-            .iter()
-            .filter(|(p, hops)| !hops.is_empty() && !present.contains(p))
+        let (missing, extra) = compare(self.installed.iter(), present);
+        let mut ops: Vec<FibChange> = missing
+            .into_iter()
             .map(|(prefix, hops)| FibChange::Install {
                 prefix,
                 hops: hops.clone(),
             })
             .collect();
         let missing = ops.len();
-        ops.extend(
-            present
-                .iter()
-                .filter(|p| !self.installed.contains_key(p))
-                .map(|p| FibChange::Remove { prefix: *p }),
-        );
+        ops.extend(extra.into_iter().map(|prefix| FibChange::Remove { prefix }));
         let extra = ops.len() - missing;
         if ops.is_empty() {
             return;
@@ -116,5 +107,102 @@ impl Rib {
             self.multipath = multipath;
             self.sync_fib(all.into_iter(), sink);
         }
+    }
+}
+
+/// What the Loc-RIB installed (`installed`, in prefix order, as the prefix
+/// map iterates; an entry without hops is not in the kernel) against what
+/// the kernel has: the entries it lacks, and its prefixes that are not
+/// ours. One sort and one walk of both: a scan of a full table hashes
+/// nothing.
+fn compare<'a, H, V: std::ops::Deref<Target = [H]> + 'a>(
+    installed: impl Iterator<Item = (Prefix, &'a V)>,
+    mut present: Vec<Prefix>,
+) -> (Vec<(Prefix, &'a V)>, Vec<Prefix>) {
+    present.sort_unstable();
+    present.dedup();
+    let mut kernel = present.into_iter().peekable();
+    let (mut missing, mut extra) = (Vec::new(), Vec::new());
+    for (prefix, v) in installed {
+        while let Some(k) = kernel.next_if(|k| *k < prefix) {
+            extra.push(k);
+        }
+        let there = kernel.next_if_eq(&prefix).is_some();
+        if !there && !v.is_empty() {
+            missing.push((prefix, v));
+        }
+    }
+    extra.extend(kernel);
+    (missing, extra)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::prefix_map::PrefixMap;
+    use std::collections::HashSet;
+
+    #[test]
+    fn compare_finds_what_a_set_difference_finds() {
+        // A deterministic mix of IPv4 and IPv6 prefixes, some installed
+        // without hops, some only in the kernel, some in both.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut installed: PrefixMap<Vec<u8>> = PrefixMap::default();
+        let mut present = Vec::new();
+        for _ in 0..5000 {
+            let r = next();
+            let p = if r % 3 == 0 {
+                Prefix::new(
+                    std::net::Ipv6Addr::from(u128::from(r) << 64).into(),
+                    (r % 129) as u8,
+                )
+            } else {
+                Prefix::new(
+                    std::net::Ipv4Addr::from((r >> 8) as u32).into(),
+                    (r % 33) as u8,
+                )
+            }
+            .unwrap();
+            match r % 5 {
+                0 => present.push(p),
+                1 => {
+                    installed.insert(p, Vec::new());
+                }
+                2 => {
+                    installed.insert(p, vec![1]);
+                }
+                _ => {
+                    installed.insert(p, vec![1]);
+                    present.push(p);
+                    present.push(p);
+                }
+            }
+        }
+        let set: HashSet<Prefix> = present.iter().copied().collect();
+        let mut want_missing: Vec<Prefix> = installed
+            .iter()
+            .filter(|(p, h)| !h.is_empty() && !set.contains(p))
+            .map(|(p, _)| p)
+            .collect();
+        let mut want_extra: Vec<Prefix> = set
+            .iter()
+            .filter(|p| !installed.contains_key(p))
+            .copied()
+            .collect();
+        let (missing, extra) = compare(installed.iter(), present);
+        let mut missing: Vec<Prefix> = missing.into_iter().map(|(p, _)| p).collect();
+        let mut extra = extra;
+        for v in [&mut want_missing, &mut want_extra, &mut missing, &mut extra] {
+            v.sort();
+        }
+        assert!(!want_missing.is_empty() && !want_extra.is_empty());
+        assert_eq!(missing, want_missing);
+        assert_eq!(extra, want_extra);
     }
 }
