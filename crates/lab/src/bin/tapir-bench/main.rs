@@ -19,6 +19,10 @@
 //! kernel table instead (routes/s into the FIB; GoBGP has no FIB of its
 //! own): when the last prefix sent is routed (`ip route get`), if a count
 //! of the table right after finds all N, else at the first count that does.
+//! Then the daemon idles for 30 s with the routes installed, scanning its
+//! kernel table every 10 s (tapir's `scan-interval`, BIRD's `scan time`),
+//! and the CPU it spends meanwhile is printed: what keeping a full kernel
+//! table checked costs.
 //!
 //! The injector and the receiver are this same program (`inject`, `sink`)
 //! run inside their namespaces: our codec, UPDATEs encoded before the clock
@@ -423,7 +427,15 @@ struct Result {
     settled_mib: f64,
     /// Withdrawing all of them (not in `--kernel` runs).
     withdraw_secs: Option<f64>,
+    /// CPU seconds over `KERNEL_IDLE` with the routes installed
+    /// (`--kernel` runs only).
+    idle_cpu: Option<f64>,
 }
+
+/// How often the daemons scan their kernel table in `--kernel` runs, and
+/// how long the bench watches them idle with the routes installed.
+const KERNEL_SCAN_SECS: u64 = 10;
+const KERNEL_IDLE: Duration = Duration::from_secs(30);
 
 fn wait_line(lab: &Lab, log: &str, key: &str, timeout: Duration) -> Option<u128> {
     wait_for(timeout, || {
@@ -616,6 +628,11 @@ fn bench_one(
     // What stays once the burst is over: the tables themselves.
     std::thread::sleep(Duration::from_secs(2));
     let settled = Lab::rss_kib(pid).unwrap_or(0);
+    let idle_cpu = kernel.then(|| {
+        let c0 = real::cpu_secs(pid);
+        std::thread::sleep(KERNEL_IDLE);
+        real::cpu_secs(pid) - c0
+    });
     let withdraw_secs = if kernel {
         None
     } else {
@@ -640,6 +657,7 @@ fn bench_one(
         rss_mib: rss as f64 / 1024.0,
         settled_mib: settled as f64 / 1024.0,
         withdraw_secs,
+        idle_cpu,
     })
 }
 
@@ -674,7 +692,10 @@ fn start_dut(
             if kernel {
                 let text = std::fs::read_to_string(&cfg)
                     .unwrap_or_default()
-                    .replace("install = false", "install = true")
+                    .replace(
+                        "install = false",
+                        &format!("install = true\nscan-interval = {KERNEL_SCAN_SECS}"),
+                    )
                     .replace("passive = true\n", "passive = true\nkernel-import = true\n");
                 std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
             }
@@ -682,9 +703,9 @@ fn start_dut(
         }
         "bird" => {
             let kernel_proto = if kernel {
-                "protocol kernel { ipv4 { export all; }; merge paths off; }\n"
+                format!("protocol kernel {{ ipv4 {{ export all; }}; merge paths off; scan time {KERNEL_SCAN_SECS}; }}\n")
             } else {
-                ""
+                String::new()
             };
             lab.bird(
                 "dut",
@@ -816,7 +837,7 @@ fn run(args: &[String]) -> ExitCode {
         match bench_one(d, &tapir, n, n6, &me, kernel) {
             Ok(r) => {
                 println!(
-                    "  {:<6} {:>8.2} s  {:>8.0} prefixes/s  peak RSS {:>7.1} MiB  settled {:>7.1} MiB{}",
+                    "  {:<6} {:>8.2} s  {:>8.0} prefixes/s  peak RSS {:>7.1} MiB  settled {:>7.1} MiB{}{}",
                     r.daemon,
                     r.secs,
                     f64::from(n + n6) / r.secs,
@@ -824,6 +845,12 @@ fn run(args: &[String]) -> ExitCode {
                     r.settled_mib,
                     r.withdraw_secs
                         .map(|w| format!("  withdrawal {w:>6.2} s"))
+                        .unwrap_or_default(),
+                    r.idle_cpu
+                        .map(|c| format!(
+                            "  idle CPU {c:.2} s over {} s (scans every {KERNEL_SCAN_SECS} s)",
+                            KERNEL_IDLE.as_secs()
+                        ))
                         .unwrap_or_default()
                 );
                 results.push(r);

@@ -233,7 +233,7 @@ fn start_receiver(lab: &mut Lab, kind: Kind) -> Daemon {
 }
 
 /// CPU seconds (user + system) a process has used.
-fn cpu_secs(pid: u32) -> f64 {
+pub fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces): 14 and 15.
     let rest = stat.rsplit(')').next().unwrap_or("");
