@@ -112,6 +112,7 @@ fn subscribed() -> (mpsc::UnboundedSender<RibMsg>, mpsc::Receiver<ToPeer>) {
         None,
         DrainConfig {
             local_pref: 0,
+            prepend: 0,
             withdraw_after: None,
         },
         Default::default(),

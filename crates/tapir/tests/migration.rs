@@ -238,3 +238,34 @@ fn drained_path_loses_on_the_hypervisor_to_another_vm() {
     assert!(back.is_some(), "kernel: {:?}", kernel_tap(&lab));
     assert_eq!(gshut(&tor), Some(false));
 }
+
+/// `[drain] prepend`: a drained VM's route reaches tor with hv1's AS three
+/// times (once, plus two), GRACEFUL_SHUTDOWN as before; undrained, once.
+#[test]
+fn a_drain_with_prepend_lengthens_the_path_at_tor() {
+    const WAIT: Duration = Duration::from_secs(30);
+    let mut lab = reference::standard(&[11]);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let _vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml"),
+    )
+    .unwrap();
+    let cfg = example.replace("[drain]\n", "[drain]\nprepend = 2\n");
+    assert_ne!(cfg, example);
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let hv_as = |r: &lab::tor::TorRoute| r.as_path.iter().filter(|a| **a == 64612).count();
+    let r =
+        wait_for(WAIT, || tor.route("10.3.0.1/32")).unwrap_or_else(|| panic!("{}", lab.all_logs()));
+    assert_eq!(hv_as(&r), 1, "{r:?}");
+    let (ok, _, err) = t.cli(&["drain", "recdns1001"]);
+    assert!(ok, "{err}");
+    let r = wait_for(WAIT, || tor.route("10.3.0.1/32").filter(|r| hv_as(r) == 3))
+        .unwrap_or_else(|| panic!("{:?}", tor.route("10.3.0.1/32")));
+    assert!(r.communities.contains(&"65535:0".to_string()), "{r:?}");
+    let (ok, _, err) = t.cli(&["undrain", "recdns1001"]);
+    assert!(ok, "{err}");
+    let r = wait_for(WAIT, || tor.route("10.3.0.1/32").filter(|r| hv_as(r) == 1));
+    assert!(r.is_some(), "{:?}", tor.route("10.3.0.1/32"));
+}

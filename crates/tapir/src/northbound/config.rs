@@ -60,6 +60,9 @@ pub struct AoKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DrainConfig {
     pub local_pref: u32,
+    /// Our AS this many more times on a drained route's AS path (eBGP),
+    /// for top-of-racks that ignore GRACEFUL_SHUTDOWN: 0 to 10.
+    pub prepend: u8,
     /// Withdraw this long after the drain starts (None: only when asked).
     pub withdraw_after: Option<std::time::Duration>,
 }
@@ -751,6 +754,8 @@ struct RawMetrics {
 struct RawDrain {
     #[serde(default)]
     local_pref: u32,
+    #[serde(default)]
+    prepend: Option<Spanned<u8>>,
     /// Seconds; 0 or absent: withdraw only with `tapir drain --withdraw`.
     #[serde(default)]
     withdraw_after: u64,
@@ -1316,10 +1321,22 @@ impl Config {
             drain: match &raw.drain {
                 None => DrainConfig {
                     local_pref: 0,
+                    prepend: 0,
                     withdraw_after: None,
                 },
                 Some(d) => DrainConfig {
                     local_pref: d.local_pref,
+                    prepend: match &d.prepend {
+                        None => 0,
+                        Some(n) if *n.get_ref() <= 10 => *n.get_ref(),
+                        Some(n) => {
+                            return Err(err(
+                                n.span(),
+                                "drain.prepend: 0 to 10 (our AS that many more times on a drained route)"
+                                    .into(),
+                            ))
+                        }
+                    },
                     withdraw_after: (d.withdraw_after > 0)
                         .then(|| Duration::from_secs(d.withdraw_after)),
                 },

@@ -53,6 +53,11 @@ pub struct BacklogCount {
 }
 
 impl BacklogCount {
+    /// Route changes sent and not applied yet.
+    pub fn queued(&self) -> usize {
+        self.count.load(Relaxed)
+    }
+
     /// A peer sent `n` route changes.
     pub fn add(&self, n: usize) {
         self.count.fetch_add(n, Relaxed);
@@ -754,6 +759,14 @@ impl<'a> Exporter<'a> {
             }
             if !self.ebgp {
                 a.local_pref = Some(self.drain_cfg.local_pref);
+            } else if self.drain_cfg.prepend > 0 {
+                // `[drain] prepend`: a longer path, which any ToR prefers
+                // less, policy or not.
+                let mut path = a.as_path.take().unwrap_or_default();
+                for _ in 0..self.drain_cfg.prepend {
+                    path.prepend(self.local_as);
+                }
+                a.as_path = Some(path);
             }
         }
         // A route whose attributes do not fit in a message cannot be

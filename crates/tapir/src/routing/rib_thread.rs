@@ -168,6 +168,7 @@ mod tests {
             None,
             DrainConfig {
                 local_pref: 0,
+                prepend: 0,
                 withdraw_after: None,
             },
             Backlog::default(),

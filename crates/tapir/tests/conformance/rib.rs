@@ -135,6 +135,7 @@ struct H {
 fn drain_cfg(withdraw_after: Option<u64>) -> DrainConfig {
     DrainConfig {
         local_pref: 0,
+        prepend: 0,
         withdraw_after: withdraw_after.map(Duration::from_secs),
     }
 }
@@ -422,6 +423,29 @@ fn a_drained_vm_is_announced_with_graceful_shutdown_then_withdrawn() {
     assert_eq!(h.tor_table().len(), 1);
     assert!(!h.tor_table()[0].contains(&shut));
     insta::assert_snapshot!(h.text());
+}
+
+#[test]
+fn a_drain_with_prepend_lengthens_the_path_and_undrain_restores_it() {
+    let mut cfg = drain_cfg(None);
+    cfg.prepend = 3;
+    let mut h = H::with(false, None, cfg, vec![]);
+    h.tor(Policy::hypervisor_default());
+    let a = vm(1, 11);
+    h.announce(&a, &["10.3.0.1/32"], vm_attrs());
+    let before = h.tor_table()[0].clone();
+    assert_eq!(before.matches(&LOCAL_AS.to_string()).count(), 1, "{before}");
+    h.drain("vm11", Some(DrainState::Shutdown)).unwrap();
+    // Three more of our AS, and the community as before.
+    let drained = h.tor_table()[0].clone();
+    assert_eq!(
+        drained.matches(&LOCAL_AS.to_string()).count(),
+        4,
+        "{drained}"
+    );
+    assert!(drained.contains("65535:0"), "{drained}");
+    h.drain("vm11", None).unwrap();
+    assert_eq!(h.tor_table()[0], before);
 }
 
 #[test]
