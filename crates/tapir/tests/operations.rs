@@ -611,6 +611,30 @@ fn ganeti_and_libvirt_hooks() {
     assert!(ok, "{out}");
     assert!(registered(&t, "lb1002").is_none(), "{}", t.show(&["vms"]));
 
+    // A tapir that hangs (stopped) holds no NIC up: every call to it gives
+    // up after its timeout, and the hook succeeds and says why.
+    lab.exec("hv1", &["kill", "-STOP", &t.pid.to_string()]);
+    let (ok, out) = hook(&lab, "hv1", "ganeti/kvm-ifup-custom", &[], &ifup, "");
+    lab.exec("hv1", &["kill", "-CONT", &t.pid.to_string()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("not registered with tapir") && out.contains("no answer from tapir"),
+        "{out}"
+    );
+    let (ok, out) = hook(
+        &lab,
+        "hv1",
+        "ganeti/kvm-ifdown-custom",
+        &[],
+        &with(&[
+            ("INSTANCE", "lb1002"),
+            ("INTERFACE", "tap12"),
+            ("MODE", "routed"),
+        ]),
+        "",
+    );
+    assert!(ok, "{out}");
+
     // libvirt: the domain's metadata says what to register.
     let xml = "<domain type='kvm'>\n  <name>lb1003</name>\n  <metadata>\n    <tapir:vm xmlns:tapir=\"urn:tapir:vm:1\">\n      <tapir:address>10.192.24.13</tapir:address>\n      <tapir:prefix>10.3.0.3/32</tapir:prefix>\n      <tapir:asn>64613</tapir:asn>\n    </tapir:vm>\n  </metadata>\n  <devices>\n    <interface type='ethernet'>\n      <target dev='vnet13'/>\n    </interface>\n  </devices>\n</domain>\n";
     let (ok, out) = hook(
