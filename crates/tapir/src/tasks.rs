@@ -161,6 +161,12 @@ impl Task {
     }
 }
 
+/// Starts a child process (a health check's command). Not a task, but
+/// what runs beside the daemon starts here all the same.
+pub fn process(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    cmd.spawn()
+}
+
 /// The daemon's threads besides the main one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Thread {

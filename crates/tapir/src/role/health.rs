@@ -217,8 +217,8 @@ pub enum RoundError {
 pub enum CheckError {
     #[error("cannot run: {0}")]
     Spawn(std::io::Error),
-    #[error("exited with {0}")]
-    Exit(std::process::ExitStatus),
+    #[error("exited with {0}{1}")]
+    Exit(std::process::ExitStatus, String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("status {0}")]
@@ -229,6 +229,24 @@ pub enum CheckError {
     NoRecords,
     #[error("{}", rcode_name(*.0))]
     Rcode(u8),
+}
+
+/// A failed check's stderr for the log: its first three lines, each cut
+/// at 200 characters, after ": ", or nothing when it said nothing.
+fn first_lines(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(3)
+        .map(|l| l.chars().take(200).collect())
+        .collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", lines.join(" | "))
+    }
 }
 
 fn rcode_name(rcode: u8) -> String {
@@ -286,19 +304,50 @@ fn is_local_address(a: IpAddr) -> bool {
 pub async fn check(c: &Check) -> Result<(), CheckError> {
     match c {
         Check::Command(argv) => {
-            let out = tokio::process::Command::new(&argv[0])
-                .args(&argv[1..])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .status()
-                .await
-                .map_err(CheckError::Spawn)?;
-            if out.success() {
+            let mut child = crate::tasks::process(
+                tokio::process::Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .kill_on_drop(true),
+            )
+            .map_err(CheckError::Spawn)?;
+            // What it says on stderr goes into the log when it fails: the
+            // first 4 KiB kept, the rest read and dropped (a chatty check
+            // must not block on a full pipe). Once it has exited, what is
+            // still to come gets 100 ms: a child it left behind may hold
+            // stderr open.
+            let mut head = Vec::new();
+            let status = {
+                let stderr = child.stderr.take();
+                let reader = async {
+                    if let Some(mut err) = stderr {
+                        let _ = (&mut err).take(4096).read_to_end(&mut head).await;
+                        let _ = tokio::io::copy(&mut err, &mut tokio::io::sink()).await;
+                    }
+                };
+                tokio::pin!(reader);
+                let mut read_all = false;
+                let status = tokio::select! {
+                    s = child.wait() => s,
+                    () = &mut reader => {
+                        read_all = true;
+                        child.wait().await
+                    }
+                };
+                if !read_all {
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_millis(100), &mut reader)
+                            .await;
+                }
+                status
+            };
+            let status = status.map_err(CheckError::Spawn)?;
+            if status.success() {
                 Ok(())
             } else {
-                Err(CheckError::Exit(out))
+                Err(CheckError::Exit(status, first_lines(&head)))
             }
         }
         Check::Tcp(a) => tokio::net::TcpStream::connect(a)
@@ -560,7 +609,23 @@ mod tests {
 
             assert!(check(&Check::Command(vec!["true".into()])).await.is_ok());
             let f = check(&Check::Command(vec!["false".into()])).await;
-            assert!(matches!(f, Err(CheckError::Exit(_))), "{f:?}");
+            assert!(matches!(f, Err(CheckError::Exit(..))), "{f:?}");
+            // Its stderr's first lines come with the error; a flood of it
+            // does not block the check.
+            let said = check(&Check::Command(vec![
+                "sh".into(),
+                "-c".into(),
+                "echo 'upstream 10.0.0.53 timed out' >&2; echo second >&2; \
+                 echo third >&2; echo fourth >&2; head -c 1000000 /dev/zero >&2; exit 3"
+                    .into(),
+            ]))
+            .await
+            .unwrap_err()
+            .to_string();
+            assert_eq!(
+                said,
+                "exited with exit status: 3: upstream 10.0.0.53 timed out | second | third"
+            );
             assert!(check(&Check::Command(vec!["/nonexistent/x".into()]))
                 .await
                 .unwrap_err()
