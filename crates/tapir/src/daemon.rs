@@ -130,6 +130,8 @@ struct Handles {
     /// To the main loop: stop (graceful or not), reload.
     stop: mpsc::Sender<bool>,
     reload: mpsc::Sender<ToMain>,
+    /// How the last reload went (the metrics).
+    reloaded: Arc<std::sync::Mutex<crate::reload::Outcome>>,
 }
 
 /// The listening sockets' descriptors (TCP-MD5 and TCP-AO keys, GTSM) and
@@ -175,6 +177,8 @@ enum ToMain {
         reply: oneshot::Sender<Result<crate::reload::Report, ReloadError>>,
     },
     ShowConfig(oneshot::Sender<control::ConfigView>),
+    /// The watchdog: the main loop answers.
+    Ping(oneshot::Sender<()>),
 }
 
 /// The running daemon.
@@ -443,6 +447,7 @@ impl Daemon {
             }),
             stop: stop_tx,
             reload: reload_tx,
+            reloaded: Default::default(),
         };
         for l in listeners {
             tasks::spawn(Task::Accept, accept_bgp(l, handles.clone()));
@@ -485,6 +490,14 @@ impl Daemon {
         let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
         // Listening, the control socket answering: ready.
         crate::northbound::notify::notify("READY=1");
+        if let Some(every) = crate::northbound::watchdog::interval() {
+            crate::northbound::watchdog::spawn(
+                every,
+                self.handles.rib.clone(),
+                self.handles.reload.clone(),
+                ToMain::Ping,
+            );
+        }
         // Session tasks that failed (a bug) are started afresh.
         let mut health = tokio::time::interval(std::time::Duration::from_secs(2));
         loop {
@@ -513,6 +526,9 @@ impl Daemon {
                 }
                 Some(ToMain::ShowConfig(reply)) => {
                     let _ = reply.send(self.config_view());
+                }
+                Some(ToMain::Ping(reply)) => {
+                    let _ = reply.send(());
                 }
             }
         }
@@ -549,9 +565,38 @@ impl Daemon {
         }
     }
 
-    /// One reload: the config file applied as a diff, then the listeners'
-    /// keys; with `dry_run`, only what it would do.
+    /// One reload (`tapir reload`, SIGHUP): applied, logged and recorded
+    /// for the metrics, whether it is refused or not; with `dry_run`, only
+    /// what it would do.
     async fn reload(&mut self, dry_run: bool) -> Result<crate::reload::Report, ReloadError> {
+        let result = self.apply_file(dry_run).await;
+        if dry_run {
+            return result;
+        }
+        self.handles
+            .reloaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(&result);
+        match &result {
+            Ok(r) => {
+                for c in &r.changes {
+                    info!(change = %c.what, effect = %c.effect, "reload");
+                }
+                let pending: Vec<&str> = r.pending_restart().map(|c| c.what.as_str()).collect();
+                if pending.is_empty() {
+                    info!(changes = r.changes.len(), "config reloaded");
+                } else {
+                    warn!(changes = r.changes.len(), awaiting_restart = ?pending, "config reloaded; some changes wait for a restart of tapir");
+                }
+            }
+            Err(e) => warn!(error = %e, "reload refused; the running config stays"),
+        }
+        result
+    }
+
+    /// The config file applied as a diff, then the listeners' keys.
+    async fn apply_file(&mut self, dry_run: bool) -> Result<crate::reload::Report, ReloadError> {
         let text = std::fs::read_to_string(&self.config_path).map_err(|e| {
             crate::northbound::config::ConfigError {
                 file: self.config_path.clone(),
@@ -593,20 +638,6 @@ impl Daemon {
             }
         }
         crate::northbound::notify::notify("READY=1");
-        match &result {
-            Ok(r) => {
-                for c in &r.changes {
-                    info!(change = %c.what, effect = %c.effect, "reload");
-                }
-                let pending: Vec<&str> = r.pending_restart().map(|c| c.what.as_str()).collect();
-                if pending.is_empty() {
-                    info!(changes = r.changes.len(), "config reloaded");
-                } else {
-                    warn!(changes = r.changes.len(), awaiting_restart = ?pending, "config reloaded; some changes wait for a restart of tapir");
-                }
-            }
-            Err(e) => warn!(error = %e, "reload refused; the running config stays"),
-        }
         result
     }
 
@@ -817,15 +848,42 @@ impl Handles {
         let peers = peer_statuses(&snapshot(&self.peers), self.role.as_ref()).await;
         let bfd = bfd_sessions(self.bfd.clone()).await;
         let (tx, rx) = oneshot::channel();
-        let rib = match self.rib.send(crate::routing::rib::RibMsg::Stats(tx)) {
-            Ok(()) => rx.await.ok(),
-            Err(_) => None,
+        // A Loc-RIB that does not answer within a second (stalled, or
+        // under a load it should be left to) leaves its figures out of
+        // this scrape rather than holding it.
+        let asked = self
+            .rib
+            .send(crate::routing::rib::RibMsg::Stats(tx))
+            .is_ok();
+        let rib = async {
+            match asked {
+                true => tokio::time::timeout(std::time::Duration::from_secs(1), rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                false => None,
+            }
         };
+        let vms = async {
+            match self.role {
+                Some(_) => match show_vms(self.role.as_ref(), &self.rib, None).await {
+                    Response::Vms { vms } => vms,
+                    _ => Vec::new(),
+                },
+                None => Vec::new(),
+            }
+        };
+        // Both ask the Loc-RIB, each for a second at most: side by side,
+        // a stalled Loc-RIB costs a scrape one second, not two.
+        let (rib, vms) = tokio::join!(rib, vms);
         crate::northbound::metrics::Snapshot {
             peers,
             bfd,
             rib,
             services,
+            vms,
+            reloaded: *self.reloaded.lock().unwrap_or_else(|e| e.into_inner()),
+            rib_backlog: self.about.local.rib_backlog.queued(),
         }
     }
 }
@@ -1514,7 +1572,13 @@ async fn show_vms(
         .send(crate::routing::rib::RibMsg::DrainStates(tx))
         .is_ok()
     {
-        let drains = rx.await.unwrap_or_default();
+        // A Loc-RIB that does not answer within a second leaves the
+        // drain column empty rather than holding the answer (or a scrape).
+        let drains = tokio::time::timeout(std::time::Duration::from_secs(1), rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         for v in &mut vms {
             let key = v.name.clone().or_else(|| v.interface.clone());
             v.drain = key.and_then(|k| drains.get(&k).copied());

@@ -34,6 +34,8 @@
 #![deny(unsafe_code)]
 
 pub mod daemon;
+#[cfg(feature = "failpoints")]
+pub mod failpoint;
 pub mod limits;
 pub mod log_budget;
 pub mod northbound;

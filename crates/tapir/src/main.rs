@@ -125,7 +125,7 @@ enum Command {
     Man,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -594,6 +594,15 @@ fn init_logging(filter: tracing_subscriber::filter::Targets, format: LogFormat) 
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Under systemd, straight to the journal with every field its own
+    // (`journalctl -u tapir PEER=tor-v4`); JSON lines stay on stderr.
+    if journald && format == LogFormat::Text {
+        let path = std::path::Path::new(tapir::northbound::journal::SOCKET);
+        if let Ok(j) = tapir::northbound::journal::Journal::connect(path) {
+            tracing_subscriber::registry().with(filter).with(j).init();
+            return;
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_writer(std::io::stderr)

@@ -72,6 +72,38 @@ impl Report {
     }
 }
 
+/// How the last reload went, for the metrics: whether it was applied,
+/// when one last was, and how many of its changes wait for a restart.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    pub ok: bool,
+    /// The last reload applied (or the start, before any).
+    pub applied_at: std::time::SystemTime,
+    pub pending_restart: usize,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome {
+            ok: true,
+            applied_at: std::time::SystemTime::now(),
+            pending_restart: 0,
+        }
+    }
+}
+
+impl Outcome {
+    /// After a reload (not a dry run): a refused one keeps the last
+    /// applied time and what was pending.
+    pub fn record<E>(&mut self, result: &Result<Report, E>) {
+        self.ok = result.is_ok();
+        if let Ok(r) = result {
+            self.applied_at = std::time::SystemTime::now();
+            self.pending_restart = r.pending_restart().count();
+        }
+    }
+}
+
 /// Changes a reload cannot make at all: the file is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Refusal {

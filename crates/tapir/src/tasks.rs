@@ -25,6 +25,7 @@
 //!  │ Metrics ─► MetricsClient                                             │
 //!  │ Netlink: drives each rtnetlink connection (watcher, dumps)           │
 //!  │ Timer: one-shot sleeps (linger, deferral end, RIB's own timers)      │
+//!  │ Watchdog: asks main loop and RIB, reads the FIB's progress; pings    │
 //!  │ (tokio's blocking pool: the link dump at start)                      │
 //!  └──────────┬───────────────────────────────────────────▲───────────────┘
 //!             │ RibMsg (unbounded, in order)              │ ToPeer (EXPORTS,
@@ -111,10 +112,13 @@ pub enum Task {
     MetricsClient,
     /// A one-shot delay that then sends a message or acts once.
     Timer,
+    /// Pings systemd's watchdog while the main loop, the Loc-RIB and the
+    /// FIB writer answer.
+    Watchdog,
 }
 
 impl Task {
-    pub const ALL: [Task; 19] = [
+    pub const ALL: [Task; 20] = [
         Task::Peer,
         Task::PeerReader,
         Task::PeerWriter,
@@ -134,6 +138,7 @@ impl Task {
         Task::Metrics,
         Task::MetricsClient,
         Task::Timer,
+        Task::Watchdog,
     ];
 
     pub fn name(self) -> &'static str {
@@ -157,6 +162,7 @@ impl Task {
             Task::Metrics => "metrics",
             Task::MetricsClient => "metrics-client",
             Task::Timer => "timer",
+            Task::Watchdog => "watchdog",
         }
     }
 }

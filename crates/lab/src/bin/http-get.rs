@@ -1,5 +1,5 @@
-//! `http-get ADDR:PORT PATH`: one HTTP/1.1 GET, the body to stdout; exits
-//! non-zero unless the status is 200. The lab runs it inside a host's
+//! `http-get ADDR:PORT PATH`: one HTTP/1.1 GET, the body to stdout
+//! (chunked or not); exits non-zero unless the status is 200. The lab runs it inside a host's
 //! namespace (`ip netns exec`) to scrape a daemon there.
 
 use std::io::{Read, Write};
@@ -35,11 +35,39 @@ fn main() -> ExitCode {
         eprintln!("http-get: no HTTP reply");
         return ExitCode::FAILURE;
     };
-    print!("{body}");
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    if chunked {
+        print!("{}", dechunk(body));
+    } else {
+        print!("{body}");
+    }
     if head.lines().next().is_some_and(|l| l.contains(" 200 ")) {
         ExitCode::SUCCESS
     } else {
         eprintln!("http-get: {}", head.lines().next().unwrap_or(""));
         ExitCode::FAILURE
     }
+}
+
+/// A chunked body's data (RFC 9112 §7.1): size lines in hex, then the
+/// chunk; a size of 0 ends it.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
+            break;
+        };
+        let (Some(chunk), Some(after)) = (rest.get(..n), rest.get(n..)) else {
+            break;
+        };
+        if n == 0 {
+            break;
+        }
+        out.push_str(chunk);
+        body = after.strip_prefix("\r\n").unwrap_or(after);
+    }
+    out
 }

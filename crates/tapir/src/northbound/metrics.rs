@@ -27,7 +27,17 @@ pub struct Snapshot {
     pub bfd: Vec<BfdStatus>,
     pub rib: Option<RibStats>,
     pub services: Vec<crate::role::health::ServiceStatus>,
+    /// The role's VMs, with their drain state.
+    pub vms: Vec<crate::northbound::control::VmStatus>,
+    pub reloaded: crate::reload::Outcome,
+    /// Route changes sent to the Loc-RIB and not applied yet.
+    pub rib_backlog: usize,
 }
+
+/// Scrapes answered at once, at most; one more connection is closed at
+/// once (a scraper retries), so that a flood of them costs the daemon
+/// nothing but the accept.
+const SCRAPES_AT_ONCE: usize = 2;
 
 /// Serves `GET /metrics` on `listener`; `gather` takes a snapshot.
 pub fn serve<F, Fut>(listener: TcpListener, gather: F)
@@ -36,6 +46,7 @@ where
     Fut: std::future::Future<Output = Snapshot> + Send,
 {
     tasks::spawn(Task::Metrics, async move {
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(SCRAPES_AT_ONCE));
         loop {
             let (stream, from) = match listener.accept().await {
                 Ok(x) => x,
@@ -45,11 +56,16 @@ where
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                debug!(%from, "metrics: {SCRAPES_AT_ONCE} scrapes already being answered; closed");
+                continue;
+            };
             let gather = gather.clone();
             tasks::spawn(Task::MetricsClient, async move {
                 if let Err(e) = answer(stream, gather).await {
                     debug!(%from, error = %e, "metrics: client dropped");
                 }
+                drop(slot);
             });
         }
     });
@@ -145,10 +161,12 @@ pub fn encode(s: &Snapshot) -> String {
     info.get_or_create(&l(&[("version", env!("CARGO_PKG_VERSION"))]))
         .set(1);
     encode_sessions(&mut reg, &s.peers);
+    encode_vms(&mut reg, &s.vms);
     encode_bfd(&mut reg, &s.bfd);
-    encode_rib_and_kernel(&mut reg, s.rib);
+    encode_rib_and_kernel(&mut reg, s.rib, s.rib_backlog);
     encode_services(&mut reg, &s.services);
     encode_limits(&mut reg);
+    encode_config(&mut reg, &s.reloaded);
     let mut out = String::new();
     if prometheus_client::encoding::prometheus_text::encode(&mut out, &reg).is_err() {
         warn!("metrics: encoding failed");
@@ -221,15 +239,12 @@ fn encode_sessions(reg: &mut Registry, peers: &[crate::northbound::control::Peer
     probes
         .get_or_create(&Vec::new())
         .set(peers.iter().filter(|p| p.probing).count() as i64);
-    // A probe is not a session: it has no series of its own.
+    // A probe is not a session: it has no series of its own. No
+    // interface label: a VM's tap may change (a restart, a migration and
+    // back) and its series must not; `tapir_vm_info` names the tap.
     for p in peers.iter().filter(|p| !p.probing) {
-        let iface = p.interface.clone().unwrap_or_default();
-        let base = l(&[
-            ("peer", &p.name),
-            ("address", &p.address),
-            ("interface", &iface),
-            ("kind", &p.kind),
-        ]);
+        let address = zoned(&p.address, p.interface.as_deref());
+        let base = l(&[("peer", &p.name), ("address", &address), ("kind", &p.kind)]);
         for st in STATES {
             let mut labels = base.clone();
             labels.push(("state".into(), st.into()));
@@ -260,6 +275,18 @@ fn encode_sessions(reg: &mut Registry, peers: &[crate::northbound::control::Peer
     }
 }
 
+/// An address as a label: a link-local one with its tap (`fe80::1%tap12`),
+/// which alone tells two VMs' sessions apart when their link-local
+/// addresses are the same.
+fn zoned(address: &str, interface: Option<&str>) -> String {
+    match interface {
+        Some(i) if address.starts_with("fe80:") && !address.contains('%') => {
+            format!("{address}%{i}")
+        }
+        _ => address.to_string(),
+    }
+}
+
 /// BFD sessions: up, flaps.
 fn encode_bfd(reg: &mut Registry, bfd: &[crate::southbound::bfd::BfdStatus]) {
     // BFD.
@@ -270,21 +297,36 @@ fn encode_bfd(reg: &mut Registry, bfd: &[crate::southbound::bfd::BfdStatus]) {
         "Times the BFD session went from Up to Down",
     );
     for b in bfd {
-        let iface = b.interface.clone().unwrap_or_default();
-        let labels = l(&[
-            ("peer", &b.name),
-            ("address", &b.peer),
-            ("interface", &iface),
-        ]);
+        let address = zoned(&b.peer, b.interface.as_deref());
+        let labels = l(&[("peer", &b.name), ("address", &address)]);
         bfd_up
             .get_or_create(&labels)
             .set(i64::from(b.state == "Up"));
         bfd_flaps.get_or_create(&labels).inc_by(b.flaps);
     }
+    let detected = counter(
+        reg,
+        "bfd_detected_failures",
+        "Failures BFD detected (Up to Down, the peer not AdminDown), each ending its BGP session",
+    );
+    detected
+        .get_or_create(&vec![])
+        .inc_by(crate::southbound::bfd::detected());
 }
 
 /// The Loc-RIB's sizes and the kernel writer's counters.
-fn encode_rib_and_kernel(reg: &mut Registry, rib: Option<crate::routing::rib::RibStats>) {
+fn encode_rib_and_kernel(
+    reg: &mut Registry,
+    rib: Option<crate::routing::rib::RibStats>,
+    backlog: usize,
+) {
+    let queued = gauge(
+        reg,
+        "rib_backlog",
+        "Route changes sent to the Loc-RIB and not applied yet",
+        None,
+    );
+    queued.get_or_create(&vec![]).set(backlog as i64);
     // The Loc-RIB and the kernel.
     if let Some(r) = rib {
         let rib = gauge(reg, "rib_prefixes", "Prefixes in the Loc-RIB", None);
@@ -361,6 +403,66 @@ fn encode_rib_and_kernel(reg: &mut Registry, rib: Option<crate::routing::rib::Ri
     resync
         .get_or_create(&vec![])
         .inc_by(k.resync_changes.load(Relaxed));
+}
+
+/// The hypervisor's VMs: one info series each (its tap and group, which
+/// the session series leave out), and whether it is drained.
+fn encode_vms(reg: &mut Registry, vms: &[crate::northbound::control::VmStatus]) {
+    let info = gauge(
+        reg,
+        "vm_info",
+        "1 for each VM, with its tap and group",
+        None,
+    );
+    let drained = gauge(
+        reg,
+        "vm_drained",
+        "1 while the VM is drained (tapir drain), 0 otherwise",
+        None,
+    );
+    for v in vms {
+        let Some(name) = v.name.as_ref().or(v.interface.as_ref()) else {
+            continue;
+        };
+        info.get_or_create(&l(&[
+            ("vm", name),
+            ("interface", v.interface.as_deref().unwrap_or("")),
+            ("group", v.group.as_deref().unwrap_or("")),
+        ]))
+        .set(1);
+        drained
+            .get_or_create(&l(&[("vm", name)]))
+            .set(i64::from(v.drain.is_some()));
+    }
+}
+
+/// How the last reload went.
+fn encode_config(reg: &mut Registry, r: &crate::reload::Outcome) {
+    let ok = gauge(
+        reg,
+        "config_last_reload_successful",
+        "1 if the last reload was applied (or none was asked), 0 if it was refused",
+        None,
+    );
+    ok.get_or_create(&vec![]).set(i64::from(r.ok));
+    let at = gauge(
+        reg,
+        "config_last_reload_success_timestamp",
+        "When the config was last applied (start or reload), Unix time",
+        Some(Unit::Seconds),
+    );
+    let secs = r
+        .applied_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    at.get_or_create(&vec![]).set(secs as i64);
+    let pending = gauge(
+        reg,
+        "config_pending_restart",
+        "Changes of the applied config that wait for a restart of tapir",
+        None,
+    );
+    pending.get_or_create(&vec![]).set(r.pending_restart as i64);
 }
 
 /// Health-checked services (guest role).

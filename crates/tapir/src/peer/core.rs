@@ -1654,11 +1654,7 @@ fn path_rules<'a>(cfg: &'a PeerConfig, info: Option<&PeerInfo>, local_as: u32) -
 #[cfg(feature = "failpoints")]
 fn failpoint(u: &bgp::Update) {
     static PREFIX: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let prefix = PREFIX.get_or_init(|| {
-        std::env::var("TAPIR_FAILPOINT")
-            .ok()
-            .and_then(|f| f.strip_prefix("panic-on-prefix:").map(str::to_string))
-    });
+    let prefix = PREFIX.get_or_init(|| crate::failpoint::arg("panic-on-prefix"));
     if let Some(p) = prefix {
         if u.announced().iter().any(|(q, _)| q.to_string() == *p) {
             panic!("failpoint: announcement of {p}");

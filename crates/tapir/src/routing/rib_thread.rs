@@ -57,6 +57,8 @@ impl Shell {
     /// The thread: takes what is queued in batches and applies it.
     fn run(mut self, mut rib: Rib, mut rx: mpsc::UnboundedReceiver<RibMsg>) {
         while let Some(msg) = rx.blocking_recv() {
+            #[cfg(feature = "failpoints")]
+            crate::failpoint::rib_stall();
             // Take whatever else is queued too (up to 256 messages):
             // changes move in batches.
             let mut next = Some(msg);

@@ -552,6 +552,16 @@ fn follow_port(e: &mut Entry, r: &Rx) {
     }
 }
 
+/// Failures BFD detected since start (Up to Down, the peer not AdminDown):
+/// each ended its BGP session. Kept past the session, whose own series go
+/// with it.
+static DETECTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many failures BFD has detected since start.
+pub fn detected() -> u64 {
+    DETECTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Sends what the session queued and reports state changes.
 async fn flush(e: &mut Entry) {
     while let Some(p) = e.session.poll_transmit() {
@@ -571,6 +581,7 @@ async fn flush(e: &mut Entry) {
             if e.session.remote_state() == bfd::State::AdminDown {
                 info!(name = %e.name, "BFD: the peer went AdminDown; not a failure, BGP stays");
             } else {
+                DETECTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 (e.notify)();
             }
         }

@@ -855,8 +855,8 @@ fn refuse_failpoint(prefix: &Prefix) -> Option<u32> {
     static DONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let (p, n) = SPEC
         .get_or_init(|| {
-            let f = std::env::var("TAPIR_FAILPOINT").ok()?;
-            let (p, n) = f.strip_prefix("kernel-refuse:")?.rsplit_once(':')?;
+            let f = crate::failpoint::arg("kernel-refuse")?;
+            let (p, n) = f.rsplit_once(':')?;
             Some((p.to_string(), n.parse().ok()?))
         })
         .as_ref()?;
