@@ -63,23 +63,60 @@ pub fn bird_config() -> String {
     )
 }
 
+/// The FRR tor's config: BFD with the hypervisors if asked, and
+/// `route_map` inbound on their sessions if given.
+fn frr_config(bfd: bool, route_map: Option<&str>) -> String {
+    let rm = |group: &str| {
+        route_map
+            .map(|m| format!("  neighbor {group} route-map {m} in\n"))
+            .unwrap_or_default()
+    };
+    format!(
+        "hostname tor\nrouter bgp {TOR_AS}\n bgp router-id {TOR_V4}\n no bgp ebgp-requires-policy\n \
+         bgp bestpath compare-routerid\n \
+         no bgp network import-check\n no bgp default ipv4-unicast\n \
+         neighbor HV4 peer-group\n neighbor HV4 remote-as {HV_AS}\n \
+         neighbor HV6 peer-group\n neighbor HV6 remote-as {HV_AS}\n{bfd} \
+         bgp listen range 10.192.21.0/24 peer-group HV4\n bgp listen range 2001:db8:21::/64 peer-group HV6\n \
+         address-family ipv4 unicast\n  network 192.0.2.0/24\n  neighbor HV4 activate\n{rm4} exit-address-family\n \
+         address-family ipv6 unicast\n  network 2001:db8:ff::/48\n  neighbor HV6 activate\n{rm6} exit-address-family\nexit\n",
+        bfd = if bfd { " neighbor HV4 bfd\n neighbor HV6 bfd\n" } else { "" },
+        rm4 = rm("HV4"),
+        rm6 = rm("HV6"),
+    )
+}
+
+/// A BIRD or FRR tor whose sessions with the hypervisors import through
+/// an operator's snippet (`contrib/tor/`): for BIRD, `snippet` defines
+/// filter `name`; for FRR, route-map `name`.
+pub fn start_with_import(lab: &mut Lab, kind: Kind, snippet: &str, name: &str) -> Tor {
+    match kind {
+        Kind::Bird => {
+            let base = bird_config();
+            let own = base
+                .lines()
+                .find(|l| l.trim_start().starts_with("filter from_hv"))
+                .expect("the tor's own filter")
+                .to_string();
+            let config = base
+                .replace(&format!("{own}\n"), "")
+                .replace("import filter from_hv", &format!("import filter {name}"));
+            assert!(!config.contains("from_hv"));
+            Tor::Bird(lab.bird("tor", &format!("{snippet}\n{config}")))
+        }
+        Kind::Frr => Tor::Frr(lab.frr(
+            "tor",
+            &format!("{snippet}\n{}", frr_config(false, Some(name))),
+        )),
+        Kind::Gobgp => panic!("no GoBGP snippet"),
+    }
+}
+
 /// As [`start`]; `bfd` asks for BFD with the hypervisors (FRR only).
 pub fn start_with(lab: &mut Lab, kind: Kind, bfd: bool) -> Tor {
     match kind {
         Kind::Bird => Tor::Bird(lab.bird("tor", &bird_config())),
-        Kind::Frr => Tor::Frr(lab.frr(
-            "tor",
-            &format!(
-                "hostname tor\nrouter bgp {TOR_AS}\n bgp router-id {TOR_V4}\n no bgp ebgp-requires-policy\n \
-                 no bgp network import-check\n no bgp default ipv4-unicast\n \
-                 neighbor HV4 peer-group\n neighbor HV4 remote-as {HV_AS}\n \
-                 neighbor HV6 peer-group\n neighbor HV6 remote-as {HV_AS}\n{bfd} \
-                 bgp listen range 10.192.21.0/24 peer-group HV4\n bgp listen range 2001:db8:21::/64 peer-group HV6\n \
-                 address-family ipv4 unicast\n  network 192.0.2.0/24\n  neighbor HV4 activate\n exit-address-family\n \
-                 address-family ipv6 unicast\n  network 2001:db8:ff::/48\n  neighbor HV6 activate\n exit-address-family\nexit\n",
-                bfd = if bfd { " neighbor HV4 bfd\n neighbor HV6 bfd\n" } else { "" }
-            ),
-        )),
+        Kind::Frr => Tor::Frr(lab.frr("tor", &frr_config(bfd, None))),
         Kind::Gobgp => {
             let g = lab.gobgp(
                 "tor",
@@ -149,7 +186,12 @@ impl Tor {
             }
             Tor::Frr(f) => {
                 let paths = f.prefix_paths(prefix);
-                let p = paths.iter().find(|p| p["valid"] == true)?;
+                // The best path (FRR lists the newest first), else the
+                // first valid one.
+                let p = paths
+                    .iter()
+                    .find(|p| p["bestpath"]["overall"] == true)
+                    .or_else(|| paths.iter().find(|p| p["valid"] == true))?;
                 Some(TorRoute {
                     next_hop: p["nexthops"][0]["ip"].as_str()?.to_string(),
                     as_path: p["aspath"]["string"]

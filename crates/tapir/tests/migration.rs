@@ -131,13 +131,30 @@ fn migrate_back_and_forth(vm: &str, prefix: &str, via: [&str; 2], bfd: bool) {
     }
 }
 
-#[test]
-fn drained_path_loses_at_tor_when_another_exists() {
+/// RFC 8326 upstream, with the top-of-rack snippets tapir ships
+/// (`contrib/tor/bird.conf`, `contrib/tor/frr.conf`) as the tor's import
+/// policy: an anycast prefix from a VM on each hypervisor; draining hv1's
+/// VM makes hv2's path tor's best, and hv1's path stays, just not best.
+fn drain_moves_tor_to_the_other_hypervisor(kind: Kind) {
     let mut lab = Lab::new();
     reference::build(&mut lab, &["hv1", "hv2"]);
     reference::add_vm(&mut lab, "hv1", 12);
     reference::add_vm(&mut lab, "hv2", 13);
-    let tor = tor::start(&mut lab, Kind::Bird);
+    let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/tor");
+    let tor = match kind {
+        Kind::Bird => tor::start_with_import(
+            &mut lab,
+            kind,
+            &std::fs::read_to_string(contrib.join("bird.conf")).unwrap(),
+            "tapir_graceful_shutdown",
+        ),
+        _ => tor::start_with_import(
+            &mut lab,
+            kind,
+            &std::fs::read_to_string(contrib.join("frr.conf")).unwrap(),
+            "TAPIR-FROM-HV",
+        ),
+    };
     // One anycast prefix from a VM on each hypervisor.
     let _a = reference::vm_bird(&mut lab, 12, &["10.3.0.53/32"]);
     let _b = reference::vm_bird(&mut lab, 13, &["10.3.0.53/32"]);
@@ -152,24 +169,38 @@ fn drained_path_loses_at_tor_when_another_exists() {
     );
     let t1 = lab.tapir("hv1", Path::new(TAPIR), &c1);
     let _t2 = lab.tapir("hv2", Path::new(TAPIR), &c2);
-    let both = wait_for(Duration::from_secs(30), || {
-        (tor_paths(&tor, "10.3.0.53/32").len() == 2).then_some(())
-    });
-    assert!(both.is_some(), "{:?}", tor_paths(&tor, "10.3.0.53/32"));
+    // Both paths at tor (BIRD lists them all; FRR's JSON too).
+    let paths = |tor: &Tor| match tor {
+        Tor::Frr(f) => f.paths("10.3.0.53/32").len(),
+        _ => tor_paths(tor, "10.3.0.53/32").len(),
+    };
+    let best = |tor: &Tor| tor.route("10.3.0.53/32").map(|r| r.next_hop);
+    let both = wait_for(Duration::from_secs(30), || (paths(&tor) == 2).then_some(()));
+    assert!(both.is_some(), "{:?}\n{}", best(&tor), lab.all_logs());
     // Equal paths: tor picks hv1 (lower router id). Drain hv1's VM: the
     // GRACEFUL_SHUTDOWN path loses, hv2's becomes best.
-    assert_eq!(tor_paths(&tor, "10.3.0.53/32")[0], "10.192.21.6");
+    assert_eq!(best(&tor).as_deref(), Some("10.192.21.6"));
     let (ok, _, err) = t1.cli(&["drain", "tap12"]);
     assert!(ok, "{err}");
     let moved = wait_for(Duration::from_secs(30), || {
-        (tor_paths(&tor, "10.3.0.53/32")[0] == "10.192.21.7").then_some(())
+        (best(&tor).as_deref() == Some("10.192.21.7")).then_some(())
     });
-    assert!(moved.is_some(), "{:?}", tor_paths(&tor, "10.3.0.53/32"));
+    assert!(moved.is_some(), "{:?}", best(&tor));
     assert_eq!(
-        tor_paths(&tor, "10.3.0.53/32").len(),
+        paths(&tor),
         2,
         "the drained path is still there, just not best"
     );
+}
+
+#[test]
+fn drain_moves_a_bird_tor_to_the_other_hypervisor() {
+    drain_moves_tor_to_the_other_hypervisor(Kind::Bird);
+}
+
+#[test]
+fn drain_moves_an_frr_tor_to_the_other_hypervisor() {
+    drain_moves_tor_to_the_other_hypervisor(Kind::Frr);
 }
 
 /// RFC 8326 on the hypervisor itself: two VMs on hv1 announce the same
@@ -268,4 +299,38 @@ fn a_drain_with_prepend_lengthens_the_path_at_tor() {
     assert!(ok, "{err}");
     let r = wait_for(WAIT, || tor.route("10.3.0.1/32").filter(|r| hv_as(r) == 1));
     assert!(r.is_some(), "{:?}", tor.route("10.3.0.1/32"));
+}
+
+/// A drain ends by itself once the VM's tap has left the hypervisor: the
+/// VM plugged in again later (a migration back) is announced undrained,
+/// without anyone remembering `tapir undrain`.
+#[test]
+fn a_drain_ends_when_the_vms_tap_leaves() {
+    const WAIT: Duration = Duration::from_secs(30);
+    let mut lab = reference::standard(&[11]);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let _vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml");
+    let t = lab.tapir("hv1", Path::new(TAPIR), &example);
+    let gshut = |r: &lab::tor::TorRoute| r.communities.contains(&"65535:0".to_string());
+    wait_for(WAIT, || tor.route("10.3.0.1/32")).unwrap_or_else(|| panic!("{}", lab.all_logs()));
+    let (ok, _, err) = t.cli(&["drain", "recdns1001"]);
+    assert!(ok, "{err}");
+    wait_for(WAIT, || tor.route("10.3.0.1/32").filter(gshut))
+        .unwrap_or_else(|| panic!("{:?}", tor.route("10.3.0.1/32")));
+    // The tap leaves: the route goes, and a few seconds later the drain.
+    reference::unplug(&mut lab, "hv1", "tap11");
+    wait_for(WAIT, || tor.route("10.3.0.1/32").is_none().then_some(()))
+        .unwrap_or_else(|| panic!("{:?}", tor.route("10.3.0.1/32")));
+    wait_for(WAIT, || {
+        lab.log(&t.log)
+            .contains("drain ended: the VM's tap left this hypervisor")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", lab.log(&t.log)));
+    // Back on hv1: announced as any other VM.
+    reference::plug(&mut lab, "hv1", "tap11", 11, 11);
+    let back =
+        wait_for(WAIT, || tor.route("10.3.0.1/32")).unwrap_or_else(|| panic!("{}", lab.all_logs()));
+    assert!(!gshut(&back), "{back:?}");
 }

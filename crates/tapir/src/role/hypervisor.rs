@@ -45,9 +45,20 @@ struct DynPeer {
     handle: PeerHandle,
     group: usize,
     policy: Arc<VmPolicy>,
+    /// The VM's name when the session started (inventory name, or tap).
+    name: String,
 }
 
+/// How long after its tap left a VM's drain ends (see
+/// `Hypervisor::undrain_departed`).
+const UNDRAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Hypervisor {
+    /// VMs (by drain key: inventory name, or tap) whose tap left: when,
+    /// and the tap's index. Unless the VM is back on a tap of ours by
+    /// then, its drain ends after `UNDRAIN_AFTER` (its sessions and
+    /// routes are gone).
+    left: HashMap<String, (std::time::Instant, u32)>,
     groups: Vec<Group>,
     inventory: Inventory,
     local: Arc<DaemonHandles>,
@@ -119,6 +130,7 @@ impl Hypervisor {
         probe: mpsc::UnboundedSender<(u32, String)>,
     ) -> Hypervisor {
         Hypervisor {
+            left: HashMap::new(),
             groups,
             inventory,
             local,
@@ -158,6 +170,7 @@ impl Hypervisor {
                         self.sessions.remove(k);
                         self.dirty.insert(k.0);
                     }
+                    self.undrain_departed();
                     if self.expire_registrations() {
                         self.reconcile_all().await;
                     } else {
@@ -294,6 +307,32 @@ impl Hypervisor {
                 }
             }
             KernelEvent::LinkGone { index } => {
+                // A group tap: the VM it held, by every name a drain may
+                // know it by (its sessions' names: its addresses may be
+                // gone from the tables already, the kernel withdraws them
+                // first).
+                let tap = self.links.get(&index).map(|l| l.name.clone());
+                if tap
+                    .as_deref()
+                    .is_some_and(|t| self.group_of_interface(t).is_some())
+                {
+                    let mut keys: BTreeSet<String> = self
+                        .sessions
+                        .range((index, IpAddr::from([0u8; 4]))..)
+                        .take_while(|((i, _), _)| *i == index)
+                        .map(|(_, d)| d.name.clone())
+                        .collect();
+                    keys.extend(
+                        self.addresses_on(index)
+                            .filter_map(|a| self.entry_for(index, &a))
+                            .map(|e| e.name.clone()),
+                    );
+                    keys.extend(tap);
+                    let now = std::time::Instant::now();
+                    for key in keys {
+                        self.left.insert(key, (now, index));
+                    }
+                }
                 self.links.remove(&index);
                 self.neighbours.remove(&index);
                 for a in self.routed.remove(&index).unwrap_or_default() {
@@ -513,6 +552,49 @@ impl Hypervisor {
         })
     }
 
+    /// Ends the drain of VMs whose tap left `UNDRAIN_AFTER` ago and that
+    /// are on no tap of ours now: a drain is for a move, and the move is
+    /// over (or the VM stopped). Not at once: the VM's withdrawals go out
+    /// first, so that no route of it goes upstream undrained meanwhile.
+    fn undrain_departed(&mut self) {
+        let due: Vec<(String, u32)> = self
+            .left
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() >= UNDRAIN_AFTER)
+            .map(|(k, (_, i))| (k.clone(), *i))
+            .collect();
+        for (key, gone) in due {
+            self.left.remove(&key);
+            // Back on a tap of ours: the same tap (a tap name alone says
+            // nothing: a new tap may reuse it), or any tap by its name.
+            let here = self.links.contains_key(&gone)
+                || self.sessions.values().any(|d| d.name == key)
+                || self.links.keys().any(|i| {
+                    self.addresses_on(*i)
+                        .any(|a| self.entry_for(*i, &a).is_some_and(|e| e.name == key))
+                });
+            if here {
+                continue;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let asked = self
+                .local
+                .rib
+                .send(crate::routing::rib::RibMsg::UndrainGone {
+                    vm: key.clone(),
+                    reply: tx,
+                });
+            if asked.is_ok() {
+                // Not awaited here: the role goes on with its events.
+                tasks::spawn(Task::Forward, async move {
+                    if let Ok(true) = rx.await {
+                        info!(vm = %key, "drain ended: the VM's tap left this hypervisor");
+                    }
+                });
+            }
+        }
+    }
+
     /// Whether the entry's MAC, if it gives one, is the one the kernel has
     /// behind the VM's addresses on tap `index`: every MAC seen there is
     /// that one, and one was seen. Until the kernel has resolved the VM,
@@ -653,6 +735,7 @@ impl Hypervisor {
         let policy = Arc::new(self.policy(index, &addr, g));
         let cfg = self.peer_config(index, addr, g, policy.clone());
         info!(vm = %cfg.name, address = %addr, interface = ?cfg.interface.as_ref().map(|i| &i.name), group = %self.groups[g].name, "VM session started");
+        let name = cfg.name.clone();
         let handle = peer::spawn(cfg, self.local.clone());
         self.sessions.insert(
             (index, addr),
@@ -660,6 +743,7 @@ impl Hypervisor {
                 handle,
                 group: g,
                 policy,
+                name,
             },
         );
         true

@@ -437,6 +437,13 @@ pub enum RibMsg {
         state: Option<DrainState>,
         reply: oneshot::Sender<Result<usize, UnknownVm>>,
     },
+    /// The VM's tap left the hypervisor a while ago and it is on no tap
+    /// now: its drain ends, if it has one (true then). Nothing to do, and
+    /// nothing done, otherwise.
+    UndrainGone {
+        vm: String,
+        reply: oneshot::Sender<bool>,
+    },
     /// A drain's delay ran out: withdraw if still draining.
     DrainExpired {
         vm: String,
@@ -1240,6 +1247,14 @@ impl Rib {
             }
             RibMsg::Refeed { peer, conn, family } => self.refeed(peer, conn, family, sink),
             RibMsg::Drain { vm, state, reply } => self.drain(vm, state, reply, changed, sink),
+            RibMsg::UndrainGone { vm, reply } => {
+                let drained = self.drains.contains_key(&vm);
+                if drained {
+                    let (tx, _) = oneshot::channel();
+                    self.drain(Some(vm), None, tx, changed, sink);
+                }
+                let _ = reply.send(drained);
+            }
             RibMsg::DrainExpired { vm, generation } => {
                 let due = self
                     .drains
