@@ -121,8 +121,12 @@ enum Command {
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff): tapir(1), or with --config tapir.toml(5).
+    Man {
+        /// The configuration file's page, tapir.toml(5).
+        #[arg(long)]
+        config: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -358,10 +362,22 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut cmd, "tapir", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Command::Man => {
+        Command::Man { config: true } => {
+            print!("{}", tapir::northbound::manual::tapir_toml_5());
+            ExitCode::SUCCESS
+        }
+        Command::Man { config: false } => {
             let cmd = <Cli as clap::CommandFactory>::command();
-            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(cmd).render(&mut page) {
+                Ok(()) => {
+                    print!(
+                        "{}{}",
+                        String::from_utf8_lossy(&page),
+                        tapir::northbound::manual::tapir_1_sections()
+                    );
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("tapir: {e}");
                     ExitCode::FAILURE

@@ -201,6 +201,15 @@ fn man_page_and_completions_cover_the_cli() {
     let (ok, man, err) = tapir(&["man"]);
     assert!(ok, "{err}");
     assert!(man.contains(".TH tapir 1"), "{man}");
+    assert!(
+        man.contains(".SH SIGNALS") && man.contains(".SH FILES"),
+        "{man}"
+    );
+    // tapir.toml(5), from docs/config.md.
+    let (ok, page, err) = tapir(&["man", "--config"]);
+    assert!(ok, "{err}");
+    assert!(page.starts_with(".TH TAPIR.TOML 5"), "{page}");
+    assert!(page.contains(".TP\n\\fBrouter\\-id\\fR\n"), "{page}");
     let (ok, bash, _) = tapir(&["completions", "bash"]);
     assert!(ok);
     for sub in [

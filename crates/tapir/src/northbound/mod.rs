@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod inventory;
 pub mod journal;
+pub mod manual;
 pub mod metrics;
 pub mod notify;
 pub mod show;
