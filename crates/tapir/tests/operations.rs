@@ -596,18 +596,12 @@ fn ganeti_and_libvirt_hooks() {
     assert!(undrained.is_some(), "{:?}", tor.route("10.3.0.2/32"));
 
     // ifdown forgets the VM.
-    let (ok, out) = hook(
-        &lab,
-        "hv1",
-        "ganeti/kvm-ifdown-custom",
-        &[],
-        &with(&[
-            ("INSTANCE", "lb1002"),
-            ("INTERFACE", "tap12"),
-            ("MODE", "routed"),
-        ]),
-        "",
-    );
+    let ifdown = with(&[
+        ("INSTANCE", "lb1002"),
+        ("INTERFACE", "tap12"),
+        ("MODE", "routed"),
+    ]);
+    let (ok, out) = hook(&lab, "hv1", "ganeti/kvm-ifdown-custom", &[], &ifdown, "");
     assert!(ok, "{out}");
     assert!(registered(&t, "lb1002").is_none(), "{}", t.show(&["vms"]));
 
@@ -621,18 +615,7 @@ fn ganeti_and_libvirt_hooks() {
         out.contains("not registered with tapir") && out.contains("no answer from tapir"),
         "{out}"
     );
-    let (ok, out) = hook(
-        &lab,
-        "hv1",
-        "ganeti/kvm-ifdown-custom",
-        &[],
-        &with(&[
-            ("INSTANCE", "lb1002"),
-            ("INTERFACE", "tap12"),
-            ("MODE", "routed"),
-        ]),
-        "",
-    );
+    let (ok, out) = hook(&lab, "hv1", "ganeti/kvm-ifdown-custom", &[], &ifdown, "");
     assert!(ok, "{out}");
 
     // libvirt: the domain's metadata says what to register.
