@@ -865,12 +865,9 @@ impl Handles {
             }
         };
         let vms = async {
-            match self.role {
-                Some(_) => match show_vms(self.role.as_ref(), &self.rib, None).await {
-                    Response::Vms { vms } => vms,
-                    _ => Vec::new(),
-                },
-                None => Vec::new(),
+            match show_vms(self.role.as_ref(), &self.rib, None).await {
+                Response::Vms { vms } => vms,
+                _ => Vec::new(),
             }
         };
         // Both ask the Loc-RIB, each for a second at most: side by side,

@@ -2715,5 +2715,13 @@ mod tests {
 
         let e = parse("router-id = \"10.0.0.1\"\nlocal-as = 64612\n[[neighbor]]\naddress = \"10.0.0.2\"\nremote-as = 1\nhold-time = 2\n").unwrap_err();
         assert_eq!(e.line, 6, "{e}");
+
+        let e = parse("router-id = \"10.0.0.1\"\nlocal-as = 64612\n[drain]\nprepend = 11\n")
+            .unwrap_err();
+        assert_eq!((e.line, e.column), (4, 11), "{e}");
+        assert!(e.message.starts_with("drain.prepend: 0 to 10"), "{e}");
+        let c =
+            parse("router-id = \"10.0.0.1\"\nlocal-as = 64612\n[drain]\nprepend = 3\n").unwrap();
+        assert_eq!(c.drain.prepend, 3);
     }
 }
