@@ -281,6 +281,7 @@ impl Harness {
             self.now,
             Input::Incoming {
                 local: Some(SocketAddr::new(Ipv4Addr::new(10, 192, 24, 1).into(), 179)),
+                remote_port: 40000,
             },
         );
         self.pump();
@@ -422,6 +423,8 @@ fn run(data: &[u8]) {
         restarting: Arc::new(AtomicBool::new(false)),
         gr_helper_max: Arc::new(AtomicU16::new(300)),
         bfd: false,
+        // BMP's encoding of every UPDATE runs under the fuzzer too.
+        bmp: true,
     };
     let mut h = Harness {
         core: PeerCore::new(session(&pol, max_as_path_length), env, VM_A, now),
@@ -433,6 +436,7 @@ fn run(data: &[u8]) {
             None,
             DrainConfig {
                 local_pref: 0,
+                prepend: 0,
                 withdraw_after: None,
             },
             Default::default(),

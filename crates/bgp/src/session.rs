@@ -452,13 +452,27 @@ impl Session {
         }
     }
 
-    fn send_open(&mut self, now: Instant) {
-        let open = Open::new(
+    /// The OPEN sent on the current connection (made again from the
+    /// settings it was sent with), once one was.
+    pub fn sent_open(&self) -> Option<Open> {
+        matches!(
+            self.state,
+            State::OpenSent | State::OpenConfirm | State::Established
+        )
+        .then(|| self.open())
+    }
+
+    fn open(&self) -> Open {
+        Open::new(
             self.config.local_as,
             self.config.hold_time,
             self.config.router_id,
             self.config.capabilities(),
-        );
+        )
+    }
+
+    fn send_open(&mut self, now: Instant) {
+        let open = self.open();
         self.rx.clear();
         self.transmit
             .push_back(Message::Open(open).encode(&Context::default()));

@@ -132,6 +132,8 @@ struct Handles {
     reload: mpsc::Sender<ToMain>,
     /// How the last reload went (the metrics).
     reloaded: Arc<std::sync::Mutex<crate::reload::Outcome>>,
+    /// How the BMP export is doing (the metrics), if `[[bmp]]` is set.
+    bmp: Option<Arc<crate::northbound::bmp::Counters>>,
 }
 
 /// The listening sockets' descriptors (TCP-MD5 and TCP-AO keys, GTSM) and
@@ -202,6 +204,8 @@ struct Daemon {
     /// The FIB writer runs (`[kernel] install` at start): `[kernel]`
     /// changes apply at a reload.
     fib_running: bool,
+    /// The BMP export (`[[bmp]]`): Termination at the end.
+    bmp: Option<crate::northbound::bmp::Bmp>,
     /// Removes the control socket when the daemon ends.
     _control: control::SocketGuard,
 }
@@ -398,7 +402,11 @@ impl Daemon {
             true => Some(crate::southbound::bfd::spawn().map_err(StartError::Bfd)?),
             false => None,
         };
+        let (bmp_ask, bmp_asked) = mpsc::unbounded_channel();
+        let bmp =
+            (!config.bmp.is_empty()).then(|| crate::northbound::bmp::start(&config.bmp, bmp_ask));
         let local = Arc::new(DaemonHandles {
+            bmp: bmp.as_ref().map(|b| b.sink.clone()),
             router_id: config.router_id,
             local_as: config.local_as,
             bfd: bfd.clone(),
@@ -448,7 +456,11 @@ impl Daemon {
             stop: stop_tx,
             reload: reload_tx,
             reloaded: Default::default(),
+            bmp: bmp.as_ref().map(|b| b.counters.clone()),
         };
+        if bmp.is_some() {
+            tasks::spawn(Task::BmpAsk, ask_every_session(bmp_asked, handles.clone()));
+        }
         for l in listeners {
             tasks::spawn(Task::Accept, accept_bgp(l, handles.clone()));
         }
@@ -477,6 +489,7 @@ impl Daemon {
             marker,
             stop,
             reload,
+            bmp,
             _control: guard,
         })
     }
@@ -691,6 +704,10 @@ impl Daemon {
         }
         // Let the writer tasks put the Cease (or the FIN) on the wire.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // The sessions' Peer Downs are queued: Termination goes last.
+        if let Some(b) = &self.bmp {
+            b.stop().await;
+        }
         if !graceful && self.config.kernel.install {
             // A full stop takes our routes out of the kernel.
             match crate::southbound::kernel::flush_stale(self.config.kernel.protocol).await {
@@ -881,6 +898,7 @@ impl Handles {
             vms,
             reloaded: *self.reloaded.lock().unwrap_or_else(|e| e.into_inner()),
             rib_backlog: self.about.local.rib_backlog.queued(),
+            bmp: self.bmp.clone(),
         }
     }
 }
@@ -1182,6 +1200,19 @@ fn bind_bgp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     std_listener.set_nonblocking(true)?;
     TcpListener::from_std(std_listener)
+}
+
+/// Passes the BMP exporter's questions (a dump for a collector that just
+/// connected, statistics) on to every session of the moment.
+async fn ask_every_session(
+    mut asked: mpsc::UnboundedReceiver<crate::northbound::bmp::Ask>,
+    h: Handles,
+) {
+    while let Some(ask) = asked.recv().await {
+        for p in all_peers(&snapshot(&h.peers), h.role.as_ref()).await {
+            let _ = p.tx.send(PeerMsg::Bmp(ask)).await;
+        }
+    }
 }
 
 /// Static peers and the VM sessions of the moment.

@@ -188,6 +188,23 @@ pub fn plan(
             restart,
         );
     }
+    if file.bmp != running.bmp {
+        let list = |c: &Config| {
+            c.bmp
+                .iter()
+                .map(|b| b.address.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        change(
+            format!(
+                "[[bmp]] {:?} → {:?} (or its statistics-interval)",
+                list(running),
+                list(file)
+            ),
+            restart,
+        );
+    }
     if file.state_dir != running.state_dir {
         change(
             format!(
@@ -394,6 +411,7 @@ pub fn effective(running: &Config, mut file: Config, fib_running: bool) -> Confi
     file.local_as = running.local_as;
     file.listen = running.listen.clone();
     file.metrics = running.metrics;
+    file.bmp = running.bmp.clone();
     file.state_dir = running.state_dir.clone();
     file.drain = running.drain;
     file.gateway = running.gateway.clone();

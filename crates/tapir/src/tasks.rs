@@ -26,6 +26,8 @@
 //!  │ Netlink: drives each rtnetlink connection (watcher, dumps)           │
 //!  │ Timer: one-shot sleeps (linger, deferral end, RIB's own timers)      │
 //!  │ Watchdog: asks main loop and RIB, reads the FIB's progress; pings    │
+//!  │ Peer ─(BMP messages, BMP_QUEUE_BYTES)─► Bmp ─► BmpCollector (each)  │
+//!  │ Bmp ─(Ask)─► BmpAsk ─(PeerMsg::Bmp)─► every Peer                     │
 //!  │ (tokio's blocking pool: the link dump at start)                      │
 //!  └──────────┬───────────────────────────────────────────▲───────────────┘
 //!             │ RibMsg (unbounded, in order)              │ ToPeer (EXPORTS,
@@ -67,6 +69,11 @@ pub const PROBE_FOUND: usize = 256;
 pub const STOP: usize = 1;
 /// `tapir reload` and SIGHUP, queued while one is applied.
 pub const RELOAD: usize = 4;
+/// BMP messages the sessions queued for the exporter, in bytes; beyond,
+/// messages are dropped and every collector starts over.
+pub const BMP_QUEUE_BYTES: usize = 32 << 20;
+/// The BMP exporter's control mailbox (collectors up and gone, stop).
+pub const BMP_CONTROL: usize = 16;
 
 /// The kinds of task, each with what it does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,10 +122,16 @@ pub enum Task {
     /// Pings systemd's watchdog while the main loop, the Loc-RIB and the
     /// FIB writer answer.
     Watchdog,
+    /// The BMP exporter: hands the sessions' messages to the collectors.
+    Bmp,
+    /// One BMP collector's connection.
+    BmpCollector,
+    /// Passes the BMP exporter's questions on to every session.
+    BmpAsk,
 }
 
 impl Task {
-    pub const ALL: [Task; 20] = [
+    pub const ALL: [Task; 23] = [
         Task::Peer,
         Task::PeerReader,
         Task::PeerWriter,
@@ -139,6 +152,9 @@ impl Task {
         Task::MetricsClient,
         Task::Timer,
         Task::Watchdog,
+        Task::Bmp,
+        Task::BmpCollector,
+        Task::BmpAsk,
     ];
 
     pub fn name(self) -> &'static str {
@@ -163,6 +179,9 @@ impl Task {
             Task::MetricsClient => "metrics-client",
             Task::Timer => "timer",
             Task::Watchdog => "watchdog",
+            Task::Bmp => "bmp",
+            Task::BmpCollector => "bmp-collector",
+            Task::BmpAsk => "bmp-ask",
         }
     }
 }

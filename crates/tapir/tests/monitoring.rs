@@ -539,3 +539,149 @@ fn the_watchdog_pings_only_while_every_part_answers() {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     listener.join().unwrap();
 }
+
+const BMP_COLLECTOR: &str = "127.0.0.1:1790";
+
+/// What pmbmpd logged, one JSON object a line.
+fn bmp_log(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// pmbmpd's records of one BMP message type (`route_monitor`,
+/// `peer_up`, `peer_down`, `stats`, `init`, `term`) about `peer`.
+fn bmp_of<'a>(log: &'a [Value], kind: &str, peer: Option<&str>) -> Vec<&'a Value> {
+    log.iter()
+        .filter(|r| r["bmp_msg_type"] == kind)
+        .filter(|r| peer.is_none_or(|p| r["peer_ip"] == p))
+        .collect()
+}
+
+/// The prefixes pmbmpd holds announced for `peer` in one view
+/// (`post`: after policy), its log replayed in order.
+fn bmp_view(log: &[Value], peer: &str, post: bool) -> BTreeSet<String> {
+    let mut view = BTreeSet::new();
+    for r in bmp_of(log, "route_monitor", Some(peer)) {
+        if r["is_post"].as_i64() != Some(i64::from(post)) {
+            continue;
+        }
+        let Some(p) = r["ip_prefix"].as_str() else {
+            continue;
+        };
+        match r["log_type"].as_str() {
+            Some("withdraw") => view.remove(p),
+            _ => view.insert(p.to_string()),
+        };
+    }
+    view
+}
+
+#[test]
+fn a_bmp_collector_sees_every_vm_session_and_its_refused_routes() {
+    let mut lab = reference::standard(&[11, 13]);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let _vm11 = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
+    // vm13 announces what its inventory entry does not allow.
+    let _vm13 = reference::vm_bird(&mut lab, 13, &["10.99.0.0/24"]);
+    let cfg =
+        example() + &format!("\n[[bmp]]\naddress = \"{BMP_COLLECTOR}\"\nstatistics-interval = 2\n");
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    // tapir starts before the collector: it keeps trying.
+    let t = lab.tapir_with_log("hv1", Path::new(TAPIR), &cfg, "debug");
+    wait_for(WAIT, || tor.route("10.3.0.1/32")).unwrap_or_else(|| panic!("{}", lab.all_logs()));
+    wait_for(WAIT, || {
+        (t.peer_state("tap13").as_deref() == Some("Established")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", t.show(&["peers"])));
+
+    let out = lab.dir().join("bmp.json");
+    let pm_cfg = lab.write(
+        "pmbmpd.conf",
+        &format!(
+            "bmp_daemon_ip: 127.0.0.1\nbmp_daemon_port: 1790\n\
+             bmp_daemon_msglog_file: {}\nbmp_daemon_msglog_output: json\n",
+            out.display()
+        ),
+    );
+    lab.spawn(
+        "hv1",
+        &["pmbmpd", "-f", &pm_cfg.display().to_string()],
+        "pmbmpd.log",
+    );
+    let (vm11, vm13) = (reference::vm_v4(11), reference::vm_v4(13));
+    // The whole state once it connects: vm11's route in both views,
+    // vm13's only before policy, both sessions up, and statistics.
+    let dumped = wait_for(Duration::from_secs(60), || {
+        let log = bmp_log(&out);
+        let ok = bmp_view(&log, &vm11, false).contains("10.3.0.1/32")
+            && bmp_view(&log, &vm11, true).contains("10.3.0.1/32")
+            && bmp_view(&log, &vm13, false).contains("10.99.0.0/24")
+            && !bmp_of(&log, "stats", Some(&vm13)).is_empty();
+        ok.then_some(log)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "pmbmpd's log:\n{}\npmbmpd:\n{}\n{}",
+            std::fs::read_to_string(&out).unwrap_or_default(),
+            lab.log("pmbmpd.log"),
+            lab.all_logs()
+        )
+    });
+    let text = serde_json::to_string(&dumped).unwrap();
+    assert!(
+        !bmp_view(&dumped, &vm13, true).contains("10.99.0.0/24"),
+        "vm13's refused route is in the post-policy view: {text}"
+    );
+    assert_eq!(bmp_of(&dumped, "init", None).len(), 1, "{text}");
+    // Peer Up names the session's VM and tap.
+    let up = bmp_of(&dumped, "peer_up", Some(&vm11));
+    assert!(
+        up.iter()
+            .any(|u| u.to_string().contains("vm=recdns1001") && u["local_ip"] == "10.192.24.1"),
+        "{up:?}"
+    );
+    // The refused prefix is counted (type 0) and so is its reason (not
+    // the VM's to announce: 65531).
+    let stats = bmp_of(&dumped, "stats", Some(&vm13));
+    // pmbmpd shows the value of a type it does not know in hex
+    // ("00-00-00-02").
+    let value = |v: &Value| {
+        v.as_i64().or_else(|| {
+            let hex: String = v.as_str()?.split('-').collect();
+            i64::from_str_radix(&hex, 16).ok()
+        })
+    };
+    let counted = |t: i64| {
+        stats
+            .iter()
+            .any(|s| s["counter_type"] == t && value(&s["counter_value"]) >= Some(1))
+    };
+    assert!(counted(0) && counted(65531), "{stats:?}");
+
+    // As it happens: vm13's session reset by the operator is a Peer Down
+    // (we sent a NOTIFICATION: reason 1), then Up again with its routes.
+    let ups = bmp_of(&dumped, "peer_up", Some(&vm13)).len();
+    let (ok, _, err) = t.cli(&["neighbor", "restart", "tap13"]);
+    assert!(ok, "{err}");
+    let log = wait_for(Duration::from_secs(90), || {
+        let log = bmp_log(&out);
+        let again = bmp_of(&log, "peer_up", Some(&vm13)).len() > ups;
+        again.then_some(log)
+    })
+    .unwrap_or_else(|| panic!("{}", std::fs::read_to_string(&out).unwrap_or_default()));
+    let down = bmp_of(&log, "peer_down", Some(&vm13));
+    assert!(down.iter().any(|d| d["reason_type"] == 1), "{down:?}");
+
+    // tapir stops: Termination.
+    Command::new("kill")
+        .args(["-TERM", &t.pid.to_string()])
+        .status()
+        .unwrap();
+    wait_for(WAIT, || {
+        (!bmp_of(&bmp_log(&out), "term", None).is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", std::fs::read_to_string(&out).unwrap_or_default()));
+}

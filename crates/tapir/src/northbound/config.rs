@@ -67,6 +67,15 @@ pub struct DrainConfig {
     pub withdraw_after: Option<std::time::Duration>,
 }
 
+/// A BMP collector (`[[bmp]]`, RFC 7854).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BmpConfig {
+    /// `HOST:PORT`, resolved at each connection attempt.
+    pub address: String,
+    /// How often Statistics Reports go out (None: never).
+    pub statistics_interval: Option<std::time::Duration>,
+}
+
 /// Where an entry came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -246,6 +255,8 @@ pub struct Config {
     /// Where the Prometheus endpoint listens (`[metrics] listen`); off
     /// without.
     pub metrics: Option<SocketAddr>,
+    /// BMP collectors (`[[bmp]]`).
+    pub bmp: Vec<BmpConfig>,
     /// The guest role (`[gateway]`): tapir inside a VM.
     pub gateway: Option<GatewayConfig>,
     /// Health-checked announcements (`[[service]]`).
@@ -626,6 +637,8 @@ struct RawConfig {
     graceful_restart: Option<RawGracefulRestart>,
     drain: Option<RawDrain>,
     metrics: Option<RawMetrics>,
+    #[serde(default)]
+    bmp: Vec<Spanned<RawBmp>>,
     gateway: Option<Spanned<RawGateway>>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
@@ -747,6 +760,18 @@ struct RawCheck {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct RawMetrics {
     listen: SocketAddr,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawBmp {
+    address: Spanned<String>,
+    #[serde(default = "default_bmp_statistics")]
+    statistics_interval: Spanned<u64>,
+}
+
+fn default_bmp_statistics() -> Spanned<u64> {
+    Spanned::new(0..0, 60)
 }
 
 #[derive(Deserialize)]
@@ -1342,6 +1367,7 @@ impl Config {
                 },
             },
             metrics: raw.metrics.map(|m| m.listen),
+            bmp: parse_bmp(&raw.bmp, &err)?,
             gateway,
             services,
         })
@@ -1613,6 +1639,50 @@ fn parse_vms(
 }
 
 /// `[[service]]`: names and prefixes unique, none also in `announce`.
+/// `[[bmp]]`: `address` is `HOST:PORT` (an IPv6 address in brackets);
+/// the host is resolved at each connection attempt, so only its form is
+/// checked here.
+fn parse_bmp(raw: &[Spanned<RawBmp>], err: &ErrFn) -> Result<Vec<BmpConfig>, ConfigError> {
+    let mut out: Vec<BmpConfig> = Vec::new();
+    for b in raw {
+        let b = b.get_ref();
+        let a = b.address.get_ref();
+        let well_formed = a.parse::<SocketAddr>().is_ok()
+            || a.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty()
+                    && !host.contains(':')
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                    && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+        if !well_formed {
+            return Err(err(
+                b.address.span(),
+                format!("bmp.address: {a:?} is not HOST:PORT (an IPv6 address in brackets: \"[2001:db8::1]:1790\")"),
+            ));
+        }
+        if out.iter().any(|o| o.address == *a) {
+            return Err(err(
+                b.address.span(),
+                format!("bmp.address: {a:?} is given twice"),
+            ));
+        }
+        let s = *b.statistics_interval.get_ref();
+        if s > 86_400 {
+            return Err(err(
+                b.statistics_interval.span(),
+                "bmp.statistics-interval: 0 (never) to 86400 seconds".into(),
+            ));
+        }
+        out.push(BmpConfig {
+            address: a.clone(),
+            statistics_interval: (s > 0).then(|| Duration::from_secs(s)),
+        });
+    }
+    Ok(out)
+}
+
 fn parse_services(
     raw: &[Spanned<RawService>],
     announce: &[Prefix],
@@ -2471,7 +2541,12 @@ mod tests {
                 format!("{head}[[service]]\nprefixes = []\ncheck = [{{ zz-unknown = 1 }}]\n"),
             ),
         ];
-        for (section, text) in cases.iter().chain([&metrics, &ao]).chain(guest.iter()) {
+        let bmp = ("## `[[bmp]]`", format!("{head}[[bmp]]\nzz-unknown = 1\n"));
+        for (section, text) in cases
+            .iter()
+            .chain([&metrics, &ao, &bmp])
+            .chain(guest.iter())
+        {
             let start = doc
                 .find(&format!("\n{section}\n"))
                 .unwrap_or_else(|| panic!("docs/config.md has no section {section}"));
@@ -2650,6 +2725,32 @@ mod tests {
         let c = parse(&format!("{HEAD}{n}enforce-first-as = true\n")).unwrap();
         assert!(c.neighbors[0].session.import_rules.enforce_first_as);
         assert_eq!(c.neighbors[0].session.import_rules.allow_attributes, None);
+    }
+
+    #[test]
+    fn bmp_collectors_are_host_and_port() {
+        let ok = parse(&format!(
+            "{HEAD}[[bmp]]\naddress = \"bmp.example.net:1790\"\n\
+             [[bmp]]\naddress = \"[2001:db8::9]:1790\"\nstatistics-interval = 0\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.bmp[0].statistics_interval, Some(Duration::from_secs(60)));
+        assert_eq!(ok.bmp[1].statistics_interval, None);
+        for (bad, says) in [
+            ("address = \"bmp.example.net\"", "is not HOST:PORT"),
+            ("address = \"2001:db8::9:1790\"", "is not HOST:PORT"),
+            ("address = \"a:0\"", "is not HOST:PORT"),
+            (
+                "address = \"x:1\"\nstatistics-interval = 90000",
+                "0 (never) to 86400",
+            ),
+        ] {
+            let e = parse(&format!("{HEAD}[[bmp]]\n{bad}\n")).unwrap_err();
+            assert!(e.message.contains(says), "{bad}: {e}");
+            assert!(e.line > 1, "{bad}: {e}");
+        }
+        let twice = format!("{HEAD}[[bmp]]\naddress = \"a:1\"\n[[bmp]]\naddress = \"a:1\"\n");
+        assert!(parse(&twice).unwrap_err().message.contains("given twice"));
     }
 
     #[test]

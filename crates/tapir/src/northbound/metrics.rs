@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub reloaded: crate::reload::Outcome,
     /// Route changes sent to the Loc-RIB and not applied yet.
     pub rib_backlog: usize,
+    /// The BMP export, if `[[bmp]]` is set.
+    pub bmp: Option<std::sync::Arc<crate::northbound::bmp::Counters>>,
 }
 
 /// Scrapes answered at once, at most; one more connection is closed at
@@ -167,6 +169,9 @@ pub fn encode(s: &Snapshot) -> String {
     encode_services(&mut reg, &s.services);
     encode_limits(&mut reg);
     encode_config(&mut reg, &s.reloaded);
+    if let Some(b) = &s.bmp {
+        encode_bmp(&mut reg, b);
+    }
     let mut out = String::new();
     if prometheus_client::encoding::prometheus_text::encode(&mut out, &reg).is_err() {
         warn!("metrics: encoding failed");
@@ -463,6 +468,43 @@ fn encode_config(reg: &mut Registry, r: &crate::reload::Outcome) {
         None,
     );
     pending.get_or_create(&vec![]).set(r.pending_restart as i64);
+}
+
+/// The BMP export: each collector's connection, what it was sent.
+fn encode_bmp(reg: &mut Registry, b: &crate::northbound::bmp::Counters) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let up = gauge(
+        reg,
+        "bmp_collector_up",
+        "1 while the BMP collector is connected",
+        None,
+    );
+    let connects = counter(
+        reg,
+        "bmp_collector_connects",
+        "Connections made to the BMP collector (each starts with a whole dump)",
+    );
+    let sent = counter(
+        reg,
+        "bmp_messages_sent",
+        "BMP messages written to the collector",
+    );
+    for c in &b.collectors {
+        let labels = l(&[("collector", &c.address)]);
+        up.get_or_create(&labels).set(i64::from(c.up.load(Relaxed)));
+        connects
+            .get_or_create(&labels)
+            .inc_by(c.connects.load(Relaxed));
+        sent.get_or_create(&labels).inc_by(c.messages.load(Relaxed));
+    }
+    let dropped = counter(
+        reg,
+        "bmp_messages_dropped",
+        "BMP messages dropped because the export queue was full (every collector then starts over)",
+    );
+    dropped
+        .get_or_create(&vec![])
+        .inc_by(b.dropped.load(Relaxed));
 }
 
 /// Health-checked services (guest role).

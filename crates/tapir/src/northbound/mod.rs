@@ -1,7 +1,8 @@
 //! What the operator sees and says: the configuration and the inventory,
 //! the control socket (`tapir show`, `reload`, `drain`, `vm`) and its
-//! tables, the metrics endpoint, systemd readiness, its watchdog and its journal.
+//! tables, the metrics endpoint, BMP export, systemd readiness, its watchdog and its journal.
 
+pub mod bmp;
 pub mod config;
 pub mod control;
 pub mod inventory;

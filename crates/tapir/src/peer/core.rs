@@ -39,6 +39,7 @@ use crate::routing::rib::RibMsg;
 use crate::southbound::net::Interface;
 
 mod admin;
+mod bmp;
 pub use admin::{AdminError, ExportAsk};
 
 /// BIRD (2.0.12 at least) sometimes sends nothing for up to 3 s after it
@@ -72,6 +73,8 @@ pub struct Identity {
     pub gr_helper_max: Arc<std::sync::atomic::AtomicU16>,
     /// A BFD task runs: sessions with `bfd` set ask it for a BFD session.
     pub bfd: bool,
+    /// BMP collectors are configured: the session tells them what happens.
+    pub bmp: bool,
 }
 
 /// What happens to a peer, in the order it happens.
@@ -80,7 +83,10 @@ pub enum Input {
     /// A connection the listener accepted from the neighbor's address
     /// (its local end). The core answers [`Action::Accept`] or
     /// [`Action::Refuse`].
-    Incoming { local: Option<SocketAddr> },
+    Incoming {
+        local: Option<SocketAddr>,
+        remote_port: u16,
+    },
     /// Our connection attempt for `conn` ended: its local end, or why it
     /// failed. On success the core answers [`Action::Attach`] if it still
     /// wants the connection.
@@ -126,6 +132,8 @@ pub enum Input {
     Shutdown(Notification),
     /// Stop without a NOTIFICATION (a graceful restart of tapir).
     Abort,
+    /// The BMP exporter asks for the session's state or statistics.
+    Bmp(crate::northbound::bmp::Ask),
 }
 
 /// What the task around the core must do, in order.
@@ -158,6 +166,11 @@ pub enum Action {
     },
     /// End the BFD session started for (peer, interface index).
     BfdRemove((IpAddr, Option<u32>)),
+    /// A BMP message for the exporter.
+    Bmp {
+        to: crate::northbound::bmp::To,
+        bytes: Vec<u8>,
+    },
 }
 
 /// One connection and the session that runs on it.
@@ -168,6 +181,8 @@ struct Conn {
     attached: bool,
     /// Its local end, once attached.
     local: Option<SocketAddr>,
+    /// The peer's TCP port, once attached.
+    remote_port: u16,
     /// Bytes still in its outbox at the last read.
     queued: usize,
     /// Families whose whole table is on its way to the peer (after
@@ -237,6 +252,11 @@ pub struct PeerCore {
     /// A global IPv6 address of an interface (by index), for the next hop
     /// of a link-local session (`global_v6_from`).
     global_v6: fn(u32) -> Option<Ipv6Addr>,
+    /// The BMP per-peer header while Established (BMP export on).
+    bmp_peer: Option<crate::northbound::bmp::wire::Peer>,
+    /// Stopping without a NOTIFICATION (`Input::Abort`): a session that
+    /// ends now was closed by us.
+    aborting: bool,
 }
 
 /// The longest wait between connection attempts to a VM address that
@@ -302,6 +322,8 @@ impl PeerCore {
             last_received: None,
             actions: VecDeque::new(),
             global_v6: crate::southbound::net::global_address,
+            bmp_peer: None,
+            aborting: false,
         }
     }
 
@@ -438,7 +460,7 @@ impl PeerCore {
     pub fn handle(&mut self, now: Instant, input: Input) {
         self.now = now;
         match input {
-            Input::Incoming { local } => self.incoming(local),
+            Input::Incoming { local, remote_port } => self.incoming(local, remote_port),
             Input::Connected { conn, result } => self.connected(conn, result),
             Input::Bytes { conn, data, queued } => self.bytes(conn, &data, queued),
             Input::Closed { conn } => {
@@ -522,7 +544,9 @@ impl PeerCore {
                 self.tell_rib(RibMsg::Unsubscribe(self.id));
                 return;
             }
+            Input::Bmp(ask) => self.bmp_ask(ask),
             Input::Abort => {
+                self.aborting = true;
                 for c in &mut self.conns {
                     c.session.abort(now);
                 }
@@ -547,6 +571,7 @@ impl PeerCore {
             session: Session::new(session_config(&self.cfg, &self.env, self.may_probe())),
             attached: false,
             local: None,
+            remote_port: 0,
             queued: 0,
             answering: Vec::new(),
         }
@@ -591,7 +616,7 @@ impl PeerCore {
         any
     }
 
-    fn incoming(&mut self, local: Option<SocketAddr>) {
+    fn incoming(&mut self, local: Option<SocketAddr>, remote_port: u16) {
         let now = self.now;
         let state = self.conns[0].session.state();
         match state {
@@ -612,6 +637,7 @@ impl PeerCore {
                 c.id = id;
                 c.attached = true;
                 c.local = local;
+                c.remote_port = remote_port;
                 self.actions.push_back(Action::Accept { conn: id });
                 self.conns[0].session.accepted(now);
             }
@@ -624,12 +650,12 @@ impl PeerCore {
                 if self.cfg.takeover && self.conns.len() == 1 && self.peer_gr.is_some() =>
             {
                 debug!("new connection while Established: its OPEN decides (RFC 4724 §4.2)");
-                self.second_conn(local);
+                self.second_conn(local, remote_port);
             }
             State::OpenSent | State::OpenConfirm if self.conns.len() == 1 => {
                 // A collision in the making (§6.8): run both until the
                 // peer's identifier is known.
-                self.second_conn(local);
+                self.second_conn(local, remote_port);
             }
             _ => {
                 info!("connection refused: a session with this neighbor is already up");
@@ -638,10 +664,11 @@ impl PeerCore {
         }
     }
 
-    fn second_conn(&mut self, local: Option<SocketAddr>) {
+    fn second_conn(&mut self, local: Option<SocketAddr>, remote_port: u16) {
         let mut c = self.new_conn();
         c.attached = true;
         c.local = local;
+        c.remote_port = remote_port;
         self.actions.push_back(Action::Accept { conn: c.id });
         c.session.accepted(self.now);
         self.conns.push(c);
@@ -654,9 +681,11 @@ impl PeerCore {
         let state = self.conns[i].session.state();
         match result {
             Ok(local) if matches!(state, State::Connect | State::Active) => {
+                let remote_port = self.connect_to().port();
                 let c = &mut self.conns[i];
                 c.attached = true;
                 c.local = local;
+                c.remote_port = remote_port;
                 self.actions.push_back(Action::Attach { conn });
                 self.conns[i].session.connected(self.now);
             }
@@ -916,6 +945,7 @@ impl PeerCore {
                 pin_peer: self.cfg.policy.is_none() && !self.cfg.takeover,
             });
         }
+        self.bmp_up(i, crate::northbound::bmp::To::All);
         for f in n.context.families.clone() {
             self.send_family(i, f);
         }
@@ -926,6 +956,7 @@ impl PeerCore {
 
     fn down(&mut self, reason: session::DownReason) {
         self.flaps += 1;
+        self.bmp_down(&reason);
         self.wake_at = None;
         self.bfd_remove();
         let held_back = self.log_budget.finish();
@@ -1111,7 +1142,21 @@ impl PeerCore {
                 );
             }
         }
+        self.bmp_pre(&u);
         if let Some(f) = u.end_of_rib() {
+            // Its End-of-RIB closes the post-policy view as well.
+            if let Some(peer) = self.bmp_peer {
+                let m = crate::northbound::bmp::wire::route_monitoring(
+                    &peer,
+                    crate::northbound::bmp::wire::Policy::Post,
+                    &encode_end_of_rib(f),
+                    std::time::SystemTime::now(),
+                );
+                self.actions.push_back(Action::Bmp {
+                    to: crate::northbound::bmp::To::All,
+                    bytes: m,
+                });
+            }
             self.tables_pending.retain(|t| *t != f);
             if self.tables_pending.is_empty() {
                 self.wake_at = None;
@@ -1131,6 +1176,7 @@ impl PeerCore {
         };
         let changes = self.adj_rib_in.apply(u, ebgp, &judge);
         self.log_refused(&changes.refused);
+        self.bmp_post(&changes.announce, &changes.withdraw);
         self.rib_update(changes.announce, changes.withdraw);
         if let Some((p, limit)) = changes.teardown {
             self.teardown_max_prefixes(&p, limit);
@@ -1180,6 +1226,8 @@ impl PeerCore {
                 routes = withdraw.len(),
                 "stale routes removed (graceful restart)"
             );
+            self.bmp_pre_withdraw(&withdraw);
+            self.bmp_post(&[], &withdraw);
             match &self.info {
                 Some(_) => self.rib_update(Vec::new(), withdraw),
                 None => self.tell_rib(RibMsg::Update {
@@ -1223,6 +1271,7 @@ impl PeerCore {
                 info!(prefix = %p, "route now accepted");
             }
         }
+        self.bmp_post(&changes.announce, &changes.withdraw);
         self.rib_update(changes.announce, changes.withdraw);
     }
 

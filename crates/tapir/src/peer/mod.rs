@@ -183,6 +183,8 @@ pub struct DaemonHandles {
     /// As a helper: the longest a peer's restart time is honoured
     /// (`[graceful-restart] helper-max-time`; a reload sets it).
     pub gr_helper_max: Arc<std::sync::atomic::AtomicU16>,
+    /// The BMP exporter, if `[[bmp]]` collectors are configured.
+    pub bmp: Option<crate::northbound::bmp::Sink>,
 }
 
 impl DaemonHandles {
@@ -194,6 +196,7 @@ impl DaemonHandles {
             restarting: self.restarting.clone(),
             gr_helper_max: self.gr_helper_max.clone(),
             bfd: self.bfd.is_some(),
+            bmp: self.bmp.is_some(),
         }
     }
 }
@@ -222,6 +225,8 @@ pub enum PeerMsg {
     SetExport(Arc<Policy>),
     /// BFD saw the path fail (it was Up, it is Down).
     BfdDown,
+    /// The BMP exporter asks for the session's state or statistics.
+    Bmp(crate::northbound::bmp::Ask),
     /// `tapir neighbor OP TARGET`: answered with `None` if `target` does
     /// not name this session.
     Admin {
@@ -473,8 +478,9 @@ impl Peer {
                 }
                 PeerMsg::Incoming(stream) => {
                     let local = stream.local_addr().ok();
+                    let remote_port = stream.peer_addr().map_or(0, |a| a.port());
                     self.pending = Some(stream);
-                    Input::Incoming { local }
+                    Input::Incoming { local, remote_port }
                 }
                 PeerMsg::Connected { conn, result } => Input::Connected {
                     conn,
@@ -503,6 +509,7 @@ impl Peer {
                 PeerMsg::NextSession(c) => Input::NextSession(c),
                 PeerMsg::SetExport(p) => Input::SetExport(p),
                 PeerMsg::BfdDown => Input::BfdDown,
+                PeerMsg::Bmp(ask) => Input::Bmp(ask),
             };
             self.core.handle(now, input);
             self.act();
@@ -573,6 +580,11 @@ impl Peer {
                 Action::BfdRemove(key) => {
                     if let Some(bfd) = &self.local.bfd {
                         let _ = bfd.send(crate::southbound::bfd::BfdMsg::Remove(key));
+                    }
+                }
+                Action::Bmp { to, bytes } => {
+                    if let Some(bmp) = &self.local.bmp {
+                        bmp.send(to, bytes);
                     }
                 }
             }

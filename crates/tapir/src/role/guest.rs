@@ -382,6 +382,7 @@ mod tests {
                 bfd: None,
                 restarting: Arc::new(false.into()),
                 gr_helper_max: Arc::new(120.into()),
+                bmp: None,
             }),
             links: BTreeMap::new(),
             defaults: Default::default(),

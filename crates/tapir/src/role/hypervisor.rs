@@ -1015,6 +1015,7 @@ mod tests {
             bfd: None,
             restarting: Default::default(),
             gr_helper_max: Default::default(),
+            bmp: None,
         });
         Hypervisor::new(
             config.groups.clone(),

@@ -211,6 +211,7 @@ impl Harness {
             restarting: Arc::new(AtomicBool::new(restarting)),
             gr_helper_max: Arc::new(AtomicU16::new(300)),
             bfd,
+            bmp: false,
         };
         Harness {
             core: PeerCore::new(cfg, env, tapir::routing::peer_info::PeerId(7), now),
@@ -282,6 +283,7 @@ impl Harness {
             self.now,
             Input::Incoming {
                 local: Some(SocketAddr::new(self.remote_cfg.ours.into(), 179)),
+                remote_port: 40000,
             },
         );
         self.pump();
@@ -567,6 +569,7 @@ impl Harness {
                 timers.multiplier
             )),
             Action::BfdRemove((a, i)) => self.note(format!("< bfd remove {a} {i:?}")),
+            Action::Bmp { .. } => {}
         }
     }
 

@@ -1,0 +1,415 @@
+//! BMP export (RFC 7854): every session's Peer Up and Peer Down, its
+//! routes before and after policy (refused ones are in the pre-policy
+//! view) and its statistics, to one or more collectors (`[[bmp]]`).
+//!
+//! Sessions never wait on it. A session encodes its BMP messages itself
+//! and hands them to the [`Sink`], which only queues; past
+//! [`crate::tasks::BMP_QUEUE_BYTES`] a message is dropped, and then every
+//! collector's connection is closed and opened again, so that it starts
+//! from a whole dump instead of a view with a hole in it (a collector
+//! forgets a router's state when its connection ends). The exporter task
+//! fans messages out to the connected collectors; each collector's task
+//! connects (backing off from 1 s to 60 s), writes, and on connecting
+//! asks every session for its state (Peer Up, both views, End-of-RIB).
+
+pub mod wire;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::northbound::config::BmpConfig;
+use crate::tasks::{self, Task};
+
+/// Who a message is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum To {
+    /// Every connected collector (what happens now).
+    All,
+    /// One collector (its dump, its statistics).
+    One(usize),
+}
+
+/// What a session is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// Peer Up and both views of its routes, End-of-RIB after each.
+    Dump(To),
+    /// A Statistics Report.
+    Stats(To),
+}
+
+struct Out {
+    to: To,
+    bytes: Arc<[u8]>,
+}
+
+/// How the export is doing, for the metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Per collector, in `[[bmp]]` order.
+    pub collectors: Vec<CollectorCounters>,
+}
+
+#[derive(Debug, Default)]
+pub struct CollectorCounters {
+    pub address: String,
+    pub up: AtomicBool,
+    pub connects: AtomicU64,
+    pub messages: AtomicU64,
+}
+
+/// Where sessions put their BMP messages: never waits.
+#[derive(Clone, Debug)]
+pub struct Sink {
+    tx: mpsc::UnboundedSender<Out>,
+    queued: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
+}
+
+impl Sink {
+    /// Queues one message; drops it if the queue is full (the exporter
+    /// then starts every collector over).
+    pub fn send(&self, to: To, bytes: Vec<u8>) {
+        let n = bytes.len();
+        if self.queued.fetch_add(n, Relaxed) + n > tasks::BMP_QUEUE_BYTES {
+            self.queued.fetch_sub(n, Relaxed);
+            self.counters.dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        let out = Out {
+            to,
+            bytes: bytes.into(),
+        };
+        if self.tx.send(out).is_err() {
+            self.queued.fetch_sub(n, Relaxed);
+        }
+    }
+}
+
+enum Ctl {
+    /// Collector `i` is connected: messages for it go to `tx`; `flushed`
+    /// fires once its task has written all and closed.
+    Up {
+        i: usize,
+        tx: mpsc::UnboundedSender<Arc<[u8]>>,
+        queued: Arc<AtomicUsize>,
+    },
+    /// Collector `i`'s connection ended.
+    Gone(usize),
+    /// tapir stops: Termination to every collector, then answer.
+    Stop(oneshot::Sender<()>),
+}
+
+/// The running export.
+pub struct Bmp {
+    pub sink: Sink,
+    pub counters: Arc<Counters>,
+    ctl: mpsc::Sender<Ctl>,
+}
+
+impl Bmp {
+    /// Sends Termination to every connected collector and waits (a
+    /// second at most) until it is written.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.ctl.send(Ctl::Stop(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;
+        }
+    }
+}
+
+/// What one collector may have waiting before its connection is closed
+/// (it reads too slowly; it gets a whole dump when it connects again).
+const COLLECTOR_BACKLOG_BYTES: usize = 16 << 20;
+/// The longest wait between connection attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A write that makes no progress this long ends the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts the exporter and one task per collector; `ask` reaches every
+/// session (the daemon forwards it).
+pub fn start(collectors: &[BmpConfig], ask: mpsc::UnboundedSender<Ask>) -> Bmp {
+    let counters = Arc::new(Counters {
+        dropped: AtomicU64::new(0),
+        collectors: collectors
+            .iter()
+            .map(|c| CollectorCounters {
+                address: c.address.clone(),
+                ..Default::default()
+            })
+            .collect(),
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let (ctl_tx, ctl_rx) = mpsc::channel(tasks::BMP_CONTROL);
+    let sink = Sink {
+        tx,
+        queued: queued.clone(),
+        counters: counters.clone(),
+    };
+    for (i, c) in collectors.iter().enumerate() {
+        tasks::spawn(
+            Task::BmpCollector,
+            collector(i, c.address.clone(), ctl_tx.clone(), counters.clone()),
+        );
+    }
+    let hub = Hub {
+        conns: vec![None; collectors.len()],
+        stats_every: collectors.iter().map(|c| c.statistics_interval).collect(),
+        queued,
+        counters: counters.clone(),
+        ask,
+        sys_name: host_name(),
+    };
+    tasks::spawn(Task::Bmp, hub.run(rx, ctl_rx));
+    Bmp {
+        sink,
+        counters,
+        ctl: ctl_tx,
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[derive(Clone)]
+struct Conn {
+    tx: mpsc::UnboundedSender<Arc<[u8]>>,
+    queued: Arc<AtomicUsize>,
+    /// When its next Statistics Reports are asked for.
+    stats_at: Option<tokio::time::Instant>,
+}
+
+struct Hub {
+    conns: Vec<Option<Conn>>,
+    stats_every: Vec<Option<Duration>>,
+    /// Bytes sessions queued and the hub has not handed on.
+    queued: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
+    ask: mpsc::UnboundedSender<Ask>,
+    sys_name: String,
+}
+
+impl Hub {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Out>, mut ctl: mpsc::Receiver<Ctl>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut dropped = 0;
+        loop {
+            tokio::select! {
+                Some(out) = rx.recv() => {
+                    self.queued.fetch_sub(out.bytes.len(), Relaxed);
+                    self.hand_on(out);
+                }
+                Some(c) = ctl.recv() => match c {
+                    Ctl::Up { i, tx, queued } => self.up(i, tx, queued),
+                    Ctl::Gone(i) => self.conns[i] = None,
+                    Ctl::Stop(done) => {
+                        self.stop().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                },
+                _ = tick.tick() => {
+                    let now = self.counters.dropped.load(Relaxed);
+                    if now != dropped {
+                        dropped = now;
+                        warn!(dropped = now, "BMP: messages dropped (queue full): every collector starts over");
+                        for c in &mut self.conns {
+                            *c = None;
+                        }
+                    }
+                    self.statistics();
+                }
+            }
+        }
+    }
+
+    fn hand_on(&mut self, out: Out) {
+        for (i, slot) in self.conns.iter_mut().enumerate() {
+            if !matches!(out.to, To::All) && out.to != To::One(i) {
+                continue;
+            }
+            let Some(c) = slot else { continue };
+            let n = out.bytes.len();
+            if c.queued.fetch_add(n, Relaxed) + n > COLLECTOR_BACKLOG_BYTES {
+                warn!(
+                    collector = %self.counters.collectors[i].address,
+                    "BMP collector reads too slowly: connection closed, a whole dump when it is back"
+                );
+                *slot = None;
+                continue;
+            }
+            if c.tx.send(out.bytes.clone()).is_err() {
+                *slot = None;
+            }
+        }
+    }
+
+    fn up(&mut self, i: usize, tx: mpsc::UnboundedSender<Arc<[u8]>>, queued: Arc<AtomicUsize>) {
+        let descr = format!("tapir {}", env!("CARGO_PKG_VERSION"));
+        let init: Arc<[u8]> = wire::initiation(&self.sys_name, &descr).into();
+        queued.fetch_add(init.len(), Relaxed);
+        let _ = tx.send(init);
+        let stats_at = self.stats_every[i].map(|d| tokio::time::Instant::now() + d);
+        self.conns[i] = Some(Conn {
+            tx,
+            queued,
+            stats_at,
+        });
+        let _ = self.ask.send(Ask::Dump(To::One(i)));
+    }
+
+    fn statistics(&mut self) {
+        let now = tokio::time::Instant::now();
+        for (i, slot) in self.conns.iter_mut().enumerate() {
+            let Some(c) = slot else { continue };
+            if let (Some(at), Some(every)) = (c.stats_at, self.stats_every[i]) {
+                if at <= now {
+                    c.stats_at = Some(now + every);
+                    let _ = self.ask.send(Ask::Stats(To::One(i)));
+                }
+            }
+        }
+    }
+
+    async fn stop(&mut self) {
+        let bye: Arc<[u8]> = wire::termination("tapir stops").into();
+        for c in self.conns.iter_mut().filter_map(Option::take) {
+            let _ = c.tx.send(bye.clone());
+        }
+        // Each collector's task writes what it has, then closes and
+        // says so.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while self.counters.collectors.iter().any(|c| c.up.load(Relaxed)) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// One collector: connect, write, and again after a loss.
+async fn collector(i: usize, address: String, ctl: mpsc::Sender<Ctl>, counters: Arc<Counters>) {
+    let me = &counters.collectors[i];
+    let mut backoff = Duration::from_secs(1);
+    let mut told = false;
+    loop {
+        let stream = match connect(&address).await {
+            Ok(s) => s,
+            Err(e) => {
+                // The first failure in a row is a warning; the rest, at
+                // the same back-off, would only repeat it.
+                if !told {
+                    warn!(collector = %address, error = %e, "BMP collector unreachable: trying again with back-off");
+                    told = true;
+                } else {
+                    debug!(collector = %address, error = %e, "BMP collector still unreachable");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        told = false;
+        info!(collector = %address, "BMP collector connected");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        if ctl
+            .send(Ctl::Up {
+                i,
+                tx,
+                queued: queued.clone(),
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        me.up.store(true, Relaxed);
+        me.connects.fetch_add(1, Relaxed);
+        let started = tokio::time::Instant::now();
+        let why = serve(stream, rx, &queued, me).await;
+        me.up.store(false, Relaxed);
+        if ctl.send(Ctl::Gone(i)).await.is_err() {
+            return;
+        }
+        warn!(collector = %address, reason = why, "BMP collector connection ended");
+        // A connection that lasted is not a failure to back off from.
+        if started.elapsed() > BACKOFF_MAX {
+            backoff = Duration::from_secs(1);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn connect(address: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let attempt = tokio::net::TcpStream::connect(address);
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no answer within 5 s",
+        )),
+    }
+}
+
+/// Writes what the hub hands over until the hub lets go (tapir stops,
+/// or starts the collector over) or the collector goes away.
+async fn serve(
+    stream: tokio::net::TcpStream,
+    mut rx: mpsc::UnboundedReceiver<Arc<[u8]>>,
+    queued: &AtomicUsize,
+    me: &CollectorCounters,
+) -> &'static str {
+    let _ = stream.set_nodelay(true);
+    let (mut r, mut w) = stream.into_split();
+    let mut buf = Vec::with_capacity(64 << 10);
+    let mut scratch = [0u8; 512];
+    loop {
+        tokio::select! {
+            m = rx.recv() => {
+                let Some(first) = m else {
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, w.shutdown()).await;
+                    return "closed by tapir";
+                };
+                // Whatever else is waiting goes in the same write.
+                buf.clear();
+                buf.extend_from_slice(&first);
+                let mut n = 1;
+                while buf.len() < 64 << 10 {
+                    match rx.try_recv() {
+                        Ok(m) => {
+                            buf.extend_from_slice(&m);
+                            n += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&buf)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return "write failed",
+                    Err(_) => return "write made no progress for 30 s",
+                }
+                queued.fetch_sub(buf.len(), Relaxed);
+                me.messages.fetch_add(n, Relaxed);
+            }
+            r = r.read(&mut scratch) => match r {
+                // A collector sends nothing (RFC 7854 §3.3); bytes are
+                // ignored, the end of its stream ends ours.
+                Ok(0) | Err(_) => return "closed by the collector",
+                Ok(_) => {}
+            }
+        }
+    }
+}
