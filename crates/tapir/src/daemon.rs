@@ -848,10 +848,19 @@ impl Handles {
                 let done = format!("VM {} registered", vm.name);
                 vm_request(self.role.as_ref(), |tx| RoleMsg::VmAdd(vm, tx), done).await
             }
-            Request::VmRemove { name } => {
-                let done = format!("VM {name} removed");
-                vm_request(self.role.as_ref(), |tx| RoleMsg::VmRemove(name, tx), done).await
+            Request::VmRemove { name, nic } => {
+                let done = match &nic {
+                    Some(n) => format!("VM {name}: NIC {n} removed"),
+                    None => format!("VM {name} removed"),
+                };
+                vm_request(
+                    self.role.as_ref(),
+                    |tx| RoleMsg::VmRemove(name, nic, tx),
+                    done,
+                )
+                .await
             }
+            Request::VmSync { vms, dry_run } => vm_sync(self.role.as_ref(), vms, dry_run).await,
         }
     }
 
@@ -1627,6 +1636,48 @@ async fn show_vms(
 
 /// `tapir vm add` and `vm remove`: the role answers, `done` says what
 /// happened when it agreed.
+/// `tapir vm sync`: every entry checked as `vm add` would, then the
+/// role applies (or only plans) the whole set.
+async fn vm_sync(
+    role: Option<&mpsc::Sender<RoleMsg>>,
+    regs: Vec<crate::northbound::inventory::Registration>,
+    dry_run: bool,
+) -> Response {
+    let Some(role) = role else { return no_role() };
+    let mut vms = Vec::with_capacity(regs.len());
+    for r in &regs {
+        match r.to_entry() {
+            Ok(e) => vms.push(e),
+            Err(e) => {
+                return Response::Error {
+                    message: e.to_string(),
+                }
+            }
+        }
+    }
+    let (tx, rx) = oneshot::channel();
+    let msg = RoleMsg::VmSync {
+        vms,
+        dry_run,
+        done: tx,
+    };
+    if role.send(msg).await.is_err() {
+        return no_role();
+    }
+    match rx.await {
+        Ok(Ok(plan)) => Response::Done {
+            message: match dry_run {
+                true => format!("{plan} (dry run: nothing changed)"),
+                false => plan,
+            },
+        },
+        Ok(Err(e)) => Response::Error {
+            message: e.to_string(),
+        },
+        Err(_) => no_role(),
+    }
+}
+
 async fn vm_request(
     role: Option<&mpsc::Sender<RoleMsg>>,
     msg: impl FnOnce(oneshot::Sender<Result<(), crate::role::RoleError>>) -> RoleMsg,

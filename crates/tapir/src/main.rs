@@ -173,9 +173,28 @@ enum Vm {
         /// kernel sees it behind the VM's address.
         #[arg(long)]
         mac: Option<String>,
+        /// Registers one NIC of a VM with several (Ganeti's
+        /// INTERFACE_UUID): each NIC's registration stands beside the
+        /// others', with the VM's prefixes.
+        #[arg(long)]
+        nic: Option<String>,
     },
-    /// Unregister a VM registered with `vm add`.
-    Remove { name: String },
+    /// Unregister a VM registered with `vm add`: every NIC, or one.
+    Remove {
+        name: String,
+        /// Only this NIC (as given to `vm add --nic`).
+        #[arg(long)]
+        nic: Option<String>,
+    },
+    /// Make the synced inventory exactly FILE's `[[vm]]` entries, as one
+    /// change (registrations and the config's entries stay); prints what
+    /// changed.
+    Sync {
+        file: std::path::PathBuf,
+        /// Only print what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -582,6 +601,7 @@ fn vm(rt: &tokio::runtime::Runtime, ctl: &Ctl, what: Vm) -> ExitCode {
             prefixes,
             asn,
             mac,
+            nic,
         } => {
             let vm = inventory::Registration {
                 name,
@@ -590,6 +610,8 @@ fn vm(rt: &tokio::runtime::Runtime, ctl: &Ctl, what: Vm) -> ExitCode {
                 asn,
                 prefixes,
                 mac,
+                nic,
+                synced: false,
             };
             // Catch mistakes here, with the daemon's own rules.
             if let Err(e) = vm.to_entry() {
@@ -598,7 +620,23 @@ fn vm(rt: &tokio::runtime::Runtime, ctl: &Ctl, what: Vm) -> ExitCode {
             }
             control::Request::VmAdd { vm }
         }
-        Vm::Remove { name } => control::Request::VmRemove { name },
+        Vm::Remove { name, nic } => control::Request::VmRemove { name, nic },
+        Vm::Sync { file, dry_run } => {
+            // The file's errors point at their line, before anything is
+            // sent.
+            let vms = match tapir::northbound::config::parse_inventory_file(&file) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("tapir: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let vms = vms
+                .iter()
+                .map(inventory::Registration::from_entry)
+                .collect();
+            control::Request::VmSync { vms, dry_run }
+        }
     };
     client(rt, ctl, req, false)
 }

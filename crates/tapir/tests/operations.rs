@@ -688,3 +688,168 @@ fn stuck_control_clients_hold_up_nobody() {
     let (ok, _, err) = t.cli(&["show", "peers"]);
     assert!(ok, "{err}");
 }
+
+/// A Ganeti instance with two routed NICs: its ifup hook runs once per
+/// NIC with Ganeti's environment (INTERFACE_UUID and INTERFACE_INDEX
+/// tell them apart), each NIC's registration stands beside the other's,
+/// and one NIC's ifdown removes that NIC only. The two NICs are modelled
+/// as two namespaces (vm12 behind tap12, vm14 behind tap14), each with
+/// the instance's BGP speaker on its address. Then `tapir vm sync`
+/// applies an inventory file as one change, leaving the hooks'
+/// registrations alone.
+#[test]
+fn a_two_nic_instance_and_vm_sync() {
+    let mut lab = reference::standard(&[]);
+    for n in [12, 14] {
+        lab.add_host(&format!("vm{n}"));
+        reference::plug_bare(&mut lab, "hv1", &format!("tap{n}"), n);
+    }
+    let tor = tor::start(&mut lab, Kind::Bird);
+    // The instance's tags allow both prefixes; each NIC announces one,
+    // and NIC 1 also one the instance may not (the group allows it).
+    let _nic0 = reference::vm_bird(&mut lab, 12, &["10.3.0.2/32"]);
+    let _nic1 = reference::vm_bird(&mut lab, 14, &["10.3.0.4/32", "10.3.0.99/32"]);
+    let cfg = lab.write("hv1/tapir.toml", &example());
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    let socket = t.socket.to_string_lossy().into_owned();
+    let tags = "tapir:prefix:10.3.0.2/32 tapir:prefix:10.3.0.4/32 tapir:asn:64613";
+    let nic = |tap: &'static str, index: &'static str, ip: &'static str| {
+        vec![
+            ("TAPIR", TAPIR),
+            ("TAPIR_SOCKET", socket.as_str()),
+            ("INSTANCE", "lb1002"),
+            ("INTERFACE", tap),
+            ("INTERFACE_INDEX", index),
+            (
+                "INTERFACE_UUID",
+                if index == "0" {
+                    "5a1d-nic0"
+                } else {
+                    "5a1d-nic1"
+                },
+            ),
+            ("MODE", "routed"),
+            ("IP", ip),
+            ("TAGS", tags),
+            ("GATEWAY4", "10.192.24.1"),
+        ]
+    };
+    let nic0 = nic("tap12", "0", "10.192.24.12");
+    let nic1 = nic("tap14", "1", "10.192.24.14");
+    for env in [&nic0, &nic1] {
+        let (ok, out) = hook(&lab, "hv1", "ganeti/kvm-ifup-custom", &[], env, "");
+        assert!(ok, "{out}");
+    }
+    let entries = |t: &lab::tapir::Tapir, source: &str| -> Vec<serde_json::Value> {
+        t.json("vms")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["source"] == source)
+            .cloned()
+            .collect()
+    };
+    // Both NICs registered, each on its tap, under the instance's name.
+    let regs = entries(&t, "registered");
+    let mut nics: Vec<(String, String)> = regs
+        .iter()
+        .filter(|v| v["name"] == "lb1002")
+        .map(|v| (v["nic"].to_string(), v["interface"].to_string()))
+        .collect();
+    nics.sort();
+    assert_eq!(
+        nics,
+        [
+            ("\"5a1d-nic0\"".into(), "\"tap12\"".into()),
+            ("\"5a1d-nic1\"".into(), "\"tap14\"".into())
+        ],
+        "{}",
+        t.show(&["vms"])
+    );
+    // Each NIC's prefix at tor; what the instance may not announce is
+    // refused (its entry holds on tap14 too).
+    for p in ["10.3.0.2/32", "10.3.0.4/32"] {
+        wait_for(WAIT, || tor.route(p))
+            .unwrap_or_else(|| panic!("{p}\n{}\n{}", t.show(&["vms"]), lab.all_logs()));
+    }
+    wait_for(WAIT, || {
+        t.routes_for("10.3.0.99/32")
+            .iter()
+            .any(|r| r["accepted"] == false)
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", t.show(&["routes"])));
+    assert!(tor.route("10.3.0.99/32").is_none());
+
+    // NIC 1 goes (hot-unplugged): its registration only.
+    let (ok, out) = hook(&lab, "hv1", "ganeti/kvm-ifdown-custom", &[], &nic1, "");
+    assert!(ok, "{out}");
+    let left: Vec<String> = entries(&t, "registered")
+        .iter()
+        .filter(|v| v["name"] == "lb1002")
+        .map(|v| v["nic"].to_string())
+        .collect();
+    assert_eq!(left, ["\"5a1d-nic0\""], "{}", t.show(&["vms"]));
+    assert!(tor.route("10.3.0.2/32").is_some());
+    // NIC 0's ifup again (a restart) replaces NIC 0 only.
+    let (ok, out) = hook(&lab, "hv1", "ganeti/kvm-ifup-custom", &[], &nic0, "");
+    assert!(ok, "{out}");
+    assert_eq!(entries(&t, "registered").len(), 1, "{}", t.show(&["vms"]));
+
+    // vm sync: the source of truth's file, checked, planned, applied.
+    let file = lab.write(
+        "inventory.toml",
+        "[[vm]]\nname = \"web1\"\naddresses = [\"10.192.24.31\"]\nprefixes = [\"10.3.1.1/32\"]\n\n\
+         [[vm]]\nname = \"web2\"\naddresses = [\"10.192.24.32\"]\nprefixes = [\"10.3.1.2/32\"]\n",
+    );
+    let file_s = file.display().to_string();
+    let (ok, out, err) = t.cli(&["vm", "sync", &file_s, "--dry-run"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("+ web1") && out.contains("+ web2") && out.contains("dry run"),
+        "{out}"
+    );
+    assert!(entries(&t, "synced").is_empty(), "{}", t.show(&["vms"]));
+    let (ok, out, err) = t.cli(&["vm", "sync", &file_s]);
+    assert!(ok, "{err}");
+    assert!(out.contains("2 added"), "{out}");
+    assert_eq!(entries(&t, "synced").len(), 2, "{}", t.show(&["vms"]));
+    // The next rendering: web1 changed, web2 gone, web3 new.
+    lab.write(
+        "inventory.toml",
+        "[[vm]]\nname = \"web1\"\naddresses = [\"10.192.24.31\"]\nprefixes = [\"10.3.1.9/32\"]\n\n\
+         [[vm]]\nname = \"web3\"\naddresses = [\"10.192.24.33\"]\nprefixes = [\"10.3.1.3/32\"]\n",
+    );
+    let (ok, out, err) = t.cli(&["vm", "sync", &file_s]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("~ web1") && out.contains("- web2") && out.contains("+ web3"),
+        "{out}"
+    );
+    let synced: Vec<String> = entries(&t, "synced")
+        .iter()
+        .map(|v| v["name"].to_string())
+        .collect();
+    assert_eq!(synced, ["\"web1\"", "\"web3\""], "{}", t.show(&["vms"]));
+    // The hook's registration is untouched.
+    assert_eq!(entries(&t, "registered").len(), 1, "{}", t.show(&["vms"]));
+    // A file that claims the hook-registered instance's prefix is refused
+    // whole: nothing changes.
+    lab.write(
+        "inventory.toml",
+        "[[vm]]\nname = \"web4\"\naddresses = [\"10.192.24.34\"]\nprefixes = [\"10.3.0.2/32\"]\n",
+    );
+    let (ok, _, err) = t.cli(&["vm", "sync", &file_s]);
+    assert!(!ok && err.contains("owned by VM `lb1002`"), "{err}");
+    assert_eq!(entries(&t, "synced").len(), 2, "{}", t.show(&["vms"]));
+    // A file with a mistake is refused at its line, before tapir is asked.
+    lab.write(
+        "inventory.toml",
+        "[[vm]]\nname = \"web5\"\naddresses = [\"10.192.24.35\"]\nprefixes = [\"10.3.1/32\"]\n",
+    );
+    let (ok, _, err) = t.cli(&["vm", "sync", &file_s]);
+    assert!(!ok && err.contains("inventory.toml:4:"), "{err}");
+    // A synced VM is not the hooks' to remove.
+    let (ok, _, err) = t.cli(&["vm", "remove", "web1"]);
+    assert!(!ok && err.contains("tapir vm sync"), "{err}");
+}

@@ -81,12 +81,18 @@ pub struct BmpConfig {
 #[serde(rename_all = "kebab-case")]
 pub enum Source {
     Config,
+    /// `tapir vm add` (a hook), kept in the state directory.
     Registered,
+    /// `tapir vm sync FILE` (the source of truth), kept likewise.
+    Synced,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmEntry {
     pub name: String,
+    /// One NIC of a VM with several (`tapir vm add --nic`): the entries of
+    /// one VM's NICs share its name and its prefixes.
+    pub nic: Option<String>,
     /// The tap the VM must be on, if the entry says.
     pub interface: Option<String>,
     pub addresses: Vec<IpAddr>,
@@ -166,6 +172,10 @@ pub fn link_local_without_interface(
 pub enum Conflict {
     #[error("VM `{0}` is already in the inventory")]
     Name(String),
+    #[error("VM `{name}`: NIC {nic} is already in the inventory")]
+    Nic { name: String, nic: String },
+    #[error("VM `{0}` is in the inventory as a whole VM and as NICs (--nic): give every entry of it a NIC, or none")]
+    NicAndWhole(String),
     #[error("address {address} already belongs to VM `{owner}`")]
     Address { address: IpAddr, owner: String },
     #[error("prefix {prefix} overlaps {other}, owned by VM `{owner}`")]
@@ -181,7 +191,28 @@ impl VmEntry {
     /// cannot.
     pub fn conflict(&self, other: &VmEntry) -> Option<Conflict> {
         if other.name == self.name {
-            return Some(Conflict::Name(self.name.clone()));
+            match (&self.nic, &other.nic) {
+                (None, None) => return Some(Conflict::Name(self.name.clone())),
+                (Some(a), Some(b)) if a == b => {
+                    return Some(Conflict::Nic {
+                        name: self.name.clone(),
+                        nic: a.clone(),
+                    })
+                }
+                (Some(_), Some(_)) => {
+                    // Two NICs of one VM: they share its prefixes, never
+                    // an address.
+                    let a = self
+                        .addresses
+                        .iter()
+                        .find(|a| other.addresses.contains(a))?;
+                    return Some(Conflict::Address {
+                        address: *a,
+                        owner: other.name.clone(),
+                    });
+                }
+                _ => return Some(Conflict::NicAndWhole(self.name.clone())),
+            }
         }
         if let Some(a) = self.addresses.iter().find(|a| other.addresses.contains(a)) {
             return Some(Conflict::Address {
@@ -1605,6 +1636,42 @@ fn check_groups(
     Ok(())
 }
 
+/// Reads an inventory file (`[[vm]]` entries only, as for `inventory`):
+/// `tapir vm sync` sends what it holds. Errors name the file, line and
+/// column.
+pub fn parse_inventory_file(file: &Path) -> Result<Vec<VmEntry>, ConfigError> {
+    let itext = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        line: 0,
+        column: 0,
+        message: e.to_string(),
+    })?;
+    inventory_entries(&itext, file)
+}
+
+fn inventory_entries(itext: &str, file: &Path) -> Result<Vec<VmEntry>, ConfigError> {
+    let ierr = |span: Range<usize>, message: String| {
+        let (line, column) = position(itext, span.start);
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    };
+    let rawinv: RawInventory = toml::from_str(itext)
+        .map_err(|e| ierr(e.span().unwrap_or(0..0), e.message().trim_end().to_string()))?;
+    let mut vms: Vec<VmEntry> = Vec::new();
+    for (i, v) in rawinv.vm.iter().enumerate() {
+        let e = parse_vm(v, &ierr)?;
+        if let Some(c) = vms.iter().find_map(|o| e.conflict(o)) {
+            return Err(ierr(rawinv.vm[i].span(), c.to_string()));
+        }
+        vms.push(e);
+    }
+    Ok(vms)
+}
+
 /// `[[vm]]` entries, and those of the `inventory` file beside the config.
 fn parse_vms(
     raw_vms: &[Spanned<RawVm>],
@@ -1620,25 +1687,11 @@ fn parse_vms(
         let file = path.parent().unwrap_or(Path::new(".")).join(inv.get_ref());
         let itext = std::fs::read_to_string(&file)
             .map_err(|e| err(inv.span(), format!("inventory {}: {e}", file.display())))?;
-        let ierr = |span: Range<usize>, message: String| {
-            let (line, column) = position(&itext, span.start);
-            ConfigError {
-                file: file.clone(),
-                line,
-                column,
-                message,
-            }
-        };
-        let rawinv: RawInventory = toml::from_str(&itext)
-            .map_err(|e| ierr(e.span().unwrap_or(0..0), e.message().trim_end().to_string()))?;
-        for v in &rawinv.vm {
-            vms.push(parse_vm(v, &ierr)?);
-        }
+        vms.extend(inventory_entries(&itext, &file)?);
     }
     Ok(vms)
 }
 
-/// `[[service]]`: names and prefixes unique, none also in `announce`.
 /// `[[bmp]]`: `address` is `HOST:PORT` (an IPv6 address in brackets);
 /// the host is resolved at each connection attempt, so only its form is
 /// checked here.
@@ -1683,6 +1736,7 @@ fn parse_bmp(raw: &[Spanned<RawBmp>], err: &ErrFn) -> Result<Vec<BmpConfig>, Con
     Ok(out)
 }
 
+/// `[[service]]`: names and prefixes unique, none also in `announce`.
 fn parse_services(
     raw: &[Spanned<RawService>],
     announce: &[Prefix],
@@ -2397,6 +2451,7 @@ fn parse_vm(v: &Spanned<RawVm>, err: &ErrFn) -> Result<VmEntry, ConfigError> {
     };
     Ok(VmEntry {
         name,
+        nic: None,
         interface: v.interface.clone(),
         addresses: v.addresses.clone(),
         asn: v.asn,

@@ -39,6 +39,15 @@ pub enum Request {
     },
     VmRemove {
         name: String,
+        /// Only this NIC of the VM.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nic: Option<String>,
+    },
+    /// The synced inventory becomes `vms`, as one change; `dry_run`: only
+    /// say what would change.
+    VmSync {
+        vms: Vec<crate::northbound::inventory::Registration>,
+        dry_run: bool,
     },
     /// Stop the daemon; `graceful` keeps forwarding and lets peers keep our
     /// routes for the restart that follows (RFC 4724).
@@ -587,7 +596,10 @@ use tokio::io::AsyncReadExt as _;
 pub struct VmStatus {
     /// Inventory name, if the VM has an entry.
     pub name: Option<String>,
-    /// `config`, `registered` or `discovered`.
+    /// The NIC, for a VM registered NIC by NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<String>,
+    /// `config`, `registered`, `synced` or `discovered`.
     pub source: String,
     pub interface: Option<String>,
     pub group: Option<String>,

@@ -28,6 +28,12 @@ pub struct Registration {
     pub prefixes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// One NIC of a VM with several (Ganeti's INTERFACE_UUID or index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<String>,
+    /// From `tapir vm sync` (the state file only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synced: bool,
 }
 
 /// Why a VM cannot join (or leave) the inventory, or the registrations
@@ -42,6 +48,14 @@ pub enum InventoryError {
         "VM `{name}`: address {address} is link-local, the same on every tap: give --interface too"
     )]
     LinkLocalWithoutInterface { name: String, address: IpAddr },
+    #[error("VM `{name}`: NIC `{nic}` is empty, longer than 64 characters or has blanks")]
+    BadNic { name: String, nic: String },
+    #[error("VM `{name}` has no NIC `{nic}` in the inventory")]
+    NicNotFound { name: String, nic: String },
+    #[error("VM `{0}` comes from `tapir vm sync`; sync a file without it")]
+    FromSync(String),
+    #[error("VM `{0}` is in the sync file twice")]
+    SyncedTwice(String),
     #[error("VM `{name}`: prefix {reason}")]
     BadPrefix {
         name: String,
@@ -94,6 +108,17 @@ impl Registration {
         if self.addresses.is_empty() {
             return Err(InventoryError::NoAddress(self.name.clone()));
         }
+        if let Some(n) = &self.nic {
+            if n.is_empty()
+                || n.len() > 64
+                || n.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(InventoryError::BadNic {
+                    name: self.name.clone(),
+                    nic: n.clone(),
+                });
+            }
+        }
         if let Some(a) = link_local_without_interface(&self.addresses, &self.interface) {
             return Err(InventoryError::LinkLocalWithoutInterface {
                 name: self.name.clone(),
@@ -122,14 +147,32 @@ impl Registration {
             })?;
         Ok(VmEntry {
             name: self.name.clone(),
+            nic: self.nic.clone(),
             interface: self.interface.clone(),
             addresses: self.addresses.clone(),
             asn: self.asn,
             prefixes,
             mac,
-            source: Source::Registered,
+            source: match self.synced {
+                true => Source::Synced,
+                false => Source::Registered,
+            },
             missing_since: None,
         })
+    }
+
+    /// What an entry is registered as (the state file, `vm sync`).
+    pub fn from_entry(e: &VmEntry) -> Registration {
+        Registration {
+            name: e.name.clone(),
+            interface: e.interface.clone(),
+            addresses: e.addresses.clone(),
+            asn: e.asn,
+            prefixes: e.prefixes.iter().map(|p| p.to_string()).collect(),
+            mac: e.mac.map(|m| m.to_string()),
+            nic: e.nic.clone(),
+            synced: e.source == Source::Synced,
+        }
     }
 }
 
@@ -147,6 +190,47 @@ struct Index {
     by_address: HashMap<IpAddr, usize>,
     by_interface: HashMap<String, Vec<usize>>,
     owners: Owners,
+}
+
+/// What a sync changes, by VM name, and the inventory it leaves.
+#[derive(Debug, Default)]
+pub struct SyncPlan {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+    entries: Vec<VmEntry>,
+}
+
+impl std::fmt::Display for SyncPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (sign, names) in [
+            ("+", &self.added),
+            ("-", &self.removed),
+            ("~", &self.changed),
+        ] {
+            for n in names {
+                writeln!(f, "{sign} {n}")?;
+            }
+        }
+        write!(
+            f,
+            "{} added, {} removed, {} changed, {} unchanged",
+            self.added.len(),
+            self.removed.len(),
+            self.changed.len(),
+            self.unchanged
+        )
+    }
+}
+
+/// Whether two entries say the same (their state aside).
+fn same(a: &VmEntry, b: &VmEntry) -> bool {
+    a.interface == b.interface
+        && a.addresses == b.addresses
+        && a.asn == b.asn
+        && a.prefixes == b.prefixes
+        && a.mac == b.mac
 }
 
 /// Every prefix an entry owns, with the owner's name: one copy shared by
@@ -251,15 +335,8 @@ impl Inventory {
         let regs: Vec<Registration> = self
             .entries
             .iter()
-            .filter(|e| e.source == Source::Registered)
-            .map(|e| Registration {
-                name: e.name.clone(),
-                interface: e.interface.clone(),
-                addresses: e.addresses.clone(),
-                asn: e.asn,
-                prefixes: e.prefixes.iter().map(|p| p.to_string()).collect(),
-                mac: e.mac.map(|m| m.to_string()),
-            })
+            .filter(|e| e.source != Source::Config)
+            .map(Registration::from_entry)
             .collect();
         if let Some(d) = f.parent() {
             std::fs::create_dir_all(d).map_err(|source| InventoryError::StateFile {
@@ -301,11 +378,7 @@ impl Inventory {
             state_file: self.state_file.clone(),
             index: Index::default(),
         };
-        for e in self
-            .entries
-            .iter()
-            .filter(|e| e.source == Source::Registered)
-        {
+        for e in self.entries.iter().filter(|e| e.source != Source::Config) {
             next.check_new(e)
                 .map_err(|reason| InventoryError::ConflictsWithConfig {
                     name: e.name.clone(),
@@ -338,23 +411,94 @@ impl Inventory {
         Ok(())
     }
 
-    /// Removes a registered VM. Entries from the config file stay.
-    pub fn unregister(&mut self, name: &str) -> Result<VmEntry, InventoryError> {
-        let i = self
-            .entries
-            .iter()
-            .position(|e| e.name == name)
-            .ok_or_else(|| InventoryError::NotFound(name.to_string()))?;
-        if self.entries[i].source == Source::Config {
-            return Err(InventoryError::FromConfig(name.to_string()));
+    /// Removes a registered VM: every NIC of it, or (`nic`) that NIC
+    /// only. Entries from the config file or a sync stay.
+    pub fn unregister(&mut self, name: &str, nic: Option<&str>) -> Result<usize, InventoryError> {
+        let of_vm = |e: &VmEntry| e.name == name;
+        let Some(first) = self.entries.iter().find(|e| of_vm(e)) else {
+            return Err(InventoryError::NotFound(name.to_string()));
+        };
+        match first.source {
+            Source::Config => return Err(InventoryError::FromConfig(name.to_string())),
+            Source::Synced => return Err(InventoryError::FromSync(name.to_string())),
+            Source::Registered => {}
         }
-        let e = self.entries.remove(i);
+        let gone = |e: &VmEntry| of_vm(e) && nic.is_none_or(|n| e.nic.as_deref() == Some(n));
+        let n = self.entries.iter().filter(|e| gone(e)).count();
+        if n == 0 {
+            return Err(InventoryError::NicNotFound {
+                name: name.to_string(),
+                nic: nic.unwrap_or_default().to_string(),
+            });
+        }
+        let kept = self.entries.clone();
+        self.entries.retain(|e| !gone(e));
         if let Err(err) = self.save() {
-            self.entries.insert(i, e);
+            self.entries = kept;
             return Err(err);
         }
         self.reindex();
-        Ok(e)
+        Ok(n)
+    }
+
+    /// What `tapir vm sync` would change: the synced entries become
+    /// exactly `next`, as one change; registrations and the config's
+    /// entries stay. Checked whole before anything changes.
+    pub fn sync_plan(&self, next: &[VmEntry]) -> Result<SyncPlan, InventoryError> {
+        let mut plan = SyncPlan::default();
+        let key = |e: &VmEntry| (e.name.clone(), e.nic.clone());
+        let old: Vec<&VmEntry> = self
+            .entries
+            .iter()
+            .filter(|e| e.source == Source::Synced)
+            .collect();
+        let mut trial = Inventory {
+            entries: self
+                .entries
+                .iter()
+                .filter(|e| e.source != Source::Synced)
+                .cloned()
+                .collect(),
+            state_file: None,
+            index: Index::default(),
+        };
+        for e in next {
+            let mut e = e.clone();
+            e.source = Source::Synced;
+            e.missing_since = None;
+            trial.check_new(&e).map_err(|c| match c {
+                InventoryError::Taken(Conflict::Name(n) | Conflict::Nic { name: n, .. })
+                    if next.iter().filter(|o| o.name == n).count() > 1 =>
+                {
+                    InventoryError::SyncedTwice(n)
+                }
+                c => c,
+            })?;
+            match old.iter().find(|o| key(o) == key(&e)) {
+                None => plan.added.push(e.name.clone()),
+                Some(o) if !same(o, &e) => plan.changed.push(e.name.clone()),
+                Some(_) => plan.unchanged += 1,
+            }
+            trial.entries.push(e);
+        }
+        for o in &old {
+            if !next.iter().any(|e| key(e) == key(o)) {
+                plan.removed.push(o.name.clone());
+            }
+        }
+        plan.entries = trial.entries;
+        Ok(plan)
+    }
+
+    /// Applies a plan from [`Inventory::sync_plan`] and keeps it.
+    pub fn sync(&mut self, plan: SyncPlan) -> Result<(), InventoryError> {
+        let kept = std::mem::replace(&mut self.entries, plan.entries);
+        if let Err(err) = self.save() {
+            self.entries = kept;
+            return Err(err);
+        }
+        self.reindex();
+        Ok(())
     }
 
     /// Marks each registration present or missing (`present` says whether
@@ -375,22 +519,25 @@ impl Inventory {
             match (present(e), e.missing_since) {
                 (true, _) => e.missing_since = None,
                 (false, None) => e.missing_since = Some(now),
-                (false, Some(t)) if now.duration_since(t) >= grace => gone.push(e.name.clone()),
+                (false, Some(t)) if now.duration_since(t) >= grace => {
+                    gone.push((e.name.clone(), e.nic.clone()))
+                }
                 (false, Some(_)) => {}
             }
         }
         if gone.is_empty() {
-            return gone;
+            return Vec::new();
         }
         let kept = self.entries.clone();
-        self.entries.retain(|e| !gone.contains(&e.name));
+        self.entries
+            .retain(|e| !gone.contains(&(e.name.clone(), e.nic.clone())));
         if let Err(err) = self.save() {
             tracing::warn!(error = %err, "registrations not saved; kept");
             self.entries = kept;
             return Vec::new();
         }
         self.reindex();
-        gone
+        gone.into_iter().map(|(name, _)| name).collect()
     }
 
     /// The entry for a VM at `addr` on `interface`.
@@ -412,6 +559,8 @@ mod tests {
             asn: None,
             prefixes: vec![prefix.into()],
             mac: None,
+            nic: None,
+            synced: false,
         }
         .to_entry()
         .unwrap()
@@ -447,7 +596,7 @@ mod tests {
                 .name,
             "b"
         );
-        again.unregister("a").unwrap();
+        again.unregister("a", None).unwrap();
         let mut third = Inventory::new(vec![], Some(&dir));
         assert_eq!(third.load_registrations().unwrap(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -481,6 +630,8 @@ mod tests {
             asn: None,
             prefixes: vec!["10.3.0.3/32".into()],
             mac: None,
+            nic: None,
+            synced: false,
         }
         .to_entry()
         .unwrap_err();
@@ -495,6 +646,8 @@ mod tests {
                 asn: None,
                 prefixes: vec!["10.3.0.4/32".into()],
                 mac: None,
+                nic: None,
+                synced: false,
             }
             .to_entry()
         };
@@ -503,6 +656,74 @@ mod tests {
             Err(InventoryError::LinkLocalWithoutInterface { .. })
         ));
         assert!(ll(Some("tap12")).is_ok());
+    }
+
+    fn nic(name: &str, nic: Option<&str>, addr: &str) -> VmEntry {
+        let mut e = reg(name, addr, "10.3.0.0/24");
+        e.nic = nic.map(str::to_string);
+        e
+    }
+
+    #[test]
+    fn the_nics_of_one_vm_share_its_prefixes_and_leave_one_by_one() {
+        let mut inv = Inventory::new(Vec::new(), None);
+        inv.register(nic("lb", Some("a"), "10.192.24.12")).unwrap();
+        inv.register(nic("lb", Some("b"), "10.192.24.14")).unwrap();
+        let e = inv
+            .register(nic("lb", Some("b"), "10.192.24.15"))
+            .unwrap_err();
+        assert!(e.to_string().contains("NIC b is already"), "{e}");
+        let e = inv.register(nic("lb", None, "10.192.24.16")).unwrap_err();
+        assert!(e.to_string().contains("as a whole VM and as NICs"), "{e}");
+        let e = inv
+            .register(nic("lb", Some("c"), "10.192.24.12"))
+            .unwrap_err();
+        assert!(e.to_string().contains("address 10.192.24.12"), "{e}");
+        // Another VM may not share the prefixes.
+        let e = inv
+            .register(nic("other", None, "10.192.24.20"))
+            .unwrap_err();
+        assert!(e.to_string().contains("owned by VM `lb`"), "{e}");
+        let e = inv.unregister("lb", Some("z")).unwrap_err();
+        assert!(e.to_string().contains("no NIC `z`"), "{e}");
+        assert_eq!(inv.unregister("lb", Some("a")).unwrap(), 1);
+        assert_eq!(inv.entries().len(), 1);
+        assert_eq!(inv.unregister("lb", None).unwrap(), 1);
+        assert!(inv.entries().is_empty());
+    }
+
+    #[test]
+    fn a_sync_is_planned_whole_and_keeps_registrations() {
+        let mut inv = Inventory::new(Vec::new(), None);
+        inv.register(reg("hooked", "10.192.24.12", "10.3.0.2/32"))
+            .unwrap();
+        let a = reg("a", "10.192.24.31", "10.3.1.1/32");
+        let b = reg("b", "10.192.24.32", "10.3.1.2/32");
+        let plan = inv.sync_plan(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!((plan.added.len(), plan.removed.len()), (2, 0));
+        inv.sync(plan).unwrap();
+        let a2 = reg("a", "10.192.24.31", "10.3.1.9/32");
+        let plan = inv.sync_plan(&[a2]).unwrap();
+        assert_eq!(plan.changed, ["a"]);
+        assert_eq!(plan.removed, ["b"]);
+        assert!(plan
+            .to_string()
+            .ends_with("0 added, 1 removed, 1 changed, 0 unchanged"));
+        inv.sync(plan).unwrap();
+        assert_eq!(inv.entries().len(), 2);
+        assert!(inv.entries().iter().any(|e| e.name == "hooked"));
+        // The same name twice in one file, or a prefix of a registered VM:
+        // refused, nothing planned.
+        let e = inv.sync_plan(&[a.clone(), a.clone()]).unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+        let e = inv
+            .sync_plan(&[reg("c", "10.192.24.33", "10.3.0.2/32")])
+            .unwrap_err();
+        assert!(e.to_string().contains("hooked"), "{e}");
+        assert!(matches!(
+            inv.unregister("a", None),
+            Err(InventoryError::FromSync(_))
+        ));
     }
 
     #[test]
@@ -532,6 +753,8 @@ mod tests {
             asn: None,
             prefixes: vec![],
             mac: Some("52:54:00:ab:cd:zz".into()),
+            nic: None,
+            synced: false,
         };
         assert!(r.to_entry().unwrap_err().to_string().contains("VM `e`"));
         r.mac = Some("52:54:00:ab:cd:0f".into());

@@ -112,8 +112,11 @@ pub fn spawn(
                 RoleMsg::ShowVms(tx) => {
                     let _ = tx.send(Vec::new());
                 }
-                RoleMsg::VmAdd(_, tx) | RoleMsg::VmRemove(_, tx) => {
+                RoleMsg::VmAdd(_, tx) | RoleMsg::VmRemove(_, _, tx) => {
                     let _ = tx.send(Err(crate::role::RoleError::GuestRole));
+                }
+                RoleMsg::VmSync { done, .. } => {
+                    let _ = done.send(Err(crate::role::RoleError::GuestRole));
                 }
                 RoleMsg::Reload { done, .. } => {
                     let _ = done.send(Ok(()));

@@ -206,17 +206,36 @@ impl Hypervisor {
                     let _ = tx.send(r);
                     self.reconcile_all().await;
                 }
-                RoleMsg::VmRemove(name, tx) => {
+                RoleMsg::VmRemove(name, nic, tx) => {
                     let r = self
                         .inventory
-                        .unregister(&name)
+                        .unregister(&name, nic.as_deref())
                         .map(|_| ())
                         .map_err(RoleError::from);
                     if r.is_ok() {
-                        info!(vm = %name, "VM unregistered");
+                        info!(vm = %name, nic = nic.as_deref().unwrap_or("all"), "VM unregistered");
                     }
                     let _ = tx.send(r);
                     self.reconcile_all().await;
+                }
+                RoleMsg::VmSync { vms, dry_run, done } => {
+                    let plan = self.inventory.sync_plan(&vms);
+                    let r = match plan {
+                        Ok(plan) if dry_run => Ok(plan.to_string()),
+                        Ok(plan) => {
+                            let text = plan.to_string();
+                            let r = self.inventory.sync(plan).map(|_| text);
+                            if let Ok(t) = &r {
+                                info!(changes = %t.lines().last().unwrap_or(""), "VM inventory synced");
+                            }
+                            r
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let _ = done.send(r.map_err(RoleError::from));
+                    if !dry_run {
+                        self.reconcile_all().await;
+                    }
                 }
                 RoleMsg::Reload {
                     groups,
@@ -901,9 +920,11 @@ impl Hypervisor {
                 .entry((index, name.clone()))
                 .or_insert_with(|| VmStatus {
                     name: name.clone(),
+                    nic: entry.and_then(|e| e.nic.clone()),
                     source: match entry.map(|e| e.source) {
                         Some(Source::Config) => "config",
                         Some(Source::Registered) => "registered",
+                        Some(Source::Synced) => "synced",
                         None => "discovered",
                     }
                     .into(),
@@ -947,17 +968,18 @@ impl Hypervisor {
         let mut out: Vec<VmStatus> = by_key.into_values().collect();
         // Inventory entries with no session: listed as absent.
         for e in self.inventory.entries() {
-            if out
-                .iter()
-                .any(|v| v.name.as_deref() == Some(e.name.as_str()))
-            {
+            if out.iter().any(|v| {
+                v.name.as_deref() == Some(e.name.as_str()) && (e.nic.is_none() || v.nic == e.nic)
+            }) {
                 continue;
             }
             out.push(VmStatus {
                 name: Some(e.name.clone()),
+                nic: e.nic.clone(),
                 source: match e.source {
                     Source::Config => "config".into(),
                     Source::Registered => "registered".into(),
+                    Source::Synced => "synced".into(),
                 },
                 interface: e.interface.clone(),
                 group: None,
@@ -1153,6 +1175,8 @@ mod tests {
                     asn: None,
                     prefixes: vec!["10.3.0.50/32".into()],
                     mac: Some("52:54:00:00:00:13".into()),
+                    nic: None,
+                    synced: false,
                 }
                 .to_entry()
                 .unwrap(),

@@ -37,7 +37,19 @@ pub enum RoleMsg {
     ShowVms(oneshot::Sender<Vec<VmStatus>>),
     Peers(oneshot::Sender<Vec<PeerHandle>>),
     VmAdd(Registration, oneshot::Sender<Result<(), RoleError>>),
-    VmRemove(String, oneshot::Sender<Result<(), RoleError>>),
+    /// Unregister a VM: every NIC, or the one named.
+    VmRemove(
+        String,
+        Option<String>,
+        oneshot::Sender<Result<(), RoleError>>,
+    ),
+    /// `tapir vm sync`: the synced entries become `vms` (or, `dry_run`,
+    /// only say what would change); answers with the change.
+    VmSync {
+        vms: Vec<crate::northbound::inventory::VmEntry>,
+        dry_run: bool,
+        done: oneshot::Sender<Result<String, RoleError>>,
+    },
     /// A reloaded config: new groups and inventory entries; every VM's
     /// routes are judged again, sessions start or stop as needed.
     Reload {
