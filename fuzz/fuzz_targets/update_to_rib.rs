@@ -423,8 +423,12 @@ fn run(data: &[u8]) {
         restarting: Arc::new(AtomicBool::new(false)),
         gr_helper_max: Arc::new(AtomicU16::new(300)),
         bfd: false,
-        // BMP's encoding of every UPDATE runs under the fuzzer too.
-        bmp: true,
+        // BMP's encoding of every UPDATE runs under the fuzzer too (a
+        // collector connected, VM sessions reported).
+        bmp: Some(tapir::northbound::bmp::Scope {
+            active: Arc::new(AtomicBool::new(true)),
+            neighbors: false,
+        }),
     };
     let mut h = Harness {
         core: PeerCore::new(session(&pol, max_as_path_length), env, VM_A, now),

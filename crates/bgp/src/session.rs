@@ -107,6 +107,9 @@ pub struct Config {
     /// We are restarting with our forwarding state kept (RFC 4724 §4.1):
     /// the Restart State bit and every family's Forwarding State bit.
     pub restarting: bool,
+    /// Each UPDATE's bytes as received go out too ([`Event::RawUpdate`],
+    /// before its [`Event::Update`]): for a BMP monitor.
+    pub keep_raw_updates: bool,
 }
 
 impl Config {
@@ -193,6 +196,9 @@ pub enum Event {
     /// reach it); everything learned from it is gone.
     Down(DownReason),
     Update(Box<Update>),
+    /// The next UPDATE's bytes as received, whole message (only with
+    /// `keep_raw_updates`).
+    RawUpdate(Vec<u8>),
     RouteRefresh(AfiSafi),
 }
 
@@ -543,6 +549,13 @@ impl Session {
                 self.heard = true;
                 self.answered = true;
                 self.retry_delay = self.config.connect_retry;
+            }
+            if self.config.keep_raw_updates
+                && self.state == State::Established
+                && matches!(msg, Message::Update(_))
+            {
+                let raw = self.rx[at..at + used].to_vec();
+                self.events.push_back(Event::RawUpdate(raw));
             }
             at += used;
             let state = self.state;

@@ -20,6 +20,7 @@ fn cfg(asn: u32, id: &str) -> Config {
         extended_next_hop: false,
         graceful_restart: None,
         restarting: false,
+        keep_raw_updates: false,
     }
 }
 
@@ -141,4 +142,46 @@ fn as4_path_confed_segments_are_discarded() {
         "got {}",
         d.attrs.as_path.as_ref().unwrap()
     );
+}
+
+/// With `keep_raw_updates` (a BMP monitor), each UPDATE's bytes as
+/// received come just before its decoded event; KEEPALIVEs bring none,
+/// and without the setting no UPDATE does.
+#[test]
+fn raw_updates_come_with_their_update_only_when_asked() {
+    for keep in [true, false] {
+        let now = Instant::now();
+        let mut cb = cfg(64512, "10.0.0.2");
+        cb.keep_raw_updates = keep;
+        let (mut a, mut b) = (Session::new(cfg(65001, "10.0.0.1")), Session::new(cb));
+        a.start(now);
+        a.connected(now);
+        assert!(b.accepted(now));
+        for _ in 0..3 {
+            pump(&mut a, &mut b, now);
+            pump(&mut b, &mut a, now);
+        }
+        assert_eq!(b.state(), State::Established);
+        while b.poll_event().is_some() {}
+        let update = bgp::update::encode_end_of_rib(AfiSafi::IPV4_UNICAST);
+        let mut bytes = update.clone();
+        bytes.extend(Message::Keepalive.encode(&Context::default()));
+        b.receive(now, &bytes);
+        let events: Vec<Event> = std::iter::from_fn(|| b.poll_event()).collect();
+        let raw: Vec<&Vec<u8>> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::RawUpdate(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        match keep {
+            true => {
+                assert_eq!(raw, [&update]);
+                assert!(matches!(events[0], Event::RawUpdate(_)));
+                assert!(matches!(events[1], Event::Update(_)));
+            }
+            false => assert!(raw.is_empty()),
+        }
+    }
 }

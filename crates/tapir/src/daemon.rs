@@ -403,8 +403,8 @@ impl Daemon {
             false => None,
         };
         let (bmp_ask, bmp_asked) = mpsc::unbounded_channel();
-        let bmp =
-            (!config.bmp.is_empty()).then(|| crate::northbound::bmp::start(&config.bmp, bmp_ask));
+        let bmp = (!config.bmp.is_empty())
+            .then(|| crate::northbound::bmp::start(&config.bmp, config.bmp_neighbors, bmp_ask));
         let local = Arc::new(DaemonHandles {
             bmp: bmp.as_ref().map(|b| b.sink.clone()),
             router_id: config.router_id,
@@ -458,8 +458,16 @@ impl Daemon {
             reloaded: Default::default(),
             bmp: bmp.as_ref().map(|b| b.counters.clone()),
         };
-        if bmp.is_some() {
-            tasks::spawn(Task::BmpAsk, ask_every_session(bmp_asked, handles.clone()));
+        if let Some(b) = &bmp {
+            let h = handles.clone();
+            let sessions = move || {
+                let h = h.clone();
+                async move { all_peers(&snapshot(&h.peers), h.role.as_ref()).await }
+            };
+            tasks::spawn(
+                Task::BmpAsk,
+                crate::northbound::bmp::ask_all(bmp_asked, b.sink.clone(), sessions),
+            );
         }
         for l in listeners {
             tasks::spawn(Task::Accept, accept_bgp(l, handles.clone()));
@@ -1209,19 +1217,6 @@ fn bind_bgp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     std_listener.set_nonblocking(true)?;
     TcpListener::from_std(std_listener)
-}
-
-/// Passes the BMP exporter's questions (a dump for a collector that just
-/// connected, statistics) on to every session of the moment.
-async fn ask_every_session(
-    mut asked: mpsc::UnboundedReceiver<crate::northbound::bmp::Ask>,
-    h: Handles,
-) {
-    while let Some(ask) = asked.recv().await {
-        for p in all_peers(&snapshot(&h.peers), h.role.as_ref()).await {
-            let _ = p.tx.send(PeerMsg::Bmp(ask)).await;
-        }
-    }
 }
 
 /// Static peers and the VM sessions of the moment.

@@ -188,7 +188,7 @@ pub fn plan(
             restart,
         );
     }
-    if file.bmp != running.bmp {
+    if file.bmp != running.bmp || file.bmp_neighbors != running.bmp_neighbors {
         let list = |c: &Config| {
             c.bmp
                 .iter()
@@ -412,6 +412,7 @@ pub fn effective(running: &Config, mut file: Config, fib_running: bool) -> Confi
     file.listen = running.listen.clone();
     file.metrics = running.metrics;
     file.bmp = running.bmp.clone();
+    file.bmp_neighbors = running.bmp_neighbors;
     file.state_dir = running.state_dir.clone();
     file.drain = running.drain;
     file.gateway = running.gateway.clone();

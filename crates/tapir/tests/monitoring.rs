@@ -606,7 +606,7 @@ fn a_bmp_collector_sees_every_vm_session_and_its_refused_routes() {
             out.display()
         ),
     );
-    lab.spawn(
+    let collector = lab.spawn(
         "hv1",
         &["pmbmpd", "-f", &pm_cfg.display().to_string()],
         "pmbmpd.log",
@@ -675,13 +675,49 @@ fn a_bmp_collector_sees_every_vm_session_and_its_refused_routes() {
     let down = bmp_of(&log, "peer_down", Some(&vm13));
     assert!(down.iter().any(|d| d["reason_type"] == 1), "{down:?}");
 
-    // tapir stops: Termination.
+    // The collector restarts: tapir connects again and sends the whole
+    // state again, to the new collector's own log.
+    lab.kill(collector);
+    let out2 = lab.dir().join("bmp2.json");
+    let pm_cfg2 = lab.write(
+        "pmbmpd2.conf",
+        &std::fs::read_to_string(&pm_cfg)
+            .unwrap()
+            .replace("bmp.json", "bmp2.json"),
+    );
+    lab.spawn(
+        "hv1",
+        &["pmbmpd", "-f", &pm_cfg2.display().to_string()],
+        "pmbmpd2.log",
+    );
+    wait_for(Duration::from_secs(90), || {
+        let log = bmp_log(&out2);
+        let ok = !bmp_of(&log, "init", None).is_empty()
+            && bmp_view(&log, &vm11, true).contains("10.3.0.1/32")
+            && bmp_view(&log, &vm13, false).contains("10.99.0.0/24");
+        ok.then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{}\n{}",
+            std::fs::read_to_string(&out2).unwrap_or_default(),
+            t.show(&["status"])
+        )
+    });
+
+    // tapir stops: the sessions' Peer Downs, then Termination.
     Command::new("kill")
         .args(["-TERM", &t.pid.to_string()])
         .status()
         .unwrap();
-    wait_for(WAIT, || {
-        (!bmp_of(&bmp_log(&out), "term", None).is_empty()).then_some(())
+    let log = wait_for(WAIT, || {
+        let log = bmp_log(&out2);
+        (!bmp_of(&log, "term", None).is_empty()).then_some(log)
     })
-    .unwrap_or_else(|| panic!("{}", std::fs::read_to_string(&out).unwrap_or_default()));
+    .unwrap_or_else(|| panic!("{}", std::fs::read_to_string(&out2).unwrap_or_default()));
+    assert!(
+        !bmp_of(&log, "peer_down", Some(&vm11)).is_empty(),
+        "{}",
+        serde_json::to_string(&log).unwrap()
+    );
 }

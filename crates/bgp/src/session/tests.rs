@@ -17,6 +17,7 @@ fn config(asn: u32, id: &str, remote: RemoteAs) -> Config {
         extended_next_hop: false,
         graceful_restart: Some(120),
         restarting: false,
+        keep_raw_updates: false,
     }
 }
 

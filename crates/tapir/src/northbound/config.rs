@@ -288,6 +288,9 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// BMP collectors (`[[bmp]]`).
     pub bmp: Vec<BmpConfig>,
+    /// BMP reports static neighbors and the gateway too, not only VM
+    /// sessions (`neighbors = true` in a `[[bmp]]`).
+    pub bmp_neighbors: bool,
     /// The guest role (`[gateway]`): tapir inside a VM.
     pub gateway: Option<GatewayConfig>,
     /// Health-checked announcements (`[[service]]`).
@@ -797,6 +800,8 @@ struct RawMetrics {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct RawBmp {
     address: Spanned<String>,
+    #[serde(default)]
+    neighbors: bool,
     #[serde(default = "default_bmp_statistics")]
     statistics_interval: Spanned<u64>,
 }
@@ -1399,6 +1404,7 @@ impl Config {
             },
             metrics: raw.metrics.map(|m| m.listen),
             bmp: parse_bmp(&raw.bmp, &err)?,
+            bmp_neighbors: raw.bmp.iter().any(|b| b.get_ref().neighbors),
             gateway,
             services,
         })

@@ -73,8 +73,9 @@ pub struct Identity {
     pub gr_helper_max: Arc<std::sync::atomic::AtomicU16>,
     /// A BFD task runs: sessions with `bfd` set ask it for a BFD session.
     pub bfd: bool,
-    /// BMP collectors are configured: the session tells them what happens.
-    pub bmp: bool,
+    /// BMP collectors are configured: sessions in its scope tell them
+    /// what happens.
+    pub bmp: Option<crate::northbound::bmp::Scope>,
 }
 
 /// What happens to a peer, in the order it happens.
@@ -169,6 +170,7 @@ pub enum Action {
     /// A BMP message for the exporter.
     Bmp {
         to: crate::northbound::bmp::To,
+        kind: crate::northbound::bmp::Kind,
         bytes: Vec<u8>,
     },
 }
@@ -252,8 +254,12 @@ pub struct PeerCore {
     /// A global IPv6 address of an interface (by index), for the next hop
     /// of a link-local session (`global_v6_from`).
     global_v6: fn(u32) -> Option<Ipv6Addr>,
-    /// The BMP per-peer header while Established (BMP export on).
+    /// BMP reports this session: a collector is connected while set.
+    bmp_on: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The BMP per-peer header while Established and reported.
     bmp_peer: Option<crate::northbound::bmp::wire::Peer>,
+    /// The UPDATE being handled, as received (BMP's pre-policy view).
+    bmp_raw: Option<Vec<u8>>,
     /// Stopping without a NOTIFICATION (`Input::Abort`): a session that
     /// ends now was closed by us.
     aborting: bool,
@@ -284,12 +290,16 @@ fn session_config(cfg: &PeerConfig, env: &Identity, probe: bool) -> session::Con
         extended_next_hop: cfg.extended_next_hop,
         graceful_restart: cfg.graceful_restart,
         restarting: cfg.graceful_restart.is_some() && env.restarting.load(Relaxed),
+        keep_raw_updates: bmp::monitored(cfg, env),
     }
 }
 
 impl PeerCore {
     /// A peer with no connection yet; `start` begins.
     pub fn new(cfg: PeerConfig, env: Identity, id: PeerId, now: Instant) -> PeerCore {
+        let bmp_on = bmp::monitored(&cfg, &env)
+            .then(|| env.bmp.as_ref().map(|s| s.active.clone()))
+            .flatten();
         PeerCore {
             cfg,
             env,
@@ -322,7 +332,9 @@ impl PeerCore {
             last_received: None,
             actions: VecDeque::new(),
             global_v6: crate::southbound::net::global_address,
+            bmp_on,
             bmp_peer: None,
+            bmp_raw: None,
             aborting: false,
         }
     }
@@ -547,6 +559,8 @@ impl PeerCore {
             Input::Bmp(ask) => self.bmp_ask(ask),
             Input::Abort => {
                 self.aborting = true;
+                // The session ends without a Down event: BMP is told.
+                self.bmp_down(&session::DownReason::ConnectionClosed);
                 for c in &mut self.conns {
                     c.session.abort(now);
                 }
@@ -888,6 +902,7 @@ impl PeerCore {
                 }
                 self.apply_update(*u)
             }
+            Event::RawUpdate(raw) => self.bmp_raw = Some(raw),
             Event::RouteRefresh(family) => self.route_refresh(i, family),
         }
     }
@@ -1142,21 +1157,9 @@ impl PeerCore {
                 );
             }
         }
-        self.bmp_pre(&u);
+        self.bmp_pre();
         if let Some(f) = u.end_of_rib() {
-            // Its End-of-RIB closes the post-policy view as well.
-            if let Some(peer) = self.bmp_peer {
-                let m = crate::northbound::bmp::wire::route_monitoring(
-                    &peer,
-                    crate::northbound::bmp::wire::Policy::Post,
-                    &encode_end_of_rib(f),
-                    std::time::SystemTime::now(),
-                );
-                self.actions.push_back(Action::Bmp {
-                    to: crate::northbound::bmp::To::All,
-                    bytes: m,
-                });
-            }
+            self.bmp_end_of_rib(f);
             self.tables_pending.retain(|t| *t != f);
             if self.tables_pending.is_empty() {
                 self.wake_at = None;

@@ -196,7 +196,7 @@ impl DaemonHandles {
             restarting: self.restarting.clone(),
             gr_helper_max: self.gr_helper_max.clone(),
             bfd: self.bfd.is_some(),
-            bmp: self.bmp.is_some(),
+            bmp: self.bmp.as_ref().map(|s| s.scope()),
         }
     }
 }
@@ -225,8 +225,9 @@ pub enum PeerMsg {
     SetExport(Arc<Policy>),
     /// BFD saw the path fail (it was Up, it is Down).
     BfdDown,
-    /// The BMP exporter asks for the session's state or statistics.
-    Bmp(crate::northbound::bmp::Ask),
+    /// The BMP exporter asks for the session's state or statistics;
+    /// answered once it is queued.
+    Bmp(crate::northbound::bmp::Ask, oneshot::Sender<()>),
     /// `tapir neighbor OP TARGET`: answered with `None` if `target` does
     /// not name this session.
     Admin {
@@ -261,6 +262,20 @@ pub enum PeerMsg {
 pub struct PeerHandle {
     pub address: IpAddr,
     pub tx: mpsc::Sender<PeerMsg>,
+}
+
+impl crate::northbound::bmp::AskSession for PeerHandle {
+    /// Waits until the session has queued its answer (a session whose
+    /// task is gone, or that takes more than 5 s, is passed over).
+    async fn ask(&self, ask: crate::northbound::bmp::Ask) {
+        let (tx, rx) = oneshot::channel();
+        let asked = async {
+            if self.tx.send(PeerMsg::Bmp(ask, tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), asked).await;
+    }
 }
 
 /// The next message from the Loc-RIB, or never for a peer that takes no
@@ -436,6 +451,8 @@ impl Peer {
             let now = Instant::now();
             // A read in flight (`READ_WINDOW`), given back once handled.
             let mut _read = None;
+            // The BMP exporter's question, answered once acted on.
+            let mut asked = None;
             let input = match msg {
                 PeerMsg::Status(tx) => {
                     let _ = tx.send(self.core.status(now));
@@ -509,10 +526,16 @@ impl Peer {
                 PeerMsg::NextSession(c) => Input::NextSession(c),
                 PeerMsg::SetExport(p) => Input::SetExport(p),
                 PeerMsg::BfdDown => Input::BfdDown,
-                PeerMsg::Bmp(ask) => Input::Bmp(ask),
+                PeerMsg::Bmp(ask, done) => {
+                    asked = Some(done);
+                    Input::Bmp(ask)
+                }
             };
             self.core.handle(now, input);
             self.act();
+            if let Some(done) = asked {
+                let _ = done.send(());
+            }
             // A connection the core did not take is dropped.
             self.pending = None;
         }
@@ -582,9 +605,9 @@ impl Peer {
                         let _ = bfd.send(crate::southbound::bfd::BfdMsg::Remove(key));
                     }
                 }
-                Action::Bmp { to, bytes } => {
+                Action::Bmp { to, kind, bytes } => {
                     if let Some(bmp) = &self.local.bmp {
-                        bmp.send(to, bytes);
+                        bmp.send(to, self.core.id().0, kind, bytes);
                     }
                 }
             }

@@ -83,6 +83,7 @@ impl Remote {
             extended_next_hop: false,
             graceful_restart: self.graceful_restart,
             restarting: self.restarting,
+            keep_raw_updates: false,
         })
     }
 }
@@ -211,7 +212,7 @@ impl Harness {
             restarting: Arc::new(AtomicBool::new(restarting)),
             gr_helper_max: Arc::new(AtomicU16::new(300)),
             bfd,
-            bmp: false,
+            bmp: None,
         };
         Harness {
             core: PeerCore::new(cfg, env, tapir::routing::peer_info::PeerId(7), now),
@@ -478,7 +479,7 @@ impl Harness {
                         self.core.handle(self.now, Input::Closed { conn });
                     }
                 }
-                Event::Connect | Event::StateChanged { .. } => {}
+                Event::Connect | Event::StateChanged { .. } | Event::RawUpdate(_) => {}
                 Event::RouteRefresh(_) => {}
             }
         }

@@ -3,14 +3,21 @@
 //! view) and its statistics, to one or more collectors (`[[bmp]]`).
 //!
 //! Sessions never wait on it. A session encodes its BMP messages itself
-//! and hands them to the [`Sink`], which only queues; past
-//! [`crate::tasks::BMP_QUEUE_BYTES`] a message is dropped, and then every
-//! collector's connection is closed and opened again, so that it starts
-//! from a whole dump instead of a view with a hole in it (a collector
-//! forgets a router's state when its connection ends). The exporter task
-//! fans messages out to the connected collectors; each collector's task
-//! connects (backing off from 1 s to 60 s), writes, and on connecting
-//! asks every session for its state (Peer Up, both views, End-of-RIB).
+//! (only while a collector is connected) and hands them to the [`Sink`],
+//! which only queues; past [`crate::tasks::BMP_QUEUE_BYTES`] a message of
+//! what happens is dropped, and then every collector's connection is
+//! closed and opened again, so that it starts from a whole dump instead
+//! of a view with a hole in it (a collector forgets a router's state when
+//! its connection ends). The exporter task fans messages out to the
+//! connected collectors; each collector's task connects (backing off from
+//! 1 s to 60 s) and writes. A collector that connects gets every
+//! session's state (Peer Up, both views, End-of-RIB), one session at a
+//! time, the next asked for only once the queue has drained below
+//! [`DUMP_LOW_WATER`]; what happens to a session reaches a collector only
+//! after its state did, so that nothing comes before its Peer Up.
+//!
+//! VM sessions are reported; static neighbors and the guest's gateway too
+//! with `neighbors = true`.
 
 pub mod wire;
 
@@ -38,15 +45,43 @@ pub enum To {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ask {
     /// Peer Up and both views of its routes, End-of-RIB after each.
-    Dump(To),
+    Dump(usize),
     /// A Statistics Report.
-    Stats(To),
+    Stats(usize),
+}
+
+/// What a message is, for the exporter's bookkeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Peer Up: the session's state starts (live, or a dump's first).
+    Up,
+    /// Peer Down: its state ends.
+    Down,
+    /// Route Monitoring.
+    Route,
+    /// A Statistics Report.
+    Stats,
 }
 
 struct Out {
     to: To,
+    /// The session (its Loc-RIB id).
+    peer: u64,
+    kind: Kind,
     bytes: Arc<[u8]>,
 }
+
+/// What a session knows of the export: whether a collector is connected
+/// now (nothing is encoded otherwise), and whether static neighbors are
+/// reported too.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    pub active: Arc<AtomicBool>,
+    pub neighbors: bool,
+}
+
+/// The queue below which the next session is asked for its dump.
+pub const DUMP_LOW_WATER: usize = 4 << 20;
 
 /// How the export is doing, for the metrics.
 #[derive(Debug, Default)]
@@ -71,40 +106,65 @@ pub struct Sink {
     tx: mpsc::UnboundedSender<Out>,
     queued: Arc<AtomicUsize>,
     counters: Arc<Counters>,
+    scope: Scope,
 }
 
 impl Sink {
-    /// Queues one message; drops it if the queue is full (the exporter
-    /// then starts every collector over).
-    pub fn send(&self, to: To, bytes: Vec<u8>) {
+    /// Queues one message of `peer`'s. What happens (`To::All`) is
+    /// dropped if the queue is full, and the exporter then starts every
+    /// collector over; what a collector asked for (a dump, paced by the
+    /// asker) is always queued.
+    pub fn send(&self, to: To, peer: u64, kind: Kind, bytes: Vec<u8>) {
         let n = bytes.len();
-        if self.queued.fetch_add(n, Relaxed) + n > tasks::BMP_QUEUE_BYTES {
+        let total = self.queued.fetch_add(n, Relaxed) + n;
+        if to == To::All && total > tasks::BMP_QUEUE_BYTES {
             self.queued.fetch_sub(n, Relaxed);
             self.counters.dropped.fetch_add(1, Relaxed);
             return;
         }
         let out = Out {
             to,
+            peer,
+            kind,
             bytes: bytes.into(),
         };
         if self.tx.send(out).is_err() {
             self.queued.fetch_sub(n, Relaxed);
         }
     }
+
+    /// What sessions are told of the export.
+    pub fn scope(&self) -> Scope {
+        self.scope.clone()
+    }
+
+    /// Bytes queued and not yet handed to a collector's task.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Relaxed)
+    }
 }
 
 enum Ctl {
-    /// Collector `i` is connected: messages for it go to `tx`; `flushed`
-    /// fires once its task has written all and closed.
+    /// Collector `i` is connected: messages for it go to `tx`; `cut`
+    /// ends the connection at once (it fell behind).
     Up {
         i: usize,
-        tx: mpsc::UnboundedSender<Arc<[u8]>>,
-        queued: Arc<AtomicUsize>,
+        tx: mpsc::UnboundedSender<(Arc<[u8]>, bool)>,
+        backlog: Arc<Backlog>,
+        cut: Arc<tokio::sync::Notify>,
     },
     /// Collector `i`'s connection ended.
     Gone(usize),
     /// tapir stops: Termination to every collector, then answer.
     Stop(oneshot::Sender<()>),
+}
+
+/// What waits for one collector's socket: what happens, and what it
+/// asked for (its dump), counted apart: only the first may fall behind.
+#[derive(Debug, Default)]
+struct Backlog {
+    live: AtomicUsize,
+    asked: AtomicUsize,
 }
 
 /// The running export.
@@ -134,8 +194,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts the exporter and one task per collector; `ask` reaches every
-/// session (the daemon forwards it).
-pub fn start(collectors: &[BmpConfig], ask: mpsc::UnboundedSender<Ask>) -> Bmp {
+/// session (the daemon forwards it, see [`ask_all`]).
+pub fn start(collectors: &[BmpConfig], neighbors: bool, ask: mpsc::UnboundedSender<Ask>) -> Bmp {
     let counters = Arc::new(Counters {
         dropped: AtomicU64::new(0),
         collectors: collectors
@@ -149,10 +209,15 @@ pub fn start(collectors: &[BmpConfig], ask: mpsc::UnboundedSender<Ask>) -> Bmp {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let (ctl_tx, ctl_rx) = mpsc::channel(tasks::BMP_CONTROL);
+    let active = Arc::new(AtomicBool::new(false));
     let sink = Sink {
         tx,
         queued: queued.clone(),
         counters: counters.clone(),
+        scope: Scope {
+            active: active.clone(),
+            neighbors,
+        },
     };
     for (i, c) in collectors.iter().enumerate() {
         tasks::spawn(
@@ -161,6 +226,7 @@ pub fn start(collectors: &[BmpConfig], ask: mpsc::UnboundedSender<Ask>) -> Bmp {
         );
     }
     let hub = Hub {
+        active,
         conns: vec![None; collectors.len()],
         stats_every: collectors.iter().map(|c| c.statistics_interval).collect(),
         queued,
@@ -184,13 +250,27 @@ fn host_name() -> String {
 
 #[derive(Clone)]
 struct Conn {
-    tx: mpsc::UnboundedSender<Arc<[u8]>>,
-    queued: Arc<AtomicUsize>,
+    /// Each message, and whether the collector asked for it.
+    tx: mpsc::UnboundedSender<(Arc<[u8]>, bool)>,
+    backlog: Arc<Backlog>,
+    cut: Arc<tokio::sync::Notify>,
+    /// The sessions whose state it has (their Peer Up went to it): only
+    /// their news go to it.
+    known: std::collections::HashSet<u64>,
     /// When its next Statistics Reports are asked for.
     stats_at: Option<tokio::time::Instant>,
 }
 
+impl Conn {
+    /// Closes the connection now; it comes back with a whole dump.
+    fn cut(self) {
+        self.cut.notify_one();
+    }
+}
+
 struct Hub {
+    /// Some collector is connected (sessions encode only then).
+    active: Arc<AtomicBool>,
     conns: Vec<Option<Conn>>,
     stats_every: Vec<Option<Duration>>,
     /// Bytes sessions queued and the hub has not handed on.
@@ -211,9 +291,15 @@ impl Hub {
                     self.hand_on(out);
                 }
                 Some(c) = ctl.recv() => match c {
-                    Ctl::Up { i, tx, queued } => self.up(i, tx, queued),
+                    Ctl::Up { i, tx, backlog, cut } => self.up(i, tx, backlog, cut),
                     Ctl::Gone(i) => self.conns[i] = None,
                     Ctl::Stop(done) => {
+                        // The sessions' Peer Downs are queued: they go
+                        // before Termination.
+                        while let Ok(out) = rx.try_recv() {
+                            self.queued.fetch_sub(out.bytes.len(), Relaxed);
+                            self.hand_on(out);
+                        }
                         self.stop().await;
                         let _ = done.send(());
                         return;
@@ -224,49 +310,80 @@ impl Hub {
                     if now != dropped {
                         dropped = now;
                         warn!(dropped = now, "BMP: messages dropped (queue full): every collector starts over");
-                        for c in &mut self.conns {
-                            *c = None;
+                        for c in self.conns.iter_mut().filter_map(Option::take) {
+                            c.cut();
                         }
                     }
                     self.statistics();
                 }
             }
+            self.active
+                .store(self.conns.iter().any(Option::is_some), Relaxed);
         }
     }
 
     fn hand_on(&mut self, out: Out) {
+        let asked = out.to != To::All;
         for (i, slot) in self.conns.iter_mut().enumerate() {
-            if !matches!(out.to, To::All) && out.to != To::One(i) {
+            if asked && out.to != To::One(i) {
                 continue;
             }
             let Some(c) = slot else { continue };
+            // A session's news only after its state (its Peer Up, live or
+            // dumped); its Peer Down ends that.
+            let known = match out.kind {
+                Kind::Up => {
+                    c.known.insert(out.peer);
+                    true
+                }
+                Kind::Down => c.known.remove(&out.peer),
+                Kind::Route | Kind::Stats => c.known.contains(&out.peer),
+            };
+            if !known {
+                continue;
+            }
             let n = out.bytes.len();
-            if c.queued.fetch_add(n, Relaxed) + n > COLLECTOR_BACKLOG_BYTES {
+            let count = if asked {
+                &c.backlog.asked
+            } else {
+                &c.backlog.live
+            };
+            if count.fetch_add(n, Relaxed) + n > COLLECTOR_BACKLOG_BYTES && !asked {
                 warn!(
                     collector = %self.counters.collectors[i].address,
                     "BMP collector reads too slowly: connection closed, a whole dump when it is back"
                 );
-                *slot = None;
+                if let Some(c) = slot.take() {
+                    c.cut();
+                }
                 continue;
             }
-            if c.tx.send(out.bytes.clone()).is_err() {
+            if c.tx.send((out.bytes.clone(), asked)).is_err() {
                 *slot = None;
             }
         }
     }
 
-    fn up(&mut self, i: usize, tx: mpsc::UnboundedSender<Arc<[u8]>>, queued: Arc<AtomicUsize>) {
+    fn up(
+        &mut self,
+        i: usize,
+        tx: mpsc::UnboundedSender<(Arc<[u8]>, bool)>,
+        backlog: Arc<Backlog>,
+        cut: Arc<tokio::sync::Notify>,
+    ) {
         let descr = format!("tapir {}", env!("CARGO_PKG_VERSION"));
         let init: Arc<[u8]> = wire::initiation(&self.sys_name, &descr).into();
-        queued.fetch_add(init.len(), Relaxed);
-        let _ = tx.send(init);
+        backlog.asked.fetch_add(init.len(), Relaxed);
+        let _ = tx.send((init, true));
         let stats_at = self.stats_every[i].map(|d| tokio::time::Instant::now() + d);
         self.conns[i] = Some(Conn {
             tx,
-            queued,
+            backlog,
+            cut,
+            known: Default::default(),
             stats_at,
         });
-        let _ = self.ask.send(Ask::Dump(To::One(i)));
+        let _ = self.ask.send(Ask::Dump(i));
     }
 
     fn statistics(&mut self) {
@@ -276,7 +393,7 @@ impl Hub {
             if let (Some(at), Some(every)) = (c.stats_at, self.stats_every[i]) {
                 if at <= now {
                     c.stats_at = Some(now + every);
-                    let _ = self.ask.send(Ask::Stats(To::One(i)));
+                    let _ = self.ask.send(Ask::Stats(i));
                 }
             }
         }
@@ -285,7 +402,7 @@ impl Hub {
     async fn stop(&mut self) {
         let bye: Arc<[u8]> = wire::termination("tapir stops").into();
         for c in self.conns.iter_mut().filter_map(Option::take) {
-            let _ = c.tx.send(bye.clone());
+            let _ = c.tx.send((bye.clone(), true));
         }
         // Each collector's task writes what it has, then closes and
         // says so.
@@ -323,12 +440,14 @@ async fn collector(i: usize, address: String, ctl: mpsc::Sender<Ctl>, counters: 
         told = false;
         info!(collector = %address, "BMP collector connected");
         let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let backlog = Arc::new(Backlog::default());
+        let cut = Arc::new(tokio::sync::Notify::new());
         if ctl
             .send(Ctl::Up {
                 i,
                 tx,
-                queued: queued.clone(),
+                backlog: backlog.clone(),
+                cut: cut.clone(),
             })
             .await
             .is_err()
@@ -338,7 +457,7 @@ async fn collector(i: usize, address: String, ctl: mpsc::Sender<Ctl>, counters: 
         me.up.store(true, Relaxed);
         me.connects.fetch_add(1, Relaxed);
         let started = tokio::time::Instant::now();
-        let why = serve(stream, rx, &queued, me).await;
+        let why = serve(stream, rx, &backlog, &cut, me).await;
         me.up.store(false, Relaxed);
         if ctl.send(Ctl::Gone(i)).await.is_err() {
             return;
@@ -364,12 +483,14 @@ async fn connect(address: &str) -> std::io::Result<tokio::net::TcpStream> {
     }
 }
 
-/// Writes what the hub hands over until the hub lets go (tapir stops,
-/// or starts the collector over) or the collector goes away.
+/// Writes what the hub hands over until the hub lets go (tapir stops),
+/// cuts it (it fell behind, or the queue overflowed) or the collector
+/// goes away.
 async fn serve(
     stream: tokio::net::TcpStream,
-    mut rx: mpsc::UnboundedReceiver<Arc<[u8]>>,
-    queued: &AtomicUsize,
+    mut rx: mpsc::UnboundedReceiver<(Arc<[u8]>, bool)>,
+    backlog: &Backlog,
+    cut: &tokio::sync::Notify,
     me: &CollectorCounters,
 ) -> &'static str {
     let _ = stream.set_nodelay(true);
@@ -378,6 +499,7 @@ async fn serve(
     let mut scratch = [0u8; 512];
     loop {
         tokio::select! {
+            _ = cut.notified() => return "started over",
             m = rx.recv() => {
                 let Some(first) = m else {
                     let _ = tokio::time::timeout(WRITE_TIMEOUT, w.shutdown()).await;
@@ -385,23 +507,27 @@ async fn serve(
                 };
                 // Whatever else is waiting goes in the same write.
                 buf.clear();
-                buf.extend_from_slice(&first);
-                let mut n = 1;
-                while buf.len() < 64 << 10 {
-                    match rx.try_recv() {
-                        Ok(m) => {
-                            buf.extend_from_slice(&m);
-                            n += 1;
-                        }
-                        Err(_) => break,
+                let (mut live, mut asked) = (0, 0);
+                let mut n = 0;
+                let mut next = Some(first);
+                while let Some((m, was_asked)) = next.take() {
+                    buf.extend_from_slice(&m);
+                    *(if was_asked { &mut asked } else { &mut live }) += m.len();
+                    n += 1;
+                    if buf.len() < 64 << 10 {
+                        next = rx.try_recv().ok();
                     }
                 }
-                match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&buf)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return "write failed",
-                    Err(_) => return "write made no progress for 30 s",
+                tokio::select! {
+                    _ = cut.notified() => return "started over",
+                    r = tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&buf)) => match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return "write failed",
+                        Err(_) => return "write made no progress for 30 s",
+                    }
                 }
-                queued.fetch_sub(buf.len(), Relaxed);
+                backlog.live.fetch_sub(live, Relaxed);
+                backlog.asked.fetch_sub(asked, Relaxed);
                 me.messages.fetch_add(n, Relaxed);
             }
             r = r.read(&mut scratch) => match r {
@@ -412,4 +538,39 @@ async fn serve(
             }
         }
     }
+}
+
+/// Passes the exporter's questions on to every session `sessions()`
+/// lists: a dump one session at a time, each once the queue is below
+/// [`DUMP_LOW_WATER`], so that a collector that connects costs the
+/// sessions no more than a little at a time; statistics likewise.
+/// Questions that pile up meanwhile are asked once.
+pub async fn ask_all<F, Fut, P>(mut asked: mpsc::UnboundedReceiver<Ask>, sink: Sink, sessions: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Vec<P>>,
+    P: AskSession,
+{
+    while let Some(first) = asked.recv().await {
+        let mut asks = vec![first];
+        while let Ok(a) = asked.try_recv() {
+            if !asks.contains(&a) {
+                asks.push(a);
+            }
+        }
+        for ask in asks {
+            for p in sessions().await {
+                while sink.queued() > DUMP_LOW_WATER {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                p.ask(ask).await;
+            }
+        }
+    }
+}
+
+/// A session the exporter can ask (`ask` returns once it has queued its
+/// answer).
+pub trait AskSession {
+    fn ask(&self, ask: Ask) -> impl std::future::Future<Output = ()>;
 }

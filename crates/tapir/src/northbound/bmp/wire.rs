@@ -34,6 +34,10 @@ pub struct Peer {
     /// The UPDATEs carried use 2-octet AS numbers (the session did not
     /// negotiate RFC 6793).
     pub two_octet_as: bool,
+    /// A link-local peer is one per tap (every VM may use `fe80::1`): it
+    /// goes as a Local Instance Peer (type 2) with its interface index as
+    /// the distinguisher, so that two VMs never look like one.
+    pub distinguisher: Option<u64>,
 }
 
 /// Which Adj-RIB-In a Route Monitoring message shows (RFC 7854 §2).
@@ -63,8 +67,6 @@ pub enum Down {
 pub mod stat {
     /// Prefixes refused, every reason (32-bit counter).
     pub const REJECTED: u16 = 0;
-    /// Prefixes refused for our own AS in the path (32-bit counter).
-    pub const AS_PATH_LOOP: u16 = 4;
     /// Routes in the peer's Adj-RIB-In, refused ones included (gauge).
     pub const ADJ_RIB_IN: u16 = 7;
     /// Routes accepted into the Loc-RIB (gauge).
@@ -76,7 +78,8 @@ pub mod stat {
     pub const NEXT_HOP: u16 = 65532;
     /// Refused: over max-prefixes.
     pub const MAX_PREFIXES: u16 = 65533;
-    /// Refused: the AS path (length, AS 0, confederation, empty, first AS).
+    /// Refused: the AS path (length, AS 0, confederation, our own AS,
+    /// empty, first AS).
     pub const AS_PATH: u16 = 65534;
 }
 
@@ -110,7 +113,8 @@ fn address16(a: IpAddr, out: &mut Vec<u8>) {
 }
 
 fn per_peer(p: &Peer, post: bool, time: SystemTime, out: &mut Vec<u8>) {
-    out.push(0); // Global Instance Peer
+    // Global Instance Peer, or Local Instance Peer with a distinguisher.
+    out.push(if p.distinguisher.is_some() { 2 } else { 0 });
     let mut flags = 0;
     if p.address.to_canonical().is_ipv6() {
         flags |= FLAG_V6;
@@ -122,7 +126,7 @@ fn per_peer(p: &Peer, post: bool, time: SystemTime, out: &mut Vec<u8>) {
         flags |= FLAG_TWO_OCTET_AS;
     }
     out.push(flags);
-    out.extend_from_slice(&[0; 8]); // Peer Distinguisher
+    out.extend_from_slice(&p.distinguisher.unwrap_or(0).to_be_bytes());
     address16(p.address.to_canonical(), out);
     out.extend_from_slice(&p.asn.to_be_bytes());
     out.extend_from_slice(&p.bgp_id.octets());
@@ -208,8 +212,9 @@ pub fn statistics(p: &Peer, stats: &[Stat], time: SystemTime) -> Vec<u8> {
     for s in stats {
         body.extend_from_slice(&s.kind.to_be_bytes());
         if s.kind <= 6 || s.kind >= stat::NOT_AUTHORISED {
+            // A counter wraps (RFC 7854 §4.8: "32-bit Counter").
             body.extend_from_slice(&4u16.to_be_bytes());
-            body.extend_from_slice(&(s.value.min(u32::MAX as u64) as u32).to_be_bytes());
+            body.extend_from_slice(&(s.value as u32).to_be_bytes());
         } else {
             body.extend_from_slice(&8u16.to_be_bytes());
             body.extend_from_slice(&s.value.to_be_bytes());
@@ -256,6 +261,7 @@ mod tests {
             asn: 64650,
             bgp_id: "10.192.24.11".parse().unwrap(),
             two_octet_as: false,
+            distinguisher: None,
         }
     }
 
@@ -347,6 +353,7 @@ mod tests {
     fn statistics_initiation_and_termination() {
         let v6 = Peer {
             address: "fe80::11".parse().unwrap(),
+            distinguisher: Some(12),
             ..vm11()
         };
         let stats = [
@@ -366,6 +373,11 @@ mod tests {
         let m = parse(&statistics(&v6, &stats, SystemTime::now()));
         let h = m.per_peer_header.unwrap();
         assert_eq!(h.peer_ip, "fe80::11".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            h.peer_type,
+            bgpkit_parser::parser::bmp::messages::BmpPeerType::Local
+        );
+        assert_eq!(h.peer_distinguisher, 12);
         let PerPeerFlags::PeerFlags(flags) = h.peer_flags else {
             panic!("not an RFC 7854 peer")
         };

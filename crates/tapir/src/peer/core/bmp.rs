@@ -11,10 +11,17 @@ use std::time::SystemTime;
 use bgp::update::{encode_announce, encode_end_of_rib, encode_withdraw};
 use bgp::{NextHop, PathAttributes, Prefix};
 
-use super::{Action, PeerCore};
+use super::{Action, PeerConfig, PeerCore};
 use crate::northbound::bmp::wire::{self, stat, Policy, Stat};
-use crate::northbound::bmp::{Ask, To};
+use crate::northbound::bmp::{Ask, Kind, To};
 use crate::routing::authorisation::RejectKind;
+
+/// Whether BMP reports this session: a VM's, or any with `neighbors`.
+pub(super) fn monitored(cfg: &PeerConfig, env: &super::Identity) -> bool {
+    env.bmp
+        .as_ref()
+        .is_some_and(|s| cfg.group.is_some() || s.neighbors)
+}
 
 /// How UPDATEs are encoded for a collector: with the session's AS number
 /// size (a 2-octet session's messages carry the per-peer header's A
@@ -27,14 +34,23 @@ fn context(peer: &wire::Peer) -> bgp::Context {
 }
 
 impl PeerCore {
-    fn bmp_out(&mut self, to: To, bytes: Vec<u8>) {
-        self.actions.push_back(Action::Bmp { to, bytes });
+    /// Whether what happens now is told: a collector is connected (one
+    /// that connects later gets a dump).
+    fn bmp_live(&self) -> bool {
+        self.bmp_on
+            .as_ref()
+            .is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn bmp_out(&mut self, to: To, kind: Kind, bytes: Vec<u8>) {
+        self.actions.push_back(Action::Bmp { to, kind, bytes });
     }
 
     /// The session is Established on connection `i`: Peer Up for every
-    /// collector, and from now on its routes.
+    /// collector (`To::All`) or the one that asked, and from now on its
+    /// routes.
     pub(super) fn bmp_up(&mut self, i: usize, to: To) {
-        if !self.env.bmp {
+        if self.bmp_on.is_none() || (to == To::All && !self.bmp_live()) {
             return;
         }
         let (Some(info), Some(sent), Some(got)) = (
@@ -49,6 +65,12 @@ impl PeerCore {
             asn: info.asn,
             bgp_id: info.router_id,
             two_octet_as: !self.conns[i].session.context().four_octet_as,
+            distinguisher: match self.cfg.address {
+                std::net::IpAddr::V6(a) if a.is_unicast_link_local() => {
+                    self.cfg.interface.as_ref().map(|i| u64::from(i.index))
+                }
+                _ => None,
+            },
         };
         self.bmp_peer = Some(peer);
         let cxt = bgp::Context::default();
@@ -71,7 +93,7 @@ impl PeerCore {
             text = format!("{text} vm={vm}");
         }
         let up = wire::peer_up(&peer, ends, &sent, &got, &text, SystemTime::now());
-        self.bmp_out(to, up);
+        self.bmp_out(to, Kind::Up, up);
     }
 
     /// The session left Established.
@@ -91,22 +113,43 @@ impl PeerCore {
             R::ConnectionClosed if self.aborting => wire::Down::LocalNoNotification,
             R::ConnectionClosed => wire::Down::RemoteNoNotification,
         };
-        let down = wire::peer_down(&peer, &why, SystemTime::now());
-        self.bmp_out(To::All, down);
+        if self.bmp_live() {
+            let down = wire::peer_down(&peer, &why, SystemTime::now());
+            self.bmp_out(To::All, Kind::Down, down);
+        }
     }
 
-    /// An UPDATE as the peer sent it (before it is judged).
-    pub(super) fn bmp_pre(&mut self, u: &bgp::Update) {
-        let Some(peer) = self.bmp_peer else { return };
-        let bytes = u.encode(&context(&peer));
-        let m = wire::route_monitoring(&peer, Policy::Pre, &bytes, SystemTime::now());
-        self.bmp_out(To::All, m);
+    /// An UPDATE as the peer sent it (before it is judged): its bytes as
+    /// received (`Event::RawUpdate`).
+    pub(super) fn bmp_pre(&mut self) {
+        let raw = self.bmp_raw.take();
+        let (Some(peer), Some(raw), true) = (self.bmp_peer, raw, self.bmp_live()) else {
+            return;
+        };
+        let m = wire::route_monitoring(&peer, Policy::Pre, &raw, SystemTime::now());
+        self.bmp_out(To::All, Kind::Route, m);
+    }
+
+    /// The End-of-RIB the peer sent closes the post-policy view too.
+    pub(super) fn bmp_end_of_rib(&mut self, f: bgp::AfiSafi) {
+        let (Some(peer), true) = (self.bmp_peer, self.bmp_live()) else {
+            return;
+        };
+        let m = wire::route_monitoring(
+            &peer,
+            Policy::Post,
+            &encode_end_of_rib(f),
+            SystemTime::now(),
+        );
+        self.bmp_out(To::All, Kind::Route, m);
     }
 
     /// Routes gone from the pre-policy view without an UPDATE (stale
     /// routes given up after a restart).
     pub(super) fn bmp_pre_withdraw(&mut self, withdraw: &[Prefix]) {
-        let Some(peer) = self.bmp_peer else { return };
+        let (Some(peer), true) = (self.bmp_peer, self.bmp_live()) else {
+            return;
+        };
         self.bmp_routes(To::All, peer, Policy::Pre, &[], withdraw);
     }
 
@@ -116,7 +159,9 @@ impl PeerCore {
         announce: &[(Prefix, NextHop, Arc<PathAttributes>)],
         withdraw: &[Prefix],
     ) {
-        let Some(peer) = self.bmp_peer else { return };
+        let (Some(peer), true) = (self.bmp_peer, self.bmp_live()) else {
+            return;
+        };
         let routes: Vec<_> = announce
             .iter()
             .map(|(p, nh, a)| (*p, *nh, a.clone()))
@@ -165,15 +210,19 @@ impl PeerCore {
             updates.extend(encode_withdraw(&w, &cxt));
         }
         for u in updates {
-            self.bmp_out(to, wire::route_monitoring(&peer, policy, &u, now));
+            let m = wire::route_monitoring(&peer, policy, &u, now);
+            self.bmp_out(to, Kind::Route, m);
         }
     }
 
     /// The exporter's questions.
     pub(super) fn bmp_ask(&mut self, ask: Ask) {
+        if self.bmp_on.is_none() {
+            return;
+        }
         match ask {
-            Ask::Dump(to) => self.bmp_dump(to),
-            Ask::Stats(to) => self.bmp_stats(to),
+            Ask::Dump(i) => self.bmp_dump(To::One(i)),
+            Ask::Stats(i) => self.bmp_stats(To::One(i)),
         }
     }
 
@@ -199,7 +248,7 @@ impl PeerCore {
             for f in &families {
                 let eor = encode_end_of_rib(*f);
                 let m = wire::route_monitoring(&peer, policy, &eor, SystemTime::now());
-                self.bmp_out(to, m);
+                self.bmp_out(to, Kind::Route, m);
             }
         }
     }
@@ -210,10 +259,6 @@ impl PeerCore {
         let mut stats = vec![
             Stat {
                 kind: stat::REJECTED,
-                value: 0,
-            },
-            Stat {
-                kind: stat::AS_PATH_LOOP,
                 value: 0,
             },
             Stat {
@@ -241,8 +286,8 @@ impl PeerCore {
                 | RejectKind::NoFilter => stat::NOT_AUTHORISED,
                 RejectKind::NextHop | RejectKind::CoversNeighbor => stat::NEXT_HOP,
                 RejectKind::MaxPrefixes => stat::MAX_PREFIXES,
-                RejectKind::AsPathLoop => stat::AS_PATH_LOOP,
-                RejectKind::AsPathLength
+                RejectKind::AsPathLoop
+                | RejectKind::AsPathLength
                 | RejectKind::AsPathZero
                 | RejectKind::AsPathConfed
                 | RejectKind::AsPathEmpty
@@ -255,6 +300,6 @@ impl PeerCore {
             }
         }
         let m = wire::statistics(&peer, &stats, SystemTime::now());
-        self.bmp_out(to, m);
+        self.bmp_out(to, Kind::Stats, m);
     }
 }
