@@ -457,6 +457,81 @@ fn the_systemd_unit_verifies() {
     assert!(o.status.success() && text.trim().is_empty(), "{text}");
 }
 
+/// The package's postinst on an upgrade while tapir runs: the same binary
+/// is reloaded, a new one restarted (gracefully, by the unit's SIGTERM); a
+/// first install, or an upgrade while tapir is stopped, does neither.
+/// `systemctl` and `getent` are stand-ins that log what they are asked;
+/// the running "tapir" is a copy of sleep, started from the file `tapir`
+/// resolves to.
+#[test]
+fn an_upgrade_reloads_the_same_binary_and_restarts_a_new_one() {
+    let dir = std::env::temp_dir().join(format!("tapir-postinst-{}", std::process::id()));
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = dir.join("log");
+    let script = |name: &str, body: &str| {
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        Command::new("chmod").arg("755").arg(&p).status().unwrap();
+    };
+    script(
+        "systemctl",
+        &format!(
+            "echo \"$*\" >> {log}\ncase \"$1\" in\n  is-active) [ -e {dir}/active ] ;;\n  show) cat {dir}/pid ;;\nesac",
+            log = log.display(),
+            dir = dir.display()
+        ),
+    );
+    script("getent", "exit 0");
+    std::fs::copy("/bin/sleep", bin.join("tapir")).unwrap();
+    let mut daemon = Command::new(bin.join("tapir")).arg("60").spawn().unwrap();
+    std::fs::write(dir.join("pid"), format!("{}\n", daemon.id())).unwrap();
+    let postinst = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/debian/postinst");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let run = |args: &[&str]| -> String {
+        let _ = std::fs::remove_file(&log);
+        let o = Command::new("sh")
+            .arg(&postinst)
+            .args(args)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        std::fs::read_to_string(&log).unwrap_or_default()
+    };
+    let asked = |log: &str, what: &str| log.lines().any(|l| l == what);
+    // A first install: nothing to reload or restart.
+    let l = run(&["configure"]);
+    assert!(
+        !asked(&l, "reload tapir") && !asked(&l, "restart tapir"),
+        "{l}"
+    );
+    // An upgrade, tapir stopped: left stopped.
+    let l = run(&["configure", "0.0.9"]);
+    assert!(
+        !asked(&l, "reload tapir") && !asked(&l, "restart tapir"),
+        "{l}"
+    );
+    // tapir runs the file that is installed: a reload.
+    std::fs::write(dir.join("active"), "").unwrap();
+    let l = run(&["configure", "0.0.9"]);
+    assert!(
+        asked(&l, "reload tapir") && !asked(&l, "restart tapir"),
+        "{l}"
+    );
+    // The package brought another binary: a (graceful) restart.
+    std::fs::remove_file(bin.join("tapir")).unwrap();
+    std::fs::copy("/bin/true", bin.join("tapir")).unwrap();
+    let l = run(&["configure", "0.0.9"]);
+    assert!(
+        asked(&l, "restart tapir") && !asked(&l, "reload tapir"),
+        "{l}"
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Runs a contrib script inside `host` with `vars` set and `stdin` fed.
 fn hook(
     lab: &Lab,
