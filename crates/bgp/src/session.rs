@@ -458,6 +458,12 @@ impl Session {
         }
     }
 
+    /// Whether each UPDATE's bytes go out too (`keep_raw_updates`), from
+    /// the next bytes received on.
+    pub fn set_keep_raw_updates(&mut self, on: bool) {
+        self.config.keep_raw_updates = on;
+    }
+
     /// The OPEN sent on the current connection (made again from the
     /// settings it was sent with), once one was.
     pub fn sent_open(&self) -> Option<Open> {

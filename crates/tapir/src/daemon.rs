@@ -466,7 +466,12 @@ impl Daemon {
             };
             tasks::spawn(
                 Task::BmpAsk,
-                crate::northbound::bmp::ask_all(bmp_asked, b.sink.clone(), sessions),
+                crate::northbound::bmp::ask_all(
+                    bmp_asked,
+                    b.sink.clone(),
+                    b.counters.clone(),
+                    sessions,
+                ),
             );
         }
         for l in listeners {

@@ -712,8 +712,11 @@ impl PeerCore {
     }
 
     fn bytes(&mut self, conn: ConnId, data: &[u8], queued: usize) {
+        let raw = self.bmp_live();
         if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
             c.queued = queued;
+            // UPDATEs' bytes kept only while a BMP collector listens.
+            c.session.set_keep_raw_updates(raw);
             let before = c.session.messages_received();
             c.session.receive(self.now, data);
             let after = c.session.messages_received();

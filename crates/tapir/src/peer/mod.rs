@@ -265,16 +265,18 @@ pub struct PeerHandle {
 }
 
 impl crate::northbound::bmp::AskSession for PeerHandle {
-    /// Waits until the session has queued its answer (a session whose
-    /// task is gone, or that takes more than 5 s, is passed over).
-    async fn ask(&self, ask: crate::northbound::bmp::Ask) {
+    /// Waits until the session has queued its answer; false for a
+    /// session whose task is gone, or that takes more than 5 s.
+    async fn ask(&self, ask: crate::northbound::bmp::Ask) -> bool {
         let (tx, rx) = oneshot::channel();
-        let asked = async {
-            if self.tx.send(PeerMsg::Bmp(ask, tx)).await.is_ok() {
-                let _ = rx.await;
-            }
-        };
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), asked).await;
+        let asked = async { self.tx.send(PeerMsg::Bmp(ask, tx)).await.is_ok() && rx.await.is_ok() };
+        tokio::time::timeout(std::time::Duration::from_secs(5), asked)
+            .await
+            .unwrap_or(false)
+    }
+
+    fn name(&self) -> String {
+        self.address.to_string()
     }
 }
 

@@ -98,6 +98,8 @@ pub struct CollectorCounters {
     pub up: AtomicBool,
     pub connects: AtomicU64,
     pub messages: AtomicU64,
+    /// What waits for its socket (the dump's pace follows it).
+    backlog: Arc<Backlog>,
 }
 
 /// Where sessions put their BMP messages: never waits.
@@ -150,7 +152,6 @@ enum Ctl {
     Up {
         i: usize,
         tx: mpsc::UnboundedSender<(Arc<[u8]>, bool)>,
-        backlog: Arc<Backlog>,
         cut: Arc<tokio::sync::Notify>,
     },
     /// Collector `i`'s connection ended.
@@ -291,7 +292,10 @@ impl Hub {
                     self.hand_on(out);
                 }
                 Some(c) = ctl.recv() => match c {
-                    Ctl::Up { i, tx, backlog, cut } => self.up(i, tx, backlog, cut),
+                    Ctl::Up { i, tx, cut } => {
+                        let backlog = self.counters.collectors[i].backlog.clone();
+                        self.up(i, tx, backlog, cut)
+                    }
                     Ctl::Gone(i) => self.conns[i] = None,
                     Ctl::Stop(done) => {
                         // The sessions' Peer Downs are queued: they go
@@ -440,13 +444,16 @@ async fn collector(i: usize, address: String, ctl: mpsc::Sender<Ctl>, counters: 
         told = false;
         info!(collector = %address, "BMP collector connected");
         let (tx, rx) = mpsc::unbounded_channel();
-        let backlog = Arc::new(Backlog::default());
+        // What the last connection left unwritten went with it (the hub
+        // let go of it before this task got here).
+        let backlog = me.backlog.clone();
+        backlog.live.store(0, Relaxed);
+        backlog.asked.store(0, Relaxed);
         let cut = Arc::new(tokio::sync::Notify::new());
         if ctl
             .send(Ctl::Up {
                 i,
                 tx,
-                backlog: backlog.clone(),
                 cut: cut.clone(),
             })
             .await
@@ -541,16 +548,27 @@ async fn serve(
 }
 
 /// Passes the exporter's questions on to every session `sessions()`
-/// lists: a dump one session at a time, each once the queue is below
-/// [`DUMP_LOW_WATER`], so that a collector that connects costs the
-/// sessions no more than a little at a time; statistics likewise.
-/// Questions that pile up meanwhile are asked once.
-pub async fn ask_all<F, Fut, P>(mut asked: mpsc::UnboundedReceiver<Ask>, sink: Sink, sessions: F)
-where
+/// lists, one session at a time. A dump for collector `i` asks the next
+/// session only once what waits for that collector (and in the queue) is
+/// below [`DUMP_LOW_WATER`], so that a collector that connects costs the
+/// sessions a little at a time, and its dump never sits whole in memory;
+/// a collector that goes meanwhile ends its dump. A session that does not
+/// answer in time is asked again at the end, once. Questions that pile up
+/// meanwhile are asked once.
+pub async fn ask_all<F, Fut, P>(
+    mut asked: mpsc::UnboundedReceiver<Ask>,
+    sink: Sink,
+    counters: Arc<Counters>,
+    sessions: F,
+) where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Vec<P>>,
     P: AskSession,
 {
+    let waiting = |i: usize| {
+        let b = &counters.collectors[i].backlog;
+        sink.queued() + b.live.load(Relaxed) + b.asked.load(Relaxed)
+    };
     while let Some(first) = asked.recv().await {
         let mut asks = vec![first];
         while let Ok(a) = asked.try_recv() {
@@ -558,19 +576,36 @@ where
                 asks.push(a);
             }
         }
-        for ask in asks {
+        'ask: for ask in asks {
+            let (Ask::Dump(i) | Ask::Stats(i)) = ask;
+            let mut skipped = Vec::new();
             for p in sessions().await {
-                while sink.queued() > DUMP_LOW_WATER {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                if let Ask::Dump(_) = ask {
+                    while waiting(i) > DUMP_LOW_WATER {
+                        if !counters.collectors[i].up.load(Relaxed) {
+                            continue 'ask;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
-                p.ask(ask).await;
+                if !p.ask(ask).await {
+                    skipped.push(p);
+                }
+            }
+            for p in skipped {
+                if !p.ask(ask).await {
+                    warn!(session = %p.name(), ?ask, "BMP: a session did not answer the exporter twice; the collector misses it until it changes");
+                }
             }
         }
     }
 }
 
-/// A session the exporter can ask (`ask` returns once it has queued its
-/// answer).
+/// A session the exporter can ask.
 pub trait AskSession {
-    fn ask(&self, ask: Ask) -> impl std::future::Future<Output = ()>;
+    /// Asks; true once the session has queued its answer, false if it
+    /// did not in time (or is gone).
+    fn ask(&self, ask: Ask) -> impl std::future::Future<Output = bool>;
+    /// What the session is called, for the log.
+    fn name(&self) -> String;
 }

@@ -36,7 +36,7 @@ fn context(peer: &wire::Peer) -> bgp::Context {
 impl PeerCore {
     /// Whether what happens now is told: a collector is connected (one
     /// that connects later gets a dump).
-    fn bmp_live(&self) -> bool {
+    pub(super) fn bmp_live(&self) -> bool {
         self.bmp_on
             .as_ref()
             .is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed))
