@@ -857,7 +857,9 @@ impl Handles {
             Request::Neighbor { op, target } => {
                 neighbor(&snapshot(&self.peers), self.role.as_ref(), op, target).await
             }
-            Request::VmAdd { vm } => {
+            Request::VmAdd { mut vm } => {
+                // Only `vm sync` makes synced entries.
+                vm.synced = false;
                 let done = format!("VM {} registered", vm.name);
                 vm_request(self.role.as_ref(), |tx| RoleMsg::VmAdd(vm, tx), done).await
             }

@@ -635,7 +635,17 @@ fn vm(rt: &tokio::runtime::Runtime, ctl: &Ctl, what: Vm) -> ExitCode {
                 .iter()
                 .map(inventory::Registration::from_entry)
                 .collect();
-            control::Request::VmSync { vms, dry_run }
+            let req = control::Request::VmSync { vms, dry_run };
+            let size = serde_json::to_vec(&req).map_or(0, |v| v.len() as u64);
+            if size >= control::MAX_REQUEST {
+                eprintln!(
+                    "tapir: {}: {size} bytes as a request, more than the control socket takes ({} bytes)",
+                    file.display(),
+                    control::MAX_REQUEST
+                );
+                return ExitCode::FAILURE;
+            }
+            req
         }
     };
     client(rt, ctl, req, false)

@@ -458,11 +458,12 @@ fn the_systemd_unit_verifies() {
 }
 
 /// The package's postinst on an upgrade while tapir runs: the same binary
-/// is reloaded, a new one restarted (gracefully, by the unit's SIGTERM); a
-/// first install, or an upgrade while tapir is stopped, does neither.
-/// `systemctl` and `getent` are stand-ins that log what they are asked;
-/// the running "tapir" is a copy of sleep, started from the file `tapir`
-/// resolves to.
+/// is reloaded, a new one restarted (gracefully, by the unit's SIGTERM)
+/// if the config checks, and left running if not; a first install, or an
+/// upgrade while tapir is stopped, does neither. `systemctl` and `getent`
+/// are stand-ins that log what they are asked; the installed tapir is a
+/// file of the test's (the script's `/usr/bin/tapir` pointed at it), and
+/// the running one a copy of sleep started from it.
 #[test]
 fn an_upgrade_reloads_the_same_binary_and_restarts_a_new_one() {
     let dir = std::env::temp_dir().join(format!("tapir-postinst-{}", std::process::id()));
@@ -486,7 +487,18 @@ fn an_upgrade_reloads_the_same_binary_and_restarts_a_new_one() {
     std::fs::copy("/bin/sleep", bin.join("tapir")).unwrap();
     let mut daemon = Command::new(bin.join("tapir")).arg("60").spawn().unwrap();
     std::fs::write(dir.join("pid"), format!("{}\n", daemon.id())).unwrap();
-    let postinst = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/debian/postinst");
+    let installed = bin.join("tapir");
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/debian/postinst"),
+    )
+    .unwrap();
+    assert!(shipped.contains("/usr/bin/tapir"));
+    let postinst = dir.join("postinst");
+    std::fs::write(
+        &postinst,
+        shipped.replace("/usr/bin/tapir", &installed.display().to_string()),
+    )
+    .unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let run = |args: &[&str]| -> String {
         let _ = std::fs::remove_file(&log);
@@ -497,7 +509,7 @@ fn an_upgrade_reloads_the_same_binary_and_restarts_a_new_one() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{o:?}");
-        std::fs::read_to_string(&log).unwrap_or_default()
+        std::fs::read_to_string(&log).unwrap_or_default() + &String::from_utf8_lossy(&o.stderr)
     };
     let asked = |log: &str, what: &str| log.lines().any(|l| l == what);
     // A first install: nothing to reload or restart.
@@ -519,14 +531,26 @@ fn an_upgrade_reloads_the_same_binary_and_restarts_a_new_one() {
         asked(&l, "reload tapir") && !asked(&l, "restart tapir"),
         "{l}"
     );
-    // The package brought another binary: a (graceful) restart.
-    std::fs::remove_file(bin.join("tapir")).unwrap();
-    std::fs::copy("/bin/true", bin.join("tapir")).unwrap();
+    // The package brought another binary whose check of the config
+    // fails: tapir keeps running the old one.
+    std::fs::remove_file(&installed).unwrap();
+    std::fs::copy("/bin/false", &installed).unwrap();
+    let l = run(&["configure", "0.0.9"]);
+    assert!(
+        !asked(&l, "restart tapir") && !asked(&l, "reload tapir"),
+        "{l}"
+    );
+    assert!(l.contains("does not check"), "{l}");
+    // Another binary that checks the config: a (graceful) restart, after
+    // systemd reads the unit again.
+    std::fs::remove_file(&installed).unwrap();
+    std::fs::copy("/bin/true", &installed).unwrap();
     let l = run(&["configure", "0.0.9"]);
     assert!(
         asked(&l, "restart tapir") && !asked(&l, "reload tapir"),
         "{l}"
     );
+    assert!(asked(&l, "daemon-reload"), "{l}");
     let _ = daemon.kill();
     let _ = daemon.wait();
     let _ = std::fs::remove_dir_all(&dir);

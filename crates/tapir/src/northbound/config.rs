@@ -1014,6 +1014,7 @@ struct RawVm {
     #[serde(default)]
     prefixes: Vec<Spanned<String>>,
     mac: Option<Spanned<String>>,
+    nic: Option<Spanned<String>>,
 }
 
 /// An inventory file: `[[vm]]` entries only.
@@ -2439,6 +2440,22 @@ fn parse_vm(v: &Spanned<RawVm>, err: &ErrFn) -> Result<VmEntry, ConfigError> {
             ),
         ));
     }
+    let nic = match &v.nic {
+        Some(n) => {
+            let s = n.get_ref();
+            if s.is_empty()
+                || s.len() > 64
+                || s.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(err(
+                    n.span(),
+                    format!("vm `{name}`: nic: empty, longer than 64 characters or with blanks"),
+                ));
+            }
+            Some(s.clone())
+        }
+        None => None,
+    };
     let mut prefixes = Vec::new();
     for p in &v.prefixes {
         prefixes.push(
@@ -2457,7 +2474,7 @@ fn parse_vm(v: &Spanned<RawVm>, err: &ErrFn) -> Result<VmEntry, ConfigError> {
     };
     Ok(VmEntry {
         name,
-        nic: None,
+        nic,
         interface: v.interface.clone(),
         addresses: v.addresses.clone(),
         asn: v.asn,

@@ -423,7 +423,12 @@ impl Inventory {
             Source::Synced => return Err(InventoryError::FromSync(name.to_string())),
             Source::Registered => {}
         }
-        let gone = |e: &VmEntry| of_vm(e) && nic.is_none_or(|n| e.nic.as_deref() == Some(n));
+        // A NIC's removal also takes a registration of the whole VM (made
+        // before its NICs were registered one by one): the NIC's own comes
+        // next.
+        let gone = |e: &VmEntry| {
+            of_vm(e) && nic.is_none_or(|n| e.nic.is_none() || e.nic.as_deref() == Some(n))
+        };
         let n = self.entries.iter().filter(|e| gone(e)).count();
         if n == 0 {
             return Err(InventoryError::NicNotFound {
@@ -462,18 +467,16 @@ impl Inventory {
             state_file: None,
             index: Index::default(),
         };
+        for (i, e) in next.iter().enumerate() {
+            if next[..i].iter().any(|o| key(o) == key(e)) {
+                return Err(InventoryError::SyncedTwice(e.name.clone()));
+            }
+        }
         for e in next {
             let mut e = e.clone();
             e.source = Source::Synced;
             e.missing_since = None;
-            trial.check_new(&e).map_err(|c| match c {
-                InventoryError::Taken(Conflict::Name(n) | Conflict::Nic { name: n, .. })
-                    if next.iter().filter(|o| o.name == n).count() > 1 =>
-                {
-                    InventoryError::SyncedTwice(n)
-                }
-                c => c,
-            })?;
+            trial.check_new(&e)?;
             match old.iter().find(|o| key(o) == key(&e)) {
                 None => plan.added.push(e.name.clone()),
                 Some(o) if !same(o, &e) => plan.changed.push(e.name.clone()),
@@ -690,6 +693,19 @@ mod tests {
         assert_eq!(inv.entries().len(), 1);
         assert_eq!(inv.unregister("lb", None).unwrap(), 1);
         assert!(inv.entries().is_empty());
+        // A VM registered whole (before its NICs were, one by one): a
+        // NIC's removal takes the whole entry, and the NIC's own fits.
+        inv.register(nic("old", None, "10.192.24.30")).unwrap();
+        assert_eq!(inv.unregister("old", Some("a")).unwrap(), 1);
+        inv.register(nic("old", Some("a"), "10.192.24.30")).unwrap();
+        // Two NICs of one VM in one sync file are no duplicate.
+        let plan = inv
+            .sync_plan(&[
+                nic("s", Some("a"), "10.192.24.40"),
+                nic("s", Some("b"), "10.192.24.41"),
+            ])
+            .unwrap_err();
+        assert!(plan.to_string().contains("owned by VM `old`"), "{plan}");
     }
 
     #[test]

@@ -393,7 +393,11 @@ pub fn vms(vms: &[VmStatus]) -> String {
                 })
                 .collect();
             vec![
-                v.name.clone().unwrap_or_else(|| "-".into()),
+                match (&v.name, &v.nic) {
+                    (Some(n), Some(nic)) => format!("{n} nic {nic}"),
+                    (Some(n), None) => n.clone(),
+                    (None, _) => "-".into(),
+                },
                 v.interface.clone().unwrap_or_else(|| "-".into()),
                 v.group.clone().unwrap_or_else(|| "-".into()),
                 v.source.clone(),

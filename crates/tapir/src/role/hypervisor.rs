@@ -655,17 +655,19 @@ impl Hypervisor {
                 })
             })
         };
-        let present: Vec<String> = self
+        // Each NIC of a VM on its own: one NIC up does not keep another's
+        // registration alive.
+        let present: Vec<(String, Option<String>)> = self
             .inventory
             .entries()
             .iter()
             .filter(|e| here(e))
-            .map(|e| e.name.clone())
+            .map(|e| (e.name.clone(), e.nic.clone()))
             .collect();
         let gone = self
             .inventory
             .expire(std::time::Instant::now(), self.registration_grace, |e| {
-                present.contains(&e.name)
+                present.iter().any(|(n, c)| *n == e.name && *c == e.nic)
             });
         for name in &gone {
             warn!(vm = %name, grace = ?self.registration_grace, "registration dropped: its VM has not been seen on its tap for the grace period");
