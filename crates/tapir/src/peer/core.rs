@@ -46,8 +46,11 @@ pub use admin::{AdminError, ExportAsk};
 /// accepts a new session from the VM's hypervisor in place of an old one
 /// (a graceful-restart takeover after a migration): the export is queued,
 /// but its main loop sleeps in poll() until the next packet or its 3 s
-/// tick. A VM that has sent no UPDATE this long after Established gets one
-/// ROUTE-REFRESH (RFC 2918), which wakes it and asks for its routes anyway.
+/// tick. A VM that has sent no UPDATE this long after Established gets our
+/// End-of-RIB once more: a packet, which wakes it, and harmless to any
+/// speaker. (It was a ROUTE-REFRESH until FRR 8.4 showed that one arriving
+/// before its first UPDATE leaves it never withdrawing what it announced
+/// on that session.)
 pub const NUDGE_AFTER: Duration = Duration::from_millis(10);
 
 /// BIRD 2.0.12 sending its table sometimes stops short of the end: once
@@ -1108,14 +1111,16 @@ impl PeerCore {
         else {
             return;
         };
-        let families = c.session.context().families.clone();
-        let mut sent = false;
-        for f in families {
-            sent |= c.session.request_refresh(f);
+        // Our End-of-RIB says our table is complete: not while we wait for
+        // the Loc-RIB after our own restart.
+        if self.awaiting_rib {
+            return;
         }
-        if sent {
-            debug!("no UPDATE yet from the VM: ROUTE-REFRESH sent");
+        let now = self.now;
+        for f in c.session.context().families.clone() {
+            c.session.send(now, encode_end_of_rib(f));
         }
+        debug!("no UPDATE yet from the VM: End-of-RIB sent again to wake it");
     }
 
     /// See `WAKE_AFTER`. RFC 4271 §4.4: no KEEPALIVE within a second of
