@@ -18,6 +18,8 @@
 pub mod bird;
 pub mod frr;
 pub mod gobgp;
+pub mod monitor;
+pub mod qemu;
 pub mod reference;
 pub mod tapir;
 pub mod tor;

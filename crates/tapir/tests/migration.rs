@@ -334,3 +334,99 @@ fn a_drain_ends_when_the_vms_tap_leaves() {
         wait_for(WAIT, || tor.route("10.3.0.1/32")).unwrap_or_else(|| panic!("{}", lab.all_logs()));
     assert!(!gshut(&back), "{back:?}");
 }
+
+/// A real live migration (issue 23): a QEMU guest (scripts/qemu-guest:
+/// Debian's kernel, BIRD with the reference VM config) behind a tap that
+/// QEMU creates in hv1's namespace, with the project's Ganeti ifup hook
+/// run as Ganeti runs it; QMP's `migrate` to a QEMU waiting with
+/// `-incoming` on hv2; the source quits and its tap goes. tor then has the
+/// guest's prefix via hv2 and none via hv1, and the guest's BIRD has its
+/// session up again (with hv2 now).
+///
+/// QEMU comes from scripts/setup; without it the test fails and says so,
+/// unless `TAPIR_LAB_SKIP_QEMU=1` asks to skip it (it then says that).
+#[test]
+fn a_qemu_guest_migrates_live() {
+    if let Some(why) = lab::qemu::unavailable() {
+        if std::env::var_os("TAPIR_LAB_SKIP_QEMU").is_some() {
+            eprintln!("SKIPPED a_qemu_guest_migrates_live (TAPIR_LAB_SKIP_QEMU): {why}");
+            return;
+        }
+        panic!("{why}; TAPIR_LAB_SKIP_QEMU=1 skips this test");
+    }
+    let img = lab::qemu::image().unwrap_or_else(|e| panic!("{e}"));
+    let mut lab = Lab::new();
+    reference::build(&mut lab, &["hv1", "hv2"]);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml"),
+    )
+    .unwrap();
+    for (hv, id) in [("hv1", "10.192.21.6"), ("hv2", "10.192.21.7")] {
+        let cfg = example.replace(
+            "router-id = \"10.192.21.6\"",
+            &format!("router-id = \"{id}\""),
+        );
+        let path = lab.write(&format!("{hv}/tapir.toml"), &cfg);
+        lab.tapir(hv, Path::new(TAPIR), &path);
+    }
+    let accel = lab::qemu::accel(&img, lab.dir());
+    let spec = lab::qemu::ganeti_guest(&lab, "hv1", Path::new(TAPIR), 11, "10.3.0.1/32");
+    let src = lab.qemu("hv1", &img, accel, &spec, None);
+    assert!(
+        src.wait_established(Duration::from_secs(120)),
+        "the guest's BGP session never came up ({accel}):\n{}\n{}",
+        src.console(),
+        lab.all_logs()
+    );
+    let (hv1, _) = reference::hv_addresses("hv1");
+    let (hv2, _) = reference::hv_addresses("hv2");
+    let best_via = |hv: &str| {
+        wait_for(Duration::from_secs(60), || {
+            (tor.next_hops("10.3.0.1/32").first().map(String::as_str) == Some(hv)).then_some(())
+        })
+        .is_some()
+    };
+    assert!(
+        best_via(&hv1),
+        "10.3.0.1/32 never via hv1:\n{}",
+        lab.all_logs()
+    );
+    let before = src.established_since();
+
+    let spec = lab::qemu::ganeti_guest(&lab, "hv2", Path::new(TAPIR), 11, "10.3.0.1/32");
+    let to = format!("{hv2}:4444");
+    let dest = lab.qemu("hv2", &img, accel, &spec, Some(&to));
+    src.migrate(&to, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("migration: {e}\n{}", lab.all_logs()));
+    src.qmp("quit", serde_json::Value::Null).unwrap();
+    // The source's tap is gone with its QEMU.
+    let gone = wait_for(Duration::from_secs(10), || {
+        (!lab
+            .ip("hv1", &["link", "show"])
+            .stdout
+            .windows(5)
+            .any(|w| w == b"tap11"))
+        .then_some(())
+    });
+    assert!(gone.is_some(), "tap11 still on hv1");
+    assert!(
+        best_via(&hv2),
+        "10.3.0.1/32 not via hv2 after the migration: {:?}\n{}\n{}",
+        tor.next_hops("10.3.0.1/32"),
+        dest.console(),
+        lab.all_logs()
+    );
+    let hops = wait_for(Duration::from_secs(60), || {
+        let h = tor.next_hops("10.3.0.1/32");
+        (!h.contains(&hv1)).then_some(h)
+    });
+    assert!(hops.is_some(), "a path via hv1 stayed at tor");
+    // The guest's own view: a new session (its BIRD's `since` moved on),
+    // with hv2's tapir: the old one's TCP state means nothing there.
+    let again = wait_for(Duration::from_secs(120), || {
+        dest.established_since()
+            .filter(|s| Some(s) != before.as_ref())
+    });
+    assert!(again.is_some(), "before: {before:?}\n{}", dest.console());
+}

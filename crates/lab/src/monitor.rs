@@ -1,0 +1,62 @@
+//! Kernel-side timestamps: `ip -ts monitor` in a lab host, for the
+//! benchmarks that time what a host's kernel saw (a tap deleted, a route
+//! changed).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::Lab;
+
+/// `ip -ts monitor` in one host: kernel-side timestamps.
+pub struct Monitor(PathBuf);
+
+impl Monitor {
+    pub fn start(lab: &mut Lab, host: &str, what: &str) -> Monitor {
+        let log = format!("monitor-{host}-{what}.log");
+        lab.spawn(host, &["ip", "-ts", "monitor", what], &log);
+        Monitor(lab.dir().join(log))
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.0)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The time (seconds into the day) of the first event from line `from`
+    /// on that contains `needle` and, if `deleted` is given, is (not) a
+    /// deletion.
+    pub fn find(&self, from: usize, needle: &str, deleted: Option<bool>) -> Option<f64> {
+        self.lines().iter().skip(from).find_map(|l| {
+            let (ts, rest) = l.strip_prefix('[')?.split_once("] ")?;
+            if deleted.is_some_and(|d| rest.starts_with("Deleted ") != d) || !rest.contains(needle)
+            {
+                return None;
+            }
+            // 2026-11-25T18:59:59.290885
+            let time = ts.split_once('T')?.1;
+            let mut f = time.split(':');
+            let (h, m, s): (f64, f64, f64) = (
+                f.next()?.parse().ok()?,
+                f.next()?.parse().ok()?,
+                f.next()?.parse().ok()?,
+            );
+            Some(h * 3600.0 + m * 60.0 + s)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `end - start` in seconds of the day, across midnight too.
+pub fn between(start: f64, end: f64) -> Duration {
+    Duration::from_secs_f64((end - start).rem_euclid(86400.0))
+}
