@@ -13,7 +13,13 @@ pub struct Monitor(PathBuf);
 impl Monitor {
     pub fn start(lab: &mut Lab, host: &str, what: &str) -> Monitor {
         let log = format!("monitor-{host}-{what}.log");
-        lab.spawn(host, &["ip", "-ts", "monitor", what], &log);
+        // In UTC, whatever the host's zone: benchmarks set these times
+        // against their own clock's.
+        lab.spawn(
+            host,
+            &["env", "TZ=UTC0", "ip", "-ts", "monitor", what],
+            &log,
+        );
         Monitor(lab.dir().join(log))
     }
 

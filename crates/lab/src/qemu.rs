@@ -134,7 +134,7 @@ pub fn ganeti_guest(lab: &Lab, hv: &str, tapir: &Path, n: u32, prefix: &str) -> 
             &format!("{hv}/qemu-{which}-{n}"),
             &format!(
                 "#!/bin/sh
-                 export INSTANCE=recdns1001 INTERFACE=\"$1\" INTERFACE_INDEX=0 MODE=routed                  IP={ip} MAC={mac} TAGS='tapir:prefix:{prefix} tapir:asn:{asn}'                  GATEWAY4={gw} TAP_MAC={tap_mac} TAPIR={tapir} TAPIR_SOCKET={socket}\n                 exec sh {script}\n",
+                 export INSTANCE=recdns1001 INTERFACE=\"$1\" INTERFACE_INDEX=0 MODE=routed                  IP={ip} MAC={mac} TAGS='tapir:prefix:{prefix} tapir:asn:{asn}'                  GATEWAY4={gw} TAP_MAC={tap_mac} TAPIR='{tapir}' TAPIR_SOCKET='{socket}'\n                 exec sh {script}\n",
                 ip = crate::reference::vm_v4(n),
                 asn = crate::reference::VM_AS,
                 gw = crate::reference::GATEWAY_V4,
@@ -313,7 +313,8 @@ impl Guest {
 
     /// Migrates to `to` (a QEMU started with `-incoming tcp:ADDR`), as
     /// Ganeti does: `migrate`, then `query-migrate` until it completes.
-    /// Returns when the guest runs at the destination.
+    /// Returns when the source says the migration completed (the guest
+    /// runs at the destination), seen within 5 ms and a QMP round trip.
     /// A destination that is not listening yet (QEMU opens its QMP socket
     /// before its `-incoming` one) is tried again for 10 s.
     pub fn migrate(&self, addr: &str, limit: Duration) -> Result<Instant, String> {

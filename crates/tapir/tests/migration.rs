@@ -393,6 +393,7 @@ fn a_qemu_guest_migrates_live() {
         lab.all_logs()
     );
     let before = src.established_since();
+    assert!(before.is_some(), "{}", src.console());
 
     let spec = lab::qemu::ganeti_guest(&lab, "hv2", Path::new(TAPIR), 11, "10.3.0.1/32");
     let to = format!("{hv2}:4444");

@@ -50,8 +50,18 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 
 /// One move's figures.
 struct Move {
+    /// Where the guest went: tor breaks ties by the lower router id, so
+    /// hv1's path wins while both are there, and hv2's can be best only
+    /// once hv1's is gone: the two directions differ.
+    to: &'static str,
     b1: Option<Duration>,
     b2: Option<Duration>,
+    /// The same at tor's kernel: the tap's deletion to the source's route
+    /// deleted there (only when it was tor's best, so that the kernel
+    /// route goes rather than changes), and the migration's completion
+    /// to the destination's route in tor's kernel.
+    k1: Option<Duration>,
+    k2: Option<Duration>,
     lost: Option<u64>,
 }
 
@@ -80,6 +90,7 @@ fn run(daemon: &str, tapir: &Path, img: &Image, accel: &str, reps: usize) -> Vec
         ("hv1", Monitor::start(&mut lab, "hv1", "link")),
         ("hv2", Monitor::start(&mut lab, "hv2", "link")),
     ];
+    let tor_routes = Monitor::start(&mut lab, "tor", "route");
     // tapir acts in milliseconds; BIRD waits for its hold timer (90 s),
     // which the limits cut short.
     let limit = Duration::from_secs(if daemon == "tapir" { 60 } else { 20 });
@@ -140,6 +151,7 @@ fn run(daemon: &str, tapir: &Path, img: &Image, accel: &str, reps: usize) -> Vec
         std::thread::sleep(Duration::from_millis(300));
         let monitor = &links.iter().find(|(h, _)| *h == at).expect("hypervisor").1;
         let mark = monitor.len();
+        let mark_tor = tor_routes.len();
         let done = match guest.migrate(&format!("{}:{port}", addr(to)), Duration::from_secs(120)) {
             Ok(t) => t,
             Err(e) => {
@@ -147,6 +159,7 @@ fn run(daemon: &str, tapir: &Path, img: &Image, accel: &str, reps: usize) -> Vec
                 break;
             }
         };
+        let done_at = time_of_day();
         // The source is done: Ganeti stops it, and its tap goes.
         let _ = guest.qmp("quit", serde_json::Value::Null);
         // Both ends watched in one loop: tor's best path via the
@@ -169,6 +182,15 @@ fn run(daemon: &str, tapir: &Path, img: &Image, accel: &str, reps: usize) -> Vec
             (Some(d), Some(g)) => Some(lab::monitor::between(d, g)),
             _ => None,
         };
+        let service = PREFIX.trim_end_matches("/32");
+        let k1 = deleted.and_then(|d| {
+            let g =
+                tor_routes.find(mark_tor, &format!("{service} via {from_addr} "), Some(true))?;
+            Some(lab::monitor::between(d, g))
+        });
+        let k2 = tor_routes
+            .find(mark_tor, &format!("{service} via {to_addr} "), Some(false))
+            .map(|a| lab::monitor::between(done_at, a));
         std::thread::sleep(Duration::from_secs(3));
         lab::run("kill", &["-INT", &ping.to_string()]);
         std::thread::sleep(Duration::from_millis(300));
@@ -181,14 +203,23 @@ fn run(daemon: &str, tapir: &Path, img: &Image, accel: &str, reps: usize) -> Vec
             );
         }
         println!(
-            "  {daemon}: move {} {at} -> {to}: B2 {} B1 {} lost {} | guest: {}",
+            "  {daemon}: move {} {at} -> {to}: B2 {} (kernel {}) B1 {} (kernel {}) lost {} | guest: {}",
             rep + 1,
             ms(b2),
+            ms(k2),
             ms(b1),
+            ms(k1),
             lost.map_or("?".into(), |l| l.to_string()),
             dest.bgp().unwrap_or_else(|| "no BGP line yet".into())
         );
-        moves.push(Move { b1, b2, lost });
+        moves.push(Move {
+            to,
+            b1,
+            b2,
+            k1,
+            k2,
+            lost,
+        });
         guest = dest;
         at = to;
         // The guest's session on its new hypervisor, before the next move.
@@ -239,15 +270,37 @@ fn summary(daemon: &str, moves: &[Move]) -> (String, String, String) {
     };
     let b1 = med(&|m| m.b1);
     let b2 = med(&|m| m.b2);
+    let k1 = med(&|m| m.k1);
+    let k2 = med(&|m| m.k2);
     let lost = if moves.iter().all(|m| m.lost.is_some()) {
         moves.iter().filter_map(|m| m.lost).sum::<u64>().to_string()
     } else {
         "?".into()
     };
     println!(
-        "{daemon}: n={} B1 median {b1} ms, B2 median {b2} ms, lost {lost} ('-': past the limit)",
+        "{daemon}: n={} B1 median {b1} ms (kernel {k1} ms), B2 median {b2} ms (kernel {k2} ms), lost {lost} ('-': past the limit, or not seen)",
         moves.len()
     );
+    for to in ["hv2", "hv1"] {
+        let some: Vec<&Move> = moves.iter().filter(|m| m.to == to).collect();
+        let med = |f: &dyn Fn(&Move) -> Option<Duration>| {
+            let all: Vec<Duration> = some.iter().map(|m| f(m).unwrap_or(Duration::MAX)).collect();
+            match median(all) {
+                Some(d) if d != Duration::MAX => format!("{:.1}", d.as_secs_f64() * 1000.0),
+                _ => "-".to_string(),
+            }
+        };
+        if !some.is_empty() {
+            println!(
+                "  to {to} (n={}): B1 {} ms (kernel {}), B2 {} ms (kernel {})",
+                some.len(),
+                med(&|m| m.b1),
+                med(&|m| m.k1),
+                med(&|m| m.b2),
+                med(&|m| m.k2)
+            );
+        }
+    }
     (b1, b2, lost)
 }
 

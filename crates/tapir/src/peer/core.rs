@@ -222,8 +222,8 @@ pub struct PeerCore {
     peer_gr: Option<bgp::capability::GracefulRestart>,
     /// When routes kept for a restarting peer are given up.
     stale_until: Option<Instant>,
-    /// A VM session that has sent nothing since Established gets a
-    /// ROUTE-REFRESH at this time (see `NUDGE_AFTER`).
+    /// A VM session that has sent nothing since Established gets our
+    /// End-of-RIB again at this time (see `NUDGE_AFTER`).
     nudge_at: Option<Instant>,
     /// The peer's table is on its way (UPDATEs since Established, no
     /// End-of-RIB yet): a KEEPALIVE goes out at this time if nothing more
