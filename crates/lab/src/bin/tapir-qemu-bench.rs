@@ -255,19 +255,23 @@ fn median(mut v: Vec<Duration>) -> Option<Duration> {
     v.get(v.len() / 2).copied()
 }
 
-/// Medians (a move past its limit sorts last; `-` when the median is
-/// one) and the replies lost in all (`?` if a count is missing).
+/// The median of one figure over `moves`, in ms: a move past its limit
+/// sorts last, and `-` when the median is one.
+fn median_ms<'a>(
+    moves: impl Iterator<Item = &'a Move>,
+    f: impl Fn(&Move) -> Option<Duration>,
+) -> String {
+    let all: Vec<Duration> = moves.map(|m| f(m).unwrap_or(Duration::MAX)).collect();
+    match median(all) {
+        Some(d) if d != Duration::MAX => format!("{:.1}", d.as_secs_f64() * 1000.0),
+        _ => "-".to_string(),
+    }
+}
+
+/// Medians, overall and by direction, and the replies lost in all (`?`
+/// if a count is missing).
 fn summary(daemon: &str, moves: &[Move]) -> (String, String, String) {
-    let med = |f: &dyn Fn(&Move) -> Option<Duration>| {
-        let all: Vec<Duration> = moves
-            .iter()
-            .map(|m| f(m).unwrap_or(Duration::MAX))
-            .collect();
-        match median(all) {
-            Some(d) if d != Duration::MAX => format!("{:.1}", d.as_secs_f64() * 1000.0),
-            _ => "-".to_string(),
-        }
-    };
+    let med = |f: &dyn Fn(&Move) -> Option<Duration>| median_ms(moves.iter(), f);
     let b1 = med(&|m| m.b1);
     let b2 = med(&|m| m.b2);
     let k1 = med(&|m| m.k1);
@@ -283,13 +287,7 @@ fn summary(daemon: &str, moves: &[Move]) -> (String, String, String) {
     );
     for to in ["hv2", "hv1"] {
         let some: Vec<&Move> = moves.iter().filter(|m| m.to == to).collect();
-        let med = |f: &dyn Fn(&Move) -> Option<Duration>| {
-            let all: Vec<Duration> = some.iter().map(|m| f(m).unwrap_or(Duration::MAX)).collect();
-            match median(all) {
-                Some(d) if d != Duration::MAX => format!("{:.1}", d.as_secs_f64() * 1000.0),
-                _ => "-".to_string(),
-            }
-        };
+        let med = |f: &dyn Fn(&Move) -> Option<Duration>| median_ms(some.iter().copied(), f);
         if !some.is_empty() {
             println!(
                 "  to {to} (n={}): B1 {} ms (kernel {}), B2 {} ms (kernel {})",

@@ -166,6 +166,12 @@ pub fn link_local_without_interface(
         .copied()
 }
 
+/// A NIC's id (`[[vm]] nic`, `tapir vm add --nic`): 1 to 64 characters,
+/// no blanks or control characters.
+pub fn nic_id_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && !id.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// Why a VM entry cannot stand beside another: the inventory holds each
 /// name, address and prefix once.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -2443,10 +2449,7 @@ fn parse_vm(v: &Spanned<RawVm>, err: &ErrFn) -> Result<VmEntry, ConfigError> {
     let nic = match &v.nic {
         Some(n) => {
             let s = n.get_ref();
-            if s.is_empty()
-                || s.len() > 64
-                || s.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
+            if !nic_id_ok(s) {
                 return Err(err(
                     n.span(),
                     format!("vm `{name}`: nic: empty, longer than 64 characters or with blanks"),

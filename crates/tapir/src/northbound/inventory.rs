@@ -109,10 +109,7 @@ impl Registration {
             return Err(InventoryError::NoAddress(self.name.clone()));
         }
         if let Some(n) = &self.nic {
-            if n.is_empty()
-                || n.len() > 64
-                || n.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
+            if !crate::northbound::config::nic_id_ok(n) {
                 return Err(InventoryError::BadNic {
                     name: self.name.clone(),
                     nic: n.clone(),
