@@ -77,11 +77,7 @@ impl Bird {
     /// millisecond: compare with [`same_instant`].
     pub fn since_ms(&self, name: &str) -> Option<u64> {
         let line = self.protocol(name)?;
-        let t = line.split_whitespace().nth(4)?;
-        let (hms, ms) = t.split_once('.').unwrap_or((t, "0"));
-        let mut f = hms.split(':').map(|x| x.parse::<u64>().ok());
-        let (h, m, s) = (f.next()??, f.next()??, f.next()??);
-        Some(((h * 60 + m) * 60 + s) * 1000 + ms.parse::<u64>().ok()?)
+        time_of_day_ms(line.split_whitespace().nth(4)?)
     }
 
     pub fn is_established(&self, name: &str) -> bool {
@@ -97,7 +93,17 @@ impl Bird {
     }
 }
 
-/// Two `since_ms` readings of the same instant (within 5 ms).
+/// BIRD's `HH:MM:SS.mmm` as milliseconds since midnight.
+pub fn time_of_day_ms(t: &str) -> Option<u64> {
+    let (hms, ms) = t.split_once('.').unwrap_or((t, "0"));
+    let mut f = hms.split(':').map(|x| x.parse::<u64>().ok());
+    let (h, m, s) = (f.next()??, f.next()??, f.next()??);
+    Some(((h * 60 + m) * 60 + s) * 1000 + ms.parse::<u64>().ok()?)
+}
+
+/// Two `since_ms` readings of the same instant (within 5 ms): BIRD prints
+/// `since` from its monotonic clock turned into wall time at each reading,
+/// so one instant can read a millisecond apart.
 pub fn same_instant(a: Option<u64>, b: Option<u64>) -> bool {
     matches!((a, b), (Some(a), Some(b)) if a.abs_diff(b) <= 5)
 }

@@ -295,12 +295,18 @@ impl Guest {
             .find_map(|l| l.strip_prefix("guest-bgp ").map(str::to_string))
     }
 
-    /// While the guest's BIRD says Established: since when (its clock).
-    pub fn established_since(&self) -> Option<String> {
+    /// While the guest's BIRD says Established: since when, as
+    /// milliseconds since midnight on its clock (compare two readings with
+    /// [`crate::bird::same_instant`]).
+    pub fn established_since(&self) -> Option<u64> {
         // "<uptime> hv BGP --- up 2026-12-05 13:20:11.123 Established"
         let l = self.bgp()?;
         let t: Vec<&str> = l.split_whitespace().collect();
-        (t.len() > 6 && t.last() == Some(&"Established")).then(|| t[5..t.len() - 1].join(" "))
+        if t.len() > 6 && t.last() == Some(&"Established") {
+            crate::bird::time_of_day_ms(t[t.len() - 2])
+        } else {
+            None
+        }
     }
 
     /// Waits until the guest's BIRD says Established.

@@ -427,7 +427,7 @@ fn a_qemu_guest_migrates_live() {
     // with hv2's tapir: the old one's TCP state means nothing there.
     let again = wait_for(Duration::from_secs(120), || {
         dest.established_since()
-            .filter(|s| Some(s) != before.as_ref())
+            .filter(|s| !lab::bird::same_instant(Some(*s), before))
     });
     assert!(again.is_some(), "before: {before:?}\n{}", dest.console());
 }

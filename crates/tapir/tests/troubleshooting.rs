@@ -180,9 +180,24 @@ fn out_rsts(lab: &Lab, host: &str) -> u64 {
     values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
-/// tor's BIRD protocol for the session from `addr` (dynamic: a new name
-/// for each new session), with the time it came up.
-fn tor_session(tor: &lab::bird::Bird, addr: &str) -> Option<(String, u64)> {
+/// One of tor's BIRD sessions: its protocol (dynamic, `dynbgpN`) and the
+/// time it came up. Two readings are the same session when the name is the
+/// same and the times are one instant: BIRD prints `since` from its clock
+/// anew each time, so it can differ by a millisecond between readings.
+#[derive(Debug, Clone)]
+struct TorSession {
+    name: String,
+    since: u64,
+}
+
+impl PartialEq for TorSession {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && lab::bird::same_instant(Some(self.since), Some(other.since))
+    }
+}
+
+/// tor's BIRD protocol for the session from `addr`, if it is established.
+fn tor_session(tor: &lab::bird::Bird, addr: &str) -> Option<TorSession> {
     let all = tor.cmd(&["show", "protocols", "all"]);
     let mut name = None;
     for l in all.lines() {
@@ -193,7 +208,7 @@ fn tor_session(tor: &lab::bird::Bird, addr: &str) -> Option<(String, u64)> {
             let n = name.clone()?;
             return tor
                 .is_established(&n)
-                .then(|| tor.since_ms(&n).map(|s| (n, s)))?;
+                .then(|| tor.since_ms(&n).map(|since| TorSession { name: n, since }))?;
         }
     }
     None
@@ -239,7 +254,7 @@ fn neighbor_commands_act_on_that_session_alone() {
 
     // refresh: tor gets our routes again and we get its, no reset.
     let s4 = ready(&lab).0;
-    let before = imported(&tor, &s4.0);
+    let before = imported(&tor, &s4.name);
     let updates_from_tor = |t: &lab::tapir::Tapir| {
         t.json_args(&["peer", "tor-v4"])[0]["messages_received"]["update"]
             .as_u64()
@@ -248,7 +263,7 @@ fn neighbor_commands_act_on_that_session_alone() {
     let ours_before = updates_from_tor(&t);
     let (ok, out, err) = t.cli(&["neighbor", "refresh", "tor-v4"]);
     assert!(ok && out.contains("asked for the peer's"), "{out}{err}");
-    wait_for(WAIT, || (imported(&tor, &s4.0) > before).then_some(()))
+    wait_for(WAIT, || (imported(&tor, &s4.name) > before).then_some(()))
         .unwrap_or_else(|| panic!("tor got nothing again\n{}", lab.all_logs()));
     wait_for(WAIT, || (updates_from_tor(&t) > ours_before).then_some(()))
         .unwrap_or_else(|| panic!("tor sent nothing again\n{}", lab.all_logs()));
@@ -424,7 +439,7 @@ fn what_goes_out_is_what_tor_holds_and_why_says_which_term() {
     let cfg = lab.write("hv1/tapir.toml", &cfg);
     let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
     let (v4, _) = reference::hv_addresses("hv1");
-    let (session, _) = wait_for(WAIT, || {
+    let TorSession { name: session, .. } = wait_for(WAIT, || {
         bird_tor.route("10.3.0.1/32")?;
         bird_tor.route("198.51.100.0/24")?;
         tor_session(tor, &v4)
