@@ -89,7 +89,11 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 /// A lab tool (`crates/lab/src/bin`), found next to `sibling`, a binary of
 /// the same build (the test's tapir), and built there if missing.
 pub fn tool(sibling: &Path, name: &str) -> PathBuf {
+    // One build at a time: two tests missing the same tool would both run
+    // cargo.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let bin = sibling.with_file_name(name);
+    let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     if !bin.exists() {
         let release = sibling
             .parent()

@@ -241,8 +241,9 @@ fn malformed_attribute_is_treat_as_withdraw_without_reset() {
     let total = bad.len() as u16;
     bad[16..18].copy_from_slice(&total.to_be_bytes());
 
-    // The raw peer announces, waits a second, sends the malformed copy and
-    // lingers; meanwhile tapir's view is read.
+    // The raw peer announces, waits two seconds (the good route is seen
+    // meanwhile), sends the malformed copy and lingers; meanwhile
+    // tapir's view is read.
     let lines = std::thread::scope(|s| {
         let h = s.spawn(|| {
             b.raw(&[
@@ -251,16 +252,16 @@ fn malformed_attribute_is_treat_as_withdraw_without_reset() {
                 "--send",
                 &hexs(&bad),
                 "--pause-ms",
-                "1000",
+                "2000",
                 "--linger-ms",
                 "4000",
             ])
         });
-        let seen = wait_for(Duration::from_secs(3), || {
+        let seen = wait_for(Duration::from_secs(4), || {
             (!b.tapir.routes_for("10.66.0.0/24").is_empty()).then_some(())
         });
         assert!(seen.is_some(), "the good announcement never arrived");
-        let gone = wait_for(Duration::from_secs(4), || {
+        let gone = wait_for(Duration::from_secs(5), || {
             b.tapir.routes_for("10.66.0.0/24").is_empty().then_some(())
         });
         assert!(gone.is_some(), "treat-as-withdraw did not remove the route");

@@ -471,7 +471,7 @@ fn a_new_vm_on_a_reused_tap_inherits_no_registration() {
     let tor = tor::start(&mut lab, tor::Kind::Bird);
     let cfg = std::fs::read_to_string(example()).unwrap().replacen(
         "state-dir = \"/var/lib/tapir\"\n",
-        "state-dir = \"/var/lib/tapir\"\nregistration-grace = 8\n",
+        "state-dir = \"/var/lib/tapir\"\nregistration-grace = 16\n",
         1,
     );
     let cfg = lab.write("hv1/tapir.toml", &cfg);
@@ -496,7 +496,7 @@ fn a_new_vm_on_a_reused_tap_inherits_no_registration() {
     // the grace period.
     reference::unplug(&mut lab, "hv1", "tap13");
     reference::plug(&mut lab, "hv1", "tap13", 13, 13);
-    std::thread::sleep(Duration::from_secs(12));
+    std::thread::sleep(Duration::from_secs(20));
     assert_eq!(registered(&lab), ["old"]);
 
     // The node loses "old" without its ifdown hook; a new VM, vm15, gets
@@ -514,8 +514,9 @@ fn a_new_vm_on_a_reused_tap_inherits_no_registration() {
         t.show(&["routes"]),
         lab.all_logs()
     );
-    // While old's registration lasts (8 s from its tap's removal; vm15
-    // is served within about 3), its prefix is old's alone.
+    // While old's registration lasts (16 s from its tap's removal; vm15
+    // is served within about 3 to 7: BIRD's connect delay is 5 s), its
+    // prefix is old's alone.
     assert_eq!(registered(&lab), ["old"], "dropped too soon for this test");
     assert!(
         tor.route("10.3.0.50/32").is_none() && kernel_route(&lab, "10.3.0.50/32").is_none(),
@@ -528,7 +529,9 @@ fn a_new_vm_on_a_reused_tap_inherits_no_registration() {
     );
     // Once the grace period is over, the registration is gone; the prefix
     // is nobody's, and the group filter lets vm15 have it.
-    let gone = wait_for(WAIT, || registered(&lab).is_empty().then_some(()));
+    let gone = wait_for(Duration::from_secs(40), || {
+        registered(&lab).is_empty().then_some(())
+    });
     assert!(gone.is_some(), "registration kept: {:?}", registered(&lab));
     let r = wait_for(WAIT, || tor.route("10.3.0.50/32"));
     assert!(r.is_some(), "{}", t.show(&["routes"]));
@@ -891,10 +894,16 @@ fn a_route_too_large_to_pass_on_is_withdrawn_upstream_not_left_stale() {
     let n = (900..1100).take_while(|n| one_message(*n)).last().unwrap();
     let big = update("10.3.0.80/32", with(n));
     let marker = update("10.3.0.81/32", attrs(seq(&[VM_AS])));
-    // Three seconds apart: tor has the small one before the big one comes.
-    let raw = raw_speaker(&mut lab, &[small, big, marker], &["--pause-ms", "3000"]);
+    // tor's session is up (it has vm11's route) before vm13 speaks; then
+    // five seconds apart: tor has the small one before the big one comes.
     assert!(
-        wait_for(Duration::from_secs(3), || tor.route("10.3.0.80/32")).is_some(),
+        wait_for(WAIT, || tor.route("10.3.0.1/32")).is_some(),
+        "{}",
+        lab.all_logs()
+    );
+    let raw = raw_speaker(&mut lab, &[small, big, marker], &["--pause-ms", "5000"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || tor.route("10.3.0.80/32")).is_some(),
         "{}",
         lab.all_logs()
     );

@@ -316,7 +316,7 @@ fn graceful_restart_keeps_forwarding_and_the_tor_route() {
         &reference::vm_bird_dual_config(11, 64613, &["10.3.0.1/32"], &["2001:db8:3::1/128"]),
     );
     let cfg =
-        example_with_mode("strip") + "\n[graceful-restart]\nrestart-time = 120\ndeferral = 3\n";
+        example_with_mode("strip") + "\n[graceful-restart]\nrestart-time = 120\ndeferral = 10\n";
     let cfg = lab.write("hv1/tapir.toml", &cfg);
     let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
     let kernel_has = |lab: &Lab, p: &str| kernel_routes(lab).iter().any(|l| l.starts_with(p));

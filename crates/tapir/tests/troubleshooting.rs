@@ -566,9 +566,15 @@ fn the_kernel_table_is_repaired_and_a_refusal_is_shown_and_retried() {
     .unwrap_or_else(|| panic!("{}\n{}", t.show(&["routes"]), lab.all_logs()));
     assert_eq!(r["best"], true, "{r}");
     assert_eq!(r["installed"], false, "{r}");
+    // Seen after the first, second or third refusal: the next scan can
+    // come within a second of the first (the count is checked in the log
+    // below).
     let why = r["kernel_error"].as_str().unwrap();
     assert!(
-        why.starts_with("ENETUNREACH (") && why.ends_with("refused 1 time"),
+        why.starts_with("ENETUNREACH (")
+            && ["refused 1 time", "refused 2 times", "refused 3 times"]
+                .iter()
+                .any(|n| why.ends_with(n)),
         "{r}"
     );
     let text = t.show(&["routes", "10.3.0.1/32"]);
@@ -590,8 +596,9 @@ fn the_kernel_table_is_repaired_and_a_refusal_is_shown_and_retried() {
     assert_eq!(log.matches("kernel refused a route").count(), 3, "{log}");
 
     // Someone deletes it: back within the scan interval.
-    lab.ip("hv1", &["route", "del", "10.3.0.1/32", "proto", "180"]);
-    assert_eq!(kernel_route(&lab, "10.3.0.1/32", "180"), None);
+    // (Not read back in between: the repair may be that quick.)
+    let del = lab.ip("hv1", &["route", "del", "10.3.0.1/32", "proto", "180"]);
+    assert!(del.status.success(), "{del:?}");
     wait_for(Duration::from_secs(10), || {
         kernel_route(&lab, "10.3.0.1/32", "180")
     })
@@ -626,7 +633,8 @@ fn a_restart_by_sigterm_keeps_the_prefix_at_tor_and_in_the_kernel() {
     let mut lab = reference::standard(&[11]);
     let bird_tor = tor::start(&mut lab, Kind::Bird);
     let vm = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
-    let cfg = example() + "\n[graceful-restart]\nrestart-time = 120\ndeferral = 3\n";
+    // The deferral long enough for the VM to be back on a loaded machine.
+    let cfg = example() + "\n[graceful-restart]\nrestart-time = 120\ndeferral = 10\n";
     let cfg = lab.write("hv1/tapir.toml", &cfg);
     let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
     wait_for(WAIT, || {
@@ -662,14 +670,21 @@ fn a_restart_by_sigterm_keeps_the_prefix_at_tor_and_in_the_kernel() {
         lab.stop(t.pid);
         let first_log = lab.log(&t.log);
         let t2 = lab.tapir("hv1", Path::new(TAPIR), &cfg);
-        // The VM is back, and the deferral (3 s) is over.
+        // The VM is back, and the deferral is over (its stale routes
+        // removed: a second more, for tor and the kernel to show it).
         wait_for(WAIT, || {
             t2.routes_for("10.3.0.1/32")
                 .into_iter()
                 .find(|r| r["installed"] == true)
         })
         .unwrap_or_else(|| panic!("{}", lab.all_logs()));
-        std::thread::sleep(Duration::from_secs(4));
+        wait_for(WAIT, || {
+            lab.log(&t2.log)
+                .contains("graceful restart complete")
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("deferral never over\n{}", lab.all_logs()));
+        std::thread::sleep(Duration::from_secs(1));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (m, c) = watcher.join().unwrap();
         (m, c, t2, first_log)
