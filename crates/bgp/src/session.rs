@@ -405,6 +405,26 @@ impl Session {
         }
     }
 
+    /// Something outside BGP says the peer has just become reachable (a
+    /// VM's link-layer address became known: it runs, or runs here now).
+    /// A session waiting to try again (Idle after an error, or Active after
+    /// a failed attempt) tries at once, its back-off ended; one with an
+    /// attempt in flight, or up, or stopped, or passive, is left alone.
+    /// Returns whether an attempt starts.
+    pub fn retry_now(&mut self, now: Instant) -> bool {
+        let waiting = match self.state {
+            State::Idle => self.enabled,
+            State::Active => self.connect_retry_at.is_some(),
+            _ => false,
+        };
+        if !waiting || self.config.passive {
+            return false;
+        }
+        self.retry_delay = self.config.connect_retry;
+        self.begin(now);
+        true
+    }
+
     /// Our outgoing TCP connection is up (§8.1.4 Event 16/17).
     pub fn connected(&mut self, now: Instant) {
         match self.state {

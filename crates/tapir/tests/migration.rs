@@ -345,6 +345,65 @@ fn a_drain_ends_when_the_vms_tap_leaves() {
 ///
 /// QEMU comes from scripts/setup; without it the test fails and says so,
 /// unless `TAPIR_LAB_SKIP_QEMU=1` asks to skip it (it then says that).
+/// A live migration's destination as QEMU makes it: the tap, the VM's
+/// route and so tapir's attempts come before the guest runs there, and
+/// nothing answers ARP. When the guest runs, it speaks first at the link
+/// layer (QEMU's guest sends a gratuitous ARP; here it asks for its
+/// gateway's MAC), and its BIRD waits, its session being elsewhere as far
+/// as it knows (`passive` here). The session is up at once, not at
+/// tapir's next attempt (30 s apart here).
+#[test]
+fn a_guest_that_runs_after_its_tap_came_has_its_session_at_once() {
+    let mut lab = reference::standard(&[11]);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    // Not running yet: its NIC answers no ARP.
+    lab.ip("vm11", &["link", "set", "eth0", "arp", "off"]);
+    let vm = lab.bird(
+        "vm11",
+        &reference::vm_bird_config_with(11, 64613, &["10.3.0.1/32"], "passive on;"),
+    );
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hypervisor.toml"),
+    )
+    .unwrap();
+    let cfg = example.replacen(
+        "name = \"vms\"\n",
+        "name = \"vms\"\nconnect-retry = 30\n",
+        1,
+    );
+    assert_ne!(cfg, example);
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir("hv1", Path::new(TAPIR), &cfg);
+    // tapir's first attempt found nobody: hv1's kernel gave up on the
+    // VM's MAC.
+    let neigh = |lab: &Lab| {
+        let o = lab.ip("hv1", &["neigh", "show", "10.192.24.11", "dev", "tap11"]);
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    wait_for(Duration::from_secs(30), || {
+        neigh(&lab).contains("FAILED").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}\n{}", neigh(&lab), lab.all_logs()));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!vm.is_established("bgp1"));
+    assert!(tor.route("10.3.0.1/32").is_none());
+
+    // The guest runs.
+    lab.ip("vm11", &["link", "set", "eth0", "arp", "on"]);
+    let ran = Instant::now();
+    lab.exec("vm11", &["ping", "-c", "1", "-W", "1", "10.192.24.1"]);
+    let up = wait_for(Duration::from_secs(15), || {
+        (vm.is_established("bgp1") && tor.route("10.3.0.1/32").is_some()).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "not up {:?} after the guest ran (the next attempt is 30 s after the first)\n{}\n{}",
+        ran.elapsed(),
+        t.show(&["peers", "--all"]),
+        lab.all_logs()
+    );
+}
+
 #[test]
 fn a_qemu_guest_migrates_live() {
     if let Some(why) = lab::qemu::unavailable() {

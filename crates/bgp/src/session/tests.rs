@@ -551,6 +551,45 @@ fn attempts_nobody_answers_back_off_and_a_connection_resets_them() {
 }
 
 #[test]
+fn a_peer_that_became_reachable_is_tried_at_once() {
+    let mut c = config(64612, "10.0.0.1", RemoteAs::External);
+    c.connect_retry = Duration::from_secs(1);
+    c.connect_retry_max = Duration::from_secs(60);
+    let mut s = Session::new(c.clone());
+    let mut now = Instant::now();
+    // Not started: nothing to retry.
+    assert!(!s.retry_now(now));
+    s.start(now);
+    while s.poll_event().is_some() {}
+    // An attempt in flight is left alone.
+    assert!(!s.retry_now(now));
+    assert_eq!(s.poll_event(), None);
+    // Backed off to 16 s, the last attempt failed: waiting in Active.
+    for _ in 0..4 {
+        now = s.poll_timeout().unwrap();
+        s.handle_timeout(now);
+    }
+    s.connect_failed(now);
+    assert_eq!(s.retry_delay(), Duration::from_secs(16));
+    assert_eq!(s.state(), State::Active);
+    while s.poll_event().is_some() {}
+    now += Duration::from_secs(2);
+    assert!(s.retry_now(now));
+    assert_eq!(s.state(), State::Connect);
+    assert!(std::iter::from_fn(|| s.poll_event()).any(|e| e == Event::Connect));
+    assert_eq!(s.retry_delay(), Duration::from_secs(1));
+    assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(1)));
+    // Stopped, or passive: never.
+    s.stop(now, Notification::new(6, 2));
+    assert!(!s.retry_now(now));
+    c.passive = true;
+    let mut p = Session::new(c);
+    p.start(now);
+    assert!(!p.retry_now(now));
+    assert_eq!(p.state(), State::Active);
+}
+
+#[test]
 fn without_a_maximum_attempts_do_not_back_off() {
     let mut s = Session::new(config(64612, "10.0.0.1", RemoteAs::External));
     let mut now = Instant::now();

@@ -132,6 +132,8 @@ pub enum Input {
     RibReady,
     /// BFD saw the path fail.
     BfdDown,
+    /// The kernel has just learned the VM's link-layer address.
+    Reachable,
     /// Stop with this NOTIFICATION; the routes leave the Loc-RIB.
     Shutdown(Notification),
     /// Stop without a NOTIFICATION (a graceful restart of tapir).
@@ -266,11 +268,18 @@ pub struct PeerCore {
     /// Stopping without a NOTIFICATION (`Input::Abort`): a session that
     /// ends now was closed by us.
     aborting: bool,
+    /// When `Input::Reachable` last started an attempt (one per
+    /// connect-retry at most: a VM flapping its MAC gets no more).
+    retried_at: Option<Instant>,
 }
 
 /// The longest wait between connection attempts to a VM address that
 /// never answered.
 pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The same while nothing answers ARP/ND for the address (the attempt
+/// failed with "host unreachable"): the VM is not running here yet.
+pub const PROBE_ABSENT_MAX: Duration = Duration::from_secs(4);
 
 /// A session's settings; `probe`: a VM address that has never had a
 /// session, whose attempts back off.
@@ -339,6 +348,7 @@ impl PeerCore {
             bmp_peer: None,
             bmp_raw: None,
             aborting: false,
+            retried_at: None,
         }
     }
 
@@ -536,6 +546,7 @@ impl PeerCore {
                     }
                 }
             }
+            Input::Reachable => self.reachable(),
             Input::NextSession(c) => self.next_session(*c),
             Input::SetExport(policy) => {
                 if self.cfg.export.as_ref().is_some_and(|p| **p != *policy) {
@@ -709,8 +720,53 @@ impl PeerCore {
             Ok(_) => {}
             Err(e) => {
                 debug!(error = %e, "connect failed");
+                if self.may_probe() {
+                    // Nothing answers ARP/ND there (the guest is paused
+                    // for an incoming migration, or still boots): tried
+                    // every few seconds, not backed off to a minute, as
+                    // a VM whose kernel refuses BGP is.
+                    let absent = matches!(
+                        e.kind(),
+                        std::io::ErrorKind::HostUnreachable
+                            | std::io::ErrorKind::NetworkUnreachable
+                    );
+                    self.conns[i].session.set_connect_retry_max(if absent {
+                        PROBE_ABSENT_MAX
+                    } else {
+                        PROBE_BACKOFF_MAX
+                    });
+                }
                 self.conns[i].session.connect_failed(self.now);
             }
+        }
+    }
+
+    /// The VM's link-layer address has just become known: the guest runs
+    /// here now (a live migration's switchover, a boot). A session waiting
+    /// to try again tries at once: QEMU's guest announces itself with a
+    /// gratuitous ARP after a migration, and a probe backed off to a
+    /// minute would otherwise leave the VM's prefixes unrouted that long.
+    /// A VM can cause this at will, by changing its MAC: at most one such
+    /// attempt per connect-retry interval (at least a second).
+    fn reachable(&mut self) {
+        if self.cfg.group.is_none() || self.disabled {
+            return;
+        }
+        let now = self.now;
+        let every = self.cfg.session.connect_retry.max(Duration::from_secs(1));
+        if self
+            .retried_at
+            .is_some_and(|t| now.saturating_duration_since(t) < every)
+        {
+            return;
+        }
+        if self
+            .conns
+            .first_mut()
+            .is_some_and(|c| c.session.retry_now(now))
+        {
+            self.retried_at = Some(now);
+            debug!("the VM's link-layer address is known: trying at once");
         }
     }
 

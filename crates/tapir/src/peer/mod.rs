@@ -225,6 +225,9 @@ pub enum PeerMsg {
     SetExport(Arc<Policy>),
     /// BFD saw the path fail (it was Up, it is Down).
     BfdDown,
+    /// The kernel has just learned the VM's link-layer address: it runs
+    /// (here, now). A VM session waiting to try again tries at once.
+    Reachable,
     /// The BMP exporter asks for the session's state or statistics;
     /// answered once it is queued.
     Bmp(crate::northbound::bmp::Ask, oneshot::Sender<()>),
@@ -528,6 +531,7 @@ impl Peer {
                 PeerMsg::NextSession(c) => Input::NextSession(c),
                 PeerMsg::SetExport(p) => Input::SetExport(p),
                 PeerMsg::BfdDown => Input::BfdDown,
+                PeerMsg::Reachable => Input::Reachable,
                 PeerMsg::Bmp(ask, done) => {
                     asked = Some(done);
                     Input::Bmp(ask)

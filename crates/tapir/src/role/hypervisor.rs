@@ -438,6 +438,13 @@ impl Hypervisor {
                 };
                 if self.macs.insert((index, addr), m) != Some(m) {
                     self.dirty.insert(index);
+                    // The VM runs here now (after a live migration, its
+                    // gratuitous ARP): its session, if waiting to try
+                    // again, tries at once. Not awaited: a full mailbox
+                    // is a session at work, not one waiting.
+                    if let Some(d) = self.sessions.get(&(index, addr)) {
+                        let _ = d.handle.tx.try_send(PeerMsg::Reachable);
+                    }
                 }
             }
             // The guest role's business.
@@ -1186,6 +1193,27 @@ mod tests {
             .unwrap();
         let name = |hv: &Hypervisor| hv.entry_for(13, &vm_addr(13)).map(|e| e.name.clone());
         assert_eq!(name(&hv), None, "no MAC seen yet");
+        // The VM's session (its task's mailbox): a MAC newly known tells it
+        // to try at once.
+        let (tx, mut session) = mpsc::channel(4);
+        let policy = Arc::new(hv.policy(13, &vm_addr(13), 0));
+        hv.sessions.insert(
+            (13, vm_addr(13)),
+            DynPeer {
+                handle: PeerHandle {
+                    address: vm_addr(13),
+                    tx,
+                },
+                group: 0,
+                policy,
+                name: "tap13".into(),
+            },
+        );
+        let mut told = || {
+            std::iter::from_fn(|| session.try_recv().ok())
+                .filter(|m| matches!(m, PeerMsg::Reachable))
+                .count()
+        };
         let seen = |hv: &mut Hypervisor, m: Option<Mac>| {
             hv.kernel(KernelEvent::Lladdr {
                 index: 13,
@@ -1195,10 +1223,14 @@ mod tests {
             std::mem::take(&mut hv.dirty)
         };
         assert_eq!(seen(&mut hv, Some(mac("52:54:00:00:00:13"))), [13].into());
+        assert_eq!(told(), 1, "the first MAC: the VM runs here");
         assert_eq!(name(&hv).as_deref(), Some("old"));
         assert_eq!(seen(&mut hv, None), [].into(), "forgotten by the kernel");
+        assert_eq!(seen(&mut hv, Some(mac("52:54:00:00:00:13"))), [].into());
+        assert_eq!(told(), 0, "the same MAC again: nothing new");
         assert_eq!(name(&hv).as_deref(), Some("old"));
         assert_eq!(seen(&mut hv, Some(mac("aa:00:00:00:0f:15"))), [13].into());
+        assert_eq!(told(), 1, "another MAC");
         assert_eq!(name(&hv), None, "another NIC behind the address");
         // A MAC for an address that is not on the tap is not kept.
         hv.kernel(KernelEvent::Lladdr {

@@ -263,15 +263,25 @@ impl Harness {
         self.pump();
     }
 
-    /// Our connection attempt fails.
+    /// Our connection attempt fails: refused (the peer's kernel answers).
     pub fn tcp_refused(&mut self) {
+        self.tcp_fails(std::io::ErrorKind::ConnectionRefused);
+    }
+
+    /// Our connection attempt fails with `kind` (`HostUnreachable`:
+    /// nothing answered ARP/ND for the address).
+    pub fn tcp_fails(&mut self, kind: std::io::ErrorKind) {
         let conn = self.connecting.take().expect("no connection attempt");
-        self.note(format!("> connection {conn} refused"));
+        if kind == std::io::ErrorKind::ConnectionRefused {
+            self.note(format!("> connection {conn} refused"));
+        } else {
+            self.note(format!("> connection {conn} failed: {kind}"));
+        }
         self.core.handle(
             self.now,
             Input::Connected {
                 conn,
-                result: Err(std::io::ErrorKind::ConnectionRefused.into()),
+                result: Err(kind.into()),
             },
         );
         self.pump();

@@ -855,6 +855,56 @@ fn the_loc_ribs_ready_signal_refeeds_only_a_peer_that_waited_for_it() {
     assert_eq!(asked(&h), 1, "{}", h.text());
 }
 
+/// A live migration's destination: the tap is there before the guest
+/// runs. Attempts that nothing answers (no ARP reply) are not backed off;
+/// ones the VM's kernel refuses are; and the VM's link-layer address
+/// becoming known (its gratuitous ARP at the switchover) starts one at once.
+#[test]
+fn a_vm_not_running_yet_is_tried_every_few_seconds_and_at_once_when_it_appears() {
+    let mut h = Harness::new(
+        vm_config(vm_policy(100, MaxPrefixAction::Reject)),
+        Remote::vm(),
+    );
+    let unreachable = std::io::ErrorKind::HostUnreachable;
+    let connects = |h: &Harness| h.text().matches("< connect ").count();
+    h.start();
+    for _ in 0..4 {
+        h.tcp_fails(unreachable);
+        assert_eq!(h.core.status(h.now).connect_retry_secs, 5, "{}", h.text());
+        h.advance(secs(5));
+    }
+    assert_eq!(connects(&h), 5);
+    // The guest runs, without BGP yet: refused, and backed off.
+    for wait in [5, 10, 20] {
+        h.tcp_refused();
+        h.advance(secs(wait));
+    }
+    h.tcp_refused();
+    assert_eq!(h.core.status(h.now).connect_retry_secs, 40);
+    assert_eq!(connects(&h), 8);
+    // Its MAC: an attempt at once, the back-off over.
+    h.advance(secs(1));
+    h.input("the VM's MAC is known", Input::Reachable);
+    assert_eq!(connects(&h), 9, "{}", h.text());
+    assert_eq!(h.core.status(h.now).connect_retry_secs, 5);
+    // With an attempt in flight, nothing more.
+    h.input("the VM's MAC is known", Input::Reachable);
+    assert_eq!(connects(&h), 9);
+    // Refused, and another MAC at once (a VM flapping its MAC): no more
+    // than one such attempt per connect-retry.
+    h.tcp_refused();
+    h.input("another MAC", Input::Reachable);
+    assert_eq!(connects(&h), 9, "{}", h.text());
+    h.advance(secs(5));
+    assert_eq!(connects(&h), 10);
+    h.tcp_connects();
+    assert_eq!(h.remote_state(), State::Established);
+    // Established: nothing to do.
+    h.input("the VM's MAC is known", Input::Reachable);
+    assert_eq!(connects(&h), 10);
+    assert_eq!(h.remote_state(), State::Established);
+}
+
 #[test]
 fn a_vm_address_is_a_probe_until_a_session_and_never_again_after() {
     let mut h = Harness::new(
