@@ -62,7 +62,27 @@ impl Monitor {
     }
 }
 
-/// `end - start` in seconds of the day, across midnight too.
+/// `end - start` in seconds of the day, across midnight too. An end up
+/// to half a day before the start is zero: what was waited for had
+/// already happened (a QEMU move's destination path replacing the source's
+/// at tor before the source's tap went).
 pub fn between(start: f64, end: f64) -> Duration {
-    Duration::from_secs_f64((end - start).rem_euclid(86400.0))
+    let d = (end - start).rem_euclid(86400.0);
+    if d > 43200.0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::between;
+
+    #[test]
+    fn between_spans_midnight_and_reads_an_earlier_end_as_zero() {
+        assert_eq!(between(1.0, 2.5).as_millis(), 1500);
+        assert_eq!(between(86399.9, 0.1).as_millis(), 200);
+        assert_eq!(between(10.0, 9.9).as_millis(), 0);
+    }
 }

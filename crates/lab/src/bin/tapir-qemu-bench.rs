@@ -9,7 +9,13 @@
 //!
 //! ```text
 //! tapir-qemu-bench [--tapir PATH] [--reps 3] [--bird-reps 1] [--skip-bird]
+//!                  [--incoming-wait SECS]
 //! ```
+//!
+//! `--incoming-wait` (default 0.5): how long the destination QEMU waits
+//! with its tap before the migration starts, as a large guest's memory
+//! copy would make it wait (tapir there tries the VM meanwhile, and
+//! nothing answers).
 //!
 //! For each move (hv1 → hv2, then back, `--reps` in all; `--bird-reps`,
 //! default 1, for BIRD), as tor's BIRD shows it (polled every 5 ms):
@@ -82,7 +88,14 @@ fn time_of_day() -> f64 {
     t.as_secs_f64().rem_euclid(86400.0)
 }
 
-fn run(daemon: &str, tapir: &Path, img: &Image, accel: &str, reps: usize) -> Vec<Move> {
+fn run(
+    daemon: &str,
+    tapir: &Path,
+    img: &Image,
+    accel: &str,
+    reps: usize,
+    incoming_wait: Duration,
+) -> Vec<Move> {
     let mut lab = Lab::new();
     reference::build(&mut lab, &["hv1", "hv2"]);
     let tor: Tor = tor::start_bird_with_kernel(&mut lab);
@@ -142,7 +155,7 @@ fn run(daemon: &str, tapir: &Path, img: &Image, accel: &str, reps: usize) -> Vec
         let s = qemu::ganeti_guest(&lab, to, tapir, VM, PREFIX);
         let port = 4444 + rep;
         let dest = lab.qemu(to, img, accel, &s, Some(&format!("{}:{port}", addr(to))));
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(incoming_wait);
         let ping = lab.spawn(
             "tor",
             &["ping", "-n", "-i", "0.005", "-W", "1", SERVICE],
@@ -328,6 +341,14 @@ fn main() -> ExitCode {
     let bird_reps: usize = arg(&args, "--bird-reps")
         .and_then(|r| r.parse().ok())
         .unwrap_or(1);
+    let incoming_wait = match arg(&args, "--incoming-wait").map(|w| w.parse::<f64>()) {
+        None => Duration::from_millis(500),
+        Some(Ok(w)) if (0.0..=600.0).contains(&w) => Duration::from_secs_f64(w),
+        Some(_) => {
+            eprintln!("tapir-qemu-bench: --incoming-wait takes seconds, 0 to 600");
+            return ExitCode::FAILURE;
+        }
+    };
     let img = match qemu::image() {
         Ok(i) => i,
         Err(e) => {
@@ -339,11 +360,15 @@ fn main() -> ExitCode {
     let _ = std::fs::create_dir_all(&probe);
     let accel = qemu::accel(&img, &probe);
     let _ = std::fs::remove_dir_all(&probe);
-    println!("QEMU live migration of the reference guest (BIRD), accel={accel}, {reps} moves each");
-    let t = run("tapir", &tapir, &img, accel, reps);
+    println!(
+        "QEMU live migration of the reference guest (BIRD), accel={accel}, {reps} moves each, \
+         the destination waiting {:.1} s before each",
+        incoming_wait.as_secs_f64()
+    );
+    let t = run("tapir", &tapir, &img, accel, reps, incoming_wait);
     let (b1, b2, lost) = summary("tapir", &t);
     if !args.iter().any(|a| a == "--skip-bird") {
-        let b = run("bird", &tapir, &img, accel, bird_reps);
+        let b = run("bird", &tapir, &img, accel, bird_reps, incoming_wait);
         summary("bird (reference hypervisor config)", &b);
     }
     println!(
