@@ -113,7 +113,8 @@ enum Command {
         #[command(subcommand)]
         what: Neighbor,
     },
-    /// Register or unregister VMs at run time (for hypervisor hooks).
+    /// Register, unregister or sync VMs at run time (hypervisor hooks, an
+    /// inventory rendered from the source of truth).
     #[command(infer_subcommands = true)]
     Vm {
         #[command(subcommand)]
