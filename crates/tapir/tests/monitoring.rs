@@ -721,3 +721,84 @@ fn a_bmp_collector_sees_every_vm_session_and_its_refused_routes() {
         serde_json::to_string(&log).unwrap()
     );
 }
+
+/// A session whose task fails (a bug; here the failpoint makes vm12's
+/// panic on its prefix, again at each new session) is a Peer Down at the
+/// collector each time, local and without a NOTIFICATION, not a peer left
+/// up there with what it announced; vm11's session is not touched.
+#[test]
+fn a_failed_session_task_is_a_peer_down_at_the_bmp_collector() {
+    let mut lab = reference::standard(&[11, 12]);
+    let tor = tor::start(&mut lab, Kind::Bird);
+    let _vm11 = reference::vm_bird(&mut lab, 11, &["10.3.0.1/32"]);
+    let _vm12 = lab.bird(
+        "vm12",
+        &reference::vm_bird_config_with(
+            12,
+            64613,
+            &["10.3.0.66/32"],
+            "connect delay time 1; error wait time 1, 2;",
+        ),
+    );
+    let out = lab.dir().join("bmp.json");
+    let pm_cfg = lab.write(
+        "pmbmpd.conf",
+        &format!(
+            "bmp_daemon_ip: 127.0.0.1\nbmp_daemon_port: 1790\n\
+             bmp_daemon_msglog_file: {}\nbmp_daemon_msglog_output: json\n",
+            out.display()
+        ),
+    );
+    lab.spawn(
+        "hv1",
+        &["pmbmpd", "-f", &pm_cfg.display().to_string()],
+        "pmbmpd.log",
+    );
+    let cfg = example() + &format!("\n[[bmp]]\naddress = \"{BMP_COLLECTOR}\"\n");
+    let cfg = lab.write("hv1/tapir.toml", &cfg);
+    let t = lab.tapir_with_env(
+        "hv1",
+        Path::new(TAPIR),
+        &cfg,
+        "info",
+        &["TAPIR_FAILPOINT=panic-on-prefix:10.3.0.66/32"],
+    );
+    wait_for(WAIT, || tor.route("10.3.0.1/32")).unwrap_or_else(|| panic!("{}", lab.all_logs()));
+    let (vm11, vm12) = (reference::vm_v4(11), reference::vm_v4(12));
+    // Up and down, twice at least (vm12's sessions come back and fail).
+    let log = wait_for(Duration::from_secs(60), || {
+        let log = bmp_log(&out);
+        (bmp_of(&log, "peer_down", Some(&vm12)).len() >= 2).then_some(log)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "pmbmpd's log:\n{}\n{}",
+            std::fs::read_to_string(&out).unwrap_or_default(),
+            lab.log(&t.log)
+        )
+    });
+    let text = serde_json::to_string(&log).unwrap();
+    assert!(
+        lab.log(&t.log).contains("session task failed"),
+        "{}",
+        lab.log(&t.log)
+    );
+    // Each Down follows an Up: vm12 is never up twice at the collector.
+    let mut up = false;
+    for r in log.iter().filter(|r| r["peer_ip"] == vm12.as_str()) {
+        match r["bmp_msg_type"].as_str() {
+            Some("peer_up") => {
+                assert!(!up, "two Peer Ups without a Peer Down: {text}");
+                up = true;
+            }
+            Some("peer_down") => {
+                assert!(up, "a Peer Down without a Peer Up: {text}");
+                assert_eq!(r["reason_type"], 2, "{r}");
+                up = false;
+            }
+            _ => {}
+        }
+    }
+    assert!(!bmp_of(&log, "peer_up", Some(&vm11)).is_empty(), "{text}");
+    assert!(bmp_of(&log, "peer_down", Some(&vm11)).is_empty(), "{text}");
+}

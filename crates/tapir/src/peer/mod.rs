@@ -399,6 +399,9 @@ pub fn spawn(cfg: PeerConfig, local: Arc<DaemonHandles>) -> PeerHandle {
             tracing::error!(panic = %what, "session task failed: the session ends and its routes are withdrawn");
             let _ = local.rib.send(RibMsg::PeerDown(id));
             let _ = local.rib.send(RibMsg::Unsubscribe(id));
+            if let Some(bmp) = &local.bmp {
+                bmp.gone(id.0);
+            }
             if let (Some(key), Some(bfd)) = (bfd_key, &local.bfd) {
                 let _ = bfd.send(crate::southbound::bfd::BfdMsg::Remove(key));
             }

@@ -21,6 +21,7 @@
 
 pub mod wire;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,9 +55,14 @@ pub enum Ask {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// Peer Up: the session's state starts (live, or a dump's first).
-    Up,
+    /// Who it is, for a Peer Down of the exporter's own if the session's
+    /// task fails (`Sink::gone`).
+    Up(wire::Peer),
     /// Peer Down: its state ends.
     Down,
+    /// The session's task ended without its Peer Down (a bug made it
+    /// panic): the exporter sends one for it.
+    Gone,
     /// Route Monitoring.
     Route,
     /// A Statistics Report.
@@ -133,6 +139,19 @@ impl Sink {
         if self.tx.send(out).is_err() {
             self.queued.fetch_sub(n, Relaxed);
         }
+    }
+
+    /// The task of session `peer` failed (it panicked): if its Peer Up
+    /// went out, the collectors get a Peer Down for it (local, without a
+    /// NOTIFICATION), or they would show it up, with its routes, until
+    /// it comes back.
+    pub fn gone(&self, peer: u64) {
+        let _ = self.tx.send(Out {
+            to: To::All,
+            peer,
+            kind: Kind::Gone,
+            bytes: Arc::from(Vec::new()),
+        });
     }
 
     /// What sessions are told of the export.
@@ -234,6 +253,7 @@ pub fn start(collectors: &[BmpConfig], neighbors: bool, ask: mpsc::UnboundedSend
         counters: counters.clone(),
         ask,
         sys_name: host_name(),
+        up: HashMap::new(),
     };
     tasks::spawn(Task::Bmp, hub.run(rx, ctl_rx));
     Bmp {
@@ -279,6 +299,9 @@ struct Hub {
     counters: Arc<Counters>,
     ask: mpsc::UnboundedSender<Ask>,
     sys_name: String,
+    /// The sessions whose Peer Up went out and no Peer Down since: who
+    /// they are (`Sink::gone`).
+    up: HashMap<u64, wire::Peer>,
 }
 
 impl Hub {
@@ -326,7 +349,28 @@ impl Hub {
         }
     }
 
-    fn hand_on(&mut self, out: Out) {
+    fn hand_on(&mut self, mut out: Out) {
+        match out.kind {
+            Kind::Up(p) => {
+                self.up.insert(out.peer, p);
+            }
+            Kind::Down if out.to == To::All => {
+                self.up.remove(&out.peer);
+            }
+            Kind::Gone => {
+                let Some(p) = self.up.remove(&out.peer) else {
+                    return;
+                };
+                let down = wire::peer_down(
+                    &p,
+                    &wire::Down::LocalNoNotification,
+                    std::time::SystemTime::now(),
+                );
+                out.kind = Kind::Down;
+                out.bytes = down.into();
+            }
+            _ => {}
+        }
         let asked = out.to != To::All;
         for (i, slot) in self.conns.iter_mut().enumerate() {
             if asked && out.to != To::One(i) {
@@ -336,11 +380,11 @@ impl Hub {
             // A session's news only after its state (its Peer Up, live or
             // dumped); its Peer Down ends that.
             let known = match out.kind {
-                Kind::Up => {
+                Kind::Up(_) => {
                     c.known.insert(out.peer);
                     true
                 }
-                Kind::Down => c.known.remove(&out.peer),
+                Kind::Down | Kind::Gone => c.known.remove(&out.peer),
                 Kind::Route | Kind::Stats => c.known.contains(&out.peer),
             };
             if !known {

@@ -93,7 +93,7 @@ impl PeerCore {
             text = format!("{text} vm={vm}");
         }
         let up = wire::peer_up(&peer, ends, &sent, &got, &text, SystemTime::now());
-        self.bmp_out(to, Kind::Up, up);
+        self.bmp_out(to, Kind::Up(peer), up);
     }
 
     /// The session left Established.
