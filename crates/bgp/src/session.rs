@@ -278,6 +278,9 @@ impl Session {
     /// in force at once.
     pub fn set_connect_retry_max(&mut self, max: Duration) {
         self.config.connect_retry_max = max;
+        if let Some(next) = self.next_config.as_mut() {
+            next.connect_retry_max = max;
+        }
         self.retry_delay = self.retry_delay.min(max.max(self.config.connect_retry));
     }
 
@@ -452,10 +455,11 @@ impl Session {
     /// Our outgoing connection attempt failed (§8.1.4 Event 18).
     pub fn connect_failed(&mut self, now: Instant) {
         if self.state == State::Connect {
-            // Stay in Active until the ConnectRetryTimer fires again.
-            if self.connect_retry_at.is_none() {
-                self.connect_retry_at = Some(now + self.retry_delay);
-            }
+            // Stay in Active until the ConnectRetryTimer fires again, no
+            // later than the wait now in force (`set_connect_retry_max`
+            // may just have shortened it).
+            let at = now + self.retry_delay;
+            self.connect_retry_at = Some(self.connect_retry_at.map_or(at, |t| t.min(at)));
             self.answered = false;
             self.set_state(State::Active);
         }

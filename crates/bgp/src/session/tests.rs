@@ -579,6 +579,14 @@ fn a_peer_that_became_reachable_is_tried_at_once() {
     assert!(std::iter::from_fn(|| s.poll_event()).any(|e| e == Event::Connect));
     assert_eq!(s.retry_delay(), Duration::from_secs(1));
     assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(1)));
+    // Idle after a connection that ended: at once too.
+    s.connected(now);
+    assert_eq!(s.state(), State::OpenSent);
+    s.closed(now);
+    assert_eq!(s.state(), State::Idle);
+    while s.poll_event().is_some() {}
+    assert!(s.retry_now(now));
+    assert_eq!(s.state(), State::Connect);
     // Stopped, or passive: never.
     s.stop(now, Notification::new(6, 2));
     assert!(!s.retry_now(now));
@@ -587,6 +595,13 @@ fn a_peer_that_became_reachable_is_tried_at_once() {
     p.start(now);
     assert!(!p.retry_now(now));
     assert_eq!(p.state(), State::Active);
+    // A passive session in Idle, waiting to listen again: left alone.
+    assert!(p.accepted(now));
+    p.closed(now);
+    assert_eq!(p.state(), State::Idle);
+    assert!(p.poll_timeout().is_some());
+    assert!(!p.retry_now(now));
+    assert_eq!(p.state(), State::Idle);
 }
 
 #[test]

@@ -440,10 +440,13 @@ impl Hypervisor {
                     self.dirty.insert(index);
                     // The VM runs here now (after a live migration, its
                     // gratuitous ARP): its session, if waiting to try
-                    // again, tries at once. Not awaited: a full mailbox
-                    // is a session at work, not one waiting.
+                    // again, tries at once. Not awaited, and only into a
+                    // mailbox at least half free: a VM flapping its MAC
+                    // never fills it (the role's own sends there wait).
                     if let Some(d) = self.sessions.get(&(index, addr)) {
-                        let _ = d.handle.tx.try_send(PeerMsg::Reachable);
+                        if d.handle.tx.capacity() > tasks::PEER_MAILBOX / 2 {
+                            let _ = d.handle.tx.try_send(PeerMsg::Reachable);
+                        }
                     }
                 }
             }
@@ -1195,7 +1198,8 @@ mod tests {
         assert_eq!(name(&hv), None, "no MAC seen yet");
         // The VM's session (its task's mailbox): a MAC newly known tells it
         // to try at once.
-        let (tx, mut session) = mpsc::channel(4);
+        let (tx, mut session) = mpsc::channel(tasks::PEER_MAILBOX);
+        let busy = tx.clone();
         let policy = Arc::new(hv.policy(13, &vm_addr(13), 0));
         hv.sessions.insert(
             (13, vm_addr(13)),
@@ -1232,12 +1236,21 @@ mod tests {
         assert_eq!(seen(&mut hv, Some(mac("aa:00:00:00:0f:15"))), [13].into());
         assert_eq!(told(), 1, "another MAC");
         assert_eq!(name(&hv), None, "another NIC behind the address");
-        // A MAC for an address that is not on the tap is not kept.
+        // A mailbox more than half full: nothing more goes into it.
+        for _ in 0..=tasks::PEER_MAILBOX / 2 {
+            busy.try_send(PeerMsg::BfdDown).unwrap();
+        }
+        assert_eq!(seen(&mut hv, Some(mac("52:54:00:00:00:13"))), [13].into());
+        assert_eq!(told(), 0, "a busy session");
+        assert_eq!(name(&hv).as_deref(), Some("old"), "its own MAC again");
+        // A MAC for an address that is not on the tap is not kept, and
+        // tells no session anything.
         hv.kernel(KernelEvent::Lladdr {
             index: 13,
             addr: vm_addr(99),
             mac: Some(mac("52:54:00:00:00:99")),
         });
         assert!(!hv.macs.contains_key(&(13, vm_addr(99))) && hv.dirty.is_empty());
+        assert_eq!(told(), 0);
     }
 }

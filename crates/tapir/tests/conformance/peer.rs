@@ -905,6 +905,53 @@ fn a_vm_not_running_yet_is_tried_every_few_seconds_and_at_once_when_it_appears()
     assert_eq!(h.remote_state(), State::Established);
 }
 
+/// With a connect-retry shorter than the kernel's ARP give-up (3 s), the
+/// first attempts are cut short by the timer and back off; once one lasts
+/// long enough to fail "unreachable", the waits stop growing at 4 s, and
+/// the wait already running is cut to that too.
+#[test]
+fn unreachable_attempts_stop_backing_off_at_four_seconds() {
+    let mut cfg = vm_config(vm_policy(100, MaxPrefixAction::Reject));
+    cfg.session.connect_retry = secs(1);
+    let mut h = Harness::new(cfg, Remote::vm());
+    let retry = |h: &Harness| h.core.status(h.now).connect_retry_secs;
+    h.start();
+    // Cut short at 1 s, 2 s: no answer yet.
+    h.advance(secs(1));
+    h.advance(secs(2));
+    assert_eq!(retry(&h), 4);
+    // This one (4 s) sees the kernel give up after 3 s.
+    h.advance(secs(3));
+    h.tcp_fails(std::io::ErrorKind::HostUnreachable);
+    assert_eq!(retry(&h), 4);
+    let before = h.text().matches("< connect ").count();
+    h.advance(secs(1));
+    assert_eq!(h.text().matches("< connect ").count(), before + 1);
+    for _ in 0..3 {
+        h.advance(secs(3));
+        h.tcp_fails(std::io::ErrorKind::HostUnreachable);
+        h.advance(secs(1));
+        assert_eq!(retry(&h), 4, "{}", h.text());
+    }
+    // Backed off to 16 s by refusals, then unreachable: the next attempt
+    // comes 4 s after the failure, not 16 s after the attempt began.
+    for wait in [4, 8] {
+        h.tcp_refused();
+        h.advance(secs(wait));
+    }
+    assert_eq!(retry(&h), 16);
+    let before = h.text().matches("< connect ").count();
+    h.advance(secs(3));
+    h.tcp_fails(std::io::ErrorKind::HostUnreachable);
+    h.advance(secs(4));
+    assert_eq!(
+        h.text().matches("< connect ").count(),
+        before + 1,
+        "{}",
+        h.text()
+    );
+}
+
 #[test]
 fn a_vm_address_is_a_probe_until_a_session_and_never_again_after() {
     let mut h = Harness::new(
