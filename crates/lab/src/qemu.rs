@@ -125,6 +125,19 @@ pub struct Spec {
 /// passes the tap's name as `$1`), then run the project's
 /// `contrib/ganeti/kvm-if{up,down}-custom` against the tapir on `hv`.
 pub fn ganeti_guest(lab: &Lab, hv: &str, tapir: &Path, n: u32, prefix: &str) -> Spec {
+    ganeti_guest_with(lab, hv, tapir, n, prefix, Some(crate::reference::TAP_MAC))
+}
+
+/// As [`ganeti_guest`], with the hook's `TAP_MAC` (`None`: unset, so each
+/// tap keeps the random MAC the kernel gave it).
+pub fn ganeti_guest_with(
+    lab: &Lab,
+    hv: &str,
+    tapir: &Path,
+    n: u32,
+    prefix: &str,
+    tap_mac: Option<&str>,
+) -> Spec {
     let mac = format!("52:54:00:00:00:{n:02x}");
     let hook = |which: &str| {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -138,7 +151,7 @@ pub fn ganeti_guest(lab: &Lab, hv: &str, tapir: &Path, n: u32, prefix: &str) -> 
                 ip = crate::reference::vm_v4(n),
                 asn = crate::reference::VM_AS,
                 gw = crate::reference::GATEWAY_V4,
-                tap_mac = crate::reference::TAP_MAC,
+                tap_mac = tap_mac.unwrap_or(""),
                 tapir = tapir.display(),
                 socket = socket.display(),
                 script = script.display()

@@ -9,8 +9,11 @@
 //!
 //! ```text
 //! tapir-qemu-bench [--tapir PATH] [--reps 3] [--bird-reps 1] [--skip-bird]
-//!                  [--incoming-wait SECS]
+//!                  [--incoming-wait SECS] [--no-tap-mac]
 //! ```
+//!
+//! `--no-tap-mac`: the ifup hook without `TAP_MAC`, so that each tap
+//! keeps its own random MAC (the gateway's MAC changes with a move).
 //!
 //! `--incoming-wait` (default 0.5): how long the destination QEMU waits
 //! with its tap before the migration starts, as a large guest's memory
@@ -95,6 +98,7 @@ fn run(
     accel: &str,
     reps: usize,
     incoming_wait: Duration,
+    tap_mac: Option<&str>,
 ) -> Vec<Move> {
     let mut lab = Lab::new();
     reference::build(&mut lab, &["hv1", "hv2"]);
@@ -125,7 +129,7 @@ fn run(
     }
     let addr = |hv: &str| reference::hv_addresses(hv).0;
     let mut guest: Guest = {
-        let s = qemu::ganeti_guest(&lab, "hv1", tapir, VM, PREFIX);
+        let s = qemu::ganeti_guest_with(&lab, "hv1", tapir, VM, PREFIX, tap_mac);
         lab.qemu("hv1", img, accel, &s, None)
     };
     let booted = Instant::now();
@@ -152,7 +156,7 @@ fn run(
     let mut at = "hv1";
     for rep in 0..reps {
         let to = if at == "hv1" { "hv2" } else { "hv1" };
-        let s = qemu::ganeti_guest(&lab, to, tapir, VM, PREFIX);
+        let s = qemu::ganeti_guest_with(&lab, to, tapir, VM, PREFIX, tap_mac);
         let port = 4444 + rep;
         let dest = lab.qemu(to, img, accel, &s, Some(&format!("{}:{port}", addr(to))));
         std::thread::sleep(incoming_wait);
@@ -365,10 +369,22 @@ fn main() -> ExitCode {
          the destination waiting {:.1} s before each",
         incoming_wait.as_secs_f64()
     );
-    let t = run("tapir", &tapir, &img, accel, reps, incoming_wait);
+    let tap_mac = (!args.iter().any(|a| a == "--no-tap-mac")).then_some(reference::TAP_MAC);
+    if tap_mac.is_none() {
+        println!("the ifup hook without TAP_MAC: every tap has a MAC of its own");
+    }
+    let t = run("tapir", &tapir, &img, accel, reps, incoming_wait, tap_mac);
     let (b1, b2, lost) = summary("tapir", &t);
     if !args.iter().any(|a| a == "--skip-bird") {
-        let b = run("bird", &tapir, &img, accel, bird_reps, incoming_wait);
+        let b = run(
+            "bird",
+            &tapir,
+            &img,
+            accel,
+            bird_reps,
+            incoming_wait,
+            tap_mac,
+        );
         summary("bird (reference hypervisor config)", &b);
     }
     println!(
