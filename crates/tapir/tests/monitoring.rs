@@ -560,6 +560,27 @@ fn bmp_of<'a>(log: &'a [Value], kind: &str, peer: Option<&str>) -> Vec<&'a Value
         .collect()
 }
 
+/// Starts Debian's pmbmpd in hv1, listening on `BMP_COLLECTOR`, logging
+/// every BMP message as JSON to `<lab>/<name>.json` (its own output to
+/// `<name>.log`); returns that file and its pid.
+fn pmbmpd(lab: &mut Lab, name: &str) -> (PathBuf, u32) {
+    let out = lab.dir().join(format!("{name}.json"));
+    let cfg = lab.write(
+        &format!("{name}.conf"),
+        &format!(
+            "bmp_daemon_ip: 127.0.0.1\nbmp_daemon_port: 1790\n\
+             bmp_daemon_msglog_file: {}\nbmp_daemon_msglog_output: json\n",
+            out.display()
+        ),
+    );
+    let pid = lab.spawn(
+        "hv1",
+        &["pmbmpd", "-f", &cfg.display().to_string()],
+        &format!("{name}.log"),
+    );
+    (out, pid)
+}
+
 /// The prefixes pmbmpd holds announced for `peer` in one view
 /// (`post`: after policy), its log replayed in order.
 fn bmp_view(log: &[Value], peer: &str, post: bool) -> BTreeSet<String> {
@@ -597,20 +618,7 @@ fn a_bmp_collector_sees_every_vm_session_and_its_refused_routes() {
     })
     .unwrap_or_else(|| panic!("{}", t.show(&["peers"])));
 
-    let out = lab.dir().join("bmp.json");
-    let pm_cfg = lab.write(
-        "pmbmpd.conf",
-        &format!(
-            "bmp_daemon_ip: 127.0.0.1\nbmp_daemon_port: 1790\n\
-             bmp_daemon_msglog_file: {}\nbmp_daemon_msglog_output: json\n",
-            out.display()
-        ),
-    );
-    let collector = lab.spawn(
-        "hv1",
-        &["pmbmpd", "-f", &pm_cfg.display().to_string()],
-        "pmbmpd.log",
-    );
+    let (out, collector) = pmbmpd(&mut lab, "bmp");
     let (vm11, vm13) = (reference::vm_v4(11), reference::vm_v4(13));
     // The whole state once it connects: vm11's route in both views,
     // vm13's only before policy, both sessions up, and statistics.
@@ -626,7 +634,7 @@ fn a_bmp_collector_sees_every_vm_session_and_its_refused_routes() {
         panic!(
             "pmbmpd's log:\n{}\npmbmpd:\n{}\n{}",
             std::fs::read_to_string(&out).unwrap_or_default(),
-            lab.log("pmbmpd.log"),
+            lab.log("bmp.log"),
             lab.all_logs()
         )
     });
@@ -678,18 +686,7 @@ fn a_bmp_collector_sees_every_vm_session_and_its_refused_routes() {
     // The collector restarts: tapir connects again and sends the whole
     // state again, to the new collector's own log.
     lab.kill(collector);
-    let out2 = lab.dir().join("bmp2.json");
-    let pm_cfg2 = lab.write(
-        "pmbmpd2.conf",
-        &std::fs::read_to_string(&pm_cfg)
-            .unwrap()
-            .replace("bmp.json", "bmp2.json"),
-    );
-    lab.spawn(
-        "hv1",
-        &["pmbmpd", "-f", &pm_cfg2.display().to_string()],
-        "pmbmpd2.log",
-    );
+    let (out2, _) = pmbmpd(&mut lab, "bmp2");
     wait_for(Duration::from_secs(90), || {
         let log = bmp_log(&out2);
         let ok = !bmp_of(&log, "init", None).is_empty()
@@ -740,20 +737,7 @@ fn a_failed_session_task_is_a_peer_down_at_the_bmp_collector() {
             "connect delay time 1; error wait time 1, 2;",
         ),
     );
-    let out = lab.dir().join("bmp.json");
-    let pm_cfg = lab.write(
-        "pmbmpd.conf",
-        &format!(
-            "bmp_daemon_ip: 127.0.0.1\nbmp_daemon_port: 1790\n\
-             bmp_daemon_msglog_file: {}\nbmp_daemon_msglog_output: json\n",
-            out.display()
-        ),
-    );
-    lab.spawn(
-        "hv1",
-        &["pmbmpd", "-f", &pm_cfg.display().to_string()],
-        "pmbmpd.log",
-    );
+    let (out, _) = pmbmpd(&mut lab, "bmp");
     let cfg = example() + &format!("\n[[bmp]]\naddress = \"{BMP_COLLECTOR}\"\n");
     let cfg = lab.write("hv1/tapir.toml", &cfg);
     let t = lab.tapir_with_env(
