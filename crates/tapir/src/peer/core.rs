@@ -721,14 +721,19 @@ impl PeerCore {
             Err(e) => {
                 debug!(error = %e, "connect failed");
                 if self.may_probe() {
-                    // Nothing answers ARP/ND there (the guest is paused
-                    // for an incoming migration, or still boots): tried
-                    // every few seconds, not backed off to a minute, as
-                    // a VM whose kernel refuses BGP is.
+                    // Nothing answers there, not even ARP/ND (the guest
+                    // is paused for an incoming migration, or still
+                    // boots): tried every few seconds, not backed off to
+                    // a minute, as a VM whose kernel refuses BGP is. The
+                    // kernel tells "host unreachable" to one socket a
+                    // second at most (its ICMP rate limit towards our
+                    // own address), so with many such VMs most attempts
+                    // just time out: the same.
                     let absent = matches!(
                         e.kind(),
                         std::io::ErrorKind::HostUnreachable
                             | std::io::ErrorKind::NetworkUnreachable
+                            | std::io::ErrorKind::TimedOut
                     );
                     self.conns[i].session.set_connect_retry_max(if absent {
                         PROBE_ABSENT_MAX
