@@ -411,13 +411,15 @@ impl Session {
     /// Something outside BGP says the peer has just become reachable (a
     /// VM's link-layer address became known: it runs, or runs here now).
     /// A session waiting to try again (Idle after an error, or Active after
-    /// a failed attempt) tries at once, its back-off ended; one with an
-    /// attempt in flight, or up, or stopped, or passive, is left alone.
-    /// Returns whether an attempt starts.
+    /// a failed attempt) tries at once, its back-off ended; so does one
+    /// with an attempt in flight, made anew (its SYN may wait for a TCP
+    /// retransmission, or have gone nowhere). One up, stopped or passive
+    /// is left alone. Returns whether an attempt starts.
     pub fn retry_now(&mut self, now: Instant) -> bool {
         let waiting = match self.state {
             State::Idle => self.enabled,
             State::Active => self.connect_retry_at.is_some(),
+            State::Connect => true,
             _ => false,
         };
         if !waiting || self.config.passive {

@@ -561,9 +561,10 @@ fn a_peer_that_became_reachable_is_tried_at_once() {
     assert!(!s.retry_now(now));
     s.start(now);
     while s.poll_event().is_some() {}
-    // An attempt in flight is left alone.
-    assert!(!s.retry_now(now));
-    assert_eq!(s.poll_event(), None);
+    // An attempt in flight is made anew.
+    assert!(s.retry_now(now));
+    assert_eq!(s.poll_event(), Some(Event::Connect));
+    assert_eq!(s.state(), State::Connect);
     // Backed off to 16 s, the last attempt failed: waiting in Active.
     for _ in 0..4 {
         now = s.poll_timeout().unwrap();

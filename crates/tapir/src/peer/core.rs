@@ -277,8 +277,10 @@ pub struct PeerCore {
 /// never answered.
 pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
-/// The same while nothing answers ARP/ND for the address (the attempt
-/// failed with "host unreachable"): the VM is not running here yet.
+/// The same while nothing answers at all (the attempt failed with "host
+/// unreachable" or "network unreachable", or timed out: no ARP/ND reply,
+/// no RST): the VM is not running here yet. A guest firewall that drops
+/// SYNs, or rejects them with "host prohibited", looks the same.
 pub const PROBE_ABSENT_MAX: Duration = Duration::from_secs(4);
 
 /// A session's settings; `probe`: a VM address that has never had a

@@ -887,7 +887,7 @@ fn a_vm_not_running_yet_is_tried_every_few_seconds_and_at_once_when_it_appears()
     h.input("the VM's MAC is known", Input::Reachable);
     assert_eq!(connects(&h), 9, "{}", h.text());
     assert_eq!(h.core.status(h.now).connect_retry_secs, 5);
-    // With an attempt in flight, nothing more.
+    // Again within connect-retry: nothing more.
     h.input("the VM's MAC is known", Input::Reachable);
     assert_eq!(connects(&h), 9);
     // Refused, and another MAC at once (a VM flapping its MAC): no more
@@ -897,11 +897,16 @@ fn a_vm_not_running_yet_is_tried_every_few_seconds_and_at_once_when_it_appears()
     assert_eq!(connects(&h), 9, "{}", h.text());
     h.advance(secs(5));
     assert_eq!(connects(&h), 10);
+    // Later, with an attempt in flight: made anew (its SYN may wait for a
+    // retransmission, or have gone nowhere).
+    h.input("another MAC", Input::Reachable);
+    assert_eq!(connects(&h), 11, "{}", h.text());
     h.tcp_connects();
     assert_eq!(h.remote_state(), State::Established);
     // Established: nothing to do.
+    h.advance(secs(6));
     h.input("the VM's MAC is known", Input::Reachable);
-    assert_eq!(connects(&h), 10);
+    assert_eq!(connects(&h), 11);
     assert_eq!(h.remote_state(), State::Established);
 }
 

@@ -340,6 +340,9 @@ impl Hub {
                         for c in self.conns.iter_mut().filter_map(Option::take) {
                             c.cut();
                         }
+                        // A dropped Peer Down would keep its session here
+                        // for good: the dumps say again who is up.
+                        self.up.clear();
                     }
                     self.statistics();
                 }
